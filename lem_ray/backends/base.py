@@ -1,0 +1,75 @@
+"""The one small interface every backend implements, and the records it returns."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from lem_ray.config.experiment import ExperimentConfig
+
+
+@dataclass
+class RequestRecord:
+    """Timings of one request, as the backend saw its tokens arrive.
+
+    `itl_ms` are the gaps between consecutive output tokens (len = output_tokens - 1 when the
+    backend streams; empty when it can only report the end). Times are from time.perf_counter.
+    """
+
+    index: int
+    input_tokens: int
+    output_tokens: int
+    e2e_ms: float
+    ttft_ms: float | None = None
+    itl_ms: list[float] = field(default_factory=list)
+    start_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Where the backend must run: 'cuda' with N visible GPUs, or 'cpu'."""
+
+    kind: str
+    gpu_count: int = 0
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend's library is missing or cannot run on this machine; says how to fix it."""
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, config: ExperimentConfig, device: DeviceInfo) -> None:
+        self.config = config
+        self.device = device
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the engine and tokenizer; heavy imports happen here, not at module import."""
+
+    @abstractmethod
+    def generate(self, prompts: list[str]) -> list[RequestRecord]:
+        """Run the prompts with this backend's own batching; one record per prompt, in order."""
+
+    @property
+    def warmup_batch_size(self) -> int:
+        """How many prompts one warmup step sends, so warmup exercises the measured shape."""
+        return 1
+
+    def synchronize(self) -> None:
+        """Wait until queued device work is done, so a window edge is a true edge."""
+
+    def peak_memory_mb(self) -> float | None:
+        return None
+
+    def versions(self) -> dict[str, str]:
+        return {}
+
+    def details(self) -> dict[str, Any]:
+        """Facts about the loaded engine worth keeping with the result (params, dtype...)."""
+        return {}
+
+    def release(self) -> None:
+        """Free the engine and the device memory it holds."""

@@ -1,0 +1,46 @@
+"""PyTorch / transformers options, as `generate` and `from_pretrained` name them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lem_ray.config.base import StrictModel, invalid_combination
+
+
+class PyTorchConfig(StrictModel):
+    batch_size: int = Field(1, ge=1, description="prompts per generate() call")
+    batching_strategy: Literal["static", "sorted", "dynamic"] = Field(
+        "static",
+        description="static: prompts in file order; sorted: by length to cut padding; "
+        "dynamic: sorted, and a batch closes early at max_tokens_per_batch padded tokens",
+    )
+    max_tokens_per_batch: int | None = Field(
+        None, ge=1, description="padded input tokens per batch (dynamic batching only)"
+    )
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+    torch_compile: Literal["default", "reduce-overhead", "max-autotune"] | None = None
+    cache_implementation: Literal["dynamic", "static"] = "dynamic"
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    assistant_model: str | None = Field(
+        None, description="hub id or path of a draft model for assisted generation"
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> "PyTorchConfig":
+        if self.load_in_4bit and self.load_in_8bit:
+            raise invalid_combination(
+                "pytorch.load_in_4bit and pytorch.load_in_8bit are exclusive"
+            )
+        if self.max_tokens_per_batch is not None and self.batching_strategy != "dynamic":
+            raise invalid_combination(
+                "pytorch.max_tokens_per_batch only applies to batching_strategy 'dynamic'"
+            )
+        if self.assistant_model is not None and self.batch_size != 1:
+            raise invalid_combination(
+                "pytorch.assistant_model: transformers' assisted generation needs batch_size 1"
+            )
+        return self

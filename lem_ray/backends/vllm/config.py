@@ -1,0 +1,51 @@
+"""vLLM engine options, named as `vllm.LLM(...)` / `EngineArgs` name them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from lem_ray.config.base import StrictModel
+
+
+class SpeculativeConfig(StrictModel):
+    method: str | None = Field(None, description="e.g. ngram, eagle, eagle3, medusa, mtp")
+    model: str | None = Field(None, description="draft model id or path")
+    num_speculative_tokens: int = Field(..., ge=1)
+    prompt_lookup_max: int | None = Field(None, ge=1, description="ngram only")
+    prompt_lookup_min: int | None = Field(None, ge=1, description="ngram only")
+
+
+class LoRAConfig(StrictModel):
+    path: str = Field(..., description="local path of the adapter applied to every request")
+    max_lora_rank: int = Field(16, ge=1)
+
+
+class VLLMConfig(StrictModel):
+    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    enable_prefix_caching: bool | None = Field(None, description="None keeps vLLM's default")
+    enable_chunked_prefill: bool | None = Field(None, description="None keeps vLLM's default")
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    block_size: Literal[8, 16, 32, 64, 128] | None = None
+    max_model_len: int | None = Field(None, ge=1)
+    enforce_eager: bool = False
+    quantization: (
+        Literal["awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "awq_marlin",
+                "gptq_marlin", "marlin", "experts_int8", "modelopt"]
+        | None
+    ) = None
+    speculative: SpeculativeConfig | None = None
+    lora: LoRAConfig | None = None
+    extra_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="passed to vllm.LLM as keyword arguments, for options not modelled here",
+    )
+
+    @property
+    def parallel_gpus(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size

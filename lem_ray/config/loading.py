@@ -1,0 +1,105 @@
+"""Read a campaign file into a validated CampaignConfig, or fail with a ConfigError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from lem_ray.config.campaign import CampaignConfig
+from lem_ray.errors import ConfigError
+
+
+def format_loc(loc: tuple[Any, ...] | list[Any], prefix: str = "") -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path = f"{path}.{part}" if path else str(part)
+    return path
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model that owns the last key of `loc` (tags of tagged unions included in loc)."""
+    candidates = [model]
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        owners = [c for c in candidates if part in c.model_fields]
+        if owners:
+            candidates = _models_in(owners[0].model_fields[part].annotation)
+        else:
+            candidates = [
+                c for c in candidates
+                if part in getattr(c.model_fields.get("source"), "annotation", ()).__args__
+            ] if all("source" in c.model_fields for c in candidates) else []
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _display_loc(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`loc` without the tags pydantic inserts for tagged unions (prompts.synthetic.count)."""
+    shown: list[Any] = []
+    for i, part in enumerate(loc):
+        owner = _model_at(model, loc[: i + 1]) if isinstance(part, str) else None
+        if isinstance(part, int) or owner is not None and part in owner.model_fields:
+            shown.append(part)
+        elif i == len(loc) - 1:
+            shown.append(part)
+    return tuple(shown)
+
+
+def error_from_validation(
+    exc: ValidationError, model: type[BaseModel], prefix: str = "", origin: Any = None
+) -> ConfigError:
+    """First error of a pydantic failure as a ConfigError naming its key path."""
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(err["loc"])
+    shown = _display_loc(model, loc)
+    path = origin(shown) if origin else format_loc(shown, prefix)
+    if err["type"] == "extra_forbidden":
+        owner = _model_at(model, loc)
+        allowed = ", ".join(owner.model_fields) if owner else "?"
+        return ConfigError(f"unknown key {loc[-1]!r}; allowed keys: {allowed}", path=path)
+    value = err.get("input")
+    got = "" if err["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"
+    return ConfigError(f"{err['msg']}{got}", path=path)
+
+
+def read_yaml(path: Path) -> Any:
+    if not path.exists():
+        raise ConfigError("file not found", file=str(path))
+    if not path.is_file():
+        raise ConfigError("not a file", file=str(path))
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"YAML syntax error: {where}{problem}", file=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not a UTF-8 text file", file=str(path)) from None
+
+
+def parse_campaign(data: Any, source: str = "<campaign>") -> CampaignConfig:
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else type(data).__name__
+        raise ConfigError(f"a campaign file must be a YAML mapping, got {kind}", file=source)
+    try:
+        return CampaignConfig.model_validate(data)
+    except ValidationError as exc:
+        raise error_from_validation(exc, CampaignConfig).with_file(source) from None
+
+
+def load_campaign(path: str | Path) -> CampaignConfig:
+    path = Path(path)
+    return parse_campaign(read_yaml(path), str(path))

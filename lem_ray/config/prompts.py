@@ -1,0 +1,42 @@
+"""Where an experiment's prompts come from: a file in the repo, or a seeded generator."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from lem_ray.config.base import StrictModel, invalid_combination
+
+
+class LengthDistribution(StrictModel):
+    """Input length in words; each word is roughly one token in most tokenizers."""
+
+    distribution: Literal["fixed", "uniform", "normal", "lognormal"] = "normal"
+    mean: float = Field(128, gt=0)
+    std: float = Field(32, ge=0)
+    min: int = Field(8, ge=1)
+    max: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "LengthDistribution":
+        if self.min > self.max:
+            raise invalid_combination("prompts.input_len.min must be <= input_len.max")
+        return self
+
+
+class SyntheticPrompts(StrictModel):
+    source: Literal["synthetic"]
+    count: int = Field(..., ge=1)
+    input_len: LengthDistribution = Field(default_factory=LengthDistribution)
+    seed: int | None = Field(None, description="defaults to the experiment's random_seed")
+
+
+class FilePrompts(StrictModel):
+    source: Literal["file"]
+    path: str = Field(..., description="JSONL, CSV or Parquet; relative to the campaign file")
+    column: str = "prompt"
+    count: int | None = Field(None, ge=1, description="first N prompts (default: all)")
+
+
+PromptsConfig = Annotated[SyntheticPrompts | FilePrompts, Field(discriminator="source")]

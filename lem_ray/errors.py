@@ -1,0 +1,20 @@
+"""Errors a user can act on: the CLI prints them on one line and exits 2."""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """Bad input: names the file and the key path so the user can find it."""
+
+    def __init__(self, message: str, *, path: str | None = None, file: str | None = None) -> None:
+        self.message = message
+        self.path = path
+        self.file = file
+        super().__init__(str(self))
+
+    def with_file(self, file: str) -> "ConfigError":
+        return ConfigError(self.message, path=self.path, file=self.file or file)
+
+    def __str__(self) -> str:
+        where = ": ".join(p for p in (self.file, self.path) if p)
+        return f"{where}: {self.message}" if where else self.message

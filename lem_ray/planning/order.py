@@ -1,0 +1,29 @@
+"""The order runs go in: cycles x experiments, interleaved, shuffled or grouped."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    experiment_id: str
+    cycle: int
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.experiment_id}-c{self.cycle}"
+
+
+def order_runs(experiment_ids: list[str], cycles: int, structure: str, seed: int) -> list[RunKey]:
+    """Cycles are numbered from 1. Shuffled draws a new, seeded order for every cycle."""
+    if structure == "grouped":
+        return [RunKey(e, c) for e in experiment_ids for c in range(1, cycles + 1)]
+    runs: list[RunKey] = []
+    for cycle in range(1, cycles + 1):
+        ids = list(experiment_ids)
+        if structure == "shuffled":
+            random.Random(f"{seed}:{cycle}").shuffle(ids)
+        runs.extend(RunKey(e, cycle) for e in ids)
+    return runs

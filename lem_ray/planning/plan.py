@@ -1,0 +1,84 @@
+"""A campaign, planned: what will run, what was dropped and why, in which order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lem_ray.config.campaign import CampaignConfig
+from lem_ray.config.loading import load_campaign, parse_campaign
+from lem_ray.errors import ConfigError
+from lem_ray.planning.expand import PlannedExperiment, Rejection, expand
+from lem_ray.planning.order import RunKey, order_runs
+
+
+@dataclass
+class CampaignPlan:
+    campaign: CampaignConfig
+    experiments: list[PlannedExperiment]
+    rejected: list[Rejection]
+    runs: list[RunKey]
+    base_dir: Path
+    """Relative paths in the campaign (prompt files, results_dir) resolve against this."""
+
+    @property
+    def name(self) -> str:
+        return self.campaign.campaign_name
+
+    def experiment(self, experiment_id: str) -> PlannedExperiment:
+        return next(e for e in self.experiments if e.experiment_id == experiment_id)
+
+    def results_dir(self, override: str | Path | None = None) -> Path:
+        """Relative to the working directory, like any command-line output path."""
+        chosen = override or self.campaign.output.results_dir or f"results/{self.name}"
+        return Path(chosen).expanduser()
+
+    def resolve_input(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "campaign_name": self.name,
+            "experiments": [
+                {
+                    "experiment_id": e.experiment_id,
+                    "backend": e.backend,
+                    "config": e.config.model_dump(mode="json"),
+                }
+                for e in self.experiments
+            ],
+            "rejected": [
+                {"backend": r.backend, "combination": r.combination, "reason": r.reason}
+                for r in self.rejected
+            ],
+            "runs": [{"experiment_id": r.experiment_id, "cycle": r.cycle} for r in self.runs],
+            "counts": {
+                "experiments": len(self.experiments),
+                "rejected": len(self.rejected),
+                "cycles": self.campaign.execution.cycles,
+                "runs": len(self.runs),
+            },
+        }
+
+
+def plan_campaign(source: str | Path | CampaignConfig | dict[str, Any]) -> CampaignPlan:
+    """Accepts a path, a parsed mapping or a CampaignConfig, so notebooks need no file."""
+    if isinstance(source, (str, Path)):
+        campaign, base_dir = load_campaign(source), Path(source).resolve().parent
+    else:
+        campaign = source if isinstance(source, CampaignConfig) else parse_campaign(source)
+        base_dir = Path.cwd()
+    try:
+        expansion = expand(campaign)
+    except ConfigError as exc:
+        raise exc.with_file(str(source)) if isinstance(source, (str, Path)) else exc from None
+    execution = campaign.execution
+    runs = order_runs(
+        [e.experiment_id for e in expansion.experiments],
+        execution.cycles,
+        execution.structure,
+        execution.seed,
+    )
+    return CampaignPlan(campaign, expansion.experiments, expansion.rejected, runs, base_dir)
