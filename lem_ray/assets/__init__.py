@@ -6,6 +6,7 @@ from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parent
 BUILTIN_PREFIX = "builtin:"
+QUICKSTART_CAMPAIGN = ASSETS_DIR / "campaigns" / "quickstart.yaml"
 
 
 def builtin_models() -> list[str]:

@@ -11,6 +11,7 @@ from lem_ray.config.loading import load_campaign, parse_campaign
 from lem_ray.errors import ConfigError
 from lem_ray.planning.expand import PlannedExperiment, Rejection, expand
 from lem_ray.planning.order import RunKey, order_runs
+from lem_ray.planning.prompts import load_prompts
 
 
 @dataclass
@@ -38,6 +39,14 @@ class CampaignPlan:
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.base_dir / p
 
+    def load_prompts(self, experiment_ids: set[str] | None = None) -> dict[str, list[str]]:
+        """Prompt texts per experiment, read here so that workers on other nodes need no files."""
+        return {
+            e.experiment_id: load_prompts(e.config.prompts, self.base_dir, e.config.random_seed)
+            for e in self.experiments
+            if experiment_ids is None or e.experiment_id in experiment_ids
+        }
+
     def to_json(self) -> dict[str, Any]:
         return {
             "campaign_name": self.name,
@@ -63,8 +72,12 @@ class CampaignPlan:
         }
 
 
-def plan_campaign(source: str | Path | CampaignConfig | dict[str, Any]) -> CampaignPlan:
+def plan_campaign(
+    source: str | Path | CampaignConfig | dict[str, Any] | CampaignPlan,
+) -> CampaignPlan:
     """Accepts a path, a parsed mapping or a CampaignConfig, so notebooks need no file."""
+    if isinstance(source, CampaignPlan):
+        return source
     if isinstance(source, (str, Path)):
         campaign, base_dir = load_campaign(source), Path(source).resolve().parent
     else:

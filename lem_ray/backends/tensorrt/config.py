@@ -4,33 +4,73 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from lem_ray.config.base import StrictModel
+from lem_ray.config.base import StrictModel, invalid_combination
 
 
 class TensorRTConfig(StrictModel):
+    runtime: Literal["engine", "pytorch"] = Field(
+        "engine",
+        description="engine: TensorRT-LLM's TensorRT backend, which compiles TensorRT engines "
+        "(the default LLM before 1.0, tensorrt_llm._tensorrt_engine.LLM in 1.x); pytorch: its "
+        "PyTorch backend (the default LLM since 1.0, the only one once engines were removed)",
+    )
     engine_dir: str | None = Field(
         None, description="a prebuilt engine to load; when unset the engine is built"
     )
     engine_cache_dir: str | None = Field(
-        None, description="where built engines are kept, keyed by experiment id"
+        None, description="where built engines are kept, one per model and build settings"
     )
-    force_rebuild: bool = False
+    force_rebuild: bool = Field(False, description="build even when the cache holds the engine")
     max_batch_size: int = Field(8, ge=1)
     max_input_len: int | None = Field(None, ge=1, description="defaults to max_input_tokens")
-    max_output_len: int | None = Field(None, ge=1, description="defaults to max_output_tokens")
-    max_num_tokens: int | None = Field(None, ge=1)
-    builder_opt_level: int | None = Field(None, ge=0, le=5)
+    max_seq_len: int | None = Field(
+        None, ge=1, description="prompt + output; defaults to max_input_len + max_output_tokens"
+    )
+    max_num_tokens: int | None = Field(
+        None, ge=1, description="tokens per engine step; None keeps TensorRT-LLM's default"
+    )
     tensor_parallel_size: int = Field(1, ge=1)
     pipeline_parallel_size: int = Field(1, ge=1)
     quantization: (
         Literal["fp8", "int8_sq", "int4_awq", "w4a8_awq", "int8_wo", "int4_wo", "nvfp4"] | None
-    ) = None
+    ) = Field(None, description="ModelOpt format names; engine runtime only, needs calibration")
     kv_cache_dtype: Literal["auto", "fp8", "int8"] = "auto"
     kv_cache_free_gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
     enable_chunked_context: bool = False
     enable_kv_cache_reuse: bool = False
+
+    @model_validator(mode="after")
+    def _rules(self) -> "TensorRTConfig":
+        if self.engine_dir is not None and self.engine_cache_dir is not None:
+            raise invalid_combination("tensorrt.engine_dir and engine_cache_dir are exclusive")
+        if self.force_rebuild and self.engine_cache_dir is None:
+            raise invalid_combination("tensorrt.force_rebuild only applies with engine_cache_dir")
+        if self.engine_dir is not None and (
+            self.quantization is not None or self.kv_cache_dtype != "auto"
+        ):
+            raise invalid_combination(
+                "tensorrt.quantization and kv_cache_dtype are built into a prebuilt engine_dir"
+            )
+        if self.runtime == "pytorch":
+            engine_only = [
+                name
+                for name, is_set in (
+                    ("engine_dir", self.engine_dir is not None),
+                    ("engine_cache_dir", self.engine_cache_dir is not None),
+                    ("force_rebuild", self.force_rebuild),
+                    ("quantization", self.quantization is not None),
+                    ("kv_cache_dtype int8", self.kv_cache_dtype == "int8"),
+                )
+                if is_set
+            ]
+            if engine_only:
+                raise invalid_combination(
+                    f"tensorrt.runtime pytorch builds no engine and reads quantization from the "
+                    f"checkpoint; not applicable: {', '.join(engine_only)}"
+                )
+        return self
 
     @property
     def parallel_gpus(self) -> int:

@@ -19,7 +19,8 @@ class SpeculativeConfig(StrictModel):
 
 class LoRAConfig(StrictModel):
     path: str = Field(..., description="local path of the adapter applied to every request")
-    max_lora_rank: int = Field(16, ge=1)
+    # The ranks vLLM accepts in every version from 0.8 (it also takes 1 from 0.12).
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256, 320, 512] = 16
 
 
 class VLLMConfig(StrictModel):
@@ -34,9 +35,11 @@ class VLLMConfig(StrictModel):
     block_size: Literal[8, 16, 32, 64, 128] | None = None
     max_model_len: int | None = Field(None, ge=1)
     enforce_eager: bool = False
+    # vLLM's QuantizationMethods names. "marlin" went in 0.10.1; "bitsandbytes" went in 0.28
+    # but is kept, as valid for vLLM 0.8 to 0.27.
     quantization: (
         Literal["awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "awq_marlin",
-                "gptq_marlin", "marlin", "experts_int8", "modelopt"]
+                "gptq_marlin", "experts_int8", "modelopt"]
         | None
     ) = None
     speculative: SpeculativeConfig | None = None

@@ -1,0 +1,164 @@
+"""vLLM backend: one LLM.generate call per batch; vLLM batches continuously inside it."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
+from lem_ray.backends.vllm.translate import (
+    LORA_NAME,
+    engine_kwargs,
+    records_from_outputs,
+    sampling_params_kwargs,
+    truncated_token_ids,
+)
+
+
+def _import_vllm() -> Any:
+    # Usage-stats reporting is opt-out through the environment, read when vLLM starts
+    # (docs.vllm.ai/en/latest/usage/usage_stats.html); setdefault keeps a user's choice.
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    try:
+        import vllm
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the vllm backend needs vLLM ({exc}); on a machine with an NVIDIA GPU and "
+            "CUDA install it with: pip install 'lem-ray[vllm]'"
+        ) from None
+    return vllm
+
+
+def visible_gpu_ids(count: int, visible: str | None) -> list[str] | None:
+    """The NVML ids of the first `count` GPUs this process may use, or None if unknowable.
+
+    vLLM puts ranks on the first visible devices and reads CUDA_VISIBLE_DEVICES entries as
+    NVML indices (vllm/platforms: device_id_to_physical_device_id); "GPU-..." entries are
+    UUIDs. MIG instances ("MIG-...") share a GPU whose used memory is not theirs: None.
+    """
+    if visible is None:
+        return [str(i) for i in range(count)]
+    entries = [e.strip() for e in visible.split(",") if e.strip()][:count]
+    if len(entries) < count or any(e.startswith("MIG-") for e in entries):
+        return None
+    return entries
+
+
+class VLLMBackend(Backend):
+    name = "vllm"
+
+    def load(self) -> None:
+        vllm = _import_vllm()
+        self._engine_kwargs = engine_kwargs(self.config)
+        self._llm = vllm.LLM(**self._engine_kwargs)
+        self._tokenizer = self._llm.get_tokenizer()
+        # SamplingParams' default top_k is the installed version's "off" value (-1 or 0).
+        self._sampling_kwargs = sampling_params_kwargs(
+            self.config, top_k_off=vllm.SamplingParams().top_k
+        )
+        self._sampling = vllm.SamplingParams(**self._sampling_kwargs)
+        self._lora_request = None
+        if self.config.vllm.lora is not None:
+            from vllm.lora.request import LoRARequest
+
+            self._lora_request = LoRARequest(LORA_NAME, 1, self.config.vllm.lora.path)
+
+    @property
+    def warmup_batch_size(self) -> int:
+        """A few concurrent requests, so warmup runs batched decode like the measured runs,
+        capped at 8 to keep warmup short; never more than the engine would run at once."""
+        return min(self.config.vllm.max_num_seqs, 8)
+
+    def generate(self, prompts: list[str]) -> list[RequestRecord]:
+        """All prompts go in one LLM.generate call; vLLM's scheduler batches them
+        continuously (at most max_num_seqs at once), as a serving engine would."""
+        token_ids = truncated_token_ids(self._tokenizer, prompts, self.config.max_input_tokens)
+        requests = [{"prompt_token_ids": ids} for ids in token_ids]
+        start = time.perf_counter()
+        outputs = self._llm.generate(
+            requests, self._sampling, use_tqdm=False, lora_request=self._lora_request
+        )
+        end = time.perf_counter()
+        return records_from_outputs(outputs, [len(ids) for ids in token_ids], start, end)
+
+    def synchronize(self) -> None:
+        """LLM.generate returns only once every request has finished and its tokens are on
+        the host, so there is no queued work to wait for from here. In V1 the model runs in
+        an engine-core process; calling torch.cuda in this process would only create a
+        CUDA context (GPU memory) here. Only an engine running in-process (V0, or
+        VLLM_ENABLE_V1_MULTIPROCESSING=0) has initialised CUDA here; then sync it."""
+        import torch
+
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    def peak_memory_mb(self) -> float | None:
+        """Device memory used on this experiment's GPUs, from NVML, summed.
+
+        torch's allocator counters would be wrong: the weights and KV cache live in vLLM's
+        worker processes. vLLM reserves its KV cache up front and its workers' caching
+        allocators keep what they took, so memory used now is the peak of the run. NVML
+        counts every process on those GPUs, so it assumes they are this experiment's alone.
+        None when NVML or the device ids are not available.
+        """
+        import pynvml
+
+        ids = visible_gpu_ids(
+            self.config.gpus_per_experiment, os.environ.get("CUDA_VISIBLE_DEVICES")
+        )
+        if ids is None:
+            return None
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError:
+            return None
+        try:
+            used = 0
+            for gpu in ids:
+                handle = (
+                    pynvml.nvmlDeviceGetHandleByUUID(gpu)
+                    if gpu.startswith("GPU-")
+                    else pynvml.nvmlDeviceGetHandleByIndex(int(gpu))
+                )
+                used += pynvml.nvmlDeviceGetMemoryInfo(handle).used
+            return used / 2**20
+        except pynvml.NVMLError:
+            return None
+        finally:
+            pynvml.nvmlShutdown()
+
+    def versions(self) -> dict[str, str]:
+        import torch
+
+        vllm = _import_vllm()
+        return {"vllm": vllm.__version__, "torch": torch.__version__}
+
+    def details(self) -> dict[str, Any]:
+        engine = self._llm.llm_engine
+        return {
+            "engine": f"{type(engine).__module__}.{type(engine).__name__}",
+            "max_model_len": engine.model_config.max_model_len,
+            "engine_kwargs": self._engine_kwargs,
+            "sampling_params": self._sampling_kwargs,
+        }
+
+    def release(self) -> None:
+        """Stop the engine and free its GPU memory, the way vLLM's maintainers advise.
+
+        V1's LLMEngine holds an engine-core client whose shutdown() stops the engine-core
+        process (V0 has none). cleanup_dist_env_and_memory (vllm.distributed.parallel_state,
+        0.8 to current) destroys the parallel groups, then gc-collects and empties the CUDA
+        cache itself.
+        """
+        llm = getattr(self, "_llm", None)
+        if llm is None:
+            return
+        self._llm = None
+        engine_core = getattr(llm.llm_engine, "engine_core", None)
+        if engine_core is not None:
+            engine_core.shutdown()
+        del llm
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()

@@ -1,0 +1,195 @@
+"""Pure translations between lem-ray's config / records and vLLM's API; no vLLM import here.
+
+Kept apart from the backend class so they can be tested on machines without vLLM or a GPU.
+Facts about vLLM these rely on are cited next to the code, with the versions they hold for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from lem_ray.assets import resolve_model
+from lem_ray.backends.base import RequestRecord
+from lem_ray.backends.vllm.config import VLLMConfig
+from lem_ray.config.experiment import ExperimentConfig
+
+LORA_NAME = "lem-ray-adapter"
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+
+def engine_kwargs(config: ExperimentConfig) -> dict[str, Any]:
+    """Keyword arguments for `vllm.LLM(...)`, which passes the non-explicit ones to EngineArgs.
+
+    Options left None are omitted so vLLM's own (version- and hardware-dependent) defaults apply.
+    `extra_engine_args` is merged last and so may override anything set here.
+    """
+    options: VLLMConfig = config.vllm
+    kwargs: dict[str, Any] = {
+        "model": resolve_model(config.model_name),
+        "tokenizer": resolve_model(config.tokenizer or config.model_name),
+        "dtype": config.fp_precision,
+        # "dummy" is vLLM's own loader that builds the architecture with random weights.
+        "load_format": config.load_format,
+        "seed": config.random_seed,
+        "tensor_parallel_size": options.tensor_parallel_size,
+        "pipeline_parallel_size": options.pipeline_parallel_size,
+        "max_num_seqs": options.max_num_seqs,
+        "gpu_memory_utilization": options.gpu_memory_utilization,
+        "kv_cache_dtype": options.kv_cache_dtype,
+        "max_model_len": options.max_model_len
+        or config.max_input_tokens + config.max_output_tokens,
+        "enforce_eager": options.enforce_eager,
+        # LLM() defaults this to True, and then RequestOutput.metrics is None. V1 fills
+        # metrics only with stats on, and only from vLLM 0.12 (v1/engine/output_processor.py
+        # `metrics=self.stats`); V0 (vLLM <= 0.10, VLLM_USE_V1=0) fills them either way.
+        "disable_log_stats": False,
+    }
+    optional = {
+        "max_num_batched_tokens": options.max_num_batched_tokens,
+        "enable_prefix_caching": options.enable_prefix_caching,
+        "enable_chunked_prefill": options.enable_chunked_prefill,
+        "block_size": options.block_size,
+        "quantization": options.quantization,
+    }
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    if options.speculative is not None:
+        # The dict form of EngineArgs.speculative_config (vLLM >= 0.8); keys are
+        # SpeculativeConfig's own field names.
+        spec = options.speculative.model_dump(exclude_none=True)
+        if "model" in spec:
+            spec["model"] = resolve_model(spec["model"])
+        kwargs["speculative_config"] = spec
+    if options.lora is not None:
+        kwargs.update(enable_lora=True, max_lora_rank=options.lora.max_lora_rank)
+    kwargs.update(options.extra_engine_args)
+    return kwargs
+
+
+def sampling_params_kwargs(config: ExperimentConfig, top_k_off: int = 0) -> dict[str, Any]:
+    """Keyword arguments for `vllm.SamplingParams(...)`.
+
+    `top_k_off` is the installed vLLM's "no top-k" value: -1 in 0.8.x (0 is rejected
+    there), 0 from 0.9 (which still quietly accepts -1). The backend reads it from
+    `SamplingParams().top_k`, whose default is that value in every version.
+
+    Greedy decoding is temperature 0, with top-k/top-p neutral: vLLM resets them under
+    greedy anyway, so these kwargs show what really runs. EOS is honoured (no ignore_eos);
+    min_tokens is what keeps EOS away until the minimum is reached.
+
+    No per-request `seed`: V1 samples seeded requests one by one with their own generator
+    ("This can be slow", v1/sample/ops/topk_topp_sampler.py `random_sample`), which would
+    put a cost into the measurement that unseeded serving never pays. The engine-wide
+    `seed` from engine_kwargs seeds vLLM's sampler instead.
+    """
+    decoder = config.decoder
+    kwargs: dict[str, Any] = {
+        "max_tokens": config.max_output_tokens,
+        "min_tokens": config.min_output_tokens,
+        "repetition_penalty": decoder.repetition_penalty,
+    }
+    if decoder.do_sample:
+        kwargs.update(
+            temperature=decoder.temperature,
+            top_k=decoder.top_k if decoder.top_k > 0 else top_k_off,
+            top_p=decoder.top_p,
+        )
+    else:
+        kwargs.update(temperature=0.0, top_k=top_k_off, top_p=1.0)
+    return kwargs
+
+
+def truncated_token_ids(
+    tokenizer: Tokenizer, prompts: Iterable[str], max_input_tokens: int
+) -> list[list[int]]:
+    """Token ids of each prompt, cut to its first `max_input_tokens` tokens.
+
+    Sending token ids (vLLM's TokensPrompt, `{"prompt_token_ids": [...]}`) instead of text
+    makes the input length exactly what is recorded, and vLLM does not re-tokenize them.
+    Keeping the head keeps the BOS token the tokenizer adds.
+    """
+    return [tokenizer.encode(prompt)[:max_input_tokens] for prompt in prompts]
+
+
+def _v1_timings(stats: Any) -> tuple[float, float] | None:
+    """(ttft_s, e2e_s) from V1's RequestStateStats (vllm/v1/metrics/stats.py, vLLM >= 0.12).
+
+    Its clocks differ: arrival_time is the frontend's wall clock (time.time()), the *_ts
+    fields are the engine core's time.monotonic(), maybe in another process. Only
+    same-clock differences are used: first_token_latency (frontend: first token seen minus
+    arrival) and last_token_ts - first_token_ts (engine core: the decode span).
+    """
+    if stats.first_token_ts <= 0.0 or stats.first_token_latency <= 0.0:
+        return None
+    ttft = stats.first_token_latency
+    return ttft, ttft + (stats.last_token_ts - stats.first_token_ts)
+
+
+def _v0_timings(metrics: Any) -> tuple[float, float] | None:
+    """(ttft_s, e2e_s) from V0's RequestMetrics (vllm/sequence.py, vLLM <= 0.10).
+
+    All of its times are the engine's time.time(); finished_time is stamped when the
+    finished RequestOutput is built, last_token_time is the fallback where it is unset.
+    """
+    if metrics.first_token_time is None:
+        return None
+    end = metrics.finished_time if metrics.finished_time is not None else metrics.last_token_time
+    return metrics.first_token_time - metrics.arrival_time, end - metrics.arrival_time
+
+
+def request_timings(metrics: Any) -> tuple[float, float] | None:
+    """(ttft_s, e2e_s) of one request from `RequestOutput.metrics`, or None when unknown.
+
+    The shape tells the engine apart: V1's RequestStateStats has `first_token_ts`, V0's
+    RequestMetrics has `first_token_time`. None (stats disabled, or V1 before 0.12, which
+    never filled it) or no first token yet gives None.
+    """
+    if metrics is None:
+        return None
+    if hasattr(metrics, "first_token_ts"):
+        return _v1_timings(metrics)
+    if hasattr(metrics, "first_token_time"):
+        return _v0_timings(metrics)
+    return None
+
+
+def records_from_outputs(
+    outputs: Sequence[Any],
+    prompt_token_counts: Sequence[int],
+    batch_start_s: float,
+    batch_end_s: float,
+) -> list[RequestRecord]:
+    """One RequestRecord per vLLM RequestOutput, in prompt order (LLM.generate keeps it).
+
+    TTFT and end-to-end latency come from the engine's per-request metrics. Where those are
+    missing, ttft_ms is None and e2e_ms is what the caller observed: LLM.generate hands
+    every output back at once, so each request's caller-side latency is the batch's
+    `batch_end_s - batch_start_s` (perf_counter seconds).
+
+    itl_ms stays empty: vLLM's offline API keeps no per-token timestamps (RequestStateStats
+    holds only the first and last). The mean inter-token latency is derivable by the
+    results layer as (e2e_ms - ttft_ms) / (output_tokens - 1); it is not spread here into
+    invented per-token gaps.
+    """
+    if len(outputs) != len(prompt_token_counts):
+        raise ValueError(
+            f"vLLM returned {len(outputs)} outputs for {len(prompt_token_counts)} prompts"
+        )
+    batch_ms = (batch_end_s - batch_start_s) * 1000.0
+    records = []
+    for index, (output, input_tokens) in enumerate(zip(outputs, prompt_token_counts)):
+        timings = request_timings(output.metrics)
+        records.append(
+            RequestRecord(
+                index=index,
+                input_tokens=input_tokens,
+                output_tokens=len(output.outputs[0].token_ids),
+                e2e_ms=timings[1] * 1000.0 if timings else batch_ms,
+                ttft_ms=timings[0] * 1000.0 if timings else None,
+                start_s=batch_start_s,
+            )
+        )
+    return records

@@ -1,0 +1,82 @@
+"""`lem-ray`: a thin face over lem_ray's Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from lem_ray.errors import ConfigError
+
+
+def _console(stderr: bool) -> Console:
+    """Logs and CI are not terminals: give tables room instead of rich's 80 columns."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 160)
+
+
+def _fail(exc: ConfigError, campaign: str | None = None) -> None:
+    """Bad input: one line on stderr, exit code 2."""
+    msg = str(exc.with_file(campaign)) if campaign else str(exc)
+    click.echo(f"lem-ray: error: {msg}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lem-ray")
+def main() -> None:
+    """LLM inference energy campaigns on Ray."""
+
+
+@main.command()
+@click.argument("grid", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where results go (default: the campaign's output.results_dir).")
+@click.option("--address", help="Ray cluster to use (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--dry-run", is_flag=True, help="Expand and validate only: no Ray, nothing written.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def campaign(grid: Path | None, results_dir: Path | None, address: str | None, dry_run: bool,
+             as_json: bool) -> None:
+    """Run the campaign in GRID (a YAML file); reruns skip runs already ok.
+
+    Without GRID, runs the built-in quickstart: a tiny random-weight model on CPU or GPU.
+    """
+    from lem_ray.assets import QUICKSTART_CAMPAIGN
+    from lem_ray.planning.plan import plan_campaign
+
+    grid = grid or QUICKSTART_CAMPAIGN
+    out = _console(stderr=False)
+    err = _console(stderr=True)
+    try:
+        plan = plan_campaign(grid)
+        if dry_run:
+            plan.load_prompts()
+    except ConfigError as exc:
+        _fail(exc, str(grid))
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps(plan.to_json(), indent=2))
+        else:
+            from lem_ray.cli.render import print_plan
+
+            print_plan(plan, out)
+        return
+
+    from lem_ray.cli.render import LiveProgress, print_summary
+    from lem_ray.execution.driver import run_campaign
+
+    try:
+        with LiveProgress(err, total=len(plan.runs)) as live:
+            result = run_campaign(plan, results_dir=results_dir, address=address, reporter=live)
+    except ConfigError as exc:
+        _fail(exc, str(grid))
+    if as_json:
+        payload = {**asdict(result), "results_dir": str(result.results_dir)}
+        click.echo(json.dumps(payload, indent=2, default=str))
+    else:
+        print_summary(result, out)
+    sys.exit(1 if result.counts["failed"] else 0)

@@ -1,0 +1,103 @@
+"""What the CLI prints: a plan, live progress, the summary table. Output only, no logic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lem_ray.execution.driver import CampaignResult
+from lem_ray.execution.driver import Progress as RunProgress
+from lem_ray.execution.rows import RunRows
+from lem_ray.planning.plan import CampaignPlan
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def print_plan(plan: CampaignPlan, console: Console) -> None:
+    table = Table(title=f"campaign {plan.name}: {len(plan.experiments)} experiments x "
+                        f"{plan.campaign.execution.cycles} cycles = {len(plan.runs)} runs")
+    for col in ("experiment_id", "backend", "model", "precision", "batch", "max out", "gpus"):
+        table.add_column(col)
+    for e in plan.experiments:
+        c = e.config
+        batch = getattr(c.backend_options, "batch_size", None) or getattr(
+            c.backend_options, "max_num_seqs", None) or getattr(c.backend_options, "max_batch_size", None)
+        table.add_row(e.experiment_id, c.backend, c.model_name, c.fp_precision, _fmt(batch),
+                      str(c.max_output_tokens), str(c.gpus_per_experiment))
+    console.print(table)
+    for r in plan.rejected:
+        console.print(f"[yellow]rejected[/] {r.backend} {r.combination}: {r.reason}")
+
+
+class LiveProgress:
+    """A bar of runs done, with ok / failed / running counts, and one line per finished run."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        self.console = console
+        self.bar = Progress(
+            TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.description}"), TimeElapsedColumn(),
+            console=console, transient=False,
+        )
+        self.task = self.bar.add_task("", total=total)
+
+    def __enter__(self) -> "LiveProgress":
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.stop()
+
+    def __call__(self, progress: RunProgress, rows: RunRows | None) -> None:
+        ok = progress.done - progress.failed
+        self.bar.update(
+            self.task, completed=progress.done, total=progress.total,
+            description=f"[green]{ok} ok[/] [red]{progress.failed} failed[/] "
+                        f"{progress.running} running",
+        )
+        if rows is not None:
+            e = rows.experiment
+            head = f"{e['experiment_id']} c{e['cycle']} a{e['attempt']} {e['backend']} " \
+                   f"{e['fp_precision']} batch {e['batch_size']}"
+            if rows.ok:
+                energy = e["energy_j_per_output_token"]
+                tail = (f"{_fmt(e['throughput_tok_s'])} tok/s, "
+                        + (f"{_fmt(energy)} J/tok" if energy is not None else "no energy"))
+                self.bar.console.print(f"[green]ok[/]     {head}: {tail}")
+            else:
+                self.bar.console.print(f"[red]failed[/] {head}: {(e['error'] or '').splitlines()[0]}")
+
+
+def print_summary(result: CampaignResult, console: Console) -> None:
+    table = Table(title=f"{result.campaign_name}: means over ok cycles ({result.results_dir})")
+    columns = [
+        ("experiment_id", "experiment_id", None), ("backend", "backend", None),
+        ("precision", "fp_precision", None), ("batch", "batch_size", None),
+        ("device", "device", None), ("ok", "cycles_ok", None),
+        ("tok/s", "throughput_tok_s", 4), ("J/out tok", "energy_j_per_output_token", 4),
+        ("TTFT p50 ms", "ttft_ms_p50", 4), ("ITL p50 ms", "itl_ms_p50", 3),
+        ("power W", "avg_power_w", 4),
+    ]
+    for title, _, _ in columns:
+        table.add_column(title, justify="right" if _ else "left")
+    for row in result.summary:
+        table.add_row(*[_fmt(row[key], digits or 3) for _, key, digits in columns])
+    console.print(table)
+    if result.summary and all(r["energy_source"] is None for r in result.summary):
+        console.print("energy: not measured (no NVML GPU on the nodes that ran); "
+                      "see energy_unavailable_reason in the experiments table")
+    for f in result.failures:
+        console.print(f"[red]failed[/] {f['experiment_id']} c{f['cycle']} a{f['attempt']}: "
+                      f"{(f['error'] or '').splitlines()[0]}")
+    c = result.counts
+    console.print(f"{c['ok']} ok, {c['failed']} failed this time; {c['skipped_done']} of "
+                  f"{c['planned']} runs were already done. Results: {result.results_dir}")

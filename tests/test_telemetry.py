@@ -1,0 +1,347 @@
+"""The measuring logic of the telemetry layer, on CPU, against a scripted GPU.
+
+ScriptedGpu is a test double for the hardware: its power is a known linear function of a
+manually advanced clock and its energy counter is the exact integral of that power, so every
+expected figure below can be computed by hand.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import pytest
+
+from lem_ray.telemetry.nvml import (
+    DeviceReader,
+    EnergyCounterUnsupportedError,
+    GpuNotFoundError,
+    GpuSample,
+    TelemetryError,
+    nvml_status,
+)
+from lem_ray.telemetry.sampler import (
+    SOURCE_COUNTER,
+    SOURCE_INTEGRATED,
+    EnergySampler,
+    adjusted_energy_j,
+    counter_delta_j,
+    trapezoid_energy_j,
+)
+
+
+class ManualClock:
+    def __init__(self, t_s: float = 1000.0) -> None:
+        self.t_s = t_s
+
+    def __call__(self) -> float:
+        return self.t_s
+
+    def advance(self, dt_s: float) -> None:
+        self.t_s += dt_s
+
+
+class ScriptedGpu(DeviceReader):
+    """Power p(t) = base_w + slope_w_per_s * (t - t0); counter = integral of p since t0, in mJ."""
+
+    def __init__(
+        self,
+        uuid: str,
+        clock: Callable[[], float],
+        base_w: float,
+        slope_w_per_s: float = 0.0,
+        counter: bool = True,
+        throttle_at: dict[float, int] | None = None,
+    ) -> None:
+        self.uuid = uuid
+        self.name = "Scripted GPU"
+        self.supports_energy_counter = counter
+        self.power_method = "power_instant"
+        self._clock = clock
+        self._t0 = clock()
+        self._base_w = base_w
+        self._slope = slope_w_per_s
+        self._throttle_at = throttle_at or {}
+        self.power_reads = 0
+
+    def _power(self, t_s: float) -> float:
+        return self._base_w + self._slope * (t_s - self._t0)
+
+    def energy_mj(self) -> int:
+        if not self.supports_energy_counter:
+            raise EnergyCounterUnsupportedError(self.uuid)
+        dt = self._clock() - self._t0
+        return round((self._base_w * dt + self._slope * dt * dt / 2) * 1000)
+
+    def power_instant_w(self) -> float:
+        self.power_reads += 1
+        return self._power(self._clock())
+
+    def sample(self) -> GpuSample:
+        t_s = self._clock()
+        return GpuSample(
+            t_s=t_s,
+            power_w=self._power(t_s),
+            temperature_c=40.0 + (t_s - self._t0),
+            sm_clock_mhz=1980,
+            mem_clock_mhz=3201,
+            memory_used_mb=1024.0,
+            utilization_pct=100.0,
+            throttle_reasons=self._throttle_at.get(round(t_s - self._t0, 6), 0),
+        )
+
+    def environment(self) -> dict[str, Any]:
+        return {"uuid": self.uuid, "name": self.name, "power_limit_w": 700.0}
+
+    def compute_process_pids(self) -> list[int]:
+        return []
+
+
+def make_sampler(clock: ManualClock, gpus: dict[str, dict[str, Any]], **kwargs: Any) -> EnergySampler:
+    devices = {uuid: ScriptedGpu(uuid, clock, **spec) for uuid, spec in gpus.items()}
+    return EnergySampler(list(gpus), device_factory=devices.__getitem__, clock=clock, **kwargs)
+
+
+def exact_energy_j(base_w: float, slope: float, t_from: float, t_to: float) -> float:
+    return base_w * (t_to - t_from) + slope * (t_to**2 - t_from**2) / 2
+
+
+TWO_GPUS = {"GPU-a": {"base_w": 100.0, "slope_w_per_s": 10.0}, "GPU-b": {"base_w": 300.0}}
+
+
+def test_window_energy_is_counter_delta_summed_over_gpus() -> None:
+    clock = ManualClock()
+    sampler = make_sampler(clock, TWO_GPUS)
+    assert sampler.energy_source == SOURCE_COUNTER
+    clock.advance(1.0)
+    sampler.begin("measure")
+    clock.advance(2.0)
+    result = sampler.end("measure")
+
+    assert result.duration_s == pytest.approx(2.0)
+    assert result.energy_by_gpu_j["GPU-a"] == pytest.approx(exact_energy_j(100, 10, 1, 3), abs=1e-3)
+    assert result.energy_by_gpu_j["GPU-b"] == pytest.approx(600.0, abs=1e-3)
+    assert result.energy_j == pytest.approx(240.0 + 600.0, abs=1e-3)
+    assert result.source == SOURCE_COUNTER
+    assert result.unavailable_reason is None
+    assert result.temperature_start_c == pytest.approx(41.0)
+
+
+def test_nested_windows_measure_their_own_span() -> None:
+    clock = ManualClock()
+    sampler = make_sampler(clock, {"GPU-b": {"base_w": 300.0}})
+    sampler.begin("warmup")
+    clock.advance(1.0)
+    sampler.begin("measure")
+    clock.advance(2.0)
+    measure = sampler.end("measure")
+    clock.advance(0.5)
+    warmup = sampler.end("warmup")
+
+    assert measure.energy_j == pytest.approx(600.0)
+    assert warmup.energy_j == pytest.approx(300.0 * 3.5)
+    assert warmup.start_s < measure.start_s < measure.end_s < warmup.end_s
+
+
+def test_end_without_begin_and_double_begin_raise() -> None:
+    sampler = make_sampler(ManualClock(), TWO_GPUS)
+    with pytest.raises(ValueError, match="not begun"):
+        sampler.end("measure")
+    sampler.begin("measure")
+    with pytest.raises(ValueError, match="already open"):
+        sampler.begin("measure")
+    sampler.end("measure")
+    with pytest.raises(ValueError, match="not begun"):
+        sampler.end("measure")
+
+
+def test_integrated_fallback_when_a_gpu_has_no_counter() -> None:
+    clock = ManualClock()
+    gpus = {"GPU-a": {"base_w": 100.0, "slope_w_per_s": 10.0}, "GPU-old": {"base_w": 50.0, "counter": False}}
+    sampler = make_sampler(clock, gpus)
+    assert sampler.energy_source == SOURCE_INTEGRATED
+    sampler.begin("measure")
+    for _ in range(20):
+        clock.advance(0.1)
+        sampler.sample_once()
+    clock.advance(0.05)
+    result = sampler.end("measure")
+
+    expected_a = exact_energy_j(100, 10, 0, 2.05)
+    assert result.source == SOURCE_INTEGRATED
+    assert result.energy_by_gpu_j["GPU-a"] == pytest.approx(expected_a)
+    assert result.energy_by_gpu_j["GPU-old"] == pytest.approx(50.0 * 2.05)
+    assert result.energy_j == pytest.approx(expected_a + 102.5)
+    assert result.integrated_energy_j == pytest.approx(result.energy_j)
+    assert result.samples == 2 * 22
+
+
+def test_integrated_fallback_refuses_sparse_samples() -> None:
+    clock = ManualClock()
+    sampler = make_sampler(clock, {"GPU-old": {"base_w": 50.0, "counter": False}})
+    sampler.begin("measure")
+    clock.advance(30.0)
+    result = sampler.end("measure")
+    assert result.energy_j is None
+    assert result.source is None
+    assert "too few" in (result.unavailable_reason or "")
+
+
+def test_counter_window_carries_integrated_cross_check() -> None:
+    clock = ManualClock()
+    sampler = make_sampler(clock, TWO_GPUS)
+    sampler.begin("measure")
+    for _ in range(10):
+        clock.advance(0.1)
+        sampler.sample_once()
+    result = sampler.end("measure")
+    assert result.integrated_energy_j == pytest.approx(result.energy_j, rel=1e-6)
+
+
+def test_window_reports_thermal_and_throttle_conditions() -> None:
+    clock = ManualClock()
+    sampler = make_sampler(clock, {"GPU-a": {"base_w": 100.0, "throttle_at": {0.0: 0x20, 0.5: 0x4}}})
+    sampler.sample_once()
+    clock.advance(0.2)
+    sampler.begin("measure")
+    for _ in range(3):
+        clock.advance(0.3)
+        sampler.sample_once()
+    result = sampler.end("measure")
+    assert result.temperature_start_c == pytest.approx(40.2)
+    assert result.temperature_max_c == pytest.approx(41.1)
+    assert result.throttle_reasons_seen == 0x4
+    assert result.samples == 5
+
+
+def test_trapezoid_clips_and_interpolates_at_edges() -> None:
+    times = [0.0, 1.0, 2.0, 3.0]
+    powers = [100.0, 200.0, 100.0, 300.0]
+    # p(0.5) = 150, p(2.5) = 200: 0.5*(150+200)/2 + (200+100)/2 + 0.5*(100+200)/2
+    assert trapezoid_energy_j(times, powers, 0.5, 2.5) == pytest.approx(87.5 + 150.0 + 75.0)
+    # between two samples only: p(1.25) = 175, p(1.75) = 125
+    assert trapezoid_energy_j(times, powers, 1.25, 1.75) == pytest.approx(0.5 * 150.0)
+    # before the first sample the power is held: 1 s at 100 W, then 0.5 s from 100 to 150 W
+    assert trapezoid_energy_j(times, powers, -1.0, 0.5) == pytest.approx(100.0 + 62.5)
+    assert trapezoid_energy_j(times, powers, 1.0, 1.0) == 0.0
+    with pytest.raises(ValueError):
+        trapezoid_energy_j([0.0], [100.0], 0.0, 1.0)
+    with pytest.raises(ValueError):
+        trapezoid_energy_j(times, powers, 2.0, 1.0)
+
+
+def test_counter_delta_and_baseline_adjustment() -> None:
+    assert counter_delta_j(1_500, 4_000) == pytest.approx(2.5)
+    assert counter_delta_j(2**63, 2**63 + 1_000) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="backwards"):
+        counter_delta_j(4_000, 1_500)
+    assert adjusted_energy_j(1_000.0, 80.0, 10.0) == pytest.approx(200.0)
+    assert adjusted_energy_j(None, 80.0, 10.0) is None
+    assert adjusted_energy_j(1_000.0, None, 10.0) is None
+
+
+def test_idle_baseline_is_cached_until_ttl() -> None:
+    clock = ManualClock()
+    devices = {"GPU-a": ScriptedGpu("GPU-a", clock, base_w=80.0), "GPU-b": ScriptedGpu("GPU-b", clock, base_w=60.0)}
+    sampler = EnergySampler(list(devices), device_factory=devices.__getitem__, clock=clock, baseline_ttl_s=3600)
+    assert sampler.baseline("GPU-a") is None
+
+    first = sampler.measure_idle_baseline(duration_s=0.05, interval_ms=10)
+    assert first["GPU-a"]["power_w"] == pytest.approx(80.0)
+    assert first["GPU-b"]["power_w"] == pytest.approx(60.0)
+    assert first["GPU-a"]["samples"] == 5
+    assert first["GPU-a"]["method"] == "idle_mean_power_instant"
+    assert first["GPU-a"]["compute_processes"] == 0
+    reads = devices["GPU-a"].power_reads
+
+    clock.advance(100.0)
+    again = sampler.measure_idle_baseline(duration_s=0.05, interval_ms=10)
+    assert devices["GPU-a"].power_reads == reads
+    assert again["GPU-a"]["age_s"] == pytest.approx(100.0)
+    assert sampler.baseline("GPU-b")["measured_at_s"] == first["GPU-b"]["measured_at_s"]
+
+    clock.advance(3600.0)
+    assert sampler.baseline("GPU-a") is None
+    fresh = sampler.measure_idle_baseline(duration_s=0.05, interval_ms=10)
+    assert devices["GPU-a"].power_reads == reads + 5
+    assert fresh["GPU-a"]["age_s"] == pytest.approx(0.0)
+
+
+def test_timeseries_rows_with_cumulative_integrated_energy() -> None:
+    clock = ManualClock()
+    sampler = make_sampler(clock, TWO_GPUS)
+    for _ in range(3):
+        sampler.sample_once()
+        clock.advance(1.0)
+    rows = sampler.timeseries()
+    assert len(rows) == 6
+    assert set(rows[0]) == {
+        "gpu_uuid", "t_s", "power_w", "temperature_c", "sm_clock_mhz", "mem_clock_mhz",
+        "memory_used_mb", "utilization_pct", "throttle_reasons", "energy_j",
+    }
+    a_rows = [r for r in rows if r["gpu_uuid"] == "GPU-a"]
+    assert [r["power_w"] for r in a_rows] == [100.0, 110.0, 120.0]
+    assert [r["energy_j"] for r in a_rows] == pytest.approx([0.0, 105.0, 220.0])
+
+    later = sampler.timeseries(since_s=1001.0)
+    assert len(later) == 4
+    assert [r["energy_j"] for r in later if r["gpu_uuid"] == "GPU-b"] == pytest.approx([300.0, 600.0])
+
+
+def test_background_thread_samples_and_reports_cpu_time() -> None:
+    devices = {"GPU-a": ScriptedGpu("GPU-a", time.time, base_w=100.0)}
+    sampler = EnergySampler(list(devices), sample_interval_ms=10, device_factory=devices.__getitem__)
+    with sampler:
+        sampler.begin("measure")
+        time.sleep(0.3)
+        result = sampler.end("measure")
+    count = len(sampler.timeseries())
+    time.sleep(0.05)
+    assert len(sampler.timeseries()) == count
+    assert result.samples >= 10
+    assert result.integrated_energy_j == pytest.approx(100.0 * result.duration_s, rel=1e-6)
+    assert sampler.sampler_cpu_s() >= 0.0
+
+
+def test_failing_device_sample_is_skipped() -> None:
+    class FlakyGpu(ScriptedGpu):
+        def sample(self) -> GpuSample:
+            raise TelemetryError("GPU is lost")
+
+    clock = ManualClock()
+    devices = {"GPU-a": ScriptedGpu("GPU-a", clock, base_w=100.0), "GPU-x": FlakyGpu("GPU-x", clock, base_w=1.0)}
+    sampler = EnergySampler(list(devices), device_factory=devices.__getitem__, clock=clock)
+    assert len(sampler.sample_once()) == 1
+    assert {r["gpu_uuid"] for r in sampler.timeseries()} == {"GPU-a"}
+
+
+def test_unopenable_gpu_makes_sampler_unavailable() -> None:
+    def factory(uuid: str) -> DeviceReader:
+        raise GpuNotFoundError(f"no GPU {uuid!r} on this node")
+
+    sampler = EnergySampler(["GPU-missing"], device_factory=factory)
+    assert sampler.energy_source is None
+    assert "GPU-missing" in (sampler.unavailable_reason or "")
+
+
+@pytest.mark.skipif(nvml_status()[0], reason="this node has NVML; the no-NVML path needs a GPU-less node")
+def test_no_nvml_reports_unavailable_without_raising() -> None:
+    available, reason = nvml_status()
+    assert not available and reason
+    sampler = EnergySampler(["GPU-00000000-0000-0000-0000-000000000000"])
+    assert sampler.energy_source is None
+    assert sampler.unavailable_reason == reason
+    with sampler:
+        sampler.begin("measure")
+        result = sampler.end("measure")
+    assert result.energy_j is None
+    assert result.source is None
+    assert result.unavailable_reason == reason
+    assert result.energy_by_gpu_j == {}
+    assert sampler.timeseries() == []
+    assert sampler.measure_idle_baseline(duration_s=0.01) == {}
+    assert sampler.environment() == {}
+
+    empty = EnergySampler([])
+    assert empty.energy_source is None
+    assert "no GPU UUIDs" in (empty.unavailable_reason or "")
