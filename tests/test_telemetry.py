@@ -242,8 +242,10 @@ def test_counter_delta_and_baseline_adjustment() -> None:
 
 def test_idle_baseline_is_cached_until_ttl() -> None:
     clock = ManualClock()
-    devices = {"GPU-a": ScriptedGpu("GPU-a", clock, base_w=80.0), "GPU-b": ScriptedGpu("GPU-b", clock, base_w=60.0)}
-    sampler = EnergySampler(list(devices), device_factory=devices.__getitem__, clock=clock, baseline_ttl_s=3600)
+    devices = {uuid: ScriptedGpu(uuid, clock, base_w=w) for uuid, w in (("GPU-a", 80.0), ("GPU-b", 60.0))}
+    sampler = EnergySampler(
+        list(devices), device_factory=devices.__getitem__, clock=clock, baseline_ttl_s=3600
+    )
     assert sampler.baseline("GPU-a") is None
 
     first = sampler.measure_idle_baseline(duration_s=0.05, interval_ms=10)
@@ -309,7 +311,7 @@ def test_failing_device_sample_is_skipped() -> None:
             raise TelemetryError("GPU is lost")
 
     clock = ManualClock()
-    devices = {"GPU-a": ScriptedGpu("GPU-a", clock, base_w=100.0), "GPU-x": FlakyGpu("GPU-x", clock, base_w=1.0)}
+    devices = {"GPU-a": ScriptedGpu("GPU-a", clock, base_w=100.0), "GPU-x": FlakyGpu("GPU-x", clock, 1.0)}
     sampler = EnergySampler(list(devices), device_factory=devices.__getitem__, clock=clock)
     assert len(sampler.sample_once()) == 1
     assert {r["gpu_uuid"] for r in sampler.timeseries()} == {"GPU-a"}
@@ -324,7 +326,7 @@ def test_unopenable_gpu_makes_sampler_unavailable() -> None:
     assert "GPU-missing" in (sampler.unavailable_reason or "")
 
 
-@pytest.mark.skipif(nvml_status()[0], reason="this node has NVML; the no-NVML path needs a GPU-less node")
+@pytest.mark.skipif(nvml_status()[0], reason="the no-NVML path needs a node without NVML")
 def test_no_nvml_reports_unavailable_without_raising() -> None:
     available, reason = nvml_status()
     assert not available and reason

@@ -51,13 +51,14 @@ class LiveProgress:
         self.task = self.bar.add_task("", total=total)
 
     def __enter__(self) -> "LiveProgress":
-        self.bar.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.bar.stop()
 
     def __call__(self, progress: RunProgress, rows: RunRows | None) -> None:
+        """Starts the bar at the first run, so a refused campaign prints only its error."""
+        self.bar.start()
         ok = progress.done - progress.failed
         self.bar.update(
             self.task, completed=progress.done, total=progress.total,

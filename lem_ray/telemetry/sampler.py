@@ -30,11 +30,15 @@ def counter_delta_j(start_mj: int, end_mj: int) -> float:
     """Joules between two counter readings; the counter is 64-bit mJ since driver load, so a
     decrease means the driver was reloaded or the GPU reset, and the window cannot be trusted."""
     if end_mj < start_mj:
-        raise ValueError(f"energy counter went backwards ({start_mj} -> {end_mj} mJ): driver reload or GPU reset")
+        raise ValueError(
+            f"energy counter went backwards ({start_mj} -> {end_mj} mJ): driver reload or GPU reset"
+        )
     return (end_mj - start_mj) / 1000.0
 
 
-def adjusted_energy_j(energy_j: float | None, baseline_power_w: float | None, duration_s: float) -> float | None:
+def adjusted_energy_j(
+    energy_j: float | None, baseline_power_w: float | None, duration_s: float
+) -> float | None:
     """Energy above idle over the measured window only: raw - P_idle x duration.
 
     Pass the baseline summed over the same GPUs as energy_j. The result is not clipped: a
@@ -45,7 +49,9 @@ def adjusted_energy_j(energy_j: float | None, baseline_power_w: float | None, du
     return energy_j - baseline_power_w * duration_s
 
 
-def trapezoid_energy_j(times_s: Sequence[float], powers_w: Sequence[float], start_s: float, end_s: float) -> float:
+def trapezoid_energy_j(
+    times_s: Sequence[float], powers_w: Sequence[float], start_s: float, end_s: float
+) -> float:
     """Integral of power over [start_s, end_s], J, with power linear between samples.
 
     Samples outside the window only serve to interpolate the power at its edges; before the first
@@ -81,6 +87,8 @@ class WindowResult:
     energy_j is None when the node cannot measure (unavailable_reason says why). samples counts
     the power samples inside the window over all GPUs. integrated_energy_j is the instant-power
     trapezoid, kept as a cross-check of the counter (None when samples are too sparse).
+    throttle_reasons_seen ORs NVML's clocks-event bitmasks; bit 0x1 (GPU idle) is harmless,
+    0x4 (software power cap) is normal at full load, thermal and hardware slowdowns are not.
     """
 
     name: str
@@ -299,7 +307,9 @@ class EnergySampler:
                 per_gpu[uuid] = self._samples[uuid][max(lo - 1, 0):hi + 1]
         return per_gpu, inside
 
-    def _integrate(self, per_gpu: dict[str, list[GpuSample]], start_s: float, end_s: float) -> dict[str, float] | None:
+    def _integrate(
+        self, per_gpu: dict[str, list[GpuSample]], start_s: float, end_s: float
+    ) -> dict[str, float] | None:
         """Trapezoid energy per GPU, or None when a GPU's samples leave a gap too wide to trust."""
         max_gap_s = max(1.0, 5 * self.sample_interval_s)
         energy: dict[str, float] = {}

@@ -1,0 +1,3 @@
+from lem_ray.cli.main import main
+
+main()

@@ -1,0 +1,110 @@
+"""The CLI contract: dry-run JSON, one-line errors with exit code 2, nothing created."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_BASE
+
+
+def lem_ray(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "lem_ray.cli", *args], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+CAMPAIGN = {
+    "campaign_name": "cli",
+    "base": TINY_BASE,
+    "grid": {
+        "backends": ["pytorch", "tensorrt"],
+        "shared": {"fp_precision": ["float32", "bfloat16"]},
+        "backend_overrides": {"pytorch": {"batch_size": [1, 2]}},
+    },
+    "execution": {"cycles": 2},
+}
+
+
+def test_dry_run_json(tmp_path: Path, write_campaign) -> None:
+    path = write_campaign(CAMPAIGN)
+    proc = lem_ray("campaign", str(path), "--dry-run", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert len(plan["experiments"]) == 5
+    assert {e["backend"] for e in plan["experiments"]} == {"pytorch", "tensorrt"}
+    assert all(len(e["experiment_id"]) == 12 and e["config"]["model_name"] for e in plan["experiments"])
+    assert plan["rejected"] == [{
+        "backend": "tensorrt", "combination": {"fp_precision": "float32"},
+        "reason": "fp_precision: float32 is not supported by tensorrt",
+    }]
+    assert len(plan["runs"]) == 10 and plan["counts"]["runs"] == 10
+    assert sorted(os.listdir(tmp_path)) == ["campaign.yaml"], "dry run writes nothing"
+
+
+def test_default_campaign_dry_run(tmp_path: Path) -> None:
+    proc = lem_ray("campaign", "--dry-run", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["campaign_name"] == "quickstart"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "file not found"),
+        ("campaign_name: x\ngrid: {backends: [pytorch\n", "YAML syntax error: line"),
+        ({**CAMPAIGN, "execution": {"cycels": 3}}, "execution.cycels: unknown key 'cycels'; allowed keys: cycles"),
+        ({**CAMPAIGN, "execution": {"cycles": "three"}}, "execution.cycles: Input should be a valid integer"),
+        ({**CAMPAIGN, "base": {**TINY_BASE, "max_output_tokens": 0}}, "base.max_output_tokens: Input should be greater"),
+        ({"campaign_name": "empty"}, "grid: the campaign has no experiments to run"),
+        ({**CAMPAIGN, "base": {**TINY_BASE, "prompts": {"source": "file", "path": "missing.jsonl"}}},
+         "prompts.path: prompt file not found"),
+    ],
+)
+def test_bad_input_one_line_exit_2(tmp_path: Path, write_campaign, content, expected: str) -> None:
+    if content is None:
+        path = tmp_path / "absent.yaml"
+    elif isinstance(content, str):
+        path = tmp_path / "broken.yaml"
+        path.write_text(content)
+    else:
+        path = write_campaign(content)
+    before = sorted(os.listdir(tmp_path))
+    for extra in ([], ["--dry-run"]):
+        proc = lem_ray("campaign", str(path), *extra, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"lem-ray: error: {path}: ") and expected in lines[0], lines[0]
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+        assert sorted(os.listdir(tmp_path)) == before, "nothing created"
+
+
+@pytest.mark.slow
+def test_campaign_end_to_end_via_cli(tmp_path: Path, write_campaign) -> None:
+    campaign = {
+        "campaign_name": "e2e",
+        "base": TINY_BASE,
+        "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 3]}}},
+        "execution": {"cycles": 1},
+        "output": {"results_dir": "out/e2e"},
+    }
+    path = write_campaign(campaign)
+    proc = lem_ray("campaign", str(path), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["counts"]["ok"] == 2 and result["counts"]["failed"] == 0
+    assert Path(result["results_dir"]) == Path("out/e2e")
+    assert {s["batch_size"] for s in result["summary"]} == {1, 3}
+    assert all(s["throughput_tok_s"] > 0 for s in result["summary"])
+    rerun = lem_ray("campaign", str(path), "--json", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads(rerun.stdout)["counts"] == {
+        "planned": 2, "skipped_done": 2, "ran": 0, "failed": 0, "ok": 0}
