@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import ray
@@ -16,18 +17,21 @@ WorkerActor = ray.remote(max_restarts=0, max_task_retries=0)(ExperimentWorker)
 class SamplerActor:
     """Needs no CPU of its own: its thread sleeps between 100 ms samples."""
 
-    def __init__(self, gpu_uuids: list[str], sample_interval_ms: float) -> None:
+    def __init__(
+        self, gpu_uuids: list[str], sample_interval_ms: float, no_gpu_reason: str | None
+    ) -> None:
         self.sampler = EnergySampler(gpu_uuids, sample_interval_ms=sample_interval_ms)
+        self.no_gpu_reason = no_gpu_reason
         self.sampler.start()
-
-    def status(self) -> tuple[str | None, str | None]:
-        return self.sampler.energy_source, self.sampler.unavailable_reason
 
     def begin(self, name: str) -> None:
         self.sampler.begin(name)
 
     def end(self, name: str) -> Any:
-        return self.sampler.end(name)
+        window = self.sampler.end(name)
+        if self.no_gpu_reason and window.energy_j is None:
+            return dataclasses.replace(window, unavailable_reason=self.no_gpu_reason)
+        return window
 
     def finish(self) -> dict[str, Any]:
         self.sampler.stop()

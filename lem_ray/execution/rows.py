@@ -94,7 +94,6 @@ def ok_rows(
     result: dict[str, Any],
     timeseries: list[dict[str, Any]],
     environment: dict[str, Any],
-    energy_unavailable_reason: str | None,
     started_at: datetime,
 ) -> RunRows:
     records = result["records"]
@@ -119,7 +118,7 @@ def ok_rows(
         "energy_j": energy_j,
         **energy_metrics(energy_j, result["duration_s"], req["output_tokens"], req["num_requests"]),
         "energy_source": window.source,
-        "energy_unavailable_reason": energy_unavailable_reason,
+        "energy_unavailable_reason": window.unavailable_reason,
         "energy_by_gpu_json": json.dumps(window.energy_by_gpu_j) if window.energy_by_gpu_j else None,
         "energy_integrated_j": window.integrated_energy_j,
         "energy_warmup_j": result["warmup_window"].energy_j,

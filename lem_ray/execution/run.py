@@ -40,6 +40,16 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _no_gpu_reason(identity: dict[str, Any]) -> str | None:
+    """Why a run has no GPU to measure, in words a reader of the results table understands."""
+    if identity["gpu_uuids"]:
+        return None
+    if identity["gpu_ids"]:
+        return (f"Ray assigned GPU ids {identity['gpu_ids']} but no CUDA device or NVML is "
+                "visible on this node (logical GPUs?), so energy cannot be measured")
+    return "ran on CPU: energy is measured on NVIDIA GPUs through NVML only"
+
+
 def execute_run(task: RunTask) -> RunRows:
     started_at = datetime.now(timezone.utc)
     gpus = task.config.gpus_per_experiment if task.use_gpus else 0
@@ -51,6 +61,7 @@ def execute_run(task: RunTask) -> RunRows:
         ray.get(pg.ready())
         if task.gap_s:
             time.sleep(task.gap_s)
+        started_at = datetime.now(timezone.utc)  # from here on the run holds its GPUs
         strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
         worker = WorkerActor.options(
             num_cpus=1, num_gpus=gpus, scheduling_strategy=strategy
@@ -58,15 +69,14 @@ def execute_run(task: RunTask) -> RunRows:
         actors.append(worker)
         identity = ray.get(worker.identify.remote())
         sampler = SamplerActor.options(scheduling_strategy=strategy).remote(
-            identity["gpu_uuids"], SAMPLE_INTERVAL_MS
+            identity["gpu_uuids"], SAMPLE_INTERVAL_MS, _no_gpu_reason(identity)
         )
         actors.append(sampler)
-        _, reason = ray.get(sampler.status.remote())
         result = ray.get(worker.run.remote(sampler))
         telemetry = ray.get(sampler.finish.remote())
         return ok_rows(
             task.ids, task.config, identity, result, telemetry["timeseries"],
-            telemetry["environment"], reason, started_at,
+            telemetry["environment"], started_at,
         )
     except (RayTaskError, RayActorError, GetTimeoutError) as exc:
         return failed_rows(task.ids, task.config, describe_error(exc), started_at, identity)

@@ -33,9 +33,10 @@ def _import_vllm() -> Any:
 def visible_gpu_ids(count: int, visible: str | None) -> list[str] | None:
     """The NVML ids of the first `count` GPUs this process may use, or None if unknowable.
 
-    vLLM puts ranks on the first visible devices and reads CUDA_VISIBLE_DEVICES entries as
-    NVML indices (vllm/platforms: device_id_to_physical_device_id); "GPU-..." entries are
-    UUIDs. MIG instances ("MIG-...") share a GPU whose used memory is not theirs: None.
+    vLLM puts ranks on the first visible devices and, like lem-ray under
+    CUDA_DEVICE_ORDER=PCI_BUS_ID, reads CUDA_VISIBLE_DEVICES entries as NVML indices
+    (vllm/platforms: device_id_to_physical_device_id); "GPU-..." entries are UUIDs.
+    MIG instances ("MIG-...") share a GPU whose used memory is not theirs: None.
     """
     if visible is None:
         return [str(i) for i in range(count)]
@@ -94,7 +95,7 @@ class VLLMBackend(Backend):
             torch.cuda.synchronize()
 
     def peak_memory_mb(self) -> float | None:
-        """Device memory used on this experiment's GPUs, from NVML, summed.
+        """Device memory used on this experiment's GPUs, from NVML, summed, in MiB.
 
         torch's allocator counters would be wrong: the weights and KV cache live in vLLM's
         worker processes. vLLM reserves its KV cache up front and its workers' caching
@@ -102,7 +103,7 @@ class VLLMBackend(Backend):
         counts every process on those GPUs, so it assumes they are this experiment's alone.
         None when NVML or the device ids are not available.
         """
-        import pynvml
+        from lem_ray.telemetry.nvml import GpuDevice, TelemetryError, uuids_for_indices
 
         ids = visible_gpu_ids(
             self.config.gpus_per_experiment, os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -110,23 +111,10 @@ class VLLMBackend(Backend):
         if ids is None:
             return None
         try:
-            pynvml.nvmlInit()
-        except pynvml.NVMLError:
+            used = [GpuDevice(uuid).sample().memory_used_mb for uuid in uuids_for_indices(ids)]
+        except TelemetryError:
             return None
-        try:
-            used = 0
-            for gpu in ids:
-                handle = (
-                    pynvml.nvmlDeviceGetHandleByUUID(gpu)
-                    if gpu.startswith("GPU-")
-                    else pynvml.nvmlDeviceGetHandleByIndex(int(gpu))
-                )
-                used += pynvml.nvmlDeviceGetMemoryInfo(handle).used
-            return used / 2**20
-        except pynvml.NVMLError:
-            return None
-        finally:
-            pynvml.nvmlShutdown()
+        return None if None in used else sum(used)
 
     def versions(self) -> dict[str, str]:
         import torch

@@ -1,0 +1,256 @@
+"""TensorRT-LLM backend: builds or loads an engine through the LLM API and streams every prompt.
+
+All prompts are submitted at once with generate_async(streaming=True); TensorRT-LLM's
+in-flight batching runs up to max_batch_size of them together, and each streamed chunk is
+timestamped as it reaches this process, which gives measured TTFT and inter-token gaps.
+Which LLM class runs depends on the installed version (see `_llm_class`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib.metadata
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from lem_ray.backends.base import Backend, BackendUnavailable, DeviceInfo, RequestRecord
+from lem_ray.backends.tensorrt.config import TensorRTConfig
+from lem_ray.backends.tensorrt.translate import (
+    StreamTrace,
+    build_settings,
+    engine_cache_key,
+    engine_plan,
+    llm_kwargs,
+    major_version,
+    records_from_outputs,
+    sampling_params_kwargs,
+)
+from lem_ray.config.experiment import ExperimentConfig
+
+INSTALL_HINT = (
+    "install it on a CUDA machine with "
+    "`pip install 'lem-ray[tensorrt]' --extra-index-url https://pypi.nvidia.com`"
+)
+PEAK_MEMORY_NOTE = (
+    "not reported: TensorRT-LLM allocates engine, activation and KV-cache memory through "
+    "TensorRT and its C++ pools, often in worker processes, so torch's counters in this process "
+    "miss it; use the GPU telemetry (NVML) instead"
+)
+TIMING_NOTE = (
+    "client-side time.perf_counter at each streamed chunk's arrival; tokens delivered in one "
+    "chunk share its arrival time"
+)
+
+
+def _import_trtllm() -> ModuleType:
+    try:
+        import tensorrt_llm
+    except (ImportError, OSError) as exc:
+        raise BackendUnavailable(
+            f"tensorrt_llm cannot be imported ({exc}); {INSTALL_HINT}"
+        ) from exc
+    return tensorrt_llm
+
+
+def _llm_class(runtime: str, trtllm: ModuleType) -> type:
+    """The LLM class for the runtime, across the API's versions.
+
+    0.x: tensorrt_llm.LLM builds TensorRT engines by default (its PyTorch flow was
+    experimental, so runtime 'pytorch' asks for 1.0+). 1.x: tensorrt_llm.LLM is the PyTorch
+    backend and engines moved to tensorrt_llm._tensorrt_engine.LLM. After the TensorRT
+    backend's removal only the PyTorch backend is left.
+    """
+    version = trtllm.__version__
+    if runtime == "pytorch":
+        if major_version(version) < 1:
+            raise BackendUnavailable(
+                f"tensorrt.runtime pytorch needs tensorrt_llm >= 1.0, found {version}"
+            )
+        return trtllm.LLM
+    try:
+        from tensorrt_llm._tensorrt_engine import LLM as EngineLLM
+    except ImportError:
+        if major_version(version) < 1:
+            return trtllm.LLM
+        raise BackendUnavailable(
+            f"tensorrt_llm {version} has no TensorRT engine backend; set tensorrt.runtime: "
+            "pytorch, or install a release that still builds engines (1.x or older)"
+        ) from None
+    return EngineLLM
+
+
+def _materialise(kwargs: dict[str, Any], llmapi: ModuleType) -> dict[str, Any]:
+    """Turn llm_kwargs' plain dicts into tensorrt_llm.llmapi's config classes."""
+    real = dict(kwargs)
+    real["kv_cache_config"] = llmapi.KvCacheConfig(**kwargs["kv_cache_config"])
+    if "build_config" in kwargs:
+        real["build_config"] = llmapi.BuildConfig(**kwargs["build_config"])
+    if "quant_config" in kwargs:
+        real["quant_config"] = llmapi.QuantConfig(
+            **{name: llmapi.QuantAlgo[algo] for name, algo in kwargs["quant_config"].items()}
+        )
+    return real
+
+
+def _device_name() -> str:
+    """GPU model and compute capability: a TensorRT engine only runs on the GPU it was built for."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(0)
+    return f"{torch.cuda.get_device_name(0)} sm{major}{minor}"
+
+
+def _save_engine(llm: Any, path: str, provenance: dict[str, Any]) -> None:
+    """llm.save into a sibling temp folder, then rename: a half-written engine is never reused."""
+    target = Path(path)
+    staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    llm.save(str(staging))
+    (staging / "lem_ray_build.json").write_text(json.dumps(provenance, indent=2, sort_keys=True))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+
+
+def _torch_or_none() -> ModuleType | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, config: ExperimentConfig, device: DeviceInfo) -> None:
+        super().__init__(config, device)
+        if not isinstance(config.tensorrt, TensorRTConfig):
+            raise ValueError(f"not a tensorrt experiment (backend {config.backend!r})")
+        self.options: TensorRTConfig = config.tensorrt
+        self._llm: Any = None
+        self._sampling_params: Any = None
+        self._details: dict[str, Any] = {}
+
+    def load(self) -> None:
+        if self.device.kind != "cuda":
+            raise BackendUnavailable(f"tensorrt needs NVIDIA GPUs, got device {self.device.kind!r}")
+        if self.device.gpu_count < self.options.parallel_gpus:
+            raise BackendUnavailable(
+                f"tensorrt needs {self.options.parallel_gpus} GPUs (tensor x pipeline parallel), "
+                f"{self.device.gpu_count} visible"
+            )
+        trtllm = _import_trtllm()
+        from tensorrt_llm import SamplingParams, llmapi
+
+        llm_cls = _llm_class(self.options.runtime, trtllm)
+        key = None
+        if self.options.runtime == "engine" and self.options.engine_cache_dir is not None:
+            key = engine_cache_key(
+                self.config, trtllm_version=trtllm.__version__, device_name=_device_name()
+            )
+        plan = engine_plan(self.config, key)
+        kwargs = llm_kwargs(self.config, prebuilt_engine=plan.load)
+        sampling = sampling_params_kwargs(self.config)
+        started = time.perf_counter()
+        self._llm = llm_cls(**_materialise(kwargs, llmapi))
+        load_s = time.perf_counter() - started
+        if plan.save_to is not None:
+            provenance = {
+                "build": build_settings(self.config),
+                "tensorrt_llm": trtllm.__version__,
+                "cache_key": key,
+            }
+            _save_engine(self._llm, plan.save_to, provenance)
+        self._sampling_params = SamplingParams(**sampling)
+        self._details = {
+            "runtime": self.options.runtime,
+            "llm_class": f"{llm_cls.__module__}.{llm_cls.__qualname__}",
+            "engine_source": plan.source,
+            "engine_path": plan.load or plan.save_to,
+            "engine_cache_key": key,
+            "load_s": load_s,
+            "llm_kwargs": kwargs,
+            "sampling_params": sampling,
+            "prompt_truncation": "first max_input_tokens tokens of the tokenized prompt",
+            "timing": TIMING_NOTE,
+            "peak_memory": PEAK_MEMORY_NOTE,
+        }
+
+    def generate(self, prompts: list[str]) -> list[RequestRecord]:
+        token_ids = [self._encode(index, prompt) for index, prompt in enumerate(prompts)]
+        results = asyncio.run(self._stream_all(token_ids))
+        return records_from_outputs(
+            [output for output, _ in results],
+            [len(ids) for ids in token_ids],
+            [trace for _, trace in results],
+        )
+
+    def _encode(self, index: int, prompt: str) -> list[int]:
+        """Tokenize with the LLM's own tokenizer, so the count is what the engine receives."""
+        if self._llm is None:
+            raise RuntimeError("TensorRTBackend.generate called before load()")
+        ids = list(self._llm.tokenizer.encode(prompt))[: self.config.max_input_tokens]
+        if not ids:
+            raise ValueError(f"prompt {index} tokenizes to nothing")
+        return ids
+
+    async def _stream_all(self, token_ids: list[list[int]]) -> list[tuple[Any, StreamTrace]]:
+        return list(await asyncio.gather(*(self._stream_one(ids) for ids in token_ids)))
+
+    async def _stream_one(self, ids: list[int]) -> tuple[Any, StreamTrace]:
+        trace = StreamTrace(start_s=time.perf_counter())
+        result = self._llm.generate_async(
+            ids, sampling_params=self._sampling_params, streaming=True
+        )
+        async for chunk in result:
+            trace.observe(time.perf_counter(), len(chunk.outputs[0].token_ids))
+        trace.end_s = time.perf_counter()
+        return result, trace
+
+    @property
+    def warmup_batch_size(self) -> int:
+        """Up to 8 prompts at once: enough to exercise in-flight batching (and, on the PyTorch
+        runtime, its CUDA graphs for small batches) without a long warmup on large models."""
+        return min(self.options.max_batch_size, 8)
+
+    def synchronize(self) -> None:
+        """Waits on this process's GPU work; generate() itself returns only after every
+        request's final response, so the engine's work for them is already done."""
+        torch = _torch_or_none()
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def peak_memory_mb(self) -> float | None:
+        """None: see PEAK_MEMORY_NOTE, also recorded in details()."""
+        return None
+
+    def versions(self) -> dict[str, str]:
+        found = {}
+        for dist in ("tensorrt_llm", "tensorrt", "torch"):
+            try:
+                found[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return found
+
+    def details(self) -> dict[str, Any]:
+        return dict(self._details)
+
+    def release(self) -> None:
+        if self._llm is not None:
+            shutdown = getattr(self._llm, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+            self._llm = None
+        self._sampling_params = None
+        gc.collect()
+        torch = _torch_or_none()
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
