@@ -316,7 +316,8 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     parallel_state.cleanup_dist_env_and_memory = lambda: cleaned.append(True)
     lora = types.ModuleType("vllm.lora")
     lora_request = types.ModuleType("vllm.lora.request")
-    lora_request.LoRARequest = lambda name, int_id, path: ("lora", name, int_id, path)
+    lora_request.LoRARequest = lambda **kw: ("lora", kw["lora_name"], kw["lora_int_id"],
+                                             kw["lora_path"])
     modules = {
         "vllm": vllm, "vllm.distributed": distributed,
         "vllm.distributed.parallel_state": parallel_state,

@@ -63,7 +63,9 @@ class VLLMBackend(Backend):
         if self.config.vllm.lora is not None:
             from vllm.lora.request import LoRARequest
 
-            self._lora_request = LoRARequest(LORA_NAME, 1, self.config.vllm.lora.path)
+            self._lora_request = LoRARequest(
+                lora_name=LORA_NAME, lora_int_id=1, lora_path=self.config.vllm.lora.path
+            )
 
     @property
     def warmup_batch_size(self) -> int:

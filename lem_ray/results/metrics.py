@@ -1,0 +1,82 @@
+"""Figures derived from a run's request records and energy windows. One definition each.
+
+docs/metrics.md says in words what each divides by; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from lem_ray.backends.base import RequestRecord
+
+PERCENTILES = (50, 90, 99)
+
+
+def _stats(prefix: str, values: Iterable[float | None]) -> dict[str, float | None]:
+    data = np.array([v for v in values if v is not None], dtype=float)
+    out: dict[str, float | None] = {f"{prefix}_mean": float(data.mean()) if data.size else None}
+    for p in PERCENTILES:
+        out[f"{prefix}_p{p}"] = float(np.percentile(data, p)) if data.size else None
+    return out
+
+
+def request_metrics(records: list[RequestRecord], duration_s: float) -> dict[str, Any]:
+    """Token counts, throughput over the measured window, and latency percentiles.
+
+    ITL percentiles pool every inter-token gap of every request, as LLMPerf and vLLM's
+    benchmarks do; TTFT and e2e are one value per request.
+    """
+    output_tokens = sum(r.output_tokens for r in records)
+    return {
+        "num_requests": len(records),
+        "input_tokens": sum(r.input_tokens for r in records),
+        "output_tokens": output_tokens,
+        "duration_s": duration_s,
+        "throughput_tok_s": output_tokens / duration_s if duration_s > 0 else None,
+        "requests_per_s": len(records) / duration_s if duration_s > 0 else None,
+        **_stats("ttft_ms", (r.ttft_ms for r in records)),
+        **_stats("itl_ms", (gap for r in records for gap in r.itl_ms)),
+        **_stats("e2e_ms", (r.e2e_ms for r in records)),
+    }
+
+
+def energy_metrics(
+    energy_j: float | None, duration_s: float, output_tokens: int, num_requests: int
+) -> dict[str, float | None]:
+    """Ratios over the measured window's energy; null when there is no energy to divide."""
+    if energy_j is None:
+        return {
+            "energy_j_per_output_token": None,
+            "energy_j_per_request": None,
+            "output_tokens_per_j": None,
+            "avg_power_w": None,
+        }
+    return {
+        "energy_j_per_output_token": energy_j / output_tokens if output_tokens else None,
+        "energy_j_per_request": energy_j / num_requests if num_requests else None,
+        "output_tokens_per_j": output_tokens / energy_j if energy_j > 0 else None,
+        "avg_power_w": energy_j / duration_s if duration_s > 0 else None,
+    }
+
+
+def request_rows(records: list[RequestRecord], window_start_s: float) -> list[dict[str, Any]]:
+    """One row per request; start_s is relative to the measured window's start."""
+    rows = []
+    for r in records:
+        gaps = np.array(r.itl_ms, dtype=float)
+        rows.append(
+            {
+                "request_index": r.index,
+                "input_tokens": r.input_tokens,
+                "output_tokens": r.output_tokens,
+                "ttft_ms": r.ttft_ms,
+                "itl_ms_mean": float(gaps.mean()) if gaps.size else None,
+                "itl_ms_p50": float(np.percentile(gaps, 50)) if gaps.size else None,
+                "itl_ms_max": float(gaps.max()) if gaps.size else None,
+                "e2e_ms": r.e2e_ms,
+                "start_s": r.start_s - window_start_s,
+            }
+        )
+    return rows

@@ -1,0 +1,113 @@
+"""Arrow schemas of the three tables. Explicit types, so a null column never changes type."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+F64, I64, STR, BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
+TS = pa.timestamp("us", tz="UTC")
+STRS = pa.list_(STR)
+
+ID_FIELDS = [
+    ("campaign_name", STR),
+    ("experiment_id", STR),
+    ("run_id", STR),
+    ("cycle", I64),
+    ("attempt", I64),
+]
+
+
+def _latency(prefix: str) -> list[tuple[str, pa.DataType]]:
+    return [(f"{prefix}_{s}", F64) for s in ("mean", "p50", "p90", "p99")]
+
+
+EXPERIMENTS = pa.schema(
+    ID_FIELDS
+    + [
+        ("status", STR),
+        ("error", STR),
+        ("backend", STR),
+        ("model_name", STR),
+        ("load_format", STR),
+        ("fp_precision", STR),
+        ("batch_size", I64),
+        ("gpus_per_experiment", I64),
+        ("max_input_tokens", I64),
+        ("max_output_tokens", I64),
+        ("started_at", TS),
+        ("finished_at", TS),
+        ("node_ip", STR),
+        ("node_id", STR),
+        ("hostname", STR),
+        ("device", STR),
+        ("gpu_ids", STRS),
+        ("gpu_uuids", STRS),
+        ("gpu_names", STRS),
+        ("load_s", F64),
+        ("warmup_s", F64),
+        ("warmup_requests", I64),
+        ("warmup_converged", BOOL),
+        ("warmup_final_cv", F64),
+        ("num_requests", I64),
+        ("input_tokens", I64),
+        ("output_tokens", I64),
+        ("duration_s", F64),
+        ("throughput_tok_s", F64),
+        ("requests_per_s", F64),
+    ]
+    + _latency("ttft_ms")
+    + _latency("itl_ms")
+    + _latency("e2e_ms")
+    + [
+        ("energy_j", F64),
+        ("energy_j_per_output_token", F64),
+        ("energy_j_per_request", F64),
+        ("output_tokens_per_j", F64),
+        ("avg_power_w", F64),
+        ("energy_source", STR),
+        ("energy_unavailable_reason", STR),
+        ("energy_by_gpu_json", STR),
+        ("energy_integrated_j", F64),
+        ("energy_warmup_j", F64),
+        ("temperature_start_c", F64),
+        ("temperature_max_c", F64),
+        ("throttle_reasons", I64),
+        ("peak_memory_mb", F64),
+        ("versions_json", STR),
+        ("environment_json", STR),
+        ("config_json", STR),
+    ]
+)
+
+REQUESTS = pa.schema(
+    ID_FIELDS
+    + [
+        ("request_index", I64),
+        ("input_tokens", I64),
+        ("output_tokens", I64),
+        ("ttft_ms", F64),
+        ("itl_ms_mean", F64),
+        ("itl_ms_p50", F64),
+        ("itl_ms_max", F64),
+        ("e2e_ms", F64),
+        ("start_s", F64),
+    ]
+)
+
+TIMESERIES = pa.schema(
+    ID_FIELDS
+    + [
+        ("gpu_uuid", STR),
+        ("t_s", F64),
+        ("power_w", F64),
+        ("energy_j", F64),
+        ("temperature_c", F64),
+        ("sm_clock_mhz", F64),
+        ("mem_clock_mhz", F64),
+        ("memory_used_mb", F64),
+        ("utilization_pct", F64),
+        ("throttle_reasons", I64),
+    ]
+)
+
+TABLES = {"experiments": EXPERIMENTS, "requests": REQUESTS, "timeseries": TIMESERIES}
