@@ -56,6 +56,9 @@ def test_campaign_tables_and_rerun(local_ray, tmp_path: Path) -> None:
         assert e["device"] == "cpu" and e["gpu_uuids"] == []
         assert e["energy_j"] is None and e["energy_j_per_output_token"] is None
         assert e["energy_source"] is None and "ran on CPU" in e["energy_unavailable_reason"]
+        assert e["valid"] is None and e["validity_flags"] == ["no_energy"]
+        assert e["energy_prefill_j"] is None and e["prefill_passes"] is None, "no prefill pass without energy"
+        assert e["baseline_power_w"] is None and e["energy_adjusted_j"] is None
         assert json.loads(e["config_json"])["pytorch"]["batch_size"] == e["batch_size"]
         assert e["node_id"] and e["node_ip"]
 
@@ -65,7 +68,7 @@ def test_campaign_tables_and_rerun(local_ray, tmp_path: Path) -> None:
         mine = [r for r in requests if r["run_id"] == run["run_id"] and r["attempt"] == 1]
         assert sorted(r["request_index"] for r in mine) == list(range(6))
         assert sum(r["output_tokens"] for r in mine) == run["output_tokens"]
-        assert all(r["e2e_ms"] >= r["ttft_ms"] > 0 for r in mine)
+        assert all(r["e2e_ms"] >= r["ttft_ms"] > 0 and r["energy_j"] is None for r in mine)
 
     assert not [p for p in out.rglob("*") if p.name.startswith(".")], "no temp files left"
 

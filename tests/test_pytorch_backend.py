@@ -56,7 +56,8 @@ def test_sorted_batching_returns_records_in_prompt_order(prompts) -> None:
 
 def test_output_lengths_stop_at_first_eos() -> None:
     generated = torch.tensor([[5, 6, 2, 3, 3], [5, 6, 7, 8, 9], [2, 3, 3, 3, 3]])
-    assert output_lengths(generated, {2}, 3, 0) == [3, 5, 1]
+    assert output_lengths(generated, {2}, 0) == [3, 5, 1]
+    assert output_lengths(generated, {2}, 4) == [5, 5, 5]
 
 
 def test_greedy_and_sampled_generation_kwargs() -> None:

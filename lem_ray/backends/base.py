@@ -50,8 +50,20 @@ class Backend(ABC):
         """Load the engine and tokenizer; heavy imports happen here, not at module import."""
 
     @abstractmethod
-    def generate(self, prompts: list[str]) -> list[RequestRecord]:
-        """Run the prompts with this backend's own batching; one record per prompt, in order."""
+    def generate(
+        self, prompts: list[str], max_output_tokens: int | None = None
+    ) -> list[RequestRecord]:
+        """Run the prompts with this backend's own batching; one record per prompt, in order.
+
+        max_output_tokens caps the config's value for this call (the prefill window uses 1).
+        """
+
+    def output_bounds(self, max_output_tokens: int | None) -> tuple[int, int]:
+        """(max, min) new tokens for one generate() call."""
+        cfg = self.config
+        if max_output_tokens is None:
+            return cfg.max_output_tokens, cfg.min_output_tokens
+        return max_output_tokens, min(cfg.min_output_tokens, max_output_tokens)
 
     @property
     def warmup_batch_size(self) -> int:

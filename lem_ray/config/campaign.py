@@ -29,12 +29,49 @@ class GridConfig(StrictModel):
         return axes
 
 
+class TelemetryConfig(StrictModel):
+    sample_interval_ms: float = Field(100, ge=10, description="instant power etc., per GPU")
+
+
+class BaselineConfig(StrictModel):
+    """Idle power per GPU, measured once and reused while fresh."""
+
+    enabled: bool = True
+    duration_s: float = Field(20, gt=0)
+    ttl_s: float = Field(3600, ge=0, description="a cached baseline older than this is remeasured")
+
+
+class CooldownConfig(StrictModel):
+    """Before each run, wait for its GPUs to cool (off unless target_temp_c is set)."""
+
+    target_temp_c: float | None = Field(None, gt=0)
+    max_wait_s: float = Field(300, ge=0)
+
+
+class PrefillConfig(StrictModel):
+    """A second window: the same prompts with one output token, to split prefill from decode."""
+
+    enabled: bool = True
+    max_repeats: int = Field(20, ge=1, description="passes to reach validity.min_window_s")
+
+
+class ValidityConfig(StrictModel):
+    min_window_s: float = Field(5, gt=0, description="shorter measured windows are flagged")
+    temperature_min_c: float = 20
+    temperature_max_c: float = 95
+
+
 class ExecutionConfig(StrictModel):
     cycles: int = Field(3, ge=1, description="each experiment is run this many times")
     structure: Literal["interleaved", "shuffled", "grouped"] = "interleaved"
     seed: int = 0
     config_gap_s: float = Field(0, ge=0, description="pause between runs on the same GPUs")
     cycle_gap_s: float = Field(0, ge=0, description="pause between cycles")
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
+    prefill: PrefillConfig = Field(default_factory=PrefillConfig)
+    validity: ValidityConfig = Field(default_factory=ValidityConfig)
 
 
 class OutputConfig(StrictModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import ray
@@ -15,13 +16,41 @@ WorkerActor = ray.remote(max_restarts=0, max_task_retries=0)(ExperimentWorker)
 
 @ray.remote(num_cpus=0, max_concurrency=4)
 class SamplerActor:
-    """Needs no CPU of its own: its thread sleeps between 100 ms samples."""
+    """Needs no CPU of its own: its thread sleeps between samples."""
 
     def __init__(
         self, gpu_uuids: list[str], sample_interval_ms: float, no_gpu_reason: str | None
     ) -> None:
         self.sampler = EnergySampler(gpu_uuids, sample_interval_ms=sample_interval_ms)
         self.no_gpu_reason = no_gpu_reason
+        self.compute_pids: dict[str, list[int]] = {}
+
+    def baseline(
+        self, known: dict[str, dict[str, Any]], duration_s: float, ttl_s: float
+    ) -> dict[str, dict[str, Any]]:
+        """Idle power per GPU: the cached values still fresh, the rest measured now.
+
+        Called before the worker loads anything, so the GPUs are idle (the worker resolved
+        its GPUs through NVML and holds no CUDA context yet).
+        """
+        self.sampler.baseline_ttl_s = ttl_s
+        self.sampler.load_baselines(known)
+        return self.sampler.measure_idle_baseline(
+            duration_s=duration_s, interval_ms=self.sampler.sample_interval_s * 1000
+        )
+
+    def cool_down(self, target_temp_c: float, max_wait_s: float) -> dict[str, float | None]:
+        """Wait until every GPU is at or below target_temp_c, or max_wait_s has passed."""
+        started = time.monotonic()
+        while True:
+            temps = [s.temperature_c for s in self.sampler.sample_once() if s.temperature_c is not None]
+            hottest = max(temps, default=None)
+            waited = time.monotonic() - started
+            if hottest is None or hottest <= target_temp_c or waited >= max_wait_s:
+                return {"cooldown_wait_s": waited, "cooldown_temp_c": hottest}
+            time.sleep(1.0)
+
+    def start(self) -> None:
         self.sampler.start()
 
     def begin(self, name: str) -> None:
@@ -29,6 +58,10 @@ class SamplerActor:
 
     def end(self, name: str) -> Any:
         window = self.sampler.end(name)
+        self.compute_pids[name] = sorted(
+            {pid for env in self.sampler.environment().values()
+             for pid in env.get("compute_process_pids") or []}
+        )
         if self.no_gpu_reason and window.energy_j is None:
             return dataclasses.replace(window, unavailable_reason=self.no_gpu_reason)
         return window
@@ -39,4 +72,6 @@ class SamplerActor:
             "timeseries": self.sampler.timeseries(),
             "environment": self.sampler.environment(),
             "sampler_cpu_s": self.sampler.sampler_cpu_s(),
+            "compute_pids": self.compute_pids,
+            "sample_interval_s": self.sampler.sample_interval_s,
         }

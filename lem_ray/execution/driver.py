@@ -14,7 +14,7 @@ import ray
 
 from lem_ray.execution.cluster import Capacity, capacity, connect
 from lem_ray.execution.rows import RunIds, RunRows, failed_rows
-from lem_ray.execution.run import RunTask, execute_run
+from lem_ray.execution.run import BaselineCache, RunTask, execute_run
 from lem_ray.planning.order import RunKey
 from lem_ray.planning.plan import CampaignPlan, plan_campaign
 from lem_ray.results.store import attempt_stem, previous_attempts, write_rows
@@ -122,6 +122,7 @@ def _execute(
 ) -> None:
     cap = capacity()
     execution = plan.campaign.execution
+    baselines = BaselineCache.remote()
 
     def one(task: RunTask) -> None:
         progress.started()
@@ -149,7 +150,7 @@ def _execute(
             ids = RunIds(plan.name, key.experiment_id, key.cycle,
                          attempts.get((key.experiment_id, key.cycle), 0) + 1)
             task = RunTask(ids, plan.experiment(key.experiment_id).config,
-                           prompts[key.experiment_id], cap.has_gpus, gap)
+                           prompts[key.experiment_id], cap.has_gpus, execution, baselines, gap)
             futures.append(pool.submit(one, task))
             previous = key
         for f in futures:

@@ -17,28 +17,28 @@ class GpuIdentity:
 def resolve_gpus(ray_gpu_ids: list[str]) -> GpuIdentity:
     """UUIDs of the GPUs Ray gave this process.
 
-    NVML ignores CUDA_VISIBLE_DEVICES, so indices must never reach it. Through torch the
-    UUID comes from the CUDA device itself; without torch, Ray's ids are physical indices
-    and match NVML's only under CUDA_DEVICE_ORDER=PCI_BUS_ID (which the driver exports).
+    NVML ignores CUDA_VISIBLE_DEVICES, so indices must never reach it blindly. Ray's ids are
+    physical indices, which match NVML's numbering under CUDA_DEVICE_ORDER=PCI_BUS_ID (the
+    driver exports it to every worker): that path is tried first because it creates no CUDA
+    context in the worker, so the idle baseline taken next is truly idle and vLLM can still
+    fork its workers. Without NVML, torch reports the UUID from the CUDA device itself.
     Logical GPUs with no device behind them (tests, CPU clusters) resolve to no UUIDs.
     """
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
-            return GpuIdentity(
-                "cuda", list(ray_gpu_ids), [_nvml_uuid(p.uuid) for p in props], [p.name for p in props]
-            )
-    except ImportError:
-        pass
-    if ray_gpu_ids and os.environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID":
-        from lem_ray.telemetry.nvml import nvml_status, uuids_for_indices
+    ids = list(ray_gpu_ids)
+    if ids and os.environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID":
+        from lem_ray.telemetry.nvml import GpuDevice, nvml_status, uuids_for_indices
 
         if nvml_status()[0]:
-            uuids = uuids_for_indices([int(i) for i in ray_gpu_ids])
-            return GpuIdentity("cuda", list(ray_gpu_ids), uuids, [])
-    return GpuIdentity("cpu", list(ray_gpu_ids))
+            uuids = uuids_for_indices(ids)
+            return GpuIdentity("cuda", ids, uuids, [GpuDevice(u).name for u in uuids])
+    try:
+        import torch
+    except ImportError:
+        return GpuIdentity("cpu", ids)
+    if not torch.cuda.is_available():
+        return GpuIdentity("cpu", ids)
+    props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+    return GpuIdentity("cuda", ids, [_nvml_uuid(p.uuid) for p in props], [p.name for p in props])
 
 
 def _nvml_uuid(torch_uuid: object) -> str:

@@ -8,8 +8,23 @@ from datetime import datetime, timezone
 from typing import Any
 
 import lem_ray
+from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.results.metrics import energy_metrics, request_metrics, request_rows
+from lem_ray.results.metrics import (
+    attribute_energy,
+    energy_metrics,
+    request_metrics,
+    request_rows,
+    split_prefill_decode,
+)
+from lem_ray.results.validity import (
+    ValidityInputs,
+    is_valid,
+    other_processes,
+    throttle_seconds,
+    validity_flags,
+)
+from lem_ray.telemetry.sampler import adjusted_energy_j
 
 
 @dataclass
@@ -87,13 +102,37 @@ def _identity_columns(identity: dict[str, Any]) -> dict[str, Any]:
     return {k: identity.get(k) for k in keys}
 
 
+def _baseline(conditions: dict[str, Any], uuids: list[str]) -> dict[str, Any]:
+    """Summed idle power over the run's GPUs, the oldest age, and how it was taken."""
+    baselines = conditions.get("baselines") or {}
+    if not uuids or any(u not in baselines for u in uuids):
+        return {"baseline_power_w": None, "baseline_age_s": None, "baseline_method": None}
+    entries = [baselines[u] for u in uuids]
+    return {
+        "baseline_power_w": sum(e["power_w"] for e in entries),
+        "baseline_age_s": max(e.get("age_s", 0.0) for e in entries),
+        "baseline_method": entries[0]["method"],
+    }
+
+
+def _environment(environment: dict[str, Any]) -> dict[str, Any]:
+    gpus = list(environment.values())
+    limits = [g.get("power_limit_w") for g in gpus]
+    return {
+        "power_limit_w": sum(limits) if gpus and None not in limits else None,
+        "driver_version": gpus[0].get("driver_version") if gpus else None,
+        "cuda_driver_version": gpus[0].get("cuda_driver_version") if gpus else None,
+    }
+
+
 def ok_rows(
     ids: RunIds,
     config: ExperimentConfig,
+    execution: ExecutionConfig,
     identity: dict[str, Any],
     result: dict[str, Any],
-    timeseries: list[dict[str, Any]],
-    environment: dict[str, Any],
+    telemetry: dict[str, Any],
+    conditions: dict[str, Any],
     started_at: datetime,
 ) -> RunRows:
     records = result["records"]
@@ -101,6 +140,33 @@ def ok_rows(
     warmup = result["warmup"]
     req = request_metrics(records, result["duration_s"])
     energy_j = window.energy_j
+    window_s = window.duration_s
+    baseline = _baseline(conditions, identity["gpu_uuids"])
+    env = _environment(telemetry["environment"])
+    prefill = result["prefill"]
+    prefill_j, decode_j = split_prefill_decode(
+        energy_j, prefill["window"].energy_j if prefill else None, prefill["passes"] if prefill else 0
+    )
+    adjusted_j = adjusted_energy_j(energy_j, baseline["baseline_power_w"], window_s)
+    ratios = energy_metrics(energy_j, window_s, req["output_tokens"], req["num_requests"])
+    others = other_processes(telemetry["compute_pids"].get("measure", []), result["own_pids"])
+    flags = validity_flags(ValidityInputs(
+        energy_j=energy_j,
+        window_s=window_s,
+        min_window_s=execution.validity.min_window_s,
+        throttle_reasons=window.throttle_reasons_seen,
+        temperature_start_c=window.temperature_start_c,
+        temperature_max_c=window.temperature_max_c,
+        temperature_min_c=execution.validity.temperature_min_c,
+        temperature_limit_c=execution.validity.temperature_max_c,
+        avg_power_w=ratios["avg_power_w"],
+        power_limit_w=env["power_limit_w"],
+        baseline_power_w=baseline["baseline_power_w"],
+        other_process_pids=others,
+        mig_enabled=any(g.get("mig_enabled") for g in telemetry["environment"].values()),
+    ))
+    throttled = throttle_seconds(telemetry["timeseries"], window.start_s, window.end_s,
+                                 telemetry["sample_interval_s"])
     experiment = {
         **ids.as_dict(),
         **config_columns(config),
@@ -116,20 +182,42 @@ def ok_rows(
         "warmup_final_cv": warmup.final_cv,
         **req,
         "energy_j": energy_j,
-        **energy_metrics(energy_j, result["duration_s"], req["output_tokens"], req["num_requests"]),
+        **ratios,
         "energy_source": window.source,
         "energy_unavailable_reason": window.unavailable_reason,
         "energy_by_gpu_json": json.dumps(window.energy_by_gpu_j) if window.energy_by_gpu_j else None,
         "energy_integrated_j": window.integrated_energy_j,
+        "energy_window_s": window_s,
         "energy_warmup_j": result["warmup_window"].energy_j,
+        **baseline,
+        "energy_adjusted_j": adjusted_j,
+        "energy_adjusted_j_per_output_token": (
+            adjusted_j / req["output_tokens"] if adjusted_j is not None and req["output_tokens"] else None
+        ),
+        "energy_prefill_j": prefill_j,
+        "energy_decode_j": decode_j,
+        "prefill_passes": prefill["passes"] if prefill else None,
+        "prefill_window_s": prefill["window"].duration_s if prefill else None,
+        "valid": is_valid(flags),
+        "validity_flags": flags,
         "temperature_start_c": window.temperature_start_c,
         "temperature_max_c": window.temperature_max_c,
         "throttle_reasons": window.throttle_reasons_seen,
+        "throttle_s_json": json.dumps(throttled),
+        "other_process_pids": others,
+        "cooldown_wait_s": conditions.get("cooldown_wait_s"),
+        "cooldown_temp_c": conditions.get("cooldown_temp_c"),
+        **env,
+        "sampler_cpu_s": telemetry["sampler_cpu_s"],
         "peak_memory_mb": result["peak_memory_mb"],
         "versions_json": json.dumps({**result["versions"], "lem_ray": lem_ray.__version__}),
-        "environment_json": json.dumps({"gpus": environment, **result["details"]}, default=str),
+        "environment_json": json.dumps(
+            {"gpus": telemetry["environment"], **result["details"]}, default=str
+        ),
     }
     ids_row = ids.as_dict()
-    requests = [{**ids_row, **row} for row in request_rows(records, result["measure_start_s"])]
-    series = [{**ids_row, **row} for row in timeseries]
+    energies = attribute_energy(records, energy_j, prefill_j, decode_j)
+    requests = [{**ids_row, **row}
+                for row in request_rows(records, result["measure_start_s"], energies)]
+    series = [{**ids_row, **row} for row in telemetry["timeseries"]]
     return RunRows(experiment, requests, series)

@@ -13,11 +13,25 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.actors import SamplerActor, WorkerActor
 from lem_ray.execution.rows import RunIds, RunRows, failed_rows, ok_rows
+from lem_ray.execution.worker import PrefillSettings
 
-SAMPLE_INTERVAL_MS = 100.0
+
+@ray.remote(num_cpus=0)
+class BaselineCache:
+    """Idle baselines by GPU UUID, kept for the whole campaign while samplers come and go."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, Any]] = {}
+
+    def get(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
+        return {u: self.entries[u] for u in uuids if u in self.entries}
+
+    def put(self, entries: dict[str, dict[str, Any]]) -> None:
+        self.entries.update(entries)
 
 
 @dataclass
@@ -26,6 +40,8 @@ class RunTask:
     config: ExperimentConfig
     prompts: list[str]
     use_gpus: bool
+    execution: ExecutionConfig
+    baselines: Any
     gap_s: float = 0.0
 
 
@@ -50,6 +66,24 @@ def _no_gpu_reason(identity: dict[str, Any]) -> str | None:
     return "ran on CPU: energy is measured on NVIDIA GPUs through NVML only"
 
 
+def _prepare_gpus(task: RunTask, sampler: Any, uuids: list[str]) -> dict[str, Any]:
+    """Cool down and take (or reuse) the idle baseline, both before anything is loaded."""
+    execution = task.execution
+    found: dict[str, Any] = {}
+    if not uuids:
+        return found
+    if execution.cooldown.target_temp_c is not None:
+        found.update(ray.get(sampler.cool_down.remote(
+            execution.cooldown.target_temp_c, execution.cooldown.max_wait_s)))
+    if execution.baseline.enabled:
+        known = ray.get(task.baselines.get.remote(uuids))
+        baselines = ray.get(sampler.baseline.remote(
+            known, execution.baseline.duration_s, execution.baseline.ttl_s))
+        ray.get(task.baselines.put.remote(baselines))
+        found["baselines"] = baselines
+    return found
+
+
 def execute_run(task: RunTask) -> RunRows:
     started_at = datetime.now(timezone.utc)
     gpus = task.config.gpus_per_experiment if task.use_gpus else 0
@@ -57,6 +91,7 @@ def execute_run(task: RunTask) -> RunRows:
     pg = placement_group([bundle], strategy="STRICT_PACK", name=f"lem-ray:{task.ids.run_id}")
     actors: list[Any] = []
     identity: dict[str, Any] = {}
+    execution = task.execution
     try:
         ray.get(pg.ready())
         if task.gap_s:
@@ -69,15 +104,18 @@ def execute_run(task: RunTask) -> RunRows:
         actors.append(worker)
         identity = ray.get(worker.identify.remote())
         sampler = SamplerActor.options(scheduling_strategy=strategy).remote(
-            identity["gpu_uuids"], SAMPLE_INTERVAL_MS, _no_gpu_reason(identity)
+            identity["gpu_uuids"], execution.telemetry.sample_interval_ms, _no_gpu_reason(identity)
         )
         actors.append(sampler)
-        result = ray.get(worker.run.remote(sampler))
-        telemetry = ray.get(sampler.finish.remote())
-        return ok_rows(
-            task.ids, task.config, identity, result, telemetry["timeseries"],
-            telemetry["environment"], started_at,
+        conditions = _prepare_gpus(task, sampler, identity["gpu_uuids"])
+        ray.get(sampler.start.remote())
+        prefill = PrefillSettings(
+            execution.prefill.enabled, execution.validity.min_window_s, execution.prefill.max_repeats
         )
+        result = ray.get(worker.run.remote(sampler, prefill))
+        telemetry = ray.get(sampler.finish.remote())
+        return ok_rows(task.ids, task.config, execution, identity, result, telemetry, conditions,
+                       started_at)
     except (RayTaskError, RayActorError, GetTimeoutError) as exc:
         return failed_rows(task.ids, task.config, describe_error(exc), started_at, identity)
     except Exception as exc:  # a bug of ours: keep the campaign going, keep the trace

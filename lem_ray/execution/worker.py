@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
+import psutil
 import ray
 
-from lem_ray.backends.base import DeviceInfo
+from lem_ray.backends.base import Backend, DeviceInfo
 from lem_ray.backends.registry import backend_class
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.gpus import GpuIdentity, resolve_gpus
 from lem_ray.execution.warmup import run_warmup
+
+
+@dataclass(frozen=True)
+class PrefillSettings:
+    enabled: bool
+    min_window_s: float
+    max_repeats: int
 
 
 class ExperimentWorker:
@@ -36,8 +45,8 @@ class ExperimentWorker:
             "hostname": socket.gethostname(),
         }
 
-    def run(self, sampler: Any) -> dict[str, Any]:
-        """Load, warm up (its own window), measure, release. Energy edges wait for the device."""
+    def run(self, sampler: Any, prefill: PrefillSettings) -> dict[str, Any]:
+        """Load, warm up, measure, then the prefill window; every window edge after a device sync."""
         cfg = self.config
         device = DeviceInfo(self.identity.device, len(self.identity.gpu_uuids))
         backend = backend_class(cfg.backend)(cfg, device)
@@ -57,6 +66,11 @@ class ExperimentWorker:
             backend.synchronize()
             duration_s = time.perf_counter() - start_s
             measure_window = ray.get(sampler.end.remote("measure"))
+            own_pids = _own_pids()
+            measured = measure_window.energy_j is not None
+            prefill_result = (
+                _prefill(backend, sampler, prompts, prefill) if prefill.enabled and measured else None
+            )
             return {
                 "records": records,
                 "measure_start_s": start_s,
@@ -65,6 +79,8 @@ class ExperimentWorker:
                 "warmup": warmup,
                 "warmup_window": warmup_window,
                 "measure_window": measure_window,
+                "prefill": prefill_result,
+                "own_pids": own_pids,
                 "peak_memory_mb": backend.peak_memory_mb(),
                 "versions": {**backend.versions(), "python": platform.python_version(),
                              "ray": ray.__version__},
@@ -72,3 +88,28 @@ class ExperimentWorker:
             }
         finally:
             backend.release()
+
+
+def _prefill(
+    backend: Backend, sampler: Any, prompts: list[str], settings: PrefillSettings
+) -> dict[str, Any]:
+    """The measured prompts again, one output token each, repeated until the window is long
+    enough for the energy counter (or max_repeats); energy is then divided by the passes."""
+    backend.synchronize()
+    ray.get(sampler.begin.remote("prefill"))
+    started = time.perf_counter()
+    passes = 0
+    while True:
+        backend.generate(prompts, max_output_tokens=1)
+        passes += 1
+        backend.synchronize()
+        if time.perf_counter() - started >= settings.min_window_s or passes >= settings.max_repeats:
+            break
+    window = ray.get(sampler.end.remote("prefill"))
+    return {"window": window, "passes": passes, "duration_s": time.perf_counter() - started}
+
+
+def _own_pids() -> set[int]:
+    """This worker and its children (engines such as vLLM run the model in a child process)."""
+    me = psutil.Process(os.getpid())
+    return {me.pid, *(child.pid for child in me.children(recursive=True))}

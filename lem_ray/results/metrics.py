@@ -61,10 +61,46 @@ def energy_metrics(
     }
 
 
-def request_rows(records: list[RequestRecord], window_start_s: float) -> list[dict[str, Any]]:
+def attribute_energy(
+    records: list[RequestRecord],
+    energy_j: float | None,
+    prefill_j: float | None,
+    decode_j: float | None,
+) -> list[float | None]:
+    """Each request's share of the window's energy (the shares add up to energy_j).
+
+    With a prefill/decode split: prefill energy by input-token share plus decode energy by
+    output-token share. Without it: the window's energy by output-token share.
+    """
+    if energy_j is None:
+        return [None] * len(records)
+    total_in = sum(r.input_tokens for r in records)
+    total_out = sum(r.output_tokens for r in records)
+    if prefill_j is not None and decode_j is not None and total_in and total_out:
+        return [prefill_j * r.input_tokens / total_in + decode_j * r.output_tokens / total_out
+                for r in records]
+    if total_out:
+        return [energy_j * r.output_tokens / total_out for r in records]
+    return [None] * len(records)
+
+
+def split_prefill_decode(
+    energy_j: float | None, prefill_window_j: float | None, passes: int
+) -> tuple[float | None, float | None]:
+    """(prefill J, decode J) of the measured prompts: one prefill pass of the same prompts,
+    measured over `passes` repeats and divided back; decode is what the full run used beyond it."""
+    if energy_j is None or prefill_window_j is None or passes < 1:
+        return None, None
+    prefill_j = prefill_window_j / passes
+    return prefill_j, energy_j - prefill_j
+
+
+def request_rows(
+    records: list[RequestRecord], window_start_s: float, energies_j: list[float | None]
+) -> list[dict[str, Any]]:
     """One row per request; start_s is relative to the measured window's start."""
     rows = []
-    for r in records:
+    for r, energy_j in zip(records, energies_j):
         gaps = np.array(r.itl_ms, dtype=float)
         rows.append(
             {
@@ -77,6 +113,7 @@ def request_rows(records: list[RequestRecord], window_start_s: float) -> list[di
                 "itl_ms_max": float(gaps.max()) if gaps.size else None,
                 "e2e_ms": r.e2e_ms,
                 "start_s": r.start_s - window_start_s,
+                "energy_j": energy_j,
             }
         )
     return rows

@@ -379,6 +379,17 @@ class EnergySampler:
         result = {d.uuid: self.baseline(d.uuid) for d in self._devices}
         return {uuid: value for uuid, value in result.items() if value is not None}
 
+    def load_baselines(self, known: dict[str, dict[str, Any]]) -> None:
+        """Adopt baselines measured earlier (by another sampler on this node), as if cached here.
+
+        Samplers live as long as one run; the campaign keeps baselines between runs and hands
+        them back, so each GPU pays the idle measurement once per TTL, not once per run.
+        """
+        with self._lock:
+            for uuid, entry in known.items():
+                fields = {k: v for k, v in entry.items() if k != "age_s"}
+                self._baselines[uuid] = fields
+
     def baseline(self, uuid: str) -> dict[str, Any] | None:
         """Cached idle baseline of one GPU with its age_s, or None if missing or older than the TTL."""
         with self._lock:

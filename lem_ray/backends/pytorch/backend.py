@@ -48,7 +48,7 @@ def generation_kwargs(config: Any, pad_token_id: int, eos_token_id: Any) -> dict
     return kwargs
 
 
-def output_lengths(generated: Any, eos_ids: set[int], pad_id: int, min_tokens: int) -> list[int]:
+def output_lengths(generated: Any, eos_ids: set[int], min_tokens: int) -> list[int]:
     """Tokens each row really produced: up to and including its first EOS.
 
     generate() keeps padding finished rows with pad tokens until the whole batch is done, so
@@ -147,20 +147,30 @@ class PyTorchBackend(Backend):
     def warmup_batch_size(self) -> int:
         return self.config.pytorch.batch_size
 
-    def generate(self, prompts: list[str]) -> list[RequestRecord]:
+    def generate(
+        self, prompts: list[str], max_output_tokens: int | None = None
+    ) -> list[RequestRecord]:
         tok = self._tokenizer
+        most, least = self.output_bounds(max_output_tokens)
+        gen_kwargs = {k: v for k, v in self._gen_kwargs.items() if k != "min_new_tokens"}
+        gen_kwargs["max_new_tokens"] = most
+        if least:
+            gen_kwargs["min_new_tokens"] = least
         encoded = [
             tok(p, truncation=True, max_length=self.config.max_input_tokens)["input_ids"]
             for p in prompts
         ]
         records: list[RequestRecord | None] = [None] * len(prompts)
         for batch in make_batches([len(e) for e in encoded], self.config.pytorch):
-            for index, record in zip(batch, self._generate_batch([encoded[i] for i in batch])):
+            batch_ids = [encoded[i] for i in batch]
+            for index, record in zip(batch, self._generate_batch(batch_ids, gen_kwargs, least)):
                 record.index = index
                 records[index] = record
         return [r for r in records if r is not None]
 
-    def _generate_batch(self, token_ids: list[list[int]]) -> list[RequestRecord]:
+    def _generate_batch(
+        self, token_ids: list[list[int]], gen_kwargs: dict[str, Any], min_tokens: int
+    ) -> list[RequestRecord]:
         torch = self._torch
         inputs = self._tokenizer.pad({"input_ids": token_ids}, return_tensors="pt")
         inputs = {k: v.to(self._input_device) for k, v in inputs.items()}
@@ -168,13 +178,11 @@ class PyTorchBackend(Backend):
         extra = {"assistant_model": self._assistant} if self._assistant is not None else {}
         start_s = time.perf_counter()
         with torch.inference_mode():
-            out = self._model.generate(**inputs, **self._gen_kwargs, **extra, streamer=timer)
+            out = self._model.generate(**inputs, **gen_kwargs, **extra, streamer=timer)
         self.synchronize()
         done_s = time.perf_counter()
         generated = out[:, inputs["input_ids"].shape[1]:]
-        lengths = output_lengths(
-            generated.cpu(), self._eos_ids, self._tokenizer.pad_token_id, self.config.min_output_tokens
-        )
+        lengths = output_lengths(generated.cpu(), self._eos_ids, min_tokens)
         times = timer.token_times_s
         records = []
         for ids, n in zip(token_ids, lengths):

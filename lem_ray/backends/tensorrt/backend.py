@@ -168,6 +168,8 @@ class TensorRTBackend(Backend):
                 "cache_key": key,
             }
             _save_engine(self._llm, plan.save_to, provenance)
+        self._sampling_cls = SamplingParams
+        self._sampling_kwargs = sampling
         self._sampling_params = SamplingParams(**sampling)
         self._details = {
             "runtime": self.options.runtime,
@@ -183,9 +185,17 @@ class TensorRTBackend(Backend):
             "peak_memory": PEAK_MEMORY_NOTE,
         }
 
-    def generate(self, prompts: list[str]) -> list[RequestRecord]:
+    def generate(
+        self, prompts: list[str], max_output_tokens: int | None = None
+    ) -> list[RequestRecord]:
         token_ids = [self._encode(index, prompt) for index, prompt in enumerate(prompts)]
-        results = asyncio.run(self._stream_all(token_ids))
+        sampling = self._sampling_params
+        if max_output_tokens is not None:
+            most, least = self.output_bounds(max_output_tokens)
+            limits = {"max_tokens": most, **({"min_tokens": least} if least else {})}
+            kwargs = {k: v for k, v in self._sampling_kwargs.items() if k != "min_tokens"}
+            sampling = self._sampling_cls(**kwargs, **limits)
+        results = asyncio.run(self._stream_all(token_ids, sampling))
         return records_from_outputs(
             [output for output, _ in results],
             [len(ids) for ids in token_ids],
@@ -201,14 +211,14 @@ class TensorRTBackend(Backend):
             raise ValueError(f"prompt {index} tokenizes to nothing")
         return ids
 
-    async def _stream_all(self, token_ids: list[list[int]]) -> list[tuple[Any, StreamTrace]]:
-        return list(await asyncio.gather(*(self._stream_one(ids) for ids in token_ids)))
+    async def _stream_all(
+        self, token_ids: list[list[int]], sampling: Any
+    ) -> list[tuple[Any, StreamTrace]]:
+        return list(await asyncio.gather(*(self._stream_one(ids, sampling) for ids in token_ids)))
 
-    async def _stream_one(self, ids: list[int]) -> tuple[Any, StreamTrace]:
+    async def _stream_one(self, ids: list[int], sampling: Any) -> tuple[Any, StreamTrace]:
         trace = StreamTrace(start_s=time.perf_counter())
-        result = self._llm.generate_async(
-            ids, sampling_params=self._sampling_params, streaming=True
-        )
+        result = self._llm.generate_async(ids, sampling_params=sampling, streaming=True)
         async for chunk in result:
             trace.observe(time.perf_counter(), len(chunk.outputs[0].token_ids))
         trace.end_s = time.perf_counter()

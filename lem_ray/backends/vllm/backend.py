@@ -58,6 +58,7 @@ class VLLMBackend(Backend):
         self._sampling_kwargs = sampling_params_kwargs(
             self.config, top_k_off=vllm.SamplingParams().top_k
         )
+        self._sampling_cls = vllm.SamplingParams
         self._sampling = vllm.SamplingParams(**self._sampling_kwargs)
         self._lora_request = None
         if self.config.vllm.lora is not None:
@@ -73,14 +74,22 @@ class VLLMBackend(Backend):
         capped at 8 to keep warmup short; never more than the engine would run at once."""
         return min(self.config.vllm.max_num_seqs, 8)
 
-    def generate(self, prompts: list[str]) -> list[RequestRecord]:
+    def generate(
+        self, prompts: list[str], max_output_tokens: int | None = None
+    ) -> list[RequestRecord]:
         """All prompts go in one LLM.generate call; vLLM's scheduler batches them
         continuously (at most max_num_seqs at once), as a serving engine would."""
         token_ids = truncated_token_ids(self._tokenizer, prompts, self.config.max_input_tokens)
         requests = [{"prompt_token_ids": ids} for ids in token_ids]
+        sampling = self._sampling
+        if max_output_tokens is not None:
+            most, least = self.output_bounds(max_output_tokens)
+            sampling = self._sampling_cls(
+                **{**self._sampling_kwargs, "max_tokens": most, "min_tokens": least}
+            )
         start = time.perf_counter()
         outputs = self._llm.generate(
-            requests, self._sampling, use_tqdm=False, lora_request=self._lora_request
+            requests, sampling, use_tqdm=False, lora_request=self._lora_request
         )
         end = time.perf_counter()
         return records_from_outputs(outputs, [len(ids) for ids in token_ids], start, end)

@@ -1,0 +1,93 @@
+"""Whether a run's energy figure can be trusted, and the conditions it was taken under."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# NVML clocks-event (throttle) reason bits, nvml.h nvmlClocksEventReason*.
+THROTTLE_REASONS = {
+    0x1: "gpu_idle",
+    0x2: "applications_clocks_setting",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+# The reasons that mean the GPU ran slower than it could because of power or heat.
+THROTTLING = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+
+
+@dataclass(frozen=True)
+class ValidityInputs:
+    energy_j: float | None
+    window_s: float
+    min_window_s: float
+    throttle_reasons: int
+    temperature_start_c: float | None
+    temperature_max_c: float | None
+    temperature_min_c: float
+    temperature_limit_c: float
+    avg_power_w: float | None
+    power_limit_w: float | None
+    baseline_power_w: float | None
+    other_process_pids: list[int] | None
+    mig_enabled: bool
+
+
+def validity_flags(v: ValidityInputs) -> list[str]:
+    """Every reason the figure is doubtful; an empty list means it is valid."""
+    if v.energy_j is None:
+        return ["no_energy"]
+    flags = []
+    if v.window_s < v.min_window_s:
+        flags.append("short_window")
+    if v.throttle_reasons & THROTTLING:
+        flags.append("throttled")
+    temps = [t for t in (v.temperature_start_c, v.temperature_max_c) if t is not None]
+    if any(t < v.temperature_min_c or t > v.temperature_limit_c for t in temps):
+        flags.append("temperature_out_of_range")
+    if v.avg_power_w is not None and v.power_limit_w and v.avg_power_w > v.power_limit_w:
+        flags.append("power_above_limit")
+    if v.avg_power_w is not None and v.baseline_power_w and v.avg_power_w < v.baseline_power_w:
+        flags.append("power_below_idle")
+    if v.other_process_pids:
+        flags.append("other_process")
+    if v.mig_enabled:
+        flags.append("mig")
+    return flags
+
+
+def is_valid(flags: list[str]) -> bool | None:
+    """None when nothing was measured: there is no figure to judge."""
+    return None if flags == ["no_energy"] else not flags
+
+
+def throttle_seconds(
+    samples: list[dict[str, Any]], start_s: float, end_s: float, interval_s: float
+) -> dict[str, float]:
+    """Seconds each reason was active inside the window: samples x interval, summed over GPUs."""
+    seconds: dict[str, float] = {}
+    for s in samples:
+        if not start_s <= s["t_s"] <= end_s or not s.get("throttle_reasons"):
+            continue
+        for bit, name in THROTTLE_REASONS.items():
+            if s["throttle_reasons"] & bit:
+                seconds[name] = seconds.get(name, 0.0) + interval_s
+    return seconds
+
+
+def other_processes(compute_pids: list[int], own_pids: set[int]) -> list[int] | None:
+    """PIDs on the run's GPUs that are not the run's own; None when that cannot be told.
+
+    NVML reports PIDs of the host's namespace. When none of them is ours although our
+    worker holds the GPU, the node runs us in another PID namespace (a container) and
+    the PIDs cannot be matched: then say nothing rather than flag every run.
+    """
+    found = set(compute_pids)
+    if found and not found & own_pids:
+        return None
+    return sorted(found - own_pids)

@@ -1,0 +1,159 @@
+"""The measurement arithmetic: warmup convergence, validity, attribution, prefill/decode split."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from lem_ray.backends.base import RequestRecord
+from lem_ray.config.experiment import WarmupConfig
+from lem_ray.execution.warmup import coefficient_of_variation, run_warmup
+from lem_ray.results.metrics import (
+    attribute_energy,
+    energy_metrics,
+    request_metrics,
+    split_prefill_decode,
+)
+from lem_ray.results.validity import (
+    ValidityInputs,
+    is_valid,
+    other_processes,
+    throttle_seconds,
+    validity_flags,
+)
+from lem_ray.telemetry.sampler import adjusted_energy_j
+
+
+class ScriptedEngine:
+    """Stands in for a backend whose step time per token follows a script, by sleeping."""
+
+    def __init__(self, ms_per_token: list[float]) -> None:
+        self.script = itertools.chain(ms_per_token, itertools.repeat(ms_per_token[-1]))
+        self.calls: list[int] = []
+
+    def __call__(self, prompts: list[str]) -> list[RequestRecord]:
+        import time
+
+        delay_ms = next(self.script)
+        time.sleep(delay_ms * 4 / 1000)
+        self.calls.append(len(prompts))
+        return [RequestRecord(i, 3, 4, delay_ms * 4) for i in range(len(prompts))]
+
+
+def test_cv_warmup_stops_once_latencies_settle() -> None:
+    engine = ScriptedEngine([40.0, 25.0, 10.0, 10.0, 10.0, 10.0])
+    cfg = WarmupConfig(mode="cv", window=3, cv_threshold=0.2, max_requests=100)
+    outcome = run_warmup(engine, ["a", "b", "c"], cfg, batch_size=2)
+    assert outcome.converged is True
+    assert outcome.steps == 5 and outcome.requests == 10
+    assert outcome.final_cv < 0.2
+    assert engine.calls == [2, 2, 2, 2, 2]
+
+
+def test_cv_warmup_gives_up_at_max_requests() -> None:
+    engine = ScriptedEngine([10.0, 40.0, 10.0, 40.0])
+    cfg = WarmupConfig(mode="cv", window=3, cv_threshold=0.01, max_requests=7)
+    outcome = run_warmup(engine, ["a"], cfg, batch_size=3)
+    assert outcome.converged is False
+    assert engine.calls == [3, 3, 1] and outcome.requests == 7
+    assert outcome.final_cv is not None and outcome.final_cv > 0.01
+
+
+def test_fixed_warmup_sends_exactly_n() -> None:
+    engine = ScriptedEngine([5.0])
+    outcome = run_warmup(engine, ["a", "b"], WarmupConfig(mode="fixed", requests=5), batch_size=2)
+    assert engine.calls == [2, 2, 1] and outcome.requests == 5 and outcome.converged is False
+    none = run_warmup(engine, ["a"], WarmupConfig(mode="fixed", requests=0), batch_size=2)
+    assert none.requests == 0 and none.final_cv is None
+
+
+def test_coefficient_of_variation() -> None:
+    assert coefficient_of_variation([2.0, 4.0]) == pytest.approx(1.4142135 / 3)
+    assert coefficient_of_variation([1.0]) is None
+
+
+def _inputs(**overrides) -> ValidityInputs:
+    base = dict(
+        energy_j=1000.0, window_s=10.0, min_window_s=5.0, throttle_reasons=0x1,
+        temperature_start_c=40.0, temperature_max_c=60.0, temperature_min_c=20.0,
+        temperature_limit_c=95.0, avg_power_w=300.0, power_limit_w=700.0,
+        baseline_power_w=80.0, other_process_pids=[], mig_enabled=False,
+    )
+    return ValidityInputs(**{**base, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "flags"),
+    [
+        ({}, []),
+        ({"window_s": 2.0}, ["short_window"]),
+        ({"throttle_reasons": 0x4}, ["throttled"]),
+        ({"throttle_reasons": 0x40 | 0x1}, ["throttled"]),
+        ({"temperature_max_c": 96.0}, ["temperature_out_of_range"]),
+        ({"temperature_start_c": 15.0}, ["temperature_out_of_range"]),
+        ({"avg_power_w": 720.0}, ["power_above_limit"]),
+        ({"avg_power_w": 70.0}, ["power_below_idle"]),
+        ({"other_process_pids": [4242]}, ["other_process"]),
+        ({"other_process_pids": None}, []),
+        ({"mig_enabled": True}, ["mig"]),
+        ({"window_s": 1.0, "mig_enabled": True}, ["short_window", "mig"]),
+        ({"energy_j": None, "window_s": 1.0}, ["no_energy"]),
+    ],
+)
+def test_validity_flags(overrides: dict, flags: list[str]) -> None:
+    got = validity_flags(_inputs(**overrides))
+    assert got == flags
+    assert is_valid(got) is (None if flags == ["no_energy"] else not flags)
+
+
+def test_throttle_seconds_counts_samples_inside_window() -> None:
+    samples = [
+        {"t_s": 0.5, "throttle_reasons": 0x4},      # before the window
+        {"t_s": 1.0, "throttle_reasons": 0x4},
+        {"t_s": 1.1, "throttle_reasons": 0x4 | 0x20},
+        {"t_s": 1.2, "throttle_reasons": 0},
+        {"t_s": 1.3, "throttle_reasons": None},
+        {"t_s": 2.5, "throttle_reasons": 0x20},     # after
+    ]
+    got = throttle_seconds(samples, 1.0, 2.0, 0.1)
+    assert got == {"sw_power_cap": pytest.approx(0.2), "sw_thermal_slowdown": pytest.approx(0.1)}
+
+
+def test_other_processes() -> None:
+    assert other_processes([10, 11, 99], {10, 11}) == [99]
+    assert other_processes([10], {10, 12}) == []
+    assert other_processes([500, 501], {10}) is None, "another PID namespace: cannot tell"
+    assert other_processes([], {10}) == []
+
+
+def test_baseline_adjustment_uses_the_measured_window_only() -> None:
+    # 1000 J over a 10 s window at 80 W idle: 200 J of work above idle.
+    assert adjusted_energy_j(1000.0, 80.0, 10.0) == pytest.approx(200.0)
+    assert adjusted_energy_j(None, 80.0, 10.0) is None
+
+
+def test_prefill_decode_split_and_attribution() -> None:
+    prefill_j, decode_j = split_prefill_decode(1000.0, 300.0, passes=3)
+    assert (prefill_j, decode_j) == (pytest.approx(100.0), pytest.approx(900.0))
+    assert split_prefill_decode(1000.0, None, 0) == (None, None)
+    records = [RequestRecord(0, 30, 10, 1.0), RequestRecord(1, 10, 30, 1.0)]
+    shares = attribute_energy(records, 1000.0, prefill_j, decode_j)
+    assert shares == [pytest.approx(75 + 225), pytest.approx(25 + 675)]
+    assert sum(shares) == pytest.approx(1000.0)
+    by_output = attribute_energy(records, 1000.0, None, None)
+    assert by_output == [pytest.approx(250.0), pytest.approx(750.0)]
+    assert attribute_energy(records, None, None, None) == [None, None]
+
+
+def test_ratios_divide_by_what_they_say() -> None:
+    records = [RequestRecord(0, 100, 40, 500.0, 50.0, [10.0] * 39),
+               RequestRecord(1, 200, 60, 700.0, 70.0, [20.0] * 59)]
+    req = request_metrics(records, duration_s=2.0)
+    assert req["output_tokens"] == 100 and req["input_tokens"] == 300
+    assert req["throughput_tok_s"] == 50.0, "output tokens per second only"
+    assert req["ttft_ms_p50"] == pytest.approx(60.0)
+    assert req["itl_ms_p50"] == 20.0 and req["itl_ms_mean"] == pytest.approx((390 + 1180) / 98)
+    ratios = energy_metrics(500.0, 2.0, req["output_tokens"], req["num_requests"])
+    assert ratios == {"energy_j_per_output_token": 5.0, "energy_j_per_request": 250.0,
+                      "output_tokens_per_j": 0.2, "avg_power_w": 250.0}
