@@ -114,12 +114,19 @@ class PyTorchBackend(Backend):
             model = transformers.AutoModelForCausalLM.from_config(config, **common)
             try:
                 from accelerate import dispatch_model, infer_auto_device_map
+                from accelerate.utils import get_balanced_memory
             except ImportError:
                 raise BackendUnavailable(
                     "spreading a pytorch model over several GPUs needs accelerate: "
                     "pip install 'lem-ray[pytorch]'"
                 ) from None
-            device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
+            no_split = model._no_split_modules
+            # Balanced, as from_pretrained's device_map="auto": a model that fits one GPU would
+            # otherwise land whole on the first and leave the others idle.
+            max_memory = get_balanced_memory(model, no_split_module_classes=no_split)
+            device_map = infer_auto_device_map(
+                model, max_memory=max_memory, no_split_module_classes=no_split
+            )
             return dispatch_model(model, device_map=device_map)
         with torch.device(self._device):
             return transformers.AutoModelForCausalLM.from_config(config, **common)
