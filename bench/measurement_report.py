@@ -44,7 +44,7 @@ def main(results_dir: Path) -> None:
               f"| {_f(r['energy_prefill_j'], '.1f')} | {_f(r['energy_decode_j'], '.1f')} "
               f"| {_f(r['baseline_power_w'], '.1f')} "
               f"| {_f(cpu, '.2f')} s ({100 * cpu / wall:.2f}% of {wall:.0f} s) "
-              f"| {','.join(r['validity_flags']) or 'valid'} |")
+              f"| {','.join(r['validity_flags'] or []) or ('valid' if r['valid'] else '-')} |")
     print("\n| batch | GPUs | cycles | mean J/out tok | CV J/out tok | mean adj. J/out tok "
           "| mean tok/s | throttle s |")
     print("|---|---|---|---|---|---|---|---|")
