@@ -14,7 +14,7 @@ import ray
 
 from lem_ray.execution.cluster import Capacity, capacity, connect
 from lem_ray.execution.rows import RunIds, RunRows, failed_rows
-from lem_ray.execution.run import BaselineCache, RunTask, execute_run
+from lem_ray.execution.run import BaselineCache, RunTask, execute_run, reserve
 from lem_ray.planning.order import RunKey
 from lem_ray.planning.plan import CampaignPlan, plan_campaign
 from lem_ray.results.store import attempt_stem, previous_attempts, write_rows
@@ -124,15 +124,14 @@ def _execute(
     execution = plan.campaign.execution
     baselines = BaselineCache.remote()
 
-    def one(task: RunTask) -> None:
+    def one(task: RunTask, pg: Any, refusal: str | None) -> None:
         progress.started()
         if reporter:
             reporter(progress, None)
-        reason = _unschedulable(plan, cap, task.ids.experiment_id)
-        if reason:
-            rows = failed_rows(task.ids, task.config, reason, datetime.now(timezone.utc))
+        if refusal:
+            rows = failed_rows(task.ids, task.config, refusal, datetime.now(timezone.utc))
         else:
-            rows = execute_run(task)
+            rows = execute_run(task, pg)
         _store(out, rows)
         progress.finished(rows.ok)
         if reporter:
@@ -151,7 +150,9 @@ def _execute(
                          attempts.get((key.experiment_id, key.cycle), 0) + 1)
             task = RunTask(ids, plan.experiment(key.experiment_id).config,
                            prompts[key.experiment_id], cap.has_gpus, execution, baselines, gap)
-            futures.append(pool.submit(one, task))
+            refusal = _unschedulable(plan, cap, key.experiment_id)
+            pg = None if refusal else reserve(task)
+            futures.append(pool.submit(one, task, pg, refusal))
             previous = key
         for f in futures:
             f.result()

@@ -10,7 +10,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from lem_ray.config.campaign import ExecutionConfig
@@ -84,19 +84,31 @@ def _prepare_gpus(task: RunTask, sampler: Any, uuids: list[str]) -> dict[str, An
     return found
 
 
-def execute_run(task: RunTask) -> RunRows:
-    started_at = datetime.now(timezone.utc)
+def reserve(task: RunTask) -> PlacementGroup:
+    """The run's whole GPUs (or one CPU) on one node, blocking until Ray grants them.
+
+    The driver reserves runs one after another in plan order: Ray does not grant pending
+    placement groups first-come first-served, so a run needing two GPUs would otherwise wait
+    for ever while one-GPU runs behind it keep taking each GPU as it frees.
+    """
     gpus = task.config.gpus_per_experiment if task.use_gpus else 0
     bundle = {"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1}
     pg = placement_group([bundle], strategy="STRICT_PACK", name=f"lem-ray:{task.ids.run_id}")
+    ray.get(pg.ready())
+    return pg
+
+
+def execute_run(task: RunTask, pg: PlacementGroup) -> RunRows:
+    """Run in the reserved placement group, and give it back whatever happens."""
+    gpus = task.config.gpus_per_experiment if task.use_gpus else 0
     actors: list[Any] = []
     identity: dict[str, Any] = {}
     execution = task.execution
+    started_at = datetime.now(timezone.utc)
     try:
-        ray.get(pg.ready())
         if task.gap_s:
             time.sleep(task.gap_s)
-        started_at = datetime.now(timezone.utc)  # from here on the run holds its GPUs
+        started_at = datetime.now(timezone.utc)
         strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
         worker = WorkerActor.options(
             num_cpus=1, num_gpus=gpus, scheduling_strategy=strategy
