@@ -347,3 +347,34 @@ def test_no_nvml_reports_unavailable_without_raising() -> None:
     empty = EnergySampler([])
     assert empty.energy_source is None
     assert "no GPU UUIDs" in (empty.unavailable_reason or "")
+
+
+class CoolingGpu(ScriptedGpu):
+    """A GPU cooling down by 2 C per second from 70 C."""
+
+    def sample(self) -> GpuSample:
+        hot = super().sample()
+        return GpuSample(**{**hot.__dict__, "temperature_c": 70.0 - 2.0 * (hot.t_s - self._t0)})
+
+
+def test_wait_until_cool_stops_at_target_or_max_wait() -> None:
+    clock = ManualClock()
+    gpu = CoolingGpu("GPU-c", clock, base_w=80.0)
+    sampler = EnergySampler(["GPU-c"], device_factory=lambda _: gpu, clock=clock)
+    waited_s, hottest_c = sampler.wait_until_cool(60.0, max_wait_s=100.0, sleep=clock.advance)
+    assert waited_s == pytest.approx(5.0) and hottest_c == pytest.approx(60.0)
+    waited_s, hottest_c = sampler.wait_until_cool(30.0, max_wait_s=3.0, sleep=clock.advance)
+    assert waited_s == pytest.approx(3.0) and hottest_c == pytest.approx(54.0), "gave up, still warm"
+
+
+def test_loaded_baselines_are_reused_until_ttl() -> None:
+    clock = ManualClock()
+    sampler = make_sampler(clock, {"GPU-a": {"base_w": 90.0}}, baseline_ttl_s=60.0)
+    earlier = {"GPU-a": {"power_w": 75.0, "measured_at_s": clock() - 30.0, "method": "m",
+                         "age_s": 30.0}}
+    sampler.load_baselines(earlier)
+    reused = sampler.measure_idle_baseline(duration_s=0.2, interval_ms=100)
+    assert reused["GPU-a"]["power_w"] == 75.0 and reused["GPU-a"]["age_s"] == pytest.approx(30.0)
+    clock.advance(31.0)
+    fresh = sampler.measure_idle_baseline(duration_s=0.2, interval_ms=100)
+    assert fresh["GPU-a"]["power_w"] == pytest.approx(90.0), "older than the TTL: measured again"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 import ray
@@ -40,15 +39,8 @@ class SamplerActor:
         )
 
     def cool_down(self, target_temp_c: float, max_wait_s: float) -> dict[str, float | None]:
-        """Wait until every GPU is at or below target_temp_c, or max_wait_s has passed."""
-        started = time.monotonic()
-        while True:
-            temps = [s.temperature_c for s in self.sampler.sample_once() if s.temperature_c is not None]
-            hottest = max(temps, default=None)
-            waited = time.monotonic() - started
-            if hottest is None or hottest <= target_temp_c or waited >= max_wait_s:
-                return {"cooldown_wait_s": waited, "cooldown_temp_c": hottest}
-            time.sleep(1.0)
+        waited_s, hottest_c = self.sampler.wait_until_cool(target_temp_c, max_wait_s)
+        return {"cooldown_wait_s": waited_s, "cooldown_temp_c": hottest_c}
 
     def start(self) -> None:
         self.sampler.start()

@@ -379,6 +379,24 @@ class EnergySampler:
         result = {d.uuid: self.baseline(d.uuid) for d in self._devices}
         return {uuid: value for uuid, value in result.items() if value is not None}
 
+    def wait_until_cool(
+        self, target_temp_c: float, max_wait_s: float, poll_s: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> tuple[float, float | None]:
+        """Block until every GPU is at or below target_temp_c, or max_wait_s has passed.
+
+        Returns (seconds waited, hottest temperature last seen), for the result row: a run
+        that started warm because the wait ran out is visible as such.
+        """
+        started_s = self._clock()
+        while True:
+            temps = [s.temperature_c for s in self.sample_once() if s.temperature_c is not None]
+            hottest = max(temps, default=None)
+            waited_s = self._clock() - started_s
+            if hottest is None or hottest <= target_temp_c or waited_s >= max_wait_s:
+                return waited_s, hottest
+            sleep(poll_s)
+
     def load_baselines(self, known: dict[str, dict[str, Any]]) -> None:
         """Adopt baselines measured earlier (by another sampler on this node), as if cached here.
 
