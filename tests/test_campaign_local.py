@@ -11,6 +11,7 @@ import ray
 
 from lem_ray.execution.cluster import WORKER_ENV
 from lem_ray.execution.driver import run_campaign
+from lem_ray.results.manifest import load_manifest
 from tests.conftest import TINY_BASE
 
 pytestmark = pytest.mark.slow
@@ -36,7 +37,8 @@ CAMPAIGN = {
 def test_campaign_tables_and_rerun(local_ray, tmp_path: Path) -> None:
     out = tmp_path / "results"
     result = run_campaign(CAMPAIGN, results_dir=out)
-    assert result.counts == {"planned": 6, "skipped_done": 0, "ran": 6, "failed": 2, "ok": 4}
+    assert result.counts == {"planned": 6, "skipped_done": 0, "ran": 6, "failed": 2, "ok": 4,
+                             "retried": 0}
 
     exps = ds.dataset(out / "experiments").to_table().to_pylist()
     assert len(exps) == 6
@@ -72,10 +74,17 @@ def test_campaign_tables_and_rerun(local_ray, tmp_path: Path) -> None:
 
     assert not [p for p in out.rglob("*") if p.name.startswith(".")], "no temp files left"
 
+    manifest = load_manifest(out)["runs"]
+    assert sorted(e["state"] for e in manifest.values()) == ["failed"] * 2 + ["ok"] * 4
+    assert all(e["error"].startswith("OSError") for e in manifest.values() if e["state"] == "failed")
+
     rerun = run_campaign(CAMPAIGN, results_dir=out)
-    assert rerun.counts == {"planned": 6, "skipped_done": 4, "ran": 2, "failed": 2, "ok": 0}
+    assert rerun.counts["skipped_done"] == 6 and rerun.counts["ran"] == 0, "failed runs stay failed"
+    rerun = run_campaign(CAMPAIGN, results_dir=out, retry_failed=True)
+    assert rerun.counts == {"planned": 6, "skipped_done": 4, "ran": 2, "failed": 2, "ok": 0,
+                            "retried": 0}
     attempts = sorted(e["attempt"] for e in ds.dataset(out / "experiments").to_table().to_pylist()
                       if e["status"] == "failed")
-    assert attempts == [1, 1, 2, 2], "failed runs are retried as new attempts, ok runs are not"
+    assert attempts == [1, 1, 2, 2], "--retry-failed reruns failed runs as new attempts, ok ones not"
     assert len(rerun.summary) == 2 and all(s["cycles_ok"] == 2 for s in rerun.summary)
     assert len(rerun.failures) == 4

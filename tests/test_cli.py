@@ -107,4 +107,4 @@ def test_campaign_end_to_end_via_cli(tmp_path: Path, write_campaign) -> None:
     rerun = lem_ray("campaign", str(path), "--json", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert json.loads(rerun.stdout)["counts"] == {
-        "planned": 2, "skipped_done": 2, "ran": 0, "failed": 0, "ok": 0}
+        "planned": 2, "skipped_done": 2, "ran": 0, "failed": 0, "ok": 0, "retried": 0}

@@ -19,6 +19,17 @@ def _console(stderr: bool) -> Console:
     return Console(stderr=stderr, width=None if stream.isatty() else 160)
 
 
+def _confirm_fresh(results_dir: str, yes: bool) -> None:
+    """Ask before old results are moved aside (refused without a terminal to ask on)."""
+    from lem_ray.results.store import exists
+
+    if yes or not exists(results_dir):
+        return
+    if not sys.stdin.isatty():
+        _fail(ConfigError(f"--fresh would move {results_dir} aside: confirm with --yes"))
+    click.confirm(f"Move {results_dir} aside and start over?", abort=True, err=True)
+
+
 def _fail(exc: ConfigError, campaign: str | None = None) -> None:
     """Bad input: one line on stderr, exit code 2."""
     msg = str(exc.with_file(campaign)) if campaign else str(exc)
@@ -39,11 +50,15 @@ def main() -> None:
 @click.option("--address", help="Ray cluster to use (default: RAY_ADDRESS, else a local Ray).")
 @click.option("--dry-run", is_flag=True, help="Expand and validate only: no Ray, nothing written.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--retry-failed", is_flag=True, help="Also rerun runs that ended failed.")
+@click.option("--fresh", is_flag=True, help="Move the old results aside and start over.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before --fresh moves results.")
 def campaign(grid: Path | None, results_dir: Path | None, address: str | None, dry_run: bool,
-             as_json: bool) -> None:
-    """Run the campaign in GRID (a YAML file); reruns skip runs already ok.
+             as_json: bool, retry_failed: bool, fresh: bool, yes: bool) -> None:
+    """Run the campaign in GRID (a YAML file); a rerun resumes where the last one stopped.
 
     Without GRID, runs the built-in quickstart: a tiny random-weight model on CPU or GPU.
+    Exit codes: 0 all ok, 1 a run failed, 2 bad input, 130 interrupted (Ctrl-C).
     """
     from lem_ray.assets import QUICKSTART_CAMPAIGN
     from lem_ray.planning.plan import plan_campaign
@@ -67,16 +82,31 @@ def campaign(grid: Path | None, results_dir: Path | None, address: str | None, d
         return
 
     from lem_ray.cli.render import LiveProgress, print_summary
+    from lem_ray.execution.dispatch import CampaignInterrupted
     from lem_ray.execution.driver import run_campaign
 
+    target = str(plan.results_dir(results_dir))
+    if fresh:
+        _confirm_fresh(target, yes)
     try:
         with LiveProgress(err, total=len(plan.runs)) as live:
-            result = run_campaign(plan, results_dir=results_dir, address=address, reporter=live)
+            result = run_campaign(plan, results_dir=target, address=address, reporter=live,
+                                  retry_failed=retry_failed, fresh=fresh)
     except ConfigError as exc:
         _fail(exc, str(grid))
+    except CampaignInterrupted as exc:
+        err.print(f"interrupted: {exc.interrupted} runs in progress were stopped and marked "
+                  "interrupted; run the same command again to resume")
+        sys.exit(130)
     if as_json:
         payload = {**asdict(result), "results_dir": str(result.results_dir)}
         click.echo(json.dumps(payload, indent=2, default=str))
     else:
+        if result.moved_aside:
+            err.print(f"old results moved to {result.moved_aside}")
         print_summary(result, out)
     sys.exit(1 if result.counts["failed"] else 0)
+
+
+from lem_ray.cli.report_cmd import report  # noqa: E402
+main.add_command(report)

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lem_ray.execution.driver import CampaignResult
-from lem_ray.execution.driver import Progress as RunProgress
+from lem_ray.execution.dispatch import Progress as RunProgress
 from lem_ray.execution.rows import RunRows
 from lem_ray.planning.plan import CampaignPlan
 
@@ -67,6 +67,10 @@ class LiveProgress:
         )
         if rows is not None:
             e = rows.experiment
+            if rows.retryable:
+                self.bar.console.print(f"[yellow]retry[/]  {e['experiment_id']} c{e['cycle']} "
+                                       f"a{e['attempt']}: {(e['error'] or '').splitlines()[0]}")
+                return
             head = f"{e['experiment_id']} c{e['cycle']} a{e['attempt']} {e['backend']} " \
                    f"{e['fp_precision']} batch {e['batch_size']}"
             if rows.ok:

@@ -67,6 +67,12 @@ class ExecutionConfig(StrictModel):
     seed: int = 0
     config_gap_s: float = Field(0, ge=0, description="pause between runs on the same GPUs")
     cycle_gap_s: float = Field(0, ge=0, description="pause between cycles")
+    max_attempts: int = Field(
+        3, ge=1, description="a run whose worker dies (killed, node lost, OOM) is retried"
+    )
+    run_timeout_s: float | None = Field(
+        None, gt=0, description="a run's worker taking longer is stopped and the run failed"
+    )
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     cooldown: CooldownConfig = Field(default_factory=CooldownConfig)

@@ -47,6 +47,8 @@ class RunRows:
     experiment: dict[str, Any]
     requests: list[dict[str, Any]] = field(default_factory=list)
     timeseries: list[dict[str, Any]] = field(default_factory=list)
+    retryable: bool = False
+    """The worker died (killed, node lost, out of memory): another attempt follows."""
 
     @property
     def ok(self) -> bool:
@@ -82,7 +84,7 @@ def _now() -> datetime:
 
 def failed_rows(
     ids: RunIds, config: ExperimentConfig, error: str, started_at: datetime,
-    identity: dict[str, Any] | None = None,
+    identity: dict[str, Any] | None = None, retryable: bool = False,
 ) -> RunRows:
     return RunRows(
         {
@@ -93,7 +95,8 @@ def failed_rows(
             "error": error,
             "started_at": started_at,
             "finished_at": _now(),
-        }
+        },
+        retryable=retryable,
     )
 
 
@@ -188,6 +191,8 @@ def ok_rows(
         "energy_by_gpu_json": json.dumps(window.energy_by_gpu_j) if window.energy_by_gpu_j else None,
         "energy_integrated_j": window.integrated_energy_j,
         "energy_window_s": window_s,
+        "measure_start_s": window.start_s,
+        "measure_end_s": window.end_s,
         "energy_warmup_j": result["warmup_window"].energy_j,
         **baseline,
         "energy_adjusted_j": adjusted_j,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -34,6 +35,29 @@ class BaselineCache:
         self.entries.update(entries)
 
 
+class Inflight:
+    """Worker actors of the runs in progress, so an interrupt can stop them all at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._workers: dict[str, Any] = {}
+
+    def add(self, key: str, worker: Any) -> None:
+        with self._lock:
+            self._workers[key] = worker
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._workers.pop(key, None)
+
+    def kill_all(self) -> int:
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            ray.kill(worker, no_restart=True)
+        return len(workers)
+
+
 @dataclass
 class RunTask:
     ids: RunIds
@@ -42,6 +66,7 @@ class RunTask:
     use_gpus: bool
     execution: ExecutionConfig
     baselines: Any
+    inflight: Inflight
     gap_s: float = 0.0
 
 
@@ -114,6 +139,7 @@ def execute_run(task: RunTask, pg: PlacementGroup) -> RunRows:
             num_cpus=1, num_gpus=gpus, scheduling_strategy=strategy
         ).remote(task.config.model_dump_json(), task.prompts)
         actors.append(worker)
+        task.inflight.add(task.ids.run_id, worker)
         identity = ray.get(worker.identify.remote())
         sampler = SamplerActor.options(scheduling_strategy=strategy).remote(
             identity["gpu_uuids"], execution.telemetry.sample_interval_ms, _no_gpu_reason(identity)
@@ -124,16 +150,26 @@ def execute_run(task: RunTask, pg: PlacementGroup) -> RunRows:
         prefill = PrefillSettings(
             execution.prefill.enabled, execution.validity.min_window_s, execution.prefill.max_repeats
         )
-        result = ray.get(worker.run.remote(sampler, prefill))
+        try:
+            result = ray.get(worker.run.remote(sampler, prefill), timeout=execution.run_timeout_s)
+        except GetTimeoutError:
+            return failed_rows(
+                task.ids, task.config,
+                f"timed out: still running after execution.run_timeout_s = "
+                f"{execution.run_timeout_s:g} s", started_at, identity,
+            )
         telemetry = ray.get(sampler.finish.remote())
         return ok_rows(task.ids, task.config, execution, identity, result, telemetry, conditions,
                        started_at)
-    except (RayTaskError, RayActorError, GetTimeoutError) as exc:
-        return failed_rows(task.ids, task.config, describe_error(exc), started_at, identity)
+    except (RayTaskError, RayActorError) as exc:
+        retryable = isinstance(exc, RayActorError) and not isinstance(exc, RayTaskError)
+        return failed_rows(task.ids, task.config, describe_error(exc), started_at, identity,
+                           retryable=retryable)
     except Exception as exc:  # a bug of ours: keep the campaign going, keep the trace
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return failed_rows(task.ids, task.config, f"internal error: {detail}", started_at, identity)
     finally:
+        task.inflight.discard(task.ids.run_id)
         for actor in actors:
             ray.kill(actor, no_restart=True)
         remove_placement_group(pg)

@@ -23,7 +23,7 @@ def _mean(values: list[Any]) -> float | None:
     return statistics.fmean(present) if present else None
 
 
-def summarize(results_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def summarize(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(per-experiment means over ok runs, failed attempts of runs that never succeeded)."""
     rows = read_table(results_dir, "experiments").to_pylist()
     groups: dict[str, list[dict[str, Any]]] = {}
