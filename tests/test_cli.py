@@ -108,3 +108,14 @@ def test_campaign_end_to_end_via_cli(tmp_path: Path, write_campaign) -> None:
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert json.loads(rerun.stdout)["counts"] == {
         "planned": 2, "skipped_done": 2, "ran": 0, "failed": 0, "ok": 0, "retried": 0}
+
+    status = lem_ray("status", "out/e2e", cwd=tmp_path)
+    assert status.returncode == 0 and "2 ok" in status.stdout and "0 pending" in status.stdout
+
+    unconfirmed = lem_ray("campaign", str(path), "--fresh", cwd=tmp_path)
+    assert unconfirmed.returncode == 2 and "confirm with --yes" in unconfirmed.stderr
+    fresh = lem_ray("campaign", str(path), "--fresh", "--yes", "--json", cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert json.loads(fresh.stdout)["counts"]["ran"] == 2
+    moved = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("e2e.old-")]
+    assert len(moved) == 1 and (tmp_path / "out" / moved[0] / "experiments").is_dir()

@@ -1,0 +1,56 @@
+"""`lem-ray status RESULTS_DIR`: where a campaign stands, read from its manifest on disk."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from datetime import datetime, timezone
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from lem_ray.results.manifest import STATES, UNFINISHED, load_manifest
+from lem_ray.results.store import exists
+
+
+@click.command()
+@click.argument("results_dir")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def status(results_dir: str, as_json: bool) -> None:
+    """Counts by state, every run, and what is left, for the campaign in RESULTS_DIR.
+
+    Needs no Ray: the manifest on disk is what a running driver has acknowledged.
+    """
+    if not exists(results_dir, "manifest"):
+        click.echo(f"lem-ray: error: {results_dir}: no campaign manifest here "
+                   "(not a results directory, or no run has started)", err=True)
+        sys.exit(2)
+    manifest = load_manifest(results_dir)
+    runs = sorted(manifest["runs"].items(), key=lambda kv: (kv[1]["cycle"], kv[0]))
+    counts = Counter(entry["state"] for _, entry in runs)
+    left = [key for key, entry in runs if entry["state"] in UNFINISHED]
+    if as_json:
+        click.echo(json.dumps({
+            "campaign_name": manifest["campaign_name"],
+            "counts": {state: counts.get(state, 0) for state in STATES},
+            "left": left,
+            "runs": [{"run_id": key, **entry} for key, entry in runs],
+        }, indent=2))
+        return
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    table = Table(title=f"{manifest['campaign_name']}: {len(runs)} runs ({results_dir})")
+    for col in ("run_id", "cycle", "state", "attempt", "node", "updated (UTC)", "error"):
+        table.add_column(col)
+    for key, e in runs:
+        updated = datetime.fromtimestamp(e["updated_at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(key, str(e["cycle"]), e["state"], str(e["attempt"]),
+                      (e["node_id"] or "-")[:12], updated, (e["error"] or "").splitlines()[0][:80]
+                      if e["error"] else "")
+    console.print(table)
+    console.print(", ".join(f"{counts.get(s, 0)} {s}" for s in STATES))
+    if left:
+        console.print(f"{len(left)} runs left; run the campaign command again to resume")
+    elif counts.get("failed"):
+        console.print("nothing left; --retry-failed reruns the failed runs")

@@ -1,0 +1,80 @@
+"""Helpers for the failure tests: find and kill real worker processes, watch the dataset."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import psutil
+import pyarrow.dataset as ds
+
+
+def running_workers() -> list[psutil.Process]:
+    """Experiment worker processes inside their run() (Ray titles them ray::Class.method)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if cmdline.startswith("ray::ExperimentWorker.run"):
+            found.append(proc)
+    return found
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def kill_one_worker(timeout_s: float = 120) -> int:
+    proc = wait_for(lambda: next(iter(running_workers()), None), timeout_s, "a running worker")
+    time.sleep(1.0)  # well inside its run, past loading
+    proc.send_signal(signal.SIGKILL)
+    return proc.pid
+
+
+class DatasetWatcher(threading.Thread):
+    """Reads the results as a user would, all the time, and records anything a reader
+    must never see: a hidden or temporary file, an unreadable file, two ok rows for a run."""
+
+    def __init__(self, results_dir: Path) -> None:
+        super().__init__(daemon=True)
+        self.results_dir = results_dir
+        self.stop = threading.Event()
+        self.problems: list[str] = []
+        self.reads = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for table in ("experiments", "requests", "timeseries"):
+                folder = self.results_dir / table
+                if not folder.is_dir():
+                    continue
+                try:
+                    dataset = ds.dataset(folder, format="parquet")
+                    bad = [f for f in dataset.files if Path(f).name.startswith(".")]
+                    if bad:
+                        self.problems.append(f"hidden file visible: {bad}")
+                    data = dataset.to_table()
+                    self.reads += 1
+                except Exception as exc:  # noqa: BLE001 - any read failure is the finding
+                    self.problems.append(f"{table}: {type(exc).__name__}: {exc}")
+                    continue
+                if table == "experiments" and data.num_rows:
+                    rows = data.select(["experiment_id", "cycle", "status"]).to_pylist()
+                    oks = Counter((r["experiment_id"], r["cycle"]) for r in rows if r["status"] == "ok")
+                    twice = [k for k, n in oks.items() if n > 1]
+                    if twice:
+                        self.problems.append(f"two ok rows for {twice}")
+            time.sleep(0.05)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(timeout=10)
