@@ -24,7 +24,7 @@ from lem_ray.results.validity import (
     throttle_seconds,
     validity_flags,
 )
-from lem_ray.telemetry.sampler import adjusted_energy_j
+from lem_ray.telemetry.energy import adjusted_energy_j
 
 
 @dataclass
