@@ -110,3 +110,8 @@ def campaign(grid: Path | None, results_dir: Path | None, address: str | None, d
 
 from lem_ray.cli.report_cmd import report  # noqa: E402
 main.add_command(report)
+
+
+from lem_ray.cli.status_cmd import status  # noqa: E402
+
+main.add_command(status)

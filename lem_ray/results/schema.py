@@ -69,6 +69,8 @@ EXPERIMENTS = pa.schema(
         ("energy_by_gpu_json", STR),
         ("energy_integrated_j", F64),
         ("energy_window_s", F64),
+        ("measure_start_s", F64),
+        ("measure_end_s", F64),
         ("energy_warmup_j", F64),
         ("baseline_power_w", F64),
         ("baseline_age_s", F64),

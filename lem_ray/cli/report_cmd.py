@@ -1,0 +1,236 @@
+"""`lem-ray report`: per-group statistics of a results directory, as a table, CSV, HTML, JSON.
+
+Reads committed Parquet files only, so it can run while a campaign is still writing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import pyarrow.dataset as ds
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from lem_ray.errors import ConfigError
+from lem_ray.results.bootstrap import CI_LEVEL
+from lem_ray.results.report import (
+    DEFAULT_GROUP_BY,
+    ENERGY_METRICS,
+    METRIC_TITLES,
+    PERFORMANCE_METRICS,
+    STATS_NOTE,
+    SUMMARY,
+    Report,
+    build_report,
+    cell_lines,
+    format_number,
+    shown_metrics,
+)
+from lem_ray.results.schema import TIMESERIES
+from lem_ray.results.store import exists, read_table, resolve, write_table
+
+POWER_RUNS_DEFAULT = 6
+BATCH_GROUP_BY = ("model_name", "backend", "fp_precision", "batch_size")
+
+
+def _fail(message: str) -> NoReturn:
+    """Bad input: one line on stderr, exit code 2, as `lem-ray campaign` does."""
+    click.echo(f"lem-ray: error: {message}", err=True)
+    sys.exit(2)
+
+
+def _split(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _power_choice(report: Report, run_ids: list[str]) -> list[dict[str, Any]]:
+    """The runs to plot power for: those named, else the first counted cycle of each group."""
+    if not run_ids:
+        return [members[0] for members in report.members if members][:POWER_RUNS_DEFAULT]
+    by_id = {r["run_id"]: r for r in report.runs}
+    unknown = [r for r in run_ids if r not in by_id]
+    if unknown:
+        raise ConfigError(f"unknown run_id {unknown[0]!r}; run_ids look like "
+                          f"{report.runs[0]['run_id']!r}", path="--power-runs")
+    return [by_id[r] for r in run_ids]
+
+
+def _power_samples(results_dir: str, runs: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict]]:
+    """Timeseries rows of the chosen runs' attempts, read with a filter (the table is large)."""
+    if not runs or not exists(results_dir, "timeseries"):
+        return {}
+    fs, base = resolve(results_dir)
+    dataset = ds.dataset(f"{base}/timeseries", filesystem=fs, format="parquet", schema=TIMESERIES)
+    if not dataset.files:
+        return {}
+    table = dataset.to_table(
+        columns=["run_id", "attempt", "gpu_uuid", "t_s", "power_w"],
+        filter=ds.field("run_id").isin(sorted({r["run_id"] for r in runs})),
+    )
+    wanted = {(r["run_id"], r["attempt"]) for r in runs}
+    samples: dict[tuple[str, int], list[dict]] = {}
+    for row in table.to_pylist():
+        key = (row["run_id"], row["attempt"])
+        if key in wanted:
+            samples.setdefault(key, []).append(row)
+    return samples
+
+
+def _write_csv(path: Path, report: Report) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=SUMMARY.names)
+        writer.writeheader()
+        for g in report.groups:
+            writer.writerow({k: ";".join(v) if isinstance(v, list) else v for k, v in g.items()})
+
+
+def _write_html(path: Path, report: Report, results_dir: str, power_runs: list[dict[str, Any]],
+                latency_metric: str) -> None:
+    from lem_ray.results import plots
+    from lem_ray.results.html import Plot, render_html
+
+    counted = [r for members in report.members for r in members]
+    by_batch = build_report(counted, BATCH_GROUP_BY)
+    samples = _power_samples(results_dir, power_runs)
+    labels = {r["run_id"]: label for label, members in zip(plots.point_labels(report.groups),
+                                                           report.members) for r in members}
+    power = [
+        plots.PowerRun(
+            title=f"{r['run_id']} attempt {r['attempt']}: {labels.get(r['run_id'], r['status'])}",
+            samples=samples.get((r["run_id"], r["attempt"]), []),
+            measure_window_s=(r["measure_start_s"], r["measure_end_s"])
+            if r.get("measure_start_s") is not None and r.get("measure_end_s") is not None else None,
+        )
+        for r in power_runs
+    ]
+    latency = plots.AXIS_TITLES[latency_metric]
+    bars = f"bars: {CI_LEVEL:.0%} bootstrap CI of the mean (none where n<2)"
+    figures = [
+        Plot("Energy vs latency",
+             f"J per output token against {latency}, one point per group (mean); {bars}; "
+             "dashed: Pareto frontier, lower is better on both axes.",
+             plots.pareto_png(report.groups, latency_metric, "energy_j_per_output_token", True, True)),
+        Plot("Energy vs throughput",
+             f"J per output token against output tokens/s, one point per group; {bars}; "
+             "dashed: Pareto frontier (lower energy, higher throughput).",
+             plots.pareto_png(report.groups, "throughput_tok_s", "energy_j_per_output_token",
+                              False, True)),
+        Plot("Throughput vs latency",
+             f"Output tokens/s against {latency}, one point per group; {bars}; "
+             "dashed: Pareto frontier (higher throughput, lower latency).",
+             plots.pareto_png(report.groups, latency_metric, "throughput_tok_s", True, False)),
+        Plot("Batch size",
+             "J per output token and throughput against batch size, one line per model/backend/"
+             f"precision, over all counted runs whatever --group-by; {bars}.",
+             plots.batch_size_png(by_batch.groups)),
+        Plot("Power over time",
+             "Instant power per GPU from the timeseries table; shaded: the measure window "
+             "whose energy the figures above use.",
+             plots.power_png(power)),
+    ]
+    names = sorted({r["campaign_name"] for r in report.runs})
+    invalid = sum(e["status"] == "invalid" for e in report.excluded)
+    meta = [
+        f"results: {results_dir}; grouped by: {', '.join(report.group_by)}",
+        f"{len(report.runs)} runs (latest attempt of each): {len(counted)} counted, "
+        f"{invalid} invalid, {len(report.excluded) - invalid} failed",
+        f"generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(report, f"lem-ray report: {', '.join(names)}", meta, figures),
+                    encoding="utf-8")
+
+
+def _table(report: Report, title: str, metrics: list[str]) -> Table:
+    table = Table(title=title, box=box.HORIZONTALS, show_lines=True)
+    for name in ("group", "backend", "precision", "batch", "runs"):
+        table.add_column(name)
+    for m in metrics:
+        table.add_column(METRIC_TITLES[m], justify="right")
+    for g in report.groups:
+        table.add_row(
+            Text(g["group"]), Text(g["backend"] or "-"), Text(g["fp_precision"] or "-"),
+            format_number(g["batch_size"]),
+            f"{g['runs_ok']}/{g['runs_invalid']}/{g['runs_failed']}",
+            *[Text("\n".join(cell_lines(g, m))) for m in metrics],
+        )
+    return table
+
+
+def _print(report: Report, console: Console, files: dict[str, str]) -> None:
+    """Energy and performance as two tables, so that each fits a terminal's width."""
+    shown = shown_metrics(report)
+    groups_by = f"{len(report.groups)} groups by {', '.join(report.group_by)}"
+    for title, metrics in (("energy", ENERGY_METRICS), ("throughput and latency", PERFORMANCE_METRICS)):
+        present = [m for m in metrics if m in shown]
+        if present:
+            console.print(_table(report, f"{title}: {groups_by}", present))
+    if not report.energy_measured:
+        console.print("energy: not measured (no NVML GPU on the nodes that ran); "
+                      "see energy_unavailable_reason in the experiments table")
+    console.print(f"runs: counted/invalid/failed (latest attempt of each run). {STATS_NOTE}")
+    for e in report.excluded:
+        style = "yellow" if e["status"] == "invalid" else "red"
+        console.print(Text.assemble((f"{e['status']:<8}", style),
+                                    f"{e['run_id']} attempt {e['attempt']} ({e['group']}): {e['reason']}"))
+    for kind, path in files.items():
+        console.print(f"{kind}: {path}")
+
+
+@click.command()
+@click.argument("results_dir")
+@click.option("--group-by", default=",".join(DEFAULT_GROUP_BY), show_default=True,
+              help="Comma-separated keys: columns of the experiments table (batch_size, "
+                   "fp_precision, backend, ...) or dotted paths into config_json "
+                   "(pytorch.batch_size, decoder.temperature).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the summary as CSV to this file.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained HTML report with plots to this file.")
+@click.option("--power-runs", help="HTML: comma-separated run_ids to plot power for "
+                                   f"(default: the first cycle of each group, at most {POWER_RUNS_DEFAULT}).")
+@click.option("--latency", type=click.Choice(["ttft", "e2e"]), default="ttft", show_default=True,
+              help="HTML: the latency axis of the Pareto plots, TTFT p50 or end-to-end p50.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Path | None,
+           power_runs: str | None, latency: str, as_json: bool) -> None:
+    """Summarise RESULTS_DIR per group: mean, std, n and a 95% bootstrap CI per metric.
+
+    Counts the latest attempt of each run, leaves out failed and invalid runs (and lists
+    them), and writes RESULTS_DIR/summary/summary.parquet. Works while a campaign runs.
+    """
+    keys = _split(group_by)
+    if not keys:
+        _fail("--group-by: name at least one key")
+    if not exists(results_dir):
+        _fail(f"{results_dir}: no such directory")
+    rows = read_table(results_dir, "experiments").to_pylist()
+    if not rows:
+        _fail(f"{results_dir}: no experiments (no committed Parquet file in {results_dir}/experiments)")
+    try:
+        summary = build_report(rows, keys)
+        chosen = _power_choice(summary, _split(power_runs)) if html_path else []
+    except ConfigError as exc:
+        _fail(str(exc))
+    files = {"summary": write_table(results_dir, "summary", "summary.parquet", summary.table())}
+    if csv_path:
+        _write_csv(csv_path, summary)
+        files["csv"] = str(csv_path)
+    if html_path:
+        _write_html(html_path, summary, results_dir, chosen, f"{latency}_ms_p50")
+        files["html"] = str(html_path)
+    if as_json:
+        payload = {"results_dir": results_dir, "group_by": list(summary.group_by),
+                   "groups": summary.groups, "excluded": summary.excluded, "files": files}
+        click.echo(json.dumps(payload, indent=2, default=str))
+    else:
+        _print(summary, Console(width=None if sys.stdout.isatty() else 160), files)

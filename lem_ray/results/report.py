@@ -1,0 +1,259 @@
+"""Group a campaign's runs and summarise each group with its uncertainty.
+
+Pure: rows of the experiments table in, summary rows out. Only the latest attempt of a run
+counts; failed runs and runs whose energy figure is invalid (valid == False) are counted and
+listed, never averaged in. valid == None (energy not measured, e.g. on CPU) is included: its
+throughput and latency are sound, its energy columns are null and drop out of n.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from lem_ray.errors import ConfigError
+from lem_ray.results.bootstrap import CI_LEVEL, RESAMPLES, SEED, STATS, describe
+from lem_ray.results.schema import EXPERIMENTS, STR, STRS, I64, F64
+
+METRICS = (
+    "energy_j_per_output_token",
+    "energy_adjusted_j_per_output_token",
+    "throughput_tok_s",
+    "ttft_ms_p50",
+    "ttft_ms_p99",
+    "e2e_ms_p50",
+    "itl_ms_p50",
+    "itl_ms_p99",
+    "avg_power_w",
+)
+ENERGY_METRICS = ("energy_j_per_output_token", "energy_adjusted_j_per_output_token", "avg_power_w")
+PERFORMANCE_METRICS = tuple(m for m in METRICS if m not in ENERGY_METRICS)
+METRIC_TITLES = {
+    "energy_j_per_output_token": "J/out tok",
+    "energy_adjusted_j_per_output_token": "adj. J/out tok",
+    "throughput_tok_s": "tok/s",
+    "ttft_ms_p50": "TTFT p50 ms",
+    "ttft_ms_p99": "TTFT p99 ms",
+    "e2e_ms_p50": "e2e p50 ms",
+    "itl_ms_p50": "ITL p50 ms",
+    "itl_ms_p99": "ITL p99 ms",
+    "avg_power_w": "power W",
+}
+DEFAULT_GROUP_BY = ("experiment_id",)
+# What a reader needs to place a group; null in the summary when the group mixes values.
+DESCRIPTIVE = ("campaign_name", "backend", "model_name", "fp_precision", "batch_size", "device")
+STATS_NOTE = (
+    f"mean ± std (sample, ddof=1), [{CI_LEVEL:.0%} bootstrap CI of the mean: percentile method, "
+    f"{RESAMPLES} resamples, seed {SEED}], n = runs with a value; n<2: no std, no CI"
+)
+
+SUMMARY = pa.schema(
+    [
+        ("group_by", STR),
+        ("group", STR),
+        ("group_json", STR),
+        ("experiment_ids", STRS),
+        *[(c, EXPERIMENTS.field(c).type) for c in DESCRIPTIVE],
+        ("energy_source", STR),
+        ("runs_ok", I64),
+        ("runs_invalid", I64),
+        ("runs_failed", I64),
+        *[(f"{m}_{s}", I64 if s == "n" else F64) for m in METRICS for s in STATS],
+    ]
+)
+
+
+@dataclass
+class Report:
+    """groups: rows of SUMMARY; members[i]: the runs counted in groups[i], by cycle;
+    excluded: failed and invalid runs with their reason; runs: latest attempt of every run."""
+
+    group_by: tuple[str, ...]
+    groups: list[dict[str, Any]]
+    members: list[list[dict[str, Any]]]
+    excluded: list[dict[str, Any]]
+    runs: list[dict[str, Any]]
+
+    @property
+    def energy_measured(self) -> bool:
+        return any(g["energy_j_per_output_token_n"] for g in self.groups)
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pylist(self.groups, schema=SUMMARY)
+
+
+def latest_attempts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (experiment_id, cycle): the highest attempt; an earlier failure a retry
+    fixed, or a figure a rerun replaced, no longer counts."""
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["experiment_id"], row["cycle"])
+        if key not in latest or row["attempt"] > latest[key]["attempt"]:
+            latest[key] = row
+    return sorted(latest.values(), key=lambda r: (r["experiment_id"], r["cycle"]))
+
+
+def _lookup(config: dict[str, Any], dotted: str) -> tuple[bool, Any]:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def group_values(runs: list[dict[str, Any]], keys: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Each run's value of each key: a column of the experiments table, else a dotted path
+    into config_json (null for a run whose config lacks it, e.g. pytorch.* on a vLLM run)."""
+    configs = [json.loads(r["config_json"]) if r.get("config_json") else {} for r in runs]
+    columns = []
+    for key in keys:
+        if key in EXPERIMENTS.names:
+            columns.append([_hashable(r.get(key)) for r in runs])
+            continue
+        found = [_lookup(c, key) for c in configs]
+        if not any(ok for ok, _ in found):
+            raise ConfigError(
+                f"unknown key {key!r}: neither a column of the experiments table nor a key of "
+                "config_json (e.g. batch_size, fp_precision, pytorch.batch_size, decoder.temperature)",
+                path="--group-by",
+            )
+        section = next((v for _, v in found if isinstance(v, dict)), None)
+        if section is not None:
+            raise ConfigError(
+                f"{key!r} is a section of the config, not a value; name a key inside it "
+                f"({', '.join(f'{key}.{k}' for k in list(section)[:4])}, ...)",
+                path="--group-by",
+            )
+        columns.append([_hashable(v) for _, v in found])
+    return list(zip(*columns)) if columns else [()] * len(runs)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def group_label(keys: Sequence[str], values: Sequence[Any]) -> str:
+    if tuple(keys) == DEFAULT_GROUP_BY:
+        return _text(values[0])
+    return ", ".join(f"{k}={_text(v)}" for k, v in zip(keys, values))
+
+
+def _sort_key(values: Sequence[Any]) -> tuple[Any, ...]:
+    """Numbers in numeric order, then text, then nulls; never compares a number to a string."""
+    def one(v: Any) -> tuple[Any, ...]:
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        return (v is None, not number, v if number else _text(v))
+    return tuple(one(v) for v in values)
+
+
+def _common(runs: list[dict[str, Any]], column: str) -> Any:
+    """The group's value of a column when all its runs that have one agree, else null."""
+    present = {r.get(column) for r in runs} - {None}
+    return present.pop() if len(present) == 1 else None
+
+
+def _counted(run: dict[str, Any]) -> bool:
+    return run["status"] == "ok" and run.get("valid") is not False
+
+
+def _exclusion(run: dict[str, Any], label: str) -> dict[str, Any]:
+    if run["status"] != "ok":
+        kind, reason = run["status"], (run.get("error") or "").strip().splitlines()[:1]
+    else:
+        kind, reason = "invalid", [",".join(run.get("validity_flags") or [])]
+    return {
+        "group": label,
+        **{k: run[k] for k in ("experiment_id", "run_id", "cycle", "attempt")},
+        "status": kind,
+        "reason": reason[0] if reason and reason[0] else "-",
+    }
+
+
+def build_report(rows: list[dict[str, Any]], group_by: Sequence[str] = DEFAULT_GROUP_BY) -> Report:
+    """Summarise the runs in `rows` (experiments-table rows, any attempts) per group."""
+    keys = tuple(group_by)
+    runs = latest_attempts(rows)
+    buckets: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for run, values in zip(runs, group_values(runs, keys)):
+        buckets.setdefault(values, []).append(run)
+    ordered = sorted(
+        buckets.items(),
+        key=lambda item: (_sort_key([_common(item[1], c) for c in DESCRIPTIVE[1:5]]),
+                          _sort_key(item[0])),
+    )
+    groups, members, excluded = [], [], []
+    for values, bucket in ordered:
+        label = group_label(keys, values)
+        counted = sorted((r for r in bucket if _counted(r)), key=lambda r: r["cycle"])
+        left_out = [_exclusion(r, label) for r in bucket if not _counted(r)]
+        row: dict[str, Any] = {
+            "group_by": ",".join(keys),
+            "group": label,
+            "group_json": json.dumps(dict(zip(keys, values)), default=str),
+            "experiment_ids": sorted({r["experiment_id"] for r in bucket}),
+            **{c: _common(bucket, c) for c in DESCRIPTIVE},
+            "energy_source": _common(counted, "energy_source"),
+            "runs_ok": len(counted),
+            "runs_invalid": sum(e["status"] == "invalid" for e in left_out),
+            "runs_failed": sum(e["status"] != "invalid" for e in left_out),
+        }
+        for metric in METRICS:
+            for stat, value in describe([r.get(metric) for r in counted]).items():
+                row[f"{metric}_{stat}"] = value
+        groups.append(row)
+        members.append(counted)
+        excluded.extend(left_out)
+    return Report(keys, groups, members, excluded, runs)
+
+
+def pareto_mask(
+    xs: Sequence[float], ys: Sequence[float], minimise_x: bool = True, minimise_y: bool = True
+) -> list[bool]:
+    """True for the points no other point beats on one axis without losing on the other."""
+    sx, sy = (1 if minimise_x else -1), (1 if minimise_y else -1)
+    points = [(sx * x, sy * y) for x, y in zip(xs, ys)]
+    return [
+        not any(a <= x and b <= y and (a < x or b < y) for a, b in points)
+        for x, y in points
+    ]
+
+
+def format_number(value: float | None, digits: int = 4) -> str:
+    """Significant digits for reading (the exact figures are in the files); whole numbers
+    with separators from 10,000 on."""
+    if value is None:
+        return "-"
+    if abs(value) >= 10_000:
+        return f"{value:,.0f}"
+    return f"{float(f'{value:.{digits}g}'):g}"
+
+
+def cell_lines(group: dict[str, Any], metric: str) -> list[str]:
+    """'mean ± std', '[CI low, CI high]', 'n=N': short lines, so a table of many metrics fits a
+    terminal; a lone value says it has no CI."""
+    n = group[f"{metric}_n"]
+    mean = format_number(group[f"{metric}_mean"])
+    if n == 0:
+        return ["-"]
+    if n < 2:
+        return [mean, "no CI (n<2)", f"n={n}"]
+    return [f"{mean} ± {format_number(group[f'{metric}_std'], 2)}",
+            f"[{format_number(group[f'{metric}_ci_low'])}, {format_number(group[f'{metric}_ci_high'])}]",
+            f"n={n}"]
+
+
+def shown_metrics(report: Report) -> list[str]:
+    """Metrics with a value in some group: a CPU campaign's table has no empty energy columns."""
+    return [m for m in METRICS if any(g[f"{m}_n"] for g in report.groups)]

@@ -1,0 +1,368 @@
+"""`lem-ray report`: statistics checked by hand on a synthetic results directory with energy,
+the files it writes (summary Parquet, CSV, self-contained HTML), bad input, and a real CPU
+campaign read back with the report, DuckDB and polars."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+import os
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from lem_ray.results.report import METRICS, SUMMARY, pareto_mask
+from lem_ray.results.store import attempt_stem, write_rows
+from tests.conftest import TINY_BASE
+from tests.test_cli import lem_ray
+
+T0_S = 1_700_000_000.0
+# experiment -> backend, precision, batch, temperature, gpus, [(cycle, attempt, status, valid, J/tok)]
+SYNTHETIC: dict[str, tuple[str, str, int, float, int, list[tuple[int, int, str, Any, float | None]]]] = {
+    "aaaa": ("pytorch", "float16", 1, 1.0, 1,
+             [(1, 1, "ok", True, 0.50), (2, 1, "ok", True, 9.9), (2, 2, "ok", True, 0.54),
+              (3, 1, "ok", True, 0.52)]),
+    "bbbb": ("pytorch", "float16", 8, 1.0, 1,
+             [(1, 1, "ok", True, 0.20), (2, 1, "ok", False, 0.90), (3, 1, "failed", None, None)]),
+    "cccc": ("pytorch", "bfloat16", 8, 0.7, 1,
+             [(1, 1, "ok", True, 0.18), (2, 1, "ok", True, 0.19), (3, 1, "ok", None, None)]),
+    "dddd": ("vllm", "float16", 64, 0.7, 2,
+             [(1, 1, "ok", True, 0.08), (2, 1, "ok", True, 0.085), (3, 1, "ok", True, 0.09)]),
+    "eeee": ("pytorch", "float32", 2, 1.0, 1,
+             [(1, 1, "failed", None, None), (1, 2, "failed", None, None)]),
+}
+WINDOW_S = 20.0
+
+
+def _metrics(batch: int, cycle: int, jpt: float | None) -> dict[str, Any]:
+    """Known, distinct figures per run: throughput and latency grow with the batch size."""
+    throughput = 100.0 * batch ** 0.8 + 7.0 * cycle
+    return {
+        "energy_j_per_output_token": jpt,
+        "energy_adjusted_j_per_output_token": None if jpt is None else jpt - 0.01 * cycle,
+        "avg_power_w": None if jpt is None else jpt * throughput,
+        "throughput_tok_s": throughput,
+        "ttft_ms_p50": 20.0 * batch ** 0.5 + cycle,
+        "ttft_ms_p99": 40.0 * batch ** 0.5 + 2 * cycle,
+        "e2e_ms_p50": 300.0 * batch ** 0.3 + 3 * cycle,
+        "itl_ms_p50": 5.0 + 0.1 * batch + 0.01 * cycle,
+        "itl_ms_p99": 9.0 + 0.2 * batch + 0.02 * cycle,
+    }
+
+
+def write_synthetic(results_dir: Path) -> None:
+    """A results directory through the real writer: experiments (with retries, an invalid run,
+    failures, a run without energy) and power samples for the first cycles."""
+    for i, (eid, (backend, precision, batch, temperature, gpus, runs)) in enumerate(SYNTHETIC.items()):
+        config = {"backend": backend, "fp_precision": precision, "decoder": {"temperature": temperature},
+                  "pytorch": {"batch_size": batch} if backend == "pytorch" else None,
+                  "vllm": {"max_num_seqs": batch} if backend == "vllm" else None}
+        for cycle, attempt, status, valid, jpt in runs:
+            ids = {"campaign_name": "synth", "experiment_id": eid, "run_id": f"{eid}-c{cycle}",
+                   "cycle": cycle, "attempt": attempt}
+            start_s = T0_S + 100 * (10 * i + cycle) + 3
+            row = {**ids, "status": status, "backend": backend, "model_name": "builtin:llama-1b",
+                   "fp_precision": precision, "batch_size": batch, "gpus_per_experiment": gpus,
+                   "config_json": json.dumps(config)}
+            if status == "failed":
+                row["error"] = "RuntimeError: CUDA out of memory\nTraceback (most recent call last)"
+            else:
+                row.update(device="cuda", valid=valid, energy_source="nvml_counter",
+                           validity_flags=["throttled"] if valid is False else [],
+                           measure_start_s=start_s, measure_end_s=start_s + WINDOW_S,
+                           energy_window_s=WINDOW_S, **_metrics(batch, cycle, jpt))
+            stem = attempt_stem(eid, cycle, attempt)
+            write_rows(results_dir, "experiments", stem, [row])
+            if status == "ok" and cycle == 1:
+                t_s = np.arange(start_s - 3, start_s + WINDOW_S + 3, 0.1)
+                busy = (t_s >= start_s) & (t_s <= start_s + WINDOW_S)
+                samples = [{**ids, "gpu_uuid": f"GPU-{eid}-{g}", "t_s": float(t),
+                            "power_w": float(80 + (220 + 30 * math.sin(t) + 10 * g) * b)}
+                           for g in range(gpus) for t, b in zip(t_s, busy)]
+                write_rows(results_dir, "timeseries", stem, samples)
+
+
+def expected_stats(values: list[float]) -> dict[str, Any]:
+    """The statistics computed here by hand: sample std, percentile bootstrap of the sorted
+    values (seed 0)."""
+    data = np.sort(np.array(values, dtype=float))
+    out: dict[str, Any] = {"mean": data.mean() if data.size else None, "n": data.size,
+                           "std": None, "ci_low": None, "ci_high": None}
+    if data.size >= 2:
+        means = data[np.random.default_rng(0).integers(0, data.size, size=(1000, data.size))].mean(axis=1)
+        low, high = np.percentile(means, [2.5, 97.5])
+        out.update(std=data.std(ddof=1), ci_low=low, ci_high=high)
+    return out
+
+
+def counted_values(experiments: list[str], metric: str) -> list[float]:
+    """Latest attempt, ok and not invalid, non-null: the runs the report must count."""
+    values = []
+    for eid in experiments:
+        _, _, batch, _, _, runs = SYNTHETIC[eid]
+        latest = {c: (a, s, v, j) for c, a, s, v, j in sorted(runs)}
+        for cycle, (_, status, valid, jpt) in sorted(latest.items()):
+            if status == "ok" and valid is not False:
+                value = _metrics(batch, cycle, jpt)[metric]
+                if value is not None:
+                    values.append(value)
+    return values
+
+
+def assert_stats(group: dict[str, Any], metric: str, values: list[float]) -> None:
+    want = expected_stats(values)
+    assert group[f"{metric}_n"] == want["n"], metric
+    for stat in ("mean", "std", "ci_low", "ci_high"):
+        got = group[f"{metric}_{stat}"]
+        if want[stat] is None:
+            assert got is None, (metric, stat)
+        else:
+            assert got == pytest.approx(want[stat], rel=1e-12), (metric, stat)
+
+
+@pytest.fixture
+def synthetic(tmp_path: Path) -> Path:
+    out = tmp_path / "results"
+    write_synthetic(out)
+    return out
+
+
+def report_json(results_dir: Path, *args: str) -> dict[str, Any]:
+    proc = lem_ray("report", str(results_dir), "--json", *args, cwd=results_dir.parent)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_statistics_per_experiment(synthetic: Path) -> None:
+    result = report_json(synthetic)
+    groups = {g["group"]: g for g in result["groups"]}
+    assert list(groups) == ["cccc", "aaaa", "bbbb", "eeee", "dddd"], "backend, model, precision, batch"
+    for eid, group in groups.items():
+        assert group["experiment_ids"] == [eid]
+        for metric in METRICS:
+            assert_stats(group, metric, counted_values([eid], metric))
+    assert groups["aaaa"]["energy_j_per_output_token_mean"] == pytest.approx(0.52), "attempt 2 replaced 9.9"
+    assert [groups["aaaa"][k] for k in ("runs_ok", "runs_invalid", "runs_failed")] == [3, 0, 0]
+    assert [groups["bbbb"][k] for k in ("runs_ok", "runs_invalid", "runs_failed")] == [1, 1, 1]
+    assert groups["bbbb"]["energy_j_per_output_token_n"] == 1
+    assert groups["bbbb"]["energy_j_per_output_token_ci_low"] is None
+    assert groups["cccc"]["energy_j_per_output_token_n"] == 2, "valid=None run: no energy, still counted"
+    assert groups["cccc"]["throughput_tok_s_n"] == 3
+    assert [groups["eeee"][k] for k in ("runs_ok", "runs_failed", "throughput_tok_s_n")] == [0, 1, 0]
+    assert groups["dddd"]["backend"] == "vllm" and groups["dddd"]["batch_size"] == 64
+    assert groups["dddd"]["energy_source"] == "nvml_counter"
+    assert sorted((e["run_id"], e["attempt"], e["status"], e["reason"]) for e in result["excluded"]) == [
+        ("bbbb-c2", 1, "invalid", "throttled"),
+        ("bbbb-c3", 1, "failed", "RuntimeError: CUDA out of memory"),
+        ("eeee-c1", 2, "failed", "RuntimeError: CUDA out of memory"),
+    ]
+
+
+def test_group_by_config_path_and_column(synthetic: Path) -> None:
+    by_temp = report_json(synthetic, "--group-by", "decoder.temperature,fp_precision")
+    groups = {g["group"]: g for g in by_temp["groups"]}
+    assert set(groups) == {"decoder.temperature=0.7, fp_precision=bfloat16",
+                           "decoder.temperature=0.7, fp_precision=float16",
+                           "decoder.temperature=1.0, fp_precision=float16",
+                           "decoder.temperature=1.0, fp_precision=float32"}
+    pooled = groups["decoder.temperature=1.0, fp_precision=float16"]
+    assert pooled["experiment_ids"] == ["aaaa", "bbbb"] and pooled["batch_size"] is None
+    assert json.loads(pooled["group_json"]) == {"decoder.temperature": 1.0, "fp_precision": "float16"}
+    for metric in METRICS:
+        assert_stats(pooled, metric, counted_values(["aaaa", "bbbb"], metric))
+
+    by_backend = {g["group"]: g for g in report_json(synthetic, "--group-by", "backend")["groups"]}
+    assert set(by_backend) == {"backend=pytorch", "backend=vllm"}
+    assert_stats(by_backend["backend=pytorch"], "energy_j_per_output_token",
+                 counted_values(["aaaa", "bbbb", "cccc", "eeee"], "energy_j_per_output_token"))
+    by_path = {g["group"] for g in report_json(synthetic, "--group-by", "pytorch.batch_size")["groups"]}
+    assert by_path == {"pytorch.batch_size=1", "pytorch.batch_size=2", "pytorch.batch_size=8",
+                       "pytorch.batch_size=null"}, "a vLLM run has no pytorch section"
+
+
+def test_summary_parquet_and_csv(synthetic: Path, tmp_path: Path) -> None:
+    csv_path = tmp_path / "out" / "summary.csv"
+    result = report_json(synthetic, "--csv", str(csv_path))
+    parquet = synthetic / "summary" / "summary.parquet"
+    assert result["files"] == {"summary": str(parquet.absolute()), "csv": str(csv_path)}
+    assert os.listdir(synthetic / "summary") == ["summary.parquet"], "no temp file left"
+    table = pq.read_table(parquet)
+    assert table.schema.equals(SUMMARY)
+    assert table.to_pylist() == result["groups"]
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["group"] for r in rows] == [g["group"] for g in result["groups"]]
+    assert list(rows[0]) == SUMMARY.names
+    a = next(r for r in rows if r["group"] == "aaaa")
+    want = expected_stats(counted_values(["aaaa"], "throughput_tok_s"))
+    assert float(a["throughput_tok_s_mean"]) == pytest.approx(want["mean"])
+    assert float(a["throughput_tok_s_ci_high"]) == pytest.approx(want["ci_high"])
+    assert int(a["throughput_tok_s_n"]) == 3 and a["experiment_ids"] == "aaaa"
+    b = next(r for r in rows if r["group"] == "bbbb")
+    assert b["energy_j_per_output_token_ci_low"] == "" and b["energy_j_per_output_token_n"] == "1"
+
+
+class PageParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.images: list[str] = []
+        self.rows = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.rows += tag == "tr"
+        if tag == "img":
+            self.images.append(dict(attrs)["src"] or "")
+
+
+def test_html_is_self_contained(synthetic: Path, tmp_path: Path) -> None:
+    html_path = tmp_path / "report.html"
+    report_json(synthetic, "--html", str(html_path), "--latency", "e2e")
+    text = html_path.read_text()
+    page = PageParser()
+    page.feed(text)
+    assert page.tags.count("table") == 3, "energy, throughput and latency, failed/invalid runs"
+    assert page.rows == 2 * (1 + 5) + (1 + 3)
+    assert len(page.images) == 5
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
+    assert "http://" not in text and "https://" not in text
+    assert not {"script", "link", "iframe"} & set(page.tags)
+    assert "no CI (n&lt;2) n=1" in text and "end-to-end latency p50" in text
+    assert "Energy not measured" not in text
+
+
+def test_power_runs_option(synthetic: Path, tmp_path: Path) -> None:
+    html_path = tmp_path / "report.html"
+    report_json(synthetic, "--html", str(html_path), "--power-runs", "dddd-c1,bbbb-c2")
+    assert html_path.read_text().count("data:image/png;base64,") == 5
+
+
+def test_table_on_stdout(synthetic: Path) -> None:
+    proc = lem_ray("report", str(synthetic), cwd=synthetic.parent)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "energy: 5 groups by experiment_id" in out and "throughput and latency: 5 groups" in out
+    assert "0.52 ± 0.02" in out and "[0.5, 0.54]" in out and "no CI (n<2)" in out
+    assert "invalid bbbb-c2 attempt 1 (bbbb): throttled" in out
+    assert "failed  eeee-c1 attempt 2 (eeee): RuntimeError: CUDA out of memory" in out
+    assert f"summary: {(synthetic / 'summary' / 'summary.parquet').absolute()}" in out
+
+
+def test_uncommitted_files_are_ignored(synthetic: Path) -> None:
+    before = report_json(synthetic)["groups"]
+    (synthetic / "experiments" / ".ffff-c1-a1.parquet.0123.tmp").write_bytes(b"PAR1 half-written")
+    assert report_json(synthetic)["groups"] == before
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["{missing}"], "{missing}: no such directory"),
+        (["{empty}"], "{empty}: no experiments"),
+        (["{results}", "--group-by", "bogus"], "--group-by: unknown key 'bogus'"),
+        (["{results}", "--group-by", "decoder"], "--group-by: 'decoder' is a section of the config"),
+        (["{results}", "--group-by", ","], "--group-by: name at least one key"),
+        (["{results}", "--html", "{tmp}/r.html", "--power-runs", "zzzz-c1"],
+         "--power-runs: unknown run_id 'zzzz-c1'"),
+    ],
+)
+def test_bad_input_one_line_exit_2(synthetic: Path, tmp_path: Path, args: list[str], expected: str) -> None:
+    (tmp_path / "empty").mkdir()
+    names = {"missing": str(tmp_path / "missing"), "empty": str(tmp_path / "empty"),
+             "results": str(synthetic), "tmp": str(tmp_path)}
+    proc = lem_ray("report", *[a.format(**names) for a in args], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+    assert proc.stderr.startswith(f"lem-ray: error: {expected.format(**names)}"), proc.stderr
+    assert not (synthetic / "summary").exists() and not (tmp_path / "r.html").exists()
+
+
+def test_pareto_mask() -> None:
+    xs, ys = [1.0, 2.0, 3.0, 2.0, 1.0], [5.0, 3.0, 1.0, 4.0, 6.0]
+    assert pareto_mask(xs, ys) == [True, True, True, False, False]
+    assert pareto_mask(xs, ys, minimise_x=False) == [False, False, True, False, False]
+    assert pareto_mask([1.0, 1.0], [2.0, 2.0]) == [True, True], "ties dominate neither"
+
+
+@pytest.fixture(scope="module")
+def cpu_campaign(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 experiments (batch 1 and 2) x 3 cycles of the tiny model on a local Ray, on CPU."""
+    import ray
+
+    from lem_ray.execution.cluster import WORKER_ENV
+    from lem_ray.execution.driver import run_campaign
+
+    out = tmp_path_factory.mktemp("campaign") / "results"
+    ray.init(num_cpus=2, include_dashboard=False, namespace="lem-ray-test",
+             runtime_env={"env_vars": WORKER_ENV})
+    try:
+        result = run_campaign({
+            "campaign_name": "report",
+            "base": TINY_BASE,
+            "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
+            "execution": {"cycles": 3, "structure": "interleaved"},
+        }, results_dir=out)
+    finally:
+        ray.shutdown()
+    assert result.counts["ok"] == 6
+    return out
+
+
+@pytest.mark.slow
+def test_report_on_cpu_campaign(cpu_campaign: Path, tmp_path: Path) -> None:
+    html_path = tmp_path / "report.html"
+    result = report_json(cpu_campaign, "--html", str(html_path))
+    assert len(result["groups"]) == 2 and result["excluded"] == []
+    assert sorted(g["batch_size"] for g in result["groups"]) == [1, 2]
+    for g in result["groups"]:
+        assert g["runs_ok"] == 3 and g["device"] == "cpu" and g["energy_source"] is None
+        assert g["throughput_tok_s_n"] == 3 and g["itl_ms_p50_n"] == 3
+        assert g["throughput_tok_s_ci_low"] <= g["throughput_tok_s_mean"] <= g["throughput_tok_s_ci_high"]
+        assert g["throughput_tok_s_std"] > 0
+        for metric in ("energy_j_per_output_token", "energy_adjusted_j_per_output_token", "avg_power_w"):
+            assert g[f"{metric}_n"] == 0 and g[f"{metric}_mean"] is None
+    text = html_path.read_text()
+    assert "Energy not measured" in text and text.count("data:image/png;base64,") == 5
+    assert "http://" not in text and "https://" not in text
+
+    by_size = report_json(cpu_campaign, "--group-by", "pytorch.batch_size")["groups"]
+    assert [g["group"] for g in by_size] == ["pytorch.batch_size=1", "pytorch.batch_size=2"]
+    pooled = report_json(cpu_campaign, "--group-by", "fp_precision")["groups"]
+    assert [(g["group"], g["runs_ok"], g["ttft_ms_p50_n"]) for g in pooled] == [("fp_precision=float32", 6, 6)]
+
+
+@pytest.mark.slow
+def test_measure_window_recorded(cpu_campaign: Path) -> None:
+    exps = pq.read_table(cpu_campaign / "experiments").to_pylist()
+    for e in exps:
+        assert e["measure_end_s"] - e["measure_start_s"] == pytest.approx(e["energy_window_s"])
+        assert e["started_at"].timestamp() < e["measure_start_s"] < e["finished_at"].timestamp()
+
+
+@pytest.mark.slow
+def test_join_with_duckdb_and_polars(cpu_campaign: Path) -> None:
+    import duckdb
+    import polars as pl
+
+    ids = "campaign_name, experiment_id, run_id, cycle, attempt"
+    exps, reqs = cpu_campaign / "experiments" / "*.parquet", cpu_campaign / "requests" / "*.parquet"
+    per_run = duckdb.sql(
+        f"SELECT e.run_id, e.output_tokens, count(*) AS n, sum(r.output_tokens) AS tokens "
+        f"FROM read_parquet('{exps}') e JOIN read_parquet('{reqs}') r USING ({ids}) "
+        f"WHERE e.status = 'ok' GROUP BY ALL ORDER BY e.run_id"
+    ).fetchall()
+    assert len(per_run) == 6
+    assert all(n == TINY_BASE["prompts"]["count"] and tokens == out for _, out, n, tokens in per_run)
+
+    joined = pl.read_parquet(exps).join(pl.read_parquet(reqs), on=[c.strip() for c in ids.split(",")])
+    assert joined.height == 6 * TINY_BASE["prompts"]["count"]
+    assert joined.group_by("run_id").len().get_column("len").to_list() == [TINY_BASE["prompts"]["count"]] * 6
