@@ -8,15 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
-from rich.console import Console
 
+from lem_ray.cli.common import console, fail
 from lem_ray.errors import ConfigError
-
-
-def _console(stderr: bool) -> Console:
-    """Logs and CI are not terminals: give tables room instead of rich's 80 columns."""
-    stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 160)
 
 
 def _confirm_fresh(results_dir: str, yes: bool) -> None:
@@ -26,15 +20,12 @@ def _confirm_fresh(results_dir: str, yes: bool) -> None:
     if yes or not exists(results_dir):
         return
     if not sys.stdin.isatty():
-        _fail(ConfigError(f"--fresh would move {results_dir} aside: confirm with --yes"))
+        fail(f"--fresh would move {results_dir} aside: confirm with --yes")
     click.confirm(f"Move {results_dir} aside and start over?", abort=True, err=True)
 
 
-def _fail(exc: ConfigError, campaign: str | None = None) -> None:
-    """Bad input: one line on stderr, exit code 2."""
-    msg = str(exc.with_file(campaign)) if campaign else str(exc)
-    click.echo(f"lem-ray: error: {msg}", err=True)
-    sys.exit(2)
+def _fail(exc: ConfigError, campaign: str) -> None:
+    fail(str(exc.with_file(campaign)))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,8 +55,8 @@ def campaign(grid: Path | None, results_dir: Path | None, address: str | None, d
     from lem_ray.planning.plan import plan_campaign
 
     grid = grid or QUICKSTART_CAMPAIGN
-    out = _console(stderr=False)
-    err = _console(stderr=True)
+    out = console(stderr=False)
+    err = console(stderr=True)
     try:
         plan = plan_campaign(grid)
         if dry_run:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import pyarrow.dataset as ds
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from lem_ray.cli.common import console, fail
 from lem_ray.errors import ConfigError
 from lem_ray.results.bootstrap import CI_LEVEL
 from lem_ray.results.report import (
@@ -39,12 +39,6 @@ from lem_ray.results.store import exists, read_table, resolve, write_table
 
 POWER_RUNS_DEFAULT = 6
 BATCH_GROUP_BY = ("model_name", "backend", "fp_precision", "batch_size")
-
-
-def _fail(message: str) -> NoReturn:
-    """Bad input: one line on stderr, exit code 2, as `lem-ray campaign` does."""
-    click.echo(f"lem-ray: error: {message}", err=True)
-    sys.exit(2)
 
 
 def _split(text: str | None) -> list[str]:
@@ -210,17 +204,17 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
     """
     keys = _split(group_by)
     if not keys:
-        _fail("--group-by: name at least one key")
+        fail("--group-by: name at least one key")
     if not exists(results_dir):
-        _fail(f"{results_dir}: no such directory")
+        fail(f"{results_dir}: no such directory")
     rows = read_table(results_dir, "experiments").to_pylist()
     if not rows:
-        _fail(f"{results_dir}: no experiments (no committed Parquet file in {results_dir}/experiments)")
+        fail(f"{results_dir}: no experiments (no committed Parquet file in {results_dir}/experiments)")
     try:
         summary = build_report(rows, keys)
         chosen = _power_choice(summary, _split(power_runs)) if html_path else []
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     files = {"summary": write_table(results_dir, "summary", "summary.parquet", summary.table())}
     if csv_path:
         _write_csv(csv_path, summary)
@@ -233,4 +227,4 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
                    "groups": summary.groups, "excluded": summary.excluded, "files": files}
         click.echo(json.dumps(payload, indent=2, default=str))
     else:
-        _print(summary, Console(width=None if sys.stdout.isatty() else 160), files)
+        _print(summary, console(), files)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from datetime import datetime, timezone
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from lem_ray.cli.common import console, fail
 from lem_ray.results.manifest import STATES, UNFINISHED, load_manifest
 from lem_ray.results.store import exists
 
@@ -24,9 +23,8 @@ def status(results_dir: str, as_json: bool) -> None:
     Needs no Ray: the manifest on disk is what a running driver has acknowledged.
     """
     if not exists(results_dir, "manifest"):
-        click.echo(f"lem-ray: error: {results_dir}: no campaign manifest here "
-                   "(not a results directory, or no run has started)", err=True)
-        sys.exit(2)
+        fail(f"{results_dir}: no campaign manifest here "
+             "(not a results directory, or no run has started)")
     manifest = load_manifest(results_dir)
     runs = sorted(manifest["runs"].items(), key=lambda kv: (kv[1]["cycle"], kv[0]))
     counts = Counter(entry["state"] for _, entry in runs)
@@ -39,7 +37,7 @@ def status(results_dir: str, as_json: bool) -> None:
             "runs": [{"run_id": key, **entry} for key, entry in runs],
         }, indent=2))
         return
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    out = console()
     table = Table(title=f"{manifest['campaign_name']}: {len(runs)} runs ({results_dir})")
     for col in ("run_id", "cycle", "state", "attempt", "node", "updated (UTC)", "error"):
         table.add_column(col)
@@ -48,9 +46,9 @@ def status(results_dir: str, as_json: bool) -> None:
         table.add_row(key, str(e["cycle"]), e["state"], str(e["attempt"]),
                       (e["node_id"] or "-")[:12], updated, (e["error"] or "").splitlines()[0][:80]
                       if e["error"] else "")
-    console.print(table)
-    console.print(", ".join(f"{counts.get(s, 0)} {s}" for s in STATES))
+    out.print(table)
+    out.print(", ".join(f"{counts.get(s, 0)} {s}" for s in STATES))
     if left:
-        console.print(f"{len(left)} runs left; run the campaign command again to resume")
+        out.print(f"{len(left)} runs left; run the campaign command again to resume")
     elif counts.get("failed"):
-        console.print("nothing left; --retry-failed reruns the failed runs")
+        out.print("nothing left; --retry-failed reruns the failed runs")
