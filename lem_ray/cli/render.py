@@ -83,12 +83,14 @@ class LiveProgress:
 
 
 def print_summary(result: CampaignResult, console: Console) -> None:
-    table = Table(title=f"{result.campaign_name}: means over ok cycles ({result.results_dir})")
+    table = Table(title=f"{result.campaign_name}: means over ok, valid cycles "
+                        f"({result.results_dir}; `lem-ray report` adds CIs and plots)")
     columns = [
         ("experiment_id", "experiment_id", None), ("backend", "backend", None),
         ("precision", "fp_precision", None), ("batch", "batch_size", None),
         ("device", "device", None), ("ok", "cycles_ok", None),
         ("tok/s", "throughput_tok_s", 4), ("J/out tok", "energy_j_per_output_token", 4),
+        ("adj. J/out tok", "energy_adjusted_j_per_output_token", 4),
         ("TTFT p50 ms", "ttft_ms_p50", 4), ("ITL p50 ms", "itl_ms_p50", 3),
         ("power W", "avg_power_w", 4),
     ]
@@ -101,8 +103,8 @@ def print_summary(result: CampaignResult, console: Console) -> None:
         console.print("energy: not measured (no NVML GPU on the nodes that ran); "
                       "see energy_unavailable_reason in the experiments table")
     for f in result.failures:
-        console.print(f"[red]failed[/] {f['experiment_id']} c{f['cycle']} a{f['attempt']}: "
-                      f"{(f['error'] or '').splitlines()[0]}")
+        console.print(f"[red]{f['status']}[/] {f['experiment_id']} c{f['cycle']} "
+                      f"a{f['attempt']}: {f['reason']}")
     c = result.counts
     console.print(f"{c['ok']} ok, {c['failed']} failed this time; {c['skipped_done']} of "
                   f"{c['planned']} runs were already done. Results: {result.results_dir}")
