@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from lem_ray.config.campaign import CampaignConfig
+from lem_ray.config.extends import read_extended
 from lem_ray.errors import ConfigError
 
 
@@ -102,4 +103,4 @@ def parse_campaign(data: Any, source: str = "<campaign>") -> CampaignConfig:
 
 def load_campaign(path: str | Path) -> CampaignConfig:
     path = Path(path)
-    return parse_campaign(read_yaml(path), str(path))
+    return parse_campaign(read_extended(path, read_yaml), str(path))

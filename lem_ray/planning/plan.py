@@ -50,6 +50,7 @@ class CampaignPlan:
     def to_json(self) -> dict[str, Any]:
         return {
             "campaign_name": self.name,
+            "campaign": self.campaign.model_dump(mode="json"),
             "experiments": [
                 {
                     "experiment_id": e.experiment_id,
