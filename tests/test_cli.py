@@ -46,6 +46,10 @@ def test_dry_run_json(tmp_path: Path, write_campaign) -> None:
         "reason": "fp_precision: float32 is not supported by tensorrt",
     }]
     assert len(plan["runs"]) == 10 and plan["counts"]["runs"] == 10
+    args = {e["backend"]: e["engine_args"] for e in plan["experiments"]}
+    assert args["tensorrt"]["constructor"]["kwargs"]["build_config"]["max_batch_size"] == 8
+    assert args["tensorrt"]["sampling"]["kwargs"]["top_k"] == 1
+    assert args["pytorch"]["sampling"]["kwargs"]["num_beams"] == 1
     assert sorted(os.listdir(tmp_path)) == ["campaign.yaml"], "dry run writes nothing"
 
 

@@ -16,21 +16,34 @@ from pydantic import ValidationError
 
 from lem_ray.assets import resolve_model
 from lem_ray.backends.base import BackendUnavailable, DeviceInfo
-from lem_ray.backends.registry import backend_class
+from lem_ray.backends.registry import backend_class, engine_args
 from lem_ray.backends.tensorrt import backend as trt_backend
 from lem_ray.backends.tensorrt.backend import TensorRTBackend
 from lem_ray.backends.tensorrt.translate import (
     QUANT_ALGOS,
     StreamTrace,
+    calibration_refusal,
     engine_cache_key,
     engine_plan,
     engine_ready,
     llm_kwargs,
     major_version,
     records_from_outputs,
+    resolved_llm_args,
     sampling_params_kwargs,
+    unsupported_sampling,
 )
 from lem_ray.config.experiment import ExperimentConfig
+from tests.strict_fakes import (
+    TrtBuildConfig,
+    TrtCalibConfig,
+    TrtKvCacheConfig,
+    TrtQuantConfig,
+    TrtSamplingParams,
+    check_names,
+    check_trtllm_llm_kwargs,
+    TRTLLM_SAMPLING_PARAMS,
+)
 
 MODEL = "builtin:tiny-llama"
 
@@ -423,7 +436,13 @@ class FakeLLM:
     built: list["FakeLLM"] = []
 
     def __init__(self, **kwargs: Any) -> None:
+        check_trtllm_llm_kwargs(kwargs)
         self.kwargs = kwargs
+        self.args = types.SimpleNamespace(
+            backend=None, dtype="bfloat16", max_batch_size=8, enable_chunked_prefill=False,
+            kv_cache_config=types.SimpleNamespace(enable_block_reuse=False,
+                                                  free_gpu_memory_fraction=0.9),
+        )
         self.tokenizer = types.SimpleNamespace(encode=lambda text: list(range(1, len(text) + 1)))
         self.submitted: list[list[int]] = []
         self.shut_down = False
@@ -447,12 +466,13 @@ def fake_trtllm(monkeypatch) -> None:
     FakeLLM.built = []
     package = types.ModuleType("tensorrt_llm")
     package.__version__ = "1.0.0"
-    package.SamplingParams = types.SimpleNamespace
-    package.LLM = object
+    package.SamplingParams = TrtSamplingParams
+    package.LLM = FakeLLM
     llmapi = types.ModuleType("tensorrt_llm.llmapi")
-    llmapi.BuildConfig = dict
-    llmapi.KvCacheConfig = dict
-    llmapi.QuantConfig = dict
+    llmapi.BuildConfig = TrtBuildConfig
+    llmapi.KvCacheConfig = TrtKvCacheConfig
+    llmapi.CalibConfig = TrtCalibConfig
+    llmapi.QuantConfig = TrtQuantConfig
     llmapi.QuantAlgo = enum.Enum("QuantAlgo", ["FP8", "INT8", "W4A16_AWQ"])
     package.llmapi = llmapi
     engine = types.ModuleType("tensorrt_llm._tensorrt_engine")
@@ -474,9 +494,16 @@ def test_load_builds_once_then_reuses_the_cached_engine(fake_trtllm, tmp_path: P
     built = FakeLLM.built[0].kwargs
     assert built["model"] == resolve_model(MODEL)
     assert built["load_format"] == "dummy"
-    assert built["build_config"]["max_batch_size"] == 8
-    assert built["quant_config"]["quant_algo"].name == "FP8"
-    assert built["quant_config"]["kv_cache_quant_algo"].name == "FP8"
+    assert built["build_config"].kwargs == {"max_batch_size": 8, "max_input_len": 512,
+                                            "max_seq_len": 640}
+    assert built["quant_config"].quant_algo.name == "FP8"
+    assert built["quant_config"].kv_cache_quant_algo.name == "FP8"
+    assert built["kv_cache_config"].kwargs == {"enable_block_reuse": False}
+    assert first.engine_config() == {
+        "backend": None, "dtype": "bfloat16", "max_batch_size": 8,
+        "enable_chunked_prefill": False,
+        "kv_cache_config": {"enable_block_reuse": False, "free_gpu_memory_fraction": 0.9},
+    }
     assert engine_ready(tmp_path / cache_key, 1)
     assert (tmp_path / cache_key / "lem_ray_build.json").is_file()
     assert first.details()["engine_source"] == "build"
@@ -523,6 +550,110 @@ def test_versions_lists_only_installed_packages(monkeypatch) -> None:
 
     monkeypatch.setattr(importlib.metadata, "version", version)
     assert TensorRTBackend(experiment(), DeviceInfo("cuda", 1)).versions() == installed
+
+
+# --- refusals and flags before anything is built ---------------------------------------------
+
+
+CALIBRATING = {"quantization": "int4_awq"}
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_calibration_on_an_offline_node_is_refused_up_front(variable: str) -> None:
+    reason = calibration_refusal(experiment(CALIBRATING), {variable: "1"})
+    assert reason is not None
+    assert "quantization int4_awq calibrates on a dataset" in reason
+    assert f"offline ({variable} set)" in reason and "tensorrt.calib_dataset" in reason
+
+
+def test_calibration_is_fine_online_with_a_local_dataset_or_weight_only() -> None:
+    assert calibration_refusal(experiment(CALIBRATING), {}) is None
+    assert calibration_refusal(experiment(CALIBRATING), {"HF_HUB_OFFLINE": "0"}) is None
+    local = experiment({**CALIBRATING, "calib_dataset": "/data/calib"})
+    assert calibration_refusal(local, {"HF_HUB_OFFLINE": "1"}) is None
+    assert llm_kwargs(local)["calib_config"] == {"calib_dataset": "/data/calib"}
+    assert calibration_refusal(experiment({"quantization": "int8_wo"}),
+                               {"HF_HUB_OFFLINE": "1"}) is None
+    kv = calibration_refusal(experiment({"kv_cache_dtype": "fp8"}), {"HF_HUB_OFFLINE": "1"})
+    assert kv is not None and "kv_cache_dtype fp8" in kv
+
+
+def test_calib_dataset_without_calibration_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="calib_dataset only applies"):
+        experiment({"quantization": "int4_wo", "calib_dataset": "/data/calib"})
+
+
+def test_load_refuses_offline_calibration_before_importing(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # never reached
+    with pytest.raises(BackendUnavailable, match="offline"):
+        TensorRTBackend(experiment(CALIBRATING), DeviceInfo("cuda", 1)).load()
+
+
+def test_pytorch_runtime_refuses_a_penalty_its_sampler_ignores() -> None:
+    config = experiment({"runtime": "pytorch"}, decoder={"repetition_penalty": 1.2})
+    refusal, dropped = unsupported_sampling(config, penalties=False, per_request_seed=True)
+    assert refusal is not None and "repetition_penalty 1.2" in refusal and dropped == {}
+    assert unsupported_sampling(config, penalties=True, per_request_seed=True) == (None, {})
+    engine = experiment(decoder={"repetition_penalty": 1.2})
+    assert unsupported_sampling(engine, penalties=False, per_request_seed=False) == (None, {})
+
+
+def test_pytorch_runtime_flags_a_seed_its_sampler_ignores() -> None:
+    sampled = experiment({"runtime": "pytorch"}, decoder={"preset": "standard"})
+    refusal, dropped = unsupported_sampling(sampled, penalties=True, per_request_seed=False)
+    assert refusal is None and list(dropped) == ["seed"]
+    greedy = experiment({"runtime": "pytorch"})
+    assert unsupported_sampling(greedy, penalties=True, per_request_seed=False) == (None, {})
+
+
+def test_load_leaves_out_and_records_an_ignored_seed(fake_trtllm, monkeypatch) -> None:
+    monkeypatch.setattr(trt_backend, "_sampler_features", lambda: (True, False))
+    config = experiment({"runtime": "pytorch"}, decoder={"preset": "standard"})
+    backend = TensorRTBackend(config, DeviceInfo("cuda", 1))
+    backend.load()
+    assert "seed" not in backend._sampling_params.kwargs
+    assert backend._sampling_params.kwargs == {"max_tokens": 128, "temperature": 1.0,
+                                               "top_p": 0.95, "top_k": 50}
+    assert list(backend.details()["sampling_not_applied"]) == ["seed"]
+
+
+def test_sampling_kwargs_use_real_names() -> None:
+    for config in (experiment(), experiment(decoder={"preset": "standard",
+                                                     "repetition_penalty": 1.1},
+                                            min_output_tokens=2)):
+        check_names("SamplingParams", sampling_params_kwargs(config), TRTLLM_SAMPLING_PARAMS)
+
+
+def test_dry_run_engine_args_show_constructor_and_sampling() -> None:
+    config = experiment({"max_batch_size": 4}, max_input_tokens=64, max_output_tokens=16,
+                        load_format="dummy", random_seed=9)
+    assert engine_args(config) == {
+        "library": "tensorrt_llm",
+        "constructor": {
+            "call": "tensorrt_llm._tensorrt_engine.LLM (tensorrt_llm.LLM before 1.0)",
+            "kwargs": {
+                "model": resolve_model(MODEL), "tokenizer": resolve_model(MODEL),
+                "tensor_parallel_size": 1, "pipeline_parallel_size": 1,
+                "enable_chunked_prefill": False,
+                "kv_cache_config": {"enable_block_reuse": False},
+                "dtype": "bfloat16", "load_format": "dummy",
+                "build_config": {"max_batch_size": 4, "max_input_len": 64, "max_seq_len": 80},
+            },
+        },
+        "sampling": {"call": "tensorrt_llm.SamplingParams",
+                     "kwargs": {"max_tokens": 16, "seed": 9, "top_k": 1}},
+    }
+    check_trtllm_llm_kwargs(engine_args(config)["constructor"]["kwargs"])
+    too_short = experiment({"max_seq_len": 100}, max_input_tokens=80, max_output_tokens=40)
+    assert "max_seq_len" in engine_args(too_short)["error"]
+
+
+def test_resolved_llm_args_leave_out_what_a_version_lacks() -> None:
+    args = types.SimpleNamespace(max_batch_size=8, max_seq_len=None,
+                                 build_config=types.SimpleNamespace(max_batch_size=8))
+    assert resolved_llm_args(args) == {"max_batch_size": 8, "max_seq_len": None,
+                                       "build_config": {"max_batch_size": 8}}
 
 
 # --- on a GPU with TensorRT-LLM installed ---------------------------------------------------

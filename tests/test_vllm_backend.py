@@ -2,7 +2,8 @@
 
 Everything but the last test runs without vLLM: the stand-ins below copy the shapes of
 vllm.outputs.RequestOutput / CompletionOutput, V1's RequestStateStats (vllm/v1/metrics/
-stats.py) and V0's RequestMetrics (vllm/sequence.py), field for field.
+stats.py) and V0's RequestMetrics (vllm/sequence.py), field for field; LLM and
+SamplingParams stand-ins accept only the real parameter names (tests/strict_fakes.py).
 """
 
 from __future__ import annotations
@@ -14,20 +15,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from lem_ray.assets import resolve_model
 from lem_ray.backends.base import BackendUnavailable, DeviceInfo
-from lem_ray.backends.registry import backend_class
+from lem_ray.backends.registry import backend_class, engine_args
 from lem_ray.backends.vllm.backend import VLLMBackend, visible_gpu_ids
 from lem_ray.backends.vllm.translate import (
     engine_kwargs,
     records_from_outputs,
     request_timings,
+    resolved_engine_config,
     sampling_params_kwargs,
     truncated_token_ids,
 )
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.telemetry import nvml
+from tests.strict_fakes import VLLMSamplingParams, check_vllm_llm_kwargs
 
 
 def make_config(**overrides: Any) -> ExperimentConfig:
@@ -114,14 +118,16 @@ def test_engine_kwargs_dummy_defaults() -> None:
     assert (kw["max_num_seqs"], kw["gpu_memory_utilization"]) == (256, 0.9)
     assert (kw["kv_cache_dtype"], kw["enforce_eager"]) == ("auto", False)
     assert kw["disable_log_stats"] is False  # else RequestOutput.metrics is None
+    assert kw["enable_prefix_caching"] is False  # windows resend the same prompts
+    assert kw["distributed_executor_backend"] == "uni"
+    check_vllm_llm_kwargs(kw)
 
 
 def test_engine_kwargs_omit_unset_options() -> None:
     kw = engine_kwargs(make_config())
     assert kw["load_format"] == "auto"
     for name in (
-        "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill",
-        "block_size", "quantization", "speculative_config", "enable_lora", "max_lora_rank",
+        "max_num_batched_tokens", "enable_chunked_prefill", "block_size", "quantization", "speculative_config", "enable_lora", "max_lora_rank",
     ):
         assert name not in kw, name
 
@@ -129,7 +135,7 @@ def test_engine_kwargs_omit_unset_options() -> None:
 def test_engine_kwargs_parallel_and_set_options() -> None:
     expected = {
         "tensor_parallel_size": 2, "max_num_seqs": 32, "max_num_batched_tokens": 4096,
-        "enable_prefix_caching": False,  # False is passed on: only None is omitted
+        "enable_prefix_caching": True,
         "enable_chunked_prefill": True, "kv_cache_dtype": "fp8", "block_size": 32,
         "max_model_len": 1000, "enforce_eager": True, "quantization": "fp8",
     }
@@ -139,6 +145,99 @@ def test_engine_kwargs_parallel_and_set_options() -> None:
     kw = engine_kwargs(cfg)
     assert kw["tokenizer"] == "some/tokenizer"
     assert {k: kw[k] for k in expected} == expected
+    check_vllm_llm_kwargs(kw)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "tp", "pp", "executor"),
+    [(1, 1, 1, "uni"), (2, 2, 1, "mp"), (2, 1, 2, "mp"), (4, 2, 2, "mp"), (8, 8, 1, "mp")],
+)
+def test_parallel_layout_runs_vllm_processes_inside_the_run_gpus(
+    gpus: int, tp: int, pp: int, executor: str
+) -> None:
+    """Inside the worker's placement group vLLM would pick its Ray executor, which refuses a
+    bundle of several GPUs: lem-ray names mp (or uni for one GPU) itself."""
+    cfg = make_config(gpus_per_experiment=gpus,
+                      vllm={"tensor_parallel_size": tp, "pipeline_parallel_size": pp})
+    kw = engine_kwargs(cfg)
+    assert (kw["tensor_parallel_size"], kw["pipeline_parallel_size"]) == (tp, pp)
+    assert kw["distributed_executor_backend"] == executor
+
+
+def test_parallel_sizes_must_fill_the_run_gpus() -> None:
+    with pytest.raises(ValidationError, match="must equal gpus_per_experiment"):
+        make_config(gpus_per_experiment=4, vllm={"tensor_parallel_size": 2})
+
+
+@pytest.mark.parametrize("block_size", [64, 128])
+def test_block_size_above_32_is_rejected_with_a_reason(block_size: int) -> None:
+    with pytest.raises(ValidationError, match="block sizes up to 32 on CUDA"):
+        make_config(vllm={"block_size": block_size})
+    assert engine_kwargs(make_config(vllm={"block_size": 32}))["block_size"] == 32
+
+
+def test_a_misspelt_engine_argument_fails_against_the_real_names() -> None:
+    kw = engine_kwargs(make_config(vllm={"extra_engine_args": {"max_num_seq": 3}}))
+    with pytest.raises(TypeError, match="max_num_seq"):
+        check_vllm_llm_kwargs(kw)
+
+
+def test_dry_run_engine_args_show_constructor_and_sampling() -> None:
+    cfg = make_config(load_format="dummy", max_input_tokens=100, max_output_tokens=20,
+                      random_seed=3, vllm={"max_num_seqs": 16})
+    assert engine_args(cfg) == {
+        "library": "vllm",
+        "constructor": {"call": "vllm.LLM", "kwargs": {
+            "model": resolve_model("builtin:tiny-llama"),
+            "tokenizer": resolve_model("builtin:tiny-llama"),
+            "dtype": "bfloat16", "load_format": "dummy", "seed": 3,
+            "tensor_parallel_size": 1, "pipeline_parallel_size": 1, "max_num_seqs": 16,
+            "gpu_memory_utilization": 0.9, "kv_cache_dtype": "auto", "max_model_len": 120,
+            "enforce_eager": False, "distributed_executor_backend": "uni",
+            "enable_prefix_caching": False, "disable_log_stats": False,
+        }},
+        "sampling": {"call": "vllm.SamplingParams", "kwargs": {
+            "max_tokens": 20, "min_tokens": 0, "repetition_penalty": 1.0,
+            "temperature": 0.0, "top_k": 0, "top_p": 1.0,
+        }},
+        "prefix_cache": "off",
+    }
+
+
+class _Dtype:
+    """Prints like torch.bfloat16 does."""
+
+    def __str__(self) -> str:
+        return "torch.bfloat16"
+
+
+def test_resolved_engine_config_reads_what_the_engine_chose() -> None:
+    import enum
+
+    mode = enum.Enum("CUDAGraphMode", ["FULL_AND_PIECEWISE"])
+    vllm_config = types.SimpleNamespace(
+        model_config=types.SimpleNamespace(model="/m", dtype=_Dtype(), max_model_len=640,
+                                           enforce_eager=False, seed=42, quantization=None),
+        cache_config=types.SimpleNamespace(block_size=16, enable_prefix_caching=False,
+                                           cache_dtype="auto", gpu_memory_utilization=0.9),
+        scheduler_config=types.SimpleNamespace(max_num_seqs=256, max_num_batched_tokens=8192,
+                                               enable_chunked_prefill=True),
+        parallel_config=types.SimpleNamespace(tensor_parallel_size=2, pipeline_parallel_size=1,
+                                              distributed_executor_backend="mp", world_size=2),
+        compilation_config=types.SimpleNamespace(mode=3, cudagraph_mode=mode.FULL_AND_PIECEWISE),
+        speculative_config=None,
+    )
+    assert resolved_engine_config(vllm_config) == {
+        "model_config": {"model": "/m", "dtype": "torch.bfloat16", "max_model_len": 640,
+                         "enforce_eager": False, "seed": 42, "quantization": None},
+        "cache_config": {"block_size": 16, "enable_prefix_caching": False,
+                         "cache_dtype": "auto", "gpu_memory_utilization": 0.9},
+        "scheduler_config": {"max_num_seqs": 256, "max_num_batched_tokens": 8192,
+                             "enable_chunked_prefill": True},
+        "parallel_config": {"tensor_parallel_size": 2, "pipeline_parallel_size": 1,
+                            "distributed_executor_backend": "mp", "world_size": 2},
+        "compilation_config": {"mode": 3, "cudagraph_mode": "FULL_AND_PIECEWISE"},
+    }
 
 
 def test_engine_kwargs_speculative_lora_and_extra_args_last() -> None:
@@ -279,13 +378,21 @@ def test_request_timings_unknown_shape_and_count_mismatch() -> None:
 
 class FakeLLM:
     def __init__(self, **kwargs: Any) -> None:
+        check_vllm_llm_kwargs(kwargs)
         self.kwargs = kwargs
         self.calls: list[tuple[Any, ...]] = []
+        self.prefix_resets = 0
         self.llm_engine = types.SimpleNamespace(
             engine_core=types.SimpleNamespace(shutdown=self._shutdown),
             model_config=types.SimpleNamespace(max_model_len=kwargs["max_model_len"]),
+            vllm_config=types.SimpleNamespace(scheduler_config=types.SimpleNamespace(
+                max_num_seqs=kwargs["max_num_seqs"], enable_chunked_prefill=True)),
         )
         self.shut_down = False
+
+    def reset_prefix_cache(self) -> bool:
+        self.prefix_resets += 1
+        return True
 
     def _shutdown(self) -> None:
         self.shut_down = True
@@ -298,10 +405,12 @@ class FakeLLM:
         return [output(2 + i, V1_STATS, len(p["prompt_token_ids"])) for i, p in enumerate(prompts)]
 
 
-class FakeSamplingParams:
-    def __init__(self, top_k: int = -1, **kwargs: Any) -> None:
-        self.kwargs = {"top_k": top_k, **kwargs}
-        self.top_k = top_k
+class SamplingParams08(VLLMSamplingParams):
+    """vLLM 0.8.x: top_k's default, its "no top-k", was -1."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.top_k = kwargs.get("top_k", -1)
 
 
 @pytest.fixture
@@ -309,7 +418,7 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     cleaned: list[bool] = []
     vllm = types.ModuleType("vllm")
     vllm.LLM = FakeLLM
-    vllm.SamplingParams = FakeSamplingParams
+    vllm.SamplingParams = SamplingParams08
     vllm.__version__ = "0.0-test"
     distributed = types.ModuleType("vllm.distributed")
     parallel_state = types.ModuleType("vllm.distributed.parallel_state")
@@ -342,11 +451,25 @@ def test_backend_generate_sends_truncated_token_prompts(fake_vllm: Any) -> None:
     assert [(r.input_tokens, r.output_tokens) for r in recs] == [(3, 2), (2, 3)]
     assert recs[0].ttft_ms == pytest.approx(54.2388, abs=1e-3)
     assert backend.details()["max_model_len"] == 3 + 128
+    assert backend.details()["prefix_cache"] == "off"
+    assert llm.prefix_resets == 0
+    assert backend.engine_config() == {
+        "scheduler_config": {"max_num_seqs": 256, "enable_chunked_prefill": True}}
     assert backend.versions()["vllm"] == "0.0-test"
     backend.release()
     assert llm.shut_down and fake_vllm.cleaned == [True]
     backend.release()  # a second release is a no-op
     assert fake_vllm.cleaned == [True]
+
+
+def test_prefix_cache_on_is_reset_before_every_window(fake_vllm: Any) -> None:
+    backend = VLLMBackend(make_config(vllm={"enable_prefix_caching": True}),
+                          DeviceInfo("cuda", 1))
+    backend.load()
+    backend.generate(["a"])
+    backend.generate(["a"], max_output_tokens=1)
+    assert backend._llm.prefix_resets == 2
+    assert backend.details()["prefix_cache"] == "reset before each window"
 
 
 def test_backend_lora_request_and_warmup_size(fake_vllm: Any) -> None:

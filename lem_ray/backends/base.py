@@ -83,5 +83,10 @@ class Backend(ABC):
         """Facts about the loaded engine worth keeping with the result (params, dtype...)."""
         return {}
 
+    def engine_config(self) -> dict[str, Any] | None:
+        """The engine's own resolved settings, read back after load (what ran, not what was
+        asked); None where the library does not expose them."""
+        return None
+
     def release(self) -> None:
         """Free the engine and the device memory it holds."""

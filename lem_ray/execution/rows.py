@@ -216,6 +216,10 @@ def ok_rows(
         "sampler_cpu_s": telemetry["sampler_cpu_s"],
         "peak_memory_mb": result["peak_memory_mb"],
         "versions_json": json.dumps({**result["versions"], "lem_ray": lem_ray.__version__}),
+        "engine_config_json": (
+            json.dumps(result["engine_config"], default=str)
+            if result.get("engine_config") is not None else None
+        ),
         "environment_json": json.dumps(
             {"gpus": telemetry["environment"], **result["details"]}, default=str
         ),

@@ -85,6 +85,7 @@ class ExperimentWorker:
                 "versions": {**backend.versions(), "python": platform.python_version(),
                              "ray": ray.__version__},
                 "details": backend.details(),
+                "engine_config": backend.engine_config(),
             }
         finally:
             backend.release()

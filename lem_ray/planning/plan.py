@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lem_ray.backends.registry import engine_args
 from lem_ray.config.campaign import CampaignConfig
 from lem_ray.config.loading import load_campaign, parse_campaign
 from lem_ray.errors import ConfigError
@@ -56,6 +57,7 @@ class CampaignPlan:
                     "experiment_id": e.experiment_id,
                     "backend": e.backend,
                     "config": e.config.model_dump(mode="json"),
+                    "engine_args": engine_args(e.config),
                 }
                 for e in self.experiments
             ],

@@ -97,6 +97,7 @@ EXPERIMENTS = pa.schema(
         ("peak_memory_mb", F64),
         ("versions_json", STR),
         ("environment_json", STR),
+        ("engine_config_json", STR),
         ("config_json", STR),
     ]
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -24,12 +25,15 @@ from lem_ray.backends.tensorrt.config import TensorRTConfig
 from lem_ray.backends.tensorrt.translate import (
     StreamTrace,
     build_settings,
+    calibration_refusal,
     engine_cache_key,
     engine_plan,
     llm_kwargs,
     major_version,
     records_from_outputs,
+    resolved_llm_args,
     sampling_params_kwargs,
+    unsupported_sampling,
 )
 from lem_ray.config.experiment import ExperimentConfig
 
@@ -91,6 +95,8 @@ def _materialise(kwargs: dict[str, Any], llmapi: ModuleType) -> dict[str, Any]:
     real["kv_cache_config"] = llmapi.KvCacheConfig(**kwargs["kv_cache_config"])
     if "build_config" in kwargs:
         real["build_config"] = llmapi.BuildConfig(**kwargs["build_config"])
+    if "calib_config" in kwargs:
+        real["calib_config"] = llmapi.CalibConfig(**kwargs["calib_config"])
     if "quant_config" in kwargs:
         real["quant_config"] = llmapi.QuantConfig(
             **{name: llmapi.QuantAlgo[algo] for name, algo in kwargs["quant_config"].items()}
@@ -116,6 +122,20 @@ def _save_engine(llm: Any, path: str, provenance: dict[str, Any]) -> None:
     (staging / "lem_ray_build.json").write_text(json.dumps(provenance, indent=2, sort_keys=True))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
+
+
+def _sampler_features() -> tuple[bool, bool]:
+    """(penalties, per-request seed) in the installed PyTorch runtime's TorchSampler: each
+    came with its own module (see translate.unsupported_sampling)."""
+    base = "tensorrt_llm._torch.pyexecutor.sampler"
+
+    def has(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(f"{base}.{module}") is not None
+        except ModuleNotFoundError:
+            return False
+
+    return has("penalties"), has("seed_manager")
 
 
 def _torch_or_none() -> ModuleType | None:
@@ -146,8 +166,20 @@ class TensorRTBackend(Backend):
                 f"tensorrt needs {self.options.parallel_gpus} GPUs (tensor x pipeline parallel), "
                 f"{self.device.gpu_count} visible"
             )
+        refusal = calibration_refusal(self.config, os.environ)
+        if refusal is not None:
+            raise BackendUnavailable(refusal)
         trtllm = _import_trtllm()
         from tensorrt_llm import SamplingParams, llmapi
+
+        not_applied: dict[str, str] = {}
+        if self.options.runtime == "pytorch":
+            penalties, seed = _sampler_features()
+            refusal, not_applied = unsupported_sampling(
+                self.config, penalties=penalties, per_request_seed=seed
+            )
+            if refusal is not None:
+                raise BackendUnavailable(refusal)
 
         llm_cls = _llm_class(self.options.runtime, trtllm)
         key = None
@@ -157,7 +189,8 @@ class TensorRTBackend(Backend):
             )
         plan = engine_plan(self.config, key)
         kwargs = llm_kwargs(self.config, prebuilt_engine=plan.load)
-        sampling = sampling_params_kwargs(self.config)
+        sampling = {k: v for k, v in sampling_params_kwargs(self.config).items()
+                    if k not in not_applied}
         started = time.perf_counter()
         self._llm = llm_cls(**_materialise(kwargs, llmapi))
         load_s = time.perf_counter() - started
@@ -180,6 +213,7 @@ class TensorRTBackend(Backend):
             "load_s": load_s,
             "llm_kwargs": kwargs,
             "sampling_params": sampling,
+            "sampling_not_applied": not_applied,
             "prompt_truncation": "first max_input_tokens tokens of the tokenized prompt",
             "timing": TIMING_NOTE,
             "peak_memory": PEAK_MEMORY_NOTE,
@@ -252,6 +286,11 @@ class TensorRTBackend(Backend):
 
     def details(self) -> dict[str, Any]:
         return dict(self._details)
+
+    def engine_config(self) -> dict[str, Any] | None:
+        """The LLM's resolved arguments (`LLM.args`), where this version exposes them."""
+        args = getattr(self._llm, "args", None)
+        return None if args is None else resolved_llm_args(args)
 
     def release(self) -> None:
         if self._llm is not None:

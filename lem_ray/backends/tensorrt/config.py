@@ -8,6 +8,9 @@ from pydantic import Field, model_validator
 
 from lem_ray.config.base import StrictModel, invalid_combination
 
+# ModelOpt calibrates activation scales for these on a dataset; weight-only ones need none.
+CALIBRATED_QUANTIZATIONS = frozenset({"fp8", "int8_sq", "int4_awq", "w4a8_awq", "nvfp4"})
+
 
 class TensorRTConfig(StrictModel):
     runtime: Literal["engine", "pytorch"] = Field(
@@ -35,7 +38,17 @@ class TensorRTConfig(StrictModel):
     pipeline_parallel_size: int = Field(1, ge=1)
     quantization: (
         Literal["fp8", "int8_sq", "int4_awq", "w4a8_awq", "int8_wo", "int4_wo", "nvfp4"] | None
-    ) = Field(None, description="ModelOpt format names; engine runtime only, needs calibration")
+    ) = Field(
+        None,
+        description="ModelOpt format names; engine runtime only; all but the weight-only "
+        "int8_wo and int4_wo calibrate on a dataset",
+    )
+    calib_dataset: str | None = Field(
+        None,
+        description="local path of the calibration dataset for quantizations that calibrate "
+        "(fp8, int8_sq, int4_awq, w4a8_awq, nvfp4, an fp8/int8 KV cache); unset, TensorRT-LLM "
+        "downloads cnn_dailymail, which an offline node cannot",
+    )
     kv_cache_dtype: Literal["auto", "fp8", "int8"] = "auto"
     kv_cache_free_gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
     enable_chunked_context: bool = False
@@ -49,9 +62,16 @@ class TensorRTConfig(StrictModel):
             raise invalid_combination("tensorrt.force_rebuild only applies with engine_cache_dir")
         if self.engine_dir is not None and (
             self.quantization is not None or self.kv_cache_dtype != "auto"
+            or self.calib_dataset is not None
         ):
             raise invalid_combination(
-                "tensorrt.quantization and kv_cache_dtype are built into a prebuilt engine_dir"
+                "tensorrt.quantization, kv_cache_dtype and calib_dataset are built into a "
+                "prebuilt engine_dir"
+            )
+        if self.calib_dataset is not None and not self.needs_calibration:
+            raise invalid_combination(
+                "tensorrt.calib_dataset only applies to a quantization that calibrates "
+                f"({', '.join(sorted(CALIBRATED_QUANTIZATIONS))}) or an fp8/int8 KV cache"
             )
         if self.runtime == "pytorch":
             engine_only = [
@@ -61,6 +81,7 @@ class TensorRTConfig(StrictModel):
                     ("engine_cache_dir", self.engine_cache_dir is not None),
                     ("force_rebuild", self.force_rebuild),
                     ("quantization", self.quantization is not None),
+                    ("calib_dataset", self.calib_dataset is not None),
                     ("kv_cache_dtype int8", self.kv_cache_dtype == "int8"),
                 )
                 if is_set
@@ -71,6 +92,13 @@ class TensorRTConfig(StrictModel):
                     f"checkpoint; not applicable: {', '.join(engine_only)}"
                 )
         return self
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Building this engine runs ModelOpt calibration over a dataset."""
+        return self.runtime == "engine" and (
+            self.quantization in CALIBRATED_QUANTIZATIONS or self.kv_cache_dtype != "auto"
+        )
 
     @property
     def parallel_gpus(self) -> int:

@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from lem_ray.assets import resolve_model
 from lem_ray.backends.base import RequestRecord
@@ -171,6 +171,8 @@ def llm_kwargs(config: ExperimentConfig, prebuilt_engine: str | None = None) -> 
         kwargs.update(sizes)
         return kwargs
     kwargs["build_config"] = sizes
+    if opts.calib_dataset is not None:
+        kwargs["calib_config"] = {"calib_dataset": opts.calib_dataset}
     quant: dict[str, str] = {}
     if opts.quantization is not None:
         quant["quant_algo"] = QUANT_ALGOS[opts.quantization]
@@ -202,6 +204,104 @@ def sampling_params_kwargs(config: ExperimentConfig) -> dict[str, Any]:
     if decoder.repetition_penalty != 1.0:
         kwargs["repetition_penalty"] = decoder.repetition_penalty
     return kwargs
+
+
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def calibration_refusal(config: ExperimentConfig, environ: Mapping[str, str]) -> str | None:
+    """Why this engine cannot be built here, or None.
+
+    Calibrating quantizations run ModelOpt over a dataset; without tensorrt.calib_dataset
+    TensorRT-LLM's CalibConfig fetches cnn_dailymail from the Hugging Face hub, which on a
+    node marked offline fails deep in the build after the model has loaded. Said up front.
+    """
+    opts = _options(config)
+    if not opts.needs_calibration or opts.calib_dataset is not None:
+        return None
+    offline = [v for v in _OFFLINE_VARIABLES
+               if environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
+    if not offline:
+        return None
+    what = f"quantization {opts.quantization}" if opts.quantization else ""
+    if opts.kv_cache_dtype != "auto":
+        what = " and ".join(filter(None, [what, f"kv_cache_dtype {opts.kv_cache_dtype}"]))
+    return (
+        f"tensorrt {what} calibrates on a dataset, which TensorRT-LLM would download "
+        f"(cnn_dailymail), but this node is offline ({', '.join(offline)} set); give a local "
+        "dataset in tensorrt.calib_dataset or build the engine elsewhere and use engine_dir"
+    )
+
+
+def unsupported_sampling(
+    config: ExperimentConfig, *, penalties: bool, per_request_seed: bool
+) -> tuple[str | None, dict[str, str]]:
+    """(refusal, not applied) for the PyTorch runtime's sampler, given what it supports.
+
+    TorchSampler accepted repetition_penalty and seed but ignored them until TensorRT-LLM
+    gained `_torch/pyexecutor/sampler/penalties.py` (PR #16485) and `seed_manager.py`
+    (PR #17172); the backend probes the installed package for those modules. A penalty
+    that silently did not apply changes every output, so it is refused; an unseeded sampler
+    only makes runs unrepeatable, so the seed is left out and recorded as not applied. The
+    engine runtime's C++ sampler applies both.
+    """
+    opts = _options(config)
+    if opts.runtime != "pytorch":
+        return None, {}
+    decoder = config.decoder
+    if decoder.repetition_penalty != 1.0 and not penalties:
+        return (
+            f"decoder.repetition_penalty {decoder.repetition_penalty:g}: the installed "
+            "TensorRT-LLM's PyTorch sampler ignores penalties; use tensorrt.runtime engine, a "
+            "release with sampler penalties, or repetition_penalty 1.0"
+        ), {}
+    if decoder.do_sample and not per_request_seed:
+        return None, {"seed": "the installed TensorRT-LLM's PyTorch sampler ignores "
+                              "per-request seeds, so it was not passed"}
+    return None, {}
+
+
+def engine_args(config: ExperimentConfig) -> dict[str, Any]:
+    """What the backend hands TensorRT-LLM, computed without it (for `campaign --dry-run`).
+
+    An engine cache that already holds the engine replaces `model` and drops the build
+    settings (see llm_kwargs); which happens is known only on the node.
+    """
+    opts = _options(config)
+    call = "tensorrt_llm.LLM" if opts.runtime == "pytorch" else (
+        "tensorrt_llm._tensorrt_engine.LLM (tensorrt_llm.LLM before 1.0)")
+    return {
+        "library": "tensorrt_llm",
+        "constructor": {"call": call, "kwargs": llm_kwargs(config, prebuilt_engine=opts.engine_dir)},
+        "sampling": {"call": "tensorrt_llm.SamplingParams",
+                     "kwargs": sampling_params_kwargs(config)},
+    }
+
+
+# Read back from the LLM's resolved arguments (`LLM.args`, tensorrt_llm/llmapi/llm_args.py).
+RESOLVED_ARGS = ("backend", "dtype", "tensor_parallel_size", "pipeline_parallel_size",
+                 "max_batch_size", "max_num_tokens", "max_seq_len", "max_input_len",
+                 "enable_chunked_prefill")
+RESOLVED_KV_CACHE = ("enable_block_reuse", "free_gpu_memory_fraction", "dtype", "max_tokens")
+RESOLVED_BUILD = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens")
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def resolved_llm_args(args: Any) -> dict[str, Any]:
+    """The settings the LLM runs with, as its LlmArgs resolved them; absent fields left out."""
+    resolved: dict[str, Any] = {n: _plain(getattr(args, n)) for n in RESOLVED_ARGS
+                                if hasattr(args, n)}
+    for key, section, names in (("kv_cache_config", "kv_cache_config", RESOLVED_KV_CACHE),
+                                ("build_config", "build_config", RESOLVED_BUILD)):
+        found = getattr(args, section, None)
+        if found is not None:
+            resolved[key] = {n: _plain(getattr(found, n)) for n in names if hasattr(found, n)}
+    return resolved
 
 
 @dataclass

@@ -10,7 +10,9 @@ from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
 from lem_ray.backends.vllm.translate import (
     LORA_NAME,
     engine_kwargs,
+    prefix_cache_policy,
     records_from_outputs,
+    resolved_engine_config,
     sampling_params_kwargs,
     truncated_token_ids,
 )
@@ -80,6 +82,10 @@ class VLLMBackend(Backend):
         """All prompts go in one LLM.generate call; vLLM's scheduler batches them
         continuously (at most max_num_seqs at once), as a serving engine would."""
         token_ids = truncated_token_ids(self._tokenizer, prompts, self.config.max_input_tokens)
+        if self.config.vllm.enable_prefix_caching:
+            # Each call is one window (warmup step, measurement, prefill pass) sending the
+            # same prompts again: a cold cache keeps the windows from measuring cache hits.
+            self._llm.reset_prefix_cache()
         requests = [{"prompt_token_ids": ids} for ids in token_ids]
         sampling = self._sampling
         if max_output_tokens is not None:
@@ -140,7 +146,13 @@ class VLLMBackend(Backend):
             "max_model_len": engine.model_config.max_model_len,
             "engine_kwargs": self._engine_kwargs,
             "sampling_params": self._sampling_kwargs,
+            "prefix_cache": prefix_cache_policy(self.config),
         }
+
+    def engine_config(self) -> dict[str, Any] | None:
+        """Read back from the running engine: vLLM may have overridden what was asked."""
+        vllm_config = getattr(self._llm.llm_engine, "vllm_config", None)
+        return None if vllm_config is None else resolved_engine_config(vllm_config)
 
     def release(self) -> None:
         """Stop the engine and free its GPU memory, the way vLLM's maintainers advise.

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from lem_ray.config.base import StrictModel
+from lem_ray.config.base import StrictModel, invalid_combination
+
+# vLLM's CacheConfig: "On CUDA devices, only block sizes up to 32 are supported."
+CUDA_MAX_BLOCK_SIZE = 32
 
 
 class SpeculativeConfig(StrictModel):
@@ -29,7 +32,12 @@ class VLLMConfig(StrictModel):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
     pipeline_parallel_size: int = Field(1, ge=1)
-    enable_prefix_caching: bool | None = Field(None, description="None keeps vLLM's default")
+    enable_prefix_caching: bool = Field(
+        False,
+        description="off by default: the warmup and prefill windows resend the measured "
+        "prompts, so a prefix cache would turn their prefill into cache hits; when on, the "
+        "cache is reset before every window",
+    )
     enable_chunked_prefill: bool | None = Field(None, description="None keeps vLLM's default")
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
     block_size: Literal[8, 16, 32, 64, 128] | None = None
@@ -48,6 +56,15 @@ class VLLMConfig(StrictModel):
         default_factory=dict,
         description="passed to vllm.LLM as keyword arguments, for options not modelled here",
     )
+
+    @model_validator(mode="after")
+    def _rules(self) -> "VLLMConfig":
+        if self.block_size is not None and self.block_size > CUDA_MAX_BLOCK_SIZE:
+            raise invalid_combination(
+                f"vllm.block_size {self.block_size}: vLLM supports block sizes up to "
+                f"{CUDA_MAX_BLOCK_SIZE} on CUDA GPUs"
+            )
+        return self
 
     @property
     def parallel_gpus(self) -> int:

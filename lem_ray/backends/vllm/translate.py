@@ -6,6 +6,7 @@ Facts about vLLM these rely on are cited next to the code, with the versions the
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -15,6 +16,22 @@ from lem_ray.backends.vllm.config import VLLMConfig
 from lem_ray.config.experiment import ExperimentConfig
 
 LORA_NAME = "lem-ray-adapter"
+
+# What the engine resolved, read back from `LLM.llm_engine.vllm_config` after start: these
+# are VllmConfig's sections and field names (vllm/config/*.py); a field a version lacks is
+# left out. vLLM overrides some requests (chunked prefill, prefix caching per model,
+# max_num_batched_tokens), so the row keeps these beside the config that was asked for.
+RESOLVED_FIELDS: dict[str, tuple[str, ...]] = {
+    "model_config": ("model", "dtype", "max_model_len", "enforce_eager", "seed",
+                     "quantization"),
+    "cache_config": ("block_size", "enable_prefix_caching", "cache_dtype",
+                     "gpu_memory_utilization", "num_gpu_blocks"),
+    "scheduler_config": ("max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill",
+                         "async_scheduling"),
+    "parallel_config": ("tensor_parallel_size", "pipeline_parallel_size",
+                        "distributed_executor_backend", "world_size"),
+    "compilation_config": ("mode", "level", "cudagraph_mode"),
+}
 
 
 class Tokenizer(Protocol):
@@ -26,6 +43,14 @@ def engine_kwargs(config: ExperimentConfig) -> dict[str, Any]:
 
     Options left None are omitted so vLLM's own (version- and hardware-dependent) defaults apply.
     `extra_engine_args` is merged last and so may override anything set here.
+
+    Executor: the worker actor runs inside the run's placement group, whose one bundle holds
+    all the run's GPUs. Left to choose, vLLM (ParallelConfig.__post_init__) picks its Ray
+    executor whenever it finds itself in a placement group, and that executor wants one GPU
+    per bundle, so tensor or pipeline parallel > 1 failed at start. lem-ray names the
+    executor instead: "mp" (one process per rank, on this node) when the run has several
+    GPUs, which Ray has already made the actor's CUDA_VISIBLE_DEVICES, and "uni" (vLLM's
+    own choice for one GPU) otherwise.
     """
     options: VLLMConfig = config.vllm
     kwargs: dict[str, Any] = {
@@ -43,6 +68,8 @@ def engine_kwargs(config: ExperimentConfig) -> dict[str, Any]:
         "max_model_len": options.max_model_len
         or config.max_input_tokens + config.max_output_tokens,
         "enforce_eager": options.enforce_eager,
+        "distributed_executor_backend": "mp" if options.parallel_gpus > 1 else "uni",
+        "enable_prefix_caching": options.enable_prefix_caching,
         # LLM() defaults this to True, and then RequestOutput.metrics is None. V1 fills
         # metrics only with stats on, and only from vLLM 0.12 (v1/engine/output_processor.py
         # `metrics=self.stats`); V0 (vLLM <= 0.10, VLLM_USE_V1=0) fills them either way.
@@ -50,7 +77,6 @@ def engine_kwargs(config: ExperimentConfig) -> dict[str, Any]:
     }
     optional = {
         "max_num_batched_tokens": options.max_num_batched_tokens,
-        "enable_prefix_caching": options.enable_prefix_caching,
         "enable_chunked_prefill": options.enable_chunked_prefill,
         "block_size": options.block_size,
         "quantization": options.quantization,
@@ -100,6 +126,51 @@ def sampling_params_kwargs(config: ExperimentConfig, top_k_off: int = 0) -> dict
     else:
         kwargs.update(temperature=0.0, top_k=top_k_off, top_p=1.0)
     return kwargs
+
+
+def engine_args(config: ExperimentConfig) -> dict[str, Any]:
+    """What the backend hands vLLM, computed without vLLM (for `campaign --dry-run`).
+
+    Sampling uses top_k 0 for "no top-k", vLLM's value from 0.9 on; on 0.8.x the backend
+    passes -1, read from the installed SamplingParams.
+    """
+    return {
+        "library": "vllm",
+        "constructor": {"call": "vllm.LLM", "kwargs": engine_kwargs(config)},
+        "sampling": {"call": "vllm.SamplingParams", "kwargs": sampling_params_kwargs(config)},
+        "prefix_cache": prefix_cache_policy(config),
+    }
+
+
+def prefix_cache_policy(config: ExperimentConfig) -> str:
+    """Recorded with every row: how the prefix cache was kept from measuring cache hits."""
+    return "reset before each window" if config.vllm.enable_prefix_caching else "off"
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able form of a config value (torch.dtype, enums, classes become names)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    return str(value)
+
+
+def resolved_engine_config(vllm_config: Any) -> dict[str, dict[str, Any]]:
+    """The settings the engine runs with, from its VllmConfig (see RESOLVED_FIELDS)."""
+    resolved: dict[str, dict[str, Any]] = {}
+    for section_name, names in RESOLVED_FIELDS.items():
+        section = getattr(vllm_config, section_name, None)
+        if section is None:
+            continue
+        values = {n: _plain(getattr(section, n)) for n in names if hasattr(section, n)}
+        if values:
+            resolved[section_name] = values
+    return resolved
 
 
 def truncated_token_ids(

@@ -1,0 +1,192 @@
+"""Stand-ins for vllm.LLM / SamplingParams and tensorrt_llm.LLM / SamplingParams that accept
+only the parameter names the real classes accept, so a misspelt argument fails the test.
+
+The name lists are copied from the libraries' source (reference, not imported):
+- vLLM: `LLM.__init__` (vllm/entrypoints/llm.py), whose **kwargs become `EngineArgs`
+  (vllm/engine/arg_utils.py), and `SamplingParams` (vllm/sampling_params.py), as of the
+  0.2x releases lem-ray supports (0.26.0 ran on the H200).
+- TensorRT-LLM: `LLM(...)` validates its keyword arguments into LlmArgs
+  (tensorrt_llm/llmapi/llm_args.py: BaseLlmArgs, TrtLlmArgs, TorchLlmArgs), KvCacheConfig,
+  CalibConfig, BuildConfig (tensorrt_llm/builder.py) and `SamplingParams`
+  (tensorrt_llm/sampling_params.py), 0.20 to 1.x.
+Only names are checked here; the tests assert the values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VLLM_LLM_PARAMS = frozenset({
+    "model", "runner", "convert", "tokenizer", "tokenizer_mode", "skip_tokenizer_init",
+    "trust_remote_code", "allowed_local_media_path", "allowed_media_domains",
+    "tensor_parallel_size", "dtype", "quantization", "revision", "tokenizer_revision", "seed",
+    "gpu_memory_utilization", "swap_space", "cpu_offload_gb", "enforce_eager",
+    "enable_return_routed_experts", "disable_custom_all_reduce", "hf_token", "hf_overrides",
+    "mm_processor_kwargs", "pooler_config", "structured_outputs_config", "profiler_config",
+    "attention_config", "kv_cache_memory_bytes", "compilation_config", "logits_processors",
+})
+
+VLLM_ENGINE_ARGS = frozenset({
+    "model", "served_model_name", "tokenizer", "hf_config_path", "runner", "convert", "task",
+    "skip_tokenizer_init", "enable_prompt_embeds", "tokenizer_mode", "trust_remote_code",
+    "allowed_local_media_path", "allowed_media_domains", "download_dir",
+    "safetensors_load_strategy", "load_format", "config_format", "dtype", "kv_cache_dtype",
+    "seed", "max_model_len", "cuda_graph_sizes", "cudagraph_capture_sizes",
+    "max_cudagraph_capture_size", "distributed_executor_backend", "pipeline_parallel_size",
+    "tensor_parallel_size", "decode_context_parallel_size", "data_parallel_size",
+    "data_parallel_rank", "data_parallel_start_rank", "data_parallel_size_local",
+    "data_parallel_address", "data_parallel_rpc_port", "data_parallel_hybrid_lb",
+    "data_parallel_backend", "enable_expert_parallel", "all2all_backend", "enable_dbo",
+    "max_parallel_loading_workers", "block_size", "enable_prefix_caching",
+    "prefix_caching_hash_algo", "disable_sliding_window", "disable_cascade_attn",
+    "swap_space", "cpu_offload_gb", "gpu_memory_utilization", "kv_cache_memory_bytes",
+    "max_num_batched_tokens", "max_num_partial_prefills", "max_long_partial_prefills",
+    "long_prefill_token_threshold", "max_num_seqs", "max_logprobs", "logprobs_mode",
+    "disable_log_stats", "aggregate_engine_logging", "revision", "code_revision",
+    "rope_scaling", "rope_theta", "hf_token", "hf_overrides", "tokenizer_revision",
+    "quantization", "enforce_eager", "disable_custom_all_reduce", "limit_mm_per_prompt",
+    "mm_processor_kwargs", "enable_lora", "max_loras", "max_lora_rank", "default_mm_loras",
+    "fully_sharded_loras", "max_cpu_loras", "lora_dtype", "ray_workers_use_nsight",
+    "num_gpu_blocks_override", "num_lookahead_slots", "model_loader_extra_config",
+    "ignore_patterns", "enable_chunked_prefill", "disable_chunked_mm_input",
+    "disable_hybrid_kv_cache_manager", "structured_outputs_config", "reasoning_parser",
+    "logits_processor_pattern", "speculative_config", "show_hidden_metrics_for_version",
+    "otlp_traces_endpoint", "collect_detailed_traces", "scheduling_policy", "scheduler_cls",
+    "pooler_config", "compilation_config", "worker_cls", "worker_extension_cls",
+    "kv_transfer_config", "kv_events_config", "generation_config", "enable_sleep_mode",
+    "override_generation_config", "model_impl", "override_attention_dtype",
+    "calculate_kv_scales", "mamba_cache_dtype", "mamba_ssm_cache_dtype", "additional_config",
+    "use_tqdm_on_load", "pt_load_map_location", "logits_processors", "async_scheduling",
+    "kv_sharing_fast_prefill",
+})
+
+VLLM_SAMPLING_PARAMS = frozenset({
+    "n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature",
+    "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos", "max_tokens",
+    "min_tokens", "logprobs", "prompt_logprobs", "detokenize", "skip_special_tokens",
+    "spaces_between_special_tokens", "include_stop_str_in_output", "output_kind",
+    "structured_outputs", "logit_bias", "allowed_token_ids", "extra_args", "bad_words",
+    "skip_reading_prefix_cache",
+})
+
+TRTLLM_LLM_ARGS = frozenset({
+    "model", "tokenizer", "tokenizer_mode", "skip_tokenizer_init", "trust_remote_code",
+    "tensor_parallel_size", "dtype", "revision", "tokenizer_revision",
+    "pipeline_parallel_size", "context_parallel_size", "gpus_per_node",
+    "moe_cluster_parallel_size", "moe_tensor_parallel_size", "moe_expert_parallel_size",
+    "enable_attention_dp", "cp_config", "load_format", "enable_lora", "max_lora_rank",
+    "max_loras", "max_cpu_loras", "lora_config", "enable_prompt_adapter",
+    "max_prompt_adapter_token", "quant_config", "kv_cache_config", "enable_chunked_prefill",
+    "guided_decoding_backend", "batched_logits_processor", "iter_stats_max_iterations",
+    "request_stats_max_iterations", "peft_cache_config", "scheduler_config",
+    "cache_transceiver_config", "speculative_config", "batching_type", "normalize_log_probs",
+    "max_batch_size", "max_input_len", "max_seq_len", "max_beam_width", "max_num_tokens",
+    "gather_generation_logits", "num_postprocess_workers", "postprocess_tokenizer_dir",
+    "reasoning_parser", "garbage_collection_gen0_threshold", "backend", "build_config",
+    "calib_config", "embedding_parallel_mode", "fast_build", "enable_build_cache",
+    "extended_runtime_perf_knob_config", "workspace", "auto_parallel",
+    "auto_parallel_world_size", "decoding_config",
+})
+TRTLLM_KV_CACHE_CONFIG = frozenset({
+    "enable_block_reuse", "max_tokens", "max_attention_window", "sink_token_length",
+    "free_gpu_memory_fraction", "host_cache_size", "onboard_blocks",
+    "cross_kv_cache_fraction", "secondary_offload_min_priority", "event_buffer_max_size",
+    "enable_partial_reuse", "copy_on_partial_reuse", "use_uvm", "dtype",
+})
+TRTLLM_CALIB_CONFIG = frozenset({
+    "device", "calib_dataset", "calib_batches", "calib_batch_size", "calib_max_seq_length",
+    "random_seed", "tokenizer_max_seq_length",
+})
+TRTLLM_BUILD_CONFIG = frozenset({
+    "max_input_len", "max_seq_len", "opt_batch_size", "max_batch_size", "max_beam_width",
+    "max_num_tokens", "opt_num_tokens", "max_prompt_embedding_table_size",
+    "kv_cache_type", "gather_context_logits", "gather_generation_logits", "strongly_typed",
+    "force_num_profiles", "profiling_verbosity", "enable_debug_output", "max_draft_len",
+    "speculative_decoding_mode", "use_refit", "input_timing_cache", "output_timing_cache",
+    "lora_config", "auto_parallel_config", "weight_sparsity", "weight_streaming",
+    "plugin_config", "use_strip_plan", "max_encoder_input_len", "monitor_memory",
+    "use_mrope",
+})
+TRTLLM_QUANT_CONFIG = frozenset({
+    "quant_algo", "kv_cache_quant_algo", "group_size", "smoothquant_val", "clamp_val",
+    "use_meta_recipe", "has_zero_point", "pre_quant_scale", "exclude_modules",
+})
+TRTLLM_SAMPLING_PARAMS = frozenset({
+    "end_id", "pad_id", "max_tokens", "bad", "bad_token_ids", "stop", "stop_token_ids",
+    "include_stop_str_in_output", "embedding_bias", "logits_processor",
+    "apply_batched_logits_processor", "n", "best_of", "use_beam_search", "top_k", "top_p",
+    "top_p_min", "top_p_reset_ids", "top_p_decay", "seed", "temperature", "min_tokens",
+    "beam_search_diversity_rate", "repetition_penalty", "presence_penalty",
+    "frequency_penalty", "length_penalty", "early_stopping", "no_repeat_ngram_size",
+    "min_p", "beam_width_array", "logprobs", "prompt_logprobs", "return_context_logits",
+    "return_generation_logits", "exclude_input_from_output", "return_encoder_output",
+    "return_perf_metrics", "additional_model_outputs", "lookahead_config",
+    "guided_decoding", "ignore_eos", "detokenize", "add_special_tokens",
+    "truncate_prompt_tokens", "skip_special_tokens", "spaces_between_special_tokens",
+})
+
+
+def check_names(what: str, given: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise TypeError(f"{what} got unexpected keyword arguments {unknown}")
+
+
+class StrictKwargs:
+    """Keeps the keyword arguments it was built with, after checking their names."""
+
+    allowed: frozenset[str] = frozenset()
+    what = ""
+
+    def __init__(self, **kwargs: Any) -> None:
+        check_names(self.what, kwargs, self.allowed)
+        self.kwargs = kwargs
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+
+
+class VLLMSamplingParams(StrictKwargs):
+    allowed = VLLM_SAMPLING_PARAMS
+    what = "vllm.SamplingParams"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.top_k = kwargs.get("top_k", 0)  # vLLM >= 0.9's default, its "no top-k"
+
+
+def check_vllm_llm_kwargs(kwargs: dict[str, Any]) -> None:
+    """LLM(model, *, <its own params>, **EngineArgs fields)."""
+    if "model" not in kwargs:
+        raise TypeError("vllm.LLM missing required argument 'model'")
+    check_names("vllm.LLM", kwargs, VLLM_LLM_PARAMS | VLLM_ENGINE_ARGS)
+
+
+class TrtKvCacheConfig(StrictKwargs):
+    allowed = TRTLLM_KV_CACHE_CONFIG
+    what = "tensorrt_llm.llmapi.KvCacheConfig"
+
+
+class TrtCalibConfig(StrictKwargs):
+    allowed = TRTLLM_CALIB_CONFIG
+    what = "tensorrt_llm.llmapi.CalibConfig"
+
+
+class TrtBuildConfig(StrictKwargs):
+    allowed = TRTLLM_BUILD_CONFIG
+    what = "tensorrt_llm.llmapi.BuildConfig"
+
+
+class TrtQuantConfig(StrictKwargs):
+    allowed = TRTLLM_QUANT_CONFIG
+    what = "tensorrt_llm.llmapi.QuantConfig"
+
+
+class TrtSamplingParams(StrictKwargs):
+    allowed = TRTLLM_SAMPLING_PARAMS
+    what = "tensorrt_llm.SamplingParams"
+
+
+def check_trtllm_llm_kwargs(kwargs: dict[str, Any]) -> None:
+    if "model" not in kwargs:
+        raise TypeError("tensorrt_llm.LLM missing required argument 'model'")
+    check_names("tensorrt_llm.LLM", kwargs, TRTLLM_LLM_ARGS)
