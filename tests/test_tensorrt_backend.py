@@ -17,11 +17,11 @@ from pydantic import ValidationError
 from lem_ray.assets import resolve_model
 from lem_ray.backends.base import BackendUnavailable, DeviceInfo
 from lem_ray.backends.registry import backend_class, engine_args
+from lem_ray.backends.streaming import StreamTrace
 from lem_ray.backends.tensorrt import backend as trt_backend
 from lem_ray.backends.tensorrt.backend import TensorRTBackend
 from lem_ray.backends.tensorrt.translate import (
     QUANT_ALGOS,
-    StreamTrace,
     calibration_refusal,
     engine_cache_key,
     engine_plan,

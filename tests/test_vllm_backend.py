@@ -201,6 +201,8 @@ def test_dry_run_engine_args_show_constructor_and_sampling() -> None:
             "temperature": 0.0, "top_k": 0, "top_p": 1.0,
         }},
         "prefix_cache": "off",
+        "traffic": {"mode": "offline", "rate_rps": None, "seed": 0,
+                    "steady_after_responses": 16},
     }
 
 

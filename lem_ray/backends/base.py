@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from lem_ray.backends.traffic import SteadyWindow
 from lem_ray.config.experiment import ExperimentConfig
 
 
@@ -57,6 +58,15 @@ class Backend(ABC):
 
         max_output_tokens caps the config's value for this call (the prefill window uses 1).
         """
+
+    def measure(self, prompts: list[str]) -> list[RequestRecord]:
+        """The measured window's requests. A backend with a traffic option sends them on its
+        arrival process there; the others all at once, as generate() does."""
+        return self.generate(prompts)
+
+    def steady_window(self) -> SteadyWindow | None:
+        """The steady-state part of the last measure() call (perf_counter clock), if any."""
+        return None
 
     def output_bounds(self, max_output_tokens: int | None) -> tuple[int, int]:
         """(max, min) new tokens for one generate() call."""

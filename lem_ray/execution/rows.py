@@ -24,7 +24,7 @@ from lem_ray.results.validity import (
     throttle_seconds,
     validity_flags,
 )
-from lem_ray.telemetry.energy import adjusted_energy_j
+from lem_ray.telemetry.energy import adjusted_energy_j, trapezoid_energy_j
 
 
 @dataclass
@@ -128,6 +128,46 @@ def _environment(environment: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _steady(config: ExperimentConfig, result: dict[str, Any],
+            timeseries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The steady-state window under traffic (vLLM constant / poisson), beside the whole run.
+
+    Its energy is integrated from the sampler's instant-power series (the window's edges fall
+    inside the measured window, where no counter was read), summed over the run's GPUs.
+    """
+    traffic = getattr(config.backend_options, "traffic", None)
+    window = result.get("steady_window")
+    columns: dict[str, Any] = {
+        "traffic_mode": traffic.mode if traffic is not None else "offline",
+        "steady_start_s": None, "steady_duration_s": None, "steady_opened_by": None,
+        "steady_output_tokens": None, "steady_throughput_tok_s": None,
+        "steady_energy_j": None, "steady_avg_power_w": None,
+        "steady_energy_j_per_output_token": None,
+    }
+    if window is None or window.duration_s <= 0:
+        return columns
+    start = window.start_s + result["epoch_minus_perf_s"]
+    end = window.end_s + result["epoch_minus_perf_s"]
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in timeseries:
+        if row.get("power_w") is not None:
+            series.setdefault(row["gpu_uuid"], []).append((row["t_s"], row["power_w"]))
+    energy = None
+    if series and all(len(points) >= 2 for points in series.values()):
+        energy = sum(trapezoid_energy_j([t for t, _ in points], [p for _, p in points], start, end)
+                     for points in series.values())
+    tokens = window.output_tokens
+    columns.update(
+        steady_start_s=start, steady_duration_s=window.duration_s,
+        steady_opened_by=window.opened_by, steady_output_tokens=tokens,
+        steady_throughput_tok_s=tokens / window.duration_s,
+        steady_energy_j=energy,
+        steady_avg_power_w=None if energy is None else energy / window.duration_s,
+        steady_energy_j_per_output_token=None if energy is None or not tokens else energy / tokens,
+    )
+    return columns
+
+
 def ok_rows(
     ids: RunIds,
     config: ExperimentConfig,
@@ -216,6 +256,7 @@ def ok_rows(
         "sampler_cpu_s": telemetry["sampler_cpu_s"],
         "peak_memory_mb": result["peak_memory_mb"],
         "versions_json": json.dumps({**result["versions"], "lem_ray": lem_ray.__version__}),
+        **_steady(config, result, telemetry["timeseries"]),
         "engine_config_json": (
             json.dumps(result["engine_config"], default=str)
             if result.get("engine_config") is not None else None

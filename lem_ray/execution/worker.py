@@ -62,9 +62,12 @@ class ExperimentWorker:
             warmup_window = ray.get(sampler.end.remote("warmup"))
             ray.get(sampler.begin.remote("measure"))
             start_s = time.perf_counter()
-            records = backend.generate(prompts)
+            records = backend.measure(prompts)
             backend.synchronize()
             duration_s = time.perf_counter() - start_s
+            # The sampler stamps its samples with time.time() on this node: keep the offset
+            # that maps this process's perf_counter onto it, for the steady-state window.
+            epoch_minus_perf_s = time.time() - time.perf_counter()
             measure_window = ray.get(sampler.end.remote("measure"))
             own_pids = _own_pids()
             measured = measure_window.energy_j is not None
@@ -86,6 +89,8 @@ class ExperimentWorker:
                              "ray": ray.__version__},
                 "details": backend.details(),
                 "engine_config": backend.engine_config(),
+                "steady_window": backend.steady_window(),
+                "epoch_minus_perf_s": epoch_minus_perf_s,
             }
         finally:
             backend.release()

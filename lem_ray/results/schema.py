@@ -98,6 +98,15 @@ EXPERIMENTS = pa.schema(
         ("versions_json", STR),
         ("environment_json", STR),
         ("engine_config_json", STR),
+        ("traffic_mode", STR),
+        ("steady_start_s", F64),
+        ("steady_duration_s", F64),
+        ("steady_opened_by", STR),
+        ("steady_output_tokens", I64),
+        ("steady_throughput_tok_s", F64),
+        ("steady_energy_j", F64),
+        ("steady_avg_power_w", F64),
+        ("steady_energy_j_per_output_token", F64),
         ("config_json", STR),
     ]
 )

@@ -22,8 +22,8 @@ from typing import Any
 
 from lem_ray.backends.base import Backend, BackendUnavailable, DeviceInfo, RequestRecord
 from lem_ray.backends.tensorrt.config import TensorRTConfig
+from lem_ray.backends.streaming import StreamTrace
 from lem_ray.backends.tensorrt.translate import (
-    StreamTrace,
     build_settings,
     calibration_refusal,
     engine_cache_key,

@@ -19,12 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lem_ray.assets import resolve_model
 from lem_ray.backends.base import RequestRecord
+from lem_ray.backends.streaming import StreamTrace, record_from_trace
 from lem_ray.backends.tensorrt.config import TensorRTConfig
 from lem_ray.config.experiment import ExperimentConfig
 
@@ -304,19 +305,6 @@ def resolved_llm_args(args: Any) -> dict[str, Any]:
     return resolved
 
 
-@dataclass
-class StreamTrace:
-    """Client-side arrival times (time.perf_counter) of one streamed request's output tokens."""
-
-    start_s: float
-    token_times: list[float] = field(default_factory=list)
-    end_s: float | None = None
-
-    def observe(self, now: float, total_tokens: int) -> None:
-        """One streamed chunk: every token it added arrived now (a chunk can carry several)."""
-        self.token_times.extend([now] * (total_tokens - len(self.token_times)))
-
-
 def records_from_outputs(
     outputs: Sequence[Any], prompt_token_counts: Sequence[int], traces: Sequence[StreamTrace]
 ) -> list[RequestRecord]:
@@ -324,9 +312,7 @@ def records_from_outputs(
 
     `outputs` are tensorrt_llm RequestOutput objects (tensorrt_llm/llmapi/llm.py): `.outputs`
     is a list of CompletionOutput (tensorrt_llm/executor/result.py) whose `.token_ids` holds
-    the generated ids only (exclude_input_from_output defaults to True). TTFT is the first
-    token's arrival; ITL the gaps between consecutive tokens, 0 for tokens that came in one
-    chunk. If the traced tokens do not match the final count, the gaps are left out.
+    the generated ids only (exclude_input_from_output defaults to True).
     """
     if not len(outputs) == len(prompt_token_counts) == len(traces):
         raise ValueError("outputs, prompt_token_counts and traces differ in length")
@@ -334,23 +320,6 @@ def records_from_outputs(
     for index, (output, input_tokens, trace) in enumerate(
         zip(outputs, prompt_token_counts, traces)
     ):
-        if trace.end_s is None:
-            raise ValueError(f"request {index}: its stream was not finished")
-        output_tokens = len(output.outputs[0].token_ids)
-        times = trace.token_times
-        records.append(
-            RequestRecord(
-                index=index,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                e2e_ms=(trace.end_s - trace.start_s) * 1e3,
-                ttft_ms=(times[0] - trace.start_s) * 1e3 if times else None,
-                itl_ms=(
-                    [(later - earlier) * 1e3 for earlier, later in zip(times, times[1:])]
-                    if len(times) == output_tokens
-                    else []
-                ),
-                start_s=trace.start_s,
-            )
-        )
+        records.append(record_from_trace(index, input_tokens, len(output.outputs[0].token_ids),
+                                         trace))
     return records

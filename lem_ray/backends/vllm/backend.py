@@ -7,6 +7,9 @@ import time
 from typing import Any
 
 from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
+from lem_ray.backends.streaming import record_from_trace
+from lem_ray.backends.traffic import SteadyWindow, arrival_offsets_s, steady_window
+from lem_ray.backends.vllm.arrivals import drive_arrivals
 from lem_ray.backends.vllm.translate import (
     LORA_NAME,
     engine_kwargs,
@@ -99,6 +102,33 @@ class VLLMBackend(Backend):
         )
         end = time.perf_counter()
         return records_from_outputs(outputs, [len(ids) for ids in token_ids], start, end)
+
+    def measure(self, prompts: list[str]) -> list[RequestRecord]:
+        """Offline: one generate() call. constant / poisson: each prompt enters the engine at
+        its arrival time (see arrivals.py), and the steady-state window is kept."""
+        traffic = self.config.vllm.traffic
+        self._steady: SteadyWindow | None = None
+        if traffic.mode == "offline":
+            return self.generate(prompts)
+        from vllm.sampling_params import RequestOutputKind
+
+        token_ids = truncated_token_ids(self._tokenizer, prompts, self.config.max_input_tokens)
+        if self.config.vllm.enable_prefix_caching:
+            self._llm.reset_prefix_cache()
+        offsets = arrival_offsets_s(traffic.mode, len(prompts), traffic.rate_rps, traffic.seed)
+        sampling = self._sampling_cls(**self._sampling_kwargs,
+                                      output_kind=RequestOutputKind.DELTA)
+        run = drive_arrivals(self._llm.llm_engine,
+                             [{"prompt_token_ids": ids} for ids in token_ids], offsets,
+                             sampling, lora_request=self._lora_request)
+        self._steady = steady_window(run.in_flight, run.finished_s, run.last_arrival_s,
+                                     run.token_times_s, self.config.vllm.max_num_seqs,
+                                     traffic.steady_after_responses)
+        return [record_from_trace(i, len(ids), len(trace.token_times), trace)
+                for i, (ids, trace) in enumerate(zip(token_ids, run.traces))]
+
+    def steady_window(self) -> SteadyWindow | None:
+        return getattr(self, "_steady", None)
 
     def synchronize(self) -> None:
         """LLM.generate returns only once every request has finished and its tokens are on

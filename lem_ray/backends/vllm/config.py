@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from lem_ray.backends.traffic import TrafficConfig
 from lem_ray.config.base import StrictModel, invalid_combination
 
 # vLLM's CacheConfig: "On CUDA devices, only block sizes up to 32 are supported."
@@ -52,6 +53,10 @@ class VLLMConfig(StrictModel):
     ) = None
     speculative: SpeculativeConfig | None = None
     lora: LoRAConfig | None = None
+    traffic: TrafficConfig = Field(
+        default_factory=TrafficConfig,
+        description="how the measured window's requests arrive (warmup and prefill: offline)",
+    )
     extra_engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description="passed to vllm.LLM as keyword arguments, for options not modelled here",

@@ -134,12 +134,20 @@ def engine_args(config: ExperimentConfig) -> dict[str, Any]:
     Sampling uses top_k 0 for "no top-k", vLLM's value from 0.9 on; on 0.8.x the backend
     passes -1, read from the installed SamplingParams.
     """
-    return {
+    traffic = config.vllm.traffic
+    args: dict[str, Any] = {
         "library": "vllm",
         "constructor": {"call": "vllm.LLM", "kwargs": engine_kwargs(config)},
         "sampling": {"call": "vllm.SamplingParams", "kwargs": sampling_params_kwargs(config)},
         "prefix_cache": prefix_cache_policy(config),
+        "traffic": traffic.model_dump(),
     }
+    if traffic.mode != "offline":
+        args["measured_window"] = {
+            "call": "LLMEngine.add_request at each arrival, then step()",
+            "sampling_kwargs": {**sampling_params_kwargs(config), "output_kind": "DELTA"},
+        }
+    return args
 
 
 def prefix_cache_policy(config: ExperimentConfig) -> str:

@@ -1,0 +1,109 @@
+"""Arrival processes for the measured window, and the steady-state window inside it.
+
+offline sends every prompt at once (what a batch job does); constant and poisson send them at
+`rate_rps` on average, as users of a server would, so the engine runs at the load that rate
+makes. Under such traffic the run has a ramp (the engine filling up) and a tail (draining after
+the last arrival); the steady-state window leaves both out, as ML.ENERGY's benchmark does.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lem_ray.config.base import StrictModel, invalid_combination
+
+TrafficMode = Literal["offline", "constant", "poisson"]
+
+
+class TrafficConfig(StrictModel):
+    mode: TrafficMode = Field(
+        "offline", description="offline: all prompts at once; constant / poisson: at rate_rps"
+    )
+    rate_rps: float | None = Field(None, gt=0, description="mean requests per second")
+    seed: int = Field(0, description="seeds the poisson gaps; the same seed, the same arrivals")
+    steady_after_responses: int = Field(
+        16, ge=1,
+        description="the steady window opens once max_num_seqs requests are in flight or "
+        "after this many responses, whichever is first",
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> "TrafficConfig":
+        if self.mode == "offline" and self.rate_rps is not None:
+            raise invalid_combination("traffic.rate_rps only applies to constant or poisson")
+        if self.mode != "offline" and self.rate_rps is None:
+            raise invalid_combination(f"traffic mode {self.mode} needs rate_rps")
+        return self
+
+
+def arrival_offsets_s(mode: TrafficMode, count: int, rate_rps: float | None = None,
+                      seed: int = 0) -> list[float]:
+    """Seconds after the window opens at which each of `count` requests is sent.
+
+    constant: one every 1/rate; poisson: exponential gaps of mean 1/rate from a generator of
+    its own (random.Random(seed)), so arrivals do not depend on anything else drawn.
+    The first request goes at 0 in every mode.
+    """
+    if mode == "offline":
+        return [0.0] * count
+    if rate_rps is None or rate_rps <= 0:
+        raise ValueError(f"traffic mode {mode} needs a positive rate_rps")
+    if mode == "constant":
+        return [i / rate_rps for i in range(count)]
+    rng = random.Random(seed)
+    offsets, t = [], 0.0
+    for i in range(count):
+        if i:
+            t += rng.expovariate(rate_rps)
+        offsets.append(t)
+    return offsets
+
+
+@dataclass(frozen=True)
+class SteadyWindow:
+    """[start, end] in the backend's clock (time.perf_counter), and why it opened."""
+
+    start_s: float
+    end_s: float
+    opened_by: str
+    output_tokens: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+def steady_window(
+    in_flight: list[tuple[float, int]],
+    finished_s: list[float],
+    last_arrival_s: float,
+    token_times_s: list[float],
+    max_num_seqs: int,
+    after_responses: int,
+) -> SteadyWindow | None:
+    """The steady-state window of one run under traffic, or None when it has none.
+
+    Opens at the first moment `max_num_seqs` requests are in flight (the engine is full) or
+    at the `after_responses`-th response, whichever comes first; closes at the last arrival,
+    after which the engine only drains. `in_flight` is (time, requests in the engine) after
+    each engine step; `token_times_s` the arrival time of every output token, which counts
+    the tokens produced inside the window.
+    """
+    candidates = []
+    full = next((t for t, n in in_flight if n >= max_num_seqs), None)
+    if full is not None:
+        candidates.append((full, f"{max_num_seqs} requests in flight (max_num_seqs)"))
+    done = sorted(finished_s)
+    if len(done) >= after_responses:
+        candidates.append((done[after_responses - 1], f"{after_responses} responses"))
+    if not candidates:
+        return None
+    start, why = min(candidates)
+    if start >= last_arrival_s:
+        return None
+    tokens = sum(1 for t in token_times_s if start <= t <= last_arrival_s)
+    return SteadyWindow(start, last_arrival_s, why, tokens)

@@ -1,0 +1,219 @@
+"""Traffic: arrival processes, the steady-state window, the vLLM engine loop under arrivals
+(against a simulated engine) and the row's steady-state columns."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import types
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from lem_ray.backends.base import DeviceInfo
+from lem_ray.backends.traffic import SteadyWindow, arrival_offsets_s, steady_window
+from lem_ray.backends.vllm.arrivals import drive_arrivals
+from lem_ray.backends.vllm.backend import VLLMBackend
+from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.execution.rows import _steady
+from tests.strict_fakes import VLLMSamplingParams, check_vllm_llm_kwargs
+
+
+def vllm_config(**vllm: Any) -> ExperimentConfig:
+    return ExperimentConfig.model_validate(
+        {"model_name": "builtin:tiny-llama", "backend": "vllm", "vllm": vllm})
+
+
+# ---- arrival processes ---------------------------------------------------------------------
+
+
+def test_offline_sends_everything_at_once_and_constant_is_evenly_spaced() -> None:
+    assert arrival_offsets_s("offline", 3) == [0.0, 0.0, 0.0]
+    assert arrival_offsets_s("constant", 4, rate_rps=2.0) == [0.0, 0.5, 1.0, 1.5]
+
+
+def test_poisson_has_the_asked_rate_and_exponential_gaps() -> None:
+    offsets = arrival_offsets_s("poisson", 20_001, rate_rps=8.0, seed=1)
+    gaps = [b - a for a, b in zip(offsets, offsets[1:])]
+    assert offsets[0] == 0.0 and all(g >= 0 for g in gaps)
+    assert 20_000 / offsets[-1] == pytest.approx(8.0, rel=0.03)
+    # exponential: standard deviation equals the mean
+    assert statistics.stdev(gaps) / statistics.mean(gaps) == pytest.approx(1.0, rel=0.05)
+
+
+def test_poisson_is_stable_per_seed() -> None:
+    first = arrival_offsets_s("poisson", 50, rate_rps=4.0, seed=7)
+    assert first == arrival_offsets_s("poisson", 50, rate_rps=4.0, seed=7)
+    assert first != arrival_offsets_s("poisson", 50, rate_rps=4.0, seed=8)
+    # a longer run starts with the same arrivals
+    assert arrival_offsets_s("poisson", 80, rate_rps=4.0, seed=7)[:50] == first
+
+
+def test_traffic_config_rules() -> None:
+    with pytest.raises(ValidationError, match="needs rate_rps"):
+        vllm_config(traffic={"mode": "poisson"})
+    with pytest.raises(ValidationError, match="only applies to constant or poisson"):
+        vllm_config(traffic={"rate_rps": 2.0})
+    with pytest.raises(ValidationError, match="rate_rps"):
+        vllm_config(traffic={"mode": "constant", "rate_rps": 0})
+    with pytest.raises(ValidationError, match="traffic"):
+        ExperimentConfig.model_validate({"model_name": "m", "backend": "pytorch",
+                                         "pytorch": {"traffic": {"mode": "poisson"}}})
+
+
+# ---- steady-state window -------------------------------------------------------------------
+
+
+def test_steady_window_opens_when_the_engine_is_full() -> None:
+    window = steady_window(
+        in_flight=[(1.0, 2), (2.0, 4), (3.0, 4), (9.0, 1)], finished_s=[5.0, 6.0],
+        last_arrival_s=8.0, token_times_s=[1.5, 2.0, 4.0, 8.0, 8.5],
+        max_num_seqs=4, after_responses=16,
+    )
+    assert window == SteadyWindow(2.0, 8.0, "4 requests in flight (max_num_seqs)", 3)
+
+
+def test_steady_window_opens_after_n_responses_when_never_full() -> None:
+    window = steady_window(
+        in_flight=[(1.0, 1), (2.0, 2)], finished_s=[3.0, 1.5, 2.5], last_arrival_s=6.0,
+        token_times_s=[2.0, 2.5, 3.0], max_num_seqs=64, after_responses=2,
+    )
+    assert window == SteadyWindow(2.5, 6.0, "2 responses", 2)
+
+
+def test_no_steady_window_when_it_would_open_after_the_last_arrival() -> None:
+    assert steady_window([(1.0, 1)], [9.0], 5.0, [9.0], 4, 1) is None
+    assert steady_window([(1.0, 1)], [], 5.0, [], 4, 1) is None
+
+
+# ---- the engine loop under arrivals ----------------------------------------------------------
+
+
+class SimulatedEngine:
+    """Shaped like vllm.v1 LLMEngine: each step emits one new token (a DELTA RequestOutput) for
+    every running request; a request finishes after `length` tokens. Time is the test's clock."""
+
+    def __init__(self, clock: "Clock", length: int = 3, step_s: float = 0.1) -> None:
+        self.clock, self.length, self.step_s = clock, length, step_s
+        self.running: dict[str, int] = {}
+        self.added: list[tuple[str, float]] = []
+
+    def add_request(self, request_id: str, prompt: Any, params: Any, *,
+                    lora_request: Any = None) -> None:
+        self.running[request_id] = 0
+        self.added.append((request_id, self.clock.now))
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.running)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.running)
+
+    def step(self) -> list[Any]:
+        self.clock.now += self.step_s
+        outputs = []
+        for rid in list(self.running):
+            self.running[rid] += 1
+            finished = self.running[rid] == self.length
+            if finished:
+                del self.running[rid]
+            outputs.append(types.SimpleNamespace(
+                request_id=rid, finished=finished,
+                outputs=[types.SimpleNamespace(token_ids=[7])]))
+        return outputs
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_requests_enter_the_engine_at_their_arrival_times() -> None:
+    clock = Clock()
+    engine = SimulatedEngine(clock)
+    run = drive_arrivals(engine, ["a", "b", "c"], [0.0, 1.0, 1.05], params=None,
+                         clock=clock, sleep=clock.sleep)
+    assert [rid for rid, _ in engine.added] == ["0", "1", "2"]
+    assert [round(t - 100.0, 6) for _, t in engine.added] == [0.0, 1.0, 1.1]
+    first = run.traces[0]
+    assert first.start_s == 100.0 and first.end_s == pytest.approx(100.3)
+    assert first.token_times == pytest.approx([100.1, 100.2, 100.3])
+    assert all(len(t.token_times) == 3 for t in run.traces)
+    assert run.last_arrival_s == pytest.approx(101.1)
+    assert len(run.finished_s) == 3 and run.in_flight[0] == (pytest.approx(100.1), 1)
+
+
+def test_prompts_and_arrivals_must_pair() -> None:
+    with pytest.raises(ValueError, match="2 prompts for 1 arrival"):
+        drive_arrivals(SimulatedEngine(Clock()), ["a", "b"], [0.0], None)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+
+    class LLM:
+        def __init__(self, **kwargs: Any) -> None:
+            check_vllm_llm_kwargs(kwargs)
+            self.llm_engine = SimulatedEngine(clock, length=2, step_s=0.125)
+
+        def get_tokenizer(self) -> Any:
+            return types.SimpleNamespace(encode=lambda text: [1] * len(text.split()))
+
+    vllm = types.ModuleType("vllm")
+    vllm.LLM, vllm.SamplingParams = LLM, VLLMSamplingParams
+    sampling = types.ModuleType("vllm.sampling_params")
+    sampling.RequestOutputKind = types.SimpleNamespace(DELTA="DELTA")
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling)
+    monkeypatch.setattr("lem_ray.backends.vllm.arrivals.time",
+                        types.SimpleNamespace(perf_counter=clock, sleep=clock.sleep))
+    return clock
+
+
+def test_backend_measures_under_constant_traffic_with_a_steady_window(fake_vllm: Clock) -> None:
+    cfg = vllm_config(max_num_seqs=8, traffic={"mode": "constant", "rate_rps": 8.0,
+                                               "steady_after_responses": 2})
+    backend = VLLMBackend(cfg, DeviceInfo("cuda", 1))
+    backend.load()
+    records = backend.measure(["a b", "c", "d e f", "g", "h"])
+    assert [(r.index, r.input_tokens, r.output_tokens) for r in records] == [
+        (0, 2, 2), (1, 1, 2), (2, 3, 2), (3, 1, 2), (4, 1, 2)]
+    assert [r.start_s - 100.0 for r in records] == [0.0, 0.125, 0.25, 0.375, 0.5]
+    assert all(r.ttft_ms == pytest.approx(125.0) and r.itl_ms == pytest.approx([125.0])
+               and r.e2e_ms == pytest.approx(250.0) for r in records)
+    # responses at 100.25, 100.375, ...: open at the 2nd, close at the last arrival (100.5)
+    assert backend.steady_window() == SteadyWindow(100.375, 100.5, "2 responses", 4)
+
+
+def test_offline_traffic_keeps_one_generate_call_and_no_window() -> None:
+    backend = VLLMBackend(vllm_config(), DeviceInfo("cuda", 1))
+    backend.generate = lambda prompts, max_output_tokens=None: ["all at once"]  # type: ignore
+    assert backend.measure(["a"]) == ["all at once"]
+    assert backend.steady_window() is None
+
+
+# ---- the row's steady-state columns --------------------------------------------------------
+
+
+def test_steady_columns_integrate_power_inside_the_window() -> None:
+    cfg = vllm_config(traffic={"mode": "poisson", "rate_rps": 5.0})
+    window = SteadyWindow(start_s=10.0, end_s=14.0, opened_by="16 responses", output_tokens=800)
+    series = [{"gpu_uuid": gpu, "t_s": 1000.0 + t, "power_w": 200.0}
+              for gpu in ("GPU-a", "GPU-b") for t in range(0, 21)]
+    columns = _steady(cfg, {"steady_window": window, "epoch_minus_perf_s": 992.0}, series)
+    assert columns["traffic_mode"] == "poisson"
+    assert columns["steady_start_s"] == 1002.0 and columns["steady_duration_s"] == 4.0
+    assert columns["steady_energy_j"] == pytest.approx(2 * 200.0 * 4.0)
+    assert columns["steady_avg_power_w"] == pytest.approx(400.0)
+    assert columns["steady_throughput_tok_s"] == 200.0
+    assert columns["steady_energy_j_per_output_token"] == pytest.approx(2.0)
+    offline = _steady(vllm_config(), {"steady_window": None}, series)
+    assert offline["traffic_mode"] == "offline" and offline["steady_energy_j"] is None
