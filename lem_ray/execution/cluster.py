@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 
@@ -16,18 +19,83 @@ WORKER_ENV = {
 }
 
 
+log = logging.getLogger("lem_ray")
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+def auth_token_available() -> bool:
+    """A token where Ray looks for one: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+    return Path(path).expanduser().is_file()
+
+
+def configure_auth(local: bool) -> None:
+    """Token authentication on, stated rather than left to Ray's default.
+
+    Ray 2.60 turns it on by default for a new local instance and prints a notice each time the
+    mode is unset; setting RAY_AUTH_MODE=token (the documented way) keeps it on without the
+    notice, and Ray creates ~/.ray/auth_token if no token exists. A cluster is joined in token
+    mode when a token is available. An explicit RAY_AUTH_MODE is always left as it is.
+    """
+    if AUTH_MODE_ENV in os.environ or not (local or auth_token_available()):
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    except ImportError:  # a Ray without token authentication
+        return
+    _enable_token_auth()
+
+
+def warn_if_driver_holds_gpu(dashboard_url: str | None) -> None:
+    """A `ray job submit --entrypoint-num-gpus N` driver keeps N GPUs idle for the whole
+    campaign: runs cannot use them and their energy is measured nowhere."""
+    config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not config:
+        return
+    submission_id = (json.loads(config).get("metadata") or {}).get("job_submission_id")
+    if not submission_id or not dashboard_url:
+        return
+    from ray.dashboard.modules.job.common import JOB_ACTOR_NAME_TEMPLATE
+    from ray.util.state import list_actors
+
+    try:
+        supervisors = list_actors(
+            address=f"http://{dashboard_url}",
+            filters=[("name", "=", JOB_ACTOR_NAME_TEMPLATE.format(job_id=submission_id))],
+            detail=True,
+            raise_on_missing_output=False,
+        )
+    except Exception as exc:  # the check is advice; the campaign goes on without it
+        log.warning("lem-ray: could not check the job's entrypoint resources: %s", exc)
+        return
+    gpus = sum((a.required_resources or {}).get("GPU", 0) for a in supervisors
+               if a.state == "ALIVE")
+    if gpus:
+        log.warning(
+            "lem-ray: warning: this driver holds %g GPU(s) (ray job submit "
+            "--entrypoint-num-gpus): no run can use them. The driver needs no GPU: submit with "
+            "--entrypoint-num-cpus 1 (or no entrypoint resources) instead.",
+            gpus,
+        )
+
+
 def connect(address: str | None) -> bool:
     """True when this call started Ray (so the caller shuts it down afterwards)."""
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
+    configure_auth(local=not address)
     options = {
         "namespace": "lem-ray",
         "runtime_env": {"env_vars": WORKER_ENV},
         "logging_level": "WARNING",
     }
     if address:
-        ray.init(address=address, **options)
+        context = ray.init(address=address, **options)
+        warn_if_driver_holds_gpu(context.dashboard_url)
     else:
         ray.init(include_dashboard=False, **options)
     return True

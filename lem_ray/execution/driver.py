@@ -12,6 +12,7 @@ import ray
 from lem_ray.execution.cluster import capacity, connect
 from lem_ray.execution.dispatch import Dispatcher, Progress, Reporter
 from lem_ray.execution.manifest_actor import close_manifest, open_manifest
+from lem_ray.execution.shared_storage import require_shared_results_dir
 from lem_ray.planning.plan import plan_campaign
 from lem_ray.results.manifest import UNFINISHED
 from lem_ray.results.store import exists, remove_stale_temp_files, resolve
@@ -58,6 +59,7 @@ def run_campaign(
     started_ray = connect(address)
     moved = None
     try:
+        require_shared_results_dir(out)
         if fresh:
             close_manifest(plan.name, out)
             moved = move_aside(out)

@@ -1,0 +1,86 @@
+"""Three logical nodes: 2-GPU runs stay on one node, no GPU is ever shared, and a results
+directory that some nodes cannot see is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from lem_ray.errors import ConfigError
+from lem_ray.execution.cluster import WORKER_ENV
+from lem_ray.execution.driver import run_campaign
+from lem_ray.execution.shared_storage import require_shared_results_dir
+from tests.conftest import TINY_BASE
+
+pytestmark = pytest.mark.slow
+
+NODE_GPUS = (3, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def three_nodes():
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 2, "num_gpus": NODE_GPUS[0]})
+    for gpus in NODE_GPUS[1:]:
+        cluster.add_node(num_cpus=2, num_gpus=gpus)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="lem-ray-test",
+             runtime_env={"env_vars": WORKER_ENV})
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_two_gpu_runs_on_one_node_never_share_a_gpu(three_nodes, tmp_path: Path) -> None:
+    campaign = {
+        "campaign_name": "multinode",
+        "base": {**TINY_BASE, "gpus_per_experiment": 2,
+                 "prompts": {"source": "synthetic", "count": 8}},
+        "grid": {"backends": ["pytorch"],
+                 "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
+        "execution": {"cycles": 2},
+    }
+    result = run_campaign(campaign, results_dir=tmp_path / "r")
+    rows = ds.dataset(tmp_path / "r" / "experiments").to_table().to_pylist()
+    assert result.counts["ok"] == 4 and all(r["status"] == "ok" for r in rows) and len(rows) == 4
+
+    gpus_of = {n["NodeID"]: int(n["Resources"].get("GPU", 0)) for n in ray.nodes()}
+    for r in rows:
+        ids = [int(i) for i in r["gpu_ids"]]
+        assert len(set(ids)) == 2, r["gpu_ids"]
+        assert all(0 <= i < gpus_of[r["node_id"]] for i in ids), "both GPUs are of its node"
+    assert len({r["node_id"] for r in rows}) >= 2, "runs used several nodes"
+
+    # One event list per node: at no instant may two runs hold the same GPU.
+    overlaps = 0
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            if a["node_id"] == b["node_id"] and a["started_at"] < b["finished_at"] \
+                    and b["started_at"] < a["finished_at"]:
+                overlaps += 1
+                assert set(a["gpu_ids"]).isdisjoint(b["gpu_ids"]), (a["run_id"], b["run_id"])
+    assert overlaps > 0, "two runs shared a node at some moment, on disjoint GPUs"
+
+
+def test_node_local_results_dir_is_refused(three_nodes, tmp_path: Path) -> None:
+    out = tmp_path / "local-results"
+    require_shared_results_dir(str(out))  # every node of this one-host cluster sees tmp_path
+    assert not list(out.iterdir()), "the marker file is gone"
+
+    head = ray.get_runtime_context().get_node_id()
+    # What a node-local disk looks like from the nodes: only the driver's node finds the marker.
+    blind_probe = ray.remote(num_cpus=0, max_retries=0)(
+        lambda path, token: ray.get_runtime_context().get_node_id() == head)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ConfigError) as info:
+        require_shared_results_dir(str(fresh), probe=blind_probe)
+    message = str(info.value)
+    assert message.startswith("results_dir: results dir ")
+    assert "2 of 3 nodes" in message and "use shared storage" in message
+    assert "NFS" in message and "s3://" in message
+    assert not fresh.exists(), "a refusal leaves nothing behind"
+    require_shared_results_dir("s3://bucket/results", probe=blind_probe)
