@@ -8,7 +8,7 @@ import pytest
 
 from lem_ray.backends.base import RequestRecord
 from lem_ray.config.experiment import WarmupConfig
-from lem_ray.execution.warmup import coefficient_of_variation, run_warmup
+from lem_ray.execution.warmup import coefficient_of_variation, judged_latencies, run_warmup
 from lem_ray.results.metrics import (
     attribute_energy,
     energy_metrics,
@@ -43,7 +43,7 @@ class ScriptedEngine:
 
 def test_cv_warmup_stops_once_latencies_settle() -> None:
     engine = ScriptedEngine([40.0, 25.0, 10.0, 10.0, 10.0, 10.0])
-    cfg = WarmupConfig(mode="cv", window=3, cv_threshold=0.2, max_requests=100)
+    cfg = WarmupConfig(mode="cv", window=3, cv_threshold=0.2, max_steps=100)
     outcome = run_warmup(engine, ["a", "b", "c"], cfg, batch_size=2)
     assert outcome.converged is True
     assert outcome.steps == 5 and outcome.requests == 10
@@ -51,19 +51,37 @@ def test_cv_warmup_stops_once_latencies_settle() -> None:
     assert engine.calls == [2, 2, 2, 2, 2]
 
 
-def test_cv_warmup_gives_up_at_max_requests() -> None:
+def test_cv_warmup_never_judges_the_first_step() -> None:
+    """A slow first step (compilation) followed by steady ones: steps 2-4 alone make the window,
+    so it settles after four steps, not three."""
+    engine = ScriptedEngine([200.0, 10.0, 10.0, 10.0])
+    cfg = WarmupConfig(mode="cv", window=3, cv_threshold=0.2, max_steps=100)
+    outcome = run_warmup(engine, ["a"], cfg, batch_size=1)
+    assert outcome.converged is True and outcome.steps == 4
+    assert judged_latencies([200.0, 10.0, 11.0], window=3) == [10.0, 11.0]
+
+
+def test_cv_warmup_sends_only_full_steps_and_gives_up_at_max_steps() -> None:
     engine = ScriptedEngine([10.0, 40.0, 10.0, 40.0])
-    cfg = WarmupConfig(mode="cv", window=3, cv_threshold=0.01, max_requests=7)
+    cfg = WarmupConfig(mode="cv", window=3, cv_threshold=0.01, max_steps=3)
     outcome = run_warmup(engine, ["a"], cfg, batch_size=3)
     assert outcome.converged is False
-    assert engine.calls == [3, 3, 1] and outcome.requests == 7
+    assert engine.calls == [3, 3, 3] and outcome.requests == 9
     assert outcome.final_cv is not None and outcome.final_cv > 0.01
 
 
-def test_fixed_warmup_sends_exactly_n() -> None:
+def test_cv_warmup_gives_up_at_max_s() -> None:
+    engine = ScriptedEngine([10.0, 40.0])
+    cfg = WarmupConfig(mode="cv", window=2, cv_threshold=0.01, max_steps=1000, max_s=0.2)
+    outcome = run_warmup(engine, ["a"], cfg, batch_size=1)
+    assert outcome.converged is False
+    assert 2 <= outcome.steps < 1000 and outcome.duration_s >= 0.2
+
+
+def test_fixed_warmup_rounds_up_to_full_steps() -> None:
     engine = ScriptedEngine([5.0])
     outcome = run_warmup(engine, ["a", "b"], WarmupConfig(mode="fixed", requests=5), batch_size=2)
-    assert engine.calls == [2, 2, 1] and outcome.requests == 5 and outcome.converged is False
+    assert engine.calls == [2, 2, 2] and outcome.requests == 6 and outcome.converged is None
     none = run_warmup(engine, ["a"], WarmupConfig(mode="fixed", requests=0), batch_size=2)
     assert none.requests == 0 and none.final_cv is None
 
@@ -98,6 +116,9 @@ def _inputs(**overrides) -> ValidityInputs:
         ({"other_process_pids": None}, []),
         ({"mig_enabled": True}, ["mig"]),
         ({"window_s": 1.0, "mig_enabled": True}, ["short_window", "mig"]),
+        ({"warmup_converged": False}, ["warmup_unsettled"]),
+        ({"warmup_converged": None}, []),
+        ({"warmup_converged": True}, []),
         ({"energy_j": None, "window_s": 1.0}, ["no_energy"]),
     ],
 )

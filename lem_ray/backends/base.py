@@ -76,6 +76,15 @@ class Backend(ABC):
         return max_output_tokens, min(cfg.min_output_tokens, max_output_tokens)
 
     @property
+    def timing_method(self) -> str:
+        """How per-token times are taken (the `timing_method` column): `engine` when the
+        engine reports them itself; backends that time steps themselves say how."""
+        return "engine"
+
+    def prepare(self, prompts: list[str]) -> None:
+        """Get ready for these prompts' shapes (compile, capture graphs): part of load time."""
+
+    @property
     def warmup_batch_size(self) -> int:
         """How many prompts one warmup step sends, so warmup exercises the measured shape."""
         return 1

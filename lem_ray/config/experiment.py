@@ -46,15 +46,20 @@ class DecoderConfig(StrictModel):
 
 
 class WarmupConfig(StrictModel):
-    """Requests run before the measured window, never counted in it."""
+    """Full steps of the measured shape, run before the measured window, never counted in it."""
 
     mode: Literal["fixed", "cv"] = Field(
-        "cv", description="fixed: `requests` requests; cv: until latencies settle"
+        "cv", description="fixed: about `requests` requests; cv: until step latencies settle"
     )
-    requests: int = Field(4, ge=0, description="fixed mode: how many warmup requests")
-    window: int = Field(5, ge=2, description="cv mode: latencies the CV is taken over")
+    requests: int = Field(
+        4, ge=0, description="fixed mode: requests to send, rounded up to whole steps"
+    )
+    window: int = Field(
+        3, ge=2, description="cv mode: last steps the CV is taken over (the first step never)"
+    )
     cv_threshold: float = Field(0.05, gt=0)
-    max_requests: int = Field(50, ge=1, description="cv mode: stop here even if unsettled")
+    max_steps: int = Field(30, ge=2, description="cv mode: give up (unsettled) after this many steps")
+    max_s: float = Field(120, gt=0, description="cv mode: give up (unsettled) after this long")
 
 
 class ExperimentConfig(StrictModel):
@@ -97,6 +102,12 @@ class ExperimentConfig(StrictModel):
                 f"max_output_tokens ({self.max_output_tokens})"
             )
         section = self.backend_options
+        if (isinstance(section, PyTorchConfig) and section.compiled_loop
+                and self.decoder.repetition_penalty != 1.0):
+            raise invalid_combination(
+                "decoder.repetition_penalty: not supported by lem-ray's compiled decode loop "
+                "(pytorch.torch_compile with cache_implementation 'static'); leave it at 1.0"
+            )
         if isinstance(section, (VLLMConfig, TensorRTConfig)):
             if section.parallel_gpus != self.gpus_per_experiment:
                 raise invalid_combination(

@@ -207,6 +207,7 @@ def ok_rows(
         baseline_power_w=baseline["baseline_power_w"],
         other_process_pids=others,
         mig_enabled=any(g.get("mig_enabled") for g in telemetry["environment"].values()),
+        warmup_converged=warmup.converged,
     ))
     throttled = throttle_seconds(telemetry["timeseries"], window.start_s, window.end_s,
                                  telemetry["sample_interval_s"])
@@ -219,8 +220,10 @@ def ok_rows(
         "started_at": started_at,
         "finished_at": _now(),
         "load_s": result["load_s"],
+        "timing_method": result["timing_method"],
         "warmup_s": warmup.duration_s,
         "warmup_requests": warmup.requests,
+        "warmup_steps": warmup.steps,
         "warmup_converged": warmup.converged,
         "warmup_final_cv": warmup.final_cv,
         **req,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from lem_ray.config.experiment import WarmupConfig
 class WarmupOutcome:
     requests: int
     steps: int
-    converged: bool
+    converged: bool | None
+    """None in fixed mode: the CV is reported, not judged."""
     final_cv: float | None
     duration_s: float
 
@@ -27,45 +29,52 @@ def coefficient_of_variation(values: list[float]) -> float | None:
     return statistics.stdev(values) / mean if mean > 0 else None
 
 
+def judged_latencies(latencies: list[float], window: int) -> list[float]:
+    """The steps the CV is taken over: the last `window`, never the first step (allocation,
+    compilation, cache creation make it an outlier that says nothing about steadiness)."""
+    return latencies[1:][-window:]
+
+
 def run_warmup(
     generate: Callable[[list[str]], list[RequestRecord]],
     prompts: list[str],
     cfg: WarmupConfig,
     batch_size: int,
 ) -> WarmupOutcome:
-    """Send steps of `batch_size` prompts (cycling through the prompt list).
+    """Send full steps of `batch_size` prompts (cycling through the prompt list).
 
-    A step's latency is its wall time per output token, so prompts of different lengths
-    stay comparable. cv mode stops once the CV of the last `window` steps is under the
-    threshold, or at max_requests (then converged is False, and at least two steps ran so
-    the CV is still reported). fixed mode sends `requests` requests and reports the CV
-    it saw, without judging it.
+    Every step has the measured run's own shape, so steps compare like with like: a partial
+    batch's time per token is not comparable with a full one's. A step's latency is its wall
+    time per output token. cv mode stops once the CV of the last `window` steps (the first
+    step excluded) is under the threshold; it gives up after `max_steps` steps or once
+    `max_s` has passed (converged False). fixed mode runs enough full steps to send
+    `requests` requests and reports the CV it saw without judging it.
     """
     started = time.perf_counter()
     latencies: list[float] = []
-    sent = 0
-    converged = False
+    converged: bool | None = None if cfg.mode == "fixed" else False
     cursor = 0
-    budget = cfg.requests if cfg.mode == "fixed" else cfg.max_requests
-    while sent < budget or (cfg.mode == "cv" and len(latencies) < 2):
-        size = min(batch_size, budget - sent) if sent < budget else batch_size
-        step = [prompts[(cursor + i) % len(prompts)] for i in range(size)]
-        cursor += size
+    steps = math.ceil(cfg.requests / batch_size) if cfg.mode == "fixed" else cfg.max_steps
+    while len(latencies) < steps:
+        step = [prompts[(cursor + i) % len(prompts)] for i in range(batch_size)]
+        cursor += batch_size
         t0 = time.perf_counter()
         records = generate(step)
         elapsed_ms = (time.perf_counter() - t0) * 1000
-        sent += len(step)
         latencies.append(elapsed_ms / max(1, sum(r.output_tokens for r in records)))
-        if cfg.mode == "cv" and len(latencies) >= cfg.window:
-            cv = coefficient_of_variation(latencies[-cfg.window:])
-            if cv is not None and cv < cfg.cv_threshold:
-                converged = True
-                break
-    window = latencies[-cfg.window:]
+        if cfg.mode == "fixed":
+            continue
+        judged = judged_latencies(latencies, cfg.window)
+        cv = coefficient_of_variation(judged) if len(judged) == cfg.window else None
+        if cv is not None and cv < cfg.cv_threshold:
+            converged = True
+            break
+        if time.perf_counter() - started >= cfg.max_s:
+            break
     return WarmupOutcome(
-        requests=sent,
+        requests=len(latencies) * batch_size,
         steps=len(latencies),
         converged=converged,
-        final_cv=coefficient_of_variation(window),
+        final_cv=coefficient_of_variation(judged_latencies(latencies, cfg.window)),
         duration_s=time.perf_counter() - started,
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import psutil
 import ray
@@ -46,54 +48,65 @@ class ExperimentWorker:
         }
 
     def run(self, sampler: Any, prefill: PrefillSettings) -> dict[str, Any]:
-        """Load, warm up, measure, then the prefill window; every window edge after a device sync."""
+        """Load (and compile for the run's shapes), warm up, measure, then the prefill window;
+        every window edge after a device sync."""
         cfg = self.config
         device = DeviceInfo(self.identity.device, len(self.identity.gpu_uuids))
         backend = backend_class(cfg.backend)(cfg, device)
         prompts = self.prompts
         t0 = time.perf_counter()
         backend.load()
-        load_s = time.perf_counter() - t0
         try:
+            backend.prepare(prompts)
             backend.synchronize()
-            ray.get(sampler.begin.remote("warmup"))
-            warmup = run_warmup(backend.generate, prompts, cfg.warmup, backend.warmup_batch_size)
-            backend.synchronize()
-            warmup_window = ray.get(sampler.end.remote("warmup"))
-            ray.get(sampler.begin.remote("measure"))
-            start_s = time.perf_counter()
-            records = backend.measure(prompts)
-            backend.synchronize()
-            duration_s = time.perf_counter() - start_s
-            # The sampler stamps its samples with time.time() on this node: keep the offset
-            # that maps this process's perf_counter onto it, for the steady-state window.
-            epoch_minus_perf_s = time.time() - time.perf_counter()
-            measure_window = ray.get(sampler.end.remote("measure"))
-            own_pids = _own_pids()
-            measured = measure_window.energy_j is not None
-            prefill_result = (
-                _prefill(backend, sampler, prompts, prefill) if prefill.enabled and measured else None
-            )
-            return {
-                "records": records,
-                "measure_start_s": start_s,
-                "duration_s": duration_s,
-                "load_s": load_s,
-                "warmup": warmup,
-                "warmup_window": warmup_window,
-                "measure_window": measure_window,
-                "prefill": prefill_result,
-                "own_pids": own_pids,
-                "peak_memory_mb": backend.peak_memory_mb(),
-                "versions": {**backend.versions(), "python": platform.python_version(),
-                             "ray": ray.__version__},
-                "details": backend.details(),
-                "engine_config": backend.engine_config(),
-                "steady_window": backend.steady_window(),
-                "epoch_minus_perf_s": epoch_minus_perf_s,
-            }
+            load_s = time.perf_counter() - t0
+            with _no_gc():
+                return self._measure(backend, sampler, prefill, load_s)
         finally:
             backend.release()
+
+    def _measure(
+        self, backend: Backend, sampler: Any, prefill: PrefillSettings, load_s: float
+    ) -> dict[str, Any]:
+        cfg = self.config
+        prompts = self.prompts
+        ray.get(sampler.begin.remote("warmup"))
+        warmup = run_warmup(backend.generate, prompts, cfg.warmup, backend.warmup_batch_size)
+        backend.synchronize()
+        warmup_window = ray.get(sampler.end.remote("warmup"))
+        ray.get(sampler.begin.remote("measure"))
+        start_s = time.perf_counter()
+        records = backend.measure(prompts)
+        backend.synchronize()
+        duration_s = time.perf_counter() - start_s
+        # The sampler stamps its samples with time.time() on this node: keep the offset
+        # that maps this process's perf_counter onto it, for the steady-state window.
+        epoch_minus_perf_s = time.time() - time.perf_counter()
+        measure_window = ray.get(sampler.end.remote("measure"))
+        own_pids = _own_pids()
+        measured = measure_window.energy_j is not None
+        prefill_result = (
+            _prefill(backend, sampler, prompts, prefill) if prefill.enabled and measured else None
+        )
+        return {
+            "records": records,
+            "measure_start_s": start_s,
+            "duration_s": duration_s,
+            "load_s": load_s,
+            "timing_method": backend.timing_method,
+            "warmup": warmup,
+            "warmup_window": warmup_window,
+            "measure_window": measure_window,
+            "prefill": prefill_result,
+            "own_pids": own_pids,
+            "peak_memory_mb": backend.peak_memory_mb(),
+            "versions": {**backend.versions(), "python": platform.python_version(),
+                         "ray": ray.__version__},
+            "details": backend.details(),
+            "engine_config": backend.engine_config(),
+            "steady_window": backend.steady_window(),
+            "epoch_minus_perf_s": epoch_minus_perf_s,
+        }
 
 
 def _prefill(
@@ -113,6 +126,22 @@ def _prefill(
             break
     window = ray.get(sampler.end.remote("prefill"))
     return {"window": window, "passes": passes, "duration_s": time.perf_counter() - started}
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """No garbage collection inside the windows. A collection of a Ray worker's heap stalls
+    the host for milliseconds, and a decode loop bound by kernel launches turns host stalls
+    into time and energy. Objects alive now are frozen out of later collections; generate()
+    makes few reference cycles, so memory stays flat without collecting for a run."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
 
 
 def _own_pids() -> set[int]:

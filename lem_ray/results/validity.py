@@ -36,6 +36,8 @@ class ValidityInputs:
     baseline_power_w: float | None
     other_process_pids: list[int] | None
     mig_enabled: bool
+    warmup_converged: bool | None = None
+    """False when a cv warmup gave up before the step latency settled; None when not judged."""
 
 
 def validity_flags(v: ValidityInputs) -> list[str]:
@@ -58,6 +60,8 @@ def validity_flags(v: ValidityInputs) -> list[str]:
         flags.append("other_process")
     if v.mig_enabled:
         flags.append("mig")
+    if v.warmup_converged is False:
+        flags.append("warmup_unsettled")
     return flags
 
 

@@ -10,7 +10,11 @@ from lem_ray.assets import resolve_model
 from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
 from lem_ray.backends.pytorch.batching import make_batches
 from lem_ray.backends.pytorch.config import PyTorchConfig
+from lem_ray.backends.pytorch.dummy import build_dummy
+from lem_ray.backends.pytorch.decode_loop import DecodeLoop
+from lem_ray.backends.pytorch.fastpath import captured_graphs, cudagraph_skips
 from lem_ray.backends.pytorch.streamer import StepTimer
+from lem_ray.backends.pytorch.timing import CUDA_EVENT, HOST_CLOCK, StepClock
 
 
 def _import_torch() -> tuple[Any, Any]:
@@ -43,8 +47,11 @@ def generation_kwargs(config: Any, pad_token_id: int, eos_token_id: Any) -> dict
     else:
         # None overrides the model's generation_config defaults, which would warn under greedy.
         kwargs.update(temperature=None, top_k=None, top_p=None)
-    if config.pytorch.cache_implementation == "static":
+    if config.pytorch.cache_implementation == "static" and config.pytorch.torch_compile is None:
+        # transformers compiles the decoding step by itself whenever the cache is static:
+        # without torch_compile the user asked for eager decode, so say so.
         kwargs["cache_implementation"] = "static"
+        kwargs["disable_compile"] = True
     return kwargs
 
 
@@ -66,6 +73,37 @@ def output_lengths(generated: Any, eos_ids: set[int], min_tokens: int) -> list[i
     return lengths
 
 
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos])
+
+
+def _sampling(config: Any) -> dict[str, Any] | None:
+    decoder = config.decoder
+    if not decoder.do_sample:
+        return None
+    return {"temperature": decoder.temperature, "top_k": decoder.top_k, "top_p": decoder.top_p}
+
+
+def request_record(
+    input_tokens: int, output_tokens: int, times_s: list[float], start_s: float, done_s: float
+) -> RequestRecord:
+    """A row's timings from the batch's step times: its first `output_tokens` steps are its
+    tokens (a row that ended early only receives padding afterwards)."""
+    stamps = times_s[:output_tokens] if len(times_s) >= output_tokens else []
+    return RequestRecord(
+        index=0,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        e2e_ms=((stamps[-1] if stamps else done_s) - start_s) * 1000,
+        ttft_ms=(stamps[0] - start_s) * 1000 if stamps else None,
+        itl_ms=[(b - a) * 1000 for a, b in zip(stamps, stamps[1:])],
+        start_s=start_s,
+    )
+
+
 class PyTorchBackend(Backend):
     name = "pytorch"
 
@@ -75,7 +113,12 @@ class PyTorchBackend(Backend):
         torch.manual_seed(cfg.random_seed)
         model_path = resolve_model(cfg.model_name)
         self._torch = torch
+        self._transformers = transformers
         self._device = "cuda" if self.device.kind == "cuda" else "cpu"
+        self._devices = (
+            [torch.device("cuda", i) for i in range(self.device.gpu_count)]
+            if self._device == "cuda" else [torch.device("cpu")]
+        )
         dtype = getattr(torch, cfg.fp_precision)
         tok = transformers.AutoTokenizer.from_pretrained(resolve_model(cfg.tokenizer or cfg.model_name))
         tok.padding_side = "left"
@@ -85,51 +128,25 @@ class PyTorchBackend(Backend):
         options: PyTorchConfig = cfg.pytorch
         common: dict[str, Any] = {"dtype": dtype, "attn_implementation": options.attn_implementation}
         if cfg.load_format == "dummy":
-            self._model = self._build_dummy(transformers, model_path, common)
+            self._model = build_dummy(torch, transformers, model_path, common, self._devices)
         else:
             self._model = self._from_pretrained(transformers, model_path, common, options)
         self._model.eval()
-        if options.torch_compile:
+        self._loop: DecodeLoop | None = None
+        if options.cache_implementation == "static" and options.torch_compile:
+            self._loop = DecodeLoop(
+                torch, transformers, self._model, options.torch_compile, _sampling(cfg),
+                _eos_ids(self._model, tok), tok.pad_token_id,
+            )
+        elif options.torch_compile:
             self._model.forward = torch.compile(self._model.forward, mode=options.torch_compile)
         self._assistant = None
         if options.assistant_model:
             self._assistant = transformers.AutoModelForCausalLM.from_pretrained(
                 resolve_model(options.assistant_model), dtype=dtype
             ).to(self._input_device).eval()
-        eos = self._model.generation_config.eos_token_id
-        if eos is None:
-            eos = tok.eos_token_id
-        self._eos_ids = set(eos if isinstance(eos, list) else [eos])
-        self._gen_kwargs = generation_kwargs(cfg, tok.pad_token_id, eos)
-
-    def _build_dummy(self, transformers: Any, model_path: str, common: dict[str, Any]) -> Any:
-        """Random weights from the architecture's config, built straight on the device.
-
-        Building on the GPU avoids the CPU init + copy (0.6 s instead of 17 s for 1 B params).
-        Several GPUs: layers are spread with accelerate's device map, as from_pretrained does.
-        """
-        torch = self._torch
-        config = transformers.AutoConfig.from_pretrained(model_path)
-        if self._device == "cuda" and self.device.gpu_count > 1:
-            model = transformers.AutoModelForCausalLM.from_config(config, **common)
-            try:
-                from accelerate import dispatch_model, infer_auto_device_map
-                from accelerate.utils import get_balanced_memory
-            except ImportError:
-                raise BackendUnavailable(
-                    "spreading a pytorch model over several GPUs needs accelerate: "
-                    "pip install 'lem-ray[pytorch]'"
-                ) from None
-            no_split = model._no_split_modules
-            # Balanced, as from_pretrained's device_map="auto": a model that fits one GPU would
-            # otherwise land whole on the first and leave the others idle.
-            max_memory = get_balanced_memory(model, no_split_module_classes=no_split)
-            device_map = infer_auto_device_map(
-                model, max_memory=max_memory, no_split_module_classes=no_split
-            )
-            return dispatch_model(model, device_map=device_map)
-        with torch.device(self._device):
-            return transformers.AutoModelForCausalLM.from_config(config, **common)
+        self._eos_ids = _eos_ids(self._model, tok)
+        self._gen_kwargs = generation_kwargs(cfg, tok.pad_token_id, sorted(self._eos_ids))
 
     def _from_pretrained(
         self, transformers: Any, model_path: str, common: dict[str, Any], options: PyTorchConfig
@@ -154,58 +171,100 @@ class PyTorchBackend(Backend):
     def warmup_batch_size(self) -> int:
         return self.config.pytorch.batch_size
 
+    @property
+    def timing_method(self) -> str:
+        """Assisted generation is timed by a streamer (a step may yield several tokens)."""
+        if self._assistant is not None or self._device != "cuda":
+            return HOST_CLOCK
+        return CUDA_EVENT
+
+    @property
+    def _output_device(self) -> Any:
+        """Where the logits are computed: the last part of a model spread over GPUs."""
+        return self._model.get_output_embeddings().weight.device
+
+    def prepare(self, prompts: list[str]) -> None:
+        """Fast path: compile the decoding step and record its CUDA graphs for each batch shape
+        these prompts make, so neither happens in the warmup or measured windows."""
+        if self._loop is None:
+            return
+        encoded = self._encode(prompts)
+        sizes = {len(b) for b in make_batches([len(e) for e in encoded], self.config.pytorch)}
+        longest = max(encoded, key=len)
+        # Enough steps for inductor to compile, warm up, then record and replay the graph.
+        capture_tokens = min(self.config.max_output_tokens, 8)
+        for size in sorted(sizes, reverse=True):
+            self._run_batch([longest] * size, {"max_new_tokens": capture_tokens}, capture_tokens)
+        self._graphs_after_prepare = captured_graphs(self._torch) if self._device == "cuda" else 0
+
+    def _encode(self, prompts: list[str]) -> list[list[int]]:
+        tok = self._tokenizer
+        return [
+            tok(p, truncation=True, max_length=self.config.max_input_tokens)["input_ids"]
+            for p in prompts
+        ]
+
     def generate(
         self, prompts: list[str], max_output_tokens: int | None = None
     ) -> list[RequestRecord]:
-        tok = self._tokenizer
         most, least = self.output_bounds(max_output_tokens)
         gen_kwargs = {k: v for k, v in self._gen_kwargs.items() if k != "min_new_tokens"}
         gen_kwargs["max_new_tokens"] = most
         if least:
             gen_kwargs["min_new_tokens"] = least
-        encoded = [
-            tok(p, truncation=True, max_length=self.config.max_input_tokens)["input_ids"]
-            for p in prompts
-        ]
+        encoded = self._encode(prompts)
         records: list[RequestRecord | None] = [None] * len(prompts)
         for batch in make_batches([len(e) for e in encoded], self.config.pytorch):
             batch_ids = [encoded[i] for i in batch]
-            for index, record in zip(batch, self._generate_batch(batch_ids, gen_kwargs, least)):
+            for index, record in zip(batch, self._run_batch(batch_ids, gen_kwargs, least)):
                 record.index = index
                 records[index] = record
         return [r for r in records if r is not None]
 
-    def _generate_batch(
+    def _run_batch(
         self, token_ids: list[list[int]], gen_kwargs: dict[str, Any], min_tokens: int
     ) -> list[RequestRecord]:
         torch = self._torch
         inputs = self._tokenizer.pad({"input_ids": token_ids}, return_tensors="pt")
         inputs = {k: v.to(self._input_device) for k, v in inputs.items()}
-        timer = StepTimer()
-        extra = {"assistant_model": self._assistant} if self._assistant is not None else {}
-        start_s = time.perf_counter()
+        if self._loop is not None:
+            clock = StepClock(torch, self._output_device)
+            clock.start()
+            generated = self._loop.run(
+                inputs["input_ids"], inputs["attention_mask"], gen_kwargs["max_new_tokens"],
+                min_tokens, clock, reserve_tokens=self.config.max_output_tokens,
+            )
+            self.synchronize()
+            return self._records(token_ids, generated, min_tokens, clock.token_times_s(),
+                                 clock.start_s, time.perf_counter())
+        extra: dict[str, Any] = {}
+        if self._assistant is not None:
+            extra["assistant_model"] = self._assistant
+            timer: Any = StepTimer()
+            extra["streamer"] = timer
+        else:
+            timer = StepClock(torch, self._output_device)
+            extra["logits_processor"] = self._transformers.LogitsProcessorList([timer])
+        if isinstance(timer, StepClock):
+            timer.start()
+            start_s = timer.start_s
+        else:
+            start_s = time.perf_counter()
         with torch.inference_mode():
-            out = self._model.generate(**inputs, **gen_kwargs, **extra, streamer=timer)
+            out = self._model.generate(**inputs, **gen_kwargs, **extra)
         self.synchronize()
         done_s = time.perf_counter()
+        times = timer.token_times_s() if isinstance(timer, StepClock) else timer.token_times_s
         generated = out[:, inputs["input_ids"].shape[1]:]
+        return self._records(token_ids, generated, min_tokens, times, start_s, done_s)
+
+    def _records(
+        self, token_ids: list[list[int]], generated: Any, min_tokens: int, times_s: list[float],
+        start_s: float, done_s: float,
+    ) -> list[RequestRecord]:
         lengths = output_lengths(generated.cpu(), self._eos_ids, min_tokens)
-        times = timer.token_times_s
-        records = []
-        for ids, n in zip(token_ids, lengths):
-            stamps = times[:n] if len(times) >= n else []
-            records.append(
-                RequestRecord(
-                    index=0,
-                    input_tokens=len(ids),
-                    output_tokens=n,
-                    e2e_ms=((stamps[-1] if stamps else done_s) - start_s) * 1000,
-                    ttft_ms=(stamps[0] - start_s) * 1000 if stamps else None,
-                    itl_ms=[(b - a) * 1000 for a, b in zip(stamps, stamps[1:])],
-                    start_s=start_s,
-                )
-            )
-        return records
+        return [request_record(len(ids), n, times_s, start_s, done_s)
+                for ids, n in zip(token_ids, lengths)]
 
     def synchronize(self) -> None:
         if self._device == "cuda":
@@ -228,10 +287,17 @@ class PyTorchBackend(Backend):
         model = getattr(self, "_model", None)
         if model is None:
             return {}
-        return {"parameters": sum(p.numel() for p in model.parameters()), "device": self._device}
+        found: dict[str, Any] = {
+            "parameters": sum(p.numel() for p in model.parameters()), "device": self._device,
+        }
+        if self._loop is not None and self._device == "cuda":
+            found["cuda_graphs_after_prepare"] = getattr(self, "_graphs_after_prepare", None)
+            found["cuda_graphs"] = captured_graphs(self._torch)
+            found["cudagraph_skips"] = cudagraph_skips(self._torch)
+        return found
 
     def release(self) -> None:
-        for attr in ("_model", "_assistant"):
+        for attr in ("_loop", "_model", "_assistant"):
             if hasattr(self, attr):
                 delattr(self, attr)
         gc.collect()

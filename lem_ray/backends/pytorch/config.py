@@ -20,14 +20,25 @@ class PyTorchConfig(StrictModel):
         None, ge=1, description="padded input tokens per batch (dynamic batching only)"
     )
     attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
-    torch_compile: Literal["default", "reduce-overhead", "max-autotune"] | None = None
-    cache_implementation: Literal["dynamic", "static"] = "dynamic"
+    torch_compile: Literal["default", "reduce-overhead", "max-autotune"] | None = Field(
+        None,
+        description="with cache_implementation static: transformers compiles the decoding step "
+        "(reduce-overhead: CUDA graphs, the fast path); compiled and captured at load time",
+    )
+    cache_implementation: Literal["dynamic", "static"] = Field(
+        "dynamic", description="static without torch_compile: eager decode over a static cache"
+    )
     load_in_4bit: bool = False
     load_in_8bit: bool = False
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
     assistant_model: str | None = Field(
         None, description="hub id or path of a draft model for assisted generation"
     )
+
+    @property
+    def compiled_loop(self) -> bool:
+        """torch_compile over a static cache runs lem-ray's compiled decode loop, not generate()."""
+        return self.torch_compile is not None and self.cache_implementation == "static"
 
     @model_validator(mode="after")
     def _rules(self) -> "PyTorchConfig":
@@ -38,6 +49,16 @@ class PyTorchConfig(StrictModel):
         if self.max_tokens_per_batch is not None and self.batching_strategy != "dynamic":
             raise invalid_combination(
                 "pytorch.max_tokens_per_batch only applies to batching_strategy 'dynamic'"
+            )
+        if self.torch_compile == "reduce-overhead" and self.cache_implementation != "static":
+            raise invalid_combination(
+                "pytorch.torch_compile 'reduce-overhead' (CUDA graphs) needs "
+                "cache_implementation 'static': graphs replay fixed shapes only"
+            )
+        if self.compiled_loop and self.assistant_model is not None:
+            raise invalid_combination(
+                "pytorch.assistant_model: not with lem-ray's compiled decode loop "
+                "(torch_compile with cache_implementation 'static')"
             )
         if self.assistant_model is not None and self.batch_size != 1:
             raise invalid_combination(

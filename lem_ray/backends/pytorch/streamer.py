@@ -1,4 +1,4 @@
-"""Timestamps each decoding step of transformers' generate(), for TTFT and inter-token gaps."""
+"""Timestamps each decoding step of assisted generation, where a step may yield several tokens."""
 
 from __future__ import annotations
 

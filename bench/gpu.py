@@ -1,0 +1,299 @@
+"""What lem-ray measures on a GPU against the same work done bare, in one run.
+
+    python bench/gpu.py [--out gpu.json] [--budget-s 420]
+
+builtin:llama-1b with dummy weights, bf16, 128-token prompts, 128 output tokens. Prints and
+writes as JSON:
+  1. bare loops (this process, nothing of lem-ray): eager generate at batch 1 and 16, with and
+     without lem-ray's step clock; lem-ray's compiled decode loop (the fast path) at batch 1
+     and 16, with its CUDA-graph count;
+  2. the same eager loop inside a Ray actor (num_gpus=1, num_cpus=1) under thread, GC and
+     switch-interval settings, to locate any observer effect of the actor itself;
+  3. lem-ray campaigns: recorded throughput at batch 1 and 16 (eager) and batch 1 (fast path)
+     against the bare figures (the ratio), load and warmup seconds and steps; then 3 cycles
+     each of batch 1, 8 and 32 on the fast path with windows of >= 10 s, and their
+     cycle-to-cycle CV of J/output token and throughput; 2-GPU load when 2 GPUs are present.
+Sections that would overrun --budget-s are skipped and say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+MODEL = "builtin:llama-1b"
+TOKENS = 128
+BASE: dict[str, Any] = {
+    "model_name": MODEL, "load_format": "dummy", "backend": "pytorch", "fp_precision": "bfloat16",
+    "max_input_tokens": TOKENS, "max_output_tokens": TOKENS, "min_output_tokens": TOKENS,
+}
+FAST = {"cache_implementation": "static", "torch_compile": "reduce-overhead"}
+STARTED = time.perf_counter()
+RESULTS: dict[str, Any] = {}
+
+
+def log(*parts: Any) -> None:
+    print(f"[{time.perf_counter() - STARTED:6.1f} s]", *parts, flush=True)
+
+
+def prompts_of(count: int) -> list[str]:
+    from lem_ray.config.prompts import SyntheticPrompts
+    from lem_ray.planning.prompts import synthetic_prompts
+
+    spec = SyntheticPrompts.model_validate({
+        "source": "synthetic", "count": count,
+        "input_len": {"distribution": "fixed", "mean": TOKENS, "min": TOKENS, "max": TOKENS}})
+    return synthetic_prompts(spec, 0)
+
+
+def bare_eager(batch: int, reps: int, timer: bool) -> list[float]:
+    """model.generate over `batch` prompts, 2 warm calls then `reps` timed: tok/s each."""
+    import torch
+    import transformers
+
+    from lem_ray.assets import resolve_model
+    from lem_ray.backends.pytorch.timing import StepClock
+
+    path = resolve_model(MODEL)
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    tok.pad_token = tok.pad_token or tok.eos_token
+    with torch.device("cuda"):
+        model = transformers.AutoModelForCausalLM.from_config(
+            transformers.AutoConfig.from_pretrained(path), dtype=torch.bfloat16).eval()
+    inputs = tok(prompts_of(batch), return_tensors="pt", padding=True, truncation=True,
+                 max_length=TOKENS).to("cuda")
+    kwargs = dict(max_new_tokens=TOKENS, min_new_tokens=TOKENS, do_sample=False,
+                  pad_token_id=tok.pad_token_id, temperature=None, top_k=None, top_p=None)
+    rates = []
+    for i in range(2 + reps):
+        extra = {}
+        if timer:
+            clock = StepClock(torch, torch.device("cuda"))
+            extra["logits_processor"] = transformers.LogitsProcessorList([clock])
+            clock.start()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(**inputs, **kwargs, **extra)
+        torch.cuda.synchronize()
+        if i >= 2:
+            rates.append(batch * TOKENS / (time.perf_counter() - t0))
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return rates
+
+
+def bare_fast(batch: int, reps: int) -> dict[str, Any]:
+    """lem-ray's PyTorch backend with the compiled loop, called directly (no Ray, no worker)."""
+    import torch
+
+    from lem_ray.backends.base import DeviceInfo
+    from lem_ray.backends.pytorch.backend import PyTorchBackend
+    from lem_ray.config.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig.model_validate({**BASE, "pytorch": {"batch_size": batch, **FAST}})
+    prompts = prompts_of(batch)
+    backend = PyTorchBackend(cfg, DeviceInfo("cuda", 1))
+    t0 = time.perf_counter()
+    backend.load()
+    backend.prepare(prompts)
+    torch.cuda.synchronize()
+    load_s = time.perf_counter() - t0
+    rates = []
+    for i in range(2 + reps):
+        t0 = time.perf_counter()
+        backend.generate(prompts)
+        torch.cuda.synchronize()
+        if i >= 2:
+            rates.append(batch * TOKENS / (time.perf_counter() - t0))
+    details = backend.details()
+    backend.release()
+    return {"tok_s": rates, "load_s": load_s, **{k: details.get(k) for k in
+            ("cuda_graphs_after_prepare", "cuda_graphs", "cudagraph_skips")}}
+
+
+def actor_variants(reps: int) -> dict[str, list[float]]:
+    """The bare eager batch-1 loop inside a Ray actor holding one GPU and one CPU."""
+    import ray
+
+    @ray.remote(num_gpus=1, num_cpus=1)
+    class Probe:
+        def run(self, setting: str) -> list[float]:
+            import sys as _sys
+
+            import torch
+
+            if setting == "threads_8":
+                torch.set_num_threads(8)
+            if setting == "switch_interval_1s":
+                _sys.setswitchinterval(1.0)
+            if setting == "gc_off":
+                gc.collect()
+                gc.freeze()
+                gc.disable()
+            try:
+                return bare_eager(1, reps, timer=False)
+            finally:
+                gc.enable()
+                _sys.setswitchinterval(0.005)
+
+        def env(self) -> dict[str, Any]:
+            import os
+
+            import torch
+
+            return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                    "torch_threads": torch.get_num_threads(),
+                    "affinity": len(os.sched_getaffinity(0))}
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        probe = Probe.remote()
+        found: dict[str, Any] = {"env": ray.get(probe.env.remote())}
+        for setting in ("default", "threads_8", "gc_off", "switch_interval_1s"):
+            found[setting] = ray.get(probe.run.remote(setting))
+            log("actor", setting, [round(r, 1) for r in found[setting]])
+        return found
+    finally:
+        ray.shutdown()
+
+
+def campaign(name: str, experiments: list[dict[str, Any]], cycles: int) -> list[dict[str, Any]]:
+    from lem_ray.execution.driver import run_campaign
+    from lem_ray.results.store import read_table
+
+    spec = {
+        "campaign_name": name,
+        "base": {**BASE, "warmup": {"mode": "cv", "window": 3, "cv_threshold": 0.05,
+                                     "max_steps": 20, "max_s": 60}},
+        "experiments": experiments,
+        "execution": {"cycles": cycles, "structure": "interleaved",
+                      "baseline": {"duration_s": 5}, "prefill": {"enabled": False}},
+    }
+    with tempfile.TemporaryDirectory() as out:
+        run_campaign(spec, results_dir=out)
+        rows = read_table(out, "experiments").to_pylist()
+    keep = ("cycle", "batch_size", "gpus_per_experiment", "status", "error", "load_s",
+            "warmup_s", "warmup_steps", "warmup_converged", "warmup_final_cv", "duration_s",
+            "throughput_tok_s", "energy_j_per_output_token", "itl_ms_p50", "ttft_ms_p50",
+            "timing_method", "valid", "validity_flags", "config_json")
+    found = []
+    for row in rows:
+        slim = {k: row.get(k) for k in keep}
+        slim["pytorch"] = json.loads(slim.pop("config_json"))["pytorch"]
+        found.append(slim)
+        log(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in slim.items()})
+    return found
+
+
+def count_for(tok_s: float, batch: int, window_s: float) -> int:
+    """Prompts for a window of about window_s at tok_s, a whole number of batches."""
+    return max(1, math.ceil(window_s * tok_s / TOKENS / batch)) * batch
+
+
+def cv(values: list[float]) -> float | None:
+    return statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="gpu.json")
+    parser.add_argument("--budget-s", type=float, default=420)
+    args = parser.parse_args()
+    import torch
+
+    gpus = torch.cuda.device_count()
+    RESULTS["machine"] = {"gpu": torch.cuda.get_device_name(0), "gpus": gpus,
+                          "torch": torch.__version__}
+
+    def save() -> None:
+        with open(args.out, "w") as f:
+            json.dump(RESULTS, f, indent=1, default=str)
+
+    def left() -> float:
+        return args.budget_s - (time.perf_counter() - STARTED)
+
+    bare: dict[str, Any] = {}
+    for name, batch, timer in (("eager_b1", 1, False), ("eager_b1_timer", 1, True),
+                               ("eager_b16", 16, False), ("eager_b16_timer", 16, True)):
+        bare[name] = bare_eager(batch, 3, timer)
+        log("bare", name, [round(r, 1) for r in bare[name]])
+    for batch in (1, 16):
+        bare[f"fast_b{batch}"] = bare_fast(batch, 3)
+        log("bare", f"fast_b{batch}", bare[f"fast_b{batch}"])
+    RESULTS["bare"] = bare
+    save()
+
+    RESULTS["actor"] = actor_variants(3)
+    save()
+
+    fast_b1 = statistics.median(bare["fast_b1"]["tok_s"])
+    fast_b16 = statistics.median(bare["fast_b16"]["tok_s"])
+    compare = [
+        {"pytorch": {"batch_size": 1}, "prompts": _prompts(4)},
+        {"pytorch": {"batch_size": 16}, "prompts": _prompts(48)},
+        {"pytorch": {"batch_size": 1, **FAST}, "prompts": _prompts(count_for(fast_b1, 1, 5))},
+        {"pytorch": {"batch_size": 16, **FAST}, "prompts": _prompts(count_for(fast_b16, 16, 5))},
+    ]
+    if left() > 150:
+        RESULTS["lem_ray_compare"] = campaign("bench-compare", compare, 1)
+        save()
+    else:
+        RESULTS["lem_ray_compare"] = "skipped: over the time budget"
+
+    per_batch = {1: fast_b1, 8: fast_b16 * 0.6, 32: fast_b16 * 1.8}
+    cycles = [{"pytorch": {"batch_size": b, **FAST}, "prompts": _prompts(count_for(r, b, 11))}
+              for b, r in per_batch.items()]
+    if left() > 200:
+        rows = campaign("bench-cv", cycles, 3)
+        table = {}
+        for batch in per_batch:
+            mine = [r for r in rows if r["batch_size"] == batch and r["status"] == "ok"]
+            table[batch] = {
+                "cycles": len(mine),
+                "window_s": [r["duration_s"] for r in mine],
+                "tok_s": [r["throughput_tok_s"] for r in mine],
+                "j_per_tok": [r["energy_j_per_output_token"] for r in mine],
+                "cv_tok_s": cv([r["throughput_tok_s"] for r in mine]),
+                "cv_j_per_tok": cv([r["energy_j_per_output_token"] for r in mine
+                                    if r["energy_j_per_output_token"] is not None]),
+            }
+            log("cv", batch, table[batch])
+        RESULTS["cv"] = table
+    else:
+        RESULTS["cv"] = "skipped: over the time budget"
+    save()
+
+    if gpus >= 2 and left() > 60:
+        from lem_ray.backends.base import DeviceInfo
+        from lem_ray.backends.pytorch.backend import PyTorchBackend
+        from lem_ray.config.experiment import ExperimentConfig
+
+        cfg = ExperimentConfig.model_validate({**BASE, "gpus_per_experiment": 2})
+        backend = PyTorchBackend(cfg, DeviceInfo("cuda", 2))
+        t0 = time.perf_counter()
+        backend.load()
+        torch.cuda.synchronize()
+        RESULTS["load_2gpu_s"] = time.perf_counter() - t0
+        backend.release()
+    else:
+        RESULTS["load_2gpu_s"] = f"not run: {gpus} GPU(s) here"
+    save()
+    log("done", json.dumps(RESULTS, default=str)[:6000])
+
+
+def _prompts(count: int) -> dict[str, Any]:
+    return {"source": "synthetic", "count": count,
+            "input_len": {"distribution": "fixed", "mean": TOKENS, "min": TOKENS, "max": TOKENS}}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
