@@ -22,6 +22,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -36,6 +37,7 @@ BASE: dict[str, Any] = {
 }
 FAST = {"cache_implementation": "static", "torch_compile": "reduce-overhead"}
 STARTED = time.perf_counter()
+BENCH = os.path.abspath(__file__)
 RESULTS: dict[str, Any] = {}
 
 
@@ -135,6 +137,12 @@ def actor_variants(reps: int) -> dict[str, list[float]]:
                 torch.set_num_threads(8)
             if setting == "switch_interval_1s":
                 _sys.setswitchinterval(1.0)
+            if setting == "child_process":
+                import subprocess
+
+                done = subprocess.run([_sys.executable, BENCH, "--bare-eager-child", str(reps)],
+                                      capture_output=True, text=True, check=True)
+                return json.loads(done.stdout.strip().splitlines()[-1])
             if setting == "gc_off":
                 gc.collect()
                 gc.freeze()
@@ -158,7 +166,7 @@ def actor_variants(reps: int) -> dict[str, list[float]]:
     try:
         probe = Probe.remote()
         found: dict[str, Any] = {"env": ray.get(probe.env.remote())}
-        for setting in ("default", "threads_8", "gc_off", "switch_interval_1s"):
+        for setting in ("default", "child_process", "threads_8", "gc_off", "switch_interval_1s"):
             found[setting] = ray.get(probe.run.remote(setting))
             log("actor", setting, [round(r, 1) for r in found[setting]])
         return found
@@ -207,7 +215,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="gpu.json")
     parser.add_argument("--budget-s", type=float, default=420)
+    parser.add_argument("--bare-eager-child", type=int, metavar="REPS",
+                        help="internal: print the bare eager batch-1 loop's tok/s as JSON")
     args = parser.parse_args()
+    if args.bare_eager_child:
+        print(json.dumps(bare_eager(1, args.bare_eager_child, timer=False)))
+        return
     import torch
 
     gpus = torch.cuda.device_count()

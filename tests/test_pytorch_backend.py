@@ -96,3 +96,114 @@ def test_missing_local_model_fails_clearly(tmp_path) -> None:
     cfg = make_config(model_name=str(tmp_path / "no-such-model"), load_format="auto")
     with pytest.raises(OSError):
         PyTorchBackend(cfg, DeviceInfo("cpu")).load()
+
+
+def test_event_offsets_share_the_host_clock_origin() -> None:
+    from lem_ray.backends.pytorch.backend import request_record
+    from lem_ray.backends.pytorch.timing import times_from_offsets
+
+    times = times_from_offsets(100.0, [20.0, 25.0, 31.0, 40.0])
+    assert times == pytest.approx([100.020, 100.025, 100.031, 100.040])
+    record = request_record(7, 3, times, start_s=100.0, done_s=100.050)
+    assert record.ttft_ms == pytest.approx(20.0)
+    assert record.itl_ms == pytest.approx([5.0, 6.0])
+    assert record.e2e_ms == pytest.approx(31.0), "a row that ended early ends at its last token"
+    untimed = request_record(7, 5, times, start_s=100.0, done_s=100.050)
+    assert untimed.ttft_ms is None and untimed.itl_ms == [] and untimed.e2e_ms == pytest.approx(50.0)
+
+
+def test_step_clock_on_cpu_stamps_every_step_with_the_host_clock() -> None:
+    from lem_ray.backends.pytorch.timing import HOST_CLOCK, StepClock
+
+    clock = StepClock(torch, torch.device("cpu"))
+    clock.start()
+    scores = torch.zeros(2, 5)
+    assert clock(None, scores) is scores, "the logits pass through untouched"
+    clock(None, scores)
+    times = clock.token_times_s()
+    assert clock.method == HOST_CLOCK
+    assert len(times) == 2 and clock.start_s <= times[0] <= times[1]
+
+
+def test_compiled_loop_matches_generate_greedy(prompts) -> None:
+    """The compiled decode loop (run eagerly on the CPU) produces generate()'s tokens for
+    left-padded batches, reuses one static cache per batch size, and times every token."""
+    plain = make_config(max_output_tokens=10, min_output_tokens=3, pytorch={"batch_size": 2})
+    fast = make_config(max_output_tokens=10, min_output_tokens=3,
+                       pytorch={"batch_size": 2, "cache_implementation": "static",
+                                "torch_compile": "reduce-overhead"})
+    tokens = {}
+    for name, cfg in (("generate", plain), ("loop", fast)):
+        backend = PyTorchBackend(cfg, DeviceInfo("cpu"))
+        backend.load()
+        try:
+            backend.prepare(prompts)
+            encoded = backend._encode(prompts)
+            rows = []
+            for start in range(0, len(encoded), 2):
+                inputs = backend._tokenizer.pad({"input_ids": encoded[start:start + 2]},
+                                                return_tensors="pt")
+                if backend._loop is not None:
+                    from lem_ray.backends.pytorch.timing import StepClock
+
+                    clock = StepClock(torch, torch.device("cpu"))
+                    clock.start()
+                    out = backend._loop.run(inputs["input_ids"], inputs["attention_mask"],
+                                            10, 3, clock, 10)
+                    assert len(clock.token_times_s()) == 10
+                else:
+                    out = backend._model.generate(**inputs, **backend._gen_kwargs)
+                    out = out[:, inputs["input_ids"].shape[1]:]
+                rows += out.tolist()
+            tokens[name] = rows
+            records = backend.generate(prompts)
+            assert [len(r.itl_ms) for r in records] == [9] * len(prompts)
+            assert backend.timing_method == "host_clock"
+            if backend._loop is not None:
+                assert sorted(backend._loop._caches._caches) == [1, 2]
+        finally:
+            backend.release()
+    assert tokens["loop"] == tokens["generate"]
+
+
+def test_compiled_loop_config_rules() -> None:
+    from lem_ray.errors import ConfigError
+
+    with pytest.raises((ValueError, ConfigError), match="needs cache_implementation 'static'"):
+        make_config(pytorch={"torch_compile": "reduce-overhead"})
+    with pytest.raises((ValueError, ConfigError), match="repetition_penalty"):
+        make_config(decoder={"repetition_penalty": 1.2},
+                    pytorch={"cache_implementation": "static", "torch_compile": "reduce-overhead"})
+    eager_static = generation_kwargs(make_config(pytorch={"cache_implementation": "static"}), 3, 2)
+    assert eager_static["disable_compile"] is True, "static cache alone must stay eager"
+
+
+def test_dummy_model_split_over_devices_is_built_on_meta_then_materialised() -> None:
+    """Two 'devices' (both the CPU here: no GPUs on CI): layers split evenly, each part
+    allocated and initialised in place, rotary frequencies recomputed, outputs finite."""
+    import transformers
+
+    from lem_ray.assets import resolve_model
+    from lem_ray.backends.pytorch.dummy import balanced_device_map, materialise
+
+    config = transformers.AutoConfig.from_pretrained(resolve_model("builtin:llama-1b"))
+    with torch.device("meta"):
+        big = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    split = balanced_device_map(big, ["gpu0", "gpu1"])
+    layers = [name for name in split if ".layers." in name]
+    assert [split[n] for n in layers].count("gpu0") == len(layers) // 2
+    assert split["model.embed_tokens"] == "gpu0" and split["lm_head"] == "gpu1"
+
+    tiny = transformers.AutoConfig.from_pretrained(resolve_model("builtin:tiny-llama"))
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(tiny, dtype=torch.float32)
+    reference = transformers.AutoModelForCausalLM.from_config(tiny, dtype=torch.float32)
+    materialise(model, balanced_device_map(model, [torch.device("cpu")] * 2))
+    assert not any(p.is_meta for p in model.parameters())
+    for (name, got), (_, want) in zip(model.named_buffers(), reference.named_buffers()):
+        assert torch.allclose(got, want), name
+    norm = model.model.norm.weight
+    assert torch.equal(norm, torch.ones_like(norm))
+    assert 0.01 < float(model.lm_head.weight.detach().std()) < 0.03
+    with torch.inference_mode():
+        assert torch.isfinite(model(torch.tensor([[1, 5, 6, 7]])).logits).all()

@@ -366,3 +366,35 @@ def test_join_with_duckdb_and_polars(cpu_campaign: Path) -> None:
     joined = pl.read_parquet(exps).join(pl.read_parquet(reqs), on=[c.strip() for c in ids.split(",")])
     assert joined.height == 6 * TINY_BASE["prompts"]["count"]
     assert joined.group_by("run_id").len().get_column("len").to_list() == [TINY_BASE["prompts"]["count"]] * 6
+
+
+def test_cycle_cv_and_labels(synthetic: Path, tmp_path: Path) -> None:
+    """Each group's cycle-to-cycle CV of J/output token and throughput over its counted runs,
+    marked above --max-cycle-cv in the JSON, the table and the HTML; groups named by what
+    differs between them."""
+    data = report_json(synthetic, "--max-cycle-cv", "0.06")
+    groups = {g["group"]: g for g in data["groups"]}
+    energy = counted_values(["aaaa"], "energy_j_per_output_token")
+    throughput = counted_values(["aaaa"], "throughput_tok_s")
+    aaaa = groups["aaaa"]
+    assert aaaa["energy_j_per_output_token_cycle_cv"] == pytest.approx(
+        np.std(energy, ddof=1) / np.mean(energy))
+    assert aaaa["throughput_tok_s_cycle_cv"] == pytest.approx(
+        np.std(throughput, ddof=1) / np.mean(throughput))
+    assert aaaa["throughput_tok_s_cycle_cv"] > 0.06 and aaaa["cycle_cv_above"] is True
+    assert groups["dddd"]["energy_j_per_output_token_cycle_cv"] < 0.06
+    assert groups["dddd"]["cycle_cv_above"] is False
+    assert groups["bbbb"]["energy_j_per_output_token_cycle_cv"] is None, "one counted run"
+    assert aaaa["label"] == "pytorch · batch 1 · 1 GPU · fp16 · decoder.temperature=1.0"
+    assert groups["dddd"]["label"] == "vllm · batch 64 · 2 GPUs · fp16 · decoder.temperature=0.7"
+    strict = report_json(synthetic)
+    assert {g["group"] for g in strict["groups"] if g["cycle_cv_above"]} == {"aaaa", "dddd"}
+
+    table = lem_ray("report", str(synthetic), "--max-cycle-cv", "0.06", cwd=synthetic.parent)
+    assert "T 6.1% > 6%" in table.stdout and "above it: pytorch · batch 1" in table.stdout
+    page = tmp_path / "r.html"
+    assert lem_ray("report", str(synthetic), "--max-cycle-cv", "0.06", "--html", str(page),
+                   cwd=synthetic.parent).returncode == 0
+    html = page.read_text()
+    assert html.count('class="num cv-above"') == 2, "energy and throughput tables"
+    assert "vllm · batch 64 · 2 GPUs" in html

@@ -23,6 +23,7 @@ from lem_ray.errors import ConfigError
 from lem_ray.results.bootstrap import CI_LEVEL
 from lem_ray.results.report import (
     DEFAULT_GROUP_BY,
+    DEFAULT_MAX_CYCLE_CV,
     ENERGY_METRICS,
     METRIC_TITLES,
     PERFORMANCE_METRICS,
@@ -31,6 +32,7 @@ from lem_ray.results.report import (
     Report,
     build_report,
     cell_lines,
+    cycle_cv_text,
     format_number,
     shown_metrics,
 )
@@ -146,15 +148,17 @@ def _write_html(path: Path, report: Report, results_dir: str, power_runs: list[d
 
 def _table(report: Report, title: str, metrics: list[str]) -> Table:
     table = Table(title=title, box=box.HORIZONTALS, show_lines=True)
-    for name in ("group", "backend", "precision", "batch", "runs"):
+    for name in ("group", "backend", "precision", "batch", "runs", "cycle CV"):
         table.add_column(name)
     for m in metrics:
         table.add_column(METRIC_TITLES[m], justify="right")
     for g in report.groups:
         table.add_row(
-            Text(g["group"]), Text(g["backend"] or "-"), Text(g["fp_precision"] or "-"),
+            Text(f"{g['label']}\n{g['group']}" if g["label"] != g["group"] else g["group"]),
+            Text(g["backend"] or "-"), Text(g["fp_precision"] or "-"),
             format_number(g["batch_size"]),
             f"{g['runs_ok']}/{g['runs_invalid']}/{g['runs_failed']}",
+            Text(cycle_cv_text(g), style="bold red" if g["cycle_cv_above"] else ""),
             *[Text("\n".join(cell_lines(g, m))) for m in metrics],
         )
     return table
@@ -172,6 +176,12 @@ def _print(report: Report, console: Console, files: dict[str, str]) -> None:
         console.print("energy: not measured (no NVML GPU on the nodes that ran); "
                       "see energy_unavailable_reason in the experiments table")
     console.print(f"runs: counted/invalid/failed (latest attempt of each run). {STATS_NOTE}")
+    above = [g["label"] for g in report.groups if g["cycle_cv_above"]]
+    if report.groups:
+        console.print(
+            "cycle CV: cycle-to-cycle coefficient of variation of J/output token (E) and "
+            f"throughput (T) over a group's counted runs; limit {report.groups[0]['max_cycle_cv']:.0%}"
+            + (f"; above it: {', '.join(above)}" if above else ""))
     for e in report.excluded:
         style = "yellow" if e["status"] == "invalid" else "red"
         console.print(Text.assemble((f"{e['status']:<8}", style),
@@ -194,9 +204,13 @@ def _print(report: Report, console: Console, files: dict[str, str]) -> None:
                                    f"(default: the first cycle of each group, at most {POWER_RUNS_DEFAULT}).")
 @click.option("--latency", type=click.Choice(["ttft", "e2e"]), default="ttft", show_default=True,
               help="HTML: the latency axis of the Pareto plots, TTFT p50 or end-to-end p50.")
+@click.option("--max-cycle-cv", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULT_MAX_CYCLE_CV, show_default=True,
+              help="Mark groups whose cycle-to-cycle CV of J/output token or throughput is "
+                   "above this (the campaign's validity.max_cycle_cv).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
 def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Path | None,
-           power_runs: str | None, latency: str, as_json: bool) -> None:
+           power_runs: str | None, latency: str, max_cycle_cv: float, as_json: bool) -> None:
     """Summarise RESULTS_DIR per group: mean, std, n and a 95% bootstrap CI per metric.
 
     Counts the latest attempt of each run, leaves out failed and invalid runs (and lists
@@ -211,7 +225,7 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
     if not rows:
         fail(f"{results_dir}: no experiments (no committed Parquet file in {results_dir}/experiments)")
     try:
-        summary = build_report(rows, keys)
+        summary = build_report(rows, keys, max_cycle_cv)
         chosen = _power_choice(summary, _split(power_runs)) if html_path else []
     except ConfigError as exc:
         fail(str(exc))

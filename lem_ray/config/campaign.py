@@ -57,6 +57,9 @@ class PrefillConfig(StrictModel):
 
 class ValidityConfig(StrictModel):
     min_window_s: float = Field(5, gt=0, description="shorter measured windows are flagged")
+    max_cycle_cv: float = Field(
+        0.05, gt=0, description="lem-ray report marks groups whose cycle-to-cycle CV of "
+        "J/output token or throughput is above this (also `report --max-cycle-cv`)")
     temperature_min_c: float = 20
     temperature_max_c: float = 95
 

@@ -18,6 +18,7 @@ from lem_ray.results.report import (
     STATS_NOTE,
     Report,
     cell_lines,
+    cycle_cv_text,
     format_number,
     shown_metrics,
 )
@@ -34,6 +35,7 @@ th { background: #f2f2f2; }
 td.num { text-align: right; white-space: nowrap; }
 td.num span { color: #777; font-size: 11px; }
 tr.warn td { background: #fff6e5; }
+td.cv-above { color: #b00020; font-weight: bold; }
 img { max-width: 100%; border: 1px solid #eee; }
 figure { margin: 12px 0; }
 """
@@ -57,14 +59,18 @@ def _metric_cell(group: dict[str, Any], metric: str) -> str:
 
 
 def summary_table(report: Report, metrics: list[str]) -> str:
-    head = ["group", "backend", "precision", "batch", "runs ok", "invalid", "failed"]
+    head = ["group", "backend", "precision", "batch", "runs ok", "invalid", "failed", "cycle CV"]
     head += [METRIC_TITLES[m] for m in metrics]
     lines = ["<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
     for g in report.groups:
-        flagged = g["runs_invalid"] or g["runs_failed"]
-        cells = [f"<td>{escape(format_number(g[c]) if c == 'batch_size' else str(g[c] or '-'))}</td>"
-                 for c in ("group", "backend", "fp_precision", "batch_size")]
+        flagged = g["runs_invalid"] or g["runs_failed"] or g["cycle_cv_above"]
+        hash_line = f"<br><span>{escape(g['group'])}</span>" if g["label"] != g["group"] else ""
+        cells = [f"<td>{escape(g['label'])}{hash_line}</td>"]
+        cells += [f"<td>{escape(format_number(g[c]) if c == 'batch_size' else str(g[c] or '-'))}</td>"
+                  for c in ("backend", "fp_precision", "batch_size")]
         cells += [f'<td class="num">{g[c]}</td>' for c in ("runs_ok", "runs_invalid", "runs_failed")]
+        cv_class = "num cv-above" if g["cycle_cv_above"] else "num"
+        cells.append(f'<td class="{cv_class}">{escape(cycle_cv_text(g))}</td>')
         cells += [_metric_cell(g, m) for m in metrics]
         row_tag = '<tr class="warn">' if flagged else "<tr>"
         lines.append(row_tag + "".join(cells) + "</tr>")
@@ -117,7 +123,8 @@ def render_html(report: Report, title: str, meta: list[str], plots: list[Plot]) 
 {"".join(f'<p class="meta">{escape(m)}</p>' for m in meta)}
 <h2>Summary</h2>
 <p class="note">{escape(STATS_NOTE)}. Rows with failed or invalid runs are shaded; those runs are
-listed below and not in the statistics.</p>
+listed below and not in the statistics. Cycle CV: cycle-to-cycle coefficient of variation of
+J/output token (E) and throughput (T); groups above the limit are shaded and marked.</p>
 {energy_note}
 {summary_tables(report)}
 <h2>Failed and invalid runs</h2>

@@ -56,17 +56,8 @@ def _missing_text(metrics: Sequence[str], groups: list[dict[str, Any]]) -> str:
 
 
 def point_labels(groups: list[dict[str, Any]]) -> list[str]:
-    """Short names for points: backend, precision and batch when they tell groups apart."""
-    models = {g["model_name"] for g in groups}
-    short = [
-        " ".join(str(p) for p in (
-            g["model_name"] if len(models) > 1 else None, g["backend"], g["fp_precision"],
-            f"b{g['batch_size']}" if g["batch_size"] is not None else None) if p)
-        for g in groups
-    ]
-    if all(short) and len(set(short)) == len(short) and groups[0]["group_by"] == "experiment_id":
-        return short
-    return [g["group"] for g in groups]
+    """Points are named by what differs between the groups (`batch 16 · 2 GPUs · bf16`)."""
+    return [g["label"] or g["group"] for g in groups]
 
 
 def _errors(groups: list[dict[str, Any]], metric: str) -> list[list[float]]:

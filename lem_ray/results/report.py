@@ -9,6 +9,7 @@ throughput and latency are sound, its energy columns are null and drop out of n.
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -16,7 +17,7 @@ import pyarrow as pa
 
 from lem_ray.errors import ConfigError
 from lem_ray.results.bootstrap import CI_LEVEL, RESAMPLES, SEED, STATS, describe
-from lem_ray.results.schema import EXPERIMENTS, STR, STRS, I64, F64
+from lem_ray.results.schema import BOOL, EXPERIMENTS, STR, STRS, I64, F64
 
 METRICS = (
     "energy_j_per_output_token",
@@ -50,10 +51,16 @@ STATS_NOTE = (
     f"{RESAMPLES} resamples, seed {SEED}], n = runs with a value; n<2: no std, no CI"
 )
 
+# Metrics whose cycle-to-cycle spread is judged against validity.max_cycle_cv.
+CYCLE_CV_METRICS = ("energy_j_per_output_token", "throughput_tok_s")
+DEFAULT_MAX_CYCLE_CV = 0.05
+PRECISION_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
 SUMMARY = pa.schema(
     [
         ("group_by", STR),
         ("group", STR),
+        ("label", STR),
         ("group_json", STR),
         ("experiment_ids", STRS),
         *[(c, EXPERIMENTS.field(c).type) for c in DESCRIPTIVE],
@@ -62,6 +69,9 @@ SUMMARY = pa.schema(
         ("runs_invalid", I64),
         ("runs_failed", I64),
         *[(f"{m}_{s}", I64 if s == "n" else F64) for m in METRICS for s in STATS],
+        *[(f"{m}_cycle_cv", F64) for m in CYCLE_CV_METRICS],
+        ("max_cycle_cv", F64),
+        ("cycle_cv_above", BOOL),
     ]
 )
 
@@ -181,8 +191,75 @@ def _exclusion(run: dict[str, Any], label: str) -> dict[str, Any]:
     }
 
 
-def build_report(rows: list[dict[str, Any]], group_by: Sequence[str] = DEFAULT_GROUP_BY) -> Report:
-    """Summarise the runs in `rows` (experiments-table rows, any attempts) per group."""
+def cycle_cv(values: Sequence[float | None]) -> float | None:
+    """Cycle-to-cycle coefficient of variation (sample std / mean) of a group's runs."""
+    present = [v for v in values if v is not None]
+    if len(present) < 2:
+        return None
+    mean = statistics.fmean(present)
+    return statistics.stdev(present) / mean if mean else None
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(config, dict):
+        return {prefix: _hashable(config)}
+    found: dict[str, Any] = {}
+    for key, value in config.items():
+        found.update(_flat(value, f"{prefix}.{key}" if prefix else key))
+    return found
+
+
+def _part(key: str, value: Any) -> str:
+    """One key's value as a reader says it: `batch 16`, `2 GPUs`, `bf16`, else key=value."""
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf == "batch_size" or key in ("vllm.max_num_seqs", "tensorrt.max_batch_size"):
+        return f"batch {_text(value)}"
+    if key == "gpus_per_experiment":
+        return f"{value} GPU" + ("" if value == 1 else "s")
+    if key == "fp_precision":
+        return PRECISION_SHORT.get(value, _text(value))
+    if key in ("backend", "model_name"):
+        return _text(value)
+    return f"{key}={_text(value)}"
+
+
+# Read first in a label, in this order; any other differing config key follows.
+LABEL_ORDER = ("model_name", "backend", "batch_size", "gpus_per_experiment", "fp_precision")
+
+
+def group_labels(buckets: list[list[dict[str, Any]]]) -> list[str]:
+    """Name each group by what differs between the groups (e.g. `batch 16 · 2 GPUs · bf16`),
+    from the settings its runs share; a key that varies inside a group is left out."""
+    shared = []
+    for bucket in buckets:
+        configs = [_flat(json.loads(r["config_json"])) if r.get("config_json") else {}
+                   for r in bucket]
+        common = {k: v for k, v in configs[0].items() if all(c.get(k, v) == v for c in configs)}
+        for column in ("batch_size", "gpus_per_experiment"):
+            value = _common(bucket, column)
+            if value is not None:
+                common[column] = value
+        shared.append(common)
+    keys = sorted({k for common in shared for k in common})
+    varying = [k for k in keys if len({_text(c.get(k)) for c in shared}) > 1]
+    backend_batch = {f"{b}.{n}" for b in ("pytorch", "vllm", "tensorrt")
+                     for n in ("batch_size", "max_num_seqs", "max_batch_size")}
+    if "batch_size" in varying:
+        varying = [k for k in varying if k not in backend_batch]
+    ordered = [k for k in LABEL_ORDER if k in varying] + [k for k in varying if k not in LABEL_ORDER]
+    labels = [" · ".join(_part(k, c[k]) for k in ordered if k in c) for c in shared]
+    return labels if len(buckets) > 1 and all(labels) else [
+        " · ".join(_part(k, c[k]) for k in LABEL_ORDER if k in c) for c in shared]
+
+
+def build_report(
+    rows: list[dict[str, Any]], group_by: Sequence[str] = DEFAULT_GROUP_BY,
+    max_cycle_cv: float = DEFAULT_MAX_CYCLE_CV,
+) -> Report:
+    """Summarise the runs in `rows` (experiments-table rows, any attempts) per group.
+
+    Each group carries the cycle-to-cycle CV of J/output token and throughput over its
+    counted runs, and whether one of them is above max_cycle_cv (validity.max_cycle_cv)."""
     keys = tuple(group_by)
     runs = latest_attempts(rows)
     buckets: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -194,13 +271,15 @@ def build_report(rows: list[dict[str, Any]], group_by: Sequence[str] = DEFAULT_G
                           _sort_key(item[0])),
     )
     groups, members, excluded = [], [], []
-    for values, bucket in ordered:
+    labels = group_labels([bucket for _, bucket in ordered])
+    for (values, bucket), readable in zip(ordered, labels):
         label = group_label(keys, values)
         counted = sorted((r for r in bucket if _counted(r)), key=lambda r: r["cycle"])
         left_out = [_exclusion(r, label) for r in bucket if not _counted(r)]
         row: dict[str, Any] = {
             "group_by": ",".join(keys),
             "group": label,
+            "label": readable,
             "group_json": json.dumps(dict(zip(keys, values)), default=str),
             "experiment_ids": sorted({r["experiment_id"] for r in bucket}),
             **{c: _common(bucket, c) for c in DESCRIPTIVE},
@@ -212,6 +291,11 @@ def build_report(rows: list[dict[str, Any]], group_by: Sequence[str] = DEFAULT_G
         for metric in METRICS:
             for stat, value in describe([r.get(metric) for r in counted]).items():
                 row[f"{metric}_{stat}"] = value
+        spreads = [cycle_cv([r.get(m) for r in counted]) for m in CYCLE_CV_METRICS]
+        for metric, spread in zip(CYCLE_CV_METRICS, spreads):
+            row[f"{metric}_cycle_cv"] = spread
+        row["max_cycle_cv"] = max_cycle_cv
+        row["cycle_cv_above"] = any(v is not None and v > max_cycle_cv for v in spreads)
         groups.append(row)
         members.append(counted)
         excluded.extend(left_out)
@@ -257,3 +341,13 @@ def cell_lines(group: dict[str, Any], metric: str) -> list[str]:
 def shown_metrics(report: Report) -> list[str]:
     """Metrics with a value in some group: a CPU campaign's table has no empty energy columns."""
     return [m for m in METRICS if any(g[f"{m}_n"] for g in report.groups)]
+
+
+def cycle_cv_text(group: dict[str, Any]) -> str:
+    """'E 1.2% · T 0.8%' (J/output token, throughput), with ' > 5%' when above the limit."""
+    parts = []
+    for metric, short in zip(CYCLE_CV_METRICS, ("E", "T")):
+        value = group[f"{metric}_cycle_cv"]
+        parts.append(f"{short} {value:.1%}" if value is not None else f"{short} -")
+    text = " · ".join(parts)
+    return f"{text} > {group['max_cycle_cv']:.0%}" if group["cycle_cv_above"] else text
