@@ -1,19 +1,20 @@
 """What lem-ray measures on a GPU against the same work done bare, in one run.
 
-    python bench/gpu.py [--out gpu.json] [--budget-s 420]
+    python bench/gpu.py [--out gpu.json] [--budget-s 420] [--cv-window-s 10.5] [--cycles 3]
 
-builtin:llama-1b with dummy weights, bf16, 128-token prompts, 128 output tokens. Prints and
-writes as JSON:
-  1. bare loops (this process, nothing of lem-ray): eager generate at batch 1 and 16, with and
-     without lem-ray's step clock; lem-ray's compiled decode loop (the fast path) at batch 1
-     and 16, with its CUDA-graph count;
-  2. the same eager loop inside a Ray actor (num_gpus=1, num_cpus=1) under thread, GC and
-     switch-interval settings, to locate any observer effect of the actor itself;
-  3. lem-ray campaigns: recorded throughput at batch 1 and 16 (eager) and batch 1 (fast path)
-     against the bare figures (the ratio), load and warmup seconds and steps; then 3 cycles
-     each of batch 1, 8 and 32 on the fast path with windows of >= 10 s, and their
-     cycle-to-cycle CV of J/output token and throughput; 2-GPU load when 2 GPUs are present.
-Sections that would overrun --budget-s are skipped and say so.
+builtin:llama-1b with dummy weights, bf16, 128-token prompts, 128 output tokens. Prints (and
+writes as JSON), in this order:
+  1. bare loops in this process, nothing of lem-ray around them: eager generate at batch 1
+     and 16, with and without lem-ray's step clock; lem-ray's compiled decode loop (the fast
+     path) at batch 1 called directly, with its CUDA-graph count and load seconds;
+  2. a lem-ray campaign: eager batch 1 and 16, fast path batch 1, 8 and 32, one cycle each:
+     recorded throughput over the bare loop's (the ratio), load, warmup steps and seconds;
+  3. the CV table: 3 cycles each of batch 1, 8 and 32 on the fast path, windows sized from
+     step 2 to last --cv-window-s, with the cycle-to-cycle CV of J/output token and tok/s;
+  4. dummy-weight load seconds on 2 GPUs when there are 2;
+  5. the eager batch-1 loop inside a Ray actor (num_gpus=1, num_cpus=1): as is, in a child
+     process of the actor, and with GC off, to locate an observer effect of the actor itself.
+A section that would overrun --budget-s is skipped and says so.
 """
 
 from __future__ import annotations
@@ -118,8 +119,7 @@ def bare_fast(batch: int, reps: int) -> dict[str, Any]:
             rates.append(batch * TOKENS / (time.perf_counter() - t0))
     details = backend.details()
     backend.release()
-    return {"tok_s": rates, "load_s": load_s, **{k: details.get(k) for k in
-            ("cuda_graphs_after_prepare", "cuda_graphs", "cudagraph_skips")}}
+    return {"tok_s": rates, "load_s": load_s, "cuda_graphs": details.get("cuda_graphs")}
 
 
 def actor_variants(reps: int) -> dict[str, list[float]]:
@@ -133,10 +133,6 @@ def actor_variants(reps: int) -> dict[str, list[float]]:
 
             import torch
 
-            if setting == "threads_8":
-                torch.set_num_threads(8)
-            if setting == "switch_interval_1s":
-                _sys.setswitchinterval(1.0)
             if setting == "child_process":
                 import subprocess
 
@@ -151,7 +147,6 @@ def actor_variants(reps: int) -> dict[str, list[float]]:
                 return bare_eager(1, reps, timer=False)
             finally:
                 gc.enable()
-                _sys.setswitchinterval(0.005)
 
         def env(self) -> dict[str, Any]:
             import os
@@ -166,7 +161,7 @@ def actor_variants(reps: int) -> dict[str, list[float]]:
     try:
         probe = Probe.remote()
         found: dict[str, Any] = {"env": ray.get(probe.env.remote())}
-        for setting in ("default", "child_process", "threads_8", "gc_off", "switch_interval_1s"):
+        for setting in ("default", "child_process", "gc_off"):
             found[setting] = ray.get(probe.run.remote(setting))
             log("actor", setting, [round(r, 1) for r in found[setting]])
         return found
@@ -215,6 +210,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="gpu.json")
     parser.add_argument("--budget-s", type=float, default=420)
+    parser.add_argument("--cv-window-s", type=float, default=10.5,
+                        help="measured window of each run of the CV table")
+    parser.add_argument("--cycles", type=int, default=3, help="cycles of the CV table")
     parser.add_argument("--bare-eager-child", type=int, metavar="REPS",
                         help="internal: print the bare eager batch-1 loop's tok/s as JSON")
     args = parser.parse_args()
@@ -226,6 +224,8 @@ def main() -> None:
     gpus = torch.cuda.device_count()
     RESULTS["machine"] = {"gpu": torch.cuda.get_device_name(0), "gpus": gpus,
                           "torch": torch.__version__}
+    RESULTS["settings"] = {"model": MODEL, "tokens_in_out": TOKENS, "cv_window_s": args.cv_window_s,
+                           "cycles": args.cycles}
 
     def save() -> None:
         with open(args.out, "w") as f:
@@ -239,50 +239,38 @@ def main() -> None:
                                ("eager_b16", 16, False), ("eager_b16_timer", 16, True)):
         bare[name] = bare_eager(batch, 3, timer)
         log("bare", name, [round(r, 1) for r in bare[name]])
-    for batch in (1, 16):
-        bare[f"fast_b{batch}"] = bare_fast(batch, 3)
-        log("bare", f"fast_b{batch}", bare[f"fast_b{batch}"])
+    bare["fast_b1"] = bare_fast(1, 3)
+    log("bare", "fast_b1", bare["fast_b1"])
     RESULTS["bare"] = bare
     save()
 
-    RESULTS["actor"] = actor_variants(3)
-    save()
-
     fast_b1 = statistics.median(bare["fast_b1"]["tok_s"])
-    fast_b16 = statistics.median(bare["fast_b16"]["tok_s"])
     compare = [
         {"pytorch": {"batch_size": 1}, "prompts": _prompts(4)},
         {"pytorch": {"batch_size": 16}, "prompts": _prompts(48)},
         {"pytorch": {"batch_size": 1, **FAST}, "prompts": _prompts(count_for(fast_b1, 1, 5))},
-        {"pytorch": {"batch_size": 16, **FAST}, "prompts": _prompts(count_for(fast_b16, 16, 5))},
+        # Short runs at 8 and 32: their throughput sizes the CV table's windows, and their
+        # compilation fills inductor's cache for the CV runs.
+        {"pytorch": {"batch_size": 8, **FAST}, "prompts": _prompts(8 * 12)},
+        {"pytorch": {"batch_size": 32, **FAST}, "prompts": _prompts(32 * 12)},
     ]
-    if left() > 150:
-        RESULTS["lem_ray_compare"] = campaign("bench-compare", compare, 1)
-        save()
+    rows: list[dict[str, Any]] = []
+    if left() > 120:
+        rows = campaign("bench-compare", compare, 1)
+        RESULTS["lem_ray_compare"] = rows
+        RESULTS["ratio_to_bare"] = ratios(rows, bare)
+        log("ratio to bare", RESULTS["ratio_to_bare"])
     else:
         RESULTS["lem_ray_compare"] = "skipped: over the time budget"
+    save()
 
-    per_batch = {1: fast_b1, 8: fast_b16 * 0.6, 32: fast_b16 * 1.8}
-    cycles = [{"pytorch": {"batch_size": b, **FAST}, "prompts": _prompts(count_for(r, b, 11))}
-              for b, r in per_batch.items()]
-    if left() > 200:
-        rows = campaign("bench-cv", cycles, 3)
-        table = {}
-        for batch in per_batch:
-            mine = [r for r in rows if r["batch_size"] == batch and r["status"] == "ok"]
-            table[batch] = {
-                "cycles": len(mine),
-                "window_s": [r["duration_s"] for r in mine],
-                "tok_s": [r["throughput_tok_s"] for r in mine],
-                "j_per_tok": [r["energy_j_per_output_token"] for r in mine],
-                "cv_tok_s": cv([r["throughput_tok_s"] for r in mine]),
-                "cv_j_per_tok": cv([r["energy_j_per_output_token"] for r in mine
-                                    if r["energy_j_per_output_token"] is not None]),
-            }
-            log("cv", batch, table[batch])
+    measured = {r["batch_size"]: r["throughput_tok_s"] for r in rows
+                if r["status"] == "ok" and r["pytorch"].get("torch_compile")}
+    if set(measured) >= {1, 8, 32} and left() > 60 + 9 * args.cv_window_s * args.cycles / 3:
+        table = cycle_table(measured, args.cv_window_s, args.cycles)
         RESULTS["cv"] = table
     else:
-        RESULTS["cv"] = "skipped: over the time budget"
+        RESULTS["cv"] = "skipped: over the time budget or no fast-path throughput to size it"
     save()
 
     if gpus >= 2 and left() > 60:
@@ -298,9 +286,93 @@ def main() -> None:
         RESULTS["load_2gpu_s"] = time.perf_counter() - t0
         backend.release()
     else:
-        RESULTS["load_2gpu_s"] = f"not run: {gpus} GPU(s) here"
+        RESULTS["load_2gpu_s"] = f"not run: {gpus} GPU(s) here" if gpus < 2 else "skipped: time"
     save()
-    log("done", json.dumps(RESULTS, default=str)[:6000])
+
+    if left() > 60:
+        RESULTS["actor"] = actor_variants(3)
+    else:
+        RESULTS["actor"] = "skipped: over the time budget"
+    save()
+    log("done")
+    print_summary()
+
+
+def ratios(rows: list[dict[str, Any]], bare: dict[str, Any]) -> dict[str, Any]:
+    """lem-ray's recorded throughput over the bare loop's median, per comparable case."""
+    found = {}
+    for row in rows:
+        fast = bool(row["pytorch"].get("torch_compile"))
+        name = f"{'fast' if fast else 'eager'}_b{row['batch_size']}"
+        if name in bare and row["status"] == "ok":
+            reference = bare[name]["tok_s"] if fast else bare[name]
+            found[name] = row["throughput_tok_s"] / statistics.median(reference)
+    return found
+
+
+def cycle_table(measured: dict[int, float], window_s: float, cycles: int) -> dict[int, Any]:
+    runs = [{"pytorch": {"batch_size": b, **FAST}, "prompts": _prompts(count_for(r, b, window_s))}
+            for b, r in sorted(measured.items()) if b in (1, 8, 32)]
+    rows = campaign("bench-cv", runs, cycles)
+    table = {}
+    for batch in (1, 8, 32):
+        mine = [r for r in rows if r["batch_size"] == batch and r["status"] == "ok"]
+        table[batch] = {
+            "cycles": len(mine),
+            "window_s": [r["duration_s"] for r in mine],
+            "tok_s": [r["throughput_tok_s"] for r in mine],
+            "j_per_tok": [r["energy_j_per_output_token"] for r in mine],
+            "cv_tok_s": cv([r["throughput_tok_s"] for r in mine]),
+            "cv_j_per_tok": cv([r["energy_j_per_output_token"] for r in mine
+                                if r["energy_j_per_output_token"] is not None]),
+            "valid": [r["valid"] for r in mine],
+            "flags": [r["validity_flags"] for r in mine],
+        }
+        log("cv", batch, table[batch])
+    return table
+
+
+def print_summary() -> None:
+    """The tables docs/benchmarks.md carries."""
+    bare = RESULTS.get("bare", {})
+    med = {k: statistics.median(v if isinstance(v, list) else v["tok_s"]) for k, v in bare.items()}
+    print("\n| bare loop (this process) | tok/s, 3 reps | median |\n|---|---|---|")
+    for k, v in bare.items():
+        reps = v if isinstance(v, list) else v["tok_s"]
+        print(f"| {k} | {', '.join(f'{r:.0f}' for r in reps)} | {med[k]:.0f} |")
+    if "eager_b1_timer" in med:
+        print(f"\nstep clock vs none: batch 1 {med['eager_b1_timer'] / med['eager_b1']:.3f}, "
+              f"batch 16 {med['eager_b16_timer'] / med['eager_b16']:.3f}")
+    rows = RESULTS.get("lem_ray_compare")
+    if isinstance(rows, list):
+        print("\n| lem-ray run | tok/s | ratio to bare | load s | warmup steps | warmup s | "
+              "settled | final CV | timing | valid |\n|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            fast = "fast" if r["pytorch"].get("torch_compile") else "eager"
+            name = f"{fast}_b{r['batch_size']}"
+            ratio = RESULTS.get("ratio_to_bare", {}).get(name)
+            print(f"| {name} | {_n(r['throughput_tok_s'])} | {_n(ratio, 3)} | {_n(r['load_s'], 1)} | "
+                  f"{r['warmup_steps']} | {_n(r['warmup_s'], 1)} | {r['warmup_converged']} | "
+                  f"{_n(r['warmup_final_cv'], 3)} | {r['timing_method']} | {r['valid']} |")
+    table = RESULTS.get("cv")
+    if isinstance(table, dict):
+        print("\n| batch | cycles | window s | tok/s | J/out tok | CV tok/s | CV J/out tok |\n"
+              "|---|---|---|---|---|---|---|")
+        for batch, t in table.items():
+            print(f"| {batch} | {t['cycles']} | {', '.join(_n(w, 1) for w in t['window_s'])} | "
+                  f"{', '.join(_n(x) for x in t['tok_s'])} | {', '.join(_n(x, 4) for x in t['j_per_tok'])} | "
+                  f"{_pct(t['cv_tok_s'])} | {_pct(t['cv_j_per_tok'])} |")
+    print(f"\nload on 2 GPUs: {RESULTS.get('load_2gpu_s')}")
+    if isinstance(RESULTS.get("actor"), dict):
+        print(f"eager batch 1 inside a Ray actor: {RESULTS['actor']}")
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
 
 
 def _prompts(count: int) -> dict[str, Any]:

@@ -149,7 +149,7 @@ def test_compiled_loop_matches_generate_greedy(prompts) -> None:
                     clock = StepClock(torch, torch.device("cpu"))
                     clock.start()
                     out = backend._loop.run(inputs["input_ids"], inputs["attention_mask"],
-                                            10, 3, clock, 10)
+                                            10, 3, clock)
                     assert len(clock.token_times_s()) == 10
                 else:
                     out = backend._model.generate(**inputs, **backend._gen_kwargs)
@@ -161,6 +161,7 @@ def test_compiled_loop_matches_generate_greedy(prompts) -> None:
             assert backend.timing_method == "host_clock"
             if backend._loop is not None:
                 assert sorted(backend._loop._caches._caches) == [1, 2]
+                assert backend.details()["cuda_graphs"] == 0, "no graphs on the CPU"
         finally:
             backend.release()
     assert tokens["loop"] == tokens["generate"]
@@ -171,6 +172,9 @@ def test_compiled_loop_config_rules() -> None:
 
     with pytest.raises((ValueError, ConfigError), match="needs cache_implementation 'static'"):
         make_config(pytorch={"torch_compile": "reduce-overhead"})
+    with pytest.raises((ValueError, ConfigError), match="flash_attention_2"):
+        make_config(pytorch={"cache_implementation": "static", "torch_compile": "default",
+                             "attn_implementation": "flash_attention_2"})
     with pytest.raises((ValueError, ConfigError), match="repetition_penalty"):
         make_config(decoder={"repetition_penalty": 1.2},
                     pytorch={"cache_implementation": "static", "torch_compile": "reduce-overhead"})

@@ -34,15 +34,12 @@ def test_fast_path_replays_cuda_graphs() -> None:
     backend.load()
     try:
         backend.prepare(prompts)
-        captured = backend.details()["cuda_graphs"]
-        assert captured >= 2, "one graph per batch shape (2 and the remainder 1) at prepare"
+        assert backend.details()["cuda_graphs"] == 2, "one graph per batch shape: 2 and the last 1"
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             records = backend.generate(prompts)
-        names = {e.name for e in prof.events()}
-        assert any("cudaGraphLaunch" in n for n in names), "decode steps must replay graphs"
-        details = backend.details()
-        assert details["cudagraph_skips"] == 0
-        assert details["cuda_graphs"] == captured, "no graph recorded again inside the window"
+        launches = sum("cudaGraphLaunch" in e.name for e in prof.events())
+        assert launches >= 15 * 3, "every decode step of every batch replays a graph"
+        assert backend.details()["cuda_graphs"] == 2, "nothing captured again inside a window"
         assert backend.timing_method == "cuda_event"
         assert [r.output_tokens for r in records] == [16] * len(prompts)
         for r in records:
@@ -50,3 +47,37 @@ def test_fast_path_replays_cuda_graphs() -> None:
             assert r.ttft_ms + sum(r.itl_ms) == pytest.approx(r.e2e_ms, rel=1e-6)
     finally:
         backend.release()
+
+
+def test_fast_path_tokens_match_eager_generate() -> None:
+    """Greedy tokens of the graphed loop equal generate()'s on the same weights (float32)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch")
+    from lem_ray.backends.pytorch.backend import PyTorchBackend
+
+    tokens = []
+    for pytorch in ({"batch_size": 2},
+                    {"batch_size": 2, "cache_implementation": "static",
+                     "torch_compile": "reduce-overhead"}):
+        cfg = _config(**pytorch)
+        prompts = synthetic_prompts(cfg.prompts, 0)
+        backend = PyTorchBackend(cfg, DeviceInfo("cuda", 1))
+        backend.load()
+        try:
+            backend.prepare(prompts)
+            inputs = backend._tokenizer.pad({"input_ids": backend._encode(prompts[:2])},
+                                            return_tensors="pt").to("cuda")
+            if backend._loop is None:
+                out = backend._model.generate(**inputs, **backend._gen_kwargs)
+                tokens.append(out[:, inputs["input_ids"].shape[1]:].tolist())
+            else:
+                from lem_ray.backends.pytorch.timing import StepClock
+
+                out = backend._loop.run(inputs["input_ids"], inputs["attention_mask"], 16, 16,
+                                        StepClock(torch, torch.device("cuda")))
+                tokens.append(out.tolist())
+        finally:
+            backend.release()
+    agree = sum(a == b for x, y in zip(*tokens) for a, b in zip(x, y))
+    assert agree >= 0.9 * 2 * 16, tokens

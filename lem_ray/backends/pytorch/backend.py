@@ -12,7 +12,6 @@ from lem_ray.backends.pytorch.batching import make_batches
 from lem_ray.backends.pytorch.config import PyTorchConfig
 from lem_ray.backends.pytorch.dummy import build_dummy
 from lem_ray.backends.pytorch.decode_loop import DecodeLoop
-from lem_ray.backends.pytorch.fastpath import captured_graphs, cudagraph_skips
 from lem_ray.backends.pytorch.streamer import StepTimer
 from lem_ray.backends.pytorch.timing import CUDA_EVENT, HOST_CLOCK, StepClock
 
@@ -136,7 +135,7 @@ class PyTorchBackend(Backend):
         if options.cache_implementation == "static" and options.torch_compile:
             self._loop = DecodeLoop(
                 torch, transformers, self._model, options.torch_compile, _sampling(cfg),
-                _eos_ids(self._model, tok), tok.pad_token_id,
+                _eos_ids(self._model, tok), tok.pad_token_id, cfg.max_output_tokens,
             )
         elif options.torch_compile:
             self._model.forward = torch.compile(self._model.forward, mode=options.torch_compile)
@@ -184,18 +183,16 @@ class PyTorchBackend(Backend):
         return self._model.get_output_embeddings().weight.device
 
     def prepare(self, prompts: list[str]) -> None:
-        """Fast path: compile the decoding step and record its CUDA graphs for each batch shape
-        these prompts make, so neither happens in the warmup or measured windows."""
+        """Fast path: compile the decoding step and capture its CUDA graph for each batch shape
+        these prompts make (the longest prompt first, so it fixes the cache length), so neither
+        happens in the warmup or measured windows."""
         if self._loop is None:
             return
         encoded = self._encode(prompts)
         sizes = {len(b) for b in make_batches([len(e) for e in encoded], self.config.pytorch)}
         longest = max(encoded, key=len)
-        # Enough steps for inductor to compile, warm up, then record and replay the graph.
-        capture_tokens = min(self.config.max_output_tokens, 8)
         for size in sorted(sizes, reverse=True):
-            self._run_batch([longest] * size, {"max_new_tokens": capture_tokens}, capture_tokens)
-        self._graphs_after_prepare = captured_graphs(self._torch) if self._device == "cuda" else 0
+            self._run_batch([longest] * size, {"max_new_tokens": 2}, 0)
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         tok = self._tokenizer
@@ -232,7 +229,7 @@ class PyTorchBackend(Backend):
             clock.start()
             generated = self._loop.run(
                 inputs["input_ids"], inputs["attention_mask"], gen_kwargs["max_new_tokens"],
-                min_tokens, clock, reserve_tokens=self.config.max_output_tokens,
+                min_tokens, clock,
             )
             self.synchronize()
             return self._records(token_ids, generated, min_tokens, clock.token_times_s(),
@@ -290,10 +287,8 @@ class PyTorchBackend(Backend):
         found: dict[str, Any] = {
             "parameters": sum(p.numel() for p in model.parameters()), "device": self._device,
         }
-        if self._loop is not None and self._device == "cuda":
-            found["cuda_graphs_after_prepare"] = getattr(self, "_graphs_after_prepare", None)
-            found["cuda_graphs"] = captured_graphs(self._torch)
-            found["cudagraph_skips"] = cudagraph_skips(self._torch)
+        if self._loop is not None:
+            found["cuda_graphs"] = self._loop.graphs
         return found
 
     def release(self) -> None:

@@ -55,6 +55,11 @@ class PyTorchConfig(StrictModel):
                 "pytorch.torch_compile 'reduce-overhead' (CUDA graphs) needs "
                 "cache_implementation 'static': graphs replay fixed shapes only"
             )
+        if self.compiled_loop and self.attn_implementation == "flash_attention_2":
+            raise invalid_combination(
+                "pytorch.attn_implementation 'flash_attention_2': lem-ray's compiled decode loop "
+                "passes a 4D attention mask, which needs 'sdpa' or 'eager'"
+            )
         if self.compiled_loop and self.assistant_model is not None:
             raise invalid_combination(
                 "pytorch.assistant_model: not with lem-ray's compiled decode loop "

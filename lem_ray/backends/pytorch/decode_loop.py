@@ -1,16 +1,19 @@
-"""lem-ray's compiled decode loop: static KV cache, one compiled token step, no host sync.
+"""lem-ray's compiled decode loop: static KV cache, one decode step captured as a CUDA graph.
 
 Why not generate(): on an H200, transformers' own compiled static-cache generate tops out at
 ~280-345 tok/s for a 1 B model at batch 1 (~3 ms a step against a ~0.45 ms memory floor):
-its per-step Python and the host sync it makes every step dominate. Here the prompt is
-prefilled once (eager: its shape varies), then one compiled step (forward + token choice) is
-replayed per token as a CUDA graph (`torch_compile: reduce-overhead`), its bookkeeping done on
-the device, a CUDA event recorded after each step for the token times, and the host waits
-once, at the end (and every `EOS_CHECK_EVERY` steps when answers may end early).
+its per-step Python and the host sync it makes every step dominate. Inductor's cudagraph
+trees (torch.compile mode reduce-overhead) still leave ~2 ms of host work per step on that
+machine (480-530 tok/s measured). Here the prompt is prefilled once (eager: its shape varies),
+then one decode step (the compiled forward, token choice, and all bookkeeping: positions, the
+attention mask, EOS, writing the token out) is captured once per batch shape as a CUDA graph
+whose inputs are buffers it owns, so a step costs the host one `graph.replay()` and one CUDA
+event. The host waits once, at the end (and every `EOS_CHECK_EVERY` steps when answers may
+end early).
 
 What it supports: greedy decoding and sampling (temperature, top-k, top-p), EOS with
-min_new_tokens, left-padded batches. Not repetition_penalty or assisted generation (the config
-refuses them with this loop).
+min_new_tokens, left-padded batches, sdpa or eager attention. Not repetition_penalty or
+assisted generation (the config refuses them with this loop).
 """
 
 from __future__ import annotations
@@ -22,10 +25,17 @@ from lem_ray.backends.pytorch.fastpath import StaticCaches
 from lem_ray.backends.pytorch.timing import StepClock
 
 EOS_CHECK_EVERY = 32
+# Runs before capture, on a side stream: compilation, autotuning and lazy allocations happen
+# there, never inside the graph.
+WARM_STEPS = 3
+# Steps the warm-up and capture write past the prompt: room kept in the cache and the output.
+SPARE = WARM_STEPS + 1
+COMPILE_MODES = {"default": "default", "reduce-overhead": "default",
+                 "max-autotune": "max-autotune-no-cudagraphs"}
 
 
-def _choose(torch: Any, logits: Any, sampling: dict[str, Any] | None) -> Any:
-    """Next token per row. Sampling without torch.multinomial (which CUDA graphs refuse):
+def choose_tokens(torch: Any, logits: Any, sampling: dict[str, Any] | None) -> Any:
+    """Next token per row. Sampling without torch.multinomial (which syncs with the host):
     argmax of probs / Exp(1) noise draws from the same distribution."""
     if sampling is None:
         return torch.argmax(logits, dim=-1)
@@ -35,36 +45,74 @@ def _choose(torch: Any, logits: Any, sampling: dict[str, Any] | None) -> Any:
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if sampling["top_p"] < 1.0:
         ordered, index = torch.sort(logits, descending=True, dim=-1)
-        cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
+        probs = torch.softmax(ordered, dim=-1)
         # Drop a token once the tokens before it already reach top_p (the first always stays).
-        drop = (cumulative - torch.softmax(ordered, dim=-1)) > sampling["top_p"]
+        drop = (probs.cumsum(dim=-1) - probs) > sampling["top_p"]
         logits = logits.scatter(-1, index, ordered.masked_fill(drop, float("-inf")))
     probs = torch.softmax(logits, dim=-1)
     noise = torch.empty_like(probs).exponential_(1)
     return torch.argmax(probs / noise, dim=-1)
 
 
+class _State:
+    """Buffers of one batch shape that the captured step reads and writes in place."""
+
+    def __init__(self, torch: Any, batch: int, cache_len: int, max_new: int, cache: Any,
+                 in_device: Any, out_device: Any) -> None:
+        long = torch.long
+        self.cache = cache
+        self.cache_len = cache_len
+        self.cur = torch.zeros(batch, 1, dtype=long, device=in_device)
+        self.pos = torch.zeros(batch, 1, dtype=long, device=in_device)
+        self.cache_position = torch.zeros(1, dtype=long, device=in_device)
+        self.keys = torch.arange(cache_len, device=in_device)
+        self.pad = torch.ones(batch, cache_len, dtype=torch.bool, device=in_device)
+        self.step = torch.zeros(1, dtype=long, device=out_device)
+        self.allow_eos = torch.zeros((), dtype=torch.bool, device=out_device)
+        self.finished = torch.zeros(batch, dtype=torch.bool, device=out_device)
+        self.out = torch.zeros(batch, max_new + SPARE, dtype=long, device=out_device)
+        self.graph: Any = None
+
+
 class DecodeLoop:
     """Runs batches through the model's own forward with lem-ray's loop; one per engine."""
 
     def __init__(
-        self, torch: Any, transformers: Any, model: Any, compile_mode: str | None,
-        sampling: dict[str, Any] | None, eos_ids: set[int], pad_id: int,
+        self, torch: Any, transformers: Any, model: Any, compile_mode: str,
+        sampling: dict[str, Any] | None, eos_ids: set[int], pad_id: int, max_new_tokens: int,
     ) -> None:
         self._torch = torch
         self._model = model
         self._caches = StaticCaches(transformers, model.config)
         self._sampling = sampling
+        self._in_device = model.get_input_embeddings().weight.device
         self._out_device = model.get_output_embeddings().weight.device
         self._eos = torch.tensor(sorted(eos_ids), device=self._out_device)
         self._pad_id = pad_id
+        self._dtype = model.dtype
+        self._max_new = max_new_tokens
         self._takes_cache_position = "cache_position" in inspect.signature(model.forward).parameters
         self._longest = 0
-        step = self._step
-        if compile_mode is not None and model.device.type == "cuda":
-            step = torch.compile(step, mode=compile_mode, fullgraph=False, dynamic=False)
-        self._compiled = step
-        self._cuda = model.device.type == "cuda"
+        self._states: dict[tuple[int, int], _State] = {}
+        self._cuda = self._in_device.type == "cuda"
+        # A graph records one device's stream: a model split over GPUs runs compiled, ungraphed.
+        self._graphs_on = self._cuda and self._in_device == self._out_device
+        self._advance = self._step_body
+        if self._cuda:
+            self._advance = torch.compile(
+                self._step_body, mode=COMPILE_MODES[compile_mode], fullgraph=False, dynamic=False)
+
+    @property
+    def graphs(self) -> int:
+        """CUDA graphs captured so far (one per batch shape): 0 means nothing runs as a graph."""
+        return sum(s.graph is not None for s in self._states.values())
+
+    def _mask(self, allowed: Any) -> Any:
+        """An additive 4D mask (0 where attended, the dtype's minimum elsewhere): transformers
+        uses a 4D mask as given, with no data-dependent checks a graph could not capture."""
+        torch = self._torch
+        zero = torch.zeros((), dtype=self._dtype, device=allowed.device)
+        return torch.where(allowed, zero, torch.finfo(self._dtype).min)
 
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, cache_position: Any) -> Any:
         kwargs = {self._caches.argument: cache, "use_cache": True}
@@ -73,66 +121,98 @@ class DecodeLoop:
         out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
         return out.logits[:, -1].float()
 
-    def _step(
-        self, ids: Any, mask: Any, positions: Any, cache: Any, cache_position: Any,
-        allow_eos: Any,
-    ) -> Any:
-        logits = self._forward(ids, mask, positions, cache, cache_position)
-        logits[:, self._eos] = self._torch.where(
-            allow_eos, logits[:, self._eos], self._torch.full_like(logits[:, self._eos], float("-inf"))
-        )
-        return _choose(self._torch, logits, self._sampling)
+    def _no_early_eos(self, logits: Any, allow: Any) -> Any:
+        torch = self._torch
+        blocked = torch.full_like(logits[:, self._eos], float("-inf"))
+        logits[:, self._eos] = torch.where(allow, logits[:, self._eos], blocked)
+        return logits
 
-    def cache_len(self, input_len: int, max_new_tokens: int, reserve: int) -> int:
-        """The longest prompt seen so far plus the longest answer: one length for all batches,
-        so caches (and the graphs recorded against their addresses) are reused."""
-        self._longest = max(self._longest, input_len)
-        return self._longest + max(max_new_tokens, reserve)
+    def _step_body(self, s: _State) -> None:
+        """One token for every row, everything in place on the state's buffers."""
+        torch = self._torch
+        s.pos.add_(1)
+        s.cache_position.add_(1)
+        allowed = s.pad[:, None, None, :] & (s.keys <= s.cache_position)[None, None, None, :]
+        logits = self._forward(s.cur, self._mask(allowed), s.pos, s.cache, s.cache_position)
+        token = choose_tokens(torch, self._no_early_eos(logits, s.allow_eos), self._sampling)
+        token = torch.where(s.finished, self._pad_id, token)
+        s.out.index_copy_(1, s.step, token[:, None])
+        s.step.add_(1)
+        s.cur.copy_(token[:, None])
+        s.finished |= torch.isin(token, self._eos)
+
+    def _state(self, batch: int, prompt_len: int) -> _State:
+        """The buffers (and graph) for this batch size; one cache length for all batches (the
+        longest prompt seen plus the answer), so states and graphs are reused."""
+        self._longest = max(self._longest, prompt_len)
+        cache_len = self._longest + self._max_new + SPARE
+        key = (batch, cache_len)
+        if key not in self._states:
+            cache = self._caches.for_batch(batch, cache_len)
+            self._states[key] = _State(self._torch, batch, cache_len, self._max_new, cache,
+                                       self._in_device, self._out_device)
+        return self._states[key]
+
+    def _prefill(self, s: _State, input_ids: Any, attention_mask: Any, min_new: int) -> None:
+        """The prompt through the model (eager), its first token, and the step buffers set."""
+        torch = self._torch
+        prompt_len = input_ids.shape[1]
+        s.cache.reset()
+        s.pad.fill_(True)
+        s.pad[:, :prompt_len] = attention_mask.bool()
+        queries = torch.arange(prompt_len, device=self._in_device)
+        allowed = s.pad[:, None, None, :] & (s.keys[None, :] <= queries[:, None])[None, None]
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits = self._forward(input_ids, self._mask(allowed), positions, s.cache, queries)
+        s.allow_eos.fill_(min_new == 0)
+        token = choose_tokens(torch, self._no_early_eos(logits, s.allow_eos), self._sampling)
+        s.out.fill_(self._pad_id)
+        s.out[:, 0] = token
+        s.step.fill_(1)
+        s.cur.copy_(token[:, None])
+        s.pos.copy_(positions[:, -1:])
+        s.cache_position.fill_(prompt_len - 1)
+        s.finished.copy_(torch.isin(token, self._eos))
+
+    def _capture(self, s: _State) -> None:
+        """Warm the compiled step on a side stream, then record it as a graph. The warm steps
+        write into the cache past the prompt; the next prefill resets the cache."""
+        torch = self._torch
+        side = torch.cuda.Stream(device=self._in_device)
+        side.wait_stream(torch.cuda.current_stream(self._in_device))
+        with torch.cuda.stream(side):
+            for _ in range(WARM_STEPS):
+                self._advance(s)
+        torch.cuda.current_stream(self._in_device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._advance(s)
+        s.graph = graph
 
     def run(
         self, input_ids: Any, attention_mask: Any, max_new_tokens: int, min_new_tokens: int,
-        clock: StepClock, reserve_tokens: int,
+        clock: StepClock,
     ) -> Any:
         """Generated token ids (batch x max_new_tokens; rows that ended hold pad after EOS)."""
         torch = self._torch
         batch, prompt_len = input_ids.shape
-        cache_len = self.cache_len(prompt_len, max_new_tokens, reserve_tokens)
-        device = input_ids.device
-        mask = torch.ones(batch, cache_len, dtype=attention_mask.dtype, device=device)
-        mask[:, :prompt_len] = attention_mask
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out_device = self._out_device
-        out = torch.full((batch, max_new_tokens), self._pad_id, dtype=torch.long, device=out_device)
-        finished = torch.zeros(batch, dtype=torch.bool, device=out_device)
-        may_end_early = min_new_tokens < max_new_tokens
         with torch.inference_mode():
-            cache = self._caches.for_batch(batch, cache_len)
-            logits = self._forward(input_ids, mask, positions, cache,
-                                   torch.arange(prompt_len, device=device))
-            if min_new_tokens > 0:
-                logits[:, self._eos] = float("-inf")
-            token = _choose(torch, logits, self._sampling)
+            s = self._state(batch, prompt_len)
+            if self._graphs_on and s.graph is None:
+                self._prefill(s, input_ids, attention_mask, min_new_tokens)
+                self._capture(s)
+            self._prefill(s, input_ids, attention_mask, min_new_tokens)
             clock(None, None)
-            cur = token[:, None].clone()
-            pos = positions[:, -1:].clone()
-            cache_position = torch.tensor([prompt_len - 1], device=device)
-            allow_eos = torch.tensor(min_new_tokens == 0, device=out_device)
-            out[:, 0] = token
-            finished |= torch.isin(token, self._eos)
+            may_end_early = min_new_tokens < max_new_tokens
             for step in range(1, max_new_tokens):
-                pos += 1
-                cache_position += 1
                 if step == min_new_tokens:
                     # generate's rule: EOS may be the (min_new_tokens + 1)-th token at the earliest.
-                    allow_eos.fill_(True)
-                if self._cuda:
-                    torch.compiler.cudagraph_mark_step_begin()
-                token = self._compiled(cur, mask, pos, cache, cache_position, allow_eos)
-                token = torch.where(finished, self._pad_id, token)
+                    s.allow_eos.fill_(True)
+                if s.graph is not None:
+                    s.graph.replay()
+                else:
+                    self._advance(s)
                 clock(None, None)
-                out[:, step] = token
-                cur.copy_(token[:, None])
-                finished |= torch.isin(token, self._eos)
-                if may_end_early and step % EOS_CHECK_EVERY == 0 and bool(finished.all()):
+                if may_end_early and step % EOS_CHECK_EVERY == 0 and bool(s.finished.all()):
                     break
-        return out
+            return s.out[:, :max_new_tokens].clone()

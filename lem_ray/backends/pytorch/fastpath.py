@@ -1,11 +1,7 @@
-"""Static KV cache + compiled decode (CUDA graphs with torch_compile: reduce-overhead).
+"""Static KV caches that outlive a batch.
 
-transformers compiles the decoding step itself when generate() runs with a static cache
-(`compile_config`); prefill stays eager. CUDA graphs replay only while every input keeps
-its address, so the cache must outlive the generate() call: transformers would build a new
-cache per call (new addresses, a re-recorded graph each batch). Here one cache per batch size
-lives as long as the engine and is reset before each use, and `prepare` compiles and records
-the graphs for every batch shape of the run before the warmup, so that time is load time.
+A CUDA graph replays fixed addresses, so the cache must outlive each batch: one cache per
+batch size lives as long as the engine and is reset before each use.
 """
 
 from __future__ import annotations
@@ -43,28 +39,3 @@ class StaticCaches:
 
     def clear(self) -> None:
         self._caches.clear()
-
-
-def captured_graphs(torch: Any) -> int:
-    """CUDA graphs inductor's cudagraph trees recorded so far, over all devices: the evidence
-    that the fast path really replays graphs instead of running eagerly."""
-    from torch._inductor import cudagraph_trees
-
-    total = 0
-    for index in range(torch.cuda.device_count()):
-        manager = cudagraph_trees.get_manager(index, create_if_none_exists=False)
-        if manager is None:
-            continue
-        pending = [node for nodes in manager.roots.values() for node in nodes]
-        while pending:
-            node = pending.pop()
-            total += 1
-            pending.extend(child for nodes in node.children.values() for child in nodes)
-    return total
-
-
-def cudagraph_skips(torch: Any) -> int:
-    """How often inductor declined to use CUDA graphs (and ran the compiled code without)."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["inductor"]["cudagraph_skips"])
