@@ -76,10 +76,9 @@ class Backend(ABC):
         return max_output_tokens, min(cfg.min_output_tokens, max_output_tokens)
 
     @property
-    def timing_method(self) -> str:
-        """How per-token times are taken (the `timing_method` column): `engine` when the
-        engine reports them itself; backends that time steps themselves say how."""
-        return "engine"
+    def timing_method(self) -> str | None:
+        """How per-token times are taken (the `timing_method` column); None: not stated."""
+        return None
 
     def prepare(self, prompts: list[str]) -> None:
         """Get ready for these prompts' shapes (compile, capture graphs): part of load time."""
