@@ -12,6 +12,7 @@ from ray.cluster_utils import Cluster
 
 from lem_ray.errors import ConfigError
 from lem_ray.execution.cluster import WORKER_ENV
+from lem_ray.execution.doctor import run_doctor
 from lem_ray.execution.driver import run_campaign
 from lem_ray.execution.shared_storage import require_shared_results_dir
 from tests.conftest import TINY_BASE
@@ -84,3 +85,16 @@ def test_node_local_results_dir_is_refused(three_nodes, tmp_path: Path) -> None:
     assert "NFS" in message and "s3://" in message
     assert not fresh.exists(), "a refusal leaves nothing behind"
     require_shared_results_dir("s3://bucket/results", probe=blind_probe)
+
+
+def test_doctor_checks_every_node_from_a_task_there(three_nodes, tmp_path: Path) -> None:
+    report = run_doctor(results_dir=tmp_path / "r")
+    assert ray.is_initialized(), "doctor leaves a connection it did not make"
+    assert sorted(n["ray_gpus"] for n in report.nodes) == sorted(NODE_GPUS)
+    assert len({n["node_id"] for n in report.nodes}) == 3
+    nvml = [c for c in report.checks if c.name.startswith("NVML on")]
+    assert len(nvml) == 3 and all(c.status == "warn" for c in nvml)
+    assert all("none is real to NVML (logical GPUs?)" in c.detail for c in nvml)
+    status = {c.name: c.status for c in report.checks}
+    assert status["results dir writable"] == status["results dir shared"] == "ok"
+    assert not report.failed, [c for c in report.checks if c.status == "fail"]

@@ -106,3 +106,7 @@ main.add_command(report)
 from lem_ray.cli.status_cmd import status  # noqa: E402
 
 main.add_command(status)
+
+from lem_ray.cli.doctor_cmd import doctor  # noqa: E402
+
+main.add_command(doctor)

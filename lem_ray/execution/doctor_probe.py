@@ -1,0 +1,93 @@
+"""What `lem-ray doctor` learns on one node, from a task scheduled on that node.
+
+NVML, the backends' libraries, podman and the results directory are facts of the node where
+runs will execute, not of the driver, so each is looked at from there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import platform
+import secrets
+import shutil
+import socket
+from typing import Any
+
+import ray
+
+import lem_ray
+from lem_ray.results.store import resolve
+
+# The library each backend imports on the worker.
+BACKEND_LIBRARIES = {
+    "pytorch": ("torch", "transformers"),
+    "vllm": ("vllm",),
+    "tensorrt": ("tensorrt_llm",),
+}
+
+
+def _gpus() -> dict[str, Any]:
+    from lem_ray.telemetry.nvml import GpuDevice, TelemetryError, nvml_status, uuids_for_indices
+
+    available, reason = nvml_status()
+    if not available:
+        return {"nvml": False, "reason": reason, "gpus": []}
+    import pynvml
+
+    gpus = []
+    for uuid in uuids_for_indices(range(pynvml.nvmlDeviceGetCount())):
+        try:
+            gpus.append(GpuDevice(uuid).environment())
+        except TelemetryError as exc:
+            gpus.append({"uuid": uuid, "error": str(exc)})
+    return {"nvml": True, "reason": None, "gpus": gpus}
+
+
+def _backends() -> dict[str, str | None]:
+    """backend -> None when its libraries import here, else why not."""
+    found: dict[str, str | None] = {}
+    for backend, modules in BACKEND_LIBRARIES.items():
+        problem = None
+        for module in modules:
+            if importlib.util.find_spec(module) is None:
+                problem = f"{module} is not installed"
+                break
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # a broken install says what is broken
+                problem = f"import {module} failed: {type(exc).__name__}: {exc}"
+                break
+        found[backend] = problem
+    return found
+
+
+def _results_dir_writable(results_dir: str) -> str | None:
+    """None when this node can create, read back and delete a file there, else the error."""
+    try:
+        fs, base = resolve(results_dir)
+        fs.create_dir(base, recursive=True)
+        path = f"{base}/.lem-ray-doctor-{secrets.token_hex(8)}"
+        token = secrets.token_hex(8).encode()
+        with fs.open_output_stream(path) as out:
+            out.write(token)
+        with fs.open_input_stream(path) as back:
+            readable = back.read() == token
+        fs.delete_file(path)
+        return None if readable else "a file written there read back different"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def probe_node(results_dir: str | None) -> dict[str, Any]:
+    return {
+        "hostname": socket.gethostname(),
+        "ray_version": ray.__version__,
+        "python_version": platform.python_version(),
+        "lem_ray_version": lem_ray.__version__,
+        **_gpus(),
+        "backends": _backends(),
+        "podman": shutil.which("podman"),
+        "results_dir_error": None if results_dir is None else _results_dir_writable(results_dir),
+    }
