@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import get_args
+
 import pytest
 from pydantic import ValidationError
 
+from lem_ray.backends.registry import BACKEND_NAMES, missing_modules, options_class
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.config.loading import error_from_validation, load_campaign, parse_campaign
 from lem_ray.errors import ConfigError
@@ -102,3 +106,27 @@ def test_non_mapping_file(tmp_path) -> None:
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must be a YAML mapping, got list"):
         load_campaign(path)
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def test_the_backend_table_drives_the_config() -> None:
+    assert get_args(ExperimentConfig.model_fields["backend"].annotation) == BACKEND_NAMES
+    for name in BACKEND_NAMES:
+        assert ExperimentConfig.model_fields[name].annotation == options_class(name) | None
+    assert missing_modules("pytorch") == []
+    assert missing_modules("tensorrt") == ([] if _importable("tensorrt_llm") else ["tensorrt_llm"])
+
+
+@pytest.mark.parametrize(("backend", "key"), [
+    ("pytorch", "batch_size"), ("vllm", "max_num_seqs"), ("tensorrt", "max_batch_size"),
+])
+def test_each_backend_states_its_concurrency(backend: str, key: str) -> None:
+    cfg = ExperimentConfig.model_validate({"model_name": "m", "backend": backend, backend: {key: 7}})
+    assert cfg.backend_options.concurrency == 7

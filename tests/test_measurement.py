@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from lem_ray.backends.base import RequestRecord
 from lem_ray.config.experiment import WarmupConfig
 from lem_ray.execution.warmup import coefficient_of_variation, judged_latencies, run_warmup
+from lem_ray.records import RequestRecord
 from lem_ray.results.metrics import (
     attribute_energy,
     energy_metrics,

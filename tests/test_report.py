@@ -17,8 +17,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from lem_ray.records import RunKey
 from lem_ray.results.report import METRICS, SUMMARY, pareto_mask
-from lem_ray.results.store import attempt_stem, write_rows
+from lem_ray.results.store import write_rows
 from tests.conftest import TINY_BASE
 from tests.test_cli import lem_ray
 
@@ -77,7 +78,7 @@ def write_synthetic(results_dir: Path) -> None:
                            validity_flags=["throttled"] if valid is False else [],
                            measure_start_s=start_s, measure_end_s=start_s + WINDOW_S,
                            energy_window_s=WINDOW_S, **_metrics(batch, cycle, jpt))
-            stem = attempt_stem(eid, cycle, attempt)
+            stem = RunKey(eid, cycle).stem(attempt)
             write_rows(results_dir, "experiments", stem, [row])
             if status == "ok" and cycle == 1:
                 t_s = np.arange(start_s - 3, start_s + WINDOW_S + 3, 0.1)

@@ -30,6 +30,7 @@ from lem_ray.backends.vllm.translate import (
     truncated_token_ids,
 )
 from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.execution.worker import peak_memory_mb
 from lem_ray.telemetry import nvml
 from tests.strict_fakes import VLLMSamplingParams, check_vllm_llm_kwargs
 
@@ -519,13 +520,14 @@ def test_peak_memory_sums_nvml_used_on_the_experiments_gpus(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
     backend = VLLMBackend(make_config(gpus_per_experiment=2, vllm={"tensor_parallel_size": 2}),
                           DeviceInfo("cuda", 2))
-    assert backend.peak_memory_mb() == 1500.0
+    assert backend.peak_memory_mb() is None and backend.memory_gpu_ids() == ["4", "5"]
+    assert peak_memory_mb(backend) == 1500.0
 
     def no_nvml(ids: list[str]) -> list[str]:
         raise nvml.NvmlUnavailableError("no NVML")
 
     monkeypatch.setattr(nvml, "uuids_for_indices", no_nvml)
-    assert backend.peak_memory_mb() is None
+    assert peak_memory_mb(backend) is None
 
 
 # ---- on a GPU with vLLM --------------------------------------------------------------------

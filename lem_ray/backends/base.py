@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from lem_ray.backends.traffic import SteadyWindow
-from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.config.base import BackendOptions
+from lem_ray.records import RequestRecord
 
+if TYPE_CHECKING:
+    from lem_ray.config.experiment import ExperimentConfig
 
-@dataclass
-class RequestRecord:
-    """Timings of one request, as the backend saw its tokens arrive.
-
-    `itl_ms` are the gaps between consecutive output tokens (len = output_tokens - 1 when the
-    backend streams; empty when it can only report the end). Times are from time.perf_counter.
-    """
-
-    index: int
-    input_tokens: int
-    output_tokens: int
-    e2e_ms: float
-    ttft_ms: float | None = None
-    itl_ms: list[float] = field(default_factory=list)
-    start_s: float = 0.0
+OptionsT = TypeVar("OptionsT", bound=BackendOptions)
 
 
 @dataclass(frozen=True)
@@ -39,12 +28,17 @@ class BackendUnavailable(RuntimeError):
     """The backend's library is missing or cannot run on this machine; says how to fix it."""
 
 
-class Backend(ABC):
+class Backend(ABC, Generic[OptionsT]):
+    """`options` is the experiment's section of this backend, typed by the subclass."""
+
     name: ClassVar[str]
 
     def __init__(self, config: ExperimentConfig, device: DeviceInfo) -> None:
+        if config.backend != self.name:
+            raise ValueError(f"not a {self.name} experiment (backend {config.backend!r})")
         self.config = config
         self.device = device
+        self.options: OptionsT = config.backend_options  # type: ignore[assignment]
 
     @abstractmethod
     def load(self) -> None:
@@ -92,6 +86,15 @@ class Backend(ABC):
         """Wait until queued device work is done, so a window edge is a true edge."""
 
     def peak_memory_mb(self) -> float | None:
+        """Peak device memory the engine itself counted, MiB; None when it cannot say."""
+        return None
+
+    def memory_gpu_ids(self) -> list[str] | None:
+        """NVML ids of the GPUs whose used memory, read after the run, is the engine's peak.
+
+        For engines whose memory lives outside this process (so peak_memory_mb cannot count
+        it); the worker reads NVML for them. None: not applicable, or the ids are unknowable.
+        """
         return None
 
     def versions(self) -> dict[str, str]:

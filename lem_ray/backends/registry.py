@@ -1,56 +1,82 @@
-"""Backend name -> class, imported lazily so the core never imports torch or vLLM."""
+"""The one table of backends: name, options model, backend class, dry-run translation, and
+the modules it needs.
+
+Only import paths live here, so config reads the names and options models from it without
+importing any backend module, and nothing imports torch, vLLM or TensorRT-LLM until a worker
+builds its backend.
+"""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from typing import Any
-
-from lem_ray.backends.base import Backend
-from lem_ray.config.experiment import ExperimentConfig
-
-_BACKENDS = {
-    "pytorch": "lem_ray.backends.pytorch.backend:PyTorchBackend",
-    "vllm": "lem_ray.backends.vllm.backend:VLLMBackend",
-    "tensorrt": "lem_ray.backends.tensorrt.backend:TensorRTBackend",
-}
+if TYPE_CHECKING:
+    from lem_ray.backends.base import Backend
+    from lem_ray.config.base import BackendOptions
+    from lem_ray.config.experiment import ExperimentConfig
 
 
-def backend_class(name: str) -> type[Backend]:
-    module, _, attr = _BACKENDS[name].partition(":")
+@dataclass(frozen=True)
+class BackendEntry:
+    name: str
+    options: str
+    """`module:Class` of its options model, the experiment's section named after the backend."""
+    backend: str
+    """`module:Class` of its Backend."""
+    engine_args: str
+    """`module:function`: config -> what the backend hands its library, with no library import."""
+    requires: tuple[str, ...]
+    """Top-level modules the backend imports when it loads (its pip extra is its name)."""
+
+
+BACKENDS: tuple[BackendEntry, ...] = (
+    BackendEntry(
+        "pytorch",
+        "lem_ray.backends.pytorch.config:PyTorchConfig",
+        "lem_ray.backends.pytorch.backend:PyTorchBackend",
+        "lem_ray.backends.pytorch.backend:engine_args",
+        ("torch", "transformers"),
+    ),
+    BackendEntry(
+        "vllm",
+        "lem_ray.backends.vllm.config:VLLMConfig",
+        "lem_ray.backends.vllm.backend:VLLMBackend",
+        "lem_ray.backends.vllm.translate:engine_args",
+        ("vllm",),
+    ),
+    BackendEntry(
+        "tensorrt",
+        "lem_ray.backends.tensorrt.config:TensorRTConfig",
+        "lem_ray.backends.tensorrt.backend:TensorRTBackend",
+        "lem_ray.backends.tensorrt.translate:engine_args",
+        ("tensorrt_llm",),
+    ),
+)
+BACKEND_NAMES: tuple[str, ...] = tuple(e.name for e in BACKENDS)
+
+
+def entry(name: str) -> BackendEntry:
+    for e in BACKENDS:
+        if e.name == name:
+            return e
+    raise KeyError(f"unknown backend {name!r}; known: {', '.join(BACKEND_NAMES)}")
+
+
+def _load(path: str) -> Any:
+    module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
-def _pytorch_engine_args(config: ExperimentConfig) -> dict[str, Any]:
-    from lem_ray.backends.pytorch.backend import generation_kwargs
-
-    generate = generation_kwargs(config, pad_token_id=0, eos_token_id=0)
-    for name in ("pad_token_id", "eos_token_id"):
-        del generate[name]
-    return {
-        "library": "transformers",
-        "sampling": {"call": "model.generate", "kwargs": generate,
-                     "resolved_at_load": ["pad_token_id", "eos_token_id"]},
-    }
+def options_class(name: str) -> type[BackendOptions]:
+    """The options model; its module imports only pydantic and lem_ray.config.base."""
+    return _load(entry(name).options)
 
 
-def _vllm_engine_args(config: ExperimentConfig) -> dict[str, Any]:
-    from lem_ray.backends.vllm.translate import engine_args
-
-    return engine_args(config)
-
-
-def _tensorrt_engine_args(config: ExperimentConfig) -> dict[str, Any]:
-    from lem_ray.backends.tensorrt.translate import engine_args
-
-    return engine_args(config)
-
-
-_ENGINE_ARGS = {
-    "pytorch": _pytorch_engine_args,
-    "vllm": _vllm_engine_args,
-    "tensorrt": _tensorrt_engine_args,
-}
+def backend_class(name: str) -> type[Backend[Any]]:
+    return _load(entry(name).backend)
 
 
 def engine_args(config: ExperimentConfig) -> dict[str, Any]:
@@ -58,6 +84,11 @@ def engine_args(config: ExperimentConfig) -> dict[str, Any]:
     library import), for `campaign --dry-run`; a setting the backend would refuse at load
     shows as {"error": reason}."""
     try:
-        return _ENGINE_ARGS[config.backend](config)
+        return _load(entry(config.backend).engine_args)(config)
     except ValueError as exc:
         return {"error": str(exc)}
+
+
+def missing_modules(name: str) -> list[str]:
+    """The backend's required modules not installed here (found without importing them)."""
+    return [m for m in entry(name).requires if importlib.util.find_spec(m) is None]

@@ -29,9 +29,8 @@ def print_plan(plan: CampaignPlan, console: Console) -> None:
         table.add_column(col)
     for e in plan.experiments:
         c = e.config
-        batch = getattr(c.backend_options, "batch_size", None) or getattr(
-            c.backend_options, "max_num_seqs", None) or getattr(c.backend_options, "max_batch_size", None)
-        table.add_row(e.experiment_id, c.backend, c.model_name, c.fp_precision, _fmt(batch),
+        table.add_row(e.experiment_id, c.backend, c.model_name, c.fp_precision,
+                      _fmt(c.backend_options.concurrency),
                       str(c.max_output_tokens), str(c.gpus_per_experiment))
     console.print(table)
     for r in plan.rejected:

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import PydanticCustomError
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class BackendOptions(StrictModel):
+    """A backend's own section of an experiment; each backend states what the rest must know."""
+
+    @property
+    @abstractmethod
+    def concurrency(self) -> int:
+        """The most requests the backend runs at once (the `batch_size` column)."""
+
+    @property
+    def parallel_gpus(self) -> int | None:
+        """GPUs one engine is spread over, when the options fix it; None when they do not."""
+        return None
+
+    def conflict_with(self, experiment: Any) -> str | None:
+        """Why these options cannot run with the rest of `experiment` (an ExperimentConfig),
+        or None; the experiment then drops the combination with this reason."""
+        return None
 
 
 def invalid_combination(message: str) -> PydanticCustomError:

@@ -7,16 +7,15 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from lem_ray.config.base import StrictModel
-
-Backend = Literal["pytorch", "vllm", "tensorrt"]
+from lem_ray.config.experiment import BackendName
 
 
 class GridConfig(StrictModel):
-    backends: list[Backend] = Field(default_factory=list)
+    backends: list[BackendName] = Field(default_factory=list)
     shared: dict[str, list[Any]] = Field(
         default_factory=dict, description="dotted experiment keys -> values, for all backends"
     )
-    backend_overrides: dict[Backend, dict[str, list[Any]]] = Field(
+    backend_overrides: dict[BackendName, dict[str, list[Any]]] = Field(
         default_factory=dict, description="per backend: keys of its own section -> values"
     )
 

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_validator
 
-from lem_ray.backends.pytorch.config import PyTorchConfig
-from lem_ray.backends.tensorrt.config import TensorRTConfig
-from lem_ray.backends.vllm.config import VLLMConfig
-from lem_ray.config.base import StrictModel, invalid_combination
+from lem_ray.backends.registry import BACKEND_NAMES, options_class
+from lem_ray.config.base import BackendOptions, StrictModel, invalid_combination
 from lem_ray.config.prompts import PromptsConfig, SyntheticPrompts
 
-BACKENDS = ("pytorch", "vllm", "tensorrt")
-BACKEND_SECTIONS: dict[str, type[StrictModel]] = {
-    "pytorch": PyTorchConfig,
-    "vllm": VLLMConfig,
-    "tensorrt": TensorRTConfig,
-}
+BackendName = Literal[BACKEND_NAMES]  # type: ignore[valid-type]
+"""The backends of backends/registry.py, checked like any other literal."""
 
 DECODER_PRESETS: dict[str, dict[str, Any]] = {
     "deterministic": {"do_sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
@@ -62,13 +56,15 @@ class WarmupConfig(StrictModel):
     max_s: float = Field(120, gt=0, description="cv mode: give up (unsettled) after this long")
 
 
-class ExperimentConfig(StrictModel):
+class _ExperimentFields(StrictModel):
+    """Everything but the backend sections, which ExperimentConfig adds from the registry."""
+
     model_name: str = Field(..., min_length=1, description="hub id or local path")
     load_format: Literal["auto", "dummy"] = Field(
         "auto", description="dummy: build from the model's config with random weights"
     )
     tokenizer: str | None = Field(None, description="defaults to model_name")
-    backend: Literal["pytorch", "vllm", "tensorrt"]
+    backend: BackendName
     fp_precision: Literal["float32", "float16", "bfloat16"] = "bfloat16"
     max_input_tokens: int = Field(512, ge=1)
     max_output_tokens: int = Field(128, ge=1)
@@ -80,20 +76,17 @@ class ExperimentConfig(StrictModel):
     gpus_per_experiment: int = Field(1, ge=1)
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
-    pytorch: PyTorchConfig | None = None
-    vllm: VLLMConfig | None = None
-    tensorrt: TensorRTConfig | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> "ExperimentConfig":
-        for other in BACKENDS:
+    def _rules(self) -> "_ExperimentFields":
+        for other in BACKEND_NAMES:
             if other != self.backend and getattr(self, other) is not None:
                 raise invalid_combination(
                     f"{other}: section set but backend is {self.backend!r} "
                     "(only the chosen backend's section may be set)"
                 )
         if getattr(self, self.backend) is None:
-            setattr(self, self.backend, BACKEND_SECTIONS[self.backend]())
+            setattr(self, self.backend, options_class(self.backend)())
         if self.fp_precision == "float32" and self.backend == "tensorrt":
             raise invalid_combination("fp_precision: float32 is not supported by tensorrt")
         if self.min_output_tokens > self.max_output_tokens:
@@ -101,22 +94,23 @@ class ExperimentConfig(StrictModel):
                 f"min_output_tokens ({self.min_output_tokens}) must be <= "
                 f"max_output_tokens ({self.max_output_tokens})"
             )
-        section = self.backend_options
-        if (isinstance(section, PyTorchConfig) and section.compiled_loop
-                and self.decoder.repetition_penalty != 1.0):
-            raise invalid_combination(
-                "decoder.repetition_penalty: not supported by lem-ray's compiled decode loop "
-                "(pytorch.torch_compile with cache_implementation 'static'); leave it at 1.0"
-            )
-        if isinstance(section, (VLLMConfig, TensorRTConfig)):
-            if section.parallel_gpus != self.gpus_per_experiment:
-                raise invalid_combination(
-                    f"{self.backend}.tensor_parallel_size x pipeline_parallel_size "
-                    f"({section.tensor_parallel_size} x {section.pipeline_parallel_size}) must "
-                    f"equal gpus_per_experiment ({self.gpus_per_experiment})"
-                )
+        conflict = self.backend_options.conflict_with(self)
+        if conflict:
+            raise invalid_combination(conflict)
         return self
 
     @property
-    def backend_options(self) -> StrictModel:
-        return getattr(self, self.backend)
+    def backend_options(self) -> BackendOptions:
+        """The chosen backend's section (always set once validated)."""
+        options: BackendOptions = getattr(self, self.backend)
+        return options
+
+
+# One optional section per backend, typed by its options model: `pytorch: PyTorchConfig | None`.
+ExperimentConfig = create_model(
+    "ExperimentConfig",
+    __base__=_ExperimentFields,
+    __module__=__name__,
+    __doc__="One experiment: everything that decides what is run and how, fully resolved.",
+    **{name: (options_class(name) | None, None) for name in BACKEND_NAMES},  # type: ignore[call-overload]
+)

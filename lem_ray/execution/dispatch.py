@@ -13,11 +13,11 @@ from typing import Any, Callable
 import ray
 
 from lem_ray.execution.cluster import Capacity
-from lem_ray.execution.rows import RunIds, RunRows, failed_rows
+from lem_ray.execution.rows import RunRows, failed_rows
 from lem_ray.execution.run import BaselineCache, Inflight, RunTask, execute_run, reserve
-from lem_ray.planning.order import RunKey
 from lem_ray.planning.plan import CampaignPlan
-from lem_ray.results.store import attempt_stem, write_rows
+from lem_ray.records import RunAttempt, RunKey
+from lem_ray.results.store import write_rows
 
 
 class CampaignInterrupted(Exception):
@@ -52,7 +52,7 @@ def store_rows(results_dir: str, rows: RunRows) -> None:
     """Requests and time series first, the experiments row last: a reader that finds the
     experiments row finds the rest."""
     exp = rows.experiment
-    stem = attempt_stem(exp["experiment_id"], exp["cycle"], exp["attempt"])
+    stem = RunKey(exp["experiment_id"], exp["cycle"]).stem(exp["attempt"])
     write_rows(results_dir, "requests", stem, rows.requests)
     write_rows(results_dir, "timeseries", stem, rows.timeseries)
     write_rows(results_dir, "experiments", stem, [exp])
@@ -171,7 +171,7 @@ class Dispatcher:
 
     def _task(self, key: RunKey, attempt: int, gap: bool) -> RunTask:
         return RunTask(
-            ids=RunIds(self.plan.name, key.experiment_id, key.cycle, attempt),
+            ids=RunAttempt(self.plan.name, key, attempt),
             config=self.plan.experiment(key.experiment_id).config,
             prompts=self.prompts[key.experiment_id],
             use_gpus=self.cap.has_gpus,

@@ -10,12 +10,12 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from lem_ray.records import RunKey
 from lem_ray.results.manifest import (
     STATES,
     load_manifest,
     new_entry,
     reconcile,
-    run_id,
     save_manifest,
 )
 from lem_ray.results.store import read_table, resolve
@@ -39,7 +39,7 @@ class ManifestActor:
         known = self.manifest["runs"]
         added = False
         for experiment_id, cycle in runs:
-            key = run_id(experiment_id, cycle)
+            key = RunKey(experiment_id, cycle).run_id
             if key not in known:
                 known[key] = new_entry(experiment_id, cycle)
                 added = True

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import lem_ray
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.records import RunAttempt
 from lem_ray.results.metrics import (
     attribute_energy,
     energy_metrics,
@@ -28,21 +29,6 @@ from lem_ray.telemetry.energy import adjusted_energy_j, trapezoid_energy_j
 
 
 @dataclass
-class RunIds:
-    campaign_name: str
-    experiment_id: str
-    cycle: int
-    attempt: int
-
-    @property
-    def run_id(self) -> str:
-        return f"{self.experiment_id}-c{self.cycle}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "run_id": self.run_id}
-
-
-@dataclass
 class RunRows:
     experiment: dict[str, Any]
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -55,22 +41,13 @@ class RunRows:
         return self.experiment["status"] == "ok"
 
 
-def batch_bound(config: ExperimentConfig) -> int:
-    """The `batch_size` column: the most requests the backend runs at once."""
-    options = config.backend_options
-    for name in ("batch_size", "max_num_seqs", "max_batch_size"):
-        if hasattr(options, name):
-            return int(getattr(options, name))
-    raise AssertionError(f"no batch bound for {config.backend}")
-
-
 def config_columns(config: ExperimentConfig) -> dict[str, Any]:
     return {
         "backend": config.backend,
         "model_name": config.model_name,
         "load_format": config.load_format,
         "fp_precision": config.fp_precision,
-        "batch_size": batch_bound(config),
+        "batch_size": config.backend_options.concurrency,
         "gpus_per_experiment": config.gpus_per_experiment,
         "max_input_tokens": config.max_input_tokens,
         "max_output_tokens": config.max_output_tokens,
@@ -83,7 +60,7 @@ def _now() -> datetime:
 
 
 def failed_rows(
-    ids: RunIds, config: ExperimentConfig, error: str, started_at: datetime,
+    ids: RunAttempt, config: ExperimentConfig, error: str, started_at: datetime,
     identity: dict[str, Any] | None = None, retryable: bool = False,
 ) -> RunRows:
     return RunRows(
@@ -169,7 +146,7 @@ def _steady(config: ExperimentConfig, result: dict[str, Any],
 
 
 def ok_rows(
-    ids: RunIds,
+    ids: RunAttempt,
     config: ExperimentConfig,
     execution: ExecutionConfig,
     identity: dict[str, Any],

@@ -11,14 +11,19 @@ from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.placement_group import (
+    PlacementGroup,
+    placement_group,
+    remove_placement_group,
+)
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.actors import SamplerActor, WorkerActor
-from lem_ray.execution.rows import RunIds, RunRows, failed_rows, ok_rows
+from lem_ray.execution.rows import RunRows, failed_rows, ok_rows
 from lem_ray.execution.worker import PrefillSettings
+from lem_ray.records import RunAttempt
 
 
 @ray.remote(num_cpus=0)
@@ -60,7 +65,7 @@ class Inflight:
 
 @dataclass
 class RunTask:
-    ids: RunIds
+    ids: RunAttempt
     config: ExperimentConfig
     prompts: list[str]
     use_gpus: bool

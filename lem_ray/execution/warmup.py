@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from lem_ray.backends.base import RequestRecord
 from lem_ray.config.experiment import WarmupConfig
+from lem_ray.records import RequestRecord
 
 
 @dataclass

@@ -99,7 +99,7 @@ class ExperimentWorker:
             "measure_window": measure_window,
             "prefill": prefill_result,
             "own_pids": own_pids,
-            "peak_memory_mb": backend.peak_memory_mb(),
+            "peak_memory_mb": peak_memory_mb(backend),
             "versions": {**backend.versions(), "python": platform.python_version(),
                          "ray": ray.__version__},
             "details": backend.details(),
@@ -142,6 +142,17 @@ def _no_gc() -> Iterator[None]:
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+def peak_memory_mb(backend: Backend) -> float | None:
+    """The backend's own count, else NVML's used memory on the GPUs it names."""
+    peak = backend.peak_memory_mb()
+    ids = backend.memory_gpu_ids() if peak is None else None
+    if ids is None:
+        return peak
+    from lem_ray.telemetry.nvml import used_memory_mb
+
+    return used_memory_mb(ids)
 
 
 def _own_pids() -> set[int]:

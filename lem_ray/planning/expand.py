@@ -11,8 +11,9 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
+from lem_ray.backends.registry import options_class
 from lem_ray.config.campaign import CampaignConfig
-from lem_ray.config.experiment import BACKEND_SECTIONS, ExperimentConfig
+from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.config.loading import error_from_validation, format_loc
 from lem_ray.errors import ConfigError
 
@@ -60,7 +61,7 @@ def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
 def _override_key(backend: str, key: str) -> str:
     """A backend axis names a key of that backend's section, else a top-level experiment key."""
     head = key.split(".")[0]
-    if head in BACKEND_SECTIONS[backend].model_fields or head not in ExperimentConfig.model_fields:
+    if head in options_class(backend).model_fields or head not in ExperimentConfig.model_fields:
         return f"{backend}.{key}"
     return key
 

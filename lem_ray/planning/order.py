@@ -3,17 +3,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True, order=True)
-class RunKey:
-    experiment_id: str
-    cycle: int
-
-    @property
-    def run_id(self) -> str:
-        return f"{self.experiment_id}-c{self.cycle}"
+from lem_ray.records import RunKey
 
 
 def order_runs(experiment_ids: list[str], cycles: int, structure: str, seed: int) -> list[RunKey]:

@@ -11,8 +11,9 @@ from lem_ray.config.campaign import CampaignConfig
 from lem_ray.config.loading import load_campaign, parse_campaign
 from lem_ray.errors import ConfigError
 from lem_ray.planning.expand import PlannedExperiment, Rejection, expand
-from lem_ray.planning.order import RunKey, order_runs
+from lem_ray.planning.order import order_runs
 from lem_ray.planning.prompts import load_prompts
+from lem_ray.records import RunKey
 
 
 @dataclass
@@ -35,10 +36,6 @@ class CampaignPlan:
         """Relative to the working directory, like any command-line output path."""
         chosen = override or self.campaign.output.results_dir or f"results/{self.name}"
         return Path(chosen).expanduser()
-
-    def resolve_input(self, path: str) -> Path:
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else self.base_dir / p
 
     def load_prompts(self, experiment_ids: set[str] | None = None) -> dict[str, list[str]]:
         """Prompt texts per experiment, read here so that workers on other nodes need no files."""

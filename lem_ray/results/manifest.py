@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from lem_ray.records import RunKey
 from lem_ray.results.store import atomic_write, exists, resolve
 
 MANIFEST_DIR = "manifest"
@@ -21,10 +22,6 @@ STATE_FILE = "state.json"
 STATES = ("pending", "running", "ok", "failed", "interrupted")
 # A run in one of these is owed another attempt by the next driver.
 UNFINISHED = ("pending", "running", "interrupted")
-
-
-def run_id(experiment_id: str, cycle: int) -> str:
-    return f"{experiment_id}-c{cycle}"
 
 
 def load_manifest(results_dir: str | Path) -> dict[str, Any]:
@@ -65,7 +62,7 @@ def reconcile(runs: dict[str, dict[str, Any]], experiments: pa.Table) -> bool:
     True when anything changed."""
     changed = False
     for row in experiments.select(["experiment_id", "cycle", "attempt", "status", "error"]).to_pylist():
-        key = run_id(row["experiment_id"], row["cycle"])
+        key = RunKey(row["experiment_id"], row["cycle"]).run_id
         entry = runs.setdefault(key, new_entry(row["experiment_id"], row["cycle"]))
         if row["attempt"] > entry["attempt"]:
             entry["attempt"] = row["attempt"]

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from lem_ray.backends.base import RequestRecord
+from lem_ray.records import RequestRecord
 
 PERCENTILES = (50, 90, 99)
 

@@ -22,10 +22,6 @@ from lem_ray.results.schema import TABLES
 RESULT_TABLES = ("experiments", "requests", "timeseries")
 
 
-def attempt_stem(experiment_id: str, cycle: int, attempt: int) -> str:
-    return f"{experiment_id}-c{cycle}-a{attempt}"
-
-
 def resolve(results_dir: str | Path) -> tuple[pafs.FileSystem, str]:
     """(filesystem, base path) of a results directory given as a path or a URI."""
     text = str(results_dir)

@@ -311,3 +311,12 @@ def _field_number(nv: ModuleType, value: Any) -> float:
         nv.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
     }
     return float(getattr(value.value, members.get(value.valueType, "uiVal")))
+
+
+def used_memory_mb(indices: Sequence[int | str]) -> float | None:
+    """Device memory used now on these GPUs (NVML ids), summed, MiB; None when unreadable."""
+    try:
+        used = [GpuDevice(uuid).sample().memory_used_mb for uuid in uuids_for_indices(indices)]
+    except TelemetryError:
+        return None
+    return None if None in used else sum(used)

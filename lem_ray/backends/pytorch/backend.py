@@ -103,7 +103,7 @@ def request_record(
     )
 
 
-class PyTorchBackend(Backend):
+class PyTorchBackend(Backend[PyTorchConfig]):
     name = "pytorch"
 
     def load(self) -> None:
@@ -124,7 +124,7 @@ class PyTorchBackend(Backend):
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         self._tokenizer = tok
-        options: PyTorchConfig = cfg.pytorch
+        options = self.options
         common: dict[str, Any] = {"dtype": dtype, "attn_implementation": options.attn_implementation}
         if cfg.load_format == "dummy":
             self._model = build_dummy(torch, transformers, model_path, common, self._devices)
@@ -168,7 +168,7 @@ class PyTorchBackend(Backend):
 
     @property
     def warmup_batch_size(self) -> int:
-        return self.config.pytorch.batch_size
+        return self.options.batch_size
 
     @property
     def timing_method(self) -> str:
@@ -189,7 +189,7 @@ class PyTorchBackend(Backend):
         if self._loop is None:
             return
         encoded = self._encode(prompts)
-        sizes = {len(b) for b in make_batches([len(e) for e in encoded], self.config.pytorch)}
+        sizes = {len(b) for b in make_batches([len(e) for e in encoded], self.options)}
         longest = max(encoded, key=len)
         for size in sorted(sizes, reverse=True):
             self._run_batch([longest] * size, {"max_new_tokens": 2}, 0)
@@ -211,7 +211,7 @@ class PyTorchBackend(Backend):
             gen_kwargs["min_new_tokens"] = least
         encoded = self._encode(prompts)
         records: list[RequestRecord | None] = [None] * len(prompts)
-        for batch in make_batches([len(e) for e in encoded], self.config.pytorch):
+        for batch in make_batches([len(e) for e in encoded], self.options):
             batch_ids = [encoded[i] for i in batch]
             for index, record in zip(batch, self._run_batch(batch_ids, gen_kwargs, least)):
                 record.index = index
@@ -298,3 +298,15 @@ class PyTorchBackend(Backend):
         gc.collect()
         if getattr(self, "_device", None) == "cuda":
             self._torch.cuda.empty_cache()
+
+
+def engine_args(config: Any) -> dict[str, Any]:
+    """What generate() will be given, for `--dry-run`; the token ids come from the tokenizer."""
+    generate = generation_kwargs(config, pad_token_id=0, eos_token_id=0)
+    for name in ("pad_token_id", "eos_token_id"):
+        del generate[name]
+    return {
+        "library": "transformers",
+        "sampling": {"call": "model.generate", "kwargs": generate,
+                     "resolved_at_load": ["pad_token_id", "eos_token_id"]},
+    }

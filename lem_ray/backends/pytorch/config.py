@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from lem_ray.config.base import StrictModel, invalid_combination
+from lem_ray.config.base import BackendOptions, invalid_combination
 
 
-class PyTorchConfig(StrictModel):
+class PyTorchConfig(BackendOptions):
     batch_size: int = Field(1, ge=1, description="prompts per generate() call")
     batching_strategy: Literal["static", "sorted", "dynamic"] = Field(
         "static",
@@ -39,6 +39,16 @@ class PyTorchConfig(StrictModel):
     def compiled_loop(self) -> bool:
         """torch_compile over a static cache runs lem-ray's compiled decode loop, not generate()."""
         return self.torch_compile is not None and self.cache_implementation == "static"
+
+    @property
+    def concurrency(self) -> int:
+        return self.batch_size
+
+    def conflict_with(self, experiment: Any) -> str | None:
+        if self.compiled_loop and experiment.decoder.repetition_penalty != 1.0:
+            return ("decoder.repetition_penalty: not supported by lem-ray's compiled decode loop "
+                    "(pytorch.torch_compile with cache_implementation 'static'); leave it at 1.0")
+        return None
 
     @model_validator(mode="after")
     def _rules(self) -> "PyTorchConfig":

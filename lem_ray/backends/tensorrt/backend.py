@@ -146,14 +146,11 @@ def _torch_or_none() -> ModuleType | None:
     return torch
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(Backend[TensorRTConfig]):
     name = "tensorrt"
 
     def __init__(self, config: ExperimentConfig, device: DeviceInfo) -> None:
         super().__init__(config, device)
-        if not isinstance(config.tensorrt, TensorRTConfig):
-            raise ValueError(f"not a tensorrt experiment (backend {config.backend!r})")
-        self.options: TensorRTConfig = config.tensorrt
         self._llm: Any = None
         self._sampling_params: Any = None
         self._details: dict[str, Any] = {}

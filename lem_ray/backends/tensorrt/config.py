@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from lem_ray.config.base import StrictModel, invalid_combination
+from lem_ray.config.base import BackendOptions, invalid_combination
 
 # ModelOpt calibrates activation scales for these on a dataset; weight-only ones need none.
 CALIBRATED_QUANTIZATIONS = frozenset({"fp8", "int8_sq", "int4_awq", "w4a8_awq", "nvfp4"})
 
 
-class TensorRTConfig(StrictModel):
+class TensorRTConfig(BackendOptions):
     runtime: Literal["engine", "pytorch"] = Field(
         "engine",
         description="engine: TensorRT-LLM's TensorRT backend, which compiles TensorRT engines "
@@ -101,5 +101,17 @@ class TensorRTConfig(StrictModel):
         )
 
     @property
+    def concurrency(self) -> int:
+        return self.max_batch_size
+
+    @property
     def parallel_gpus(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    def conflict_with(self, experiment: Any) -> str | None:
+        gpus = experiment.gpus_per_experiment
+        if self.parallel_gpus == gpus:
+            return None
+        return (f"{experiment.backend}.tensor_parallel_size x pipeline_parallel_size "
+                f"({self.tensor_parallel_size} x {self.pipeline_parallel_size}) must "
+                f"equal gpus_per_experiment ({gpus})")

@@ -10,6 +10,7 @@ from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
 from lem_ray.backends.streaming import record_from_trace
 from lem_ray.backends.traffic import SteadyWindow, arrival_offsets_s, steady_window
 from lem_ray.backends.vllm.arrivals import drive_arrivals
+from lem_ray.backends.vllm.config import VLLMConfig
 from lem_ray.backends.vllm.translate import (
     LORA_NAME,
     engine_kwargs,
@@ -51,7 +52,7 @@ def visible_gpu_ids(count: int, visible: str | None) -> list[str] | None:
     return entries
 
 
-class VLLMBackend(Backend):
+class VLLMBackend(Backend[VLLMConfig]):
     name = "vllm"
 
     def load(self) -> None:
@@ -66,18 +67,18 @@ class VLLMBackend(Backend):
         self._sampling_cls = vllm.SamplingParams
         self._sampling = vllm.SamplingParams(**self._sampling_kwargs)
         self._lora_request = None
-        if self.config.vllm.lora is not None:
+        if self.options.lora is not None:
             from vllm.lora.request import LoRARequest
 
             self._lora_request = LoRARequest(
-                lora_name=LORA_NAME, lora_int_id=1, lora_path=self.config.vllm.lora.path
+                lora_name=LORA_NAME, lora_int_id=1, lora_path=self.options.lora.path
             )
 
     @property
     def warmup_batch_size(self) -> int:
         """A few concurrent requests, so warmup runs batched decode like the measured runs,
         capped at 8 to keep warmup short; never more than the engine would run at once."""
-        return min(self.config.vllm.max_num_seqs, 8)
+        return min(self.options.max_num_seqs, 8)
 
     def generate(
         self, prompts: list[str], max_output_tokens: int | None = None
@@ -85,7 +86,7 @@ class VLLMBackend(Backend):
         """All prompts go in one LLM.generate call; vLLM's scheduler batches them
         continuously (at most max_num_seqs at once), as a serving engine would."""
         token_ids = truncated_token_ids(self._tokenizer, prompts, self.config.max_input_tokens)
-        if self.config.vllm.enable_prefix_caching:
+        if self.options.enable_prefix_caching:
             # Each call is one window (warmup step, measurement, prefill pass) sending the
             # same prompts again: a cold cache keeps the windows from measuring cache hits.
             self._llm.reset_prefix_cache()
@@ -106,14 +107,14 @@ class VLLMBackend(Backend):
     def measure(self, prompts: list[str]) -> list[RequestRecord]:
         """Offline: one generate() call. constant / poisson: each prompt enters the engine at
         its arrival time (see arrivals.py), and the steady-state window is kept."""
-        traffic = self.config.vllm.traffic
+        traffic = self.options.traffic
         self._steady: SteadyWindow | None = None
         if traffic.mode == "offline":
             return self.generate(prompts)
         from vllm.sampling_params import RequestOutputKind
 
         token_ids = truncated_token_ids(self._tokenizer, prompts, self.config.max_input_tokens)
-        if self.config.vllm.enable_prefix_caching:
+        if self.options.enable_prefix_caching:
             self._llm.reset_prefix_cache()
         offsets = arrival_offsets_s(traffic.mode, len(prompts), traffic.rate_rps, traffic.seed)
         sampling = self._sampling_cls(**self._sampling_kwargs,
@@ -122,7 +123,7 @@ class VLLMBackend(Backend):
                              [{"prompt_token_ids": ids} for ids in token_ids], offsets,
                              sampling, lora_request=self._lora_request)
         self._steady = steady_window(run.in_flight, run.finished_s, run.last_arrival_s,
-                                     run.token_times_s, self.config.vllm.max_num_seqs,
+                                     run.token_times_s, self.options.max_num_seqs,
                                      traffic.steady_after_responses)
         return [record_from_trace(i, len(ids), len(trace.token_times), trace)
                 for i, (ids, trace) in enumerate(zip(token_ids, run.traces))]
@@ -141,27 +142,17 @@ class VLLMBackend(Backend):
         if torch.cuda.is_initialized():
             torch.cuda.synchronize()
 
-    def peak_memory_mb(self) -> float | None:
-        """Device memory used on this experiment's GPUs, from NVML, summed, in MiB.
+    def memory_gpu_ids(self) -> list[str] | None:
+        """The experiment's GPUs, whose NVML used memory after the run is the engine's peak.
 
         torch's allocator counters would be wrong: the weights and KV cache live in vLLM's
         worker processes. vLLM reserves its KV cache up front and its workers' caching
         allocators keep what they took, so memory used now is the peak of the run. NVML
         counts every process on those GPUs, so it assumes they are this experiment's alone.
-        None when NVML or the device ids are not available.
         """
-        from lem_ray.telemetry.nvml import GpuDevice, TelemetryError, uuids_for_indices
-
-        ids = visible_gpu_ids(
+        return visible_gpu_ids(
             self.config.gpus_per_experiment, os.environ.get("CUDA_VISIBLE_DEVICES")
         )
-        if ids is None:
-            return None
-        try:
-            used = [GpuDevice(uuid).sample().memory_used_mb for uuid in uuids_for_indices(ids)]
-        except TelemetryError:
-            return None
-        return None if None in used else sum(used)
 
     def versions(self) -> dict[str, str]:
         import torch

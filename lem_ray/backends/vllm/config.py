@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from lem_ray.backends.traffic import TrafficConfig
-from lem_ray.config.base import StrictModel, invalid_combination
+from lem_ray.config.base import BackendOptions, StrictModel, invalid_combination
 
 # vLLM's CacheConfig: "On CUDA devices, only block sizes up to 32 are supported."
 CUDA_MAX_BLOCK_SIZE = 32
@@ -27,7 +27,7 @@ class LoRAConfig(StrictModel):
     max_lora_rank: Literal[8, 16, 32, 64, 128, 256, 320, 512] = 16
 
 
-class VLLMConfig(StrictModel):
+class VLLMConfig(BackendOptions):
     max_num_seqs: int = Field(256, ge=1)
     max_num_batched_tokens: int | None = Field(None, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
@@ -72,5 +72,17 @@ class VLLMConfig(StrictModel):
         return self
 
     @property
+    def concurrency(self) -> int:
+        return self.max_num_seqs
+
+    @property
     def parallel_gpus(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    def conflict_with(self, experiment: Any) -> str | None:
+        gpus = experiment.gpus_per_experiment
+        if self.parallel_gpus == gpus:
+            return None
+        return (f"{experiment.backend}.tensor_parallel_size x pipeline_parallel_size "
+                f"({self.tensor_parallel_size} x {self.pipeline_parallel_size}) must "
+                f"equal gpus_per_experiment ({gpus})")

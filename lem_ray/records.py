@@ -1,0 +1,68 @@
+"""Plain records that cross between the parts (backends, execution, results).
+
+A leaf: it imports nothing of lem_ray, so any part may use it without pulling in another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RequestRecord:
+    """Timings of one request, as the backend saw its tokens arrive.
+
+    `itl_ms` are the gaps between consecutive output tokens (len = output_tokens - 1 when the
+    backend streams; empty when it can only report the end). Times are from time.perf_counter.
+    """
+
+    index: int
+    input_tokens: int
+    output_tokens: int
+    e2e_ms: float
+    ttft_ms: float | None = None
+    itl_ms: list[float] = field(default_factory=list)
+    start_s: float = 0.0
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """One planned run: an experiment in one cycle. `run_id` keys the manifest; each attempt's
+    files are named by `stem(attempt)`. The only place these formats are written."""
+
+    experiment_id: str
+    cycle: int
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.experiment_id}-c{self.cycle}"
+
+    def stem(self, attempt: int) -> str:
+        return f"{self.run_id}-a{attempt}"
+
+
+@dataclass(frozen=True)
+class RunAttempt:
+    """One attempt of a run in a campaign: the ids every row of the attempt carries."""
+
+    campaign_name: str
+    key: RunKey
+    attempt: int
+
+    @property
+    def run_id(self) -> str:
+        return self.key.run_id
+
+    @property
+    def stem(self) -> str:
+        return self.key.stem(self.attempt)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "campaign_name": self.campaign_name,
+            "experiment_id": self.key.experiment_id,
+            "cycle": self.key.cycle,
+            "attempt": self.attempt,
+            "run_id": self.run_id,
+        }
