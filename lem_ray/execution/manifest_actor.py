@@ -1,5 +1,5 @@
 """The manifest actor: one per campaign, named and detached, the single source of truth of
-what is done. Every change is saved to the results directory before it is acknowledged."""
+what is done. Every change is durable in the results directory before it is acknowledged."""
 
 from __future__ import annotations
 
@@ -10,53 +10,45 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from lem_ray.results.journal import ManifestStore
 from lem_ray.records import RunKey
-from lem_ray.results.manifest import (
-    STATES,
-    load_manifest,
-    new_entry,
-    reconcile,
-    save_manifest,
-)
+from lem_ray.results.manifest import STATES, new_entry, reconcile
 from lem_ray.results.store import read_table, resolve
 
 NAMESPACE = "lem-ray"
+# Run threads of the driver call update() at once; concurrent calls share one journal write.
+CONCURRENT_CALLS = 64
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=CONCURRENT_CALLS)
 class ManifestActor:
     """Restarted by Ray if its process dies; it then rebuilds its state from disk."""
 
     def __init__(self, results_dir: str, campaign_name: str) -> None:
         self.results_dir = results_dir
-        self.manifest = load_manifest(results_dir)
-        self.manifest["campaign_name"] = campaign_name
-        if reconcile(self.manifest["runs"], read_table(results_dir, "experiments")):
-            save_manifest(results_dir, self.manifest)
+        self.store = ManifestStore(results_dir)
+        self.store.set_campaign(campaign_name)
+        added, changes = reconcile(self.store.state.runs, read_table(results_dir, "experiments"))
+        self.store.add_runs(added)
+        for key, fields in changes.items():
+            self.store.set(key, fields)
 
     def register(self, runs: list[tuple[str, int]]) -> dict[str, dict[str, Any]]:
         """Add the plan's runs not yet known (a changed grid adds, never removes)."""
-        known = self.manifest["runs"]
-        added = False
-        for experiment_id, cycle in runs:
-            key = RunKey(experiment_id, cycle).run_id
-            if key not in known:
-                known[key] = new_entry(experiment_id, cycle)
-                added = True
-        if added:
-            save_manifest(self.results_dir, self.manifest)
-        return known
+        self.store.add_runs({RunKey(e, c).run_id: new_entry(e, c) for e, c in runs})
+        return self.store.view()["runs"]
 
     def update(self, key: str, **fields: Any) -> dict[str, Any]:
         if fields.get("state", STATES[0]) not in STATES:
             raise ValueError(f"unknown run state {fields['state']!r}")
-        entry = self.manifest["runs"][key]
-        entry.update(fields, updated_at=time.time())
-        save_manifest(self.results_dir, self.manifest)
-        return dict(entry)
+        return self.store.set(key, {**fields, "updated_at": time.time()})
 
     def snapshot(self) -> dict[str, Any]:
-        return self.manifest
+        return self.store.view()
+
+    def close(self) -> None:
+        """Fold the journal into one snapshot file before the actor goes away."""
+        self.store.close()
 
 
 def manifest_name(campaign_name: str, results_dir: str) -> str:
@@ -79,10 +71,13 @@ def open_manifest(campaign_name: str, results_dir: str) -> Any:
     ).remote(results_dir, campaign_name)
 
 
-def close_manifest(campaign_name: str, results_dir: str) -> None:
-    """A finished (or moved-aside) campaign needs no live manifest: its state is on disk."""
+def close_manifest(campaign_name: str, results_dir: str, fold: bool = True) -> None:
+    """A finished (or moved-aside) campaign needs no live manifest: its state is on disk.
+    fold: write the final snapshot first (not for results being moved aside)."""
     try:
         actor = ray.get_actor(manifest_name(campaign_name, results_dir), namespace=NAMESPACE)
     except ValueError:
         return
+    if fold:
+        ray.get(actor.close.remote())
     ray.kill(actor, no_restart=True)
