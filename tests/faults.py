@@ -12,12 +12,20 @@ from typing import Callable
 import psutil
 import pyarrow.dataset as ds
 
+from lem_ray.results.store import read_table
+
 
 def running_workers() -> list[psutil.Process]:
-    """Experiment worker processes inside their run() (Ray titles them ray::Class.method)."""
+    """Experiment worker processes inside their run() (Ray titles them ray::Class.method).
+
+    Only this test's own: Ray's processes descend from the test process (ray.init, Cluster,
+    or a driver it started), while other test sessions on the same machine have their own."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
         if cmdline.startswith("ray::ExperimentWorker.run"):
             found.append(proc)
     return found
@@ -42,7 +50,9 @@ def kill_one_worker(timeout_s: float = 120) -> int:
 
 class DatasetWatcher(threading.Thread):
     """Reads the results as a user would, all the time, and records anything a reader
-    must never see: a hidden or temporary file, an unreadable file, two ok rows for a run."""
+    must never see: a hidden or temporary file, an unreadable file, two ok rows for a run.
+    Rows are read through lem-ray's reader, which hides the moment of a compaction when an
+    attempt is in a compacted file and in its own file both (docs/results.md)."""
 
     def __init__(self, results_dir: Path) -> None:
         super().__init__(daemon=True)
@@ -62,7 +72,7 @@ class DatasetWatcher(threading.Thread):
                     bad = [f for f in dataset.files if Path(f).name.startswith(".")]
                     if bad:
                         self.problems.append(f"hidden file visible: {bad}")
-                    data = dataset.to_table()
+                    data = read_table(self.results_dir, table)
                     self.reads += 1
                 except Exception as exc:  # noqa: BLE001 - any read failure is the finding
                     self.problems.append(f"{table}: {type(exc).__name__}: {exc}")
