@@ -73,6 +73,8 @@ def test_campaign_tables_and_rerun(local_ray, tmp_path: Path) -> None:
         assert all(r["e2e_ms"] >= r["ttft_ms"] > 0 and r["energy_j"] is None for r in mine)
 
     assert not [p for p in out.rglob("*") if p.name.startswith(".")], "no temp files left"
+    assert [p.name[:10] for p in (out / "experiments").iterdir()] == ["compacted-"], \
+        "a campaign with nothing left compacts its results"
 
     manifest = load_manifest(out)["runs"]
     assert sorted(e["state"] for e in manifest.values()) == ["failed"] * 2 + ["ok"] * 4

@@ -110,3 +110,7 @@ main.add_command(status)
 from lem_ray.cli.doctor_cmd import doctor  # noqa: E402
 
 main.add_command(doctor)
+
+from lem_ray.cli.compact_cmd import compact  # noqa: E402
+
+main.add_command(compact)

@@ -14,6 +14,7 @@ from lem_ray.execution.dispatch import Dispatcher, Progress, Reporter
 from lem_ray.execution.manifest_actor import close_manifest, open_manifest
 from lem_ray.execution.shared_storage import require_shared_results_dir
 from lem_ray.planning.plan import plan_campaign
+from lem_ray.results.compact import CompactionBusy, compact
 from lem_ray.results.manifest import UNFINISHED
 from lem_ray.results.store import exists, remove_stale_temp_files, resolve
 from lem_ray.results.summary import summarize
@@ -39,6 +40,14 @@ def move_aside(results_dir: str | Path) -> str | None:
     return target
 
 
+def _compact_quietly(results_dir: str) -> None:
+    """Fold the campaign's small files; a compaction someone started meanwhile does it."""
+    try:
+        compact(results_dir)
+    except CompactionBusy:
+        pass
+
+
 def run_campaign(
     source: Any,
     results_dir: str | Path | None = None,
@@ -61,7 +70,7 @@ def run_campaign(
     try:
         require_shared_results_dir(out)
         if fresh:
-            close_manifest(plan.name, out)
+            close_manifest(plan.name, out, fold=False)
             moved = move_aside(out)
         manifest = open_manifest(plan.name, out)
         runs = ray.get(manifest.register.remote([(r.experiment_id, r.cycle) for r in plan.runs]))
@@ -77,6 +86,8 @@ def run_campaign(
         final = ray.get(manifest.snapshot.remote())["runs"]
         if not any(final[r.run_id]["state"] in UNFINISHED for r in plan.runs):
             close_manifest(plan.name, out)
+            if pending:
+                _compact_quietly(out)
     finally:
         if started_ray:
             ray.shutdown()

@@ -4,10 +4,16 @@ The results directory is a local (or NFS) path or a URI pyarrow.fs understands (
 gs://...). Locally a file is written under a hidden temp name and renamed; an object store
 publishes an object only once its upload completes, so it is written in place. Either way a
 reader never sees a partial file, and pyarrow.dataset skips hidden names.
+
+`lem-ray compact` later merges the per-attempt files of finished attempts into a few
+`compacted-*.parquet` files (results/compact.py). For a moment both copies of an attempt
+exist; `read_table` takes each (run_id, attempt) from the compacted file only, and reads again
+if a file it listed was deleted meanwhile, so its readers see no duplicate and no gap.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +26,18 @@ import pyarrow.parquet as pq
 from lem_ray.results.schema import TABLES
 
 RESULT_TABLES = ("experiments", "requests", "timeseries")
+COMPACTED_PREFIX = "compacted-"
+_STEM = re.compile(r"^(?P<run_id>.+-c\d+)-a(?P<attempt>\d+)\.parquet$")
+# A reader that lists files while `compact` deletes some lists again; each retry sees a newer
+# state, and compact deletes only what a compacted file already holds.
+READ_RETRIES = 5
+
+
+def attempt_of(file_name: str) -> tuple[str, int] | None:
+    """(run_id, attempt) of a per-attempt file's name (RunKey.stem + .parquet); None for any
+    other file."""
+    found = _STEM.match(file_name)
+    return (found["run_id"], int(found["attempt"])) if found else None
 
 
 def resolve(results_dir: str | Path) -> tuple[pafs.FileSystem, str]:
@@ -73,17 +91,46 @@ def write_rows(
     return write_table(results_dir, table, f"{stem}.parquet", data)
 
 
+def list_parquet(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
+    """Committed Parquet files of a table folder: hidden (temp) names are not committed."""
+    return sorted(
+        (i for i in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+         if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+         and not i.base_name.startswith((".", "_"))),
+        key=lambda i: i.base_name,
+    )
+
+
+def attempt_keys(table: pa.Table) -> set[tuple[str, int]]:
+    return set(zip(table["run_id"].to_pylist(), table["attempt"].to_pylist()))
+
+
+def _read_once(fs: pafs.FileSystem, folder: str, schema: pa.Schema) -> pa.Table:
+    files = list_parquet(fs, folder)
+    merged = [i.path for i in files if i.base_name.startswith(COMPACTED_PREFIX)]
+    parts, covered = [], set()
+    if merged:
+        parts.append(ds.dataset(merged, filesystem=fs, format="parquet", schema=schema).to_table())
+        covered = attempt_keys(parts[0])
+    singles = [i.path for i in files if not i.base_name.startswith(COMPACTED_PREFIX)
+               and attempt_of(i.base_name) not in covered]
+    if singles:
+        parts.append(ds.dataset(singles, filesystem=fs, format="parquet", schema=schema).to_table())
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
 def read_table(results_dir: str | Path, table: str) -> pa.Table:
-    """Committed files only: a file still being written is hidden and skipped."""
+    """Committed files only, each attempt once: a file still being written is hidden and
+    skipped, and an attempt both compacted and not yet deleted is taken from one file."""
     fs, base = resolve(results_dir)
-    schema = TABLES[table]
-    folder = f"{base}/{table}"
-    if fs.get_file_info(folder).type == pafs.FileType.NotFound:
-        return schema.empty_table()
-    dataset = ds.dataset(folder, filesystem=fs, format="parquet", schema=schema)
-    if not dataset.files:
-        return schema.empty_table()
-    return dataset.to_table()
+    tries = 0
+    while True:
+        try:
+            return _read_once(fs, f"{base}/{table}", TABLES[table])
+        except FileNotFoundError:
+            tries += 1
+            if tries == READ_RETRIES:
+                raise
 
 
 def remove_stale_temp_files(results_dir: str | Path) -> int:
