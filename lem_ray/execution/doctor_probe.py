@@ -7,7 +7,6 @@ runs will execute, not of the driver, so each is looked at from there.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import platform
 import secrets
 import shutil
@@ -17,14 +16,8 @@ from typing import Any
 import ray
 
 import lem_ray
+from lem_ray.backends.registry import BACKENDS, missing_modules
 from lem_ray.results.store import resolve
-
-# The library each backend imports on the worker.
-BACKEND_LIBRARIES = {
-    "pytorch": ("torch", "transformers"),
-    "vllm": ("vllm",),
-    "tensorrt": ("tensorrt_llm",),
-}
 
 
 def _gpus() -> dict[str, Any]:
@@ -44,21 +37,23 @@ def _gpus() -> dict[str, Any]:
     return {"nvml": True, "reason": None, "gpus": gpus}
 
 
+def _import_problem(modules: tuple[str, ...]) -> str | None:
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # a broken install says what is broken
+            return f"import {module} failed: {type(exc).__name__}: {exc}"
+    return None
+
+
 def _backends() -> dict[str, str | None]:
     """backend -> None when its libraries import here, else why not."""
     found: dict[str, str | None] = {}
-    for backend, modules in BACKEND_LIBRARIES.items():
-        problem = None
-        for module in modules:
-            if importlib.util.find_spec(module) is None:
-                problem = f"{module} is not installed"
-                break
-            try:
-                importlib.import_module(module)
-            except Exception as exc:  # a broken install says what is broken
-                problem = f"import {module} failed: {type(exc).__name__}: {exc}"
-                break
-        found[backend] = problem
+    for entry in BACKENDS:
+        missing = missing_modules(entry.name)
+        found[entry.name] = (
+            f"{missing[0]} is not installed" if missing else _import_problem(entry.requires)
+        )
     return found
 
 
