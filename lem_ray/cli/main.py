@@ -59,6 +59,7 @@ def campaign(grid: Path | None, results_dir: Path | None, address: str | None, d
     err = console(stderr=True)
     try:
         plan = plan_campaign(grid)
+        plan.runtime_envs()
         if dry_run:
             plan.load_prompts()
     except ConfigError as exc:

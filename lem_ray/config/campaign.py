@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from lem_ray.config.base import StrictModel
 from lem_ray.config.experiment import BackendName
+from lem_ray.config.runtime_env import RuntimeEnvSpec
 
 
 class GridConfig(StrictModel):
@@ -75,6 +76,10 @@ class ExecutionConfig(StrictModel):
     run_timeout_s: float | None = Field(
         None, gt=0, description="a run's worker taking longer is stopped and the run failed"
     )
+    runtime_env_timeout_s: float = Field(
+        600, gt=0, description="how long a backend's runtime_env may take to come up (image "
+        "pull, package install) before its runs fail up front",
+    )
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
@@ -93,3 +98,8 @@ class CampaignConfig(StrictModel):
     experiments: list[dict[str, Any]] = Field(default_factory=list)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    runtime_env: dict[BackendName, str | RuntimeEnvSpec] = Field(
+        default_factory=dict,
+        description="per backend: a runtime_envs/*.yaml file (relative to the campaign file) "
+        "or the spec inline; a backend not named runs in the driver's environment",
+    )

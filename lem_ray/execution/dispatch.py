@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import ray
 
+from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.execution.cluster import Capacity
 from lem_ray.execution.rows import RunRows, failed_rows
 from lem_ray.execution.run import BaselineCache, Inflight, RunTask, execute_run, reserve
@@ -86,6 +87,8 @@ class Dispatcher:
         cap: Capacity,
         progress: Progress,
         reporter: Reporter | None,
+        runtime_envs: dict[str, RuntimeEnvSpec] | None = None,
+        env_refusals: dict[str, str] | None = None,
     ) -> None:
         self.plan = plan
         self.results_dir = results_dir
@@ -95,6 +98,8 @@ class Dispatcher:
         self.progress = progress
         self.reporter = reporter
         self.execution = plan.campaign.execution
+        self.runtime_envs = runtime_envs or {}
+        self.env_refusals = env_refusals or {}
         self.baselines = BaselineCache.remote()
         self.inflight = Inflight()
         self.stopping = threading.Event()
@@ -114,7 +119,8 @@ class Dispatcher:
         while True:
             self._record(key, state="running", attempt=task.ids.attempt, error=None)
             if refusal:
-                rows = failed_rows(task.ids, task.config, refusal, datetime.now(timezone.utc))
+                rows = failed_rows(task.ids, task.config, refusal, datetime.now(timezone.utc),
+                                   {"runtime_env_json": task.runtime_env.to_json()})
             else:
                 rows = execute_run(task, pg)
             if self.stopping.is_set() and not rows.ok:
@@ -152,7 +158,8 @@ class Dispatcher:
                         f.result()
                     time.sleep(self.execution.cycle_gap_s)
                 task = self._task(key, attempts.get(key.run_id, 0) + 1, previous is not None)
-                refusal = unschedulable(self.plan, self.cap, key.experiment_id)
+                refusal = unschedulable(self.plan, self.cap, key.experiment_id) or \
+                    self.env_refusals.get(task.config.backend)
                 pg = None if refusal else reserve(task)
                 futures.append(pool.submit(self._one, task, pg, refusal))
                 previous = key
@@ -170,13 +177,15 @@ class Dispatcher:
             pool.shutdown(wait=True)
 
     def _task(self, key: RunKey, attempt: int, gap: bool) -> RunTask:
+        config = self.plan.experiment(key.experiment_id).config
         return RunTask(
             ids=RunAttempt(self.plan.name, key, attempt),
-            config=self.plan.experiment(key.experiment_id).config,
+            config=config,
             prompts=self.prompts[key.experiment_id],
             use_gpus=self.cap.has_gpus,
             execution=self.execution,
             baselines=self.baselines,
             inflight=self.inflight,
             gap_s=self.execution.config_gap_s if gap else 0.0,
+            runtime_env=self.runtime_envs.get(config.backend, RuntimeEnvSpec()),
         )

@@ -12,6 +12,7 @@ import ray
 from lem_ray.execution.cluster import capacity, connect
 from lem_ray.execution.dispatch import Dispatcher, Progress, Reporter
 from lem_ray.execution.manifest_actor import close_manifest, open_manifest
+from lem_ray.execution.runtime_env import probe_runtime_envs
 from lem_ray.execution.shared_storage import require_shared_results_dir
 from lem_ray.planning.plan import plan_campaign
 from lem_ray.results.compact import CompactionBusy, compact
@@ -65,6 +66,7 @@ def run_campaign(
     plan = plan_campaign(source)
     out = str(plan.results_dir(results_dir))
     prompts = plan.load_prompts()
+    runtime_envs = plan.runtime_envs()
     started_ray = connect(address)
     moved = None
     try:
@@ -80,9 +82,12 @@ def run_campaign(
         if pending:
             remove_stale_temp_files(out)
             attempts = {r.run_id: runs[r.run_id]["attempt"] for r in pending}
-            Dispatcher(plan, out, manifest, prompts, capacity(), progress, reporter).run(
-                pending, attempts
+            needed = {plan.experiment(r.experiment_id).backend for r in pending}
+            refusals = probe_runtime_envs(
+                {b: runtime_envs[b] for b in needed}, plan.campaign.execution.runtime_env_timeout_s
             )
+            Dispatcher(plan, out, manifest, prompts, capacity(), progress, reporter,
+                       runtime_envs=runtime_envs, env_refusals=refusals).run(pending, attempts)
         final = ray.get(manifest.snapshot.remote())["runs"]
         if not any(final[r.run_id]["state"] in UNFINISHED for r in plan.runs):
             close_manifest(plan.name, out)

@@ -78,7 +78,8 @@ def failed_rows(
 
 
 def _identity_columns(identity: dict[str, Any]) -> dict[str, Any]:
-    keys = ("node_ip", "node_id", "hostname", "device", "gpu_ids", "gpu_uuids", "gpu_names")
+    keys = ("node_ip", "node_id", "hostname", "device", "gpu_ids", "gpu_uuids", "gpu_names",
+            "python_executable", "runtime_env_json")
     return {k: identity.get(k) for k in keys}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.execution.actors import SamplerActor, WorkerActor
 from lem_ray.execution.rows import RunRows, failed_rows, ok_rows
 from lem_ray.execution.worker import PrefillSettings
@@ -73,6 +74,7 @@ class RunTask:
     baselines: Any
     inflight: Inflight
     gap_s: float = 0.0
+    runtime_env: RuntimeEnvSpec = field(default_factory=RuntimeEnvSpec)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -132,7 +134,10 @@ def execute_run(task: RunTask, pg: PlacementGroup) -> RunRows:
     """Run in the reserved placement group, and give it back whatever happens."""
     gpus = task.config.gpus_per_experiment if task.use_gpus else 0
     actors: list[Any] = []
-    identity: dict[str, Any] = {}
+    identity: dict[str, Any] = {"runtime_env_json": task.runtime_env.to_json()}
+    # The worker and its sampler both run in the backend's environment; None: the job's.
+    env = {"runtime_env": task.runtime_env.ray_runtime_env()} \
+        if task.runtime_env.ray_runtime_env() else {}
     execution = task.execution
     started_at = datetime.now(timezone.utc)
     try:
@@ -141,12 +146,12 @@ def execute_run(task: RunTask, pg: PlacementGroup) -> RunRows:
         started_at = datetime.now(timezone.utc)
         strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
         worker = WorkerActor.options(
-            num_cpus=1, num_gpus=gpus, scheduling_strategy=strategy
+            num_cpus=1, num_gpus=gpus, scheduling_strategy=strategy, **env
         ).remote(task.config.model_dump_json(), task.prompts)
         actors.append(worker)
         task.inflight.add(task.ids.run_id, worker)
-        identity = ray.get(worker.identify.remote())
-        sampler = SamplerActor.options(scheduling_strategy=strategy).remote(
+        identity = {**identity, **ray.get(worker.identify.remote())}
+        sampler = SamplerActor.options(scheduling_strategy=strategy, **env).remote(
             identity["gpu_uuids"], execution.telemetry.sample_interval_ms, _no_gpu_reason(identity)
         )
         actors.append(sampler)

@@ -6,6 +6,7 @@ import gc
 import os
 import platform
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -45,6 +46,7 @@ class ExperimentWorker:
             "node_ip": ray.util.get_node_ip_address(),
             "node_id": self.node_id,
             "hostname": socket.gethostname(),
+            "python_executable": sys.executable,
         }
 
     def run(self, sampler: Any, prefill: PrefillSettings) -> dict[str, Any]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from lem_ray.backends.registry import engine_args
 from lem_ray.config.campaign import CampaignConfig
-from lem_ray.config.loading import load_campaign, parse_campaign
+from lem_ray.config.loading import error_from_validation, load_campaign, parse_campaign, read_yaml
+from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.errors import ConfigError
 from lem_ray.planning.expand import PlannedExperiment, Rejection, expand
 from lem_ray.planning.order import order_runs
@@ -37,6 +41,28 @@ class CampaignPlan:
         chosen = override or self.campaign.output.results_dir or f"results/{self.name}"
         return Path(chosen).expanduser()
 
+    def runtime_env(self, backend: str) -> RuntimeEnvSpec:
+        """The backend's runtime_env: the campaign's (inline or from its file), else none."""
+        given = self.campaign.runtime_env.get(backend)  # type: ignore[call-overload]
+        if given is None:
+            return RuntimeEnvSpec()
+        if isinstance(given, RuntimeEnvSpec):
+            return given
+        path = Path(given).expanduser()
+        path = path if path.is_absolute() else self.base_dir / path
+        data = read_yaml(path)
+        if not isinstance(data, dict):
+            raise ConfigError("a runtime_env file must be a YAML mapping", file=str(path))
+        try:
+            return RuntimeEnvSpec.model_validate(data)
+        except ValidationError as exc:
+            raise error_from_validation(exc, RuntimeEnvSpec).with_file(str(path)) from None
+
+    def runtime_envs(self) -> dict[str, RuntimeEnvSpec]:
+        """Every planned backend's runtime_env, read now so a bad file stops the campaign
+        before anything runs."""
+        return {b: self.runtime_env(b) for b in sorted({e.backend for e in self.experiments})}
+
     def load_prompts(self, experiment_ids: set[str] | None = None) -> dict[str, list[str]]:
         """Prompt texts per experiment, read here so that workers on other nodes need no files."""
         return {
@@ -55,6 +81,7 @@ class CampaignPlan:
                     "backend": e.backend,
                     "config": e.config.model_dump(mode="json"),
                     "engine_args": engine_args(e.config),
+                    "runtime_env": json.loads(self.runtime_env(e.backend).to_json()),
                 }
                 for e in self.experiments
             ],

@@ -100,6 +100,8 @@ EXPERIMENTS = pa.schema(
         ("versions_json", STR),
         ("environment_json", STR),
         ("engine_config_json", STR),
+        ("python_executable", STR),
+        ("runtime_env_json", STR),
         ("traffic_mode", STR),
         ("steady_start_s", F64),
         ("steady_duration_s", F64),
