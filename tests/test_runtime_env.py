@@ -97,9 +97,12 @@ def test_shipped_runtime_env_files_are_valid() -> None:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(tmp_path_factory: pytest.TempPathFactory):
+    """A Ray of its own: a temp dir of its own keeps it from joining a `ray start` cluster
+    that another process left registered in /tmp/ray."""
     ray.init(num_cpus=2, include_dashboard=False, namespace="lem-ray-test-envs",
-             runtime_env={"env_vars": WORKER_ENV})
+             runtime_env={"env_vars": WORKER_ENV},
+             _temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield
     ray.shutdown()
 
