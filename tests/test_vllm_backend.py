@@ -553,5 +553,66 @@ def test_vllm_generates_with_dummy_weights() -> None:
         if Version(vllm.__version__) >= Version("0.12"):
             assert all(r.ttft_ms is not None and 0 < r.ttft_ms <= r.e2e_ms for r in recs)
         assert backend.versions()["vllm"] == vllm.__version__
+        assert backend.engine_config()["cache_config"]["enable_prefix_caching"] is False
     finally:
         backend.release()
+
+
+@pytest.mark.gpu
+def test_vllm_under_poisson_traffic_streams_every_token() -> None:
+    pytest.importorskip("vllm")
+    cfg = make_config(
+        load_format="dummy", max_input_tokens=16, max_output_tokens=8, min_output_tokens=8,
+        vllm={"gpu_memory_utilization": 0.3, "max_num_seqs": 4,
+              "traffic": {"mode": "poisson", "rate_rps": 20.0, "steady_after_responses": 2}},
+    )
+    backend = VLLMBackend(cfg, DeviceInfo("cuda", 1))
+    backend.load()
+    try:
+        recs = backend.measure(["energy " * 10] * 8)
+        assert [r.output_tokens for r in recs] == [8] * 8
+        assert all(len(r.itl_ms) == 7 and 0 < r.ttft_ms <= r.e2e_ms for r in recs)
+        assert all(later.start_s >= earlier.start_s for earlier, later in zip(recs, recs[1:]))
+    finally:
+        backend.release()
+
+
+@pytest.mark.gpu
+def test_vllm_tensor_parallel_two_inside_a_ray_placement_group() -> None:
+    """The layout lem-ray uses: an actor holding both GPUs in one bundle starts vLLM with
+    the mp executor (vLLM would otherwise pick its Ray executor there and refuse)."""
+    pytest.importorskip("vllm")
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    try:
+        nvml.uuids_for_indices(["0", "1"])
+    except nvml.TelemetryError:
+        pytest.skip("needs two GPUs")
+    cfg = make_config(load_format="dummy", max_input_tokens=16, max_output_tokens=4,
+                      gpus_per_experiment=2,
+                      vllm={"gpu_memory_utilization": 0.3, "tensor_parallel_size": 2})
+
+    @ray.remote(num_cpus=1, num_gpus=2)
+    def run(config_json: str) -> dict:
+        backend = VLLMBackend(ExperimentConfig.model_validate_json(config_json),
+                              DeviceInfo("cuda", 2))
+        backend.load()
+        try:
+            backend.generate(["hello"])
+            return backend.engine_config()["parallel_config"]
+        finally:
+            backend.release()
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False)
+    try:
+        pg = placement_group([{"CPU": 1, "GPU": 2}], strategy="STRICT_PACK")
+        ray.get(pg.ready())
+        strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+        parallel = ray.get(run.options(scheduling_strategy=strategy).remote(cfg.model_dump_json()))
+        assert parallel["distributed_executor_backend"] == "mp"
+        assert parallel["tensor_parallel_size"] == 2
+        remove_placement_group(pg)
+    finally:
+        ray.shutdown()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lem_ray.backends.base import RequestRecord
+from lem_ray.records import RequestRecord
 
 
 @dataclass

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lem_ray.assets import resolve_model
-from lem_ray.backends.base import RequestRecord
 from lem_ray.backends.streaming import StreamTrace, record_from_trace
 from lem_ray.backends.tensorrt.config import TensorRTConfig
 from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.records import RequestRecord
 
 # lem-ray's names are ModelOpt's format names; the same pairs as TensorRT-LLM's own
 # QuantConfig._get_modelopt_qformat (tensorrt_llm/models/modeling_utils.py).

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from lem_ray.assets import resolve_model
-from lem_ray.backends.base import RequestRecord
 from lem_ray.backends.vllm.config import VLLMConfig
 from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.records import RequestRecord
 
 LORA_NAME = "lem-ray-adapter"
 
