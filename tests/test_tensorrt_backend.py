@@ -533,6 +533,24 @@ def test_generate_streams_every_prompt_and_times_its_tokens(fake_trtllm) -> None
     assert records[1].itl_ms == []
 
 
+def test_measure_under_constant_traffic_sends_each_request_at_its_time(fake_trtllm) -> None:
+    config = experiment({"max_batch_size": 2, "traffic": {"mode": "constant", "rate_rps": 20.0,
+                                                          "steady_after_responses": 1}})
+    backend = TensorRTBackend(config, DeviceInfo("cuda", 1))
+    backend.load()
+    records = backend.measure(["abcd", "ab", "abc", "a"])
+    starts = [r.start_s - records[0].start_s for r in records]
+    assert all(start >= i / 20.0 for i, start in enumerate(starts))  # never before its arrival
+    assert [r.output_tokens for r in records] == [3, 1, 3, 1]
+    window = backend.steady_window()
+    assert window is not None and window.end_s == records[-1].start_s
+    assert window.opened_by in ("2 requests in flight (max_batch_size)", "1 responses")
+    offline = TensorRTBackend(experiment(), DeviceInfo("cuda", 1))
+    offline.load()
+    offline.measure(["ab"])
+    assert offline.steady_window() is None
+
+
 def test_runtime_pytorch_on_0x_is_refused(fake_trtllm) -> None:
     sys.modules["tensorrt_llm"].__version__ = "0.21.0"
     backend = TensorRTBackend(experiment({"runtime": "pytorch"}), DeviceInfo("cuda", 1))
@@ -643,6 +661,8 @@ def test_dry_run_engine_args_show_constructor_and_sampling() -> None:
         },
         "sampling": {"call": "tensorrt_llm.SamplingParams",
                      "kwargs": {"max_tokens": 16, "seed": 9, "top_k": 1}},
+        "traffic": {"mode": "offline", "rate_rps": None, "seed": 0,
+                    "steady_after_responses": 16},
     }
     check_trtllm_llm_kwargs(engine_args(config)["constructor"]["kwargs"])
     too_short = experiment({"max_seq_len": 100}, max_input_tokens=80, max_output_tokens=40)

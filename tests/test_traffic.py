@@ -12,7 +12,12 @@ import pytest
 from pydantic import ValidationError
 
 from lem_ray.backends.base import DeviceInfo
-from lem_ray.backends.traffic import SteadyWindow, arrival_offsets_s, steady_window
+from lem_ray.backends.traffic import (
+    SteadyWindow,
+    arrival_offsets_s,
+    in_flight_from_traces,
+    steady_window,
+)
 from lem_ray.backends.vllm.arrivals import drive_arrivals
 from lem_ray.backends.vllm.backend import VLLMBackend
 from lem_ray.config.experiment import ExperimentConfig
@@ -85,6 +90,11 @@ def test_steady_window_opens_after_n_responses_when_never_full() -> None:
 def test_no_steady_window_when_it_would_open_after_the_last_arrival() -> None:
     assert steady_window([(1.0, 1)], [9.0], 5.0, [9.0], 4, 1) is None
     assert steady_window([(1.0, 1)], [], 5.0, [], 4, 1) is None
+
+
+def test_in_flight_from_request_lifetimes() -> None:
+    assert in_flight_from_traces([0.0, 1.0, 2.0], [1.0, 3.0, 4.0]) == [
+        (0.0, 1), (1.0, 0), (1.0, 1), (2.0, 2), (3.0, 1), (4.0, 0)]
 
 
 # ---- the engine loop under arrivals ----------------------------------------------------------

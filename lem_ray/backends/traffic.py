@@ -84,10 +84,12 @@ def steady_window(
     token_times_s: list[float],
     max_num_seqs: int,
     after_responses: int,
+    limit_name: str = "max_num_seqs",
 ) -> SteadyWindow | None:
     """The steady-state window of one run under traffic, or None when it has none.
 
-    Opens at the first moment `max_num_seqs` requests are in flight (the engine is full) or
+    Opens at the first moment `max_num_seqs` requests (the engine's limit, named by
+    `limit_name`) are in flight (the engine is full) or
     at the `after_responses`-th response, whichever comes first; closes at the last arrival,
     after which the engine only drains. `in_flight` is (time, requests in the engine) after
     each engine step; `token_times_s` the arrival time of every output token, which counts
@@ -96,7 +98,7 @@ def steady_window(
     candidates = []
     full = next((t for t, n in in_flight if n >= max_num_seqs), None)
     if full is not None:
-        candidates.append((full, f"{max_num_seqs} requests in flight (max_num_seqs)"))
+        candidates.append((full, f"{max_num_seqs} requests in flight ({limit_name})"))
     done = sorted(finished_s)
     if len(done) >= after_responses:
         candidates.append((done[after_responses - 1], f"{after_responses} responses"))
@@ -107,3 +109,14 @@ def steady_window(
         return None
     tokens = sum(1 for t in token_times_s if start <= t <= last_arrival_s)
     return SteadyWindow(start, last_arrival_s, why, tokens)
+
+
+def in_flight_from_traces(starts_s: list[float], ends_s: list[float]) -> list[tuple[float, int]]:
+    """(time, requests in flight) after each arrival and each completion, for a backend that
+    sees only its own requests' lifetimes (a completion before an arrival at the same time)."""
+    events = sorted([(t, -1) for t in ends_s] + [(t, 1) for t in starts_s])
+    in_flight, count = [], 0
+    for t, change in events:
+        count += change
+        in_flight.append((t, count))
+    return in_flight

@@ -23,6 +23,12 @@ from typing import Any
 from lem_ray.backends.base import Backend, BackendUnavailable, DeviceInfo, RequestRecord
 from lem_ray.backends.tensorrt.config import TensorRTConfig
 from lem_ray.backends.streaming import StreamTrace
+from lem_ray.backends.traffic import (
+    SteadyWindow,
+    arrival_offsets_s,
+    in_flight_from_traces,
+    steady_window,
+)
 from lem_ray.backends.tensorrt.translate import (
     build_settings,
     calibration_refusal,
@@ -226,11 +232,38 @@ class TensorRTBackend(Backend[TensorRTConfig]):
             limits = {"max_tokens": most, **({"min_tokens": least} if least else {})}
             kwargs = {k: v for k, v in self._sampling_kwargs.items() if k != "min_tokens"}
             sampling = self._sampling_cls(**kwargs, **limits)
-        results = asyncio.run(self._stream_all(token_ids, sampling))
+        return self._run(token_ids, sampling, [0.0] * len(token_ids))
+
+    def measure(self, prompts: list[str]) -> list[RequestRecord]:
+        """Offline: every prompt at once, as generate(). constant / poisson: each request is
+        submitted at its arrival time, and the steady-state window is kept."""
+        traffic = self.options.traffic
+        self._steady = None
+        if traffic.mode == "offline":
+            return self.generate(prompts)
+        token_ids = [self._encode(index, prompt) for index, prompt in enumerate(prompts)]
+        offsets = arrival_offsets_s(traffic.mode, len(prompts), traffic.rate_rps, traffic.seed)
+        records = self._run(token_ids, self._sampling_params, offsets)
+        traces = self._last_traces
+        ends = [t.end_s for t in traces if t.end_s is not None]
+        self._steady = steady_window(
+            in_flight_from_traces([t.start_s for t in traces], ends), ends,
+            max(t.start_s for t in traces), [x for t in traces for x in t.token_times],
+            self.options.max_batch_size, traffic.steady_after_responses, "max_batch_size",
+        )
+        return records
+
+    def steady_window(self) -> SteadyWindow | None:
+        return getattr(self, "_steady", None)
+
+    def _run(self, token_ids: list[list[int]], sampling: Any,
+             offsets_s: list[float]) -> list[RequestRecord]:
+        results = asyncio.run(self._stream_all(token_ids, sampling, offsets_s))
+        self._last_traces = [trace for _, trace in results]
         return records_from_outputs(
             [output for output, _ in results],
             [len(ids) for ids in token_ids],
-            [trace for _, trace in results],
+            self._last_traces,
         )
 
     def _encode(self, index: int, prompt: str) -> list[int]:
@@ -243,11 +276,21 @@ class TensorRTBackend(Backend[TensorRTConfig]):
         return ids
 
     async def _stream_all(
-        self, token_ids: list[list[int]], sampling: Any
+        self, token_ids: list[list[int]], sampling: Any, offsets_s: list[float]
     ) -> list[tuple[Any, StreamTrace]]:
-        return list(await asyncio.gather(*(self._stream_one(ids, sampling) for ids in token_ids)))
+        start = time.perf_counter()
+        return list(await asyncio.gather(*(
+            self._stream_one(ids, sampling, start + offset)
+            for ids, offset in zip(token_ids, offsets_s)
+        )))
 
-    async def _stream_one(self, ids: list[int], sampling: Any) -> tuple[Any, StreamTrace]:
+    async def _stream_one(
+        self, ids: list[int], sampling: Any, send_at_s: float
+    ) -> tuple[Any, StreamTrace]:
+        """Submitted at send_at_s (perf_counter); its clock starts then, not before."""
+        wait_s = send_at_s - time.perf_counter()
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
         trace = StreamTrace(start_s=time.perf_counter())
         result = self._llm.generate_async(ids, sampling_params=sampling, streaming=True)
         async for chunk in result:

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from lem_ray.backends.traffic import TrafficConfig
 from lem_ray.config.base import BackendOptions, invalid_combination
 
 # ModelOpt calibrates activation scales for these on a dataset; weight-only ones need none.
@@ -53,6 +54,11 @@ class TensorRTConfig(BackendOptions):
     kv_cache_free_gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
     enable_chunked_context: bool = False
     enable_kv_cache_reuse: bool = False
+    traffic: TrafficConfig = Field(
+        default_factory=TrafficConfig,
+        description="how the measured window's requests arrive (warmup and prefill: offline); "
+        "the steady window's 'engine full' is max_batch_size requests in flight",
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> "TensorRTConfig":

@@ -276,6 +276,7 @@ def engine_args(config: ExperimentConfig) -> dict[str, Any]:
         "constructor": {"call": call, "kwargs": llm_kwargs(config, prebuilt_engine=opts.engine_dir)},
         "sampling": {"call": "tensorrt_llm.SamplingParams",
                      "kwargs": sampling_params_kwargs(config)},
+        "traffic": opts.traffic.model_dump(),
     }
 
 
