@@ -30,15 +30,18 @@ import tempfile
 import time
 from typing import Any
 
-MODEL = "builtin:llama-1b"
 TOKENS = 128
 BASE: dict[str, Any] = {
-    "model_name": MODEL, "load_format": "dummy", "backend": "pytorch", "fp_precision": "bfloat16",
+    "model_name": "builtin:llama-1b", "load_format": "dummy", "backend": "pytorch", "fp_precision": "bfloat16",
     "max_input_tokens": TOKENS, "max_output_tokens": TOKENS, "min_output_tokens": TOKENS,
 }
 FAST = {"cache_implementation": "static", "torch_compile": "reduce-overhead"}
+WARMUP = {"mode": "cv", "window": 3, "cv_threshold": 0.05, "max_steps": 20, "max_s": 30}
+# Expected fast-path tok/s on one H200 (measured there), to size the CV table's windows.
+FAST_TOK_S = {1: 550, 8: 3500, 32: 10000}
 STARTED = time.perf_counter()
 BENCH = os.path.abspath(__file__)
+DEVICE = "cuda"
 RESULTS: dict[str, Any] = {}
 
 
@@ -64,33 +67,36 @@ def bare_eager(batch: int, reps: int, timer: bool) -> list[float]:
     from lem_ray.assets import resolve_model
     from lem_ray.backends.pytorch.timing import StepClock
 
-    path = resolve_model(MODEL)
+    path = resolve_model(BASE["model_name"])
     tok = transformers.AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
     tok.pad_token = tok.pad_token or tok.eos_token
-    with torch.device("cuda"):
+    with torch.device(DEVICE):
         model = transformers.AutoModelForCausalLM.from_config(
-            transformers.AutoConfig.from_pretrained(path), dtype=torch.bfloat16).eval()
+            transformers.AutoConfig.from_pretrained(path),
+            dtype=getattr(torch, BASE["fp_precision"])).eval()
     inputs = tok(prompts_of(batch), return_tensors="pt", padding=True, truncation=True,
-                 max_length=TOKENS).to("cuda")
+                 max_length=TOKENS).to(DEVICE)
     kwargs = dict(max_new_tokens=TOKENS, min_new_tokens=TOKENS, do_sample=False,
                   pad_token_id=tok.pad_token_id, temperature=None, top_k=None, top_p=None)
     rates = []
     for i in range(2 + reps):
         extra = {}
         if timer:
-            clock = StepClock(torch, torch.device("cuda"))
+            clock = StepClock(torch, torch.device(DEVICE))
             extra["logits_processor"] = transformers.LogitsProcessorList([clock])
             clock.start()
         t0 = time.perf_counter()
         with torch.inference_mode():
             model.generate(**inputs, **kwargs, **extra)
-        torch.cuda.synchronize()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
         if i >= 2:
             rates.append(batch * TOKENS / (time.perf_counter() - t0))
     del model
     gc.collect()
-    torch.cuda.empty_cache()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
     return rates
 
 
@@ -104,17 +110,17 @@ def bare_fast(batch: int, reps: int) -> dict[str, Any]:
 
     cfg = ExperimentConfig.model_validate({**BASE, "pytorch": {"batch_size": batch, **FAST}})
     prompts = prompts_of(batch)
-    backend = PyTorchBackend(cfg, DeviceInfo("cuda", 1))
+    backend = PyTorchBackend(cfg, DeviceInfo(DEVICE, 1 if DEVICE == "cuda" else 0))
     t0 = time.perf_counter()
     backend.load()
     backend.prepare(prompts)
-    torch.cuda.synchronize()
+    backend.synchronize()
     load_s = time.perf_counter() - t0
     rates = []
     for i in range(2 + reps):
         t0 = time.perf_counter()
         backend.generate(prompts)
-        torch.cuda.synchronize()
+        backend.synchronize()
         if i >= 2:
             rates.append(batch * TOKENS / (time.perf_counter() - t0))
     details = backend.details()
@@ -157,44 +163,53 @@ def actor_variants(reps: int) -> dict[str, list[float]]:
                     "torch_threads": torch.get_num_threads(),
                     "affinity": len(os.sched_getaffinity(0))}
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    probe = Probe.remote()
     try:
-        probe = Probe.remote()
         found: dict[str, Any] = {"env": ray.get(probe.env.remote())}
         for setting in ("default", "child_process", "gc_off"):
             found[setting] = ray.get(probe.run.remote(setting))
             log("actor", setting, [round(r, 1) for r in found[setting]])
         return found
     finally:
-        ray.shutdown()
+        ray.kill(probe)
+
+
+SLIM = ("cycle", "batch_size", "gpus_per_experiment", "status", "error", "load_s", "warmup_s",
+        "warmup_steps", "warmup_converged", "warmup_final_cv", "duration_s", "throughput_tok_s",
+        "energy_j_per_output_token", "itl_ms_p50", "ttft_ms_p50", "timing_method", "valid",
+        "validity_flags")
+
+
+def slim(row: dict[str, Any]) -> dict[str, Any]:
+    found = {k: row.get(k) for k in SLIM}
+    found["pytorch"] = json.loads(row["config_json"])["pytorch"]
+    return found
 
 
 def campaign(name: str, experiments: list[dict[str, Any]], cycles: int) -> list[dict[str, Any]]:
+    """Runs through lem-ray's driver on the Ray instance already connected; prints each run as
+    it ends. No idle baseline and no prefill window: neither changes J/output token or tok/s."""
     from lem_ray.execution.driver import run_campaign
     from lem_ray.results.store import read_table
 
     spec = {
         "campaign_name": name,
-        "base": {**BASE, "warmup": {"mode": "cv", "window": 3, "cv_threshold": 0.05,
-                                     "max_steps": 20, "max_s": 60}},
+        "base": {**BASE, "warmup": WARMUP},
         "experiments": experiments,
         "execution": {"cycles": cycles, "structure": "interleaved",
-                      "baseline": {"duration_s": 5}, "prefill": {"enabled": False}},
+                      "baseline": {"enabled": False}, "prefill": {"enabled": False}},
     }
+
+    def report(progress: Any, rows: Any) -> None:
+        if rows is not None:
+            row = slim(rows.experiment) if rows.ok else {
+                k: rows.experiment.get(k) for k in ("cycle", "batch_size", "status", "error")}
+            log(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+
     with tempfile.TemporaryDirectory() as out:
-        run_campaign(spec, results_dir=out)
+        run_campaign(spec, results_dir=out, reporter=report)
         rows = read_table(out, "experiments").to_pylist()
-    keep = ("cycle", "batch_size", "gpus_per_experiment", "status", "error", "load_s",
-            "warmup_s", "warmup_steps", "warmup_converged", "warmup_final_cv", "duration_s",
-            "throughput_tok_s", "energy_j_per_output_token", "itl_ms_p50", "ttft_ms_p50",
-            "timing_method", "valid", "validity_flags", "config_json")
-    found = []
-    for row in rows:
-        slim = {k: row.get(k) for k in keep}
-        slim["pytorch"] = json.loads(slim.pop("config_json"))["pytorch"]
-        found.append(slim)
-        log(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in slim.items()})
-    return found
+    return [slim(r) for r in rows if r["status"] == "ok"]
 
 
 def count_for(tok_s: float, batch: int, window_s: float) -> int:
@@ -209,23 +224,22 @@ def cv(values: list[float]) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="gpu.json")
-    parser.add_argument("--budget-s", type=float, default=420)
+    parser.add_argument("--budget-s", type=float, default=330)
     parser.add_argument("--cv-window-s", type=float, default=10.5,
-                        help="measured window of each run of the CV table")
+                        help="target measured window of each run of the CV table")
     parser.add_argument("--cycles", type=int, default=3, help="cycles of the CV table")
+    parser.add_argument("--smoke", action="store_true",
+                        help="CPU check of the whole script: the tiny model, a few tokens")
     parser.add_argument("--bare-eager-child", type=int, metavar="REPS",
                         help="internal: print the bare eager batch-1 loop's tok/s as JSON")
     args = parser.parse_args()
+    if args.smoke:
+        smoke_settings()
     if args.bare_eager_child:
         print(json.dumps(bare_eager(1, args.bare_eager_child, timer=False)))
         return
-    import torch
-
-    gpus = torch.cuda.device_count()
-    RESULTS["machine"] = {"gpu": torch.cuda.get_device_name(0), "gpus": gpus,
-                          "torch": torch.__version__}
-    RESULTS["settings"] = {"model": MODEL, "tokens_in_out": TOKENS, "cv_window_s": args.cv_window_s,
-                           "cycles": args.cycles}
+    RESULTS["settings"] = {"model": BASE["model_name"], "tokens_in_out": TOKENS,
+                           "cv_window_s": args.cv_window_s, "cycles": args.cycles}
 
     def save() -> None:
         with open(args.out, "w") as f:
@@ -234,46 +248,47 @@ def main() -> None:
     def left() -> float:
         return args.budget_s - (time.perf_counter() - STARTED)
 
+    from lem_ray.execution.cluster import connect
+
+    # Campaigns first: the driver holds no CUDA context yet, so no run sees it on its GPU.
+    connect(None)
+    compare = [
+        {"pytorch": {"batch_size": 1}, "prompts": _prompts(3)},
+        {"pytorch": {"batch_size": 16}, "prompts": _prompts(32)},
+        {"pytorch": {"batch_size": 1, **FAST}, "prompts": _prompts(count_for(FAST_TOK_S[1], 1, 5))},
+    ]
+    RESULTS["lem_ray_compare"] = campaign("bench-compare", compare, 1)
+    save()
+
+    cv_cost_s = 9 * (args.cv_window_s + 12) * args.cycles / 3 + 60
+    if left() > cv_cost_s:
+        RESULTS["cv"] = cycle_table(args.cv_window_s, args.cycles)
+    else:
+        RESULTS["cv"] = f"skipped: {left():.0f} s left, the CV table needs ~{cv_cost_s:.0f} s"
+    save()
+
     bare: dict[str, Any] = {}
     for name, batch, timer in (("eager_b1", 1, False), ("eager_b1_timer", 1, True),
                                ("eager_b16", 16, False), ("eager_b16_timer", 16, True)):
+        if left() < 25:
+            bare[name] = "skipped: over the time budget"
+            continue
         bare[name] = bare_eager(batch, 3, timer)
         log("bare", name, [round(r, 1) for r in bare[name]])
-    bare["fast_b1"] = bare_fast(1, 3)
-    log("bare", "fast_b1", bare["fast_b1"])
+        RESULTS["bare"] = bare
+        save()
+    if left() > 40:
+        bare["fast_b1"] = bare_fast(1, 3)
+        log("bare", "fast_b1", bare["fast_b1"])
     RESULTS["bare"] = bare
+    RESULTS["ratio_to_bare"] = ratios(RESULTS["lem_ray_compare"], bare)
+    log("ratio to bare", RESULTS["ratio_to_bare"])
     save()
 
-    fast_b1 = statistics.median(bare["fast_b1"]["tok_s"])
-    compare = [
-        {"pytorch": {"batch_size": 1}, "prompts": _prompts(4)},
-        {"pytorch": {"batch_size": 16}, "prompts": _prompts(48)},
-        {"pytorch": {"batch_size": 1, **FAST}, "prompts": _prompts(count_for(fast_b1, 1, 5))},
-        # Short runs at 8 and 32: their throughput sizes the CV table's windows, and their
-        # compilation fills inductor's cache for the CV runs.
-        {"pytorch": {"batch_size": 8, **FAST}, "prompts": _prompts(8 * 12)},
-        {"pytorch": {"batch_size": 32, **FAST}, "prompts": _prompts(32 * 12)},
-    ]
-    rows: list[dict[str, Any]] = []
-    if left() > 120:
-        rows = campaign("bench-compare", compare, 1)
-        RESULTS["lem_ray_compare"] = rows
-        RESULTS["ratio_to_bare"] = ratios(rows, bare)
-        log("ratio to bare", RESULTS["ratio_to_bare"])
-    else:
-        RESULTS["lem_ray_compare"] = "skipped: over the time budget"
-    save()
+    import torch
 
-    measured = {r["batch_size"]: r["throughput_tok_s"] for r in rows
-                if r["status"] == "ok" and r["pytorch"].get("torch_compile")}
-    if set(measured) >= {1, 8, 32} and left() > 60 + 9 * args.cv_window_s * args.cycles / 3:
-        table = cycle_table(measured, args.cv_window_s, args.cycles)
-        RESULTS["cv"] = table
-    else:
-        RESULTS["cv"] = "skipped: over the time budget or no fast-path throughput to size it"
-    save()
-
-    if gpus >= 2 and left() > 60:
+    gpus = torch.cuda.device_count()
+    if gpus >= 2 and left() > 30:
         from lem_ray.backends.base import DeviceInfo
         from lem_ray.backends.pytorch.backend import PyTorchBackend
         from lem_ray.config.experiment import ExperimentConfig
@@ -289,13 +304,28 @@ def main() -> None:
         RESULTS["load_2gpu_s"] = f"not run: {gpus} GPU(s) here" if gpus < 2 else "skipped: time"
     save()
 
-    if left() > 60:
+    if gpus and left() > 60:
         RESULTS["actor"] = actor_variants(3)
     else:
-        RESULTS["actor"] = "skipped: over the time budget"
+        RESULTS["actor"] = "skipped: no GPU or over the time budget"
+    RESULTS["machine"] = {"gpu": torch.cuda.get_device_name(0) if gpus else "cpu", "gpus": gpus,
+                          "torch": torch.__version__}
     save()
+    import ray
+
+    ray.shutdown()
     log("done")
     print_summary()
+
+
+def smoke_settings() -> None:
+    """The tiny shipped model on the CPU: every section runs, in seconds, to prove the script."""
+    global TOKENS, DEVICE
+    TOKENS = 8
+    DEVICE = "cpu"
+    BASE.update(model_name="builtin:tiny-llama", fp_precision="float32", max_input_tokens=TOKENS,
+                max_output_tokens=TOKENS, min_output_tokens=TOKENS)
+    FAST_TOK_S.update({1: 200, 8: 800, 32: 2000})
 
 
 def ratios(rows: list[dict[str, Any]], bare: dict[str, Any]) -> dict[str, Any]:
@@ -304,19 +334,19 @@ def ratios(rows: list[dict[str, Any]], bare: dict[str, Any]) -> dict[str, Any]:
     for row in rows:
         fast = bool(row["pytorch"].get("torch_compile"))
         name = f"{'fast' if fast else 'eager'}_b{row['batch_size']}"
-        if name in bare and row["status"] == "ok":
-            reference = bare[name]["tok_s"] if fast else bare[name]
+        reference = _rates(bare.get(name))
+        if reference:
             found[name] = row["throughput_tok_s"] / statistics.median(reference)
     return found
 
 
-def cycle_table(measured: dict[int, float], window_s: float, cycles: int) -> dict[int, Any]:
+def cycle_table(window_s: float, cycles: int) -> dict[int, Any]:
     runs = [{"pytorch": {"batch_size": b, **FAST}, "prompts": _prompts(count_for(r, b, window_s))}
-            for b, r in sorted(measured.items()) if b in (1, 8, 32)]
+            for b, r in sorted(FAST_TOK_S.items())]
     rows = campaign("bench-cv", runs, cycles)
     table = {}
-    for batch in (1, 8, 32):
-        mine = [r for r in rows if r["batch_size"] == batch and r["status"] == "ok"]
+    for batch in sorted(FAST_TOK_S):
+        mine = [r for r in rows if r["batch_size"] == batch]
         table[batch] = {
             "cycles": len(mine),
             "window_s": [r["duration_s"] for r in mine],
@@ -325,6 +355,8 @@ def cycle_table(measured: dict[int, float], window_s: float, cycles: int) -> dic
             "cv_tok_s": cv([r["throughput_tok_s"] for r in mine]),
             "cv_j_per_tok": cv([r["energy_j_per_output_token"] for r in mine
                                 if r["energy_j_per_output_token"] is not None]),
+            "warmup_steps": [r["warmup_steps"] for r in mine],
+            "warmup_s": [r["warmup_s"] for r in mine],
             "valid": [r["valid"] for r in mine],
             "flags": [r["validity_flags"] for r in mine],
         }
@@ -334,15 +366,15 @@ def cycle_table(measured: dict[int, float], window_s: float, cycles: int) -> dic
 
 def print_summary() -> None:
     """The tables docs/benchmarks.md carries."""
-    bare = RESULTS.get("bare", {})
-    med = {k: statistics.median(v if isinstance(v, list) else v["tok_s"]) for k, v in bare.items()}
+    bare = {k: _rates(v) for k, v in RESULTS.get("bare", {}).items() if _rates(v)}
+    med = {k: statistics.median(v) for k, v in bare.items()}
     print("\n| bare loop (this process) | tok/s, 3 reps | median |\n|---|---|---|")
-    for k, v in bare.items():
-        reps = v if isinstance(v, list) else v["tok_s"]
+    for k, reps in bare.items():
         print(f"| {k} | {', '.join(f'{r:.0f}' for r in reps)} | {med[k]:.0f} |")
-    if "eager_b1_timer" in med:
-        print(f"\nstep clock vs none: batch 1 {med['eager_b1_timer'] / med['eager_b1']:.3f}, "
-              f"batch 16 {med['eager_b16_timer'] / med['eager_b16']:.3f}")
+    for batch in (1, 16):
+        timed, plain = med.get(f"eager_b{batch}_timer"), med.get(f"eager_b{batch}")
+        if timed and plain:
+            print(f"step clock vs none, batch {batch}: {timed / plain:.3f}")
     rows = RESULTS.get("lem_ray_compare")
     if isinstance(rows, list):
         print("\n| lem-ray run | tok/s | ratio to bare | load s | warmup steps | warmup s | "
@@ -365,6 +397,13 @@ def print_summary() -> None:
     print(f"\nload on 2 GPUs: {RESULTS.get('load_2gpu_s')}")
     if isinstance(RESULTS.get("actor"), dict):
         print(f"eager batch 1 inside a Ray actor: {RESULTS['actor']}")
+
+
+def _rates(entry: Any) -> list[float]:
+    """A bare section's tok/s repetitions; none when it was skipped."""
+    if isinstance(entry, dict):
+        return entry["tok_s"]
+    return entry if isinstance(entry, list) else []
 
 
 def _n(value: float | None, digits: int = 0) -> str:

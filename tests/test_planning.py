@@ -68,7 +68,7 @@ def test_experiment_id_is_stable_across_processes() -> None:
 def test_experiment_id_pinned() -> None:
     # A changed id orphans every stored result of a campaign: change this only on purpose.
     plan = plan_campaign({"campaign_name": "p", "base": {"model_name": "m", "backend": "pytorch"}})
-    assert plan.experiments[0].experiment_id == "73b839299631"
+    assert plan.experiments[0].experiment_id == "edfdccd21db2"
 
 
 def test_typo_in_grid_is_an_error_not_a_rejection() -> None:

@@ -53,7 +53,7 @@ class WarmupConfig(StrictModel):
     )
     cv_threshold: float = Field(0.05, gt=0)
     max_steps: int = Field(30, ge=2, description="cv mode: give up (unsettled) after this many steps")
-    max_s: float = Field(120, gt=0, description="cv mode: give up (unsettled) after this long")
+    max_s: float = Field(60, gt=0, description="cv mode: give up (unsettled) after this long")
 
 
 class _ExperimentFields(StrictModel):
