@@ -3,6 +3,8 @@ directory that some nodes cannot see is refused."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -24,16 +26,20 @@ NODE_GPUS = (3, 3, 4)
 
 @pytest.fixture(scope="module")
 def three_nodes():
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 2, "num_gpus": NODE_GPUS[0]})
+    # A temp dir of its own: in the default one the head would advertise itself to every
+    # plain ray.init() of this machine (other test sessions included).
+    temp_dir = tempfile.mkdtemp(prefix="lemray-")
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "num_gpus": NODE_GPUS[0], "temp_dir": temp_dir})
     for gpus in NODE_GPUS[1:]:
-        cluster.add_node(num_cpus=2, num_gpus=gpus)
+        cluster.add_node(num_cpus=2, num_gpus=gpus, temp_dir=temp_dir)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="lem-ray-test",
              runtime_env={"env_vars": WORKER_ENV})
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_two_gpu_runs_on_one_node_never_share_a_gpu(three_nodes, tmp_path: Path) -> None:
@@ -46,8 +52,10 @@ def test_two_gpu_runs_on_one_node_never_share_a_gpu(three_nodes, tmp_path: Path)
         "execution": {"cycles": 2},
     }
     result = run_campaign(campaign, results_dir=tmp_path / "r")
-    rows = ds.dataset(tmp_path / "r" / "experiments").to_table().to_pylist()
-    assert result.counts["ok"] == 4 and all(r["status"] == "ok" for r in rows) and len(rows) == 4
+    # Only ok attempts held their GPUs to the end (a worker killed by the machine is retried).
+    rows = [r for r in ds.dataset(tmp_path / "r" / "experiments").to_table().to_pylist()
+            if r["status"] == "ok"]
+    assert result.counts["ok"] == 4 and len({r["run_id"] for r in rows}) == len(rows) == 4
 
     gpus_of = {n["NodeID"]: int(n["Resources"].get("GPU", 0)) for n in ray.nodes()}
     for r in rows:

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from lem_ray.config.automation import NotifyConfig, ScheduleConfig
 from lem_ray.config.base import StrictModel
 from lem_ray.config.experiment import BackendName
 from lem_ray.config.runtime_env import RuntimeEnvSpec
@@ -103,3 +104,5 @@ class CampaignConfig(StrictModel):
         description="per backend: a runtime_envs/*.yaml file (relative to the campaign file) "
         "or the spec inline; a backend not named runs in the driver's environment",
     )
+    notify: NotifyConfig | None = None
+    schedule: ScheduleConfig | None = None

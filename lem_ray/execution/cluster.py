@@ -97,7 +97,9 @@ def connect(address: str | None) -> bool:
         context = ray.init(address=address, **options)
         warn_if_driver_holds_gpu(context.dashboard_url)
     else:
-        ray.init(include_dashboard=False, **options)
+        # "local": a new instance even when another Ray of this machine advertises itself in
+        # /tmp/ray/ray_current_cluster (which ray.init() would otherwise join).
+        ray.init(address="local", include_dashboard=False, **options)
     return True
 
 

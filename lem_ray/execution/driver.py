@@ -9,12 +9,13 @@ from typing import Any
 
 import ray
 
+from lem_ray.execution.automation import Clock, notified, scheduled
 from lem_ray.execution.cluster import capacity, connect
 from lem_ray.execution.dispatch import Dispatcher, Progress, Reporter
 from lem_ray.execution.manifest_actor import close_manifest, open_manifest
 from lem_ray.execution.runtime_env import probe_runtime_envs
 from lem_ray.execution.shared_storage import require_shared_results_dir
-from lem_ray.planning.plan import plan_campaign
+from lem_ray.planning.plan import CampaignPlan, plan_campaign
 from lem_ray.results.compact import CompactionBusy, compact
 from lem_ray.results.manifest import UNFINISHED
 from lem_ray.results.store import exists, remove_stale_temp_files, resolve
@@ -56,15 +57,45 @@ def run_campaign(
     reporter: Reporter | None = None,
     retry_failed: bool = False,
     fresh: bool = False,
+    clock: Clock | None = None,
 ) -> CampaignResult:
     """Run what is not yet done; return where results are and a summary.
 
     Done means `ok` in the manifest; `failed` runs count as done unless retry_failed.
     fresh moves earlier results aside first (and drops a live manifest of them).
     Raises CampaignInterrupted on Ctrl-C, after marking the runs in progress interrupted.
+    With `schedule`, the campaign's cycles are repeated on its timetable (clock: for tests);
+    with `notify`, the webhook hears how it ended.
     """
     plan = plan_campaign(source)
     out = str(plan.results_dir(results_dir))
+    if plan.campaign.schedule is None:
+        return notified(plan, lambda: run_block(plan, out, address, reporter, retry_failed, fresh))
+
+    def one(block: CampaignPlan, index: int) -> CampaignResult:
+        return run_block(block, out, address, reporter, retry_failed, fresh and index == 0)
+
+    def all_blocks() -> CampaignResult:
+        blocks = scheduled(plan, out, one, clock)
+        keys = blocks[0].counts if blocks else ("planned", "skipped_done", "ran", "failed",
+                                                 "ok", "retried")
+        counts = {k: sum(b.counts[k] for b in blocks) for k in keys}
+        summary, failures = summarize(out) if blocks else ([], [])
+        moved = blocks[0].moved_aside if blocks else None
+        return CampaignResult(plan.name, out, counts, summary, failures, moved)
+
+    return notified(plan, all_blocks)
+
+
+def run_block(
+    plan: CampaignPlan,
+    out: str,
+    address: str | None,
+    reporter: Reporter | None,
+    retry_failed: bool,
+    fresh: bool,
+) -> CampaignResult:
+    """The plan's runs that are not done yet, on Ray."""
     prompts = plan.load_prompts()
     runtime_envs = plan.runtime_envs()
     started_ray = connect(address)

@@ -1,0 +1,136 @@
+"""Around the campaign: repetitions on a timetable, and a webhook when it is over."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, is_dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Protocol
+
+from lem_ray.config.automation import NotifyConfig
+from lem_ray.errors import ConfigError
+from lem_ray.execution.dispatch import CampaignInterrupted
+from lem_ray.planning.plan import CampaignPlan
+from lem_ray.planning.schedule import block_plan, blocks_done, timetable
+from lem_ray.results.manifest import load_manifest
+
+log = logging.getLogger("lem_ray")
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def webhook_url(notify: NotifyConfig) -> str:
+    """The URL, read when needed; an unset variable is the user's error, said without a URL."""
+    if notify.webhook_url is not None:
+        return notify.webhook_url.get_secret_value()
+    url = os.environ.get(notify.webhook_url_env or "")
+    if not url:
+        raise ConfigError(f"environment variable {notify.webhook_url_env} is not set",
+                          path="notify.webhook_url_env")
+    return url
+
+
+def _jsonable(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+
+
+def send_notification(notify: NotifyConfig, event: str, payload: dict[str, Any]) -> bool:
+    """POST {"event": ..., **payload} as JSON if `event` is one the campaign asked for.
+
+    A webhook that cannot be reached costs a warning, never the campaign's results; the
+    warning names the error, not the URL (it carries the webhook's secret).
+    """
+    if event not in notify.on:
+        return False
+    body = json.dumps({"event": event, **payload}, default=str).encode()
+    request = urllib.request.Request(webhook_url(notify), data=body, method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              "User-Agent": "lem-ray"})
+    try:
+        with urllib.request.urlopen(request, timeout=notify.timeout_s) as response:
+            response.read()
+        return True
+    except urllib.error.HTTPError as exc:
+        reason = f"HTTP {exc.code} {exc.reason}"
+    except urllib.error.URLError as exc:
+        reason = f"{type(exc.reason).__name__}: {exc.reason}" if not isinstance(
+            exc.reason, str) else exc.reason
+    except OSError as exc:
+        reason = f"{type(exc).__name__}: {exc.strerror or exc}"
+    log.warning("lem-ray: warning: the %s notification was not delivered (%s)", event, reason)
+    return False
+
+
+def notified(plan: CampaignPlan, run: Callable[[], Any]) -> Any:
+    """Run, then tell the webhook: `complete` when no run failed, `failure` when one did or
+    the campaign stopped on an error (Ctrl-C is neither)."""
+    notify = plan.campaign.notify
+    if notify is None:
+        return run()
+    webhook_url(notify)  # an unset variable is refused before anything runs
+    try:
+        result = run()
+    except (KeyboardInterrupt, CampaignInterrupted, ConfigError):
+        raise
+    except Exception as exc:
+        send_notification(notify, "failure", {
+            "campaign_name": plan.name, "error": f"{type(exc).__name__}: {exc}",
+            "finished_at": datetime.now(timezone.utc).isoformat()})
+        raise
+    payload = {k: _jsonable(v) for k, v in asdict(result).items()}
+    payload["finished_at"] = datetime.now(timezone.utc).isoformat()
+    send_notification(notify, "failure" if result.counts.get("failed") else "complete", payload)
+    return result
+
+
+def scheduled(plan: CampaignPlan, results_dir: str, run_block: Callable[[CampaignPlan, int], Any],
+              clock: Clock | None = None) -> list[Any]:
+    """Run the campaign's blocks of cycles at the timetable's times; results of each block.
+
+    A block that runs past the next slot delays it; a slot already followed by another past
+    slot is skipped (repetitions never pile up). A restarted schedule goes on after the last
+    finished block.
+    """
+    schedule = plan.campaign.schedule
+    assert schedule is not None
+    clock = clock or SystemClock()
+    states = {k: v["state"] for k, v in load_manifest(results_dir)["runs"].items()}
+    block = blocks_done(plan, states)
+    slots = timetable(schedule, clock.now())
+    results: list[Any] = []
+    slot = next(slots, None)
+    while slot is not None:
+        following = next(slots, None)
+        now = clock.now()
+        if following is not None and following <= now:
+            log.warning("lem-ray: the repetition due at %s is skipped: the one before ran "
+                        "past it", slot.isoformat(timespec="minutes"))
+            slot = following
+            continue
+        if slot > now:
+            log.warning("lem-ray: block %d (cycles %d-%d) starts at %s", block + 1,
+                        block * plan.campaign.execution.cycles + 1,
+                        (block + 1) * plan.campaign.execution.cycles,
+                        slot.isoformat(timespec="minutes"))
+            clock.sleep((slot - now).total_seconds())
+        results.append(run_block(block_plan(plan, block), block))
+        block += 1
+        slot = following
+    return results
