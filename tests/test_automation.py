@@ -22,7 +22,8 @@ from lem_ray.execution.cluster import WORKER_ENV
 from lem_ray.execution.driver import run_campaign
 from lem_ray.planning.plan import plan_campaign
 from lem_ray.planning.schedule import block_plan, timetable
-from lem_ray.results.manifest import new_entry, save_manifest
+from lem_ray.results.journal import ManifestStore
+from lem_ray.results.manifest import new_entry
 from tests.conftest import TINY_BASE
 
 UTC = timezone.utc
@@ -124,10 +125,12 @@ def test_scheduler_waits_skips_and_resumes(tmp_path: Path) -> None:
     assert clock.slept == [5 * 3600]
 
     # A restarted schedule goes on after the blocks already finished in the manifest.
-    runs = {}
-    for r in block_plan(plan, 0).runs + block_plan(plan, 1).runs:
-        runs[r.run_id] = {**new_entry(r.experiment_id, r.cycle), "state": "ok"}
-    save_manifest(tmp_path / "r", {"campaign_name": "sched", "runs": runs})
+    store = ManifestStore(tmp_path / "r")
+    done = block_plan(plan, 0).runs + block_plan(plan, 1).runs
+    store.add_runs({r.run_id: new_entry(r.experiment_id, r.cycle) for r in done})
+    for r in done:
+        store.set(r.run_id, {"state": "ok"})
+    store.close()
     ran.clear()
     scheduled(plan, str(tmp_path / "r"), run_block, FakeClock(start))
     assert [cycles for _, _, cycles in ran][:2] == [{5, 6}, {7, 8}]
