@@ -9,15 +9,26 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-pytestmark = pytest.mark.slow
+from lem_ray.config.runtime_env import RuntimeEnvSpec
+from lem_ray.execution.doctor import Check, DoctorReport, _check_podman
+from tests.conftest import TINY_BASE
 
 
+@pytest.mark.slow
 def test_doctor_json_on_cpu(tmp_path: Path) -> None:
+    """With a campaign whose pytorch backend runs in a runtime_env (this interpreter)."""
     results = tmp_path / "results"
+    campaign = tmp_path / "campaign.yaml"
+    campaign.write_text(yaml.safe_dump({
+        "campaign_name": "doc", "base": TINY_BASE, "grid": {"backends": ["pytorch"]},
+        "runtime_env": {"pytorch": {"kind": "py_executable", "py_executable": sys.executable}},
+        "output": {"results_dir": str(results)},
+    }))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run(
-        [sys.executable, "-m", "lem_ray.cli", "doctor", "--json", "--results-dir", str(results)],
+        [sys.executable, "-m", "lem_ray.cli", "doctor", str(campaign), "--json"],
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -35,6 +46,28 @@ def test_doctor_json_on_cpu(tmp_path: Path) -> None:
     nvml = checks[f"NVML on {name}"]
     assert nvml["status"] == "warn" and "no NVML/GPU on this node" in nvml["detail"]
     assert checks["backend pytorch"]["status"] == "ok", "torch and transformers import here"
+    assert checks["backend pytorch in its runtime_env (py_executable)"]["status"] == "ok"
+    assert checks["podman"] == {"name": "podman", "status": "ok", "fix": None,
+                                "detail": "the campaign's backends use no container image"}
     assert checks["results dir writable"]["status"] == "ok"
     assert checks["results dir shared"]["status"] == "ok"
     assert not results.exists(), "doctor leaves no directory it created"
+
+
+def test_podman_is_required_only_where_a_campaign_uses_images() -> None:
+    node = {"hostname": "h", "node_ip": "10.0.0.1", "node_id": "0123456789ab", "podman": None,
+            "ray_gpus": 1}
+    image = {"vllm": RuntimeEnvSpec(kind="image_uri", image_uri="lem-ray:vllm")}
+
+    def podman(envs: dict | None) -> Check:
+        report = DoctorReport()
+        _check_podman(report, [node], envs)
+        (check,) = report.checks
+        return check
+
+    failed = podman(image)
+    assert failed.status == "fail" and "vllm run in a container image" in failed.detail
+    assert "h (10.0.0.1, node 01234567)" in failed.detail and failed.fix
+    assert podman({"pytorch": RuntimeEnvSpec()}).status == "ok"
+    assert podman(None).status == "warn", "without a campaign: a warning, images may come"
+    assert podman({**image, "pytorch": RuntimeEnvSpec()}).status == "fail"

@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import lem_ray
-from lem_ray.execution.cluster import AUTH_MODE_ENV, auth_token_available, connect
-from lem_ray.execution.doctor_probe import probe_node
-from lem_ray.execution.shared_storage import alive_nodes, require_shared_results_dir
+from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.errors import ConfigError
+from lem_ray.execution.cluster import AUTH_MODE_ENV, auth_token_available, connect
+from lem_ray.execution.doctor_probe import probe_backend, probe_node
+from lem_ray.execution.shared_storage import alive_nodes, require_shared_results_dir
+from lem_ray.planning.plan import CampaignPlan
 
 AUTH_FIX = ("export RAY_AUTH_MODE=token on every node and client, with the cluster's token in "
             "~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN (docs/cluster.md)")
@@ -159,10 +162,56 @@ def _check_backends(report: DoctorReport, nodes: list[dict[str, Any]]) -> None:
                    "node without them fails")
 
 
-def _check_podman(report: DoctorReport, nodes: list[dict[str, Any]]) -> None:
+def _check_runtime_envs(report: DoctorReport, nodes: list[dict[str, Any]],
+                        envs: dict[str, RuntimeEnvSpec], timeout_s: float) -> None:
+    """The campaign's backends, imported inside their own runtime_env on every node."""
+    for backend, spec in envs.items():
+        env = spec.ray_runtime_env()
+        if spec.kind == "none" or env is None:
+            continue
+        refs = {
+            _node_name(n): probe_backend.options(runtime_env=env, scheduling_strategy=(
+                NodeAffinitySchedulingStrategy(n["node_id"], soft=False))).remote(backend)
+            for n in nodes if n["ray_gpus"] or len(nodes) == 1
+        }
+        problems = {}
+        for node, ref in refs.items():
+            try:
+                problem = ray.get(ref, timeout=timeout_s)
+            except GetTimeoutError:
+                ray.cancel(ref, force=True)
+                problem = f"the runtime_env was not ready after {timeout_s:g} s"
+            except RayError as exc:
+                lines = [line for line in str(exc).splitlines() if line.strip()]
+                problem = f"the runtime_env cannot start: {lines[-1] if lines else exc}"
+            if problem:
+                problems[node] = problem
+        name = f"backend {backend} in its runtime_env ({spec.kind})"
+        if problems:
+            report.add(name, "fail", "; ".join(f"{k}: {v}" for k, v in problems.items()),
+                       "fix the runtime_env (runtime_envs/*.yaml): the image, interpreter or "
+                       "packages must provide lem-ray and the backend's libraries with the "
+                       "cluster's Ray and Python")
+        else:
+            report.add(name, "ok", f"imports on the {len(refs)} nodes that can run it")
+
+
+def _check_podman(report: DoctorReport, nodes: list[dict[str, Any]],
+                  envs: dict[str, RuntimeEnvSpec] | None) -> None:
     without = [_node_name(n) for n in nodes if not n["podman"]]
+    imaged = sorted(b for b, spec in (envs or {}).items() if spec.kind == "image_uri")
+    if envs is not None and not imaged:
+        report.add("podman", "ok", "the campaign's backends use no container image")
+        return
     if not without:
         report.add("podman", "ok", "podman found on every node")
+        return
+    gpu_without = [_node_name(n) for n in nodes if not n["podman"] and n["ray_gpus"]]
+    if imaged and gpu_without:
+        report.add("podman", "fail",
+                   f"{', '.join(imaged)} run in a container image (runtime_env image_uri), "
+                   f"and podman is not found on the GPU nodes {', '.join(gpu_without)}",
+                   "install podman on every GPU node (Ray starts image_uri workers with it)")
         return
     report.add("podman", "warn",
                f"podman not found on {', '.join(without)}: a backend runtime_env that uses a "
@@ -206,9 +255,17 @@ def _check_auth(report: DoctorReport) -> None:
                    "reaches the cluster's ports can run code on it", AUTH_FIX)
 
 
-def run_doctor(address: str | None = None, results_dir: str | Path | None = None) -> DoctorReport:
-    """All checks; connects like `lem-ray campaign` does (a local instance without address)."""
+def run_doctor(address: str | None = None, results_dir: str | Path | None = None,
+               plan: CampaignPlan | None = None) -> DoctorReport:
+    """All checks; connects like `lem-ray campaign` does (a local instance without address).
+
+    With a campaign, its results directory is checked (unless results_dir is given) and its
+    backends are imported inside their runtime_envs on the GPU nodes.
+    """
     report = DoctorReport()
+    envs = plan.runtime_envs() if plan is not None else None
+    if results_dir is None and plan is not None:
+        results_dir = plan.results_dir()
     target = address or os.environ.get("RAY_ADDRESS")
     try:
         started = connect(address)
@@ -231,7 +288,10 @@ def run_doctor(address: str | None = None, results_dir: str | Path | None = None
         _check_versions(report, nodes)
         _check_gpus(report, nodes)
         _check_backends(report, nodes)
-        _check_podman(report, nodes)
+        if plan is not None and envs is not None:
+            _check_runtime_envs(report, nodes, envs,
+                                plan.campaign.execution.runtime_env_timeout_s)
+        _check_podman(report, nodes, envs)
         if out is not None:
             _check_results_dir(report, nodes, out)
             if created and Path(out).is_dir() and not any(Path(out).iterdir()):

@@ -46,10 +46,12 @@ def _import_problem(modules: tuple[str, ...]) -> str | None:
     return None
 
 
-def _backends() -> dict[str, str | None]:
+def _backends(names: list[str] | None = None) -> dict[str, str | None]:
     """backend -> None when its libraries import here, else why not."""
     found: dict[str, str | None] = {}
     for entry in BACKENDS:
+        if names is not None and entry.name not in names:
+            continue
         missing = missing_modules(entry.name)
         found[entry.name] = (
             f"{missing[0]} is not installed" if missing else _import_problem(entry.requires)
@@ -86,3 +88,9 @@ def probe_node(results_dir: str | None) -> dict[str, Any]:
         "podman": shutil.which("podman"),
         "results_dir_error": None if results_dir is None else _results_dir_writable(results_dir),
     }
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def probe_backend(backend: str) -> str | None:
+    """Run inside the backend's runtime_env: None when its libraries import there."""
+    return _backends([backend])[backend]
