@@ -16,6 +16,7 @@ from lem_ray.results import compact as compact_module
 from lem_ray.results import store
 from lem_ray.results.compact import CompactionBusy, compact
 from lem_ray.records import RunKey
+from lem_ray.results.schema import empty_row
 from lem_ray.results.store import read_table, write_rows
 
 
@@ -23,10 +24,13 @@ def write_attempt(out: Path, exp: str, cycle: int, attempt: int, finished: bool 
     ids = {"campaign_name": "c", "experiment_id": exp, "run_id": f"{exp}-c{cycle}",
            "cycle": cycle, "attempt": attempt}
     stem = RunKey(exp, cycle).stem(attempt)
-    write_rows(out, "requests", stem, [{**ids, "request_index": i} for i in range(3)])
-    write_rows(out, "timeseries", stem, [{**ids, "gpu_uuid": "GPU-0"} for _ in range(2)])
+    write_rows(out, "requests", stem,
+               [{**empty_row("requests"), **ids, "request_index": i} for i in range(3)])
+    write_rows(out, "timeseries", stem,
+               [{**empty_row("timeseries"), **ids, "gpu_uuid": "GPU-0"} for _ in range(2)])
     if finished:
-        write_rows(out, "experiments", stem, [{**ids, "status": "ok" if attempt == 2 else "failed"}])
+        write_rows(out, "experiments", stem, [{**empty_row("experiments"), **ids,
+                                               "status": "ok" if attempt == 2 else "failed"}])
 
 
 def campaign(out: Path, runs: int) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from lem_ray.records import RunKey
 from lem_ray.results.report import METRICS, SUMMARY, pareto_mask
+from lem_ray.results.schema import empty_row
 from lem_ray.results.store import write_rows
 from tests.conftest import TINY_BASE
 from tests.test_cli import lem_ray
@@ -79,11 +80,11 @@ def write_synthetic(results_dir: Path) -> None:
                            measure_start_s=start_s, measure_end_s=start_s + WINDOW_S,
                            energy_window_s=WINDOW_S, **_metrics(batch, cycle, jpt))
             stem = RunKey(eid, cycle).stem(attempt)
-            write_rows(results_dir, "experiments", stem, [row])
+            write_rows(results_dir, "experiments", stem, [{**empty_row("experiments"), **row}])
             if status == "ok" and cycle == 1:
                 t_s = np.arange(start_s - 3, start_s + WINDOW_S + 3, 0.1)
                 busy = (t_s >= start_s) & (t_s <= start_s + WINDOW_S)
-                samples = [{**ids, "gpu_uuid": f"GPU-{eid}-{g}", "t_s": float(t),
+                samples = [{**empty_row("timeseries"), **ids, "gpu_uuid": f"GPU-{eid}-{g}", "t_s": float(t),
                             "power_w": float(80 + (220 + 30 * math.sin(t) + 10 * g) * b)}
                            for g in range(gpus) for t, b in zip(t_s, busy)]
                 write_rows(results_dir, "timeseries", stem, samples)

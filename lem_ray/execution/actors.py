@@ -7,6 +7,7 @@ from typing import Any
 
 import ray
 
+from lem_ray.execution.handoff import SamplerReport
 from lem_ray.execution.worker import ExperimentWorker
 from lem_ray.telemetry.sampler import EnergySampler
 
@@ -38,9 +39,9 @@ class SamplerActor:
             duration_s=duration_s, interval_ms=self.sampler.sample_interval_s * 1000
         )
 
-    def cool_down(self, target_temp_c: float, max_wait_s: float) -> dict[str, float | None]:
-        waited_s, hottest_c = self.sampler.wait_until_cool(target_temp_c, max_wait_s)
-        return {"cooldown_wait_s": waited_s, "cooldown_temp_c": hottest_c}
+    def cool_down(self, target_temp_c: float, max_wait_s: float) -> tuple[float, float | None]:
+        """(seconds waited, hottest GPU's temperature at the end)."""
+        return self.sampler.wait_until_cool(target_temp_c, max_wait_s)
 
     def start(self) -> None:
         self.sampler.start()
@@ -58,12 +59,12 @@ class SamplerActor:
             return dataclasses.replace(window, unavailable_reason=self.no_gpu_reason)
         return window
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> SamplerReport:
         self.sampler.stop()
-        return {
-            "timeseries": self.sampler.timeseries(),
-            "environment": self.sampler.environment(),
-            "sampler_cpu_s": self.sampler.sampler_cpu_s(),
-            "compute_pids": self.compute_pids,
-            "sample_interval_s": self.sampler.sample_interval_s,
-        }
+        return SamplerReport(
+            timeseries=self.sampler.timeseries(),
+            environment=self.sampler.environment(),
+            sampler_cpu_s=self.sampler.sampler_cpu_s(),
+            compute_pids=self.compute_pids,
+            sample_interval_s=self.sampler.sample_interval_s,
+        )

@@ -120,7 +120,7 @@ class Dispatcher:
             self._record(key, state="running", attempt=task.ids.attempt, error=None)
             if refusal:
                 rows = failed_rows(task.ids, task.config, refusal, datetime.now(timezone.utc),
-                                   {"runtime_env_json": task.runtime_env.to_json()})
+                                   None, task.runtime_env.to_json())
             else:
                 rows = execute_run(task, pg)
             if self.stopping.is_set() and not rows.ok:

@@ -10,6 +10,7 @@ from typing import Any
 import lem_ray
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.execution.handoff import GpuConditions, RunResult, SamplerReport, WorkerIdentity
 from lem_ray.records import RunAttempt
 from lem_ray.results.metrics import (
     attribute_energy,
@@ -18,6 +19,7 @@ from lem_ray.results.metrics import (
     request_rows,
     split_prefill_decode,
 )
+from lem_ray.results.schema import empty_row
 from lem_ray.results.validity import (
     ValidityInputs,
     is_valid,
@@ -61,13 +63,16 @@ def _now() -> datetime:
 
 def failed_rows(
     ids: RunAttempt, config: ExperimentConfig, error: str, started_at: datetime,
-    identity: dict[str, Any] | None = None, retryable: bool = False,
+    identity: WorkerIdentity | None = None, runtime_env_json: str | None = None,
+    retryable: bool = False,
 ) -> RunRows:
+    """Every column is present; those a failed run cannot know are null."""
     return RunRows(
         {
+            **empty_row("experiments"),
             **ids.as_dict(),
             **config_columns(config),
-            **_identity_columns(identity or {}),
+            **_identity_columns(identity, runtime_env_json),
             "status": "failed",
             "error": error,
             "started_at": started_at,
@@ -77,15 +82,18 @@ def failed_rows(
     )
 
 
-def _identity_columns(identity: dict[str, Any]) -> dict[str, Any]:
+def _identity_columns(
+    identity: WorkerIdentity | None, runtime_env_json: str | None
+) -> dict[str, Any]:
     keys = ("node_ip", "node_id", "hostname", "device", "gpu_ids", "gpu_uuids", "gpu_names",
-            "python_executable", "runtime_env_json")
-    return {k: identity.get(k) for k in keys}
+            "python_executable")
+    return {**{k: getattr(identity, k) if identity else None for k in keys},
+            "runtime_env_json": runtime_env_json}
 
 
-def _baseline(conditions: dict[str, Any], uuids: list[str]) -> dict[str, Any]:
+def _baseline(conditions: GpuConditions, uuids: list[str]) -> dict[str, Any]:
     """Summed idle power over the run's GPUs, the oldest age, and how it was taken."""
-    baselines = conditions.get("baselines") or {}
+    baselines = conditions.baselines
     if not uuids or any(u not in baselines for u in uuids):
         return {"baseline_power_w": None, "baseline_age_s": None, "baseline_method": None}
     entries = [baselines[u] for u in uuids]
@@ -106,7 +114,7 @@ def _environment(environment: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _steady(config: ExperimentConfig, result: dict[str, Any],
+def _steady(config: ExperimentConfig, result: RunResult,
             timeseries: list[dict[str, Any]]) -> dict[str, Any]:
     """The steady-state window under traffic (vLLM constant / poisson), beside the whole run.
 
@@ -114,7 +122,7 @@ def _steady(config: ExperimentConfig, result: dict[str, Any],
     inside the measured window, where no counter was read), summed over the run's GPUs.
     """
     traffic = getattr(config.backend_options, "traffic", None)
-    window = result.get("steady_window")
+    window = result.steady_window
     columns: dict[str, Any] = {
         "traffic_mode": traffic.mode if traffic is not None else "offline",
         "steady_start_s": None, "steady_duration_s": None, "steady_opened_by": None,
@@ -124,8 +132,8 @@ def _steady(config: ExperimentConfig, result: dict[str, Any],
     }
     if window is None or window.duration_s <= 0:
         return columns
-    start = window.start_s + result["epoch_minus_perf_s"]
-    end = window.end_s + result["epoch_minus_perf_s"]
+    start = window.start_s + result.epoch_minus_perf_s
+    end = window.end_s + result.epoch_minus_perf_s
     series: dict[str, list[tuple[float, float]]] = {}
     for row in timeseries:
         if row.get("power_w") is not None:
@@ -146,84 +154,96 @@ def _steady(config: ExperimentConfig, result: dict[str, Any],
     return columns
 
 
-def ok_rows(
-    ids: RunAttempt,
-    config: ExperimentConfig,
-    execution: ExecutionConfig,
-    identity: dict[str, Any],
-    result: dict[str, Any],
-    telemetry: dict[str, Any],
-    conditions: dict[str, Any],
-    started_at: datetime,
-) -> RunRows:
-    records = result["records"]
-    window = result["measure_window"]
-    warmup = result["warmup"]
-    req = request_metrics(records, result["duration_s"])
-    energy_j = window.energy_j
-    window_s = window.duration_s
-    baseline = _baseline(conditions, identity["gpu_uuids"])
-    env = _environment(telemetry["environment"])
-    prefill = result["prefill"]
+@dataclass(frozen=True)
+class _Energy:
+    """The measured window's energy, split and adjusted: what several column groups share."""
+
+    energy_j: float | None
+    window_s: float
+    prefill_j: float | None
+    decode_j: float | None
+    adjusted_j: float | None
+
+
+def _energy(result: RunResult, baseline_power_w: float | None) -> _Energy:
+    window = result.measure_window
+    prefill = result.prefill
     prefill_j, decode_j = split_prefill_decode(
-        energy_j, prefill["window"].energy_j if prefill else None, prefill["passes"] if prefill else 0
+        window.energy_j, prefill.window.energy_j if prefill else None,
+        prefill.passes if prefill else 0,
     )
-    adjusted_j = adjusted_energy_j(energy_j, baseline["baseline_power_w"], window_s)
-    ratios = energy_metrics(energy_j, window_s, req["output_tokens"], req["num_requests"])
-    others = other_processes(telemetry["compute_pids"].get("measure", []), result["own_pids"])
+    adjusted_j = adjusted_energy_j(window.energy_j, baseline_power_w, window.duration_s)
+    return _Energy(window.energy_j, window.duration_s, prefill_j, decode_j, adjusted_j)
+
+
+def _warmup_columns(result: RunResult) -> dict[str, Any]:
+    warmup = result.warmup
+    return {
+        "load_s": result.load_s,
+        "timing_method": result.timing_method,
+        "warmup_s": warmup.duration_s,
+        "warmup_requests": warmup.requests,
+        "warmup_steps": warmup.steps,
+        "warmup_converged": warmup.converged,
+        "warmup_final_cv": warmup.final_cv,
+    }
+
+
+def _energy_columns(
+    result: RunResult, energy: _Energy, ratios: dict[str, Any], output_tokens: int,
+    baseline: dict[str, Any],
+) -> dict[str, Any]:
+    window = result.measure_window
+    adjusted_j = energy.adjusted_j
+    prefill = result.prefill
+    return {
+        "energy_j": energy.energy_j,
+        **ratios,
+        "energy_source": window.source,
+        "energy_unavailable_reason": window.unavailable_reason,
+        "energy_by_gpu_json": json.dumps(window.energy_by_gpu_j) if window.energy_by_gpu_j else None,
+        "energy_integrated_j": window.integrated_energy_j,
+        "energy_window_s": energy.window_s,
+        "measure_start_s": window.start_s,
+        "measure_end_s": window.end_s,
+        "energy_warmup_j": result.warmup_window.energy_j,
+        **baseline,
+        "energy_adjusted_j": adjusted_j,
+        "energy_adjusted_j_per_output_token": (
+            adjusted_j / output_tokens if adjusted_j is not None and output_tokens else None
+        ),
+        "energy_prefill_j": energy.prefill_j,
+        "energy_decode_j": energy.decode_j,
+        "prefill_passes": prefill.passes if prefill else None,
+        "prefill_window_s": prefill.window.duration_s if prefill else None,
+    }
+
+
+def _validity_columns(
+    result: RunResult, telemetry: SamplerReport, execution: ExecutionConfig,
+    avg_power_w: float | None, power_limit_w: float | None, baseline_power_w: float | None,
+) -> dict[str, Any]:
+    window = result.measure_window
+    others = other_processes(telemetry.compute_pids.get("measure", []), result.own_pids)
     flags = validity_flags(ValidityInputs(
-        energy_j=energy_j,
-        window_s=window_s,
+        energy_j=window.energy_j,
+        window_s=window.duration_s,
         min_window_s=execution.validity.min_window_s,
         throttle_reasons=window.throttle_reasons_seen,
         temperature_start_c=window.temperature_start_c,
         temperature_max_c=window.temperature_max_c,
         temperature_min_c=execution.validity.temperature_min_c,
         temperature_limit_c=execution.validity.temperature_max_c,
-        avg_power_w=ratios["avg_power_w"],
-        power_limit_w=env["power_limit_w"],
-        baseline_power_w=baseline["baseline_power_w"],
+        avg_power_w=avg_power_w,
+        power_limit_w=power_limit_w,
+        baseline_power_w=baseline_power_w,
         other_process_pids=others,
-        mig_enabled=any(g.get("mig_enabled") for g in telemetry["environment"].values()),
-        warmup_converged=warmup.converged,
+        mig_enabled=any(g.get("mig_enabled") for g in telemetry.environment.values()),
+        warmup_converged=result.warmup.converged,
     ))
-    throttled = throttle_seconds(telemetry["timeseries"], window.start_s, window.end_s,
-                                 telemetry["sample_interval_s"])
-    experiment = {
-        **ids.as_dict(),
-        **config_columns(config),
-        **_identity_columns(identity),
-        "status": "ok",
-        "error": None,
-        "started_at": started_at,
-        "finished_at": _now(),
-        "load_s": result["load_s"],
-        "timing_method": result["timing_method"],
-        "warmup_s": warmup.duration_s,
-        "warmup_requests": warmup.requests,
-        "warmup_steps": warmup.steps,
-        "warmup_converged": warmup.converged,
-        "warmup_final_cv": warmup.final_cv,
-        **req,
-        "energy_j": energy_j,
-        **ratios,
-        "energy_source": window.source,
-        "energy_unavailable_reason": window.unavailable_reason,
-        "energy_by_gpu_json": json.dumps(window.energy_by_gpu_j) if window.energy_by_gpu_j else None,
-        "energy_integrated_j": window.integrated_energy_j,
-        "energy_window_s": window_s,
-        "measure_start_s": window.start_s,
-        "measure_end_s": window.end_s,
-        "energy_warmup_j": result["warmup_window"].energy_j,
-        **baseline,
-        "energy_adjusted_j": adjusted_j,
-        "energy_adjusted_j_per_output_token": (
-            adjusted_j / req["output_tokens"] if adjusted_j is not None and req["output_tokens"] else None
-        ),
-        "energy_prefill_j": prefill_j,
-        "energy_decode_j": decode_j,
-        "prefill_passes": prefill["passes"] if prefill else None,
-        "prefill_window_s": prefill["window"].duration_s if prefill else None,
+    throttled = throttle_seconds(telemetry.timeseries, window.start_s, window.end_s,
+                                 telemetry.sample_interval_s)
+    return {
         "valid": is_valid(flags),
         "validity_flags": flags,
         "temperature_start_c": window.temperature_start_c,
@@ -231,24 +251,66 @@ def ok_rows(
         "throttle_reasons": window.throttle_reasons_seen,
         "throttle_s_json": json.dumps(throttled),
         "other_process_pids": others,
-        "cooldown_wait_s": conditions.get("cooldown_wait_s"),
-        "cooldown_temp_c": conditions.get("cooldown_temp_c"),
-        **env,
-        "sampler_cpu_s": telemetry["sampler_cpu_s"],
-        "peak_memory_mb": result["peak_memory_mb"],
-        "versions_json": json.dumps({**result["versions"], "lem_ray": lem_ray.__version__}),
-        **_steady(config, result, telemetry["timeseries"]),
+    }
+
+
+def _engine_columns(
+    config: ExperimentConfig, result: RunResult, telemetry: SamplerReport
+) -> dict[str, Any]:
+    return {
+        "sampler_cpu_s": telemetry.sampler_cpu_s,
+        "peak_memory_mb": result.peak_memory_mb,
+        "versions_json": json.dumps({**result.versions, "lem_ray": lem_ray.__version__}),
+        **_steady(config, result, telemetry.timeseries),
         "engine_config_json": (
-            json.dumps(result["engine_config"], default=str)
-            if result.get("engine_config") is not None else None
+            json.dumps(result.engine_config, default=str)
+            if result.engine_config is not None else None
         ),
         "environment_json": json.dumps(
-            {"gpus": telemetry["environment"], **result["details"]}, default=str
+            {"gpus": telemetry.environment, **result.details}, default=str
         ),
     }
+
+
+def ok_rows(
+    ids: RunAttempt,
+    config: ExperimentConfig,
+    execution: ExecutionConfig,
+    identity: WorkerIdentity,
+    result: RunResult,
+    telemetry: SamplerReport,
+    conditions: GpuConditions,
+    started_at: datetime,
+    runtime_env_json: str | None,
+) -> RunRows:
+    records = result.records
+    req = request_metrics(records, result.duration_s)
+    baseline = _baseline(conditions, identity.gpu_uuids)
+    env = _environment(telemetry.environment)
+    energy = _energy(result, baseline["baseline_power_w"])
+    ratios = energy_metrics(energy.energy_j, energy.window_s, req["output_tokens"],
+                            req["num_requests"])
+    experiment = {
+        **ids.as_dict(),
+        **config_columns(config),
+        **_identity_columns(identity, runtime_env_json),
+        "status": "ok",
+        "error": None,
+        "started_at": started_at,
+        "finished_at": _now(),
+        **_warmup_columns(result),
+        **req,
+        **_energy_columns(result, energy, ratios, req["output_tokens"], baseline),
+        **_validity_columns(result, telemetry, execution, ratios["avg_power_w"],
+                            env["power_limit_w"], baseline["baseline_power_w"]),
+        "cooldown_wait_s": conditions.cooldown_wait_s,
+        "cooldown_temp_c": conditions.cooldown_temp_c,
+        **env,
+        **_engine_columns(config, result, telemetry),
+    }
     ids_row = ids.as_dict()
-    energies = attribute_energy(records, energy_j, prefill_j, decode_j)
+    energies = attribute_energy(records, energy.energy_j, energy.prefill_j, energy.decode_j)
     requests = [{**ids_row, **row}
-                for row in request_rows(records, result["measure_start_s"], energies)]
-    series = [{**ids_row, **row} for row in telemetry["timeseries"]]
+                for row in request_rows(records, result.measure_start_s, energies)]
+    series = [{**ids_row, **row} for row in telemetry.timeseries]
     return RunRows(experiment, requests, series)

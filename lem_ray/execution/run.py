@@ -22,6 +22,7 @@ from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.execution.actors import SamplerActor, WorkerActor
+from lem_ray.execution.handoff import GpuConditions, WorkerIdentity
 from lem_ray.execution.rows import RunRows, failed_rows, ok_rows
 from lem_ray.execution.worker import PrefillSettings
 from lem_ray.records import RunAttempt
@@ -88,32 +89,32 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _no_gpu_reason(identity: dict[str, Any]) -> str | None:
+def _no_gpu_reason(identity: WorkerIdentity) -> str | None:
     """Why a run has no GPU to measure, in words a reader of the results table understands."""
-    if identity["gpu_uuids"]:
+    if identity.gpu_uuids:
         return None
-    if identity["gpu_ids"]:
-        return (f"Ray assigned GPU ids {identity['gpu_ids']} but no CUDA device or NVML is "
+    if identity.gpu_ids:
+        return (f"Ray assigned GPU ids {identity.gpu_ids} but no CUDA device or NVML is "
                 "visible on this node (logical GPUs?), so energy cannot be measured")
     return "ran on CPU: energy is measured on NVIDIA GPUs through NVML only"
 
 
-def _prepare_gpus(task: RunTask, sampler: Any, uuids: list[str]) -> dict[str, Any]:
+def _prepare_gpus(task: RunTask, sampler: Any, uuids: list[str]) -> GpuConditions:
     """Cool down and take (or reuse) the idle baseline, both before anything is loaded."""
     execution = task.execution
-    found: dict[str, Any] = {}
     if not uuids:
-        return found
+        return GpuConditions()
+    waited_s = hottest_c = None
     if execution.cooldown.target_temp_c is not None:
-        found.update(ray.get(sampler.cool_down.remote(
-            execution.cooldown.target_temp_c, execution.cooldown.max_wait_s)))
+        waited_s, hottest_c = ray.get(sampler.cool_down.remote(
+            execution.cooldown.target_temp_c, execution.cooldown.max_wait_s))
+    baselines: dict[str, dict[str, Any]] = {}
     if execution.baseline.enabled:
         known = ray.get(task.baselines.get.remote(uuids))
         baselines = ray.get(sampler.baseline.remote(
             known, execution.baseline.duration_s, execution.baseline.ttl_s))
         ray.get(task.baselines.put.remote(baselines))
-        found["baselines"] = baselines
-    return found
+    return GpuConditions(waited_s, hottest_c, baselines)
 
 
 def reserve(task: RunTask) -> PlacementGroup:
@@ -134,7 +135,8 @@ def execute_run(task: RunTask, pg: PlacementGroup) -> RunRows:
     """Run in the reserved placement group, and give it back whatever happens."""
     gpus = task.config.gpus_per_experiment if task.use_gpus else 0
     actors: list[Any] = []
-    identity: dict[str, Any] = {"runtime_env_json": task.runtime_env.to_json()}
+    identity: WorkerIdentity | None = None
+    runtime_env_json = task.runtime_env.to_json()
     # The worker and its sampler both run in the backend's environment; None: the job's.
     env = {"runtime_env": task.runtime_env.ray_runtime_env()} \
         if task.runtime_env.ray_runtime_env() else {}
@@ -150,12 +152,12 @@ def execute_run(task: RunTask, pg: PlacementGroup) -> RunRows:
         ).remote(task.config.model_dump_json(), task.prompts)
         actors.append(worker)
         task.inflight.add(task.ids.run_id, worker)
-        identity = {**identity, **ray.get(worker.identify.remote())}
+        identity = ray.get(worker.identify.remote())
         sampler = SamplerActor.options(scheduling_strategy=strategy, **env).remote(
-            identity["gpu_uuids"], execution.telemetry.sample_interval_ms, _no_gpu_reason(identity)
+            identity.gpu_uuids, execution.telemetry.sample_interval_ms, _no_gpu_reason(identity)
         )
         actors.append(sampler)
-        conditions = _prepare_gpus(task, sampler, identity["gpu_uuids"])
+        conditions = _prepare_gpus(task, sampler, identity.gpu_uuids)
         ray.get(sampler.start.remote())
         prefill = PrefillSettings(
             execution.prefill.enabled, execution.validity.min_window_s, execution.prefill.max_repeats
@@ -166,18 +168,19 @@ def execute_run(task: RunTask, pg: PlacementGroup) -> RunRows:
             return failed_rows(
                 task.ids, task.config,
                 f"timed out: still running after execution.run_timeout_s = "
-                f"{execution.run_timeout_s:g} s", started_at, identity,
+                f"{execution.run_timeout_s:g} s", started_at, identity, runtime_env_json,
             )
         telemetry = ray.get(sampler.finish.remote())
         return ok_rows(task.ids, task.config, execution, identity, result, telemetry, conditions,
-                       started_at)
+                       started_at, runtime_env_json)
     except (RayTaskError, RayActorError) as exc:
         retryable = isinstance(exc, RayActorError) and not isinstance(exc, RayTaskError)
         return failed_rows(task.ids, task.config, describe_error(exc), started_at, identity,
-                           retryable=retryable)
+                           runtime_env_json, retryable=retryable)
     except Exception as exc:  # a bug of ours: keep the campaign going, keep the trace
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return failed_rows(task.ids, task.config, f"internal error: {detail}", started_at, identity)
+        return failed_rows(task.ids, task.config, f"internal error: {detail}", started_at,
+                           identity, runtime_env_json)
     finally:
         task.inflight.discard(task.ids.run_id)
         for actor in actors:

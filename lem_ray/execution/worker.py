@@ -19,6 +19,7 @@ from lem_ray.backends.base import Backend, DeviceInfo
 from lem_ray.backends.registry import backend_class
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.gpus import GpuIdentity, resolve_gpus
+from lem_ray.execution.handoff import PrefillResult, RunResult, WorkerIdentity
 from lem_ray.execution.warmup import run_warmup
 
 
@@ -40,16 +41,16 @@ class ExperimentWorker:
         self.identity: GpuIdentity = resolve_gpus([str(i) for i in ids])
         self.node_id = ctx.get_node_id()
 
-    def identify(self) -> dict[str, Any]:
-        return {
+    def identify(self) -> WorkerIdentity:
+        return WorkerIdentity(
             **asdict(self.identity),
-            "node_ip": ray.util.get_node_ip_address(),
-            "node_id": self.node_id,
-            "hostname": socket.gethostname(),
-            "python_executable": sys.executable,
-        }
+            node_ip=ray.util.get_node_ip_address(),
+            node_id=self.node_id,
+            hostname=socket.gethostname(),
+            python_executable=sys.executable,
+        )
 
-    def run(self, sampler: Any, prefill: PrefillSettings) -> dict[str, Any]:
+    def run(self, sampler: Any, prefill: PrefillSettings) -> RunResult:
         """Load (and compile for the run's shapes), warm up, measure, then the prefill window;
         every window edge after a device sync."""
         cfg = self.config
@@ -68,8 +69,8 @@ class ExperimentWorker:
             backend.release()
 
     def _measure(
-        self, backend: Backend, sampler: Any, prefill: PrefillSettings, load_s: float
-    ) -> dict[str, Any]:
+        self, backend: Backend[Any], sampler: Any, prefill: PrefillSettings, load_s: float
+    ) -> RunResult:
         cfg = self.config
         prompts = self.prompts
         ray.get(sampler.begin.remote("warmup"))
@@ -90,30 +91,30 @@ class ExperimentWorker:
         prefill_result = (
             _prefill(backend, sampler, prompts, prefill) if prefill.enabled and measured else None
         )
-        return {
-            "records": records,
-            "measure_start_s": start_s,
-            "duration_s": duration_s,
-            "load_s": load_s,
-            "timing_method": backend.timing_method,
-            "warmup": warmup,
-            "warmup_window": warmup_window,
-            "measure_window": measure_window,
-            "prefill": prefill_result,
-            "own_pids": own_pids,
-            "peak_memory_mb": peak_memory_mb(backend),
-            "versions": {**backend.versions(), "python": platform.python_version(),
-                         "ray": ray.__version__},
-            "details": backend.details(),
-            "engine_config": backend.engine_config(),
-            "steady_window": backend.steady_window(),
-            "epoch_minus_perf_s": epoch_minus_perf_s,
-        }
+        return RunResult(
+            records=records,
+            measure_start_s=start_s,
+            duration_s=duration_s,
+            load_s=load_s,
+            timing_method=backend.timing_method,
+            warmup=warmup,
+            warmup_window=warmup_window,
+            measure_window=measure_window,
+            prefill=prefill_result,
+            own_pids=own_pids,
+            peak_memory_mb=peak_memory_mb(backend),
+            versions={**backend.versions(), "python": platform.python_version(),
+                      "ray": ray.__version__},
+            details=backend.details(),
+            engine_config=backend.engine_config(),
+            steady_window=backend.steady_window(),
+            epoch_minus_perf_s=epoch_minus_perf_s,
+        )
 
 
 def _prefill(
-    backend: Backend, sampler: Any, prompts: list[str], settings: PrefillSettings
-) -> dict[str, Any]:
+    backend: Backend[Any], sampler: Any, prompts: list[str], settings: PrefillSettings
+) -> PrefillResult:
     """The measured prompts again, one output token each, repeated until the window is long
     enough for the energy counter (or max_repeats); energy is then divided by the passes."""
     backend.synchronize()
@@ -127,7 +128,7 @@ def _prefill(
         if time.perf_counter() - started >= settings.min_window_s or passes >= settings.max_repeats:
             break
     window = ray.get(sampler.end.remote("prefill"))
-    return {"window": window, "passes": passes, "duration_s": time.perf_counter() - started}
+    return PrefillResult(window, passes, time.perf_counter() - started)
 
 
 @contextmanager
@@ -146,7 +147,7 @@ def _no_gc() -> Iterator[None]:
         gc.unfreeze()
 
 
-def peak_memory_mb(backend: Backend) -> float | None:
+def peak_memory_mb(backend: Backend[Any]) -> float | None:
     """The backend's own count, else NVML's used memory on the GPUs it names."""
     peak = backend.peak_memory_mb()
     ids = backend.memory_gpu_ids() if peak is None else None

@@ -148,3 +148,8 @@ TIMESERIES = pa.schema(
 )
 
 TABLES = {"experiments": EXPERIMENTS, "requests": REQUESTS, "timeseries": TIMESERIES}
+
+
+def empty_row(table: str) -> dict[str, None]:
+    """Every column of `table`, null: the base of a row whose run could not fill them all."""
+    return dict.fromkeys(TABLES[table].names)

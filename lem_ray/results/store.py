@@ -87,7 +87,9 @@ def write_rows(
 ) -> str | None:
     if not rows:
         return None
-    data = pa.Table.from_pylist(rows, schema=TABLES[table])
+    schema = TABLES[table]
+    check_columns(table, rows, schema.names)
+    data = pa.Table.from_pylist(rows, schema=schema)
     return write_table(results_dir, table, f"{stem}.parquet", data)
 
 
@@ -117,6 +119,18 @@ def _read_once(fs: pafs.FileSystem, folder: str, schema: pa.Schema) -> pa.Table:
     if singles:
         parts.append(ds.dataset(singles, filesystem=fs, format="parquet", schema=schema).to_table())
     return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def check_columns(table: str, rows: list[dict[str, Any]], names: list[str]) -> None:
+    """Every row has exactly the table's columns: a misspelt or forgotten key is a bug of
+    ours, refused here rather than written as a silent null column."""
+    expected = set(names)
+    for index, row in enumerate(rows):
+        unknown, missing = sorted(row.keys() - expected), sorted(expected - row.keys())
+        if unknown or missing:
+            raise ValueError(
+                f"{table} row {index}: unknown columns {unknown}, missing columns {missing}"
+            )
 
 
 def read_table(results_dir: str | Path, table: str) -> pa.Table:

@@ -1,0 +1,73 @@
+"""What the run's actors hand back to the driver, typed: a misspelt field is an error where it
+is written, not a silent null column in the results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lem_ray.backends.traffic import SteadyWindow
+from lem_ray.execution.gpus import GpuIdentity
+from lem_ray.execution.warmup import WarmupOutcome
+from lem_ray.records import RequestRecord
+from lem_ray.telemetry.sampler import WindowResult
+
+
+@dataclass
+class WorkerIdentity(GpuIdentity):
+    """Where the worker landed and which GPUs it holds."""
+
+    node_ip: str | None = None
+    node_id: str | None = None
+    hostname: str | None = None
+    python_executable: str | None = None
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    window: WindowResult
+    passes: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The worker's account of one run. `measure_start_s` is in the worker's perf_counter clock;
+    `epoch_minus_perf_s` maps that clock onto the sampler's epoch time stamps."""
+
+    records: list[RequestRecord]
+    measure_start_s: float
+    duration_s: float
+    load_s: float
+    timing_method: str | None
+    warmup: WarmupOutcome
+    warmup_window: WindowResult
+    measure_window: WindowResult
+    prefill: PrefillResult | None
+    own_pids: set[int]
+    peak_memory_mb: float | None
+    versions: dict[str, str]
+    details: dict[str, Any]
+    engine_config: dict[str, Any] | None
+    steady_window: SteadyWindow | None
+    epoch_minus_perf_s: float
+
+
+@dataclass(frozen=True)
+class SamplerReport:
+    """The sampler's account of one run, taken when it stops."""
+
+    timeseries: list[dict[str, Any]]
+    environment: dict[str, dict[str, Any]]
+    sampler_cpu_s: float
+    compute_pids: dict[str, list[int]]
+    sample_interval_s: float
+
+
+@dataclass(frozen=True)
+class GpuConditions:
+    """The GPUs before the run: how long cooling took, and their idle baselines by UUID."""
+
+    cooldown_wait_s: float | None = None
+    cooldown_temp_c: float | None = None
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
