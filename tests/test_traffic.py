@@ -218,12 +218,12 @@ def test_steady_columns_integrate_power_inside_the_window() -> None:
     window = SteadyWindow(start_s=10.0, end_s=14.0, opened_by="16 responses", output_tokens=800)
     series = [{"gpu_uuid": gpu, "t_s": 1000.0 + t, "power_w": 200.0}
               for gpu in ("GPU-a", "GPU-b") for t in range(0, 21)]
-    columns = _steady(cfg, {"steady_window": window, "epoch_minus_perf_s": 992.0}, series)
+    columns = _steady(cfg, window, 992.0, series)
     assert columns["traffic_mode"] == "poisson"
     assert columns["steady_start_s"] == 1002.0 and columns["steady_duration_s"] == 4.0
     assert columns["steady_energy_j"] == pytest.approx(2 * 200.0 * 4.0)
     assert columns["steady_avg_power_w"] == pytest.approx(400.0)
     assert columns["steady_throughput_tok_s"] == 200.0
     assert columns["steady_energy_j_per_output_token"] == pytest.approx(2.0)
-    offline = _steady(vllm_config(), {"steady_window": None}, series)
+    offline = _steady(vllm_config(), None, 0.0, series)
     assert offline["traffic_mode"] == "offline" and offline["steady_energy_j"] is None

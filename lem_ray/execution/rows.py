@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import lem_ray
+from lem_ray.backends.traffic import SteadyWindow
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.handoff import GpuConditions, RunResult, SamplerReport, WorkerIdentity
@@ -114,7 +115,7 @@ def _environment(environment: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _steady(config: ExperimentConfig, result: RunResult,
+def _steady(config: ExperimentConfig, window: SteadyWindow | None, epoch_minus_perf_s: float,
             timeseries: list[dict[str, Any]]) -> dict[str, Any]:
     """The steady-state window under traffic (vLLM constant / poisson), beside the whole run.
 
@@ -122,7 +123,6 @@ def _steady(config: ExperimentConfig, result: RunResult,
     inside the measured window, where no counter was read), summed over the run's GPUs.
     """
     traffic = getattr(config.backend_options, "traffic", None)
-    window = result.steady_window
     columns: dict[str, Any] = {
         "traffic_mode": traffic.mode if traffic is not None else "offline",
         "steady_start_s": None, "steady_duration_s": None, "steady_opened_by": None,
@@ -132,8 +132,8 @@ def _steady(config: ExperimentConfig, result: RunResult,
     }
     if window is None or window.duration_s <= 0:
         return columns
-    start = window.start_s + result.epoch_minus_perf_s
-    end = window.end_s + result.epoch_minus_perf_s
+    start = window.start_s + epoch_minus_perf_s
+    end = window.end_s + epoch_minus_perf_s
     series: dict[str, list[tuple[float, float]]] = {}
     for row in timeseries:
         if row.get("power_w") is not None:
@@ -261,7 +261,8 @@ def _engine_columns(
         "sampler_cpu_s": telemetry.sampler_cpu_s,
         "peak_memory_mb": result.peak_memory_mb,
         "versions_json": json.dumps({**result.versions, "lem_ray": lem_ray.__version__}),
-        **_steady(config, result, telemetry.timeseries),
+        **_steady(config, result.steady_window, result.epoch_minus_perf_s,
+                  telemetry.timeseries),
         "engine_config_json": (
             json.dumps(result.engine_config, default=str)
             if result.engine_config is not None else None
