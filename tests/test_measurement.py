@@ -54,7 +54,7 @@ def test_cv_warmup_stops_once_latencies_settle() -> None:
 def test_cv_warmup_never_judges_the_first_step() -> None:
     """A slow first step (compilation) followed by steady ones: steps 2-4 alone make the window,
     so it settles after four steps, not three."""
-    engine = ScriptedEngine([200.0, 10.0, 10.0, 10.0])
+    engine = ScriptedEngine([200.0, 50.0, 50.0, 50.0])
     cfg = WarmupConfig(mode="cv", window=3, cv_threshold=0.2, max_steps=100)
     outcome = run_warmup(engine, ["a"], cfg, batch_size=1)
     assert outcome.converged is True and outcome.steps == 4
