@@ -72,7 +72,7 @@ def stop_head(temp_dir: Path) -> None:
             proc.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=15)
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=5)
     for proc in alive:
         try:
             proc.kill()
