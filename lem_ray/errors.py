@@ -16,5 +16,11 @@ class ConfigError(Exception):
         return ConfigError(self.message, path=self.path, file=self.file or file)
 
     def __str__(self) -> str:
-        where = ": ".join(p for p in (self.file, self.path) if p)
-        return f"{where}: {self.message}" if where else self.message
+        where = ": ".join(_short(p) for p in (self.file, self.path) if p)
+        text = f"{where}: {self.message}" if where else self.message
+        return " ".join(text.splitlines())
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """A path as long as the user made it would push the reason off the line."""
+    return text if len(text) <= limit else f"{text[:limit - 60]}...{text[-40:]}"

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, namespace="lem-ray-test",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="lem-ray-test",
              runtime_env={"env_vars": WORKER_ENV})
     yield
     ray.shutdown()

@@ -108,13 +108,26 @@ def test_campaign_end_to_end_via_cli(tmp_path: Path, write_campaign) -> None:
     assert Path(result["results_dir"]) == Path("out/e2e")
     assert {s["batch_size"] for s in result["summary"]} == {1, 3}
     assert all(s["throughput_tok_s"] > 0 for s in result["summary"])
-    rerun = lem_ray("campaign", str(path), "--json", cwd=tmp_path)
+    owner = json.loads((tmp_path / "out/e2e/campaign.json").read_text())
+    assert owner["campaign_name"] == "e2e" and len(owner["grid_fingerprint"]) == 16
+
+    other = lem_ray("campaign", str(write_campaign({**campaign, "campaign_name": "beta"}, "b.yaml")),
+                    cwd=tmp_path)
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert "out/e2e: belongs to campaign 'e2e', not 'beta'" in other.stderr
+
+    grown = {**campaign, "grid": {"backends": ["pytorch"],
+                                  "backend_overrides": {"pytorch": {"batch_size": [1, 3, 5]}}}}
+    rerun = lem_ray("campaign", str(write_campaign(grown, "grown.yaml")), "--json", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert json.loads(rerun.stdout)["counts"] == {
-        "planned": 2, "skipped_done": 2, "ran": 0, "failed": 0, "ok": 0, "retried": 0}
+        "planned": 3, "skipped_done": 2, "ran": 1, "failed": 0, "ok": 1, "retried": 0}, \
+        "the same campaign with a changed grid adds its new experiment"
+    grown_owner = json.loads((tmp_path / "out/e2e/campaign.json").read_text())
+    assert grown_owner["grid_fingerprint"] != owner["grid_fingerprint"]
 
     status = lem_ray("status", "out/e2e", cwd=tmp_path)
-    assert status.returncode == 0 and "2 ok" in status.stdout and "0 pending" in status.stdout
+    assert status.returncode == 0 and "3 ok" in status.stdout and "0 pending" in status.stdout
 
     unconfirmed = lem_ray("campaign", str(path), "--fresh", cwd=tmp_path)
     assert unconfirmed.returncode == 2 and "confirm with --yes" in unconfirmed.stderr

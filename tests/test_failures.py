@@ -38,7 +38,7 @@ def one_ok_per_run(rows: list[dict]) -> Counter:
 
 @pytest.fixture
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, namespace="lem-ray-test",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="lem-ray-test",
              runtime_env={"env_vars": WORKER_ENV})
     yield
     ray.shutdown()

@@ -304,7 +304,7 @@ def cpu_campaign(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lem_ray.execution.driver import run_campaign
 
     out = tmp_path_factory.mktemp("campaign") / "results"
-    ray.init(num_cpus=2, include_dashboard=False, namespace="lem-ray-test",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="lem-ray-test",
              runtime_env={"env_vars": WORKER_ENV})
     try:
         result = run_campaign({

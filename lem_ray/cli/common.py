@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -13,6 +15,44 @@ def fail(message: str) -> NoReturn:
     """Bad input: one line on stderr, exit code 2, nothing written."""
     click.echo(f"lem-ray: error: {message}", err=True)
     sys.exit(2)
+
+
+class OneLineGroup(click.Group):
+    """Click's usage errors as one line and exit 2, like every other refusal."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            command = exc.ctx.command_path if getattr(exc, "ctx", None) else self.name
+            hint = f" (see {command} --help)" if isinstance(exc, click.UsageError) else ""
+            fail(f"{' '.join(exc.format_message().split())}{hint}")
+        except click.Abort:
+            click.echo("lem-ray: aborted", err=True)
+            sys.exit(1)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+        return code
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Before anything is written: the file can be created there (or replaced)."""
+    from lem_ray.errors import ConfigError
+
+    path = path.expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a file", path=option)
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"cannot create {path}: {probe} is a file", path=option)
+    if not os.access(probe, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"no permission to write {path}", path=option)
 
 
 def console(stderr: bool = False) -> Console:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from lem_ray.cli.common import console, fail
+from lem_ray.cli.common import OneLineGroup, console, fail
 from lem_ray.errors import ConfigError
 
 
@@ -28,7 +28,7 @@ def _fail(exc: ConfigError, campaign: str) -> None:
     fail(str(exc.with_file(campaign)))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lem-ray")
 def main() -> None:
     """LLM inference energy campaigns on Ray."""
@@ -36,15 +36,15 @@ def main() -> None:
 
 @main.command()
 @click.argument("grid", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where results go (default: the campaign's output.results_dir).")
+@click.option("--results-dir", help="Where results go, a path or a URI such as s3://bucket/dir "
+              "(default: the campaign's output.results_dir).")
 @click.option("--address", help="Ray cluster to use (default: RAY_ADDRESS, else a local Ray).")
 @click.option("--dry-run", is_flag=True, help="Expand and validate only: no Ray, nothing written.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--retry-failed", is_flag=True, help="Also rerun runs that ended failed.")
 @click.option("--fresh", is_flag=True, help="Move the old results aside and start over.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before --fresh moves results.")
-def campaign(grid: Path | None, results_dir: Path | None, address: str | None, dry_run: bool,
+def campaign(grid: Path | None, results_dir: str | None, address: str | None, dry_run: bool,
              as_json: bool, retry_failed: bool, fresh: bool, yes: bool) -> None:
     """Run the campaign in GRID (a YAML file); a rerun resumes where the last one stopped.
 
@@ -57,13 +57,18 @@ def campaign(grid: Path | None, results_dir: Path | None, address: str | None, d
     grid = grid or QUICKSTART_CAMPAIGN
     out = console(stderr=False)
     err = console(stderr=True)
+    from lem_ray.execution.preflight import preflight
+
     try:
         plan = plan_campaign(grid)
+        target = str(plan.results_dir(results_dir))
+        preflight(plan, target, address, fresh, reach=not dry_run)
         plan.runtime_envs()
-        if dry_run:
-            plan.load_prompts()
+        plan.load_prompts()
     except ConfigError as exc:
         _fail(exc, str(grid))
+    except OSError as exc:  # a path in the campaign the system refuses (too long, no access)
+        fail(f"{grid}: {exc.strerror or exc}: {str(exc.filename)[:200]}")
     if dry_run:
         if as_json:
             click.echo(json.dumps(plan.to_json(), indent=2))
@@ -77,7 +82,6 @@ def campaign(grid: Path | None, results_dir: Path | None, address: str | None, d
     from lem_ray.execution.dispatch import CampaignInterrupted
     from lem_ray.execution.driver import run_campaign
 
-    target = str(plan.results_dir(results_dir))
     if fresh:
         _confirm_fresh(target, yes)
     try:

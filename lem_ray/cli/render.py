@@ -53,7 +53,8 @@ class LiveProgress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.bar.stop()
+        if self.bar.live.is_started:  # a bar never started would still print an empty line
+            self.bar.stop()
 
     def __call__(self, progress: RunProgress, rows: RunRows | None) -> None:
         """Starts the bar at the first run, so a refused campaign prints only its error."""

@@ -13,12 +13,13 @@ from typing import Any
 
 import click
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from lem_ray.cli.common import console, fail
+from lem_ray.cli.common import check_output_file, console, fail
 from lem_ray.errors import ConfigError
 from lem_ray.results.bootstrap import CI_LEVEL
 from lem_ray.results.report import (
@@ -36,8 +37,7 @@ from lem_ray.results.report import (
     format_number,
     shown_metrics,
 )
-from lem_ray.results.schema import TIMESERIES
-from lem_ray.results.store import exists, read_table, resolve, write_table
+from lem_ray.results.store import exists, open_dataset, read_table, resolve, write_table
 
 POWER_RUNS_DEFAULT = 6
 BATCH_GROUP_BY = ("model_name", "backend", "fp_precision", "batch_size")
@@ -61,11 +61,10 @@ def _power_choice(report: Report, run_ids: list[str]) -> list[dict[str, Any]]:
 
 def _power_samples(results_dir: str, runs: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict]]:
     """Timeseries rows of the chosen runs' attempts, read with a filter (the table is large)."""
-    if not runs or not exists(results_dir, "timeseries"):
+    if not runs:
         return {}
-    fs, base = resolve(results_dir)
-    dataset = ds.dataset(f"{base}/timeseries", filesystem=fs, format="parquet", schema=TIMESERIES)
-    if not dataset.files:
+    dataset = open_dataset(results_dir, "timeseries")
+    if dataset is None:
         return {}
     table = dataset.to_table(
         columns=["run_id", "attempt", "gpu_uuid", "t_s", "power_w"],
@@ -219,12 +218,19 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
     keys = _split(group_by)
     if not keys:
         fail("--group-by: name at least one key")
-    if not exists(results_dir):
-        fail(f"{results_dir}: no such directory")
-    rows = read_table(results_dir, "experiments").to_pylist()
-    if not rows:
-        fail(f"{results_dir}: no experiments (no committed Parquet file in {results_dir}/experiments)")
     try:
+        if not exists(results_dir):
+            fail(f"{results_dir}: no such directory")
+        for option, path in (("--csv", csv_path), ("--html", html_path)):
+            if path is not None:
+                check_output_file(path, option)
+        fs, base = resolve(results_dir)
+        if isinstance(fs, pafs.LocalFileSystem):
+            check_output_file(Path(base) / "summary" / "summary.parquet", "RESULTS_DIR")
+        rows = read_table(results_dir, "experiments").to_pylist()
+        if not rows:
+            fail(f"{results_dir}: no experiments (no readable committed Parquet file in "
+                 f"{results_dir}/experiments)")
         summary = build_report(rows, keys, max_cycle_cv)
         chosen = _power_choice(summary, _split(power_runs)) if html_path else []
     except ConfigError as exc:

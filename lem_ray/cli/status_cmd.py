@@ -10,6 +10,7 @@ import click
 from rich.table import Table
 
 from lem_ray.cli.common import console, fail
+from lem_ray.errors import ConfigError
 from lem_ray.results.manifest import STATES, UNFINISHED, load_manifest
 from lem_ray.results.store import exists
 
@@ -22,30 +23,33 @@ def status(results_dir: str, as_json: bool) -> None:
 
     Needs no Ray: the manifest on disk is what a running driver has acknowledged.
     """
-    if not exists(results_dir, "manifest"):
-        fail(f"{results_dir}: no campaign manifest here "
-             "(not a results directory, or no run has started)")
-    manifest = load_manifest(results_dir)
+    try:
+        if not exists(results_dir, "manifest"):
+            fail(f"{results_dir}: no campaign manifest here "
+                 "(not a results directory, or no run has started)")
+        manifest = load_manifest(results_dir)
+    except ConfigError as exc:
+        fail(str(exc))
     runs = sorted(manifest["runs"].items(), key=lambda kv: (kv[1]["cycle"], kv[0]))
     counts = Counter(entry["state"] for _, entry in runs)
     left = [key for key, entry in runs if entry["state"] in UNFINISHED]
     if as_json:
         click.echo(json.dumps({
-            "campaign_name": manifest["campaign_name"],
+            "campaign_name": manifest.get("campaign_name"),
             "counts": {state: counts.get(state, 0) for state in STATES},
             "left": left,
             "runs": [{"run_id": key, **entry} for key, entry in runs],
         }, indent=2))
         return
     out = console()
-    table = Table(title=f"{manifest['campaign_name']}: {len(runs)} runs ({results_dir})")
+    table = Table(title=f"{manifest.get('campaign_name')}: {len(runs)} runs ({results_dir})")
     for col in ("run_id", "cycle", "state", "attempt", "node", "updated (UTC)", "error"):
         table.add_column(col)
     for key, e in runs:
         updated = datetime.fromtimestamp(e["updated_at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(key, str(e["cycle"]), e["state"], str(e["attempt"]),
-                      (e["node_id"] or "-")[:12], updated, (e["error"] or "").splitlines()[0][:80]
-                      if e["error"] else "")
+                      str(e.get("node_id") or "-")[:12], updated,
+                      str(e.get("error") or "").strip().split("\n")[0][:80])
     out.print(table)
     out.print(", ".join(f"{counts.get(s, 0)} {s}" for s in STATES))
     if left:

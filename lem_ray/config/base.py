@@ -1,4 +1,4 @@
-"""Shared pydantic base: unknown keys are errors, never silently kept."""
+"""Shared pydantic base: unknown keys are errors, never silently kept; nothing is coerced."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ from pydantic_core import PydanticCustomError
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    """Strict types (no `true` for 1, no "3" for 3) and finite numbers only: a NaN or an
+    infinity in a bound or an interval would silently disable it."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_default=True, strict=True, allow_inf_nan=False
+    )
 
 
 class BackendOptions(StrictModel):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from lem_ray.config.automation import NotifyConfig, ScheduleConfig
 from lem_ray.config.base import StrictModel
 from lem_ray.config.experiment import BackendName
+from lem_ray.config.limits import MAX_WAIT_S
 from lem_ray.config.runtime_env import RuntimeEnvSpec
 
 
@@ -21,24 +22,18 @@ class GridConfig(StrictModel):
         default_factory=dict, description="per backend: keys of its own section -> values"
     )
 
-    @field_validator("shared")
-    @classmethod
-    def _non_empty_axes(cls, axes: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for key, values in axes.items():
-            if not values:
-                raise ValueError(f"axis {key!r} has no values")
-        return axes
-
 
 class TelemetryConfig(StrictModel):
-    sample_interval_ms: float = Field(100, ge=10, description="instant power etc., per GPU")
+    sample_interval_ms: float = Field(
+        100, ge=10, le=60_000, description="instant power etc., per GPU"
+    )
 
 
 class BaselineConfig(StrictModel):
     """Idle power per GPU, measured once and reused while fresh."""
 
     enabled: bool = True
-    duration_s: float = Field(20, gt=0)
+    duration_s: float = Field(20, gt=0, le=MAX_WAIT_S)
     ttl_s: float = Field(3600, ge=0, description="a cached baseline older than this is remeasured")
 
 
@@ -46,18 +41,22 @@ class CooldownConfig(StrictModel):
     """Before each run, wait for its GPUs to cool (off unless target_temp_c is set)."""
 
     target_temp_c: float | None = Field(None, gt=0)
-    max_wait_s: float = Field(300, ge=0)
+    max_wait_s: float = Field(300, ge=0, le=MAX_WAIT_S)
 
 
 class PrefillConfig(StrictModel):
     """A second window: the same prompts with one output token, to split prefill from decode."""
 
     enabled: bool = True
-    max_repeats: int = Field(20, ge=1, description="passes to reach validity.min_window_s")
+    max_repeats: int = Field(
+        20, ge=1, le=10_000, description="passes to reach validity.min_window_s"
+    )
 
 
 class ValidityConfig(StrictModel):
-    min_window_s: float = Field(5, gt=0, description="shorter measured windows are flagged")
+    min_window_s: float = Field(
+        5, gt=0, le=MAX_WAIT_S, description="shorter measured windows are flagged"
+    )
     max_cycle_cv: float = Field(
         0.05, gt=0, description="lem-ray report marks groups whose cycle-to-cycle CV of "
         "J/output token or throughput is above this (also `report --max-cycle-cv`)")
@@ -69,13 +68,16 @@ class ExecutionConfig(StrictModel):
     cycles: int = Field(3, ge=1, description="each experiment is run this many times")
     structure: Literal["interleaved", "shuffled", "grouped"] = "interleaved"
     seed: int = 0
-    config_gap_s: float = Field(0, ge=0, description="pause between runs on the same GPUs")
-    cycle_gap_s: float = Field(0, ge=0, description="pause between cycles")
+    config_gap_s: float = Field(
+        0, ge=0, le=MAX_WAIT_S, description="pause between runs on the same GPUs"
+    )
+    cycle_gap_s: float = Field(0, ge=0, le=MAX_WAIT_S, description="pause between cycles")
     max_attempts: int = Field(
-        3, ge=1, description="a run whose worker dies (killed, node lost, OOM) is retried"
+        3, ge=1, le=100, description="a run whose worker dies (killed, node lost, OOM) is retried"
     )
     run_timeout_s: float | None = Field(
-        None, gt=0, description="a run's worker taking longer is stopped and the run failed"
+        None, gt=0, le=MAX_WAIT_S,
+        description="a run's worker taking longer is stopped and the run failed",
     )
     runtime_env_timeout_s: float = Field(
         600, gt=0, description="how long a backend's runtime_env may take to come up (image "

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
+from lem_ray.assets import BUILTIN_PREFIX, builtin_models
 from lem_ray.backends.registry import BACKEND_NAMES, options_class
 from lem_ray.config.base import BackendOptions, StrictModel, invalid_combination
 from lem_ray.config.prompts import PromptsConfig, SyntheticPrompts
@@ -34,7 +35,8 @@ class DecoderConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset") in DECODER_PRESETS:
+        preset = data.get("preset") if isinstance(data, dict) else None
+        if isinstance(preset, str) and preset in DECODER_PRESETS:
             return {**DECODER_PRESETS[data["preset"]], **data}
         return data
 
@@ -76,6 +78,17 @@ class _ExperimentFields(StrictModel):
     gpus_per_experiment: int = Field(1, ge=1)
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+
+    @field_validator("model_name", "tokenizer")
+    @classmethod
+    def _known_builtin(cls, name: str | None) -> str | None:
+        """A shipped model is known now; finding a typo at run time wastes a Ray start."""
+        if name and name.startswith(BUILTIN_PREFIX) and name[len(BUILTIN_PREFIX):] not in (
+            builtin_models()
+        ):
+            raise ValueError(f"unknown builtin model {name!r}; builtin models: "
+                             + ", ".join(BUILTIN_PREFIX + m for m in builtin_models()))
+        return name
 
     @model_validator(mode="after")
     def _rules(self) -> "_ExperimentFields":

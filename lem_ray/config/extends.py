@@ -20,6 +20,8 @@ def merge(base: Any, over: Any) -> Any:
     """`over` on top of `base`: mappings key by key (recursively), any other value replaced."""
     if not (isinstance(base, dict) and isinstance(over, dict)):
         return over
+    if "source" in base and "source" in over and base["source"] != over["source"]:
+        return over  # a tagged section (prompts) switching variant: the old keys mean nothing
     merged = dict(base)
     for key, value in over.items():
         merged[key] = merge(base[key], value) if key in base else value

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from lem_ray.config.campaign import CampaignConfig
 from lem_ray.config.extends import read_extended
+from lem_ray.config.yaml_reader import read_yaml
 from lem_ray.errors import ConfigError
 
 
@@ -58,6 +58,12 @@ def _display_loc(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...
     return tuple(shown)
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """A value as the user wrote it, cut short: an error line must stay one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def error_from_validation(
     exc: ValidationError, model: type[BaseModel], prefix: str = "", origin: Any = None
 ) -> ConfigError:
@@ -71,24 +77,9 @@ def error_from_validation(
         allowed = ", ".join(owner.model_fields) if owner else "?"
         return ConfigError(f"unknown key {loc[-1]!r}; allowed keys: {allowed}", path=path)
     value = err.get("input")
-    got = "" if err["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"
-    return ConfigError(f"{err['msg']}{got}", path=path)
-
-
-def read_yaml(path: Path) -> Any:
-    if not path.exists():
-        raise ConfigError("file not found", file=str(path))
-    if not path.is_file():
-        raise ConfigError("not a file", file=str(path))
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"YAML syntax error: {where}{problem}", file=str(path)) from None
-    except UnicodeDecodeError:
-        raise ConfigError("not a UTF-8 text file", file=str(path)) from None
+    got = "" if err["type"] == "missing" or isinstance(value, dict) else f" (got {_short(value)})"
+    message = err["msg"].removeprefix("Value error, ")
+    return ConfigError(f"{message}{got}", path=path)
 
 
 def parse_campaign(data: Any, source: str = "<campaign>") -> CampaignConfig:

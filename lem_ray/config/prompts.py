@@ -7,16 +7,17 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from lem_ray.config.base import StrictModel, invalid_combination
+from lem_ray.config.limits import MAX_INPUT_WORDS, MAX_PROMPTS
 
 
 class LengthDistribution(StrictModel):
     """Input length in words; each word is roughly one token in most tokenizers."""
 
     distribution: Literal["fixed", "uniform", "normal", "lognormal"] = "normal"
-    mean: float = Field(128, gt=0)
-    std: float = Field(32, ge=0)
-    min: int = Field(8, ge=1)
-    max: int = Field(512, ge=1)
+    mean: float = Field(128, ge=1, le=MAX_INPUT_WORDS)
+    std: float = Field(32, ge=0, le=MAX_INPUT_WORDS)
+    min: int = Field(8, ge=1, le=MAX_INPUT_WORDS)
+    max: int = Field(512, ge=1, le=MAX_INPUT_WORDS)
 
     @model_validator(mode="after")
     def _bounds(self) -> "LengthDistribution":
@@ -27,7 +28,7 @@ class LengthDistribution(StrictModel):
 
 class SyntheticPrompts(StrictModel):
     source: Literal["synthetic"]
-    count: int = Field(..., ge=1)
+    count: int = Field(..., ge=1, le=MAX_PROMPTS)
     input_len: LengthDistribution = Field(default_factory=LengthDistribution)
     seed: int | None = Field(None, description="defaults to the experiment's random_seed")
 
@@ -36,7 +37,9 @@ class FilePrompts(StrictModel):
     source: Literal["file"]
     path: str = Field(..., description="JSONL, CSV or Parquet; relative to the campaign file")
     column: str = "prompt"
-    count: int | None = Field(None, ge=1, description="first N prompts (default: all)")
+    count: int | None = Field(
+        None, ge=1, le=MAX_PROMPTS, description="first N prompts (default: all, at most the limit)"
+    )
 
 
 PromptsConfig = Annotated[SyntheticPrompts | FilePrompts, Field(discriminator="source")]

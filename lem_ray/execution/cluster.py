@@ -10,6 +10,8 @@ from pathlib import Path
 
 import ray
 
+from lem_ray.errors import ConfigError
+
 # Every worker of the campaign gets these, whatever node it lands on.
 WORKER_ENV = {
     "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
@@ -93,13 +95,18 @@ def connect(address: str | None) -> bool:
         "runtime_env": {"env_vars": WORKER_ENV},
         "logging_level": "WARNING",
     }
-    if address:
-        context = ray.init(address=address, **options)
-        warn_if_driver_holds_gpu(context.dashboard_url)
-    else:
-        # "local": a new instance even when another Ray of this machine advertises itself in
-        # /tmp/ray/ray_current_cluster (which ray.init() would otherwise join).
-        ray.init(address="local", include_dashboard=False, **options)
+    try:
+        if address:
+            context = ray.init(address=address, **options)
+            warn_if_driver_holds_gpu(context.dashboard_url)
+        else:
+            # "local", not nothing: ray.init() alone joins whatever cluster this machine
+            # started last (/tmp/ray/ray_current_cluster), which may be another user's.
+            ray.init(address="local", include_dashboard=False, **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot connect to Ray at {address or 'a new local instance'}: {first}",
+                          path="--address" if address else None) from None
     return True
 
 

@@ -13,11 +13,13 @@ from lem_ray.execution.automation import Clock, notified, scheduled
 from lem_ray.execution.cluster import capacity, connect
 from lem_ray.execution.dispatch import Dispatcher, Progress, Reporter
 from lem_ray.execution.manifest_actor import close_manifest, open_manifest
+from lem_ray.execution.preflight import preflight
 from lem_ray.execution.runtime_env import probe_runtime_envs
 from lem_ray.execution.shared_storage import require_shared_results_dir
 from lem_ray.planning.plan import CampaignPlan, plan_campaign
 from lem_ray.results.compact import CompactionBusy, compact
 from lem_ray.results.manifest import UNFINISHED
+from lem_ray.results.ownership import Owner, claim, grid_fingerprint
 from lem_ray.results.store import exists, remove_stale_temp_files, resolve
 from lem_ray.results.summary import summarize
 
@@ -96,6 +98,7 @@ def run_block(
     fresh: bool,
 ) -> CampaignResult:
     """The plan's runs that are not done yet, on Ray."""
+    preflight(plan, out, address, fresh, reach=True)
     prompts = plan.load_prompts()
     runtime_envs = plan.runtime_envs()
     started_ray = connect(address)
@@ -105,6 +108,9 @@ def run_block(
         if fresh:
             close_manifest(plan.name, out, fold=False)
             moved = move_aside(out)
+        fingerprint = grid_fingerprint([e.experiment_id for e in plan.experiments],
+                                       plan.campaign.execution.cycles)
+        claim(out, Owner(plan.name, fingerprint))
         manifest = open_manifest(plan.name, out)
         runs = ray.get(manifest.register.remote([(r.experiment_id, r.cycle) for r in plan.runs]))
         owed = UNFINISHED + (("failed",) if retry_failed else ())

@@ -6,14 +6,16 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pydantic import ValidationError
 
-from lem_ray.backends.registry import options_class
+from lem_ray.backends.registry import BACKEND_NAMES, options_class
 from lem_ray.config.campaign import CampaignConfig
 from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.config.limits import MAX_EXPERIMENTS
 from lem_ray.config.loading import error_from_validation, format_loc
 from lem_ray.errors import ConfigError
 
@@ -76,6 +78,8 @@ class _Layers:
             self.set(key, value, f"base.{key}")
 
     def set(self, dotted: str, value: Any, origin: str) -> None:
+        if isinstance(value, dict) and self._switches_variant(dotted, value):
+            self._drop(dotted)
         if isinstance(value, dict) and value:
             self.origins.setdefault(dotted, origin)
             for key, sub in value.items():
@@ -84,11 +88,32 @@ class _Layers:
         _set_dotted(self.data, dotted, value)
         self.origins[dotted] = origin
 
+    def _switches_variant(self, dotted: str, value: dict[str, Any]) -> bool:
+        """A tagged section (prompts: source) changing its tag is replaced, not merged: the
+        old variant's keys mean nothing to the new one."""
+        node: Any = self.data
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return (isinstance(node, dict) and "source" in value and "source" in node
+                and node["source"] != value["source"])
+
+    def _drop(self, dotted: str) -> None:
+        *parents, leaf = dotted.split(".")
+        node: Any = self.data
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+        for key in [k for k in self.origins if k == dotted or k.startswith(f"{dotted}.")]:
+            del self.origins[key]
+
     def origin_of(self, loc: tuple[Any, ...]) -> str:
         for cut in range(len(loc), 0, -1):
             dotted = format_loc(loc[:cut])
             if dotted in self.origins:
                 return format_loc(loc[cut:], self.origins[dotted])
+            below = [o for k, o in self.origins.items() if k.startswith(f"{dotted}.")]
+            if below:
+                return below[0]
         return format_loc(loc, "base")
 
 
@@ -108,11 +133,37 @@ def _product(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
 
 
+def _check_axes(grid: Any) -> None:
+    """An axis without values would empty the whole product: name it, not the grid."""
+    for key, values in grid.shared.items():
+        if not values:
+            raise ConfigError("axis has no values", path=f"grid.shared.{key}")
+    for backend, axes in grid.backend_overrides.items():
+        for key, values in axes.items():
+            if not values:
+                raise ConfigError(
+                    "axis has no values", path=f"grid.backend_overrides.{backend}.{key}"
+                )
+
+
+def _count_combinations(campaign: CampaignConfig, backends: list[str]) -> int:
+    grid = campaign.grid
+    shared = math.prod(len(v) for v in grid.shared.values())
+    own = sum(math.prod(len(v) for v in grid.backend_overrides.get(b, {}).values())
+              for b in backends)
+    return (shared * own if backends else 1) + len(campaign.experiments)
+
+
 def expand(campaign: CampaignConfig) -> Expansion:
     grid = campaign.grid
+    _check_axes(grid)
     backends = list(grid.backends)
     if not backends and (grid.shared or grid.backend_overrides) and "backend" in campaign.base:
-        backends = [campaign.base["backend"]]
+        backend = campaign.base["backend"]
+        if not (isinstance(backend, str) and backend in BACKEND_NAMES):
+            raise ConfigError(f"must be one of {', '.join(BACKEND_NAMES)} (got "
+                              f"{str(backend)[:60]!r})", path="base.backend")
+        backends = [backend]
     for name in grid.backend_overrides:
         if name not in backends:
             raise ConfigError(
@@ -122,6 +173,13 @@ def expand(campaign: CampaignConfig) -> Expansion:
     if (grid.shared or grid.backend_overrides) and not backends:
         raise ConfigError("grid axes are given but no backend: set grid.backends", path="grid")
 
+    combinations = _count_combinations(campaign, backends)
+    if combinations > MAX_EXPERIMENTS:
+        raise ConfigError(
+            f"{combinations} combinations; a campaign may have at most {MAX_EXPERIMENTS} "
+            "(split it into several campaigns)",
+            path="grid",
+        )
     candidates: list[tuple[str | None, dict[str, Any], Callable[[], _Layers]]] = []
     for backend in backends:
         for shared in _product(grid.shared):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from lem_ray.backends.registry import engine_args
 from lem_ray.config.campaign import CampaignConfig
+from lem_ray.config.limits import MAX_RUNS
 from lem_ray.config.loading import error_from_validation, load_campaign, parse_campaign, read_yaml
 from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.errors import ConfigError
@@ -28,6 +29,8 @@ class CampaignPlan:
     runs: list[RunKey]
     base_dir: Path
     """Relative paths in the campaign (prompt files, results_dir) resolve against this."""
+    _texts: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False)
+    """Prompts read once per distinct prompts section (and seed), however often asked for."""
 
     @property
     def name(self) -> str:
@@ -36,10 +39,11 @@ class CampaignPlan:
     def experiment(self, experiment_id: str) -> PlannedExperiment:
         return next(e for e in self.experiments if e.experiment_id == experiment_id)
 
-    def results_dir(self, override: str | Path | None = None) -> Path:
-        """Relative to the working directory, like any command-line output path."""
-        chosen = override or self.campaign.output.results_dir or f"results/{self.name}"
-        return Path(chosen).expanduser()
+    def results_dir(self, override: str | Path | None = None) -> Path | str:
+        """Relative to the working directory, like any command-line output path; a URI
+        (s3://...) is kept as text, which Path would turn into s3:/..."""
+        chosen = str(override or self.campaign.output.results_dir or f"results/{self.name}")
+        return chosen if "://" in chosen else Path(chosen).expanduser()
 
     def runtime_env(self, backend: str) -> RuntimeEnvSpec:
         """The backend's runtime_env: the campaign's (inline or from its file), else none."""
@@ -64,12 +68,27 @@ class CampaignPlan:
         return {b: self.runtime_env(b) for b in sorted({e.backend for e in self.experiments})}
 
     def load_prompts(self, experiment_ids: set[str] | None = None) -> dict[str, list[str]]:
-        """Prompt texts per experiment, read here so that workers on other nodes need no files."""
-        return {
-            e.experiment_id: load_prompts(e.config.prompts, self.base_dir, e.config.random_seed)
-            for e in self.experiments
-            if experiment_ids is None or e.experiment_id in experiment_ids
-        }
+        """Prompt texts per experiment, read here so that workers on other nodes need no files.
+
+        Experiments sharing a prompts section share one read; an error names the experiment."""
+        loaded: dict[str, list[str]] = {}
+        for e in self.experiments:
+            if experiment_ids is not None and e.experiment_id not in experiment_ids:
+                continue
+            seed = e.config.random_seed if e.config.prompts.source == "synthetic" else None
+            key = f"{e.config.prompts.model_dump_json()}:{seed}"
+            if key not in self._texts:
+                try:
+                    self._texts[key] = load_prompts(e.config.prompts, self.base_dir,
+                                                    e.config.random_seed)
+                except ConfigError as exc:
+                    raise ConfigError(
+                        exc.message, file=exc.file,
+                        path=f"experiment {e.experiment_id} ({e.config.model_name}, "
+                             f"{e.backend}): {exc.path}",
+                    ) from None
+            loaded[e.experiment_id] = self._texts[key]
+        return loaded
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +134,13 @@ def plan_campaign(
     except ConfigError as exc:
         raise exc.with_file(str(source)) if isinstance(source, (str, Path)) else exc from None
     execution = campaign.execution
+    planned = len(expansion.experiments) * execution.cycles
+    if planned > MAX_RUNS:
+        raise ConfigError(
+            f"{len(expansion.experiments)} experiments x {execution.cycles} cycles = {planned} "
+            f"runs; a campaign may have at most {MAX_RUNS}",
+            path="execution.cycles", file=str(source) if isinstance(source, (str, Path)) else None,
+        )
     runs = order_runs(
         [e.experiment_id for e in expansion.experiments],
         execution.cycles,

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 from lem_ray.assets import word_list
+from lem_ray.config.limits import MAX_PROMPTS
 from lem_ray.config.prompts import FilePrompts, LengthDistribution, SyntheticPrompts
 from lem_ray.errors import ConfigError
 
@@ -18,7 +19,8 @@ def synthetic_lengths(dist: LengthDistribution, count: int, seed: int) -> list[i
         "normal": lambda: rng.gauss(dist.mean, dist.std),
         "lognormal": lambda: rng.lognormvariate(*_lognormal_params(dist.mean, dist.std)),
     }[dist.distribution]
-    return [min(dist.max, max(dist.min, round(draw()))) for _ in range(count)]
+    # Clamped before rounding: a lognormal draw may overflow to inf, which round() refuses.
+    return [round(min(dist.max, max(dist.min, draw()))) for _ in range(count)]
 
 
 def _lognormal_params(mean: float, std: float) -> tuple[float, float]:
@@ -55,21 +57,49 @@ def file_prompts(cfg: FilePrompts, path: Path) -> list[str]:
     if path.suffix.lower() not in readers:
         raise ConfigError(f"unsupported prompt file type {path.suffix!r}; use {sorted(readers)}",
                           path=where)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:
+        raise ConfigError(f"cannot use {str(path)[:200]}: {exc.strerror}", path=where) from None
+    if not found:
         raise ConfigError(f"prompt file not found: {path}", path=where)
+    if path.suffix.lower() != ".parquet":
+        _check_utf8(path, where)
     try:
         table = readers[path.suffix.lower()](str(path))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}", path=where) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot read {path}: {first}", path=where) from None
     if cfg.column not in table.column_names:
         raise ConfigError(
             f"column {cfg.column!r} not in {path.name}; columns: {table.column_names}",
             path="prompts.column",
         )
-    texts = [str(t) for t in table.column(cfg.column).to_pylist() if t]
+    column = table.column(cfg.column)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise ConfigError(f"column {cfg.column!r} of {path.name} holds {column.type}, not text",
+                          path="prompts.column")
+    texts = [t for t in column.to_pylist() if t]
     if not texts:
         raise ConfigError(f"no prompts in {path}", path=where)
+    if cfg.count and len(texts) < cfg.count:
+        raise ConfigError(f"{path.name} has {len(texts)} non-empty prompts, fewer than "
+                          f"prompts.count ({cfg.count})", path="prompts.count")
+    if len(texts) > MAX_PROMPTS and not cfg.count:
+        raise ConfigError(f"{path.name} has {len(texts)} prompts; an experiment may have at most "
+                          f"{MAX_PROMPTS}: set prompts.count", path="prompts.count")
     return texts[: cfg.count] if cfg.count else texts
+
+
+def _check_utf8(path: Path, where: str) -> None:
+    """Arrow reads other encodings as bytes (b'caf\xe9'): refuse them with the offending byte."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path.name} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); save it as UTF-8", path=where,
+        ) from None
 
 
 def load_prompts(cfg: SyntheticPrompts | FilePrompts, base_dir: Path, seed: int) -> list[str]:

@@ -12,17 +12,51 @@ from typing import Any
 
 import pyarrow as pa
 
+from lem_ray.errors import ConfigError
 from lem_ray.records import RunKey
-from lem_ray.results.journal import read_state
+from lem_ray.results.journal import ManifestCorrupt, read_state
 
 STATES = ("pending", "running", "ok", "failed", "interrupted")
 # A run in one of these is owed another attempt by the next driver.
 UNFINISHED = ("pending", "running", "interrupted")
+ENTRY_TYPES: dict[str, tuple[type, ...]] = {
+    "experiment_id": (str,), "cycle": (int,), "state": (str,), "attempt": (int,),
+    "updated_at": (int, float),
+}
 
 
 def load_manifest(results_dir: str | Path) -> dict[str, Any]:
-    """{'campaign_name': ..., 'runs': {run_id: entry}}, empty when nothing was saved yet."""
-    return read_state(results_dir).as_dict()
+    """{'campaign_name': ..., 'runs': {run_id: entry}}, empty when nothing was saved yet.
+
+    A manifest that cannot be read, or is not what lem-ray writes, is a ConfigError naming
+    it: status and the campaign's checks before Ray say so in one line."""
+    try:
+        manifest = read_state(results_dir).as_dict()
+    except ManifestCorrupt as exc:
+        raise ConfigError(f"cannot read the manifest: {exc}", file=str(results_dir)) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"cannot read the manifest ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:120]})", file=str(results_dir)) from None
+    problem = _shape_problem(manifest)
+    if problem:
+        raise ConfigError(f"not a lem-ray manifest: {problem}", file=str(results_dir))
+    return manifest
+
+
+def _shape_problem(manifest: dict[str, Any]) -> str | None:
+    if manifest["campaign_name"] is not None and not isinstance(manifest["campaign_name"], str):
+        return f"campaign_name is {manifest['campaign_name']!r}"
+    if not isinstance(manifest["runs"], dict):
+        return "runs is not an object"
+    for key, entry in manifest["runs"].items():
+        if not isinstance(entry, dict):
+            return f"run {key!r} is not an object"
+        for name, kinds in ENTRY_TYPES.items():
+            if not isinstance(entry.get(name), kinds) or isinstance(entry.get(name), bool):
+                return f"run {key!r}: {name} is {entry.get(name)!r}"
+        if entry["state"] not in STATES:
+            return f"run {key!r}: unknown state {entry['state']!r}"
+    return None
 
 
 def new_entry(experiment_id: str, cycle: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ if a file it listed was deleted meanwhile, so its readers see no duplicate and n
 from __future__ import annotations
 
 import re
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +24,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lem_ray.results.schema import TABLES
+from lem_ray.errors import ConfigError
+from lem_ray.results.schema import ID_FIELDS, TABLES
 
 RESULT_TABLES = ("experiments", "requests", "timeseries")
 COMPACTED_PREFIX = "compacted-"
@@ -31,6 +33,7 @@ _STEM = re.compile(r"^(?P<run_id>.+-c\d+)-a(?P<attempt>\d+)\.parquet$")
 # A reader that lists files while `compact` deletes some lists again; each retry sees a newer
 # state, and compact deletes only what a compacted file already holds.
 READ_RETRIES = 5
+ID_NAMES = tuple(name for name, _ in ID_FIELDS)
 
 
 def attempt_of(file_name: str) -> tuple[str, int] | None:
@@ -44,7 +47,11 @@ def resolve(results_dir: str | Path) -> tuple[pafs.FileSystem, str]:
     """(filesystem, base path) of a results directory given as a path or a URI."""
     text = str(results_dir)
     if "://" in text:
-        fs, path = pafs.FileSystem.from_uri(text)
+        try:
+            fs, path = pafs.FileSystem.from_uri(text)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise ConfigError(f"cannot open this location: {_first_line(exc)} (local paths, "
+                              "file://, s3://, gs://, hdfs:// are understood)", file=text) from None
         return fs, path.rstrip("/")
     return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute())
 
@@ -58,9 +65,10 @@ def exists(results_dir: str | Path, relative: str = "") -> bool:
 def atomic_write(
     results_dir: str | Path, folder: str, name: str, write: Callable[[str, pafs.FileSystem], None]
 ) -> str:
-    """Call write(path, fs) so that `folder/name` appears whole or not at all."""
+    """Call write(path, fs) so that `folder/name` (folder "" : the top) appears whole or not
+    at all."""
     fs, base = resolve(results_dir)
-    directory = f"{base}/{folder}"
+    directory = f"{base}/{folder}" if folder else base
     fs.create_dir(directory, recursive=True)
     final = f"{directory}/{name}"
     if not isinstance(fs, pafs.LocalFileSystem):
@@ -107,17 +115,89 @@ def attempt_keys(table: pa.Table) -> set[tuple[str, int]]:
     return set(zip(table["run_id"].to_pylist(), table["attempt"].to_pylist()))
 
 
-def _read_once(fs: pafs.FileSystem, folder: str, schema: pa.Schema) -> pa.Table:
-    files = list_parquet(fs, folder)
+def warn_skipped(path: str, reason: str) -> None:
+    """The default for readers: one line per file left out, and go on."""
+    print(f"lem-ray: warning: skipped {path}: {reason}", file=sys.stderr)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _castable(found: pa.DataType, expected: pa.DataType) -> bool:
+    return found == expected or pa.types.is_null(found) or (
+        pa.types.is_integer(found) and pa.types.is_integer(expected))
+
+
+def _file_problem(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> str | None:
+    """Why a Parquet file is not one of ours (truncated, another file, other columns), or None.
+    A file deleted meanwhile (by compact) raises FileNotFoundError: the reader lists again."""
+    try:
+        with fs.open_input_file(path) as f:
+            found = pq.ParquetFile(f).schema_arrow
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        return f"not a readable Parquet file ({_first_line(exc)})"
+    missing = [name for name in ID_NAMES if name in schema.names and name not in found.names]
+    if missing:
+        return f"not a lem-ray results file (no column {missing[0]!r})"
+    for column in found:
+        expected = schema.field(column.name).type if column.name in schema.names else None
+        if expected is not None and not _castable(column.type, expected):
+            return f"column {column.name!r} is {column.type}, expected {expected}"
+    return None
+
+
+def readable_files(fs: pafs.FileSystem, folder: str, schema: pa.Schema,
+                   on_skip: Callable[[str, str], None] = warn_skipped) -> list[pafs.FileInfo]:
+    """Committed Parquet files that can be read as this table; the others are reported through
+    on_skip and left where they are (a reader never changes a directory a campaign may be
+    writing)."""
+    good = []
+    for info in list_parquet(fs, folder):
+        problem = _file_problem(fs, info.path, schema)
+        if problem:
+            on_skip(info.path, problem)
+        else:
+            good.append(info)
+    return good
+
+
+def _read_files(fs: pafs.FileSystem, paths: list[str], schema: pa.Schema,
+                on_skip: Callable[[str, str], None]) -> pa.Table:
+    """All at once; if a file is damaged past its footer, file by file without it."""
+    try:
+        return ds.dataset(paths, filesystem=fs, format="parquet", schema=schema).to_table()
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError):
+        pass
+    parts = []
+    for path in paths:
+        try:
+            parts.append(ds.dataset([path], filesystem=fs, format="parquet", schema=schema)
+                         .to_table())
+        except FileNotFoundError:
+            raise
+        except (pa.ArrowException, OSError) as exc:
+            on_skip(path, f"unreadable ({_first_line(exc)})")
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def _read_once(fs: pafs.FileSystem, folder: str, schema: pa.Schema,
+               on_skip: Callable[[str, str], None]) -> pa.Table:
+    files = readable_files(fs, folder, schema, on_skip)
     merged = [i.path for i in files if i.base_name.startswith(COMPACTED_PREFIX)]
     parts, covered = [], set()
     if merged:
-        parts.append(ds.dataset(merged, filesystem=fs, format="parquet", schema=schema).to_table())
+        parts.append(_read_files(fs, merged, schema, on_skip))
         covered = attempt_keys(parts[0])
     singles = [i.path for i in files if not i.base_name.startswith(COMPACTED_PREFIX)
                and attempt_of(i.base_name) not in covered]
     if singles:
-        parts.append(ds.dataset(singles, filesystem=fs, format="parquet", schema=schema).to_table())
+        parts.append(_read_files(fs, singles, schema, on_skip))
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
@@ -133,18 +213,31 @@ def check_columns(table: str, rows: list[dict[str, Any]], names: list[str]) -> N
             )
 
 
-def read_table(results_dir: str | Path, table: str) -> pa.Table:
+def read_table(results_dir: str | Path, table: str,
+               on_skip: Callable[[str, str], None] = warn_skipped) -> pa.Table:
     """Committed files only, each attempt once: a file still being written is hidden and
-    skipped, and an attempt both compacted and not yet deleted is taken from one file."""
+    skipped, an attempt both compacted and not yet deleted is taken from one file, and a file
+    that cannot be read as this table is reported through on_skip and skipped."""
     fs, base = resolve(results_dir)
     tries = 0
     while True:
         try:
-            return _read_once(fs, f"{base}/{table}", TABLES[table])
+            return _read_once(fs, f"{base}/{table}", TABLES[table], on_skip)
         except FileNotFoundError:
             tries += 1
             if tries == READ_RETRIES:
                 raise
+
+
+def open_dataset(results_dir: str | Path, table: str,
+                 on_skip: Callable[[str, str], None] = warn_skipped) -> ds.Dataset | None:
+    """The table's readable committed files as one dataset (for filtered reads), or None."""
+    fs, base = resolve(results_dir)
+    files = readable_files(fs, f"{base}/{table}", TABLES[table], on_skip)
+    if not files:
+        return None
+    return ds.dataset([i.path for i in files], filesystem=fs, format="parquet",
+                      schema=TABLES[table])
 
 
 def remove_stale_temp_files(results_dir: str | Path) -> int:
