@@ -22,7 +22,6 @@ from lem_ray.cli.main import main
 from lem_ray.config.limits import MAX_INPUT_WORDS
 from lem_ray.config.prompts import LengthDistribution
 from lem_ray.planning.prompts import synthetic_lengths
-from lem_ray.results.manifest import save_manifest
 from lem_ray.results.ownership import Owner, claim
 from tests.conftest import TINY_BASE
 from tests.test_report import write_synthetic
@@ -33,6 +32,14 @@ VALID: dict[str, Any] = {
     "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
     "execution": {"cycles": 2},
 }
+
+
+def write_legacy_manifest(results_dir: Path, campaign_name: str) -> Path:
+    """A manifest as lem-ray wrote it before the journal: one state.json."""
+    path = results_dir / "manifest" / "state.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"campaign_name": campaign_name, "runs": {}}))
+    return path
 
 
 def invoke(*args: str, cwd: Path) -> Result:
@@ -226,7 +233,7 @@ def test_another_campaigns_results_dir_is_refused(tmp_path: Path, legacy: bool) 
     """Recorded in campaign.json, or (older directories) in the manifest; --fresh may take it."""
     out = tmp_path / "results"
     if legacy:
-        save_manifest(out, {"campaign_name": "probe", "runs": {}})
+        write_legacy_manifest(out, "probe")
     else:
         claim(out, Owner("probe", "0" * 16))
     path = tmp_path / "campaign.yaml"
@@ -250,21 +257,27 @@ def test_another_campaigns_results_dir_is_refused(tmp_path: Path, legacy: bool) 
 def results(tmp_path: Path) -> Path:
     out = tmp_path / "results"
     write_synthetic(out)
-    save_manifest(out, {"campaign_name": "synth", "runs": {}})
+    write_legacy_manifest(out, "synth")
     return out
 
 
 @pytest.mark.parametrize(
-    ("content", "expected"),
+    ("name", "content", "expected"),
     [
-        (b'{"campaign_name": "x", "ru', "cannot read the manifest (JSONDecodeError"),
-        (b"[1, 2]", "not a lem-ray manifest: a JSON list, not an object"),
-        (b'{"runs": {"a-c1": {"state": "ok"}}}', "not a lem-ray manifest: run 'a-c1': experiment_id is None"),
-        (b"\xff\xfe", "cannot read the manifest (UnicodeDecodeError"),
+        ("state.json", b'{"campaign_name": "x", "ru', "state.json: not a lem-ray manifest snapshot"),
+        ("state.json", b"[1, 2]", "state.json: not a lem-ray manifest snapshot"),
+        ("state.json", b"\xff\xfe", "state.json: not a lem-ray manifest snapshot"),
+        ("state.json", b'{"campaign_name": "x", "runs": {"a-c1": {"state": "ok"}}}',
+         "results: not a lem-ray manifest: run 'a-c1': experiment_id is None"),
+        ("journal-1.jsonl", b'garbage\n{"seq": 2, "campaign": "x"}\n',
+         "journal-1.jsonl: line 1 is not a journal record"),
+        ("journal-1.jsonl", b'{"seq": 1, "set": {"state": "ok"}, "run": "nope-c1"}\n',
+         "results: cannot read the manifest (KeyError"),
     ],
 )
-def test_status_on_a_damaged_manifest(results: Path, content: bytes, expected: str) -> None:
-    (results / "manifest" / "state.json").write_bytes(content)
+def test_status_on_a_damaged_manifest(results: Path, name: str, content: bytes,
+                                      expected: str) -> None:
+    (results / "manifest" / name).write_bytes(content)
     refused(invoke("status", str(results), cwd=results.parent), expected)
     refused(invoke("campaign", "--dry-run", "--results-dir", str(results), cwd=results.parent),
             expected)
@@ -275,7 +288,8 @@ def test_report_reads_around_damaged_files(results: Path) -> None:
     good = sorted(experiments.iterdir())
     truncated = experiments / "truncated.parquet"
     truncated.write_bytes(good[0].read_bytes()[:200])
-    (experiments / "notes.txt").write_text("a stray file")
+    (experiments / "notes.txt").write_text("a stray file: not a .parquet name, not read")
+    (experiments / "stray.parquet").write_text("a stray file with a Parquet name")
     other = experiments / "other.parquet"
     pq.write_table(pa.table({"x": [1, 2]}), other)
     retyped = experiments / "retyped.parquet"
@@ -288,7 +302,7 @@ def test_report_reads_around_damaged_files(results: Path) -> None:
     assert f"{truncated}: not a readable Parquet file" in result.stderr
     assert f"{other}: not a lem-ray results file (no column 'campaign_name')" in result.stderr
     assert f"{retyped}: column 'cycle' is string, expected int64" in result.stderr
-    assert f"{experiments / 'notes.txt'}: not a readable Parquet file" in result.stderr
+    assert f"{experiments / 'stray.parquet'}: not a readable Parquet file" in result.stderr
     assert len(json.loads(result.stdout)["groups"]) == 5, "every good file still counted"
     assert truncated.exists() and other.exists(), "a reader leaves files where they are"
 

@@ -33,7 +33,7 @@ def load_manifest(results_dir: str | Path) -> dict[str, Any]:
     try:
         manifest = read_state(results_dir).as_dict()
     except ManifestCorrupt as exc:
-        raise ConfigError(f"cannot read the manifest: {exc}", file=str(results_dir)) from None
+        raise ConfigError(str(exc)) from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"cannot read the manifest ({type(exc).__name__}: "
                           f"{' '.join(str(exc).split())[:120]})", file=str(results_dir)) from None
