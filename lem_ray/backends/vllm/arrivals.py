@@ -55,8 +55,9 @@ def drive_arrivals(
     """Send prompt i at offsets_s[i] after the start, step the engine, collect the deltas.
 
     Request ids are the prompt indices. A request's clock starts when it is sent (its TTFT
-    does not include time before its arrival). When the engine is idle the loop sleeps until
-    the next arrival rather than spinning.
+    does not include time before its arrival). An arrival that falls inside an engine step is
+    sent when that step returns, as a server's frontend would hand it over between steps.
+    When the engine is idle the loop sleeps until the next arrival rather than spinning.
     """
     if len(prompts) != len(offsets_s):
         raise ValueError(f"{len(prompts)} prompts for {len(offsets_s)} arrival times")
