@@ -138,8 +138,8 @@ def execute_run(task: RunTask, pg: PlacementGroup) -> RunRows:
     identity: WorkerIdentity | None = None
     runtime_env_json = task.runtime_env.to_json()
     # The worker and its sampler both run in the backend's environment; None: the job's.
-    env = {"runtime_env": task.runtime_env.ray_runtime_env()} \
-        if task.runtime_env.ray_runtime_env() else {}
+    ray_env = task.runtime_env.ray_runtime_env()
+    env = {"runtime_env": ray_env} if ray_env else {}
     execution = task.execution
     started_at = datetime.now(timezone.utc)
     try:
