@@ -77,7 +77,7 @@ def write_synthetic(results_dir: Path) -> None:
             else:
                 row.update(device="cuda", valid=valid, energy_source="nvml_counter",
                            validity_flags=["throttled"] if valid is False else [],
-                           measure_start_s=start_s, measure_end_s=start_s + WINDOW_S,
+                           measure_start_epoch_s=start_s, measure_end_epoch_s=start_s + WINDOW_S,
                            energy_window_s=WINDOW_S, **_metrics(batch, cycle, jpt))
             stem = RunKey(eid, cycle).stem(attempt)
             write_rows(results_dir, "experiments", stem, [{**empty_row("experiments"), **row}])
@@ -346,8 +346,8 @@ def test_report_on_cpu_campaign(cpu_campaign: Path, tmp_path: Path) -> None:
 def test_measure_window_recorded(cpu_campaign: Path) -> None:
     exps = pq.read_table(cpu_campaign / "experiments").to_pylist()
     for e in exps:
-        assert e["measure_end_s"] - e["measure_start_s"] == pytest.approx(e["energy_window_s"])
-        assert e["started_at"].timestamp() < e["measure_start_s"] < e["finished_at"].timestamp()
+        assert e["measure_end_epoch_s"] - e["measure_start_epoch_s"] == pytest.approx(e["energy_window_s"])
+        assert e["started_at"].timestamp() < e["measure_start_epoch_s"] < e["finished_at"].timestamp()
 
 
 @pytest.mark.slow

@@ -79,7 +79,7 @@ class ScriptedGpu(DeviceReader):
             temperature_c=40.0 + (t_s - self._t0),
             sm_clock_mhz=1980,
             mem_clock_mhz=3201,
-            memory_used_mb=1024.0,
+            memory_used_mib=1024.0,
             utilization_pct=100.0,
             throttle_reasons=self._throttle_at.get(round(t_s - self._t0, 6), 0),
         )
@@ -273,7 +273,7 @@ def test_timeseries_rows_with_cumulative_integrated_energy() -> None:
     assert len(rows) == 6
     assert set(rows[0]) == {
         "gpu_uuid", "t_s", "power_w", "temperature_c", "sm_clock_mhz", "mem_clock_mhz",
-        "memory_used_mb", "utilization_pct", "throttle_reasons", "energy_j",
+        "memory_used_mib", "utilization_pct", "throttle_reasons", "energy_j",
     }
     a_rows = [r for r in rows if r["gpu_uuid"] == "GPU-a"]
     assert [r["power_w"] for r in a_rows] == [100.0, 110.0, 120.0]

@@ -83,7 +83,7 @@ def test_environment_and_baseline_on_real_gpu() -> None:
     device = GpuDevice(uuid)
     sample = device.sample()
     assert sample.power_w is not None and sample.power_w > 0
-    assert sample.sm_clock_mhz is not None and sample.memory_used_mb is not None
+    assert sample.sm_clock_mhz is not None and sample.memory_used_mib is not None
 
     sampler = EnergySampler([uuid])
     env = sampler.environment()[uuid]

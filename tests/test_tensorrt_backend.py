@@ -508,7 +508,7 @@ def test_load_builds_once_then_reuses_the_cached_engine(fake_trtllm, tmp_path: P
     assert (tmp_path / cache_key / "lem_ray_build.json").is_file()
     assert first.details()["engine_source"] == "build"
     assert first.details()["llm_class"].endswith("FakeLLM")
-    assert first.peak_memory_mb() is None
+    assert first.peak_memory_mib() is None
     assert first.details()["peak_memory"].startswith("not reported")
     first.release()
     assert FakeLLM.built[0].shut_down

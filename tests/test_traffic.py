@@ -220,7 +220,7 @@ def test_steady_columns_integrate_power_inside_the_window() -> None:
               for gpu in ("GPU-a", "GPU-b") for t in range(0, 21)]
     columns = _steady(cfg, window, 992.0, series)
     assert columns["traffic_mode"] == "poisson"
-    assert columns["steady_start_s"] == 1002.0 and columns["steady_duration_s"] == 4.0
+    assert columns["steady_start_epoch_s"] == 1002.0 and columns["steady_duration_s"] == 4.0
     assert columns["steady_energy_j"] == pytest.approx(2 * 200.0 * 4.0)
     assert columns["steady_avg_power_w"] == pytest.approx(400.0)
     assert columns["steady_throughput_tok_s"] == 200.0

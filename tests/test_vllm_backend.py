@@ -30,7 +30,7 @@ from lem_ray.backends.vllm.translate import (
     truncated_token_ids,
 )
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.execution.worker import peak_memory_mb
+from lem_ray.execution.worker import peak_memory_mib
 from lem_ray.telemetry import nvml
 from tests.strict_fakes import VLLMSamplingParams, check_vllm_llm_kwargs
 
@@ -516,18 +516,18 @@ def test_peak_memory_sums_nvml_used_on_the_experiments_gpus(
     used = {"GPU-4": 1000.0, "GPU-5": 500.0, "GPU-6": 7.0}
     monkeypatch.setattr(nvml, "uuids_for_indices", lambda ids: [f"GPU-{i}" for i in ids])
     monkeypatch.setattr(nvml, "GpuDevice", lambda uuid: types.SimpleNamespace(
-        sample=lambda: types.SimpleNamespace(memory_used_mb=used[uuid])))
+        sample=lambda: types.SimpleNamespace(memory_used_mib=used[uuid])))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
     backend = VLLMBackend(make_config(gpus_per_experiment=2, vllm={"tensor_parallel_size": 2}),
                           DeviceInfo("cuda", 2))
-    assert backend.peak_memory_mb() is None and backend.memory_gpu_ids() == ["4", "5"]
-    assert peak_memory_mb(backend) == 1500.0
+    assert backend.peak_memory_mib() is None and backend.memory_gpu_ids() == ["4", "5"]
+    assert peak_memory_mib(backend) == 1500.0
 
     def no_nvml(ids: list[str]) -> list[str]:
         raise nvml.NvmlUnavailableError("no NVML")
 
     monkeypatch.setattr(nvml, "uuids_for_indices", no_nvml)
-    assert peak_memory_mb(backend) is None
+    assert peak_memory_mib(backend) is None
 
 
 # ---- on a GPU with vLLM --------------------------------------------------------------------

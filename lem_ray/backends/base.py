@@ -85,14 +85,14 @@ class Backend(ABC, Generic[OptionsT]):
     def synchronize(self) -> None:
         """Wait until queued device work is done, so a window edge is a true edge."""
 
-    def peak_memory_mb(self) -> float | None:
+    def peak_memory_mib(self) -> float | None:
         """Peak device memory the engine itself counted, MiB; None when it cannot say."""
         return None
 
     def memory_gpu_ids(self) -> list[str] | None:
         """NVML ids of the GPUs whose used memory, read after the run, is the engine's peak.
 
-        For engines whose memory lives outside this process (so peak_memory_mb cannot count
+        For engines whose memory lives outside this process (so peak_memory_mib cannot count
         it); the worker reads NVML for them. None: not applicable, or the ids are unknowable.
         """
         return None

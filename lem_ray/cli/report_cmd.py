@@ -102,8 +102,8 @@ def _write_html(path: Path, report: Report, results_dir: str, power_runs: list[d
         plots.PowerRun(
             title=f"{r['run_id']} attempt {r['attempt']}: {labels.get(r['run_id'], r['status'])}",
             samples=samples.get((r["run_id"], r["attempt"]), []),
-            measure_window_s=(r["measure_start_s"], r["measure_end_s"])
-            if r.get("measure_start_s") is not None and r.get("measure_end_s") is not None else None,
+            measure_window_s=(r["measure_start_epoch_s"], r["measure_end_epoch_s"])
+            if r.get("measure_start_epoch_s") is not None and r.get("measure_end_epoch_s") is not None else None,
         )
         for r in power_runs
     ]

@@ -32,11 +32,11 @@ class PrefillResult:
 
 @dataclass(frozen=True)
 class RunResult:
-    """The worker's account of one run. `measure_start_s` is in the worker's perf_counter clock;
+    """The worker's account of one run. `measure_start_perf_s` is in the worker's perf_counter clock;
     `epoch_minus_perf_s` maps that clock onto the sampler's epoch time stamps."""
 
     records: list[RequestRecord]
-    measure_start_s: float
+    measure_start_perf_s: float
     duration_s: float
     load_s: float
     timing_method: str | None
@@ -45,7 +45,7 @@ class RunResult:
     measure_window: WindowResult
     prefill: PrefillResult | None
     own_pids: set[int]
-    peak_memory_mb: float | None
+    peak_memory_mib: float | None
     versions: dict[str, str]
     details: dict[str, Any]
     engine_config: dict[str, Any] | None

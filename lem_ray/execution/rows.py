@@ -125,7 +125,7 @@ def _steady(config: ExperimentConfig, window: SteadyWindow | None, epoch_minus_p
     traffic = getattr(config.backend_options, "traffic", None)
     columns: dict[str, Any] = {
         "traffic_mode": traffic.mode if traffic is not None else "offline",
-        "steady_start_s": None, "steady_duration_s": None, "steady_opened_by": None,
+        "steady_start_epoch_s": None, "steady_duration_s": None, "steady_opened_by": None,
         "steady_output_tokens": None, "steady_throughput_tok_s": None,
         "steady_energy_j": None, "steady_avg_power_w": None,
         "steady_energy_j_per_output_token": None,
@@ -144,7 +144,7 @@ def _steady(config: ExperimentConfig, window: SteadyWindow | None, epoch_minus_p
                      for points in series.values())
     tokens = window.output_tokens
     columns.update(
-        steady_start_s=start, steady_duration_s=window.duration_s,
+        steady_start_epoch_s=start, steady_duration_s=window.duration_s,
         steady_opened_by=window.opened_by, steady_output_tokens=tokens,
         steady_throughput_tok_s=tokens / window.duration_s,
         steady_energy_j=energy,
@@ -204,8 +204,8 @@ def _energy_columns(
         "energy_by_gpu_json": json.dumps(window.energy_by_gpu_j) if window.energy_by_gpu_j else None,
         "energy_integrated_j": window.integrated_energy_j,
         "energy_window_s": energy.window_s,
-        "measure_start_s": window.start_s,
-        "measure_end_s": window.end_s,
+        "measure_start_epoch_s": window.start_s,
+        "measure_end_epoch_s": window.end_s,
         "energy_warmup_j": result.warmup_window.energy_j,
         **baseline,
         "energy_adjusted_j": adjusted_j,
@@ -259,7 +259,7 @@ def _engine_columns(
 ) -> dict[str, Any]:
     return {
         "sampler_cpu_s": telemetry.sampler_cpu_s,
-        "peak_memory_mb": result.peak_memory_mb,
+        "peak_memory_mib": result.peak_memory_mib,
         "versions_json": json.dumps({**result.versions, "lem_ray": lem_ray.__version__}),
         **_steady(config, result.steady_window, result.epoch_minus_perf_s,
                   telemetry.timeseries),
@@ -312,6 +312,6 @@ def ok_rows(
     ids_row = ids.as_dict()
     energies = attribute_energy(records, energy.energy_j, energy.prefill_j, energy.decode_j)
     requests = [{**ids_row, **row}
-                for row in request_rows(records, result.measure_start_s, energies)]
+                for row in request_rows(records, result.measure_start_perf_s, energies)]
     series = [{**ids_row, **row} for row in telemetry.timeseries]
     return RunRows(experiment, requests, series)

@@ -93,7 +93,7 @@ class ExperimentWorker:
         )
         return RunResult(
             records=records,
-            measure_start_s=start_s,
+            measure_start_perf_s=start_s,
             duration_s=duration_s,
             load_s=load_s,
             timing_method=backend.timing_method,
@@ -102,7 +102,7 @@ class ExperimentWorker:
             measure_window=measure_window,
             prefill=prefill_result,
             own_pids=own_pids,
-            peak_memory_mb=peak_memory_mb(backend),
+            peak_memory_mib=peak_memory_mib(backend),
             versions={**backend.versions(), "python": platform.python_version(),
                       "ray": ray.__version__},
             details=backend.details(),
@@ -147,15 +147,15 @@ def _no_gc() -> Iterator[None]:
         gc.unfreeze()
 
 
-def peak_memory_mb(backend: Backend[Any]) -> float | None:
+def peak_memory_mib(backend: Backend[Any]) -> float | None:
     """The backend's own count, else NVML's used memory on the GPUs it names."""
-    peak = backend.peak_memory_mb()
+    peak = backend.peak_memory_mib()
     ids = backend.memory_gpu_ids() if peak is None else None
     if ids is None:
         return peak
-    from lem_ray.telemetry.nvml import used_memory_mb
+    from lem_ray.telemetry.nvml import used_memory_mib
 
-    return used_memory_mb(ids)
+    return used_memory_mib(ids)
 
 
 def _own_pids() -> set[int]:

@@ -33,7 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lem_ray.results.schema import TABLES
+from lem_ray.results.schema import TABLES, reading_schema, upgrade
 from lem_ray.results.store import (
     COMPACTED_PREFIX,
     RESULT_TABLES,
@@ -71,8 +71,9 @@ def _write_merged(results_dir: str | Path, table: str, inputs: list[str],
                   fs: pafs.FileSystem) -> tuple[list[str], int]:
     """Stream inputs into files of at most ROWS_PER_FILE rows; each appears whole."""
     schema = TABLES[table]
-    batches = ds.dataset(inputs, filesystem=fs, format="parquet", schema=schema).to_batches(
-        batch_size=BATCH_ROWS)
+    old_shape = ds.dataset(inputs, filesystem=fs, format="parquet", schema=reading_schema(table))
+    batches = (batch for raw in old_shape.to_batches(batch_size=BATCH_ROWS)
+               for batch in upgrade(table, pa.Table.from_batches([raw])).to_batches())
     stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     state = {"next": next(batches, None), "rows": 0}
     written = []

@@ -71,8 +71,8 @@ EXPERIMENTS = pa.schema(
         ("energy_by_gpu_json", STR),
         ("energy_integrated_j", F64),
         ("energy_window_s", F64),
-        ("measure_start_s", F64),
-        ("measure_end_s", F64),
+        ("measure_start_epoch_s", F64),
+        ("measure_end_epoch_s", F64),
         ("energy_warmup_j", F64),
         ("baseline_power_w", F64),
         ("baseline_age_s", F64),
@@ -96,14 +96,14 @@ EXPERIMENTS = pa.schema(
         ("driver_version", STR),
         ("cuda_driver_version", STR),
         ("sampler_cpu_s", F64),
-        ("peak_memory_mb", F64),
+        ("peak_memory_mib", F64),
         ("versions_json", STR),
         ("environment_json", STR),
         ("engine_config_json", STR),
         ("python_executable", STR),
         ("runtime_env_json", STR),
         ("traffic_mode", STR),
-        ("steady_start_s", F64),
+        ("steady_start_epoch_s", F64),
         ("steady_duration_s", F64),
         ("steady_opened_by", STR),
         ("steady_output_tokens", I64),
@@ -141,7 +141,7 @@ TIMESERIES = pa.schema(
         ("temperature_c", F64),
         ("sm_clock_mhz", F64),
         ("mem_clock_mhz", F64),
-        ("memory_used_mb", F64),
+        ("memory_used_mib", F64),
         ("utilization_pct", F64),
         ("throttle_reasons", I64),
     ]
@@ -153,3 +153,35 @@ TABLES = {"experiments": EXPERIMENTS, "requests": REQUESTS, "timeseries": TIMESE
 def empty_row(table: str) -> dict[str, None]:
     """Every column of `table`, null: the base of a row whose run could not fill them all."""
     return dict.fromkeys(TABLES[table].names)
+
+
+# Columns renamed since results were first written (docs/results.md, "Renamed columns"):
+# table -> {old name: new name}. Readers map old files onto the new names.
+RENAMED: dict[str, dict[str, str]] = {
+    "experiments": {
+        "measure_start_s": "measure_start_epoch_s",
+        "measure_end_s": "measure_end_epoch_s",
+        "steady_start_s": "steady_start_epoch_s",
+        "peak_memory_mb": "peak_memory_mib",
+    },
+    "requests": {},
+    "timeseries": {"memory_used_mb": "memory_used_mib"},
+}
+
+
+def reading_schema(table: str) -> pa.Schema:
+    """The table's schema plus its old column names, so files of either shape read whole."""
+    schema = TABLES[table]
+    old = [pa.field(o, schema.field(n).type) for o, n in RENAMED[table].items()]
+    return pa.schema(list(schema) + old)
+
+
+def upgrade(table: str, data: pa.Table) -> pa.Table:
+    """A table read with reading_schema, in the current shape: each new column takes its old
+    column's value where only the old name was written."""
+    import pyarrow.compute as pc
+
+    for old, new in RENAMED[table].items():
+        merged = pc.coalesce(data[new], data[old])
+        data = data.set_column(data.schema.get_field_index(new), new, merged)
+    return data.select(TABLES[table].names)

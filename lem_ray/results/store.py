@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lem_ray.errors import ConfigError
-from lem_ray.results.schema import ID_FIELDS, TABLES
+from lem_ray.results.schema import ID_FIELDS, TABLES, reading_schema, upgrade
 
 RESULT_TABLES = ("experiments", "requests", "timeseries")
 COMPACTED_PREFIX = "compacted-"
@@ -186,8 +186,9 @@ def _read_files(fs: pafs.FileSystem, paths: list[str], schema: pa.Schema,
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
-def _read_once(fs: pafs.FileSystem, folder: str, schema: pa.Schema,
+def _read_once(fs: pafs.FileSystem, folder: str, table: str,
                on_skip: Callable[[str, str], None]) -> pa.Table:
+    schema = reading_schema(table)
     files = readable_files(fs, folder, schema, on_skip)
     merged = [i.path for i in files if i.base_name.startswith(COMPACTED_PREFIX)]
     parts, covered = [], set()
@@ -198,7 +199,7 @@ def _read_once(fs: pafs.FileSystem, folder: str, schema: pa.Schema,
                and attempt_of(i.base_name) not in covered]
     if singles:
         parts.append(_read_files(fs, singles, schema, on_skip))
-    return pa.concat_tables(parts) if parts else schema.empty_table()
+    return upgrade(table, pa.concat_tables(parts)) if parts else TABLES[table].empty_table()
 
 
 def check_columns(table: str, rows: list[dict[str, Any]], names: list[str]) -> None:
@@ -222,7 +223,7 @@ def read_table(results_dir: str | Path, table: str,
     tries = 0
     while True:
         try:
-            return _read_once(fs, f"{base}/{table}", TABLES[table], on_skip)
+            return _read_once(fs, f"{base}/{table}", table, on_skip)
         except FileNotFoundError:
             tries += 1
             if tries == READ_RETRIES:

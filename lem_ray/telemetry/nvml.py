@@ -131,7 +131,7 @@ def uuids_for_indices(indices: Sequence[int | str]) -> list[str]:
 class GpuSample:
     """One cheap reading of a GPU; fields are None where the GPU does not report them.
 
-    memory_used_mb is in MiB (2**20 bytes), as nvidia-smi reports it. throttle_reasons is NVML's
+    memory_used_mib is in MiB (2**20 bytes), as nvidia-smi reports it. throttle_reasons is NVML's
     clocks-event (throttle) bitmask; 0 means nothing is holding the clocks back.
     """
 
@@ -140,7 +140,7 @@ class GpuSample:
     temperature_c: float | None
     sm_clock_mhz: int | None
     mem_clock_mhz: int | None
-    memory_used_mb: float | None
+    memory_used_mib: float | None
     utilization_pct: float | None
     throttle_reasons: int | None
 
@@ -253,7 +253,7 @@ class GpuDevice(DeviceReader):
             temperature_c=_optional("nvmlDeviceGetTemperature", self._handle, nv.NVML_TEMPERATURE_GPU),
             sm_clock_mhz=_optional("nvmlDeviceGetClockInfo", self._handle, nv.NVML_CLOCK_SM),
             mem_clock_mhz=_optional("nvmlDeviceGetClockInfo", self._handle, nv.NVML_CLOCK_MEM),
-            memory_used_mb=None if memory is None else memory.used / MIB,
+            memory_used_mib=None if memory is None else memory.used / MIB,
             utilization_pct=None if utilization is None else float(utilization.gpu),
             throttle_reasons=_optional(self._throttle_function, self._handle),
         )
@@ -313,10 +313,10 @@ def _field_number(nv: ModuleType, value: Any) -> float:
     return float(getattr(value.value, members.get(value.valueType, "uiVal")))
 
 
-def used_memory_mb(indices: Sequence[int | str]) -> float | None:
+def used_memory_mib(indices: Sequence[int | str]) -> float | None:
     """Device memory used now on these GPUs (NVML ids), summed, MiB; None when unreadable."""
     try:
-        used = [GpuDevice(uuid).sample().memory_used_mb for uuid in uuids_for_indices(indices)]
+        used = [GpuDevice(uuid).sample().memory_used_mib for uuid in uuids_for_indices(indices)]
     except TelemetryError:
         return None
     return None if None in used else sum(used)

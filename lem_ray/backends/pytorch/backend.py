@@ -267,7 +267,7 @@ class PyTorchBackend(Backend[PyTorchConfig]):
         if self._device == "cuda":
             self._torch.cuda.synchronize()
 
-    def peak_memory_mb(self) -> float | None:
+    def peak_memory_mib(self) -> float | None:
         if self._device != "cuda":
             return None
         cuda = self._torch.cuda

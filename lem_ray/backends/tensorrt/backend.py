@@ -311,7 +311,7 @@ class TensorRTBackend(Backend[TensorRTConfig]):
         if torch is not None and torch.cuda.is_available():
             torch.cuda.synchronize()
 
-    def peak_memory_mb(self) -> float | None:
+    def peak_memory_mib(self) -> float | None:
         """None: see PEAK_MEMORY_NOTE, also recorded in details()."""
         return None
 
