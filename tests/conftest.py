@@ -1,12 +1,26 @@
-"""Shared fixtures: campaign files written to tmp dirs, and the tiny model's base config."""
+"""Shared fixtures: campaign files written to tmp dirs, the tiny model's base config, and Ray
+instances of the test's own (never a cluster someone else started on this machine)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import yaml
+
+# Ray's socket paths must stay under 107 bytes, so its temp dir is short, not under tmp_path.
+RAY_TMP = tempfile.mkdtemp(prefix="lrt-", dir="/tmp" if os.path.isdir("/tmp") else None)
+# Every Ray started by a test or by a CLI the test runs: a new local instance in RAY_TMP.
+# Without these, ray.init() joins the cluster recorded in /tmp/ray (a developer's own, or
+# another test session's on a shared machine), and a Ctrl-C test would interrupt it.
+os.environ["RAY_ADDRESS"] = "local"
+os.environ["RAY_TMPDIR"] = RAY_TMP
 
 TINY_BASE: dict[str, Any] = {
     "model_name": "builtin:tiny-llama",
@@ -18,6 +32,48 @@ TINY_BASE: dict[str, Any] = {
     "prompts": {"source": "synthetic", "count": 6, "input_len": {"mean": 16, "std": 4}},
     "warmup": {"mode": "fixed", "requests": 2},
 }
+
+
+def ray_env(address: str = "local") -> dict[str, str]:
+    """Environment for a CLI subprocess: its Ray is a local one in this session's temp dir,
+    or the test's own cluster at `address`."""
+    return {**os.environ, "RAY_ADDRESS": address, "RAY_TMPDIR": RAY_TMP}
+
+
+@contextmanager
+def isolated_ray(num_cpus: int = 2) -> Iterator[None]:
+    """A new local Ray instance for the duration, in this session's temp dir."""
+    import ray
+
+    from lem_ray.execution.cluster import WORKER_ENV
+
+    ray.init(address="local", _temp_dir=os.path.join(RAY_TMP, "ray"), num_cpus=num_cpus,
+             include_dashboard=False, namespace="lem-ray-test", runtime_env={"env_vars": WORKER_ENV})
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def local_ray() -> Iterator[None]:
+    with isolated_ray():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left_behind() -> Iterator[None]:
+    """Each test starts and stops its own Ray: one left connected would be silently reused by
+    the next test's run_campaign, making results depend on which test ran before."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("the test left Ray initialised; start it with the local_ray fixture")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(RAY_TMP, ignore_errors=True)
 
 
 @pytest.fixture

@@ -24,9 +24,10 @@ def running_workers() -> list[psutil.Process]:
     for proc in psutil.Process().children(recursive=True):
         try:
             cmdline = " ".join(proc.cmdline())
+            alive = proc.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             continue
-        if cmdline.startswith("ray::ExperimentWorker.run"):
+        if alive and cmdline.startswith("ray::ExperimentWorker.run"):
             found.append(proc)
     return found
 
@@ -41,9 +42,11 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> ob
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def kill_one_worker(timeout_s: float = 120) -> int:
-    proc = wait_for(lambda: next(iter(running_workers()), None), timeout_s, "a running worker")
-    time.sleep(1.0)  # well inside its run, past loading
+def kill_one_worker(timeout_s: float = 120, spare: set[int] = frozenset(), settle_s: float = 1.0) -> int:
+    """SIGKILL a worker inside its run(), not one of the `spare` pids (killed before)."""
+    proc = wait_for(lambda: next((p for p in running_workers() if p.pid not in spare), None),
+                    timeout_s, "a running worker")
+    time.sleep(settle_s)
     proc.send_signal(signal.SIGKILL)
     return proc.pid
 

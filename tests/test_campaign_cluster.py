@@ -17,7 +17,7 @@ from tests.conftest import TINY_BASE
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def two_nodes():
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "num_gpus": 2})
     cluster.add_node(num_cpus=3, num_gpus=2)

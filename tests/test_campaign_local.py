@@ -7,22 +7,12 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
-import ray
 
-from lem_ray.execution.cluster import WORKER_ENV
 from lem_ray.execution.driver import run_campaign
 from lem_ray.results.manifest import load_manifest
 from tests.conftest import TINY_BASE
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="lem-ray-test",
-             runtime_env={"env_vars": WORKER_ENV})
-    yield
-    ray.shutdown()
 
 
 CAMPAIGN = {

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_BASE
+from tests.conftest import TINY_BASE, ray_env
 
 
 def lem_ray(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RAY_ADDRESS": ""}
     return subprocess.run(
-        [sys.executable, "-m", "lem_ray.cli", *args], cwd=cwd, env=env,
+        [sys.executable, "-m", "lem_ray.cli", *args], cwd=cwd, env=ray_env(),
         capture_output=True, text=True, timeout=600,
     )
 
