@@ -36,9 +36,13 @@ def test_gpu_campaign_measures_energy(tmp_path: Path) -> None:
             e["energy_j"] - e["baseline_power_w"] * e["energy_window_s"])
         assert 0 < e["energy_prefill_j"] < e["energy_j"] and e["prefill_passes"] >= 1
         assert e["energy_decode_j"] == pytest.approx(e["energy_j"] - e["energy_prefill_j"])
-        assert e["valid"] in (True, False) and isinstance(e["validity_flags"], list)
+        assert e["valid"] is (e["validity_flags"] == []), "valid means exactly: no flag"
+        # nothing on this campaign's own GPU can raise these: a dedicated GPU, no MIG, energy measured
+        assert not {"no_energy", "mig", "other_process", "power_above_limit"} & set(e["validity_flags"])
         assert e["power_limit_w"] > 0 and e["driver_version"]
         assert json.loads(e["energy_by_gpu_json"]).keys() == {e["gpu_uuids"][0]}
+    clean = [e for e in rows if e["batch_size"] == 1]
+    assert any(e["valid"] is True for e in clean), [e["validity_flags"] for e in clean]
     by_gpu: dict[str, list[float]] = {}
     for e in rows:
         by_gpu.setdefault(e["gpu_uuids"][0], []).append(e["baseline_age_s"])

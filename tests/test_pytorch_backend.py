@@ -71,11 +71,36 @@ def test_greedy_and_sampled_generation_kwargs() -> None:
     assert static["cache_implementation"] == "static"
 
 
+def sampled_token_ids(cfg: ExperimentConfig, prompts: list[str]) -> list[list[int]]:
+    """The tokens generate() produced (the records only count them)."""
+    backend = PyTorchBackend(cfg, DeviceInfo("cpu"))
+    backend.load()
+    produced: list[list[int]] = []
+    generate = backend._model.generate
+
+    def recording(**kwargs):
+        out = generate(**kwargs)
+        produced.extend(out[:, kwargs["input_ids"].shape[1]:].tolist())
+        return out
+
+    backend._model.generate = recording
+    try:
+        backend.generate(prompts)
+    finally:
+        backend.release()
+    return produced
+
+
 def test_sampling_is_seeded(prompts) -> None:
-    cfg = make_config(decoder={"preset": "standard"}, min_output_tokens=0, max_output_tokens=12)
-    first, _ = run(cfg, prompts[:2])
-    second, _ = run(cfg, prompts[:2])
-    assert [r.output_tokens for r in first] == [r.output_tokens for r in second]
+    sampled = {"decoder": {"preset": "standard"}, "min_output_tokens": 12, "max_output_tokens": 12,
+               "pytorch": {"batch_size": 2}}
+    cfg = make_config(**sampled)
+    assert generation_kwargs(cfg, 0, 1)["do_sample"] is True
+    first = sampled_token_ids(cfg, prompts[:2])
+    assert len(first) == 2 and all(len(ids) == 12 for ids in first)
+    assert sampled_token_ids(cfg, prompts[:2]) == first, "same seed, same tokens"
+    other = sampled_token_ids(make_config(**sampled, random_seed=cfg.random_seed + 1), prompts[:2])
+    assert other != first, "another seed draws other tokens"
 
 
 @pytest.mark.parametrize(

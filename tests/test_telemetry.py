@@ -287,16 +287,20 @@ def test_timeseries_rows_with_cumulative_integrated_energy() -> None:
 def test_background_thread_samples_and_reports_cpu_time() -> None:
     devices = {"GPU-a": ScriptedGpu("GPU-a", time.time, base_w=100.0)}
     sampler = EnergySampler(list(devices), sample_interval_ms=10, device_factory=devices.__getitem__)
+    assert sampler.sampler_cpu_s() == 0.0, "no thread yet"
+    started_s = time.monotonic()
     with sampler:
         sampler.begin("measure")
         time.sleep(0.3)
         result = sampler.end("measure")
+    wall_s = time.monotonic() - started_s
     count = len(sampler.timeseries())
     time.sleep(0.05)
     assert len(sampler.timeseries()) == count
     assert result.samples >= 10
     assert result.integrated_energy_j == pytest.approx(100.0 * result.duration_s, rel=1e-6)
-    assert sampler.sampler_cpu_s() >= 0.0
+    # the thread's own CPU time: some, and never more than the wall time it ran
+    assert 0.0 < sampler.sampler_cpu_s() <= wall_s
 
 
 def test_failing_device_sample_is_skipped() -> None:

@@ -94,4 +94,7 @@ def test_environment_and_baseline_on_real_gpu() -> None:
 
     baseline = sampler.measure_idle_baseline(duration_s=1.0, interval_ms=50)[uuid]
     assert baseline["power_w"] > 0 and baseline["samples"] == 20
-    assert sampler.baseline(uuid)["age_s"] >= 0
+    cached = sampler.baseline(uuid)
+    assert cached["measured_at_s"] == baseline["measured_at_s"] and cached["age_s"] < 5.0
+    assert sampler.measure_idle_baseline(duration_s=1.0, interval_ms=50)[uuid]["measured_at_s"] \
+        == baseline["measured_at_s"], "fresh: reused, not measured again"
