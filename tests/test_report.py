@@ -18,10 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from lem_ray.records import RunKey
+from lem_ray.results.bootstrap import bootstrap_ci
 from lem_ray.results.report import METRICS, SUMMARY, pareto_mask
 from lem_ray.results.schema import empty_row
 from lem_ray.results.store import write_rows
-from tests.conftest import TINY_BASE
+from tests.conftest import TINY_BASE, isolated_ray
 from tests.test_cli import lem_ray
 
 T0_S = 1_700_000_000.0
@@ -91,16 +92,44 @@ def write_synthetic(results_dir: Path) -> None:
 
 
 def expected_stats(values: list[float]) -> dict[str, Any]:
-    """The statistics computed here by hand: sample std, percentile bootstrap of the sorted
-    values (seed 0)."""
-    data = np.sort(np.array(values, dtype=float))
-    out: dict[str, Any] = {"mean": data.mean() if data.size else None, "n": data.size,
-                           "std": None, "ci_low": None, "ci_high": None}
-    if data.size >= 2:
-        means = data[np.random.default_rng(0).integers(0, data.size, size=(1000, data.size))].mean(axis=1)
-        low, high = np.percentile(means, [2.5, 97.5])
-        out.update(std=data.std(ddof=1), ci_low=low, ci_high=high)
-    return out
+    """Mean and sample std by hand; the interval is bootstrap_ci's on exactly these values (its
+    statistics are tested on their own below), so what is checked here is which runs count."""
+    data = np.array(values, dtype=float)
+    ci = bootstrap_ci(values)
+    return {"mean": data.mean() if data.size else None, "n": data.size,
+            "std": data.std(ddof=1) if data.size >= 2 else None,
+            "ci_low": ci[0] if ci else None, "ci_high": ci[1] if ci else None}
+
+
+def test_bootstrap_interval_covers_a_known_mean() -> None:
+    """Over many seeded samples of a known distribution, the 95% interval holds the true mean
+    about 95% of the time (the percentile bootstrap runs a little short at n=10)."""
+    rng = np.random.default_rng(2024)
+    trials = 400
+    covered = sum(low <= 5.0 <= high for low, high in
+                  (bootstrap_ci(rng.normal(5.0, 2.0, size=10)) for _ in range(trials)))
+    assert 0.86 <= covered / trials <= 0.97
+
+
+def test_bootstrap_interval_width() -> None:
+    """Width shrinks as 1/sqrt(n), and matches the normal interval 2 x 1.96 x sd / sqrt(n) for
+    a large sample; a higher level is wider; the interval depends on the values only."""
+    rng = np.random.default_rng(7)
+    def mean_width(n: int, level: float = 0.95) -> float:
+        widths = [high - low for low, high in
+                  (bootstrap_ci(rng.normal(0.0, 1.0, size=n), level=level) for _ in range(40))]
+        return float(np.mean(widths))
+    w5, w20, w80 = mean_width(5), mean_width(20), mean_width(80)
+    assert w5 > w20 > w80
+    assert w80 / w20 == pytest.approx(0.5, rel=0.15)
+    assert w80 == pytest.approx(2 * 1.96 / math.sqrt(80), rel=0.1)
+    assert mean_width(80, level=0.5) == pytest.approx(2 * 0.674 / math.sqrt(80), rel=0.15)
+    values = [3.0, 1.0, 2.0, 5.0]
+    assert bootstrap_ci(values) == bootstrap_ci(values[::-1]), "depends on the values only"
+    assert bootstrap_ci([1.0]) is None and bootstrap_ci([]) is None
+    assert bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    low, high = bootstrap_ci(values)
+    assert min(values) < low < float(np.mean(values)) < high < max(values)
 
 
 def counted_values(experiments: list[str], metric: str) -> list[float]:
@@ -298,23 +327,16 @@ def test_pareto_mask() -> None:
 @pytest.fixture(scope="module")
 def cpu_campaign(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 experiments (batch 1 and 2) x 3 cycles of the tiny model on a local Ray, on CPU."""
-    import ray
-
-    from lem_ray.execution.cluster import WORKER_ENV
     from lem_ray.execution.driver import run_campaign
 
     out = tmp_path_factory.mktemp("campaign") / "results"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="lem-ray-test",
-             runtime_env={"env_vars": WORKER_ENV})
-    try:
+    with isolated_ray():
         result = run_campaign({
             "campaign_name": "report",
             "base": TINY_BASE,
             "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
             "execution": {"cycles": 3, "structure": "interleaved"},
         }, results_dir=out)
-    finally:
-        ray.shutdown()
     assert result.counts["ok"] == 6
     return out
 
@@ -400,3 +422,45 @@ def test_cycle_cv_and_labels(synthetic: Path, tmp_path: Path) -> None:
     html = page.read_text()
     assert html.count('class="num cv-above"') == 2, "energy and throughput tables"
     assert "vllm · batch 64 · 2 GPUs" in html
+
+
+def html_plot_calls(results_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                    *args: str) -> dict[str, list]:
+    """Run `report --html` in this process, recording what each plot is asked to draw."""
+    from click.testing import CliRunner
+
+    from lem_ray.cli.main import main
+    from lem_ray.results import plots
+
+    calls: dict[str, list] = {"pareto": [], "power": []}
+    png = b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setattr(plots, "pareto_png", lambda groups, x, y, min_x, min_y:
+                        calls["pareto"].append((x, y, min_x, min_y)) or png)
+    monkeypatch.setattr(plots, "power_png", lambda runs:
+                        calls["power"].append([(r.title.split(":")[0], len(r.samples), r.measure_window_s)
+                                               for r in runs]) or png)
+    result = CliRunner().invoke(main, ["report", str(results_dir), "--html", str(tmp_path / "r.html"), *args])
+    assert result.exit_code == 0, result.output
+    return calls
+
+
+def test_pareto_plots_minimise_energy_and_latency_maximise_throughput(
+        synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = html_plot_calls(synthetic, tmp_path, monkeypatch, "--latency", "e2e")
+    assert calls["pareto"] == [
+        ("e2e_ms_p50", "energy_j_per_output_token", True, True),
+        ("throughput_tok_s", "energy_j_per_output_token", False, True),
+        ("e2e_ms_p50", "throughput_tok_s", True, False),
+    ]
+
+
+def test_power_plot_shows_the_chosen_runs(synthetic: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    chosen = html_plot_calls(synthetic, tmp_path, monkeypatch, "--power-runs", "dddd-c1,bbbb-c2")["power"]
+    window = (T0_S + 100 * (10 * 3 + 1) + 3, T0_S + 100 * (10 * 3 + 1) + 3 + WINDOW_S)
+    # dddd-c1: 2 GPUs x 260 samples (-3 s to +23 s of its window); bbbb-c2 has no samples written
+    assert chosen == [[("dddd-c1 attempt 1", 2 * 260, window),
+                       ("bbbb-c2 attempt 1", 0, pytest.approx((T0_S + 100 * 12 + 3, T0_S + 100 * 12 + 23)))]]
+    default = html_plot_calls(synthetic, tmp_path, monkeypatch)["power"]
+    assert [title for title, _, _ in default[0]] == [
+        "cccc-c1 attempt 1", "aaaa-c1 attempt 1", "bbbb-c1 attempt 1", "dddd-c1 attempt 1"]
