@@ -1,0 +1,248 @@
+"""The energy path of one run on a two-GPU node, on CPU: the worker's windows, the sampler
+actor's arithmetic and the experiments row, fed with NVML-shaped readings of two GPUs.
+
+The node below answers as NVML does (counters in mJ since driver load, far from zero and
+different per GPU; instant power in W; temperatures; clocks-event bits), driven by a manual
+clock that the fake engine advances by exact binary fractions of a second. Every figure the
+row reports can therefore be written out by hand, and is, in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import lem_ray.execution.actors as actors
+import lem_ray.execution.worker as worker_module
+from lem_ray.backends.base import Backend, RequestRecord
+from lem_ray.config.campaign import ExecutionConfig
+from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.execution.gpus import GpuIdentity
+from lem_ray.execution.rows import RunIds, ok_rows
+from lem_ray.execution.worker import ExperimentWorker, PrefillSettings
+from lem_ray.telemetry.nvml import DeviceReader, GpuSample
+from lem_ray.telemetry.sampler import EnergySampler
+from tests.conftest import TINY_BASE
+
+UUIDS = ["GPU-3f1c0d2e-0000-4000-8000-000000000000", "GPU-9a7b6c5d-1111-4111-8111-111111111111"]
+
+
+@dataclass
+class Gpu:
+    idle_w: float
+    busy_w: float
+    counter_mj: float
+    temperature_c: float
+    heats_c_per_s: float = 0.0
+    throttle_reasons: int = 0
+
+
+@dataclass
+class Node:
+    """Two GPUs and a clock; the engine's work advances the clock and the counters with it."""
+
+    gpus: dict[str, Gpu]
+    t_s: float = 1000.0
+    busy: bool = False
+    log: list[tuple[str, float]] = field(default_factory=list)
+
+    def clock(self) -> float:
+        return self.t_s
+
+    def work(self, dt_s: float) -> None:
+        for gpu in self.gpus.values():
+            gpu.counter_mj += (gpu.busy_w if self.busy else gpu.idle_w) * dt_s * 1000
+            gpu.temperature_c += gpu.heats_c_per_s * dt_s
+        self.t_s += dt_s
+
+    def device(self, uuid: str) -> DeviceReader:
+        return NvmlShapedGpu(self, uuid)
+
+
+class NvmlShapedGpu(DeviceReader):
+    def __init__(self, node: Node, uuid: str) -> None:
+        self.node, self.uuid, self.gpu = node, uuid, node.gpus[uuid]
+        self.name = "NVIDIA H200"
+        self.supports_energy_counter = True
+        self.power_method = "power_instant"
+
+    def energy_mj(self) -> int:
+        return round(self.gpu.counter_mj)
+
+    def power_instant_w(self) -> float:
+        return self.gpu.busy_w if self.node.busy else self.gpu.idle_w
+
+    def sample(self) -> GpuSample:
+        return GpuSample(t_s=self.node.t_s, power_w=self.power_instant_w(),
+                         temperature_c=self.gpu.temperature_c, sm_clock_mhz=1980, mem_clock_mhz=3201,
+                         memory_used_mb=2048.0, utilization_pct=100.0 if self.node.busy else 0.0,
+                         throttle_reasons=self.gpu.throttle_reasons)
+
+    def environment(self) -> dict[str, Any]:
+        return {"uuid": self.uuid, "name": self.name, "power_limit_w": 700.0, "driver_version": "570.86",
+                "cuda_driver_version": "12.8", "mig_enabled": False, "compute_process_pids": []}
+
+    def compute_process_pids(self) -> list[int]:
+        return []
+
+
+PROMPT_S = 0.25
+"""Seconds of engine work per prompt for the full output, and per prompt for one token:"""
+PREFILL_PROMPT_S = 0.0625
+
+
+class FakeEngine(Backend):
+    """Eight output tokens per prompt; each call advances the node's clock by its work."""
+
+    name = "pytorch"
+    node: Node
+
+    def load(self) -> None:
+        self.node.busy = True
+
+    def generate(self, prompts: list[str], max_output_tokens: int | None = None) -> list[RequestRecord]:
+        most, _ = self.output_bounds(max_output_tokens)
+        per_prompt_s = PREFILL_PROMPT_S if most == 1 else PROMPT_S
+        records = []
+        for i, prompt in enumerate(prompts):
+            start_s = self.node.t_s
+            self.node.work(per_prompt_s)
+            records.append(RequestRecord(index=i, input_tokens=len(prompt.split()), output_tokens=most,
+                                         e2e_ms=per_prompt_s * 1000, ttft_ms=per_prompt_s * 1000 / most,
+                                         itl_ms=[per_prompt_s * 1000 / most] * (most - 1), start_s=start_s))
+        self.node.log.append(("generate", len(prompts)))
+        return records
+
+    def release(self) -> None:
+        self.node.busy = False
+
+
+class InProcess:
+    """An actor's methods called in this process: `handle.method.remote(...)` runs it now."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        return SimpleNamespace(remote=getattr(self._target, name))
+
+
+PROMPTS = ["one two three", "four five six seven", "eight nine", "ten eleven twelve thirteen fourteen"]
+
+
+def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: ExecutionConfig,
+                baselines: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The real worker.run and sampler actor on the node, then the real ok_rows."""
+    FakeEngine.node = node
+    monkeypatch.setattr(worker_module, "backend_class", lambda name: FakeEngine)
+    monkeypatch.setattr(worker_module, "ray", SimpleNamespace(get=lambda ref: ref, __version__="test"))
+    monkeypatch.setattr(worker_module, "time", SimpleNamespace(perf_counter=node.clock))
+    monkeypatch.setattr(actors, "EnergySampler", lambda uuids, sample_interval_ms: EnergySampler(
+        uuids, sample_interval_ms, device_factory=node.device, clock=node.clock))
+    config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch", "gpus_per_experiment": 2})
+    worker = ExperimentWorker.__new__(ExperimentWorker)
+    worker.config, worker.prompts, worker.node_id = config, PROMPTS, "node-1"
+    worker.identity = GpuIdentity(device="cuda", gpu_ids=["0", "1"], gpu_uuids=UUIDS,
+                                  gpu_names=["NVIDIA H200"] * 2)
+    sampler = actors.SamplerActor.__ray_actor_class__(UUIDS, 100, None)
+    conditions: dict[str, Any] = {}
+    if baselines is not None:
+        conditions["baselines"] = sampler.baseline(baselines, 0.02, 3600.0)
+    settings = PrefillSettings(execution.prefill.enabled, execution.validity.min_window_s,
+                               execution.prefill.max_repeats)
+    result = worker.run(InProcess(sampler), settings)
+    telemetry = sampler.finish()
+    identity = {**worker.identity.__dict__, "node_id": "node-1", "node_ip": "10.0.0.1", "hostname": "n1"}
+    rows = ok_rows(RunIds("c", "e1", 1, 1), config, execution, identity, result, telemetry,
+                   conditions, datetime.now(timezone.utc))
+    return {"row": rows.experiment, "requests": rows.requests, "result": result}
+
+
+def two_gpus(**second: Any) -> Node:
+    return Node({UUIDS[0]: Gpu(idle_w=60.0, busy_w=300.0, counter_mj=8_123_456_789_000.0, temperature_c=45.0),
+                 UUIDS[1]: Gpu(idle_w=90.0, busy_w=500.0, counter_mj=77_000_000_000_000.0,
+                               temperature_c=60.0, **second)})
+
+
+def execution(**validity: Any) -> ExecutionConfig:
+    return ExecutionConfig.model_validate({"validity": {"min_window_s": 0.75, **validity},
+                                           "prefill": {"enabled": True, "max_repeats": 10}})
+
+
+def test_two_gpu_run_figures_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    node = two_gpus()
+    out = run_on_node(node, monkeypatch, execution(), baselines={})
+    row = out["row"]
+    # warmup: 2 requests of 1 prompt (0.5 s); measure: 4 prompts (1.0 s) on 300 + 500 W
+    assert row["energy_warmup_j"] == pytest.approx(0.5 * 800.0)
+    assert row["energy_window_s"] == 1.0 and row["energy_source"] == "nvml_counter"
+    assert row["energy_j"] == pytest.approx(800.0)
+    assert json.loads(row["energy_by_gpu_json"]) == pytest.approx({UUIDS[0]: 300.0, UUIDS[1]: 500.0})
+    # the idle baseline is the sum over both GPUs, and so is the power limit
+    assert row["baseline_power_w"] == pytest.approx(60.0 + 90.0)
+    assert row["energy_adjusted_j"] == pytest.approx(800.0 - 150.0 * 1.0)
+    assert row["energy_adjusted_j_per_output_token"] == pytest.approx(650.0 / 32)
+    assert row["power_limit_w"] == 1400.0 and row["avg_power_w"] == pytest.approx(800.0)
+    # prefill: passes of 4 x 0.0625 s until the window reaches min_window_s 0.75 s: exactly 3
+    assert row["prefill_passes"] == 3 and row["prefill_window_s"] == 0.75
+    assert row["energy_prefill_j"] == pytest.approx(0.75 * 800.0 / 3)
+    assert row["energy_decode_j"] == pytest.approx(800.0 - 200.0)
+    assert node.log == [("generate", 1), ("generate", 1), ("generate", 4)] + [("generate", 4)] * 3
+    # ratios and per-request shares
+    assert row["output_tokens"] == 32 and row["energy_j_per_output_token"] == pytest.approx(25.0)
+    assert row["throughput_tok_s"] == pytest.approx(32.0)
+    assert sum(r["energy_j"] for r in out["requests"]) == pytest.approx(800.0)
+    inputs = [len(p.split()) for p in PROMPTS]
+    assert [r["energy_j"] for r in out["requests"]] == pytest.approx(
+        [200.0 * n / sum(inputs) + 600.0 / 4 for n in inputs])
+    # a clean run: temperatures 45 and 60 C inside [20, 95], no throttling, nothing else on the GPUs
+    assert row["temperature_start_c"] == 60.0 and row["temperature_max_c"] == 60.0
+    assert row["validity_flags"] == [] and row["valid"] is True
+    assert json.loads(row["throttle_s_json"]) == {}
+    assert row["measure_end_s"] - row["measure_start_s"] == 1.0
+
+
+def test_hot_and_throttled_second_gpu_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    node = two_gpus(heats_c_per_s=8.0, throttle_reasons=0x8 | 0x1)
+    row = run_on_node(node, monkeypatch, execution(temperature_max_c=75.0), baselines={})["row"]
+    # GPU 2 starts the measured window at 60 + 8 x 0.5 (warmup) = 64 C and ends it at 72 C
+    assert row["temperature_start_c"] == pytest.approx(64.0)
+    assert row["temperature_max_c"] == pytest.approx(72.0)
+    assert row["validity_flags"] == ["throttled"] and row["valid"] is False
+    # GPU 2's samples on the window's edges, 0.1 s apiece: the clock stands still between
+    # windows, so the warmup's end and the prefill's begin samples fall on the edges too
+    assert json.loads(row["throttle_s_json"]) == pytest.approx({"gpu_idle": 0.4, "hw_slowdown": 0.4})
+    hot = run_on_node(two_gpus(heats_c_per_s=8.0), monkeypatch, execution(temperature_max_c=70.0),
+                      baselines={})["row"]
+    assert hot["validity_flags"] == ["temperature_out_of_range"]
+    # the row keeps the hottest GPU's temperatures, so "too cold" means the hottest one is
+    cold = run_on_node(two_gpus(), monkeypatch, execution(temperature_min_c=65.0), baselines={})["row"]
+    assert cold["validity_flags"] == ["temperature_out_of_range"], "both GPUs below 65 C"
+
+
+def test_prefill_passes_stop_at_max_repeats_or_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    capped = ExecutionConfig.model_validate({"validity": {"min_window_s": 0.75},
+                                             "prefill": {"enabled": True, "max_repeats": 2}})
+    row = run_on_node(two_gpus(), monkeypatch, capped)["row"]
+    assert row["prefill_passes"] == 2 and row["prefill_window_s"] == 0.5
+    assert row["energy_prefill_j"] == pytest.approx(0.5 * 800.0 / 2)
+    assert row["baseline_power_w"] is None and row["energy_adjusted_j"] is None, "no baseline taken"
+    exact = ExecutionConfig.model_validate({"validity": {"min_window_s": 0.25},
+                                            "prefill": {"enabled": True, "max_repeats": 10}})
+    assert run_on_node(two_gpus(), monkeypatch, exact)["row"]["prefill_passes"] == 1
+    off = ExecutionConfig.model_validate({"validity": {"min_window_s": 0.75}, "prefill": {"enabled": False}})
+    row = run_on_node(two_gpus(), monkeypatch, off)["row"]
+    assert row["prefill_passes"] is None and row["energy_prefill_j"] is None
+
+
+def test_baseline_of_one_gpu_missing_gives_no_adjustment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached baseline of GPU 1 alone (GPU 2's is then measured): both are used."""
+    cached = {UUIDS[0]: {"power_w": 55.0, "measured_at_s": 1000.0 - 30.0, "method": "idle_mean_power_instant"}}
+    row = run_on_node(two_gpus(), monkeypatch, execution(), baselines=cached)["row"]
+    assert row["baseline_power_w"] == pytest.approx(55.0 + 90.0)
+    assert row["baseline_age_s"] == pytest.approx(30.0), "the oldest of the two"
