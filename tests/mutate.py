@@ -1,0 +1,240 @@
+"""Mutation run: small deliberate breakages of the energy, validity, manifest and retry code,
+each checked with the fast tests that cover that module. A mutant the tests let through
+("survived") is a breakage nobody would notice; docs/testing.md lists the survivors.
+
+    python -m tests.mutate                      # every target, summary + survivors
+    python -m tests.mutate --only validity      # targets whose path contains "validity"
+    python -m tests.mutate --list               # the mutants, without running anything
+
+The mutants are generated from the source's AST, in a fixed order, so a run is reproducible:
+each one is written into a copy of the package in a temporary directory (the working tree is
+never touched) and the target's tests run there with `pytest -x`; a failure, an error or a
+timeout kills the mutant. Not part of CI: it takes minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Target:
+    path: str
+    functions: tuple[str, ...] | None  # qualified names to mutate; None: the whole module
+    tests: tuple[str, ...]
+
+
+ENERGY_TESTS = ("tests/test_energy_path.py",)
+TARGETS = (
+    Target("lem_ray/telemetry/energy.py", None,
+           ("tests/test_telemetry.py", "tests/test_measurement.py", *ENERGY_TESTS)),
+    Target("lem_ray/results/metrics.py", None, ("tests/test_measurement.py", *ENERGY_TESTS)),
+    Target("lem_ray/results/validity.py", None, ("tests/test_measurement.py", *ENERGY_TESTS)),
+    Target("lem_ray/results/manifest.py", None, ("tests/test_manifest.py",)),
+    Target("lem_ray/execution/rows.py", ("_baseline", "_environment", "ok_rows"), ENERGY_TESTS),
+    Target("lem_ray/execution/worker.py", ("ExperimentWorker.run", "_prefill"), ENERGY_TESTS),
+    Target("lem_ray/execution/dispatch.py", ("Dispatcher._one",), ("tests/test_dispatch.py",)),
+)
+
+SWAP_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
+              ast.FloorDiv: ast.Div, ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult}
+SWAP_CMP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
+            ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot,
+            ast.IsNot: ast.Is}
+SWAP_NAME = {"max": "min", "min": "max", "any": "all", "all": "any"}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    target: Target
+    index: int  # position of the mutated node in the module's walk order
+    kind: str
+    line: int
+    description: str
+
+
+def _skipped(tree: ast.AST) -> set[int]:
+    """ids of nodes never mutated: docstrings, annotations, decorators, log calls."""
+    skip: set[int] = set()
+
+    def drop(node: ast.AST | None) -> None:
+        if node is not None:
+            skip.update(id(n) for n in ast.walk(node))
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                drop(body[0])
+            if not isinstance(node, ast.Module):
+                for d in node.decorator_list:
+                    drop(d)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                drop(node.returns)
+        if isinstance(node, ast.arg):
+            drop(node.annotation)
+        if isinstance(node, ast.AnnAssign):
+            drop(node.annotation)
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "logger"):
+            drop(node)
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            drop(node)
+    return skip
+
+
+def _in_scope(tree: ast.Module, functions: tuple[str, ...] | None) -> set[int]:
+    """ids of the nodes inside the named functions (every node when functions is None)."""
+    if functions is None:
+        return {id(n) for n in ast.walk(tree)}
+    scope: set[int] = set()
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                visit(node.body, f"{prefix}{node.name}.")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if f"{prefix}{node.name}" in functions:
+                    scope.update(id(n) for n in ast.walk(node))
+
+    visit(tree.body, "")
+    return scope
+
+
+def _mutations(node: ast.AST) -> Iterator[tuple[str, str, Callable[[ast.AST], None]]]:
+    """(kind, description, apply) for each breakage of this one node."""
+    if isinstance(node, ast.BinOp) and type(node.op) in SWAP_BINOP:
+        new = SWAP_BINOP[type(node.op)]
+        yield "binop", f"{type(node.op).__name__} -> {new.__name__}", lambda n: setattr(n, "op", new())
+    if isinstance(node, ast.AugAssign) and type(node.op) in SWAP_BINOP:
+        new = SWAP_BINOP[type(node.op)]
+        yield "augassign", f"{type(node.op).__name__}= -> {new.__name__}=", lambda n: setattr(n, "op", new())
+    if isinstance(node, ast.Compare):
+        for i, op in enumerate(node.ops):
+            if type(op) in SWAP_CMP:
+                new = SWAP_CMP[type(op)]
+
+                def swap(n: ast.AST, i: int = i, new: type = new) -> None:
+                    n.ops[i] = new()
+                yield "compare", f"{type(op).__name__} -> {new.__name__}", swap
+    if isinstance(node, ast.BoolOp):
+        new = ast.Or if isinstance(node.op, ast.And) else ast.And
+        yield "boolop", f"{type(node.op).__name__} -> {new.__name__}", lambda n: setattr(n, "op", new())
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)):
+        yield "unary", f"drop {type(node.op).__name__}", lambda n: setattr(n, "op", ast.UAdd())
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float) and not isinstance(node.value, bool):
+        yield "number", f"{node.value!r} -> {node.value + 1!r}", lambda n: setattr(n, "value", n.value + 1)
+    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+        yield "bool", f"{node.value} -> {not node.value}", lambda n: setattr(n, "value", not n.value)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in SWAP_NAME:
+        new_name = SWAP_NAME[node.func.id]
+        yield "call", f"{node.func.id}() -> {new_name}()", lambda n: setattr(n.func, "id", new_name)
+    if isinstance(node, ast.If):
+        yield "if", "condition negated", lambda n: setattr(n, "test", ast.UnaryOp(ast.Not(), n.test))
+    if isinstance(node, ast.Return) and node.value is not None and not (
+            isinstance(node.value, ast.Constant) and node.value.value is None):
+        yield "return", "returns None", lambda n: setattr(n, "value", ast.Constant(None))
+    if isinstance(node, (ast.Break, ast.Continue)):
+        other = ast.Continue if isinstance(node, ast.Break) else ast.Break
+        yield "loop", f"{type(node).__name__} -> {other.__name__}", lambda n: setattr(n, "__class__", other)
+
+
+def _walk(tree: ast.AST) -> list[ast.AST]:
+    return list(ast.walk(tree))
+
+
+def mutants(target: Target) -> list[Mutant]:
+    tree = ast.parse((ROOT / target.path).read_text())
+    skip, scope = _skipped(tree), _in_scope(tree, target.functions)
+    found = []
+    for index, node in enumerate(_walk(tree)):
+        if id(node) in skip or id(node) not in scope:
+            continue
+        for kind, description, _ in _mutations(node):
+            found.append(Mutant(target, index, kind, getattr(node, "lineno", 0), description))
+    return found
+
+
+def mutated_source(mutant: Mutant) -> str:
+    tree = ast.parse((ROOT / mutant.target.path).read_text())
+    node = _walk(tree)[mutant.index]
+    for kind, description, apply in _mutations(node):
+        if (kind, description) == (mutant.kind, mutant.description):
+            apply(node)
+            return ast.unparse(ast.fix_missing_locations(tree))
+    raise AssertionError(f"mutant {mutant} not found again")
+
+
+def run_tests(workdir: Path, tests: tuple[str, ...], timeout_s: float) -> str:
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow and not gpu",
+               "-o", "addopts=", *tests]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(workdir)}
+    try:
+        proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    return "passed" if proc.returncode == 0 else "failed"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="run the targets whose path contains this text")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--json", type=Path, help="also write every mutant's outcome to this file")
+    args = parser.parse_args()
+    targets = [t for t in TARGETS if not args.only or args.only in t.path]
+    every = [m for t in targets for m in mutants(t)]
+    if args.list:
+        for m in every:
+            print(f"{m.target.path}:{m.line} {m.kind}: {m.description}")
+        print(f"{len(every)} mutants")
+        return 0
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="lem-ray-mutants-") as tmp:
+        work = Path(tmp)
+        for name in ("lem_ray", "tests"):
+            shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(ROOT / "pyproject.toml", work)
+        for target in targets:
+            started = time.monotonic()
+            baseline = run_tests(work, target.tests, 600)
+            if baseline != "passed":
+                print(f"{target.path}: its tests fail without any mutant ({baseline}); fix that first")
+                return 1
+            timeout_s = max(30.0, 4 * (time.monotonic() - started))
+            original = (work / target.path).read_text()
+            for m in (m for m in every if m.target == target):
+                (work / target.path).write_text(mutated_source(m))
+                result = run_tests(work, target.tests, timeout_s)
+                (work / target.path).write_text(original)
+                outcome = "survived" if result == "passed" else "killed"
+                outcomes.append({"path": m.target.path, "line": m.line, "kind": m.kind,
+                                 "mutation": m.description, "outcome": outcome, "by": result})
+                print(f"{outcome:8} {m.target.path}:{m.line} {m.kind}: {m.description}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(outcomes, indent=1))
+    print()
+    for target in targets:
+        mine = [o for o in outcomes if o["path"] == target.path]
+        survived = sum(o["outcome"] == "survived" for o in mine)
+        print(f"{target.path}: {len(mine)} mutants, {len(mine) - survived} killed, {survived} survived")
+    survived = sum(o["outcome"] == "survived" for o in outcomes)
+    print(f"total: {len(outcomes)} mutants, {len(outcomes) - survived} killed, {survived} survived")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
