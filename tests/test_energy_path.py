@@ -141,7 +141,7 @@ def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: Executio
     FakeEngine.node = node
     monkeypatch.setattr(worker_module, "backend_class", lambda name: FakeEngine)
     monkeypatch.setattr(worker_module, "ray", SimpleNamespace(get=lambda ref: ref, __version__="test"))
-    monkeypatch.setattr(worker_module, "time", SimpleNamespace(perf_counter=node.clock))
+    monkeypatch.setattr(worker_module, "time", SimpleNamespace(perf_counter=node.clock, time=node.clock))
     monkeypatch.setattr(actors, "EnergySampler", lambda uuids, sample_interval_ms: EnergySampler(
         uuids, sample_interval_ms, device_factory=node.device, clock=node.clock))
     config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch", "gpus_per_experiment": 2})
