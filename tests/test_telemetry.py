@@ -218,6 +218,10 @@ def test_trapezoid_clips_and_interpolates_at_edges() -> None:
     # before the first sample the power is held: 1 s at 100 W, then 0.5 s from 100 to 150 W
     assert trapezoid_energy_j(times, powers, -1.0, 0.5) == pytest.approx(100.0 + 62.5)
     assert trapezoid_energy_j(times, powers, 1.0, 1.0) == 0.0
+    # uneven spacing (the sampler's thread runs late under load): p(0.25) = 150, p(1.5) = 150
+    uneven = [0.0, 0.5, 2.5]
+    assert trapezoid_energy_j(uneven, [100.0, 200.0, 100.0], 0.25, 1.5) == pytest.approx(
+        0.25 * (150.0 + 200.0) / 2 + 1.0 * (200.0 + 150.0) / 2)
     with pytest.raises(ValueError):
         trapezoid_energy_j([0.0], [100.0], 0.0, 1.0)
     with pytest.raises(ValueError):
