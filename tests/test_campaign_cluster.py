@@ -49,9 +49,13 @@ def test_runs_spread_over_nodes_on_exclusive_gpus(two_nodes, tmp_path: Path) -> 
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(ok) == 8 and result.counts["ok"] == 8
 
-    assert len(failed) == 2, "3 GPUs on one node is more than any node has"
-    assert all("needs 3 GPUs on one node; the largest node of this cluster has 2" in r["error"]
-               for r in failed)
+    refused = [r for r in failed if "needs 3 GPUs on one node; the largest node of this cluster has 2"
+               in r["error"]]
+    assert len(refused) == 2, "3 GPUs on one node is more than any node has"
+    # on a loaded machine a worker may die (OOM): such a run must have been retried to ok
+    for r in failed:
+        assert r in refused or (r["error"].startswith("worker died") and any(
+            o["run_id"] == r["run_id"] and o["attempt"] > r["attempt"] for o in ok)), r["error"]
 
     assert len({r["node_id"] for r in ok}) == 2, "runs used both nodes"
     assert all(len(r["gpu_ids"]) == 1 for r in ok)
