@@ -61,14 +61,20 @@ def local_ray() -> Iterator[None]:
         yield
 
 
+def _ray_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
 @pytest.fixture(autouse=True)
 def no_ray_left_behind() -> Iterator[None]:
-    """Each test starts and stops its own Ray: one left connected would be silently reused by
-    the next test's run_campaign, making results depend on which test ran before."""
+    """A test stops the Ray it started: one left connected would be silently reused by the
+    next test's run_campaign, making results depend on which test ran before. (A module's
+    own cluster fixture, up before the test and down after the module, is not the test's.)"""
+    up_before = _ray_up()
     yield
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    if _ray_up() and not up_before:
+        sys.modules["ray"].shutdown()
         pytest.fail("the test left Ray initialised; start it with the local_ray fixture")
 
 

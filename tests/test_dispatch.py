@@ -13,14 +13,15 @@ import lem_ray.execution.dispatch as dispatch
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.dispatch import Dispatcher, Progress
-from lem_ray.execution.rows import RunIds, RunRows, failed_rows
+from lem_ray.execution.rows import RunRows, failed_rows
 from lem_ray.execution.run import RunTask
+from lem_ray.records import RunAttempt, RunKey
 from tests.conftest import TINY_BASE
 
 CONFIG = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch"})
 
 
-def outcome(kind: str, ids: RunIds) -> RunRows:
+def outcome(kind: str, ids: RunAttempt) -> RunRows:
     now = datetime.now(timezone.utc)
     if kind == "ok":
         return RunRows({**ids.as_dict(), "status": "ok", "error": None, "node_id": "n", "gpu_ids": []})
@@ -52,7 +53,7 @@ def dispatch_one(monkeypatch: pytest.MonkeyPatch, outcomes: list[str], max_attem
     d.stopping = SimpleNamespace(is_set=lambda: False)
     d.manifest = SimpleNamespace(update=SimpleNamespace(
         remote=lambda key, **fields: manifest.append({"key": key, **fields})))
-    task = RunTask(ids=RunIds("c", "e1", 1, first_attempt), config=CONFIG, prompts=[], use_gpus=False,
+    task = RunTask(ids=RunAttempt("c", RunKey("e1", 1), first_attempt), config=CONFIG, prompts=[], use_gpus=False,
                    execution=d.execution, baselines=None, inflight=None)
     d._one(task, "pg", None)
     states = [(m["state"], m.get("attempt")) for m in manifest]

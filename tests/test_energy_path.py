@@ -23,8 +23,9 @@ from lem_ray.backends.base import Backend, RequestRecord
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.gpus import GpuIdentity
-from lem_ray.execution.rows import RunIds, ok_rows
+from lem_ray.execution.rows import ok_rows
 from lem_ray.execution.worker import ExperimentWorker, PrefillSettings
+from lem_ray.records import RunAttempt, RunKey
 from lem_ray.telemetry.nvml import DeviceReader, GpuSample
 from lem_ray.telemetry.sampler import EnergySampler
 from tests.conftest import TINY_BASE
@@ -158,7 +159,7 @@ def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: Executio
     result = worker.run(InProcess(sampler), settings)
     telemetry = sampler.finish()
     identity = {**worker.identity.__dict__, "node_id": "node-1", "node_ip": "10.0.0.1", "hostname": "n1"}
-    rows = ok_rows(RunIds("c", "e1", 1, 1), config, execution, identity, result, telemetry,
+    rows = ok_rows(RunAttempt("c", RunKey("e1", 1), 1), config, execution, identity, result, telemetry,
                    conditions, datetime.now(timezone.utc))
     return {"row": rows.experiment, "requests": rows.requests, "result": result}
 

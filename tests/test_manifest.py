@@ -1,36 +1,41 @@
-"""The manifest on disk and its reconciliation with the committed experiments rows: what a new
-driver (or a restarted manifest actor) believes about each run after a crash."""
+"""Reconciliation of the manifest with the committed experiments rows: what a new driver (or a
+restarted manifest actor) believes about each run after a crash."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from lem_ray.execution.manifest_actor import ManifestActor
-from lem_ray.results.manifest import load_manifest, new_entry, reconcile, save_manifest
-from lem_ray.results.store import attempt_stem, read_table, write_rows
+from lem_ray.records import RunKey
+from lem_ray.results.journal import ManifestStore
+from lem_ray.results.manifest import load_manifest, new_entry, reconcile
+from lem_ray.results.store import read_table, write_rows
 
 
 def commit(results_dir: Path, experiment_id: str, cycle: int, attempt: int, status: str,
            error: str | None = None) -> None:
-    row = {"campaign_name": "m", "experiment_id": experiment_id, "run_id": f"{experiment_id}-c{cycle}",
+    key = RunKey(experiment_id, cycle)
+    row = {"campaign_name": "m", "experiment_id": experiment_id, "run_id": key.run_id,
            "cycle": cycle, "attempt": attempt, "status": status, "error": error}
-    write_rows(results_dir, "experiments", attempt_stem(experiment_id, cycle, attempt), [row])
+    write_rows(results_dir, "experiments", key.stem(attempt), [row])
 
 
 def test_committed_ok_row_the_manifest_missed_marks_the_run_ok(tmp_path: Path) -> None:
     """The driver died between writing a run's ok row and telling the manifest."""
     out = tmp_path / "r"
-    runs = {"e1-c1": {**new_entry("e1", 1), "state": "running", "attempt": 2, "error": "worker died"},
-            "e1-c2": {**new_entry("e1", 2), "state": "running", "attempt": 1},
-            "e2-c1": {**new_entry("e2", 1), "state": "ok", "attempt": 1}}
-    save_manifest(out, {"campaign_name": "m", "runs": runs})
+    before = ManifestStore(out)
+    before.set_campaign("m")
+    before.add_runs({"e1-c1": {**new_entry("e1", 1), "state": "running", "attempt": 2, "error": "worker died"},
+                     "e1-c2": {**new_entry("e1", 2), "state": "running", "attempt": 1},
+                     "e2-c1": {**new_entry("e2", 1), "state": "ok", "attempt": 1}})
+    before.close()
     commit(out, "e1", 1, 1, "failed", "worker died: killed")
     commit(out, "e1", 1, 2, "ok")
     commit(out, "e1", 2, 1, "failed", "worker died: killed")
     commit(out, "e2", 1, 1, "ok")
     commit(out, "e3", 1, 3, "ok")  # a run the manifest has never heard of
 
-    ManifestActor.__ray_actor_class__(str(out), "m")  # what a new driver's actor does first
+    ManifestActor.__ray_actor_class__(str(out), "m").close()  # what a new driver's actor does first
     after = load_manifest(out)["runs"]
     assert (after["e1-c1"]["state"], after["e1-c1"]["attempt"], after["e1-c1"]["error"]) == ("ok", 2, None)
     assert (after["e1-c2"]["state"], after["e1-c2"]["attempt"]) == ("running", 1), \
@@ -39,25 +44,20 @@ def test_committed_ok_row_the_manifest_missed_marks_the_run_ok(tmp_path: Path) -
     assert (after["e3-c1"]["state"], after["e3-c1"]["attempt"], after["e3-c1"]["cycle"]) == ("ok", 3, 1)
 
 
-def test_reconcile_records_missed_attempts_and_says_whether_it_changed(tmp_path: Path) -> None:
+def test_reconcile_records_missed_attempts_and_nothing_else(tmp_path: Path) -> None:
     out = tmp_path / "r"
     commit(out, "e1", 1, 3, "failed", "worker died")
+    commit(out, "e1", 1, 2, "failed", "worker died")
     commit(out, "e1", 2, 1, "ok")
     runs = {"e1-c1": {**new_entry("e1", 1), "state": "pending", "attempt": 1},
             "e1-c2": {**new_entry("e1", 2), "state": "ok", "attempt": 1}}
-    experiments = read_table(out, "experiments")
-    assert reconcile(runs, experiments) is True
-    assert (runs["e1-c1"]["state"], runs["e1-c1"]["attempt"]) == ("pending", 3)
-    assert reconcile(runs, experiments) is False, "nothing left to change"
-    assert reconcile({}, read_table(tmp_path / "empty", "experiments")) is False
+    added, changes = reconcile(runs, read_table(out, "experiments"))
+    assert added == {} and changes == {"e1-c1": {"attempt": 3}}
+    assert reconcile({}, read_table(tmp_path / "empty", "experiments")) == ({}, {})
 
 
-def test_new_campaign_starts_from_nothing_and_round_trips(tmp_path: Path) -> None:
-    out = tmp_path / "r"
-    assert load_manifest(out) == {"campaign_name": None, "runs": {}}
+def test_new_entry_is_owed_its_first_attempt() -> None:
     entry = new_entry("e1", 2)
     assert {k: v for k, v in entry.items() if k != "updated_at"} == {
         "experiment_id": "e1", "cycle": 2, "state": "pending", "attempt": 0, "node_id": None,
         "gpu_ids": [], "error": None}, "the first attempt a driver makes is attempt 1"
-    save_manifest(out, {"campaign_name": "m", "runs": {"e1-c2": entry}})
-    assert load_manifest(out) == {"campaign_name": "m", "runs": {"e1-c2": entry}}
