@@ -6,23 +6,25 @@ each checked with the fast tests that cover that module. A mutant the tests let 
     python -m tests.mutate --only validity      # targets whose path contains "validity"
     python -m tests.mutate --list               # the mutants, without running anything
 
-The mutants are generated from the source's AST, in a fixed order, so a run is reproducible:
-each one is written into a copy of the package in a temporary directory (the working tree is
-never touched) and the target's tests run there with `pytest -x`; a failure, an error or a
-timeout kills the mutant. Not part of CI: it takes minutes.
+The mutants are generated from the source's AST, in a fixed order, so a run is reproducible.
+Each runs in a forked child of this process (test modules imported once, up front): the
+child swaps the mutated module in (function code replaced in place, so names imported
+elsewhere see it too), then runs the target's tests with `pytest -x`; a failure, an error or
+a timeout kills the mutant. Files are never touched. Not part of CI: it takes minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import json
 import os
-import shutil
-import subprocess
+import signal
 import sys
 import tempfile
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -44,6 +46,8 @@ TARGETS = (
     Target("lem_ray/results/metrics.py", None, ("tests/test_measurement.py", *ENERGY_TESTS)),
     Target("lem_ray/results/validity.py", None, ("tests/test_measurement.py", *ENERGY_TESTS)),
     Target("lem_ray/results/manifest.py", None, ("tests/test_manifest.py",)),
+    Target("lem_ray/results/journal.py", ("apply", "_journal_names", "_records", "read_state"),
+           ("tests/test_manifest.py", "tests/test_manifest_journal.py")),
     Target("lem_ray/execution/rows.py", ("_baseline", "_environment", "ok_rows"), ENERGY_TESTS),
     Target("lem_ray/execution/worker.py", ("ExperimentWorker.run", "_prefill"), ENERGY_TESTS),
     Target("lem_ray/execution/dispatch.py", ("Dispatcher._one",), ("tests/test_dispatch.py",)),
@@ -182,17 +186,92 @@ def mutated_source(mutant: Mutant) -> str:
     raise AssertionError(f"mutant {mutant} not found again")
 
 
-def run_tests(workdir: Path, tests: tuple[str, ...], timeout_s: float) -> tuple[str, str]:
-    """("passed" | "failed" | "timeout", the tail of pytest's output)."""
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow and not gpu",
-               "-k", WALL_CLOCK_TESTS, "-o", "addopts=", *tests]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(workdir)}
-    try:
-        proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True,
-                              timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return "timeout", ""
-    return ("passed" if proc.returncode == 0 else "failed"), (proc.stdout + proc.stderr)[-3000:]
+def _module_name(path: str) -> str:
+    return path[:-len(".py")].replace("/", ".")
+
+
+def _swap_in(module_name: str, source: str) -> None:
+    """Make the already imported module behave as `source`: every function's code is replaced
+    in place (so `from module import f` elsewhere sees the mutant too), other globals rebound."""
+    module = importlib.import_module(module_name)
+    fresh: dict = {"__name__": module_name, "__file__": module.__file__}
+    exec(compile(source, module.__file__, "exec"), fresh)  # noqa: S102 - the mutant under test
+
+    def patch(old: object, new: object) -> bool:
+        if isinstance(old, types.FunctionType) and isinstance(new, types.FunctionType):
+            try:
+                old.__code__, old.__defaults__, old.__kwdefaults__ = (
+                    new.__code__, new.__defaults__, new.__kwdefaults__)
+                return True
+            except ValueError:  # a different closure: fall back to rebinding the name
+                return False
+        return False
+
+    for name, new in fresh.items():
+        old = module.__dict__.get(name)
+        if isinstance(old, type) and isinstance(new, type):
+            for attr, value in vars(new).items():
+                target = vars(old).get(attr)
+                if isinstance(value, property) and isinstance(target, property):
+                    patch(target.fget, value.fget)
+                else:
+                    patch(target, value)
+        elif not patch(old, new) and not isinstance(new, (types.ModuleType, type)) \
+                and not name.startswith("__"):
+            setattr(module, name, new)
+
+
+def run_tests(target: Target, source: str | None, timeout_s: float) -> tuple[str, str]:
+    """Run the target's tests in a forked child of this process (imports already paid for),
+    with the module swapped for `source` (None: unchanged). ("passed" | "failed" | "timeout",
+    the tail of pytest's output)."""
+    import pytest
+
+    with tempfile.TemporaryFile(mode="w+") as log:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 3
+            try:
+                os.dup2(log.fileno(), 1)
+                os.dup2(log.fileno(), 2)
+                if source is not None:
+                    _swap_in(_module_name(target.path), source)
+                code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow and not gpu",
+                                    "-k", WALL_CLOCK_TESTS, "-o", "addopts=", "--rootdir", str(ROOT),
+                                    *(str(ROOT / t) for t in target.tests)])
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(int(code))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return "timeout", ""
+            time.sleep(0.02)
+        log.seek(0)
+        output = log.read()[-3000:]
+    return ("passed" if os.waitstatus_to_exitcode(status) == 0 else "failed"), output
+
+
+def _warm_up(targets: list[Target]) -> None:
+    """Import every test module once here, so each forked run only runs the tests."""
+    import pytest
+
+    with open(os.devnull, "w") as sink:
+        saved = os.dup(1), os.dup(2)
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
+                         *sorted({str(ROOT / t) for target in targets for t in target.tests})])
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
 
 
 def main() -> int:
@@ -208,37 +287,28 @@ def main() -> int:
             print(f"{m.target.path}:{m.line} {m.kind}: {m.description}")
         print(f"{len(every)} mutants")
         return 0
+    _warm_up(targets)
     outcomes = []
-    with tempfile.TemporaryDirectory(prefix="lem-ray-mutants-") as tmp:
-        work = Path(tmp)
-        for name in ("lem_ray", "tests"):
-            shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy(ROOT / "pyproject.toml", work)
-        for target in targets:
-            started = time.monotonic()
-            baseline, output = run_tests(work, target.tests, 600)
-            if baseline != "passed":
-                print(f"{target.path}: its tests fail without any mutant ({baseline}); fix that "
-                      f"first:\n{output}")
-                return 1
-            timeout_s = max(30.0, 4 * (time.monotonic() - started))
-            original = (work / target.path).read_text()
-            for m in (m for m in every if m.target == target):
-                (work / target.path).write_text(mutated_source(m))
-                result, output = run_tests(work, target.tests, timeout_s)
-                (work / target.path).write_text(original)
-                outcome = "survived" if result == "passed" else "killed"
-                by = next((line.split(" - ")[0] for line in output.splitlines()
-                           if line.startswith(("FAILED ", "ERROR "))), result)
-                outcomes.append({"path": m.target.path, "line": m.line, "kind": m.kind,
-                                 "mutation": m.description, "outcome": outcome, "by": by})
-                print(f"{outcome:8} {m.target.path}:{m.line} {m.kind}: {m.description}  [{by}]",
-                      flush=True)
-            after, output = run_tests(work, target.tests, 600)
-            if after != "passed":
-                print(f"{target.path}: its tests fail after the run without any mutant ({after}): "
-                      f"its kills are not to be trusted:\n{output}")
-                return 1
+    for target in targets:
+        started = time.monotonic()
+        baseline, output = run_tests(target, None, 600)
+        if baseline != "passed":
+            print(f"{target.path}: its tests fail without any mutant ({baseline}); fix that first:\n{output}")
+            return 1
+        timeout_s = max(20.0, 5 * (time.monotonic() - started))
+        for m in (m for m in every if m.target == target):
+            result, output = run_tests(target, mutated_source(m), timeout_s)
+            outcome = "survived" if result == "passed" else "killed"
+            by = next((line.split(" - ")[0] for line in output.splitlines()
+                       if line.startswith(("FAILED ", "ERROR "))), result)
+            outcomes.append({"path": m.target.path, "line": m.line, "kind": m.kind,
+                             "mutation": m.description, "outcome": outcome, "by": by})
+            print(f"{outcome:8} {m.target.path}:{m.line} {m.kind}: {m.description}  [{by}]", flush=True)
+        after, output = run_tests(target, None, 600)
+        if after != "passed":
+            print(f"{target.path}: its tests fail after the run without any mutant ({after}): "
+                  f"its kills are not to be trusted:\n{output}")
+            return 1
     if args.json:
         args.json.write_text(json.dumps(outcomes, indent=1))
     print()

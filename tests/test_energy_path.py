@@ -23,7 +23,7 @@ from lem_ray.backends.base import Backend, RequestRecord
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.gpus import GpuIdentity
-from lem_ray.execution.rows import ok_rows
+from lem_ray.execution.rows import _baseline, _environment, ok_rows
 from lem_ray.execution.worker import ExperimentWorker, PrefillSettings
 from lem_ray.records import RunAttempt, RunKey
 from lem_ray.telemetry.nvml import DeviceReader, GpuSample
@@ -41,6 +41,7 @@ class Gpu:
     temperature_c: float
     heats_c_per_s: float = 0.0
     throttle_reasons: int = 0
+    mig_enabled: bool = False
 
 
 @dataclass
@@ -55,10 +56,10 @@ class Node:
     def clock(self) -> float:
         return self.t_s
 
-    def work(self, dt_s: float) -> None:
+    def work(self, dt_s: float, heats: bool = True) -> None:
         for gpu in self.gpus.values():
             gpu.counter_mj += (gpu.busy_w if self.busy else gpu.idle_w) * dt_s * 1000
-            gpu.temperature_c += gpu.heats_c_per_s * dt_s
+            gpu.temperature_c += gpu.heats_c_per_s * dt_s if heats else 0.0
         self.t_s += dt_s
 
     def device(self, uuid: str) -> DeviceReader:
@@ -86,12 +87,14 @@ class NvmlShapedGpu(DeviceReader):
 
     def environment(self) -> dict[str, Any]:
         return {"uuid": self.uuid, "name": self.name, "power_limit_w": 700.0, "driver_version": "570.86",
-                "cuda_driver_version": "12.8", "mig_enabled": False, "compute_process_pids": []}
+                "cuda_driver_version": "12.8", "mig_enabled": self.gpu.mig_enabled,
+                "compute_process_pids": []}
 
     def compute_process_pids(self) -> list[int]:
         return []
 
 
+LOAD_S = 2.0
 PROMPT_S = 0.25
 """Seconds of engine work per prompt for the full output, and per prompt for one token:"""
 PREFILL_PROMPT_S = 0.0625
@@ -104,6 +107,7 @@ class FakeEngine(Backend):
     node: Node
 
     def load(self) -> None:
+        self.node.work(LOAD_S, heats=False)
         self.node.busy = True
 
     def generate(self, prompts: list[str], max_output_tokens: int | None = None) -> list[RequestRecord]:
@@ -206,6 +210,8 @@ def test_two_gpu_run_figures_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     assert row["validity_flags"] == [] and row["valid"] is True
     assert json.loads(row["throttle_s_json"]) == {}
     assert row["measure_end_s"] - row["measure_start_s"] == 1.0
+    assert row["driver_version"] == "570.86" and row["engine_config_json"] is None
+    assert row["load_s"] == LOAD_S
 
 
 def test_hot_and_throttled_second_gpu_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,6 +227,8 @@ def test_hot_and_throttled_second_gpu_is_flagged(monkeypatch: pytest.MonkeyPatch
     hot = run_on_node(two_gpus(heats_c_per_s=8.0), monkeypatch, execution(temperature_max_c=70.0),
                       baselines={})["row"]
     assert hot["validity_flags"] == ["temperature_out_of_range"]
+    mig = run_on_node(two_gpus(mig_enabled=True), monkeypatch, execution(), baselines={})["row"]
+    assert mig["validity_flags"] == ["mig"], "one GPU of the two in MIG mode is enough"
     # the row keeps the hottest GPU's temperatures, so "too cold" means the hottest one is
     cold = run_on_node(two_gpus(), monkeypatch, execution(temperature_min_c=65.0), baselines={})["row"]
     assert cold["validity_flags"] == ["temperature_out_of_range"], "both GPUs below 65 C"
@@ -241,7 +249,25 @@ def test_prefill_passes_stop_at_max_repeats_or_window(monkeypatch: pytest.Monkey
     assert row["prefill_passes"] is None and row["energy_prefill_j"] is None
 
 
-def test_baseline_of_one_gpu_missing_gives_no_adjustment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_baseline_of_one_gpu_missing_gives_no_adjustment() -> None:
+    """Half a baseline would make the adjusted energy wrong: none at all, then."""
+    one = {UUIDS[0]: {"power_w": 55.0, "age_s": 1.0, "method": "idle_mean_power_instant"}}
+    assert _baseline({"baselines": one}, UUIDS) == {
+        "baseline_power_w": None, "baseline_age_s": None, "baseline_method": None}
+    assert _baseline({"baselines": one}, UUIDS[:1])["baseline_power_w"] == 55.0
+    assert _baseline({"baselines": one}, [])["baseline_power_w"] is None
+
+
+def test_environment_columns_of_one_gpu_or_none() -> None:
+    one = {UUIDS[0]: {"power_limit_w": 700.0, "driver_version": "570.86", "cuda_driver_version": "12.8"}}
+    assert _environment(one) == {"power_limit_w": 700.0, "driver_version": "570.86",
+                                 "cuda_driver_version": "12.8"}
+    assert _environment({}) == {"power_limit_w": None, "driver_version": None, "cuda_driver_version": None}
+    unknown = {**one, UUIDS[1]: {"power_limit_w": None}}
+    assert _environment(unknown)["power_limit_w"] is None, "half a limit is no limit"
+
+
+def test_cached_baseline_of_one_gpu_and_measured_other(monkeypatch: pytest.MonkeyPatch) -> None:
     """The cached baseline of GPU 1 alone (GPU 2's is then measured): both are used."""
     cached = {UUIDS[0]: {"power_w": 55.0, "measured_at_s": 1000.0 - 30.0, "method": "idle_mean_power_instant"}}
     row = run_on_node(two_gpus(), monkeypatch, execution(), baselines=cached)["row"]

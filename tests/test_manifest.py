@@ -3,11 +3,14 @@ restarted manifest actor) believes about each run after a crash."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from lem_ray.execution.manifest_actor import ManifestActor
 from lem_ray.records import RunKey
-from lem_ray.results.journal import ManifestStore
+from lem_ray.results.journal import ManifestCorrupt, ManifestStore, _records
 from lem_ray.results.manifest import load_manifest, new_entry, reconcile
 from lem_ray.results.store import read_table, write_rows
 
@@ -61,3 +64,27 @@ def test_new_entry_is_owed_its_first_attempt() -> None:
     assert {k: v for k, v in entry.items() if k != "updated_at"} == {
         "experiment_id": "e1", "cycle": 2, "state": "pending", "attempt": 0, "node_id": None,
         "gpu_ids": [], "error": None}, "the first attempt a driver makes is attempt 1"
+
+
+def test_journal_lines_damaged_torn_and_after_a_snapshot(tmp_path: Path) -> None:
+    """A damaged line followed by good ones is an error, never a silent stop; a damaged last
+    line (a torn write that ended on a newline) is dropped; a snapshot beats an older state.json
+    left beside it (the driver died while converting)."""
+    good = [json.dumps({"seq": n, "run": "e0-c1", "set": {"attempt": n}}).encode() for n in (1, 2)]
+    with pytest.raises(ManifestCorrupt, match="line 2"):
+        _records(b"\n".join([good[0], b"{garbage", good[1], b""]), "seg")
+    assert _records(b"\n".join([good[0], b"{garb", b""]), "seg") == [json.loads(good[0])]
+    assert _records(b"\n".join([*good, b'{"seq": 3']), "seg") == [json.loads(g) for g in good]
+    for not_a_record in (b'[1, 2]', b'{"run": "e0-c1"}', b'{"seq": "1"}'):
+        with pytest.raises(ManifestCorrupt, match="line 1 is not a journal record"):
+            _records(not_a_record + b"\n" + good[1] + b"\n", "seg")
+
+    live = ManifestStore(tmp_path)
+    live.set_campaign("new")
+    live.add_runs({"e0-c1": new_entry("e0", 1)})
+    live.set("e0-c1", {"state": "ok"})
+    live.close()
+    stale = {"campaign_name": "old", "runs": {"e0-c1": new_entry("e0", 1)}}
+    (tmp_path / "manifest" / "state.json").write_text(json.dumps(stale))
+    assert load_manifest(tmp_path)["campaign_name"] == "new"
+    assert load_manifest(tmp_path)["runs"]["e0-c1"]["state"] == "ok"

@@ -13,6 +13,7 @@ from lem_ray.results.metrics import (
     attribute_energy,
     energy_metrics,
     request_metrics,
+    request_rows,
     split_prefill_decode,
 )
 from lem_ray.results.validity import (
@@ -120,6 +121,16 @@ def _inputs(**overrides) -> ValidityInputs:
         ({"warmup_converged": None}, []),
         ({"warmup_converged": True}, []),
         ({"energy_j": None, "window_s": 1.0}, ["no_energy"]),
+        # on the limits is inside them (NVML reports whole degrees, so equality happens)
+        ({"window_s": 5.0}, []),
+        ({"temperature_start_c": 20.0, "temperature_max_c": 95.0}, []),
+        ({"temperature_start_c": 19.0, "temperature_max_c": 30.0}, ["temperature_out_of_range"]),
+        ({"temperature_start_c": None, "temperature_max_c": 97.0}, ["temperature_out_of_range"]),
+        ({"avg_power_w": 700.0}, []),
+        ({"avg_power_w": 80.0}, []),
+        ({"avg_power_w": 70.0, "baseline_power_w": None}, []),
+        ({"avg_power_w": 720.0, "power_limit_w": None}, []),
+        ({"avg_power_w": None}, []),
     ],
 )
 def test_validity_flags(overrides: dict, flags: list[str]) -> None:
@@ -139,6 +150,23 @@ def test_throttle_seconds_counts_samples_inside_window() -> None:
     ]
     got = throttle_seconds(samples, 1.0, 2.0, 0.1)
     assert got == {"sw_power_cap": pytest.approx(0.2), "sw_thermal_slowdown": pytest.approx(0.1)}
+
+
+# nvml.h, nvmlClocksEventReason*: bit -> (name, slows the GPU for power or heat)
+NVML_CLOCKS_EVENT_REASONS = {
+    0x1: ("gpu_idle", False), 0x2: ("applications_clocks_setting", False),
+    0x4: ("sw_power_cap", True), 0x8: ("hw_slowdown", True), 0x10: ("sync_boost", False),
+    0x20: ("sw_thermal_slowdown", True), 0x40: ("hw_thermal_slowdown", True),
+    0x80: ("hw_power_brake_slowdown", True), 0x100: ("display_clock_setting", False),
+}
+
+
+@pytest.mark.parametrize("bit", sorted(NVML_CLOCKS_EVENT_REASONS))
+def test_each_clocks_event_bit_has_its_name_and_weight(bit: int) -> None:
+    name, throttling = NVML_CLOCKS_EVENT_REASONS[bit]
+    assert throttle_seconds([{"t_s": 1.0, "throttle_reasons": bit}], 0.0, 2.0, 0.5) == {name: 0.5}
+    flags = validity_flags(_inputs(throttle_reasons=bit))
+    assert flags == (["throttled"] if throttling else [])
 
 
 def test_other_processes() -> None:
@@ -178,3 +206,52 @@ def test_ratios_divide_by_what_they_say() -> None:
     ratios = energy_metrics(500.0, 2.0, req["output_tokens"], req["num_requests"])
     assert ratios == {"energy_j_per_output_token": 5.0, "energy_j_per_request": 250.0,
                       "output_tokens_per_j": 0.2, "avg_power_w": 250.0}
+
+
+def test_latency_percentiles_are_the_named_ones() -> None:
+    """p50/p90/p99 of 11 known values (numpy's linear interpolation): each column is the
+    percentile its name says."""
+    records = [RequestRecord(i, 1, 2, e2e_ms=10.0 * (i + 1), ttft_ms=float(i + 1), itl_ms=[float(i + 1)])
+               for i in range(11)]
+    req = request_metrics(records, duration_s=1.0)
+    for prefix, scale in (("ttft_ms", 1.0), ("itl_ms", 1.0), ("e2e_ms", 10.0)):
+        assert [req[f"{prefix}_{stat}"] for stat in ("mean", "p50", "p90", "p99")] == pytest.approx(
+            [6.0 * scale, 6.0 * scale, 10.0 * scale, 10.9 * scale]), prefix
+    assert req["requests_per_s"] == 11.0 and req["num_requests"] == 11
+
+
+def test_no_output_tokens_no_energy_shares() -> None:
+    records = [RequestRecord(0, 30, 0, 1.0), RequestRecord(1, 10, 0, 1.0)]
+    assert attribute_energy(records, 1000.0, None, None) == [None, None]
+    assert attribute_energy(records, 1000.0, 400.0, 600.0) == [None, None]
+
+
+def test_nothing_to_divide_by_gives_null_not_an_error() -> None:
+    """A zero-length window or zero energy makes the ratio null; a crash would fail the run."""
+    records = [RequestRecord(0, 10, 4, 100.0, 10.0, [30.0] * 3)]
+    req = request_metrics(records, duration_s=0.0)
+    assert req["throughput_tok_s"] is None and req["requests_per_s"] is None
+    assert request_metrics(records, duration_s=2.0)["requests_per_s"] == 0.5
+    assert energy_metrics(0.0, 0.0, 4, 1) == {"energy_j_per_output_token": 0.0, "energy_j_per_request": 0.0,
+                                              "output_tokens_per_j": None, "avg_power_w": None}
+    assert energy_metrics(None, 2.0, 4, 1) == {"energy_j_per_output_token": None, "energy_j_per_request": None,
+                                               "output_tokens_per_j": None, "avg_power_w": None}
+    assert energy_metrics(8.0, 2.0, 0, 0)["energy_j_per_output_token"] is None
+    assert energy_metrics(0.5, 2.0, 4, 1)["output_tokens_per_j"] == 8.0, "under a joule is a figure"
+
+
+def test_one_prefill_pass_is_enough() -> None:
+    assert split_prefill_decode(1000.0, 300.0, 1) == (300.0, 700.0)
+    assert split_prefill_decode(1000.0, 300.0, 0) == (None, None)
+
+
+def test_request_rows() -> None:
+    records = [RequestRecord(3, 12, 5, 90.0, 20.0, [1.0, 2.0, 3.0, 10.0], start_s=105.5),
+               RequestRecord(4, 7, 1, 15.0, 15.0, [], start_s=100.25)]
+    rows = request_rows(records, window_start_s=100.0, energies_j=[6.0, None])
+    assert rows == [
+        {"request_index": 3, "input_tokens": 12, "output_tokens": 5, "ttft_ms": 20.0, "itl_ms_mean": 4.0,
+         "itl_ms_p50": 2.5, "itl_ms_max": 10.0, "e2e_ms": 90.0, "start_s": 5.5, "energy_j": 6.0},
+        {"request_index": 4, "input_tokens": 7, "output_tokens": 1, "ttft_ms": 15.0, "itl_ms_mean": None,
+         "itl_ms_p50": None, "itl_ms_max": None, "e2e_ms": 15.0, "start_s": 0.25, "energy_j": None},
+    ]
