@@ -16,10 +16,11 @@ import yaml
 
 # Ray's socket paths must stay under 107 bytes, so its temp dir is short, not under tmp_path.
 RAY_TMP = tempfile.mkdtemp(prefix="lrt-", dir="/tmp" if os.path.isdir("/tmp") else None)
-# Every Ray started by a test or by a CLI the test runs: a new local instance in RAY_TMP.
-# Without these, ray.init() joins the cluster recorded in /tmp/ray (a developer's own, or
-# another test session's on a shared machine), and a Ctrl-C test would interrupt it.
-os.environ["RAY_ADDRESS"] = "local"
+# Every Ray started by a test or by a CLI the test runs keeps its files in RAY_TMP, and no
+# test inherits a RAY_ADDRESS from the shell: the driver then starts a new local instance
+# (cluster.connect) rather than use a developer's own cluster, which a Ctrl-C test would
+# interrupt. A test that wants a cluster passes its address explicitly.
+os.environ.pop("RAY_ADDRESS", None)
 os.environ["RAY_TMPDIR"] = RAY_TMP
 
 TINY_BASE: dict[str, Any] = {
@@ -34,10 +35,11 @@ TINY_BASE: dict[str, Any] = {
 }
 
 
-def ray_env(address: str = "local") -> dict[str, str]:
-    """Environment for a CLI subprocess: its Ray is a local one in this session's temp dir,
-    or the test's own cluster at `address`."""
-    return {**os.environ, "RAY_ADDRESS": address, "RAY_TMPDIR": RAY_TMP}
+def ray_env(address: str | None = None) -> dict[str, str]:
+    """Environment for a CLI subprocess: its Ray is a new local one in this session's temp
+    dir, or the test's own cluster at `address`."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**env, "RAY_TMPDIR": RAY_TMP, **({"RAY_ADDRESS": address} if address else {})}
 
 
 @contextmanager
