@@ -23,6 +23,7 @@ from lem_ray.backends.base import Backend, RequestRecord
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.gpus import GpuIdentity
+from lem_ray.execution.handoff import GpuConditions, WorkerIdentity
 from lem_ray.execution.rows import _baseline, _environment, ok_rows
 from lem_ray.execution.worker import ExperimentWorker, PrefillSettings
 from lem_ray.records import RunAttempt, RunKey
@@ -155,16 +156,16 @@ def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: Executio
     worker.identity = GpuIdentity(device="cuda", gpu_ids=["0", "1"], gpu_uuids=UUIDS,
                                   gpu_names=["NVIDIA H200"] * 2)
     sampler = actors.SamplerActor.__ray_actor_class__(UUIDS, 100, None)
-    conditions: dict[str, Any] = {}
+    conditions = GpuConditions()
     if baselines is not None:
-        conditions["baselines"] = sampler.baseline(baselines, 0.02, 3600.0)
+        conditions = GpuConditions(baselines=sampler.baseline(baselines, 0.02, 3600.0))
     settings = PrefillSettings(execution.prefill.enabled, execution.validity.min_window_s,
                                execution.prefill.max_repeats)
     result = worker.run(InProcess(sampler), settings)
     telemetry = sampler.finish()
-    identity = {**worker.identity.__dict__, "node_id": "node-1", "node_ip": "10.0.0.1", "hostname": "n1"}
+    identity = WorkerIdentity(**vars(worker.identity), node_id="node-1", node_ip="10.0.0.1", hostname="n1")
     rows = ok_rows(RunAttempt("c", RunKey("e1", 1), 1), config, execution, identity, result, telemetry,
-                   conditions, datetime.now(timezone.utc))
+                   conditions, datetime.now(timezone.utc), None)
     return {"row": rows.experiment, "requests": rows.requests, "result": result}
 
 
@@ -252,10 +253,10 @@ def test_prefill_passes_stop_at_max_repeats_or_window(monkeypatch: pytest.Monkey
 def test_baseline_of_one_gpu_missing_gives_no_adjustment() -> None:
     """Half a baseline would make the adjusted energy wrong: none at all, then."""
     one = {UUIDS[0]: {"power_w": 55.0, "age_s": 1.0, "method": "idle_mean_power_instant"}}
-    assert _baseline({"baselines": one}, UUIDS) == {
+    assert _baseline(GpuConditions(baselines=one), UUIDS) == {
         "baseline_power_w": None, "baseline_age_s": None, "baseline_method": None}
-    assert _baseline({"baselines": one}, UUIDS[:1])["baseline_power_w"] == 55.0
-    assert _baseline({"baselines": one}, [])["baseline_power_w"] is None
+    assert _baseline(GpuConditions(baselines=one), UUIDS[:1])["baseline_power_w"] == 55.0
+    assert _baseline(GpuConditions(baselines=one), [])["baseline_power_w"] is None
 
 
 def test_environment_columns_of_one_gpu_or_none() -> None:

@@ -12,6 +12,7 @@ from lem_ray.execution.manifest_actor import ManifestActor
 from lem_ray.records import RunKey
 from lem_ray.results.journal import ManifestCorrupt, ManifestStore, _records
 from lem_ray.results.manifest import load_manifest, new_entry, reconcile
+from lem_ray.results.schema import empty_row
 from lem_ray.results.store import read_table, write_rows
 
 
@@ -20,7 +21,7 @@ def commit(results_dir: Path, experiment_id: str, cycle: int, attempt: int, stat
     key = RunKey(experiment_id, cycle)
     row = {"campaign_name": "m", "experiment_id": experiment_id, "run_id": key.run_id,
            "cycle": cycle, "attempt": attempt, "status": status, "error": error}
-    write_rows(results_dir, "experiments", key.stem(attempt), [row])
+    write_rows(results_dir, "experiments", key.stem(attempt), [{**empty_row("experiments"), **row}])
 
 
 def test_committed_ok_row_the_manifest_missed_marks_the_run_ok(tmp_path: Path) -> None:
