@@ -83,7 +83,7 @@ class NvmlShapedGpu(DeviceReader):
     def sample(self) -> GpuSample:
         return GpuSample(t_s=self.node.t_s, power_w=self.power_instant_w(),
                          temperature_c=self.gpu.temperature_c, sm_clock_mhz=1980, mem_clock_mhz=3201,
-                         memory_used_mb=2048.0, utilization_pct=100.0 if self.node.busy else 0.0,
+                         memory_used_mib=2048.0, utilization_pct=100.0 if self.node.busy else 0.0,
                          throttle_reasons=self.gpu.throttle_reasons)
 
     def environment(self) -> dict[str, Any]:
@@ -210,7 +210,7 @@ def test_two_gpu_run_figures_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     assert row["temperature_start_c"] == 60.0 and row["temperature_max_c"] == 60.0
     assert row["validity_flags"] == [] and row["valid"] is True
     assert json.loads(row["throttle_s_json"]) == {}
-    assert row["measure_end_s"] - row["measure_start_s"] == 1.0
+    assert row["measure_end_epoch_s"] - row["measure_start_epoch_s"] == 1.0
     assert row["driver_version"] == "570.86" and row["engine_config_json"] is None
     assert row["load_s"] == LOAD_S
 
