@@ -44,7 +44,7 @@ def test_campaign_tables_and_rerun(local_ray, tmp_path: Path) -> None:
         assert e["num_requests"] == 6 and e["output_tokens"] == 6 * 8
         assert e["throughput_tok_s"] == pytest.approx(e["output_tokens"] / e["duration_s"])
         assert e["ttft_ms_p50"] > 0 and e["itl_ms_p50"] > 0
-        assert e["warmup_requests"] == 2
+        assert e["warmup_requests"] == -(-2 // e["batch_size"]) * e["batch_size"], "full steps"
         assert e["device"] == "cpu" and e["gpu_uuids"] == []
         assert e["energy_j"] is None and e["energy_j_per_output_token"] is None
         assert e["energy_source"] is None and "ran on CPU" in e["energy_unavailable_reason"]

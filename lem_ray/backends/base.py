@@ -44,6 +44,12 @@ class Backend(ABC, Generic[OptionsT]):
     def load(self) -> None:
         """Load the engine and tokenizer; heavy imports happen here, not at module import."""
 
+    def configure(self, config: ExperimentConfig) -> None:
+        """Take the next run's config on the loaded engine. Only called with a config whose
+        engine_key equals the loaded one's, so only runtime fields differ."""
+        self.config = config
+        self.options = config.backend_options  # type: ignore[assignment]
+
     @abstractmethod
     def generate(
         self, prompts: list[str], max_output_tokens: int | None = None

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lem_ray.cli.status_cmd import print_gpu_time
 from lem_ray.execution.driver import CampaignResult
 from lem_ray.execution.dispatch import Progress as RunProgress
 from lem_ray.execution.rows import RunRows
@@ -105,6 +106,8 @@ def print_summary(result: CampaignResult, console: Console) -> None:
     for f in result.failures:
         console.print(f"[red]{f['status']}[/] {f['experiment_id']} c{f['cycle']} "
                       f"a{f['attempt']}: {f['reason']}")
+    print_gpu_time(result.gpu_time, console)
     c = result.counts
     console.print(f"{c['ok']} ok, {c['failed']} failed this time; {c['skipped_done']} of "
                   f"{c['planned']} runs were already done. Results: {result.results_dir}")
+

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import datetime, timezone
+from typing import Any
 
 import click
+from rich.console import Console
 from rich.table import Table
 
 from lem_ray.cli.common import console, fail
 from lem_ray.errors import ConfigError
+from lem_ray.results.gpu_time import gpu_seconds
 from lem_ray.results.manifest import STATES, UNFINISHED, load_manifest
 from lem_ray.results.store import exists
 
@@ -33,11 +36,15 @@ def status(results_dir: str, as_json: bool) -> None:
     runs = sorted(manifest["runs"].items(), key=lambda kv: (kv[1]["cycle"], kv[0]))
     counts = Counter(entry["state"] for _, entry in runs)
     left = [key for key, entry in runs if entry["state"] in UNFINISHED]
+    gpu_time = gpu_seconds(results_dir)
     if as_json:
         click.echo(json.dumps({
             "campaign_name": manifest.get("campaign_name"),
             "counts": {state: counts.get(state, 0) for state in STATES},
             "left": left,
+            "gpu_seconds": gpu_time["gpu_seconds"] if gpu_time else None,
+            "gpu_time": {k: v for k, v in gpu_time.items() if k != "gpu_seconds"}
+            if gpu_time else None,
             "runs": [{"run_id": key, **entry} for key, entry in runs],
         }, indent=2))
         return
@@ -52,7 +59,18 @@ def status(results_dir: str, as_json: bool) -> None:
                       str(e.get("error") or "").strip().split("\n")[0][:80])
     out.print(table)
     out.print(", ".join(f"{counts.get(s, 0)} {s}" for s in STATES))
+    print_gpu_time(gpu_time, out)
     if left:
         out.print(f"{len(left)} runs left; run the campaign command again to resume")
     elif counts.get("failed"):
         out.print("nothing left; --retry-failed reruns the failed runs")
+
+
+def print_gpu_time(gpu_time: dict[str, Any] | None, console: Console) -> None:
+    """One line: where the GPU-seconds of the cluster went, measuring first."""
+    if not gpu_time or not gpu_time["total_gpu_s"]:
+        return
+    total = gpu_time["total_gpu_s"]
+    parts = ", ".join(f"{name} {seconds:,.0f} ({seconds / total:.0%})"
+                      for name, seconds in gpu_time["gpu_seconds"].items())
+    console.print(f"GPU-seconds: {total:,.0f} over {gpu_time['wall_s']:,.0f} s wall: {parts}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import PydanticCustomError
@@ -20,6 +20,16 @@ class StrictModel(BaseModel):
 
 class BackendOptions(StrictModel):
     """A backend's own section of an experiment; each backend states what the rest must know."""
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset()
+    """Own fields a loaded engine takes per run (Backend.configure); the others need a new
+    engine. Unlisted fields count as engine fields: a reload, never a wrong reuse."""
+    EXPERIMENT_RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"prompts", "warmup"})
+    """The experiment's fields (outside this section) a loaded engine takes per run."""
+
+    def runtime_fields(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(own runtime fields, the experiment's runtime fields) for these very options."""
+        return self.RUNTIME_FIELDS, self.EXPERIMENT_RUNTIME_FIELDS
 
     @property
     @abstractmethod

@@ -77,7 +77,13 @@ class ExecutionConfig(StrictModel):
     )
     run_timeout_s: float | None = Field(
         None, gt=0, le=MAX_WAIT_S,
-        description="a run's worker taking longer is stopped and the run failed",
+        description="a run's worker taking longer (loading, warmup and measuring; cooldown "
+        "and baseline waits come on top) is stopped and the run failed",
+    )
+    force_cold_start: bool = Field(
+        False, description="load the engine in a fresh worker for every run (to measure "
+        "loading); by default a worker keeps its engine for the next run with an equal "
+        "engine config"
     )
     runtime_env_timeout_s: float = Field(
         600, gt=0, description="how long a backend's runtime_env may take to come up (image "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
@@ -117,6 +119,24 @@ class _ExperimentFields(StrictModel):
         """The chosen backend's section (always set once validated)."""
         options: BackendOptions = getattr(self, self.backend)
         return options
+
+    def engine_fields(self) -> dict[str, Any]:
+        """What a loaded engine is made of: everything but the fields the backend declares
+        runtime (applied per run to a loaded engine). Unknown fields count as engine fields,
+        so a new option forces a reload rather than a wrong reuse."""
+        own, experiment = self.backend_options.runtime_fields()
+        data = self.model_dump(mode="json")
+        others = (b for b in BACKEND_NAMES if b != self.backend)
+        skipped = {*experiment, *others}
+        fields = {k: v for k, v in data.items() if k not in skipped}
+        fields[self.backend] = {k: v for k, v in data[self.backend].items() if k not in own}
+        return fields
+
+    @property
+    def engine_key(self) -> str:
+        """Equal for two experiments exactly when one's loaded engine can run the other."""
+        canonical = json.dumps(self.engine_fields(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 # One optional section per backend, typed by its options model: `pytorch: PyTorchConfig | None`.

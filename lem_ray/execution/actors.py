@@ -1,70 +1,25 @@
-"""The Ray actor wrappers: the worker holds the GPUs, the sampler sits beside it."""
+"""The Ray actor wrappers: the worker holds the GPUs; baselines outlive workers."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import ray
 
-from lem_ray.execution.handoff import SamplerReport
 from lem_ray.execution.worker import ExperimentWorker
-from lem_ray.telemetry.sampler import EnergySampler
 
 WorkerActor = ray.remote(max_restarts=0, max_task_retries=0)(ExperimentWorker)
 
 
-@ray.remote(num_cpus=0, max_concurrency=4)
-class SamplerActor:
-    """Needs no CPU of its own: its thread sleeps between samples."""
+@ray.remote(num_cpus=0)
+class BaselineCache:
+    """Idle baselines by GPU UUID, kept for the whole campaign while workers come and go."""
 
-    def __init__(
-        self, gpu_uuids: list[str], sample_interval_ms: float, no_gpu_reason: str | None
-    ) -> None:
-        self.sampler = EnergySampler(gpu_uuids, sample_interval_ms=sample_interval_ms)
-        self.no_gpu_reason = no_gpu_reason
-        self.compute_pids: dict[str, list[int]] = {}
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, Any]] = {}
 
-    def baseline(
-        self, known: dict[str, dict[str, Any]], duration_s: float, ttl_s: float
-    ) -> dict[str, dict[str, Any]]:
-        """Idle power per GPU: the cached values still fresh, the rest measured now.
+    def get(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
+        return {u: self.entries[u] for u in uuids if u in self.entries}
 
-        Called before the worker loads anything, so the GPUs are idle (the worker resolved
-        its GPUs through NVML and holds no CUDA context yet).
-        """
-        self.sampler.baseline_ttl_s = ttl_s
-        self.sampler.load_baselines(known)
-        return self.sampler.measure_idle_baseline(
-            duration_s=duration_s, interval_ms=self.sampler.sample_interval_s * 1000
-        )
-
-    def cool_down(self, target_temp_c: float, max_wait_s: float) -> tuple[float, float | None]:
-        """(seconds waited, hottest GPU's temperature at the end)."""
-        return self.sampler.wait_until_cool(target_temp_c, max_wait_s)
-
-    def start(self) -> None:
-        self.sampler.start()
-
-    def begin(self, name: str) -> None:
-        self.sampler.begin(name)
-
-    def end(self, name: str) -> Any:
-        window = self.sampler.end(name)
-        self.compute_pids[name] = sorted(
-            {pid for env in self.sampler.environment().values()
-             for pid in env.get("compute_process_pids") or []}
-        )
-        if self.no_gpu_reason and window.energy_j is None:
-            return dataclasses.replace(window, unavailable_reason=self.no_gpu_reason)
-        return window
-
-    def finish(self) -> SamplerReport:
-        self.sampler.stop()
-        return SamplerReport(
-            timeseries=self.sampler.timeseries(),
-            environment=self.sampler.environment(),
-            sampler_cpu_s=self.sampler.sampler_cpu_s(),
-            compute_pids=self.compute_pids,
-            sample_interval_s=self.sampler.sample_interval_s,
-        )
+    def put(self, entries: dict[str, dict[str, Any]]) -> None:
+        self.entries.update(entries)

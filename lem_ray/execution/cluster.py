@@ -123,3 +123,12 @@ class Capacity:
 def capacity() -> Capacity:
     gpus = [int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
     return Capacity(sum(gpus), max(gpus, default=0))
+
+
+def node_gpus() -> dict[str, int]:
+    """GPUs of each live node that has any, by Ray node id."""
+    return {
+        n["NodeID"]: int(n["Resources"].get("GPU", 0))
+        for n in ray.nodes()
+        if n.get("Alive") and int(n["Resources"].get("GPU", 0))
+    }

@@ -18,6 +18,7 @@ from lem_ray.execution.runtime_env import probe_runtime_envs
 from lem_ray.execution.shared_storage import require_shared_results_dir
 from lem_ray.planning.plan import CampaignPlan, plan_campaign
 from lem_ray.results.compact import CompactionBusy, compact
+from lem_ray.results.gpu_time import gpu_seconds
 from lem_ray.results.manifest import UNFINISHED
 from lem_ray.results.ownership import Owner, claim, grid_fingerprint
 from lem_ray.results.store import exists, remove_stale_temp_files, resolve
@@ -32,6 +33,8 @@ class CampaignResult:
     summary: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     moved_aside: str | None = None
+    gpu_time: dict[str, Any] | None = None
+    """GPU-seconds by phase over the cluster's GPUs, all sessions of the campaign."""
 
 
 def move_aside(results_dir: str | Path) -> str | None:
@@ -142,4 +145,4 @@ def run_block(
         "ok": progress.done - progress.failed,
         "retried": progress.retried,
     }
-    return CampaignResult(plan.name, out, counts, summary, failures, moved)
+    return CampaignResult(plan.name, out, counts, summary, failures, moved, gpu_seconds(out))

@@ -4,6 +4,7 @@ is written, not a silent null column in the results."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from lem_ray.backends.traffic import SteadyWindow
@@ -38,7 +39,9 @@ class RunResult:
     records: list[RequestRecord]
     measure_start_perf_s: float
     duration_s: float
-    load_s: float
+    engine_load_s: float
+    """Seconds this run spent loading (and preparing) its engine; 0 when it reused one."""
+    engine_reused: bool
     timing_method: str | None
     warmup: WarmupOutcome
     warmup_window: WindowResult
@@ -71,3 +74,16 @@ class GpuConditions:
     cooldown_wait_s: float | None = None
     cooldown_temp_c: float | None = None
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """Everything one run on a worker hands back: where, when, what, and its phases' seconds
+    (cooldown, baseline, loading, warmup, measuring) for the GPU-time ledger."""
+
+    identity: WorkerIdentity
+    started_at: datetime
+    result: RunResult
+    telemetry: SamplerReport
+    conditions: GpuConditions
+    phases_s: dict[str, float]

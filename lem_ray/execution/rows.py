@@ -179,7 +179,8 @@ def _energy(result: RunResult, baseline_power_w: float | None) -> _Energy:
 def _warmup_columns(result: RunResult) -> dict[str, Any]:
     warmup = result.warmup
     return {
-        "load_s": result.load_s,
+        "engine_reused": result.engine_reused,
+        "engine_load_s": result.engine_load_s,
         "timing_method": result.timing_method,
         "warmup_s": warmup.duration_s,
         "warmup_requests": warmup.requests,

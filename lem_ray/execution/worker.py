@@ -1,4 +1,5 @@
-"""The experiment worker: an actor holding the run's GPUs, running one backend end to end."""
+"""The experiment worker: an actor holding a set of GPUs for as many runs as the driver sends
+it, keeping its loaded engine for the next run whose engine config is equal."""
 
 from __future__ import annotations
 
@@ -10,16 +11,26 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from typing import Any, Iterator
 
 import psutil
 import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from lem_ray.backends.base import Backend, DeviceInfo
 from lem_ray.backends.registry import backend_class
+from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.gpus import GpuIdentity, resolve_gpus
-from lem_ray.execution.handoff import PrefillResult, RunResult, WorkerIdentity
+from lem_ray.execution.handoff import (
+    GpuConditions,
+    PrefillResult,
+    RunOutcome,
+    RunResult,
+    WorkerIdentity,
+)
+from lem_ray.execution.sampler_actor import SamplerActor
 from lem_ray.execution.warmup import run_warmup
 
 
@@ -30,16 +41,41 @@ class PrefillSettings:
     max_repeats: int
 
 
-class ExperimentWorker:
-    """Created per run inside the run's placement group; dies with the run."""
+@dataclass
+class RunRequest:
+    """One run as the driver hands it to a worker."""
 
-    def __init__(self, config_json: str, prompts: list[str]) -> None:
-        self.config = ExperimentConfig.model_validate_json(config_json)
-        self.prompts = prompts
+    config_json: str
+    prompts: list[str]
+    execution: ExecutionConfig
+    baselines: Any
+    """The campaign's BaselineCache actor."""
+    gap_s: float = 0.0
+    keep_engine: bool = True
+
+
+def no_gpu_reason(identity: GpuIdentity) -> str | None:
+    """Why a run has no GPU to measure, in words a reader of the results table understands."""
+    if identity.gpu_uuids:
+        return None
+    if identity.gpu_ids:
+        return (f"Ray assigned GPU ids {identity.gpu_ids} but no CUDA device or NVML is "
+                "visible on this node (logical GPUs?), so energy cannot be measured")
+    return "ran on CPU: energy is measured on NVIDIA GPUs through NVML only"
+
+
+class ExperimentWorker:
+    """Lives in a placement group as long as the driver keeps that group; its sampler (created
+    on the first run, in the same group, bound to the same GPU UUIDs) lives as long as it."""
+
+    def __init__(self) -> None:
         ctx = ray.get_runtime_context()
         ids = ctx.get_accelerator_ids().get("GPU", [])
         self.identity: GpuIdentity = resolve_gpus([str(i) for i in ids])
         self.node_id = ctx.get_node_id()
+        self.backend: Backend | None = None
+        self.engine_key: str | None = None
+        self.sampler: Any = None
 
     def identify(self) -> WorkerIdentity:
         return WorkerIdentity(
@@ -50,33 +86,88 @@ class ExperimentWorker:
             python_executable=sys.executable,
         )
 
-    def run(self, sampler: Any, prefill: PrefillSettings) -> RunResult:
-        """Load (and compile for the run's shapes), warm up, measure, then the prefill window;
-        every window edge after a device sync."""
-        cfg = self.config
-        device = DeviceInfo(self.identity.device, len(self.identity.gpu_uuids))
-        backend = backend_class(cfg.backend)(cfg, device)
-        prompts = self.prompts
-        t0 = time.perf_counter()
-        backend.load()
-        try:
-            backend.prepare(prompts)
-            backend.synchronize()
-            load_s = time.perf_counter() - t0
-            with _no_gc():
-                return self._measure(backend, sampler, prefill, load_s)
-        finally:
+    def _sampler(self, execution: ExecutionConfig) -> Any:
+        if self.sampler is None:
+            pg = ray.util.get_current_placement_group()
+            options = {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, 0)} if pg else {}
+            self.sampler = SamplerActor.options(**options).remote(
+                self.identity.gpu_uuids, execution.telemetry.sample_interval_ms,
+                no_gpu_reason(self.identity),
+            )
+        return self.sampler
+
+    def _release(self) -> None:
+        if self.backend is not None:
+            backend, self.backend, self.engine_key = self.backend, None, None
             backend.release()
 
+    def run(self, request: RunRequest) -> RunOutcome:
+        """Cool down, baseline, load (or reuse), warm up, measure, prefill window.
+
+        A mismatched engine is released before the GPUs are cooled and measured idle. On any
+        error the engine is released too, so a failed run never leaves a broken engine for
+        the next one.
+        """
+        cfg = ExperimentConfig.model_validate_json(request.config_json)
+        execution = request.execution
+        if request.gap_s:
+            time.sleep(request.gap_s)
+        started_at = datetime.now(timezone.utc)
+        key = cfg.engine_key
+        if self.engine_key != key:
+            self._release()
+        sampler = self._sampler(execution)
+        phases: dict[str, float] = {}
+        conditions = _prepare_gpus(execution, request.baselines, sampler,
+                                   self.identity.gpu_uuids, phases)
+        ray.get(sampler.start.remote())
+        try:
+            result = self._measure(cfg, key, request.prompts, sampler, execution, phases)
+        except BaseException:
+            self._release()
+            ray.get(sampler.finish.remote())
+            raise
+        if not request.keep_engine:
+            self._release()
+        return RunOutcome(self.identify(), started_at, result,
+                          ray.get(sampler.finish.remote()), conditions, phases)
+
     def _measure(
-        self, backend: Backend[Any], sampler: Any, prefill: PrefillSettings, load_s: float
+        self, cfg: ExperimentConfig, key: str, prompts: list[str], sampler: Any,
+        execution: ExecutionConfig, phases: dict[str, float],
     ) -> RunResult:
-        cfg = self.config
-        prompts = self.prompts
+        """Every window edge after a device sync."""
+        reused = self.backend is not None
+        t0 = time.perf_counter()
+        if reused:
+            self.backend.configure(cfg)
+        else:
+            device = DeviceInfo(self.identity.device, len(self.identity.gpu_uuids))
+            backend = backend_class(cfg.backend)(cfg, device)
+            try:
+                backend.load()
+            except BaseException:
+                backend.release()
+                raise
+            self.backend, self.engine_key = backend, key
+        backend = self.backend
+        backend.prepare(prompts)
+        backend.synchronize()
+        phases["loading"] = time.perf_counter() - t0
+        load_s = 0.0 if reused else phases["loading"]
+        with _no_gc():
+            return self._windows(backend, cfg, prompts, sampler, execution, phases,
+                                 load_s, reused)
+
+    def _windows(
+        self, backend: Backend, cfg: ExperimentConfig, prompts: list[str], sampler: Any,
+        execution: ExecutionConfig, phases: dict[str, float], load_s: float, reused: bool,
+    ) -> RunResult:
         ray.get(sampler.begin.remote("warmup"))
         warmup = run_warmup(backend.generate, prompts, cfg.warmup, backend.warmup_batch_size)
         backend.synchronize()
         warmup_window = ray.get(sampler.end.remote("warmup"))
+        phases["warmup"] = warmup_window.duration_s
         ray.get(sampler.begin.remote("measure"))
         start_s = time.perf_counter()
         records = backend.measure(prompts)
@@ -88,14 +179,22 @@ class ExperimentWorker:
         measure_window = ray.get(sampler.end.remote("measure"))
         own_pids = _own_pids()
         measured = measure_window.energy_j is not None
+        prefill = PrefillSettings(
+            execution.prefill.enabled, execution.validity.min_window_s,
+            execution.prefill.max_repeats,
+        )
         prefill_result = (
             _prefill(backend, sampler, prompts, prefill) if prefill.enabled and measured else None
+        )
+        phases["measuring"] = measure_window.duration_s + (
+            prefill_result.window.duration_s if prefill_result else 0.0
         )
         return RunResult(
             records=records,
             measure_start_perf_s=start_s,
             duration_s=duration_s,
-            load_s=load_s,
+            engine_load_s=load_s,
+            engine_reused=reused,
             timing_method=backend.timing_method,
             warmup=warmup,
             warmup_window=warmup_window,
@@ -112,8 +211,33 @@ class ExperimentWorker:
         )
 
 
+def _prepare_gpus(
+    execution: ExecutionConfig, baselines: Any, sampler: Any, uuids: list[str],
+    phases: dict[str, float],
+) -> GpuConditions:
+    """Cool down and take (or reuse) the idle baseline, both before anything is loaded."""
+    phases["cooldown"] = phases["baseline"] = 0.0
+    if not uuids:
+        return GpuConditions()
+    waited_s = hottest_c = None
+    if execution.cooldown.target_temp_c is not None:
+        t0 = time.perf_counter()
+        waited_s, hottest_c = ray.get(sampler.cool_down.remote(
+            execution.cooldown.target_temp_c, execution.cooldown.max_wait_s))
+        phases["cooldown"] = time.perf_counter() - t0
+    measured: dict[str, dict[str, Any]] = {}
+    if execution.baseline.enabled:
+        t0 = time.perf_counter()
+        known = ray.get(baselines.get.remote(uuids))
+        measured = ray.get(sampler.baseline.remote(
+            known, execution.baseline.duration_s, execution.baseline.ttl_s))
+        ray.get(baselines.put.remote(measured))
+        phases["baseline"] = time.perf_counter() - t0
+    return GpuConditions(waited_s, hottest_c, measured)
+
+
 def _prefill(
-    backend: Backend[Any], sampler: Any, prompts: list[str], settings: PrefillSettings
+    backend: Backend, sampler: Any, prompts: list[str], settings: PrefillSettings
 ) -> PrefillResult:
     """The measured prompts again, one output token each, repeated until the window is long
     enough for the energy counter (or max_repeats); energy is then divided by the passes."""

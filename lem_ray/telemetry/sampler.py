@@ -292,6 +292,13 @@ class EnergySampler:
                     rows.append({"gpu_uuid": uuid, **asdict(s), "energy_j": energy_j})
         return rows
 
+    def clear_timeseries(self) -> None:
+        """Forget the samples so far: a sampler kept for the next run starts its series anew."""
+        with self._lock:
+            for uuid in self._times:
+                self._times[uuid] = []
+                self._samples[uuid] = []
+
     def measure_idle_baseline(
         self, duration_s: float = 20.0, interval_ms: float = 100.0, force: bool = False
     ) -> dict[str, dict[str, Any]]:

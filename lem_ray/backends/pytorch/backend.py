@@ -147,6 +147,19 @@ class PyTorchBackend(Backend[PyTorchConfig]):
         self._eos_ids = _eos_ids(self._model, tok)
         self._gen_kwargs = generation_kwargs(cfg, tok.pad_token_id, sorted(self._eos_ids))
 
+    def configure(self, config: Any) -> None:
+        """Decoder, token counts and batching are generate() arguments (the compiled loop,
+        which bakes them in, declares them engine fields); the seed is reset so a sampled run
+        draws the same tokens warm as cold."""
+        super().configure(config)
+        self._torch.manual_seed(config.random_seed)
+        self._gen_kwargs = generation_kwargs(
+            config, self._tokenizer.pad_token_id, sorted(self._eos_ids)
+        )
+        if self._device == "cuda":
+            for index in range(self._torch.cuda.device_count()):
+                self._torch.cuda.reset_peak_memory_stats(index)
+
     def _from_pretrained(
         self, transformers: Any, model_path: str, common: dict[str, Any], options: PyTorchConfig
     ) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -10,6 +10,16 @@ from lem_ray.config.base import BackendOptions, invalid_combination
 
 
 class PyTorchConfig(BackendOptions):
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"batch_size", "batching_strategy", "max_tokens_per_batch"}
+    )
+    """Change between runs on a loaded model; every other field needs a new load."""
+    EXPERIMENT_RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"max_input_tokens", "max_output_tokens", "min_output_tokens", "prompts", "decoder",
+         "warmup"}
+    )
+    """The experiment's own fields that this backend applies per generate() call."""
+
     batch_size: int = Field(1, ge=1, description="prompts per generate() call")
     batching_strategy: Literal["static", "sorted", "dynamic"] = Field(
         "static",
@@ -39,6 +49,13 @@ class PyTorchConfig(BackendOptions):
     def compiled_loop(self) -> bool:
         """torch_compile over a static cache runs lem-ray's compiled decode loop, not generate()."""
         return self.torch_compile is not None and self.cache_implementation == "static"
+
+    def runtime_fields(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The compiled loop bakes decoder and output length in at load, and its static cache
+        is sized by the first prompts it sees: only the warmup changes on a loaded one."""
+        if self.compiled_loop:
+            return frozenset(), frozenset({"warmup"})
+        return super().runtime_fields()
 
     @property
     def concurrency(self) -> int:

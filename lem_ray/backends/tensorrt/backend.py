@@ -222,6 +222,13 @@ class TensorRTBackend(Backend[TensorRTConfig]):
             "peak_memory": PEAK_MEMORY_NOTE,
         }
 
+    def configure(self, config: ExperimentConfig) -> None:
+        """Decoder and output bounds are per-request SamplingParams."""
+        super().configure(config)
+        self._sampling_kwargs = sampling_params_kwargs(config)
+        self._sampling_params = self._sampling_cls(**self._sampling_kwargs)
+        self._details["sampling_params"] = self._sampling_kwargs
+
     def generate(
         self, prompts: list[str], max_output_tokens: int | None = None
     ) -> list[RequestRecord]:

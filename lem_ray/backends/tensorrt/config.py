@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -14,6 +14,13 @@ CALIBRATED_QUANTIZATIONS = frozenset({"fp8", "int8_sq", "int4_awq", "w4a8_awq", 
 
 
 class TensorRTConfig(BackendOptions):
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset()
+    """Every field here is a build or LLM(...) argument: a change needs a new engine."""
+    EXPERIMENT_RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"min_output_tokens", "prompts", "decoder", "warmup"}
+    )
+    """Per-request SamplingParams; max_input/output_tokens size the built engine, so they are not."""
+
     runtime: Literal["engine", "pytorch"] = Field(
         "engine",
         description="engine: TensorRT-LLM's TensorRT backend, which compiles TensorRT engines "

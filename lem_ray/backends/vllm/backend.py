@@ -74,6 +74,14 @@ class VLLMBackend(Backend[VLLMConfig]):
                 lora_name=LORA_NAME, lora_int_id=1, lora_path=self.options.lora.path
             )
 
+    def configure(self, config: Any) -> None:
+        """Decoder and output bounds are per-request SamplingParams."""
+        super().configure(config)
+        self._sampling_kwargs = sampling_params_kwargs(
+            config, top_k_off=self._sampling_cls().top_k
+        )
+        self._sampling = self._sampling_cls(**self._sampling_kwargs)
+
     @property
     def warmup_batch_size(self) -> int:
         """A few concurrent requests, so warmup runs batched decode like the measured runs,

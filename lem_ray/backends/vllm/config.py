@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -28,6 +28,13 @@ class LoRAConfig(StrictModel):
 
 
 class VLLMConfig(BackendOptions):
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"traffic"})
+    """Only how requests arrive; every other field is an argument of vllm.LLM(...)."""
+    EXPERIMENT_RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"min_output_tokens", "prompts", "decoder", "warmup"}
+    )
+    """Per-request SamplingParams; max_input/output_tokens size max_model_len, so they are not."""
+
     max_num_seqs: int = Field(256, ge=1)
     max_num_batched_tokens: int | None = Field(None, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)

@@ -1,0 +1,70 @@
+"""How well runs of mixed GPU counts and lengths pack onto the cluster's GPUs.
+
+    python bench/packing.py [--gpus 4] [--cycles 3] [--json]
+
+A local Ray with G logical GPUs runs a grid of real tiny-model runs: GPU counts 1 and 2,
+lengths varied through max_output_tokens, several cycles (later cycles know earlier ones'
+lengths, which backfill uses). Each run's duration is the time it held its GPUs (started_at to
+finished_at in the experiments table); makespan is first start to last finish; ideal is
+max(sum of GPU-seconds / G, longest run). ratio = makespan / ideal (1.0 is perfect packing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from typing import Any
+
+import ray
+
+from lem_ray.execution.cluster import WORKER_ENV
+from lem_ray.execution.driver import run_campaign
+from lem_ray.results.store import read_table
+
+
+def campaign(cycles: int) -> dict[str, Any]:
+    return {
+        "campaign_name": "packing",
+        "base": {
+            "model_name": "builtin:tiny-llama", "load_format": "dummy", "backend": "pytorch",
+            "fp_precision": "float32",
+            "prompts": {"source": "synthetic", "count": 16, "input_len": {"mean": 16, "std": 0}},
+            "warmup": {"mode": "fixed", "requests": 1},
+        },
+        "grid": {"shared": {"gpus_per_experiment": [1, 2],
+                            "max_output_tokens": [32, 96, 192],
+                            "min_output_tokens": [32]}},
+        "execution": {"cycles": cycles, "prefill": {"enabled": False}},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpus", type=int, default=4)
+    parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    # One intra-op thread per worker: the logical GPUs share the machine's few cores.
+    env = {**WORKER_ENV, "OMP_NUM_THREADS": "1"}
+    ray.init(num_cpus=args.gpus + 2, num_gpus=args.gpus, include_dashboard=False,
+             namespace="lem-ray-bench", logging_level="ERROR", runtime_env={"env_vars": env})
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            run_campaign(campaign(args.cycles), results_dir=out)
+            rows = [r for r in read_table(out, "experiments").to_pylist() if r["status"] == "ok"]
+    finally:
+        ray.shutdown()
+    held = [((r["finished_at"] - r["started_at"]).total_seconds(), r["gpus_per_experiment"])
+            for r in rows]
+    makespan_s = (max(r["finished_at"] for r in rows)
+                  - min(r["started_at"] for r in rows)).total_seconds()
+    ideal_s = max(sum(s * g for s, g in held) / args.gpus, max(s for s, _ in held))
+    result = {"gpus": args.gpus, "runs": len(rows), "makespan_s": round(makespan_s, 2),
+              "ideal_s": round(ideal_s, 2), "ratio": round(makespan_s / ideal_s, 3)}
+    print(json.dumps(result, indent=2) if args.json else
+          ", ".join(f"{k} {v}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Which run goes where next: plain data in, decisions out (no Ray), so it can be tested alone.
+
+First each idle worker takes the earliest queued run of the current cycle (the first queued
+run's) that its engine can run: runs of one cycle are exchangeable, and a load saved is GPU time
+saved. Then the other runs are taken in the campaign's order. Each goes, in this preference,
+to an idle worker that holds its engine; to an idle worker of its size whose engine no queued
+run wants; to new GPUs that are free; to any idle worker of its size (reloading); to GPUs freed
+by closing idle workers of other sizes. A worker runs in one runtime environment: runs of
+another environment count as another size. The first run that fits nowhere is the head: the node where it can start soonest
+is reserved for it, and later runs may backfill that node only where they cannot delay it (they
+are known, from an earlier run of the same experiment, to finish before it could start; or they
+use GPUs it will not need). Other nodes stay open to all. So a waiting run never waits behind
+runs that came after it, and at most one run holds a reservation at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class QueuedRun:
+    run_id: str
+    gpus: int
+    engine: str
+    est_s: float | None = None
+    """How long it held its GPUs last time (an earlier cycle), if known."""
+    cycle: int = 0
+    kind: str = ""
+    """What a worker must be besides its size to take the run (its runtime environment)."""
+
+
+@dataclass
+class SlotView:
+    """A worker on `gpus` GPUs of `node`; busy while a run is in it."""
+
+    slot_id: int
+    node: str
+    gpus: int
+    engine: str | None
+    busy: bool = False
+    started_s: float = 0.0
+    est_s: float | None = None
+    kind: str = ""
+
+
+@dataclass(frozen=True)
+class Assign:
+    run_id: str
+    slot_id: int
+
+
+@dataclass(frozen=True)
+class Open:
+    run_id: str
+    node: str
+
+
+@dataclass(frozen=True)
+class Close:
+    slot_id: int
+
+
+Decision = Assign | Open | Close
+
+
+@dataclass
+class Reservation:
+    """The head run's claim on one node: it can start there at shadow_s (inf: not known)."""
+
+    run_id: str
+    node: str
+    shadow_s: float
+    extra: int
+    """GPUs of the node still free at shadow_s once the head has its own."""
+
+
+@dataclass
+class _State:
+    now: float
+    nodes: dict[str, int]
+    slots: list[SlotView]
+    wanted: Counter[str] = field(default_factory=Counter)
+    reservation: Reservation | None = None
+    decisions: list[Decision] = field(default_factory=list)
+
+    def used(self, node: str) -> int:
+        return sum(s.gpus for s in self.slots if s.node == node)
+
+    def idle(self, node: str | None = None) -> list[SlotView]:
+        return [s for s in self.slots if not s.busy and (node is None or s.node == node)]
+
+    def allowed(self, run: QueuedRun, node: str) -> bool:
+        """Whether run may take GPUs on node now without delaying the head."""
+        held = self.reservation
+        if held is None or node != held.node or run.run_id == held.run_id:
+            return True
+        return self._before_shadow(run) or run.gpus <= held.extra
+
+    def take(self, run: QueuedRun, node: str) -> None:
+        """Record that run took GPUs on node (the head's spare GPUs, if it used those)."""
+        held = self.reservation
+        if held is None or node != held.node:
+            return
+        if run.run_id == held.run_id:
+            self.reservation = None
+        elif not self._before_shadow(run):
+            held.extra -= run.gpus
+
+    def _before_shadow(self, run: QueuedRun) -> bool:
+        """Known to end before the head could start anyway (never when that is unknown)."""
+        held = self.reservation
+        return (held is not None and run.est_s is not None and math.isfinite(held.shadow_s)
+                and self.now + run.est_s <= held.shadow_s)
+
+
+def decide(
+    now: float, queue: list[QueuedRun], slots: list[SlotView], nodes: dict[str, int]
+) -> tuple[list[Decision], Reservation | None]:
+    """Decisions for the runs of `queue` (in order) that can start now, and the reservation.
+
+    `nodes` maps node to its GPUs; `slots` are the workers held, busy or idle (their GPUs are
+    not free). Runs that need more GPUs than any node has must not be in the queue.
+    """
+    in_order, held = _decide(now, queue, slots, nodes, warm=False, held=None)
+    needed = {d.slot_id for d in in_order if isinstance(d, Close)}
+    warm = [s for s in slots if s.slot_id not in needed]
+    return _decide(now, queue, slots, nodes, warm=True, held=held, warm_slots=warm)
+
+
+def _decide(
+    now: float, queue: list[QueuedRun], slots: list[SlotView], nodes: dict[str, int],
+    warm: bool, held: Reservation | None, warm_slots: list[SlotView] | None = None,
+) -> tuple[list[Decision], Reservation | None]:
+    """Not warm: runs in order only, to find the head's reservation (`held`) and the idle
+    workers it closes for a larger run. Warm: warm matches first, on the other idle workers
+    and never delaying the head, then runs in order."""
+    state = _State(now, nodes, [SlotView(**vars(s)) for s in slots])
+    state.wanted = Counter(run.engine for run in queue)
+    placed: set[str] = set()
+    if warm:
+        state.reservation = Reservation(**vars(held)) if held else None
+        allowed_ids = {s.slot_id for s in warm_slots or []}
+        placed = _warm_matches(state, queue, allowed_ids)
+        state.reservation = None
+    for run in queue:
+        if run.run_id in placed:
+            continue
+        state.wanted[run.engine] -= 1
+        if not _place(state, run) and state.reservation is None:
+            state.reservation = _reserve(state, run)
+    return state.decisions, state.reservation
+
+
+def _warm_matches(state: _State, queue: list[QueuedRun], slot_ids: set[int]) -> set[str]:
+    """Idle workers take the earliest run of the current cycle their engine can run."""
+    placed: set[str] = set()
+    if not queue:
+        return placed
+    cycle = queue[0].cycle
+    for slot in [s for s in state.idle() if s.slot_id in slot_ids]:
+        run = next((r for r in queue if r.cycle == cycle and r.run_id not in placed
+                    and r.gpus == slot.gpus and r.kind == slot.kind
+                    and r.engine == slot.engine), None)
+        if run is None or not state.allowed(run, slot.node):
+            continue
+        state.take(run, slot.node)
+        placed.add(run.run_id)
+        state.wanted[run.engine] -= 1
+        slot.busy, slot.started_s, slot.est_s = True, state.now, run.est_s
+        state.decisions.append(Assign(run.run_id, slot.slot_id))
+    return placed
+
+
+def _place(state: _State, run: QueuedRun) -> bool:
+    same_size = [s for s in state.idle()
+                 if s.gpus == run.gpus and s.kind == run.kind and state.allowed(run, s.node)]
+    warm = next((s for s in same_size if s.engine == run.engine), None)
+    spare = next((s for s in same_size if not state.wanted[s.engine or ""]), None)
+    chosen = warm or spare
+    if chosen is None:
+        node = _fitting_node(state, run)
+        if node is not None:
+            state.take(run, node)
+            state.decisions.append(Open(run.run_id, node))
+            state.slots.append(SlotView(-1, node, run.gpus, run.engine, busy=True,
+                                        started_s=state.now, est_s=run.est_s, kind=run.kind))
+            return True
+        chosen = same_size[0] if same_size else None
+    if chosen is not None:
+        state.take(run, chosen.node)
+        chosen.busy, chosen.engine = True, run.engine
+        chosen.started_s, chosen.est_s = state.now, run.est_s
+        state.decisions.append(Assign(run.run_id, chosen.slot_id))
+        return True
+    return _make_room(state, run)
+
+
+def _fitting_node(state: _State, run: QueuedRun) -> str | None:
+    """Best fit: the node with the fewest free GPUs that still holds the run, so large
+    holes stay for large runs."""
+    fits = [(total - state.used(node), node) for node, total in state.nodes.items()
+            if total - state.used(node) >= run.gpus and state.allowed(run, node)]
+    return min(fits)[1] if fits else None
+
+
+def _make_room(state: _State, run: QueuedRun) -> bool:
+    """Close idle workers of other sizes on one node until the run fits there."""
+    for node, total in sorted(state.nodes.items()):
+        free = total - state.used(node)
+        idle = sorted(state.idle(node), key=lambda s: (state.wanted[s.engine or ""] > 0, s.gpus))
+        if free + sum(s.gpus for s in idle) < run.gpus or not state.allowed(run, node):
+            continue
+        for slot in idle:
+            if free >= run.gpus:
+                break
+            free += slot.gpus
+            state.slots.remove(slot)
+            state.decisions.append(Close(slot.slot_id))
+        state.take(run, node)
+        state.decisions.append(Open(run.run_id, node))
+        state.slots.append(SlotView(-1, node, run.gpus, run.engine, busy=True,
+                                    started_s=state.now, est_s=run.est_s, kind=run.kind))
+        return True
+    return False
+
+
+def _reserve(state: _State, run: QueuedRun) -> Reservation | None:
+    """The node where the run can start soonest, by the busy runs' expected ends.
+
+    A busy run with no estimate ends at an unknown time (inf); one past its estimate is
+    expected to end now, never later, so a late run cannot open room for more backfill.
+    """
+    best: Reservation | None = None
+    for node, total in state.nodes.items():
+        if total < run.gpus:
+            continue
+        free = total - sum(s.gpus for s in state.slots if s.node == node and s.busy)
+        ends = sorted(
+            (max(s.started_s + s.est_s, state.now) if s.est_s is not None else math.inf, s.gpus)
+            for s in state.slots if s.node == node and s.busy
+        )
+        shadow = state.now
+        for end_s, gpus in ends:
+            if free >= run.gpus:
+                break
+            free, shadow = free + gpus, end_s
+        candidate = Reservation(run.run_id, node, shadow, free - run.gpus)
+        if best is None or (candidate.shadow_s, -candidate.extra) < (best.shadow_s, -best.extra):
+            best = candidate
+    return best

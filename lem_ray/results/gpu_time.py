@@ -1,0 +1,96 @@
+"""Where the GPU time of a campaign went: GPU-seconds by phase over all GPUs of the cluster.
+
+Each driver session keeps a ledger: the cluster's GPUs x wall time, and for every finished run
+its phases x its GPUs. Idle is the rest, so the phases add up to GPUs x wall time by
+construction; it holds GPUs no run held, the gaps between runs on a worker, worker start-up
+and runs that failed. The ledger is saved to `gpu_time/<session>.json` as runs finish, so
+`lem-ray status` shows it for a running campaign too; sessions (resumes) add up.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from lem_ray.results.store import atomic_write, resolve
+
+FOLDER = "gpu_time"
+RUN_PHASES = ("measuring", "warmup", "loading", "baseline", "cooldown")
+PHASES = (*RUN_PHASES, "idle")
+
+
+@dataclass
+class GpuLedger:
+    session: str
+    started_s: float
+    gpus: int
+    total_gpu_s: float = 0.0
+    last_s: float = 0.0
+    runs_gpu_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(RUN_PHASES, 0.0))
+
+    def __post_init__(self) -> None:
+        self.last_s = self.started_s
+
+    def advance(self, now_s: float, gpus: int | None = None) -> None:
+        """Count GPUs x time up to now; from now on the cluster has `gpus` (node lost)."""
+        self.total_gpu_s += self.gpus * max(0.0, now_s - self.last_s)
+        self.last_s = max(self.last_s, now_s)
+        if gpus is not None:
+            self.gpus = gpus
+
+    def add_run(self, phases_s: dict[str, float], gpus: int) -> None:
+        for name in RUN_PHASES:
+            self.runs_gpu_s[name] += phases_s.get(name, 0.0) * gpus
+
+    def snapshot(self, now_s: float) -> dict[str, Any]:
+        self.advance(now_s)
+        seconds = {**self.runs_gpu_s, "idle": self.total_gpu_s - sum(self.runs_gpu_s.values())}
+        return {
+            "session": self.session,
+            "started_s": self.started_s,
+            "updated_s": self.last_s,
+            "gpus": self.gpus,
+            "total_gpu_s": self.total_gpu_s,
+            "gpu_seconds": seconds,
+        }
+
+
+def save_ledger(results_dir: str | Path, snapshot: dict[str, Any]) -> None:
+    payload = json.dumps(snapshot, indent=1).encode()
+
+    def write(path: str, fs: Any) -> None:
+        with fs.open_output_stream(path) as stream:
+            stream.write(payload)
+
+    atomic_write(results_dir, FOLDER, f"{snapshot['session']}.json", write)
+
+
+def gpu_seconds(results_dir: str | Path) -> dict[str, Any] | None:
+    """All sessions added up: {gpu_seconds: {phase: s}, total_gpu_s, wall_s, sessions};
+    None when no session was recorded (a campaign from before this was kept)."""
+    fs, base = resolve(results_dir)
+    folder = f"{base}/{FOLDER}"
+    if fs.get_file_info(folder).type == pafs.FileType.NotFound:
+        return None
+    sessions = []
+    for info in fs.get_file_info(pafs.FileSelector(folder)):
+        if info.base_name.endswith(".json") and not info.base_name.startswith("."):
+            try:
+                with fs.open_input_stream(info.path) as stream:
+                    session = json.loads(stream.read().decode())
+                if all(isinstance(session["gpu_seconds"][p], (int, float)) for p in PHASES):
+                    sessions.append(session)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a damaged session file: the others still count
+    if not sessions:
+        return None
+    return {
+        "gpu_seconds": {p: sum(s["gpu_seconds"][p] for s in sessions) for p in PHASES},
+        "total_gpu_s": sum(s["total_gpu_s"] for s in sessions),
+        "wall_s": sum(s["updated_s"] - s["started_s"] for s in sessions),
+        "sessions": len(sessions),
+    }
