@@ -164,6 +164,7 @@ RENAMED: dict[str, dict[str, str]] = {
         "measure_end_s": "measure_end_epoch_s",
         "steady_start_s": "steady_start_epoch_s",
         "peak_memory_mb": "peak_memory_mib",
+        "load_s": "engine_load_s",
     },
     "requests": {},
     "timeseries": {"memory_used_mb": "memory_used_mib"},
