@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-import lem_ray.execution.actors as actors
+import lem_ray.execution.sampler_actor as actors
 import lem_ray.execution.worker as worker_module
 from lem_ray.backends.base import Backend, RequestRecord
 from lem_ray.config.campaign import ExecutionConfig
@@ -25,7 +25,7 @@ from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.gpus import GpuIdentity
 from lem_ray.execution.handoff import GpuConditions, WorkerIdentity
 from lem_ray.execution.rows import _baseline, _environment, ok_rows
-from lem_ray.execution.worker import ExperimentWorker, PrefillSettings
+from lem_ray.execution.worker import ExperimentWorker, RunRequest
 from lem_ray.records import RunAttempt, RunKey
 from lem_ray.telemetry.nvml import DeviceReader, GpuSample
 from lem_ray.telemetry.sampler import EnergySampler
@@ -152,21 +152,22 @@ def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: Executio
         uuids, sample_interval_ms, device_factory=node.device, clock=node.clock))
     config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch", "gpus_per_experiment": 2})
     worker = ExperimentWorker.__new__(ExperimentWorker)
-    worker.config, worker.prompts, worker.node_id = config, PROMPTS, "node-1"
+    worker.node_id, worker.backend, worker.engine_key = "node-1", None, None
     worker.identity = GpuIdentity(device="cuda", gpu_ids=["0", "1"], gpu_uuids=UUIDS,
                                   gpu_names=["NVIDIA H200"] * 2)
-    sampler = actors.SamplerActor.__ray_actor_class__(UUIDS, 100, None)
-    conditions = GpuConditions()
-    if baselines is not None:
-        conditions = GpuConditions(baselines=sampler.baseline(baselines, 0.02, 3600.0))
-    settings = PrefillSettings(execution.prefill.enabled, execution.validity.min_window_s,
-                               execution.prefill.max_repeats)
-    result = worker.run(InProcess(sampler), settings)
-    telemetry = sampler.finish()
     identity = WorkerIdentity(**vars(worker.identity), node_id="node-1", node_ip="10.0.0.1", hostname="n1")
-    rows = ok_rows(RunAttempt("c", RunKey("e1", 1), 1), config, execution, identity, result, telemetry,
-                   conditions, datetime.now(timezone.utc), None)
-    return {"row": rows.experiment, "requests": rows.requests, "result": result}
+    worker.identify = lambda: identity
+    sampler = actors.SamplerActor.__ray_actor_class__(UUIDS, 100, None)
+    worker.sampler = InProcess(sampler)
+    # The campaign's baseline cache, in process: `baselines` are what it already holds.
+    cache = InProcess(SimpleNamespace(get=lambda uuids: dict(baselines or {}),
+                                      put=lambda entries: None))
+    execution = execution.model_copy(update={"baseline": execution.baseline.model_copy(
+        update={"enabled": baselines is not None, "duration_s": 0.02})})
+    outcome = worker.run(RunRequest(config.model_dump_json(), PROMPTS, execution, cache))
+    rows = ok_rows(RunAttempt("c", RunKey("e1", 1), 1), config, execution, identity, outcome.result,
+                   outcome.telemetry, outcome.conditions, datetime.now(timezone.utc), None)
+    return {"row": rows.experiment, "requests": rows.requests, "result": outcome.result}
 
 
 def two_gpus(**second: Any) -> Node:
@@ -212,7 +213,7 @@ def test_two_gpu_run_figures_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     assert json.loads(row["throttle_s_json"]) == {}
     assert row["measure_end_epoch_s"] - row["measure_start_epoch_s"] == 1.0
     assert row["driver_version"] == "570.86" and row["engine_config_json"] is None
-    assert row["load_s"] == LOAD_S
+    assert row["engine_load_s"] == LOAD_S and row["engine_reused"] is False
 
 
 def test_hot_and_throttled_second_gpu_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
