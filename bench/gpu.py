@@ -188,6 +188,9 @@ def slim(row: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+KEEP_DIR: str | None = None
+
+
 def campaign(name: str, experiments: list[dict[str, Any]], cycles: int) -> list[dict[str, Any]]:
     """Runs through lem-ray's driver on the Ray instance already connected; prints each run as
     it ends. No idle baseline and no prefill window: neither changes J/output token or tok/s."""
@@ -208,9 +211,14 @@ def campaign(name: str, experiments: list[dict[str, Any]], cycles: int) -> list[
                 k: rows.experiment.get(k) for k in ("cycle", "batch_size", "status", "error")}
             log(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
 
-    with tempfile.TemporaryDirectory() as out:
+    if KEEP_DIR:
+        out = os.path.join(KEEP_DIR, name)
         run_campaign(spec, results_dir=out, reporter=report)
         rows = read_table(out, "experiments").to_pylist()
+    else:
+        with tempfile.TemporaryDirectory() as out:
+            run_campaign(spec, results_dir=out, reporter=report)
+            rows = read_table(out, "experiments").to_pylist()
     return [slim(r) for r in rows if r["status"] == "ok"]
 
 
@@ -230,11 +238,16 @@ def main() -> None:
     parser.add_argument("--cv-window-s", type=float, default=10.5,
                         help="target measured window of each run of the CV table")
     parser.add_argument("--cycles", type=int, default=3, help="cycles of the CV table")
+    parser.add_argument("--keep-results", metavar="DIR",
+                        help="keep each campaign's results under DIR/<campaign> (for lem-ray status/report)")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU check of the whole script: the tiny model, a few tokens")
     parser.add_argument("--bare-eager-child", type=int, metavar="REPS",
                         help="internal: print the bare eager batch-1 loop's tok/s as JSON")
     args = parser.parse_args()
+    if args.keep_results:
+        global KEEP_DIR
+        KEEP_DIR = args.keep_results
     if args.smoke:
         smoke_settings()
     if args.bare_eager_child:
