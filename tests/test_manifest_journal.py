@@ -179,3 +179,18 @@ def test_object_store_gets_one_object_per_batch(tmp_path: Path, monkeypatch) -> 
     names = sorted(p.rsplit("/", 1)[1] for p in memory.find("/bucket/results/manifest"))
     assert names == ["snapshot.json"]
     assert read_state("s3://bucket/results").seq == 3
+
+
+def test_status_of_a_large_campaign_lists_the_runs_not_ok_first(tmp_path: Path) -> None:
+    live = ManifestStore(tmp_path)
+    live.set_campaign("big")
+    live.add_runs(entries(60))
+    for i in range(55):
+        live.set(f"e{i}-c1", {"state": "ok"})
+    live.set("e57-c1", {"state": "failed", "error": "boom"})
+    listed = CliRunner().invoke(main, ["status", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    assert "50 of 60 runs listed" in listed.output and "boom" in listed.output
+    assert listed.output.count("│ pending ") == 4 and listed.output.count("│ ok ") == 45
+    every = CliRunner().invoke(main, ["status", str(tmp_path), "--all"])
+    assert "runs listed" not in every.output and every.output.count("│ ok ") == 55

@@ -18,11 +18,25 @@ from lem_ray.results.manifest import STATES, UNFINISHED, load_manifest
 from lem_ray.results.store import exists
 
 
+# A terminal table of 50,000 runs takes minutes to lay out and nobody reads it.
+TABLE_ROWS = 50
+
+
+def worth_showing(runs: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """All runs of a small campaign; else the first TABLE_ROWS not ok, then ok ones."""
+    if len(runs) <= TABLE_ROWS:
+        return runs
+    not_ok = [run for run in runs if run[1]["state"] != "ok"]
+    return (not_ok + [run for run in runs if run[1]["state"] == "ok"])[:TABLE_ROWS]
+
+
 @click.command()
 @click.argument("results_dir")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def status(results_dir: str, as_json: bool) -> None:
-    """Counts by state, every run, and what is left, for the campaign in RESULTS_DIR.
+@click.option("--all", "show_all", is_flag=True,
+              help=f"List every run (by default at most {TABLE_ROWS}, those not ok first).")
+def status(results_dir: str, as_json: bool, show_all: bool) -> None:
+    """Counts by state, the runs not ok, and what is left, for the campaign in RESULTS_DIR.
 
     Needs no Ray: the manifest on disk is what a running driver has acknowledged.
     """
@@ -52,12 +66,15 @@ def status(results_dir: str, as_json: bool) -> None:
     table = Table(title=f"{manifest.get('campaign_name')}: {len(runs)} runs ({results_dir})")
     for col in ("run_id", "cycle", "state", "attempt", "node", "updated (UTC)", "error"):
         table.add_column(col)
-    for key, e in runs:
+    shown = runs if show_all else worth_showing(runs)
+    for key, e in shown:
         updated = datetime.fromtimestamp(e["updated_at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(key, str(e["cycle"]), e["state"], str(e["attempt"]),
                       str(e.get("node_id") or "-")[:12], updated,
                       str(e.get("error") or "").strip().split("\n")[0][:80])
     out.print(table)
+    if len(shown) < len(runs):
+        out.print(f"{len(shown)} of {len(runs)} runs listed, those not ok first; --all lists every run")
     out.print(", ".join(f"{counts.get(s, 0)} {s}" for s in STATES))
     print_gpu_time(gpu_time, out)
     if left:
