@@ -7,6 +7,7 @@ fixed seed, so a report read twice gives the same interval.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -26,11 +27,30 @@ def bootstrap_ci(
     data = np.sort(np.asarray(values, dtype=float))
     if data.size < 2:
         return None
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    means = np.sort(data[_resample_index(data.size, resamples, seed)].mean(axis=1))
     tail_pct = 100 * (1 - level) / 2
-    low, high = np.percentile(means, [tail_pct, 100 - tail_pct])
-    return float(low), float(high)
+    return _percentile(means, tail_pct), _percentile(means, 100 - tail_pct)
+
+
+@lru_cache(maxsize=64)
+def _resample_index(size: int, resamples: int, seed: int) -> np.ndarray:
+    """The resampling depends only on the number of values: drawn once per size, so a report
+    of 50,000 runs (150,000 intervals) does not draw it each time."""
+    index = np.random.default_rng(seed).integers(0, size, size=(resamples, size))
+    index.setflags(write=False)
+    return index
+
+
+def _percentile(ordered: np.ndarray, pct: float) -> float:
+    """np.percentile's default (linear) method on sorted values, the same figure bit for bit
+    without its per-call overhead, which dominated a large report."""
+    position = (ordered.size - 1) * (pct / 100)
+    below = int(np.floor(position))
+    above = min(below + 1, ordered.size - 1)
+    gamma = position - below
+    a, b = ordered[below], ordered[above]
+    diff = b - a
+    return float(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma)
 
 
 def describe(values: Sequence[float | None]) -> dict[str, float | int | None]:
