@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -68,7 +69,13 @@ def open_manifest(campaign_name: str, results_dir: str) -> Any:
         scheduling_strategy=NodeAffinitySchedulingStrategy(
             ray.get_runtime_context().get_node_id(), soft=False
         ),
-    ).remote(results_dir, campaign_name)
+    ).remote(absolute(results_dir), campaign_name)
+
+
+def absolute(results_dir: str) -> str:
+    """The actor's working directory is not the driver's: a relative path would put the
+    manifest somewhere else than the results."""
+    return results_dir if "://" in results_dir else str(Path(results_dir).expanduser().absolute())
 
 
 def close_manifest(campaign_name: str, results_dir: str, fold: bool = True) -> None:
