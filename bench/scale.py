@@ -6,9 +6,9 @@ the results writer, `compact`, `status` and `report`, and real runs through the 
     python bench/scale.py --sizes 1000,5000 --dispatch-runs 40
 
 Per N (the dataset grows from one size to the next, so the largest is written once):
-- manifest: N runs registered, then 3 state changes a run (running, then ok; every tenth run
-  fails once and goes back to pending first), each timed until durable; bytes written
-  (journal and snapshots) per change; seconds to read it back as `status` does.
+- manifest: N runs registered, then 2 state changes a run (running, then ok; every tenth run
+  also dies once: pending, running again), each timed until durable; bytes written (journal
+  and snapshots) per change; seconds to read it back as `status` does.
 - results: one experiments row, REQUESTS_PER_RUN request rows and SAMPLES_PER_RUN samples a
   run, written by the real writer, one file per table per attempt.
 - `lem-ray status` and `lem-ray report` as a user runs them (a new process, output to a
