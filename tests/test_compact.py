@@ -143,3 +143,17 @@ def test_one_compaction_at_a_time_and_the_cli(tmp_path: Path, monkeypatch) -> No
     assert result.exit_code == 2 and "no experiments table" in result.output
     result = CliRunner().invoke(main, ["compact", str(tmp_path)])
     assert result.exit_code == 0 and "experiments: 0 files merged" in result.output
+
+
+def test_files_written_before_a_column_rename_keep_their_values(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    campaign(tmp_path, 1)
+    old = pa.table({"campaign_name": ["c"], "experiment_id": ["000000000000"],
+                    "run_id": ["000000000000-c1"], "cycle": [1], "attempt": [1],
+                    "gpu_uuid": ["GPU-0"], "memory_used_mb": [123.0]})
+    pq.write_table(old, tmp_path / "timeseries" / "000000000000-c1-a1.parquet")
+    compact(tmp_path)
+    rows = read_table(tmp_path, "timeseries").to_pylist()
+    assert [r["memory_used_mib"] for r in rows if r["attempt"] == 1] == [123.0]
