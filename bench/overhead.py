@@ -98,8 +98,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    ray.init(include_dashboard=False, namespace="lem-ray-bench", logging_level="ERROR",
-             runtime_env={"env_vars": WORKER_ENV})
+    ray.init(address="local", include_dashboard=False, namespace="lem-ray-bench",
+             logging_level="ERROR", runtime_env={"env_vars": WORKER_ENV})
     try:
         result = {"reuse": campaign_way(args.runs, cold=False),
                   "cold": campaign_way(args.runs, cold=True)}

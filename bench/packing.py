@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     # One intra-op thread per worker: the logical GPUs share the machine's few cores.
     env = {**WORKER_ENV, "OMP_NUM_THREADS": "1"}
-    ray.init(num_cpus=args.gpus + 2, num_gpus=args.gpus, include_dashboard=False,
+    ray.init(address="local", num_cpus=args.gpus + 2, num_gpus=args.gpus, include_dashboard=False,
              namespace="lem-ray-bench", logging_level="ERROR", runtime_env={"env_vars": env})
     try:
         with tempfile.TemporaryDirectory() as out:
