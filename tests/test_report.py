@@ -480,3 +480,21 @@ def test_bootstrap_interval_is_numpys_percentile_bit_for_bit() -> None:
             tail = 100 * (1 - level) / 2
             assert bootstrap_ci(values, level=level) == tuple(
                 float(x) for x in np.percentile(means, [tail, 100 - tail]))
+
+
+def test_report_lists_at_most_50_groups_and_keeps_all_in_the_files(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from lem_ray.cli.main import main
+
+    for i in range(60):
+        eid = f"{i:012x}"
+        write_rows(tmp_path, "experiments", f"{eid}-c1-a1", [{
+            **empty_row("experiments"), "campaign_name": "c", "experiment_id": eid,
+            "run_id": f"{eid}-c1", "cycle": 1, "attempt": 1, "status": "ok",
+            "throughput_tok_s": 100.0 + i}])
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "the first 50 of 60 groups listed" in result.output
+    assert "00000000003b" not in result.output
+    assert pq.read_table(tmp_path / "summary" / "summary.parquet").num_rows == 60
