@@ -4,10 +4,12 @@ restarted manifest actor) believes about each run after a crash."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from lem_ray.errors import ConfigError
 from lem_ray.execution.manifest_actor import ManifestActor
 from lem_ray.records import RunKey
 from lem_ray.results.journal import ManifestCorrupt, ManifestStore, _records
@@ -89,3 +91,19 @@ def test_journal_lines_damaged_torn_and_after_a_snapshot(tmp_path: Path) -> None
     (tmp_path / "manifest" / "state.json").write_text(json.dumps(stale))
     assert load_manifest(tmp_path)["campaign_name"] == "new"
     assert load_manifest(tmp_path)["runs"]["e0-c1"]["state"] == "ok"
+
+
+@pytest.mark.parametrize(("snapshot", "problem"), [
+    ({"campaign_name": 7, "runs": {}}, "campaign_name is 7"),
+    ({"campaign_name": "c", "runs": []}, "runs is not an object"),
+    ({"campaign_name": "c", "runs": {"e0-c1": "ok"}}, "run 'e0-c1' is not an object"),
+    ({"campaign_name": "c", "runs": {"e0-c1": {**new_entry("e0", 1), "state": "done"}}},
+     "run 'e0-c1': unknown state 'done'"),
+])
+def test_manifest_of_another_shape_is_refused(tmp_path: Path, snapshot: dict, problem: str) -> None:
+    """Read as it is, such a manifest would send a resume wrong or crash it later."""
+    (tmp_path / "manifest").mkdir()
+    (tmp_path / "manifest" / "snapshot.json").write_text(json.dumps({**snapshot, "seq": 1}))
+    with pytest.raises(ConfigError, match=f"not a lem-ray manifest: {re.escape(problem)}"):
+        load_manifest(tmp_path)
+    assert load_manifest(tmp_path / "none") == {"campaign_name": None, "runs": {}}
