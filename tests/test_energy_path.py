@@ -53,6 +53,7 @@ class Node:
     t_s: float = 1000.0
     busy: bool = False
     log: list[tuple[str, float]] = field(default_factory=list)
+    engines: list[str] = field(default_factory=list)
 
     def clock(self) -> float:
         return self.t_s
@@ -110,6 +111,7 @@ class FakeEngine(Backend):
     def load(self) -> None:
         self.node.work(LOAD_S, heats=False)
         self.node.busy = True
+        self.node.engines.append(self.config.fp_precision)
 
     def generate(self, prompts: list[str], max_output_tokens: int | None = None) -> list[RequestRecord]:
         most, _ = self.output_bounds(max_output_tokens)
@@ -141,16 +143,14 @@ class InProcess:
 PROMPTS = ["one two three", "four five six seven", "eight nine", "ten eleven twelve thirteen fourteen"]
 
 
-def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: ExecutionConfig,
-                baselines: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The real worker.run and sampler actor on the node, then the real ok_rows."""
+def worker_on_node(node: Node, monkeypatch: pytest.MonkeyPatch) -> ExperimentWorker:
+    """The real worker, in this process, holding the node's two GPUs."""
     FakeEngine.node = node
     monkeypatch.setattr(worker_module, "backend_class", lambda name: FakeEngine)
     monkeypatch.setattr(worker_module, "ray", SimpleNamespace(get=lambda ref: ref, __version__="test"))
     monkeypatch.setattr(worker_module, "time", SimpleNamespace(perf_counter=node.clock, time=node.clock))
     monkeypatch.setattr(actors, "EnergySampler", lambda uuids, sample_interval_ms: EnergySampler(
         uuids, sample_interval_ms, device_factory=node.device, clock=node.clock))
-    config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch", "gpus_per_experiment": 2})
     worker = ExperimentWorker.__new__(ExperimentWorker)
     worker.node_id, worker.backend, worker.engine_key = "node-1", None, None
     worker.identity = GpuIdentity(device="cuda", gpu_ids=["0", "1"], gpu_uuids=UUIDS,
@@ -159,6 +159,15 @@ def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: Executio
     worker.identify = lambda: identity
     sampler = actors.SamplerActor.__ray_actor_class__(UUIDS, 100, None)
     worker.sampler = InProcess(sampler)
+    return worker
+
+
+def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: ExecutionConfig,
+                baselines: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The real worker.run and sampler actor on the node, then the real ok_rows."""
+    worker = worker_on_node(node, monkeypatch)
+    identity = worker.identify()
+    config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch", "gpus_per_experiment": 2})
     # The campaign's baseline cache, in process: `baselines` are what it already holds.
     cache = InProcess(SimpleNamespace(get=lambda uuids: dict(baselines or {}),
                                       put=lambda entries: None))
@@ -275,3 +284,24 @@ def test_cached_baseline_of_one_gpu_and_measured_other(monkeypatch: pytest.Monke
     row = run_on_node(two_gpus(), monkeypatch, execution(), baselines=cached)["row"]
     assert row["baseline_power_w"] == pytest.approx(55.0 + 90.0)
     assert row["baseline_age_s"] == pytest.approx(30.0), "the oldest of the two"
+
+
+def test_warm_worker_reuses_an_engine_only_for_the_same_engine_config(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    node = two_gpus()
+    worker = worker_on_node(node, monkeypatch)
+    plan = execution().model_copy(update={"baseline": execution().baseline.model_copy(
+        update={"enabled": False})})
+
+    def run(precision: str, keep: bool = True) -> float:
+        config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch",
+                                                  "gpus_per_experiment": 2, "fp_precision": precision})
+        request = RunRequest(config.model_dump_json(), PROMPTS, plan, None, keep_engine=keep)
+        return worker.run(request).result.engine_load_s
+
+    assert run("float32") == LOAD_S
+    assert run("float32") == 0.0, "same engine config: the loaded engine is reused"
+    assert run("bfloat16") == LOAD_S and node.engines == ["float32", "bfloat16"]
+    assert run("bfloat16", keep=False) == 0.0
+    assert run("bfloat16") == LOAD_S, "released when the run asked not to keep it"
+    assert node.engines == ["float32", "bfloat16", "bfloat16"]
