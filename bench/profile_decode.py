@@ -1,0 +1,196 @@
+"""Where a fast-path decode step's time goes on a GPU, against the floors the hardware sets.
+
+    python bench/profile_decode.py [--out profile.json] [--batch 1]
+
+builtin:llama-1b, dummy weights, bf16, 128-token prompts, 128 output tokens. Prints and writes:
+  - copy_gbps: a device-to-device copy of the model's weight bytes (the bandwidth ceiling);
+  - gemv_floor_ms: every Linear of the model applied once to a batch of hidden vectors, in
+    forward order, captured as one CUDA graph (what cuBLAS alone costs a step);
+  - step_ms per variant of lem-ray's decode loop (graph replay timed by CUDA events over 120
+    steps): compiled with sdpa or eager attention, and the step body uncompiled;
+  - kernels: the profiler's CUDA kernels of one compiled, ungraphed step, by total time, with
+    the count, the sum, and the host time the same step takes, to tell a kernel-bound step from
+    a launch-bound one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TOKENS = 128
+
+
+def log(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+def backend_for(batch: int, compile_mode: str, attn: str) -> Any:
+    from lem_ray.backends.base import DeviceInfo
+    from lem_ray.backends.pytorch.backend import PyTorchBackend
+    from lem_ray.config.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig.model_validate({
+        "model_name": "builtin:llama-1b", "load_format": "dummy", "backend": "pytorch",
+        "fp_precision": "bfloat16", "max_input_tokens": TOKENS, "max_output_tokens": TOKENS,
+        "min_output_tokens": TOKENS,
+        "pytorch": {"batch_size": batch, "cache_implementation": "static",
+                    "torch_compile": compile_mode, "attn_implementation": attn}})
+    backend = PyTorchBackend(cfg, DeviceInfo("cuda", 1))
+    backend.load()
+    return backend
+
+
+def prompts_of(count: int) -> list[str]:
+    from lem_ray.config.prompts import SyntheticPrompts
+    from lem_ray.planning.prompts import synthetic_prompts
+
+    spec = SyntheticPrompts.model_validate({
+        "source": "synthetic", "count": count,
+        "input_len": {"distribution": "fixed", "mean": TOKENS, "min": TOKENS, "max": TOKENS}})
+    return synthetic_prompts(spec, 0)
+
+
+def replay_ms(torch: Any, state: Any, steps: int = 120) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    state.graph.replay()
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(steps):
+        state.graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / steps
+
+
+def host_ms(torch: Any, fn: Any, steps: int = 30) -> float:
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1000 / steps
+
+
+def floors(torch: Any, model: Any, batch: int) -> dict[str, Any]:
+    weights = [p for p in model.parameters()]
+    total_bytes = sum(p.numel() * p.element_size() for p in weights)
+    src = torch.empty(total_bytes // 2, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    copy_s = (time.perf_counter() - t0) / 20
+    del src, dst
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(batch, m.in_features, dtype=model.dtype, device="cuda") for m in linears]
+    outs: list[Any] = []
+
+    def chain() -> None:
+        outs.clear()
+        for m, x in zip(linears, inputs):
+            outs.append(torch.nn.functional.linear(x, m.weight))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        chain()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        chain()
+
+    class G:
+        pass
+
+    g = G()
+    g.graph = graph
+    linear_bytes = sum(m.weight.numel() * m.weight.element_size() for m in linears)
+    return {"weight_bytes": total_bytes, "linear_weight_bytes": linear_bytes,
+            "copy_gbps": round(2 * total_bytes / copy_s / 1e9, 1),
+            "read_floor_ms": round(total_bytes / (2 * total_bytes / copy_s) * 1000, 3),
+            "linears": len(linears), "gemv_floor_ms": round(replay_ms(torch, g), 3)}
+
+
+def kernels(torch: Any, loop: Any, state: Any) -> dict[str, Any]:
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        loop._advance(state)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            loop._advance(state)
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        dev_us = getattr(e, "device_time_total", None)
+        if dev_us is None:
+            dev_us = getattr(e, "cuda_time_total", 0)
+        if dev_us and e.device_type.name == "CUDA":
+            rows.append({"name": e.key[:90], "count_per_step": e.count / 5,
+                         "us_per_step": round(dev_us / 5, 1)})
+    rows.sort(key=lambda r: -r["us_per_step"])
+    table = prof.key_averages().table(sort_by="device_time_total", row_limit=25)
+    return {"kernels_per_step": sum(r["count_per_step"] for r in rows),
+            "kernel_us_per_step": round(sum(r["us_per_step"] for r in rows), 1),
+            "top": rows[:25], "table": table}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="profile.json")
+    parser.add_argument("--batch", type=int, default=1)
+    args = parser.parse_args()
+    import torch
+
+    out: dict[str, Any] = {"batch": args.batch, "gpu": torch.cuda.get_device_name(0),
+                           "torch": torch.__version__}
+    prompts = prompts_of(args.batch)
+    variants = [("default", "sdpa", True), ("default", "sdpa", False), ("default", "eager", True)]
+    for mode, attn, compiled in variants:
+        name = f"{mode}/{attn}/{'compiled' if compiled else 'uncompiled'}"
+        t0 = time.perf_counter()
+        try:
+            backend = backend_for(args.batch, mode, attn)
+            loop = backend._loop
+            if not compiled:
+                loop._advance = loop._step_body
+            backend.prepare(prompts)
+            backend.synchronize()
+            state = next(iter(loop._states.values()))
+            entry: dict[str, Any] = {"load_s": round(time.perf_counter() - t0, 1),
+                                     "step_ms": round(replay_ms(torch, state), 3)}
+            t1 = time.perf_counter()
+            backend.generate(prompts)
+            backend.synchronize()
+            entry["generate_tok_s"] = round(args.batch * TOKENS / (time.perf_counter() - t1), 1)
+            if name == "default/sdpa/compiled":
+                out["floors"] = floors(torch, backend._model, args.batch)
+                log("floors", json.dumps(out["floors"]))
+                entry["host_ms_ungraphed"] = round(host_ms(torch, lambda: loop._advance(state)), 3)
+                k = kernels(torch, loop, state)
+                log(k.pop("table"))
+                entry["kernels"] = k
+            backend.release()
+        except Exception as exc:
+            entry = {"error": repr(exc)[:800]}
+        out[name] = entry
+        log(name, json.dumps({k: v for k, v in entry.items() if k != "kernels"}))
+        torch.cuda.empty_cache()
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
