@@ -59,9 +59,12 @@ def prompts_of(count: int) -> list[str]:
 
 def rewind(state: Any) -> None:
     """Back to the first decode step: the step writes past its buffers otherwise."""
-    state.step.fill_(1)
-    state.cache_position.fill_(TOKENS - 1)
-    state.pos.fill_(TOKENS - 1)
+    import torch
+
+    with torch.inference_mode():
+        state.step.fill_(1)
+        state.cache_position.fill_(TOKENS - 1)
+        state.pos.fill_(TOKENS - 1)
 
 
 def replay_ms(torch: Any, state: Any, steps: int = 110) -> float:
