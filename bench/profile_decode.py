@@ -68,8 +68,6 @@ def rewind(state: Any) -> None:
 
 
 def replay_ms(torch: Any, state: Any, steps: int = 110) -> float:
-    if hasattr(state, "step"):
-        rewind(state)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     state.graph.replay()
     torch.cuda.synchronize()
@@ -196,12 +194,6 @@ def main() -> None:
                 if "floors" not in out:
                     out["floors"] = floors(torch, backend._model, args.batch)
                     log("floors", json.dumps(out["floors"]))
-                rewind(state)
-                with torch.inference_mode():
-                    entry["host_ms_ungraphed"] = round(host_ms(torch, lambda: loop._advance(state)), 3)
-                k = kernels(torch, loop, state)
-                log(k.pop("table"))
-                entry["kernels"] = k
             backend.release()
             del backend, loop, state
         except Exception as exc:
