@@ -302,6 +302,7 @@ class PyTorchBackend(Backend[PyTorchConfig]):
         }
         if self._loop is not None:
             found["cuda_graphs"] = self._loop.graphs
+            found["inductor_tuning"] = self._loop.inductor_tuning
         return found
 
     def release(self) -> None:
