@@ -33,9 +33,9 @@ SPARE = WARM_STEPS + 1
 COMPILE_MODES = {"default": "default", "reduce-overhead": "default",
                  "max-autotune": "max-autotune-no-cudagraphs"}
 # With coordinate-descent tuning on, Inductor turns each batch-1 matmul into a tuned Triton
-# reduction instead of a cuBLAS GEMV (one H200, llama-1b at batch 1: a step of 1.76 ms became
-# 1.46 ms; bench/profile_decode.py). It changes only how kernels are tuned, so it applies to
-# the compiled step alone and is recorded in the backend's details.
+# reduction instead of a cuBLAS GEMV (one H200, llama-1b at batch 1, eager attention: a step
+# of 1.76 ms became 1.46 ms; bench/profile_decode.py). It changes only how kernels are tuned,
+# so it applies to the compiled step alone and is recorded in the backend's details.
 INDUCTOR_TUNING = {"coordinate_descent_tuning": True}
 
 
