@@ -49,9 +49,14 @@ def test_vllm_batch_bound_and_token_limits_are_engine_options() -> None:
     assert key(**vllm) != key()
 
 
-def test_compiled_decode_loop_keeps_its_engine_only_across_cycles() -> None:
-    """It bakes decoder and output length in, and sizes its cache by the first prompts."""
+def test_compiled_decode_loop_keeps_its_engine_across_batch_sizes_only() -> None:
+    """It bakes decoder and output length in, and sizes its cache by the first prompts; it
+    holds a cache and a graph per batch shape, so batching is a runtime option."""
     compiled = {"torch_compile": "reduce-overhead", "cache_implementation": "static"}
-    assert key(pytorch={**compiled, "batch_size": 4}) != key(pytorch=compiled)
+    assert key(pytorch={**compiled, "batch_size": 4}) == key(pytorch=compiled)
+    assert key(pytorch={**compiled, "batching_strategy": "sorted"}) == key(pytorch=compiled)
     assert key(pytorch=compiled, max_output_tokens=7) != key(pytorch=compiled)
+    assert key(pytorch=compiled, decoder={"preset": "creative"}) != key(pytorch=compiled)
+    assert key(pytorch=compiled, prompts={"source": "synthetic", "count": 3}) != key(
+        pytorch=compiled)
     assert key(pytorch=compiled, warmup={"max_steps": 3}) == key(pytorch=compiled)

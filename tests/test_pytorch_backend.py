@@ -236,3 +236,48 @@ def test_dummy_model_split_over_devices_is_built_on_meta_then_materialised() -> 
     assert 0.01 < float(model.lm_head.weight.detach().std()) < 0.03
     with torch.inference_mode():
         assert torch.isfinite(model(torch.tensor([[1, 5, 6, 7]])).logits).all()
+
+
+
+def test_compiled_loop_takes_another_batch_size_on_the_loaded_engine(prompts) -> None:
+    """Batch size is runtime for the compiled loop: a loaded engine configured for batch 4
+    gives a fresh batch-4 engine's tokens and keeps a cache for each size it ran."""
+    from lem_ray.backends.pytorch.timing import StepClock
+
+    fast = {"cache_implementation": "static", "torch_compile": "reduce-overhead"}
+    small = make_config(max_output_tokens=8, min_output_tokens=2,
+                        pytorch={**fast, "batch_size": 2})
+    large = make_config(max_output_tokens=8, min_output_tokens=2,
+                        pytorch={**fast, "batch_size": 4})
+    assert small.engine_key == large.engine_key
+
+    def token_ids(backend: PyTorchBackend) -> list[list[int]]:
+        backend.prepare(prompts)
+        assert len(backend.generate(prompts)) == len(prompts)
+        size = backend.options.batch_size
+        encoded = backend._encode(prompts)
+        rows = []
+        for start in range(0, len(encoded), size):
+            inputs = backend._tokenizer.pad({"input_ids": encoded[start:start + size]},
+                                            return_tensors="pt")
+            clock = StepClock(torch, torch.device("cpu"))
+            clock.start()
+            rows += backend._loop.run(inputs["input_ids"], inputs["attention_mask"], 8, 2,
+                                      clock).tolist()
+        return rows
+
+    fresh = PyTorchBackend(large, DeviceInfo("cpu"))
+    fresh.load()
+    try:
+        expected = token_ids(fresh)
+    finally:
+        fresh.release()
+    warm = PyTorchBackend(small, DeviceInfo("cpu"))
+    warm.load()
+    try:
+        token_ids(warm)
+        warm.configure(large)
+        assert token_ids(warm) == expected
+        assert sorted(warm._loop._caches._caches) == [1, 2, 4]
+    finally:
+        warm.release()

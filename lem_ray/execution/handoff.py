@@ -40,7 +40,9 @@ class RunResult:
     measure_start_perf_s: float
     duration_s: float
     engine_load_s: float
-    """Seconds this run spent loading (and preparing) its engine; 0 when it reused one."""
+    """Seconds this run spent getting its engine ready before warmup: loading and preparing
+    it, or, on a reused engine, applying the run's options and preparing shapes the engine had
+    not met (the fast path's graphs of a new batch size; near 0 otherwise)."""
     engine_reused: bool
     timing_method: str | None
     warmup: WarmupOutcome

@@ -154,10 +154,9 @@ class ExperimentWorker:
         backend.prepare(prompts)
         backend.synchronize()
         phases["loading"] = time.perf_counter() - t0
-        load_s = 0.0 if reused else phases["loading"]
         with _no_gc():
             return self._windows(backend, cfg, prompts, sampler, execution, phases,
-                                 load_s, reused)
+                                 phases["loading"], reused)
 
     def _windows(
         self, backend: Backend, cfg: ExperimentConfig, prompts: list[str], sampler: Any,

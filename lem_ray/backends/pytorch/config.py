@@ -52,9 +52,11 @@ class PyTorchConfig(BackendOptions):
 
     def runtime_fields(self) -> tuple[frozenset[str], frozenset[str]]:
         """The compiled loop bakes decoder and output length in at load, and its static cache
-        is sized by the first prompts it sees: only the warmup changes on a loaded one."""
+        is sized by the first prompts it sees: of the experiment's fields only the warmup
+        changes on a loaded one. Batching does: the loop keeps a static cache and a captured
+        graph per batch shape, and prepare() captures the shapes a run's batches make."""
         if self.compiled_loop:
-            return frozenset(), frozenset({"warmup"})
+            return self.RUNTIME_FIELDS, frozenset({"warmup"})
         return super().runtime_fields()
 
     @property
