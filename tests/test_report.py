@@ -466,6 +466,24 @@ def test_power_plot_shows_the_chosen_runs(synthetic: Path, tmp_path: Path,
         "cccc-c1 attempt 1", "aaaa-c1 attempt 1", "bbbb-c1 attempt 1", "dddd-c1 attempt 1"]
 
 
+def test_power_plot_draws_the_steady_state_windows_edges() -> None:
+    """A run under traffic gets its steady-state window (from the row's steady_* columns)
+    drawn on its power panel; a run without one is drawn as before."""
+    from lem_ray.cli.report_cmd import _steady_window_s
+    from lem_ray.results import plots
+
+    row = {"steady_start_epoch_s": T0_S + 2.0, "steady_duration_s": 11.5}
+    assert _steady_window_s(row) == (T0_S + 2.0, T0_S + 13.5)
+    assert _steady_window_s({"steady_start_epoch_s": None, "steady_duration_s": None}) is None
+    samples = [{"gpu_uuid": "GPU-1", "t_s": T0_S + i / 10, "power_w": 300.0 + i % 7}
+               for i in range(160)]
+    plain = plots.PowerRun("r", samples, (T0_S, T0_S + 15.0))
+    steady = plots.PowerRun("r", samples, (T0_S, T0_S + 15.0), _steady_window_s(row))
+    assert plots.power_png([steady]) != plots.power_png([plain])
+    assert plots.power_png([plain]) == plots.power_png([plots.PowerRun("r", samples,
+                                                                       (T0_S, T0_S + 15.0))])
+
+
 def test_bootstrap_interval_is_numpys_percentile_bit_for_bit() -> None:
     """The fast path (resampling drawn once per size, percentile without numpy's overhead)
     gives exactly the interval of the plain computation, at every size and level."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 import sys
 import types
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -100,19 +101,45 @@ def test_in_flight_from_request_lifetimes() -> None:
 # ---- the engine loop under arrivals ----------------------------------------------------------
 
 
+@dataclass
+class RequestStateStats:
+    """vLLM 0.26.0's (vllm/v1/metrics/stats.py), field for field."""
+
+    num_generation_tokens: int = 0
+    arrival_time: float = 0.0
+    queued_ts: float = 0.0
+    scheduled_ts: float = 0.0
+    first_token_ts: float = 0.0
+    last_token_ts: float = 0.0
+    first_token_latency: float = 0.0
+    is_corrupted: bool = False
+
+
 class SimulatedEngine:
     """Shaped like vllm.v1 LLMEngine: each step emits one new token (a DELTA RequestOutput) for
-    every running request; a request finishes after `length` tokens. Time is the test's clock."""
+    every running request; a request finishes after `length` tokens. Time is the test's clock.
 
-    def __init__(self, clock: "Clock", length: int = 3, step_s: float = 0.1) -> None:
+    With `stats`, each output carries its request's RequestStateStats, updated in place per
+    step as vLLM's output processor does: the engine core's stamps on a clock of their own
+    (`ENGINE_CLOCK_OFFSET_S` apart, and `core_lag_s` before the frontend sees the step), the
+    first-token latency on the frontend's."""
+
+    ENGINE_CLOCK_OFFSET_S = -5000.0
+
+    def __init__(self, clock: "Clock", length: int = 3, step_s: float = 0.1,
+                 stats: bool = False, core_lag_s: float = 0.0) -> None:
         self.clock, self.length, self.step_s = clock, length, step_s
+        self.stats, self.core_lag_s = stats, core_lag_s
         self.running: dict[str, int] = {}
         self.added: list[tuple[str, float]] = []
+        self.request_stats: dict[str, RequestStateStats] = {}
 
     def add_request(self, request_id: str, prompt: Any, params: Any, *,
                     lora_request: Any = None) -> None:
         self.running[request_id] = 0
         self.added.append((request_id, self.clock.now))
+        if self.stats:
+            self.request_stats[request_id] = RequestStateStats(arrival_time=self.clock.now)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.running)
@@ -122,14 +149,21 @@ class SimulatedEngine:
 
     def step(self) -> list[Any]:
         self.clock.now += self.step_s
+        core_ts = self.clock.now - self.core_lag_s + self.ENGINE_CLOCK_OFFSET_S
         outputs = []
         for rid in list(self.running):
             self.running[rid] += 1
             finished = self.running[rid] == self.length
             if finished:
                 del self.running[rid]
+            stats = self.request_stats.get(rid)
+            if stats is not None:
+                if self.running.get(rid) == 1 or (finished and self.length == 1):
+                    stats.first_token_latency = self.clock.now - stats.arrival_time
+                    stats.first_token_ts = core_ts
+                stats.last_token_ts = core_ts
             outputs.append(types.SimpleNamespace(
-                request_id=rid, finished=finished,
+                request_id=rid, finished=finished, metrics=stats,
                 outputs=[types.SimpleNamespace(token_ids=[7])]))
         return outputs
 
@@ -158,6 +192,35 @@ def test_requests_enter_the_engine_at_their_arrival_times() -> None:
     assert all(len(t.token_times) == 3 for t in run.traces)
     assert run.last_arrival_s == pytest.approx(101.1)
     assert len(run.finished_s) == 3 and run.in_flight[0] == (pytest.approx(100.1), 1)
+
+
+def test_records_take_vllms_own_times_and_the_window_the_local_clock() -> None:
+    """The engine core stamps a step 30 ms before the frontend sees it: TTFT is vLLM's
+    first-token latency (frontend clock), the gaps its engine-core stamps, never mixed with
+    the local clock; the local traces keep the times the steady window needs."""
+    clock = Clock()
+    engine = SimulatedEngine(clock, length=3, step_s=0.1, stats=True, core_lag_s=0.03)
+    run = drive_arrivals(engine, ["a", "b"], [0.0, 0.15], params=None,
+                         clock=clock, sleep=clock.sleep)
+    assert run.engine_timed
+    records = run.records([4, 5])
+    assert [(r.index, r.input_tokens, r.output_tokens) for r in records] == [(0, 4, 3), (1, 5, 3)]
+    assert records[0].ttft_ms == pytest.approx(100.0)
+    assert records[0].itl_ms == pytest.approx([100.0, 100.0])
+    assert records[0].e2e_ms == pytest.approx(300.0)
+    # b is sent when the step running at its arrival returns (100.2): its first token at 100.3
+    assert records[1].ttft_ms == pytest.approx(100.0)
+    assert records[1].start_s == pytest.approx(100.2)
+    assert run.traces[1].token_times == pytest.approx([100.3, 100.4, 100.5])
+
+
+def test_without_engine_stats_the_local_clock_times_the_records() -> None:
+    clock = Clock()
+    run = drive_arrivals(SimulatedEngine(clock, length=2), ["a"], [0.0], params=None,
+                         clock=clock, sleep=clock.sleep)
+    assert not run.engine_timed
+    (record,) = run.records([1])
+    assert record.ttft_ms == pytest.approx(100.0) and record.itl_ms == pytest.approx([100.0])
 
 
 def test_prompts_and_arrivals_must_pair() -> None:
@@ -203,11 +266,22 @@ def test_backend_measures_under_constant_traffic_with_a_steady_window(fake_vllm:
     assert backend.steady_window() == SteadyWindow(100.375, 100.5, "2 responses", 4)
 
 
-def test_offline_traffic_keeps_one_generate_call_and_no_window() -> None:
-    backend = VLLMBackend(vllm_config(), DeviceInfo("cuda", 1))
-    backend.generate = lambda prompts, max_output_tokens=None: ["all at once"]  # type: ignore
-    assert backend.measure(["a"]) == ["all at once"]
+def test_offline_traffic_sends_everything_before_the_first_step_and_has_no_window(
+    fake_vllm: Clock,
+) -> None:
+    backend = VLLMBackend(vllm_config(max_num_seqs=2), DeviceInfo("cuda", 1))
+    assert backend.timing_method is None
+    backend.load()
+    engine = backend._llm.llm_engine
+    records = backend.measure(["a", "b c", "d"])
+    assert [t for _, t in engine.added] == [100.0, 100.0, 100.0]
+    assert [(r.index, r.input_tokens, r.output_tokens) for r in records] == [
+        (0, 1, 2), (1, 2, 2), (2, 1, 2)]
     assert backend.steady_window() is None
+    assert backend.timing_method == "host_clock"  # the simulated engine keeps no stats
+    engine.stats = True
+    backend.measure(["a"])
+    assert backend.timing_method == "vllm_engine_stats"
 
 
 # ---- the row's steady-state columns --------------------------------------------------------

@@ -79,6 +79,13 @@ def _power_samples(results_dir: str, runs: list[dict[str, Any]]) -> dict[tuple[s
     return samples
 
 
+def _steady_window_s(row: dict[str, Any]) -> tuple[float, float] | None:
+    start_s, duration_s = row.get("steady_start_epoch_s"), row.get("steady_duration_s")
+    if start_s is None or duration_s is None:
+        return None
+    return start_s, start_s + duration_s
+
+
 def _write_csv(path: Path, report: Report) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
@@ -104,6 +111,7 @@ def _write_html(path: Path, report: Report, results_dir: str, power_runs: list[d
             samples=samples.get((r["run_id"], r["attempt"]), []),
             measure_window_s=(r["measure_start_epoch_s"], r["measure_end_epoch_s"])
             if r.get("measure_start_epoch_s") is not None and r.get("measure_end_epoch_s") is not None else None,
+            steady_window_s=_steady_window_s(r),
         )
         for r in power_runs
     ]

@@ -32,6 +32,8 @@ class PowerRun:
     title: str
     samples: list[dict[str, Any]]
     measure_window_s: tuple[float, float] | None
+    steady_window_s: tuple[float, float] | None = None
+    """(start, end) epoch seconds of the steady-state window (runs under traffic), if any."""
 
 
 def to_png(fig: Figure) -> bytes:
@@ -173,7 +175,8 @@ def batch_size_png(batch_groups: list[dict[str, Any]]) -> bytes:
 
 
 def power_png(runs: list[PowerRun], columns: int = 2) -> bytes:
-    """Instant power per GPU over time, one panel per run, the measure window shaded.
+    """Instant power per GPU over time, one panel per run, the measure window shaded and the
+    steady-state window's edges (runs under traffic) drawn as dashed lines.
 
     Time is in seconds from the measure window's start (from the first sample when the run did
     not record its window)."""
@@ -202,6 +205,10 @@ def power_png(runs: list[PowerRun], columns: int = 2) -> bytes:
         if run.measure_window_s:
             start_s, end_s = run.measure_window_s
             ax.axvspan(0.0, end_s - start_s, color="C2", alpha=0.15, label="measure window")
+        if run.steady_window_s:
+            for i_edge, edge_s in enumerate(run.steady_window_s):
+                ax.axvline(edge_s - origin, color="C3", ls="--", lw=1.2,
+                           label="steady-state window" if i_edge == 0 else None)
         ax.set_xlabel("time from measure start, s" if run.measure_window_s else "time, s")
         ax.set_ylabel("power, W")
         ax.set_ylim(bottom=0)

@@ -1,4 +1,5 @@
-"""vLLM backend: one LLM.generate call per batch; vLLM batches continuously inside it."""
+"""vLLM backend: warmup and prefill windows are one LLM.generate call each; the measured
+window drives the engine step by step (arrivals.py). vLLM batches continuously in both."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import time
 from typing import Any
 
 from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
-from lem_ray.backends.streaming import record_from_trace
 from lem_ray.backends.traffic import SteadyWindow, arrival_offsets_s, steady_window
 from lem_ray.backends.vllm.arrivals import drive_arrivals
 from lem_ray.backends.vllm.config import VLLMConfig
@@ -20,6 +20,10 @@ from lem_ray.backends.vllm.translate import (
     sampling_params_kwargs,
     truncated_token_ids,
 )
+
+# The `timing_method` column's values (docs/results.md) this backend can give.
+VLLM_ENGINE_STATS = "vllm_engine_stats"
+HOST_CLOCK = "host_clock"
 
 
 def _import_vllm() -> Any:
@@ -113,12 +117,11 @@ class VLLMBackend(Backend[VLLMConfig]):
         return records_from_outputs(outputs, [len(ids) for ids in token_ids], start, end)
 
     def measure(self, prompts: list[str]) -> list[RequestRecord]:
-        """Offline: one generate() call. constant / poisson: each prompt enters the engine at
-        its arrival time (see arrivals.py), and the steady-state window is kept."""
+        """The engine is driven step by step (arrivals.py), so each token keeps vLLM's own
+        time: offline sends every prompt before the first step, as LLM.generate does;
+        constant / poisson send each at its arrival time and keep the steady-state window."""
         traffic = self.options.traffic
         self._steady: SteadyWindow | None = None
-        if traffic.mode == "offline":
-            return self.generate(prompts)
         from vllm.sampling_params import RequestOutputKind
 
         token_ids = truncated_token_ids(self._tokenizer, prompts, self.config.max_input_tokens)
@@ -130,11 +133,22 @@ class VLLMBackend(Backend[VLLMConfig]):
         run = drive_arrivals(self._llm.llm_engine,
                              [{"prompt_token_ids": ids} for ids in token_ids], offsets,
                              sampling, lora_request=self._lora_request)
-        self._steady = steady_window(run.in_flight, run.finished_s, run.last_arrival_s,
-                                     run.token_times_s, self.options.max_num_seqs,
-                                     traffic.steady_after_responses)
-        return [record_from_trace(i, len(ids), len(trace.token_times), trace)
-                for i, (ids, trace) in enumerate(zip(token_ids, run.traces))]
+        self._engine_timed = run.engine_timed
+        if traffic.mode != "offline":
+            self._steady = steady_window(run.in_flight, run.finished_s, run.last_arrival_s,
+                                         run.token_times_s, self.options.max_num_seqs,
+                                         traffic.steady_after_responses)
+        return run.records([len(ids) for ids in token_ids])
+
+    @property
+    def timing_method(self) -> str | None:
+        """`vllm_engine_stats` when every measured request was timed by vLLM's own stats
+        (see arrivals.EngineTimes), else `host_clock` (tokens stamped as they reached this
+        process); None before a measured window."""
+        timed = getattr(self, "_engine_timed", None)
+        if timed is None:
+            return None
+        return VLLM_ENGINE_STATS if timed else HOST_CLOCK
 
     def steady_window(self) -> SteadyWindow | None:
         return getattr(self, "_steady", None)

@@ -9,8 +9,11 @@ from pydantic import Field, model_validator
 from lem_ray.backends.traffic import TrafficConfig
 from lem_ray.config.base import BackendOptions, StrictModel, invalid_combination
 
-# vLLM's CacheConfig: "On CUDA devices, only block sizes up to 32 are supported."
-CUDA_MAX_BLOCK_SIZE = 32
+# vLLM 0.26.0's CUDA attention backends (FlashAttention, Triton, FlexAttention) take KV-cache
+# blocks in multiples of 16 tokens (their get_supported_kernel_block_sizes: MultipleOf(16),
+# vllm/v1/attention/backends/*.py); with any other size no backend is valid and the engine
+# fails at start. (Releases up to about 0.11 capped it at 32 instead.)
+CUDA_BLOCK_MULTIPLE = 16
 
 
 class SpeculativeConfig(StrictModel):
@@ -71,10 +74,10 @@ class VLLMConfig(BackendOptions):
 
     @model_validator(mode="after")
     def _rules(self) -> "VLLMConfig":
-        if self.block_size is not None and self.block_size > CUDA_MAX_BLOCK_SIZE:
+        if self.block_size is not None and self.block_size % CUDA_BLOCK_MULTIPLE:
             raise invalid_combination(
-                f"vllm.block_size {self.block_size}: vLLM supports block sizes up to "
-                f"{CUDA_MAX_BLOCK_SIZE} on CUDA GPUs"
+                f"vllm.block_size {self.block_size}: vLLM's attention backends on CUDA GPUs "
+                f"need a multiple of {CUDA_BLOCK_MULTIPLE}"
             )
         return self
 

@@ -30,7 +30,8 @@ RESOLVED_FIELDS: dict[str, tuple[str, ...]] = {
                          "async_scheduling"),
     "parallel_config": ("tensor_parallel_size", "pipeline_parallel_size",
                         "distributed_executor_backend", "world_size"),
-    "compilation_config": ("mode", "level", "cudagraph_mode"),
+    # "level" is "mode" before vLLM 0.11; 0.26.0 has only "mode".
+    "compilation_config": ("mode", "level", "cudagraph_mode", "max_cudagraph_capture_size"),
 }
 
 
@@ -70,9 +71,12 @@ def engine_kwargs(config: ExperimentConfig) -> dict[str, Any]:
         "enforce_eager": options.enforce_eager,
         "distributed_executor_backend": "mp" if options.parallel_gpus > 1 else "uni",
         "enable_prefix_caching": options.enable_prefix_caching,
-        # LLM() defaults this to True, and then RequestOutput.metrics is None. V1 fills
-        # metrics only with stats on, and only from vLLM 0.12 (v1/engine/output_processor.py
-        # `metrics=self.stats`); V0 (vLLM <= 0.10, VLLM_USE_V1=0) fills them either way.
+        # LLM() defaults this to True (0.26.0: entrypoints/llm.py, `if "disable_log_stats"
+        # not in kwargs`), and then RequestOutput.metrics is None: V1 keeps a request's
+        # RequestStateStats only with stats on (v1/engine/output_processor.py, `self.stats =
+        # RequestStateStats(...) if log_stats else None`, handed out as `metrics=self.stats`),
+        # from vLLM 0.12; V0 (vLLM <= 0.10) fills them either way. The measured window's
+        # TTFT and inter-token gaps come from these stats (arrivals.EngineTimes).
         "disable_log_stats": False,
     }
     optional = {
@@ -135,19 +139,20 @@ def engine_args(config: ExperimentConfig) -> dict[str, Any]:
     passes -1, read from the installed SamplingParams.
     """
     traffic = config.vllm.traffic
-    args: dict[str, Any] = {
+    arrival = "every request before the first step" if traffic.mode == "offline" else (
+        "each request at its arrival time")
+    return {
         "library": "vllm",
         "constructor": {"call": "vllm.LLM", "kwargs": engine_kwargs(config)},
         "sampling": {"call": "vllm.SamplingParams", "kwargs": sampling_params_kwargs(config)},
         "prefix_cache": prefix_cache_policy(config),
         "traffic": traffic.model_dump(),
-    }
-    if traffic.mode != "offline":
-        args["measured_window"] = {
-            "call": "LLMEngine.add_request at each arrival, then step()",
+        "warmup_and_prefill": "LLM.generate",
+        "measured_window": {
+            "call": f"LLM.llm_engine.add_request, {arrival}, then step() until done",
             "sampling_kwargs": {**sampling_params_kwargs(config), "output_kind": "DELTA"},
-        }
-    return args
+        },
+    }
 
 
 def prefix_cache_policy(config: ExperimentConfig) -> str:
@@ -194,7 +199,8 @@ def truncated_token_ids(
 
 
 def _v1_timings(stats: Any) -> tuple[float, float] | None:
-    """(ttft_s, e2e_s) from V1's RequestStateStats (vllm/v1/metrics/stats.py, vLLM >= 0.12).
+    """(ttft_s, e2e_s) from V1's RequestStateStats (vllm/v1/metrics/stats.py, vLLM >= 0.12;
+    0.26.0: the dataclass at line 218, filled by IterationStats.update_from_output).
 
     Its clocks differ: arrival_time is the frontend's wall clock (time.time()), the *_ts
     fields are the engine core's time.monotonic(), maybe in another process. Only
@@ -248,10 +254,10 @@ def records_from_outputs(
     every output back at once, so each request's caller-side latency is the batch's
     `batch_end_s - batch_start_s` (perf_counter seconds).
 
-    itl_ms stays empty: vLLM's offline API keeps no per-token timestamps (RequestStateStats
-    holds only the first and last). The mean inter-token latency is derivable by the
-    results layer as (e2e_ms - ttft_ms) / (output_tokens - 1); it is not spread here into
-    invented per-token gaps.
+    itl_ms stays empty: LLM.generate hands back only the final output, whose
+    RequestStateStats holds the first and last token's times, not each one's. These
+    records are the warmup and prefill windows'; the measured window's come from the
+    engine driven step by step (arrivals.py), which keeps every token's time.
     """
     if len(outputs) != len(prompt_token_counts):
         raise ValueError(
