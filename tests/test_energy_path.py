@@ -22,6 +22,7 @@ import lem_ray.execution.worker as worker_module
 from lem_ray.backends.base import Backend, RequestRecord
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.execution.engines import EnginePool
 from lem_ray.execution.gpus import GpuIdentity
 from lem_ray.execution.handoff import GpuConditions, WorkerIdentity
 from lem_ray.execution.rows import _baseline, _environment, ok_rows
@@ -54,6 +55,10 @@ class Node:
     busy: bool = False
     log: list[tuple[str, float]] = field(default_factory=list)
     engines: list[str] = field(default_factory=list)
+    """Every engine loaded, in order; `live` those not released yet."""
+    live: int = 0
+    room: int | None = None
+    """Engines the GPUs' memory holds at once; a load past it runs out of memory."""
 
     def clock(self) -> float:
         return self.t_s
@@ -107,10 +112,15 @@ class FakeEngine(Backend):
 
     name = "pytorch"
     node: Node
+    _loaded = False
 
     def load(self) -> None:
+        if self.node.room is not None and self.node.live >= self.node.room:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
         self.node.work(LOAD_S, heats=False)
         self.node.busy = True
+        self.node.live += 1
+        self._loaded = True
         self.node.engines.append(self.config.fp_precision)
 
     def generate(self, prompts: list[str], max_output_tokens: int | None = None) -> list[RequestRecord]:
@@ -127,7 +137,11 @@ class FakeEngine(Backend):
         return records
 
     def release(self) -> None:
+        """Also called after a failed load, on an engine that never loaded."""
         self.node.busy = False
+        if self._loaded:
+            self.node.live -= 1
+        self._loaded = False
 
 
 class InProcess:
@@ -152,7 +166,7 @@ def worker_on_node(node: Node, monkeypatch: pytest.MonkeyPatch) -> ExperimentWor
     monkeypatch.setattr(actors, "EnergySampler", lambda uuids, sample_interval_ms: EnergySampler(
         uuids, sample_interval_ms, device_factory=node.device, clock=node.clock))
     worker = ExperimentWorker.__new__(ExperimentWorker)
-    worker.node_id, worker.backend, worker.engine_key = "node-1", None, None
+    worker.node_id, worker.pool = "node-1", EnginePool()
     worker.identity = GpuIdentity(device="cuda", gpu_ids=["0", "1"], gpu_uuids=UUIDS,
                                   gpu_names=["NVIDIA H200"] * 2)
     identity = WorkerIdentity(**vars(worker.identity), node_id="node-1", node_ip="10.0.0.1", hostname="n1")
@@ -286,22 +300,57 @@ def test_cached_baseline_of_one_gpu_and_measured_other(monkeypatch: pytest.Monke
     assert row["baseline_age_s"] == pytest.approx(30.0), "the oldest of the two"
 
 
-def test_warm_worker_reuses_an_engine_only_for_the_same_engine_config(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    node = two_gpus()
+def warm_runner(node: Node, monkeypatch: pytest.MonkeyPatch, max_engines: int = 4) -> Any:
     worker = worker_on_node(node, monkeypatch)
-    plan = execution().model_copy(update={"baseline": execution().baseline.model_copy(
-        update={"enabled": False})})
+    plan = execution().model_copy(update={"max_engines_per_worker": max_engines,
+                                          "baseline": execution().baseline.model_copy(
+                                              update={"enabled": False})})
 
-    def run(precision: str, keep: bool = True) -> float:
+    def run(precision: str, keep: bool = True) -> tuple[float, bool, list[str]]:
         config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch",
                                                   "gpus_per_experiment": 2, "fp_precision": precision})
         request = RunRequest(config.model_dump_json(), PROMPTS, plan, None, keep_engine=keep)
-        return worker.run(request).result.engine_load_s
+        outcome = worker.run(request)
+        held = [b.config.fp_precision for b in worker.pool.engines.values()]
+        assert len(outcome.engines) == len(held), "the driver hears every engine held"
+        return outcome.result.engine_load_s, outcome.result.engine_reused, held
 
-    assert run("float32") == LOAD_S
-    assert run("float32") == 0.0, "same engine config: the loaded engine is reused"
-    assert run("bfloat16") == LOAD_S and node.engines == ["float32", "bfloat16"]
-    assert run("bfloat16", keep=False) == 0.0
-    assert run("bfloat16") == LOAD_S, "released when the run asked not to keep it"
-    assert node.engines == ["float32", "bfloat16", "bfloat16"]
+    return run
+
+
+def test_warm_worker_reuses_an_engine_only_for_the_same_engine_config(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    node = two_gpus()
+    run = warm_runner(node, monkeypatch)
+    assert run("float32") == (LOAD_S, False, ["float32"])
+    assert run("float32") == (0.0, True, ["float32"]), "same engine config: reused"
+    assert run("bfloat16") == (LOAD_S, False, ["float32", "bfloat16"])
+    assert run("float32") == (0.0, True, ["bfloat16", "float32"]), "both kept"
+    assert run("bfloat16", keep=False) == (0.0, True, [])
+    assert run("bfloat16") == (LOAD_S, False, ["bfloat16"]), "released when asked not to keep"
+    assert node.engines == ["float32", "bfloat16", "bfloat16"] and node.live == 1
+
+
+def test_warm_worker_keeps_the_most_recent_engines_up_to_its_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    node = two_gpus()
+    run = warm_runner(node, monkeypatch, max_engines=2)
+    for precision in ("float32", "bfloat16", "float16"):
+        assert run(precision)[:2] == (LOAD_S, False)
+    assert run("bfloat16") == (0.0, True, ["float16", "bfloat16"])
+    assert run("float32") == (LOAD_S, False, ["bfloat16", "float32"]), "float16 was oldest"
+    assert node.live == 2
+
+
+def test_a_load_out_of_memory_beside_other_engines_is_tried_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    node = two_gpus()
+    node.room = 2
+    run = warm_runner(node, monkeypatch)
+    run("float32")
+    run("bfloat16")
+    assert run("float16") == (LOAD_S, False, ["float16"]), "the others made room"
+    node.room = 0
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run("float32")
+    assert node.live == 0, "a failed run leaves no engine behind"

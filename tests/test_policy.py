@@ -10,25 +10,25 @@ from lem_ray.execution.policy import Assign, Close, Open, QueuedRun, SlotView, d
 
 
 def test_prefers_the_idle_worker_holding_the_engine() -> None:
-    slots = [SlotView(1, "n", 1, "A"), SlotView(2, "n", 1, "B")]
+    slots = [SlotView(1, "n", 1, ("A",)), SlotView(2, "n", 1, ("B",))]
     decisions, _ = decide(0.0, [QueuedRun("r", 1, "B")], slots, {"n": 2})
     assert decisions == [Assign("r", 2)]
 
 
 def test_new_engine_takes_free_gpus_while_a_wanted_engine_stays_warm() -> None:
-    slots = [SlotView(1, "n", 1, "A")]
+    slots = [SlotView(1, "n", 1, ("A",))]
     queue = [QueuedRun("b", 1, "B"), QueuedRun("a", 1, "A")]
     decisions, _ = decide(0.0, queue, slots, {"n": 2})
     assert decisions == [Assign("a", 1), Open("b", "n")]
 
 
 def test_unwanted_idle_worker_is_reloaded_rather_than_opening_another() -> None:
-    decisions, _ = decide(0.0, [QueuedRun("b", 1, "B")], [SlotView(1, "n", 1, "A")], {"n": 2})
+    decisions, _ = decide(0.0, [QueuedRun("b", 1, "B")], [SlotView(1, "n", 1, ("A",))], {"n": 2})
     assert decisions == [Assign("b", 1)]
 
 
 def test_idle_workers_of_another_size_are_closed_to_make_room() -> None:
-    slots = [SlotView(1, "n", 1, "A"), SlotView(2, "n", 1, "A", busy=True)]
+    slots = [SlotView(1, "n", 1, ("A",)), SlotView(2, "n", 1, ("A",), busy=True)]
     decisions, _ = decide(0.0, [QueuedRun("big", 2, "A")], slots, {"n": 2})
     assert decisions == []
     decisions, _ = decide(0.0, [QueuedRun("big", 2, "A")], slots[:1], {"n": 2})
@@ -61,7 +61,7 @@ def simulate(nodes: dict[str, int], jobs: list[Job]) -> dict[str, tuple[float, f
             job = by_id[d.run_id]
             if isinstance(d, Open):
                 ids += 1
-                slots[ids] = SlotView(ids, d.node, job.gpus, "E")
+                slots[ids] = SlotView(ids, d.node, job.gpus, ("E",))
                 slot_id = ids
             else:
                 slot_id = d.slot_id
@@ -118,10 +118,25 @@ def test_learned_lengths_pack_within_ten_percent_of_ideal() -> None:
 
 
 def test_an_idle_worker_takes_a_later_run_of_the_cycle_that_fits_its_engine() -> None:
-    slots = [SlotView(1, "n", 1, "A"), SlotView(2, "n", 1, "B", busy=True)]
+    slots = [SlotView(1, "n", 1, ("A",)), SlotView(2, "n", 1, ("B",), busy=True)]
     queue = [QueuedRun("b", 1, "B", cycle=1), QueuedRun("a", 1, "A", cycle=1),
              QueuedRun("a2", 1, "A", cycle=2)]
     decisions, _ = decide(0.0, queue, slots, {"n": 2})
     assert decisions == [Assign("a", 1)], "b waits for its own warm worker"
     decisions, _ = decide(0.0, queue[:1] + queue[2:], slots, {"n": 2})
     assert decisions == [Assign("b", 1)], "a run of the next cycle is not pulled forward"
+
+
+def test_warm_preference_knows_every_engine_a_worker_holds() -> None:
+    slots = [SlotView(1, "n", 1, ("A", "B")), SlotView(2, "n", 1, ("C",))]
+    queue = [QueuedRun("c", 1, "C", cycle=1), QueuedRun("b", 1, "B", cycle=1)]
+    decisions, _ = decide(0.0, queue, slots, {"n": 2})
+    assert sorted(decisions, key=str) == [Assign("b", 1), Assign("c", 2)]
+
+
+def test_the_worker_holding_no_wanted_engine_is_closed_for_a_larger_run() -> None:
+    slots = [SlotView(1, "n", 1, ("A", "B")), SlotView(2, "n", 1, ("C", "D")),
+             SlotView(3, "n", 1, ("E",), busy=True)]
+    queue = [QueuedRun("big", 2, "F"), QueuedRun("b", 1, "B", cycle=1)]
+    decisions, _ = decide(0.0, queue, slots, {"n": 4})
+    assert decisions[:2] == [Close(2), Open("big", "n")], "B is wanted: worker 1 stays"

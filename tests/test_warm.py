@@ -54,12 +54,12 @@ def test_reuse_exactly_when_engine_config_equal_and_gpu_seconds_add_up(
     result = run_campaign(campaign, results_dir=out)
     assert result.counts["ok"] == 8
     rows = sorted(rows_of(out), key=lambda r: r["started_at"])
-    held: dict[tuple[str, ...], str] = {}
+    held: dict[tuple[str, ...], set[str]] = {}
     for row in rows:
-        gpus = tuple(row["gpu_ids"])
-        assert row["engine_reused"] == (held.get(gpus) == engine_key(row)), row["run_id"]
+        gpus = held.setdefault(tuple(row["gpu_ids"]), set())
+        assert row["engine_reused"] == (engine_key(row) in gpus), row["run_id"]
         assert row["engine_load_s"] >= 0.0
-        held[gpus] = engine_key(row)
+        gpus.add(engine_key(row))
     assert sum(r["engine_reused"] for r in rows) >= 2, "batch sizes share a loaded engine"
     assert len({engine_key(r) for r in rows}) == 2
 
@@ -77,6 +77,24 @@ def test_reuse_exactly_when_engine_config_equal_and_gpu_seconds_add_up(
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["gpu_seconds"] == seconds
+
+
+def test_interleaved_cycles_over_three_engines_load_each_engine_once(
+    two_gpus, tmp_path: Path
+) -> None:
+    """One worker (every run takes both GPUs) keeps all three engines: after cycle 1 every
+    run reuses one, though the interleaved order changes engine every run."""
+    out = tmp_path / "r"
+    campaign = {"campaign_name": "three", "base": {**TINY_BASE, "backend": "pytorch",
+                                                   "gpus_per_experiment": 2},
+                "grid": {"shared": {"random_seed": [1, 2, 3]}},
+                "execution": {"cycles": 3, "prefill": {"enabled": False}}}
+    run_campaign(campaign, results_dir=out)
+    rows = sorted(rows_of(out), key=lambda r: r["started_at"])
+    assert [r["status"] for r in rows] == ["ok"] * 9
+    assert len({engine_key(r) for r in rows}) == 3
+    assert sum(not r["engine_reused"] for r in rows) == 3
+    assert [r["engine_reused"] for r in rows if r["cycle"] > 1] == [True] * 6
 
 
 def test_force_cold_start_loads_every_run_in_a_fresh_worker(two_gpus, tmp_path: Path) -> None:

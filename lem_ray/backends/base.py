@@ -32,6 +32,9 @@ class Backend(ABC, Generic[OptionsT]):
     """`options` is the experiment's section of this backend, typed by the subclass."""
 
     name: ClassVar[str]
+    exclusive: ClassVar[bool] = False
+    """The engine reserves most of the GPUs' memory when it loads (a KV-cache pool sized
+    from free memory): a worker never keeps it beside another engine."""
 
     def __init__(self, config: ExperimentConfig, device: DeviceInfo) -> None:
         if config.backend != self.name:

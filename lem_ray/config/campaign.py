@@ -85,6 +85,11 @@ class ExecutionConfig(StrictModel):
         "loading); by default a worker keeps its engine for the next run with an equal "
         "engine config"
     )
+    max_engines_per_worker: int = Field(
+        4, ge=1, le=64, description="loaded engines a worker keeps for later runs (least "
+        "recently used out first); on GPUs fewer where free memory would not hold the next "
+        "one, and engines that reserve most of GPU memory (vllm, tensorrt) are kept alone",
+    )
     runtime_env_timeout_s: float = Field(
         600, gt=0, description="how long a backend's runtime_env may take to come up (image "
         "pull, package install) before its runs fail up front",

@@ -211,7 +211,7 @@ class Dispatcher:
         queued = [QueuedRun(t.ids.run_id, self._units(t), t.engine,
                             self.estimates.get(t.ids.key.experiment_id), t.ids.key.cycle,
                             t.kind) for t in window]
-        views = [SlotView(s.slot_id, s.node, s.units, s.engine, s.run is not None,
+        views = [SlotView(s.slot_id, s.node, s.units, tuple(s.engines), s.run is not None,
                           s.started_s, s.est_s, s.kind) for s in self.slots.values()]
         decisions, _ = decide(now, queued, views, self.nodes)
         tasks = {t.ids.run_id: t for t in window}
@@ -255,7 +255,8 @@ class Dispatcher:
         self.manifest.update.remote(task.ids.run_id, state="running",
                                     attempt=task.ids.attempt, error=None)
         slot.submit(task, request, time.monotonic(), self._timeout_s(slot))
-        slot.engine, slot.est_s = task.engine, self.estimates.get(task.ids.key.experiment_id)
+        slot.engines = [*(e for e in slot.engines if e != task.engine), task.engine]
+        slot.est_s = self.estimates.get(task.ids.key.experiment_id)
         self.progress.change(running=1)
         self._report(None)
 
@@ -307,7 +308,7 @@ class Dispatcher:
         try:
             out: RunOutcome = ray.get(ref)
         except RayTaskError as exc:
-            slot.engine = None
+            slot.engines = []
             self._finish(task, self._failed(task, slot, describe_error(exc)))
             return
         except RayActorError as exc:
@@ -318,8 +319,7 @@ class Dispatcher:
         slot.identity, slot.uuids, slot.used = identity, identity.gpu_uuids, True
         if self.cap.has_gpus and identity.node_id:
             slot.node = identity.node_id
-        if self.execution.force_cold_start:
-            slot.engine = None
+        slot.engines = list(out.engines)
         for gpu, entry in out.conditions.baselines.items():
             self.baseline_at[gpu] = entry["measured_at_s"]
         self.estimates[task.ids.key.experiment_id] = held_s

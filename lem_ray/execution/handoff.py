@@ -89,3 +89,5 @@ class RunOutcome:
     telemetry: SamplerReport
     conditions: GpuConditions
     phases_s: dict[str, float]
+    engines: list[str]
+    """Engine keys the worker holds after the run, least recently used first."""

@@ -1,10 +1,10 @@
 """Which run goes where next: plain data in, decisions out (no Ray), so it can be tested alone.
 
 First each idle worker takes the earliest queued run of the current cycle (the first queued
-run's) that its engine can run: runs of one cycle are exchangeable, and a load saved is GPU time
-saved. Then the other runs are taken in the campaign's order. Each goes, in this preference,
-to an idle worker that holds its engine; to an idle worker of its size whose engine no queued
-run wants; to new GPUs that are free; to any idle worker of its size (reloading); to GPUs freed
+run's) that one of its engines can run (a worker may hold several): runs of one cycle are
+exchangeable, and a load saved is GPU time saved. Then the other runs are taken in the
+campaign's order. Each goes, in this preference, to an idle worker that holds its engine; to an
+idle worker of its size none of whose engines a queued run wants; to new GPUs that are free; to any idle worker of its size (reloading); to GPUs freed
 by closing idle workers of other sizes. A worker runs in one runtime environment: runs of
 another environment count as another size. The first run that fits nowhere is the head: the node where it can start soonest
 is reserved for it, and later runs may backfill that node only where they cannot delay it (they
@@ -39,7 +39,8 @@ class SlotView:
     slot_id: int
     node: str
     gpus: int
-    engine: str | None
+    engines: tuple[str, ...] = ()
+    """The engines its worker holds (or will, once its run has loaded one)."""
     busy: bool = False
     started_s: float = 0.0
     est_s: float | None = None
@@ -163,7 +164,7 @@ def _warm_matches(state: _State, queue: list[QueuedRun], slot_ids: set[int]) -> 
     for slot in [s for s in state.idle() if s.slot_id in slot_ids]:
         run = next((r for r in queue if r.cycle == cycle and r.run_id not in placed
                     and r.gpus == slot.gpus and r.kind == slot.kind
-                    and r.engine == slot.engine), None)
+                    and r.engine in slot.engines), None)
         if run is None or not state.allowed(run, slot.node):
             continue
         state.take(run, slot.node)
@@ -177,25 +178,31 @@ def _warm_matches(state: _State, queue: list[QueuedRun], slot_ids: set[int]) -> 
 def _place(state: _State, run: QueuedRun) -> bool:
     same_size = [s for s in state.idle()
                  if s.gpus == run.gpus and s.kind == run.kind and state.allowed(run, s.node)]
-    warm = next((s for s in same_size if s.engine == run.engine), None)
-    spare = next((s for s in same_size if not state.wanted[s.engine or ""]), None)
+    warm = next((s for s in same_size if run.engine in s.engines), None)
+    spare = next((s for s in same_size if not _wanted(state, s)), None)
     chosen = warm or spare
     if chosen is None:
         node = _fitting_node(state, run)
         if node is not None:
             state.take(run, node)
             state.decisions.append(Open(run.run_id, node))
-            state.slots.append(SlotView(-1, node, run.gpus, run.engine, busy=True,
+            state.slots.append(SlotView(-1, node, run.gpus, (run.engine,), busy=True,
                                         started_s=state.now, est_s=run.est_s, kind=run.kind))
             return True
         chosen = same_size[0] if same_size else None
     if chosen is not None:
         state.take(run, chosen.node)
-        chosen.busy, chosen.engine = True, run.engine
+        chosen.busy = True
+        chosen.engines = (*(e for e in chosen.engines if e != run.engine), run.engine)
         chosen.started_s, chosen.est_s = state.now, run.est_s
         state.decisions.append(Assign(run.run_id, chosen.slot_id))
         return True
     return _make_room(state, run)
+
+
+def _wanted(state: _State, slot: SlotView) -> bool:
+    """Whether a queued run wants one of the engines the worker holds."""
+    return any(state.wanted[engine] > 0 for engine in slot.engines)
 
 
 def _fitting_node(state: _State, run: QueuedRun) -> str | None:
@@ -210,7 +217,7 @@ def _make_room(state: _State, run: QueuedRun) -> bool:
     """Close idle workers of other sizes on one node until the run fits there."""
     for node, total in sorted(state.nodes.items()):
         free = total - state.used(node)
-        idle = sorted(state.idle(node), key=lambda s: (state.wanted[s.engine or ""] > 0, s.gpus))
+        idle = sorted(state.idle(node), key=lambda s: (_wanted(state, s), s.gpus))
         if free + sum(s.gpus for s in idle) < run.gpus or not state.allowed(run, node):
             continue
         for slot in idle:
@@ -221,7 +228,7 @@ def _make_room(state: _State, run: QueuedRun) -> bool:
             state.decisions.append(Close(slot.slot_id))
         state.take(run, node)
         state.decisions.append(Open(run.run_id, node))
-        state.slots.append(SlotView(-1, node, run.gpus, run.engine, busy=True,
+        state.slots.append(SlotView(-1, node, run.gpus, (run.engine,), busy=True,
                                     started_s=state.now, est_s=run.est_s, kind=run.kind))
         return True
     return False

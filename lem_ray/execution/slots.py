@@ -1,5 +1,5 @@
 """Slots: a placement group holding whole GPUs on one node, with a worker in it that keeps
-its engine between runs. The driver opens, reuses, recycles and closes them."""
+its engines between runs. The driver opens, reuses, recycles and closes them."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ class Slot:
     """The backend's Ray runtime_env for the worker (its sampler inherits it); None: the job's."""
     kind: str = ""
     worker: Any = None
-    engine: str | None = None
+    engines: list[str] = field(default_factory=list)
+    """Engine keys its worker holds, least recently used first (as the worker last said)."""
     used: bool = False
     """A worker of this slot has loaded an engine: its process has touched the GPUs."""
     uuids: list[str] = field(default_factory=list)
@@ -65,7 +66,7 @@ class Slot:
             num_cpus=1, num_gpus=self.gpus, scheduling_strategy=strategy, **env
         ).remote()
         self.starting = self.worker.identify.remote()
-        self.engine, self.used = None, False
+        self.engines, self.used = [], False
 
     def recycle(self) -> None:
         """A fresh worker process on the same GPUs (its CUDA context and engine gone)."""

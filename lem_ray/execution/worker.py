@@ -1,5 +1,6 @@
 """The experiment worker: an actor holding a set of GPUs for as many runs as the driver sends
-it, keeping its loaded engine for the next run whose engine config is equal."""
+it, keeping loaded engines (up to execution.max_engines_per_worker, as GPU memory allows) for
+later runs whose engine config equals one of theirs."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from lem_ray.backends.base import Backend, DeviceInfo
 from lem_ray.backends.registry import backend_class
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.execution.engines import EnginePool, out_of_memory
 from lem_ray.execution.gpus import GpuIdentity, resolve_gpus
 from lem_ray.execution.handoff import (
     GpuConditions,
@@ -73,8 +75,7 @@ class ExperimentWorker:
         ids = ctx.get_accelerator_ids().get("GPU", [])
         self.identity: GpuIdentity = resolve_gpus([str(i) for i in ids])
         self.node_id = ctx.get_node_id()
-        self.backend: Backend | None = None
-        self.engine_key: str | None = None
+        self.pool = EnginePool()
         self.sampler: Any = None
 
     def identify(self) -> WorkerIdentity:
@@ -96,17 +97,24 @@ class ExperimentWorker:
             )
         return self.sampler
 
-    def _release(self) -> None:
-        if self.backend is not None:
-            backend, self.backend, self.engine_key = self.backend, None, None
-            backend.release()
+    def _free_mib(self) -> list[float] | None:
+        """Free memory on each of this worker's GPUs; None on the CPU or without NVML."""
+        if not self.identity.gpu_uuids:
+            return None
+        from lem_ray.telemetry.nvml import free_memory_mib
+
+        return free_memory_mib(self.identity.gpu_uuids)
+
+    def _least_free_mib(self) -> float | None:
+        free = self._free_mib()
+        return min(free) if free else None
 
     def run(self, request: RunRequest) -> RunOutcome:
         """Cool down, baseline, load (or reuse), warm up, measure, prefill window.
 
-        A mismatched engine is released before the GPUs are cooled and measured idle. On any
-        error the engine is released too, so a failed run never leaves a broken engine for
-        the next one.
+        Engines that must make room for a new one are released before the GPUs are cooled
+        and measured idle. On any error every engine is released too (a CUDA error may have
+        broken them all), so a failed run never leaves a broken engine for the next one.
         """
         cfg = ExperimentConfig.model_validate_json(request.config_json)
         execution = request.execution
@@ -114,8 +122,9 @@ class ExperimentWorker:
             time.sleep(request.gap_s)
         started_at = datetime.now(timezone.utc)
         key = cfg.engine_key
-        if self.engine_key != key:
-            self._release()
+        self.pool.capacity = execution.max_engines_per_worker
+        if key not in self.pool.engines:
+            self.pool.make_room(key, backend_class(cfg.backend).exclusive, self._least_free_mib)
         sampler = self._sampler(execution)
         phases: dict[str, float] = {}
         conditions = _prepare_gpus(execution, request.baselines, sampler,
@@ -124,39 +133,57 @@ class ExperimentWorker:
         try:
             result = self._measure(cfg, key, request.prompts, sampler, execution, phases)
         except BaseException:
-            self._release()
+            self.pool.release_all()
             ray.get(sampler.finish.remote())
             raise
         if not request.keep_engine:
-            self._release()
+            self.pool.release_all()
         return RunOutcome(self.identify(), started_at, result,
-                          ray.get(sampler.finish.remote()), conditions, phases)
+                          ray.get(sampler.finish.remote()), conditions, phases, self.pool.keys())
 
     def _measure(
         self, cfg: ExperimentConfig, key: str, prompts: list[str], sampler: Any,
         execution: ExecutionConfig, phases: dict[str, float],
     ) -> RunResult:
-        """Every window edge after a device sync."""
-        reused = self.backend is not None
+        """Every window edge after a device sync. The GPUs' free memory before and after
+        tells the pool how much this engine holds."""
         t0 = time.perf_counter()
-        if reused:
-            self.backend.configure(cfg)
+        backend = self.pool.take(key)
+        reused = backend is not None
+        if backend is not None:
+            free_before = self._free_mib()
+            backend.configure(cfg)
         else:
-            device = DeviceInfo(self.identity.device, len(self.identity.gpu_uuids))
-            backend = backend_class(cfg.backend)(cfg, device)
-            try:
-                backend.load()
-            except BaseException:
-                backend.release()
-                raise
-            self.backend, self.engine_key = backend, key
-        backend = self.backend
+            backend, free_before = self._load(cfg, key)
         backend.prepare(prompts)
         backend.synchronize()
         phases["loading"] = time.perf_counter() - t0
         with _no_gc():
-            return self._windows(backend, cfg, prompts, sampler, execution, phases,
-                                 phases["loading"], reused)
+            result = self._windows(backend, cfg, prompts, sampler, execution, phases,
+                                   phases["loading"], reused)
+        free_after = self._free_mib()
+        grown = (max(b - a for b, a in zip(free_before, free_after))
+                 if free_before and free_after else None)
+        self.pool.record(key, grown, loaded=not reused)
+        return result
+
+    def _load(self, cfg: ExperimentConfig, key: str) -> tuple[Backend, list[float] | None]:
+        """A new engine, and the free memory before it loaded. A load that runs out of memory
+        beside other engines is tried once more with the worker's GPUs to itself."""
+        device = DeviceInfo(self.identity.device, len(self.identity.gpu_uuids))
+        while True:
+            free_before = self._free_mib()
+            backend = backend_class(cfg.backend)(cfg, device)
+            try:
+                backend.load()
+            except BaseException as exc:
+                backend.release()
+                if not (self.pool.engines and out_of_memory(exc)):
+                    raise
+                self.pool.release_all()
+                continue
+            self.pool.add(key, backend)
+            return backend, free_before
 
     def _windows(
         self, backend: Backend, cfg: ExperimentConfig, prompts: list[str], sampler: Any,

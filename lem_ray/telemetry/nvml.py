@@ -313,6 +313,15 @@ def _field_number(nv: ModuleType, value: Any) -> float:
     return float(getattr(value.value, members.get(value.valueType, "uiVal")))
 
 
+def free_memory_mib(uuids: Sequence[str]) -> list[float] | None:
+    """Device memory free now on each of these GPUs (by UUID), MiB; None when unreadable."""
+    try:
+        return [_call("nvmlDeviceGetMemoryInfo", _call("nvmlDeviceGetHandleByUUID", uuid)).free
+                / 2**20 for uuid in uuids]
+    except TelemetryError:
+        return None
+
+
 def used_memory_mib(indices: Sequence[int | str]) -> float | None:
     """Device memory used now on these GPUs (NVML ids), summed, MiB; None when unreadable."""
     try:

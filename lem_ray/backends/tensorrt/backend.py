@@ -154,6 +154,7 @@ def _torch_or_none() -> ModuleType | None:
 
 class TensorRTBackend(Backend[TensorRTConfig]):
     name = "tensorrt"
+    exclusive = True
 
     def __init__(self, config: ExperimentConfig, device: DeviceInfo) -> None:
         super().__init__(config, device)

@@ -58,6 +58,7 @@ def visible_gpu_ids(count: int, visible: str | None) -> list[str] | None:
 
 class VLLMBackend(Backend[VLLMConfig]):
     name = "vllm"
+    exclusive = True
 
     def load(self) -> None:
         vllm = _import_vllm()
