@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # On the H200 machine, from the project root, after
 #   source .gpu/setup.sh && source /tmp/vparts/install.sh
-# runs one part of the vLLM live run and leaves its output in $OUT (at most 8 files: the logs
-# that do not fit are tarred). Each part fits in one call of at most 600 s:
-#   dev/gpu-vllm/run.sh tests     [BUDGET_S]   pytest -m gpu on tests/test_vllm*.py     (~150 s)
-#   dev/gpu-vllm/run.sh campaign  [BUDGET_S]   configs/h200-vllm-llama1b.yaml + table  (~550 s)
-#   dev/gpu-vllm/run.sh traffic   [BUDGET_S]   configs/h200-vllm-traffic.yaml + table  (~200 s)
-# BUDGET_S (default 540, 520 for the campaign) bounds the part: lem-ray gets SIGINT then,
-# records what finished, stops its workers and exits; running the same part again resumes
-# the campaign where it stopped (finished runs are kept). See README.md beside this file.
+# runs parts of the vLLM live run, one after the other, and leaves their output in $OUT (at
+# most 8 files: what does not fit goes into rest.tgz). Keep a call's parts under 600 s:
+#   dev/gpu-vllm/run.sh tests             pytest -m gpu on tests/test_vllm*.py   (~120-200 s)
+#   dev/gpu-vllm/run.sh campaign          configs/h200-vllm-llama1b.yaml + table (~480-630 s)
+#   dev/gpu-vllm/run.sh traffic           configs/h200-vllm-traffic.yaml + table (~120-220 s)
+#   dev/gpu-vllm/run.sh tests:240 traffic:300    two parts in one call, each with its budget
+# A part's budget (seconds; defaults: tests 240, campaign 520, traffic 300) bounds it: lem-ray
+# then gets SIGINT, records what finished, stops its workers and exits (exit 124); running the
+# same part again resumes its campaign where it stopped. See README.md beside this file.
 set -uo pipefail
-part=${1:?usage: run.sh tests|campaign|traffic [BUDGET_S]}
+(($#)) || { echo "usage: run.sh PART[:BUDGET_S]... (PART: tests, campaign, traffic)" >&2; exit 2; }
 OUT=${OUT:-$PWD/gpu-vllm-out}
 mkdir -p "$OUT"
 here=$(cd "$(dirname "$0")" && pwd)
 export VLLM_NO_USAGE_STATS=1 RAY_DEDUP_LOGS=0
-lemray() { python3 -m lem_ray.cli "$@"; }
 stamp() { date -u +%H:%M:%S; }
+keep=()   # files that stay in $OUT, most wanted first
 
 # A part stopped by its budget may leave a vLLM engine-core process holding GPU memory (its
 # parent killed before it could stop it); the next engine would then find too little free.
@@ -29,6 +30,18 @@ stop_leftovers() {
   done
 }
 
+run_tests() {  # BUDGET_S
+  local rc
+  echo "[$(stamp)] pytest -m gpu tests/test_vllm*.py (budget ${1}s)"
+  timeout -s INT -k 30 "$1" python3 -m pytest -m gpu tests/test_vllm*.py -q -rs \
+    -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+  rc=${PIPESTATUS[0]}
+  stop_leftovers
+  echo "[$(stamp)] pytest exit $rc"
+  keep+=(tests.log)
+  return "$rc"
+}
+
 run_campaign() {  # GRID NAME BUDGET_S
   local grid=$1 name=$2 budget=$3 results rc
   results=results/$name
@@ -38,22 +51,26 @@ run_campaign() {  # GRID NAME BUDGET_S
   rc=${PIPESTATUS[0]}
   echo "[$(stamp)] $name: campaign exit $rc (124: stopped by the budget; run this part again to resume)"
   stop_leftovers
-  lemray status "$results" --json > "$OUT/$name.status.json" 2> "$OUT/$name.status.err"
-  lemray report "$results" --html "$OUT/$name.report.html" --csv "$OUT/$name.report.csv" \
-    > "$OUT/$name.report.txt" 2>&1
+  python3 -m lem_ray.cli status "$results" --json > "$OUT/$name.status.json" 2> "$OUT/$name.status.err"
+  python3 -m lem_ray.cli report "$results" --html "$OUT/$name.report.html" \
+    --csv "$OUT/$name.report.csv" > "$OUT/$name.report.txt" 2>&1
   python3 "$here/summarize.py" "$results" "$OUT/$name.summary" || true
   tar czf "$OUT/$name.results.tgz" "$results" 2>/dev/null
   echo "[$(stamp)] $name: done"
+  keep+=("$name.summary.md" "$name.report.html" "$name.summary.json" "$name.campaign.log"
+         "$name.status.json" "$name.report.txt")
   return "$rc"
 }
 
-# $OUT keeps at most 8 files: the summaries, the HTML report and the part's main log stay;
-# everything else goes into one archive.
-pack() {  # KEEP...
-  local keep=("$@") f k extra=()
+# $OUT keeps at most 8 files: the first 7 wanted ones, and rest.tgz with everything else.
+pack() {
+  local f k kept=() extra=()
+  for k in "${keep[@]}"; do
+    [[ -f $OUT/$k ]] && ((${#kept[@]} < 7)) && kept+=("$k")
+  done
   for f in "$OUT"/*; do
     [[ -f $f ]] || continue
-    for k in "${keep[@]}"; do [[ $(basename "$f") == "$k" ]] && continue 2; done
+    for k in "${kept[@]}"; do [[ $(basename "$f") == "$k" ]] && continue 2; done
     extra+=("$(basename "$f")")
   done
   if ((${#extra[@]})); then
@@ -62,31 +79,16 @@ pack() {  # KEEP...
   ls -l "$OUT"
 }
 
-case $part in
-  tests)
-    budget=${2:-540}
-    echo "[$(stamp)] pytest -m gpu tests/test_vllm*.py (budget ${budget}s)"
-    timeout -s INT -k 30 "$budget" python3 -m pytest -m gpu tests/test_vllm*.py -q -rs \
-      -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
-    rc=${PIPESTATUS[0]}
-    stop_leftovers
-    echo "[$(stamp)] pytest exit $rc"
-    pack tests.log
-    exit "$rc" ;;
-  campaign)
-    run_campaign configs/h200-vllm-llama1b.yaml h200-vllm-llama1b "${2:-520}"
-    rc=$?
-    pack h200-vllm-llama1b.summary.md h200-vllm-llama1b.summary.json \
-      h200-vllm-llama1b.report.html h200-vllm-llama1b.status.json \
-      h200-vllm-llama1b.campaign.log h200-vllm-llama1b.report.txt
-    exit "$rc" ;;
-  traffic)
-    run_campaign configs/h200-vllm-traffic.yaml h200-vllm-traffic "${2:-540}"
-    rc=$?
-    pack h200-vllm-traffic.summary.md h200-vllm-traffic.summary.json \
-      h200-vllm-traffic.report.html h200-vllm-traffic.status.json \
-      h200-vllm-traffic.campaign.log h200-vllm-traffic.report.txt
-    exit "$rc" ;;
-  *)
-    echo "usage: run.sh tests|campaign|traffic [BUDGET_S]" >&2; exit 2 ;;
-esac
+status=0
+for arg in "$@"; do
+  part=${arg%%:*}; budget=${arg#*:}; [[ $budget == "$arg" ]] && budget=
+  case $part in
+    tests) run_tests "${budget:-240}" ;;
+    campaign) run_campaign configs/h200-vllm-llama1b.yaml h200-vllm-llama1b "${budget:-520}" ;;
+    traffic) run_campaign configs/h200-vllm-traffic.yaml h200-vllm-traffic "${budget:-300}" ;;
+    *) echo "run.sh: unknown part $part (tests, campaign, traffic)" >&2; status=2; continue ;;
+  esac
+  rc=$?; ((rc && !status)) && status=$rc
+done
+pack
+exit "$status"
