@@ -9,6 +9,7 @@ row reports can therefore be written out by hand, and is, in the tests.
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -155,6 +156,14 @@ class InProcess:
 
 
 PROMPTS = ["one two three", "four five six seven", "eight nine", "ten eleven twelve thirteen fourteen"]
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_heap() -> Any:
+    """The worker runs in this process and freezes its heap after a load: thawed after each
+    test, so the rest of the session collects as usual."""
+    yield
+    gc.unfreeze()
 
 
 def worker_on_node(node: Node, monkeypatch: pytest.MonkeyPatch) -> ExperimentWorker:

@@ -140,3 +140,17 @@ def test_the_worker_holding_no_wanted_engine_is_closed_for_a_larger_run() -> Non
     queue = [QueuedRun("big", 2, "F"), QueuedRun("b", 1, "B", cycle=1)]
     decisions, _ = decide(0.0, queue, slots, {"n": 4})
     assert decisions[:2] == [Close(2), Open("big", "n")], "B is wanted: worker 1 stays"
+
+
+def test_runs_behind_a_waiting_head_still_take_free_gpus_elsewhere() -> None:
+    """The policy stops looking at the queue only once nothing is idle or free; a head that
+    fits nowhere does not stop a later run from taking a free GPU on another node."""
+    slots = [SlotView(1, "a", 1, ("A",), busy=True), SlotView(2, "b", 1, ("A",), busy=True)]
+    queue = [QueuedRun("big", 2, "A"), QueuedRun("small", 1, "A"), QueuedRun("late", 1, "A")]
+    decisions, held = decide(0.0, queue, slots, {"a": 2, "b": 2})
+    assert held is not None and held.run_id == "big"
+    other = {"a": "b", "b": "a"}[held.node]
+    assert decisions == [Open("small", other)], "late may not take the head's node"
+    full = slots + [SlotView(3, "a", 1, ("A",), busy=True), SlotView(4, "b", 1, ("A",), busy=True)]
+    decisions, held = decide(0.0, queue, full, {"a": 2, "b": 2})
+    assert decisions == [] and held is not None and held.run_id == "big"

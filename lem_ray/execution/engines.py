@@ -6,6 +6,7 @@ Ray-free, so it can be tested alone: the worker hands it a way to read free GPU 
 
 from __future__ import annotations
 
+import gc
 from collections import OrderedDict
 from typing import Callable
 
@@ -33,6 +34,9 @@ class EnginePool:
         self.footprint_mib: dict[str, float] = {}
         """Per engine key: how far free GPU memory fell while it loaded and ran (largest
         over the worker's GPUs), kept after eviction for the next load of the same key."""
+        self.heap_frozen = False
+        """The worker froze its heap (gc.freeze) after loading these engines, so that each
+        run's collection skips them; set by the worker, cleared by a release."""
 
     def keys(self) -> list[str]:
         """Held engines, least recently used first."""
@@ -75,8 +79,13 @@ class EnginePool:
         self.footprint_mib[key] = before + max(grown_mib, 0.0)
 
     def release(self, key: str) -> None:
+        """The heap thawed first (see heap_frozen), so the engine's release collects its
+        reference cycles."""
         backend = self.engines.pop(key, None)
         if backend is not None:
+            if self.heap_frozen:
+                gc.unfreeze()
+                self.heap_frozen = False
             backend.release()
 
     def release_all(self) -> None:

@@ -158,7 +158,8 @@ class ExperimentWorker:
         backend.prepare(prompts)
         backend.synchronize()
         phases["loading"] = time.perf_counter() - t0
-        with _no_gc():
+        with _no_gc(freeze=not reused or not self.pool.heap_frozen):
+            self.pool.heap_frozen = True
             result = self._windows(backend, cfg, prompts, sampler, execution, phases,
                                    phases["loading"], reused)
         free_after = self._free_mib()
@@ -282,19 +283,23 @@ def _prefill(
 
 
 @contextmanager
-def _no_gc() -> Iterator[None]:
+def _no_gc(freeze: bool) -> Iterator[None]:
     """No garbage collection inside the windows. A collection of a Ray worker's heap stalls
     the host for milliseconds, and a decode loop bound by kernel launches turns host stalls
-    into time and energy. Objects alive now are frozen out of later collections; generate()
-    makes few reference cycles, so memory stays flat without collecting for a run."""
+    into time and energy; generate() makes few reference cycles, so memory stays flat without
+    collecting for a run. freeze (a run that loaded an engine, or nothing frozen yet): the
+    objects alive after the collection (libraries, engines) leave every later collection, so
+    the one before each run walks only what came since: a full collection of a warm worker's
+    heap takes ~150 ms of CPU, the bulk of a short run. Releasing an engine thaws them
+    (EnginePool.release)."""
     gc.collect()
-    gc.freeze()
+    if freeze:
+        gc.freeze()
     gc.disable()
     try:
         yield
     finally:
         gc.enable()
-        gc.unfreeze()
 
 
 def peak_memory_mib(backend: Backend[Any]) -> float | None:
