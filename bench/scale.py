@@ -25,6 +25,7 @@ driver's CPU time per run over the same span.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -163,7 +164,6 @@ def bench_dispatch(runs: int, nodes: int, gpus_per_node: int, work: Path) -> dic
     for _ in range(nodes - 1):
         cluster.add_node(num_cpus=gpus_per_node, num_gpus=gpus_per_node)
     cluster.wait_for_nodes()
-    # log_to_driver off: Ray's worker and raylet lines would land in the JSON on stdout.
     ray.init(address=cluster.address, namespace="lem-ray-bench",
              runtime_env={"env_vars": WORKER_ENV}, log_to_driver=False)
     experiments = max(1, runs // CYCLES)
@@ -249,8 +249,9 @@ def main() -> None:
         if not args.json:
             print(json.dumps({k: v for k, v in figures.items() if isinstance(v, dict)}), flush=True)
     if args.dispatch_runs:
-        stats = bench_dispatch(args.dispatch_runs, args.dispatch_nodes,
-                               args.dispatch_gpus_per_node, work)
+        with contextlib.redirect_stdout(sys.stderr):  # Ray's warnings: not into the JSON
+            stats = bench_dispatch(args.dispatch_runs, args.dispatch_nodes,
+                                   args.dispatch_gpus_per_node, work)
         put("dispatch_per_s", stats["runs"], stats["per_s"])
         put("dispatch_wall_s", stats["runs"], stats["wall_s"])
         put("dispatch_driver_cpu_ms_per_run", stats["runs"], stats["driver_cpu_ms_per_run"])
