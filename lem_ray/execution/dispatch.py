@@ -11,6 +11,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from itertools import groupby
 from typing import Any, Callable
 
 import ray
@@ -21,6 +22,7 @@ from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.execution.actors import BaselineCache
 from lem_ray.execution.cluster import Capacity, node_gpus
 from lem_ray.execution.handoff import RunOutcome
+from lem_ray.execution.lengths import RunLengths, decode_steps
 from lem_ray.execution.policy import Assign, Close, Open, QueuedRun, SlotView, decide
 from lem_ray.execution.rows import RunRows, failed_rows, ok_rows
 from lem_ray.execution.slots import Slot
@@ -127,8 +129,9 @@ class Dispatcher:
         self.slots: dict[int, Slot] = {}
         self.slot_ids = 0
         self.queue: list[RunTask] = []
-        self.estimates: dict[str, float] = {}
-        """Seconds a run of the experiment last held its GPUs: backfill's run lengths."""
+        self.lengths = RunLengths()
+        """Run lengths learned from finished runs: backfill's, and the wait for a worker's."""
+        self.steps: dict[str, int] = {}
         self.baseline_at: dict[str, float] = {}
         self.interrupted = 0
         self.started_any = False
@@ -158,6 +161,8 @@ class Dispatcher:
             ids = RunAttempt(self.plan.name, key, attempts.get(key.run_id, 0) + 1)
             env = self.runtime_envs.get(config.backend, RuntimeEnvSpec())
             self.queue.append(RunTask(ids, config, config.engine_key, env))
+        if self.execution.structure == "interleaved":
+            self.queue = self._longest_first(self.queue)
         try:
             self._refuse_unschedulable()
             while self.queue or any(s.run for s in self.slots.values()):
@@ -172,6 +177,27 @@ class Dispatcher:
             self.slots.clear()
             self.writer.shutdown(wait=True)
             save_ledger(self.results_dir, self.ledger.snapshot(time.time()))
+
+    def _steps(self, task: RunTask) -> int:
+        experiment_id = task.ids.key.experiment_id
+        if experiment_id not in self.steps:
+            self.steps[experiment_id] = decode_steps(task.config, len(self.prompts[experiment_id]))
+        return self.steps[experiment_id]
+
+    def _longest_first(self, queue: list[RunTask]) -> list[RunTask]:
+        """Within each cycle (its runs are exchangeable), the runs of most planned GPU-time
+        (decode steps x GPUs) first, the larger of equal ones first: short runs at the end
+        fill the gaps the long ones leave. Interleaved campaigns only: a shuffled order is
+        the user's, drawn to spread drift, and a grouped one keeps cycles together."""
+        ordered: list[RunTask] = []
+        for _, runs in groupby(queue, key=lambda task: task.ids.key.cycle):
+            ordered += sorted(runs, key=lambda task: (-self._steps(task) * self._units(task),
+                                                      -self._units(task)))
+        return ordered
+
+    def _estimate(self, task: RunTask, warm: bool, new_worker: bool = False) -> float | None:
+        return self.lengths.estimate(task.ids.key.experiment_id, task.engine, self._steps(task),
+                                     warm, new_worker)
 
     def _refuse_unschedulable(self) -> None:
         largest = max(self.nodes.values(), default=0)
@@ -208,9 +234,10 @@ class Dispatcher:
     def _dispatch(self) -> None:
         window = self._window()
         now = time.monotonic()
+        held = {engine for s in self.slots.values() for engine in s.engines}
         queued = [QueuedRun(t.ids.run_id, self._units(t), t.engine,
-                            self.estimates.get(t.ids.key.experiment_id), t.ids.key.cycle,
-                            t.kind) for t in window]
+                            self._estimate(t, t.engine in held), t.ids.key.cycle, t.kind,
+                            self.lengths.cold(t.engine)) for t in window]
         views = [SlotView(s.slot_id, s.node, s.units, tuple(s.engines), s.run is not None,
                           s.started_s, s.est_s, s.kind) for s in self.slots.values()]
         decisions, _ = decide(now, queued, views, self.nodes)
@@ -255,8 +282,8 @@ class Dispatcher:
         self.manifest.update.remote(task.ids.run_id, state="running",
                                     attempt=task.ids.attempt, error=None)
         slot.submit(task, request, time.monotonic(), self._timeout_s(slot))
+        slot.est_s = self._estimate(task, task.engine in slot.engines, slot.starting is not None)
         slot.engines = [*(e for e in slot.engines if e != task.engine), task.engine]
-        slot.est_s = self.estimates.get(task.ids.key.experiment_id)
         self.progress.change(running=1)
         self._report(None)
 
@@ -289,7 +316,9 @@ class Dispatcher:
             ready += more
         for ref in ready:
             if ref in starting:
-                starting[ref].started(time.monotonic())
+                slot = starting[ref]
+                slot.started(time.monotonic())
+                self.lengths.started(slot.ready_s - slot.started_s)
         for ref in ready:
             if ref in busy:
                 self._complete(busy[ref])
@@ -302,7 +331,7 @@ class Dispatcher:
 
     def _complete(self, slot: Slot) -> None:
         task, ref = slot.run, slot.ref
-        held_s = time.monotonic() - slot.started_s
+        run_s = time.monotonic() - max(slot.started_s, slot.ready_s)
         slot.finish()
         self.progress.change(running=-1)
         try:
@@ -322,7 +351,8 @@ class Dispatcher:
         slot.engines = list(out.engines)
         for gpu, entry in out.conditions.baselines.items():
             self.baseline_at[gpu] = entry["measured_at_s"]
-        self.estimates[task.ids.key.experiment_id] = held_s
+        self.lengths.finished(task.ids.key.experiment_id, task.engine, self._steps(task), run_s,
+                              out.result.engine_load_s, out.result.engine_reused)
         if self.cap.has_gpus:
             self.ledger.add_run(out.phases_s, slot.gpus)
         try:

@@ -4,13 +4,16 @@ First each idle worker takes the earliest queued run of the current cycle (the f
 run's) that one of its engines can run (a worker may hold several): runs of one cycle are
 exchangeable, and a load saved is GPU time saved. Then the other runs are taken in the
 campaign's order. Each goes, in this preference, to an idle worker that holds its engine; to an
-idle worker of its size none of whose engines a queued run wants; to new GPUs that are free; to any idle worker of its size (reloading); to GPUs freed
-by closing idle workers of other sizes. A worker runs in one runtime environment: runs of
-another environment count as another size. The first run that fits nowhere is the head: the node where it can start soonest
-is reserved for it, and later runs may backfill that node only where they cannot delay it (they
-are known, from an earlier run of the same experiment, to finish before it could start; or they
-use GPUs it will not need). Other nodes stay open to all. So a waiting run never waits behind
-runs that came after it, and at most one run holds a reservation at a time.
+idle worker of its size none of whose engines a queued run wants; to new GPUs that are free; to
+any idle worker of its size (reloading); to a busy worker of its size expected to be free
+before a new worker could start and load its engine (it waits for that one); to GPUs freed by
+closing idle workers of other sizes. A worker runs in one runtime environment: runs of
+another environment count as another size. The first run that fits nowhere is the head: the
+node where it can start soonest (or the busy worker it waits for) is reserved for it, and later
+runs may backfill that node only where they cannot delay it (they are expected, from the run
+lengths learned so far, to finish before it could start; or they use GPUs it will not need).
+Other nodes stay open to all. So a waiting run never waits behind runs that came after it, and
+at most one run holds a reservation at a time.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class QueuedRun:
     cycle: int = 0
     kind: str = ""
     """What a worker must be besides its size to take the run (its runtime environment)."""
+    cold_s: float | None = None
+    """Seconds a new worker would take to start and load the run's engine, if known."""
 
 
 @dataclass
@@ -95,6 +100,7 @@ class _State:
     idle_slots: list[SlotView] = field(default_factory=list)
     """The idle workers, in the order of `slots`."""
     sorted_nodes: list[tuple[str, int]] = field(default_factory=list)
+    _busy_ends: dict[tuple[int, str], list[tuple[float, str]]] | None = None
 
     def __post_init__(self) -> None:
         for slot in self.slots:
@@ -104,6 +110,19 @@ class _State:
 
     def used(self, node: str) -> int:
         return self.used_gpus[node]
+
+    def busy_ends(self) -> dict[tuple[int, str], list[tuple[float, str]]]:
+        """(GPUs, kind) -> (expected end, node) of the workers busy when the call began whose
+        runs have a length estimate, soonest first; worked out once a call."""
+        if self._busy_ends is None:
+            self._busy_ends = {}
+            for s in self.slots:
+                if s.busy and s.est_s is not None:
+                    self._busy_ends.setdefault((s.gpus, s.kind), []).append(
+                        (max(s.started_s + s.est_s, self.now), s.node))
+            for ends in self._busy_ends.values():
+                ends.sort()
+        return self._busy_ends
 
     def free(self) -> int:
         """Free GPUs over the whole cluster."""
@@ -233,7 +252,24 @@ def _place(state: _State, run: QueuedRun) -> bool:
         chosen.engines = (*(e for e in chosen.engines if e != run.engine), run.engine)
         state.decisions.append(Assign(run.run_id, chosen.slot_id))
         return True
+    if _wait_for_worker(state, run):
+        return False
     return _make_room(state, run)
+
+
+def _wait_for_worker(state: _State, run: QueuedRun) -> bool:
+    """A busy worker of the run's size expected to be free before a new one could start and
+    load the run's engine: the run waits for it (holding it as the head's reservation, so
+    nothing later takes it) and no idle worker is closed for it."""
+    if run.cold_s is None:
+        return False
+    ends = state.busy_ends().get((run.gpus, run.kind), [])
+    end_s, node = next(((e, n) for e, n in ends if state.allowed(run, n)), (math.inf, ""))
+    if end_s - state.now > run.cold_s:
+        return False
+    if state.reservation is None:
+        state.reservation = Reservation(run.run_id, node, end_s, state.nodes[node] - run.gpus)
+    return True
 
 
 def _wanted(state: _State, slot: SlotView) -> bool:

@@ -35,6 +35,8 @@ class Slot:
     """The RunTask in progress, or None when idle."""
     ref: Any = None
     started_s: float = 0.0
+    ready_s: float = 0.0
+    """When its worker was last seen up (its start request answered)."""
     est_s: float | None = None
     deadline_s: float | None = None
     timeout_s: float | None = None
@@ -81,7 +83,7 @@ class Slot:
 
     def started(self, now_s: float) -> None:
         """The worker is up: the run in it (if any) has from now on to finish."""
-        self.starting = None
+        self.starting, self.ready_s = None, now_s
         if self.run is not None and self.timeout_s is not None:
             self.deadline_s = now_s + self.timeout_s
 
