@@ -15,6 +15,8 @@ class RequestRecord:
 
     `itl_ms` are the gaps between consecutive output tokens (len = output_tokens - 1 when the
     backend streams; empty when it can only report the end). Times are from time.perf_counter.
+    `itl_mean_ms` is the mean gap of a request whose only known times are its first and last
+    token's (`itl_ms` then empty): (last - first) / (output_tokens - 1).
     """
 
     index: int
@@ -24,6 +26,7 @@ class RequestRecord:
     ttft_ms: float | None = None
     itl_ms: list[float] = field(default_factory=list)
     start_s: float = 0.0
+    itl_mean_ms: float | None = None
 
 
 @dataclass(frozen=True, order=True)

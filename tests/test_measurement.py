@@ -208,6 +208,22 @@ def test_ratios_divide_by_what_they_say() -> None:
                       "output_tokens_per_j": 0.2, "avg_power_w": 250.0}
 
 
+def test_mean_gaps_only_give_the_pooled_mean_and_no_percentiles() -> None:
+    """Requests known by their mean gap (vLLM per_request timing) weigh in by their gap
+    count, so the mean equals the pooled one of the same gaps; percentiles stay null."""
+    per_token = [RequestRecord(0, 1, 40, 0.0, 1.0, [10.0] * 39),
+                 RequestRecord(1, 1, 60, 0.0, 1.0, [20.0] * 59)]
+    per_request = [RequestRecord(0, 1, 40, 0.0, 1.0, itl_mean_ms=10.0),
+                   RequestRecord(1, 1, 60, 0.0, 1.0, itl_mean_ms=20.0)]
+    pooled = request_metrics(per_token, 1.0)
+    means = request_metrics(per_request, 1.0)
+    assert means["itl_ms_mean"] == pytest.approx(pooled["itl_ms_mean"])
+    assert [means[f"itl_ms_p{p}"] for p in (50, 90, 99)] == [None, None, None]
+    rows = request_rows(per_request, 0.0, [None, None])
+    assert [(r["itl_ms_mean"], r["itl_ms_p50"], r["itl_ms_max"]) for r in rows] == [
+        (10.0, None, None), (20.0, None, None)]
+
+
 def test_latency_percentiles_are_the_named_ones() -> None:
     """p50/p90/p99 of 11 known values (numpy's linear interpolation): each column is the
     percentile its name says."""

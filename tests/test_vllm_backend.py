@@ -205,6 +205,7 @@ def test_dry_run_engine_args_show_constructor_and_sampling() -> None:
         "traffic": {"mode": "offline", "rate_rps": None, "seed": 0,
                     "steady_after_responses": 16},
         "warmup_and_prefill": "LLM.generate",
+        "token_timing": "per_token",
         "measured_window": {
             "call": "LLM.llm_engine.add_request, every request before the first step, "
                     "then step() until done",
@@ -214,6 +215,39 @@ def test_dry_run_engine_args_show_constructor_and_sampling() -> None:
             },
         },
     }
+
+
+def test_dry_run_shows_per_request_timing_as_one_plain_generate_call() -> None:
+    cfg = make_config(max_output_tokens=20, vllm={"token_timing": "per_request"})
+    args = engine_args(cfg)
+    assert args["token_timing"] == "per_request"
+    assert args["constructor"]["kwargs"]["disable_log_stats"] is False  # stats stay on
+    assert args["measured_window"] == {
+        "call": "LLM.generate, every request at once (its own output_kind FINAL_ONLY), "
+                "each request timed from its final RequestStateStats",
+        "sampling_kwargs": args["sampling"]["kwargs"],
+    }
+    assert "output_kind" not in args["measured_window"]["sampling_kwargs"]
+    VLLMSamplingParams(**args["measured_window"]["sampling_kwargs"])
+
+
+@pytest.mark.parametrize("vllm_options, match", [
+    ({"token_timing": "per_request", "traffic": {"mode": "poisson", "rate_rps": 4.0}},
+     "vllm.token_timing per_request .* vllm.traffic.mode poisson needs per_token"),
+    ({"token_timing": "per_request", "extra_engine_args": {"disable_log_stats": True}},
+     "vllm.token_timing per_request reads vLLM's per-request stats"),
+    ({"token_timing": "per_step"}, "token_timing"),
+])
+def test_per_request_timing_refuses_traffic_and_stats_off(vllm_options: dict,
+                                                          match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        make_config(vllm=vllm_options)
+
+
+def test_token_timing_is_a_runtime_option_that_keeps_the_engine() -> None:
+    per_token, per_request = make_config(), make_config(vllm={"token_timing": "per_request"})
+    assert engine_kwargs(per_token) == engine_kwargs(per_request)
+    assert per_token.engine_key == per_request.engine_key
 
 
 class _Dtype:
@@ -357,6 +391,15 @@ def test_records_v1_metrics_use_same_clock_differences() -> None:
     assert rec.start_s == 10.0
 
 
+def test_records_v1_metrics_give_the_mean_gap_from_first_and_last_stamp() -> None:
+    (rec,) = records_from_outputs([output(16, V1_STATS)], [3], 0.0, 1.0)
+    span_ms = (V1_STATS.last_token_ts - V1_STATS.first_token_ts) * 1e3
+    assert rec.itl_ms == [] and rec.itl_mean_ms == pytest.approx(span_ms / 15)
+    assert rec.e2e_ms == pytest.approx(rec.ttft_ms + 15 * rec.itl_mean_ms)
+    (one,) = records_from_outputs([output(1, V1_STATS)], [3], 0.0, 1.0)
+    assert one.itl_mean_ms is None  # one token: no gap
+
+
 def test_records_v0_metrics() -> None:
     metrics = RequestMetrics(
         arrival_time=1000.0, last_token_time=1000.30, first_scheduled_time=1000.01,
@@ -472,6 +515,31 @@ def test_backend_generate_sends_truncated_token_prompts(fake_vllm: Any) -> None:
     assert llm.shut_down and fake_vllm.cleaned == [True]
     backend.release()  # a second release is a no-op
     assert fake_vllm.cleaned == [True]
+
+
+def test_per_request_window_is_one_plain_generate_call_timed_from_final_stats(
+    fake_vllm: Any,
+) -> None:
+    backend = VLLMBackend(make_config(vllm={"token_timing": "per_request"}),
+                          DeviceInfo("cuda", 1))
+    backend.load()
+    assert backend.timing_method is None
+    recs = backend.measure(["a bb", "c", "d"])
+    llm = backend._llm
+    (prompts, params, use_tqdm, _), = llm.calls  # one call; the engine is never stepped here
+    assert prompts == [{"prompt_token_ids": [1, 101, 102]}, {"prompt_token_ids": [1, 101]},
+                       {"prompt_token_ids": [1, 101]}]
+    assert "output_kind" not in params.kwargs and use_tqdm is False  # generate: FINAL_ONLY
+    assert backend.timing_method == "vllm_request_stats" and backend.steady_window() is None
+    assert [r.output_tokens for r in recs] == [2, 3, 4]
+    span_ms = (V1_STATS.last_token_ts - V1_STATS.first_token_ts) * 1e3
+    assert [r.itl_mean_ms for r in recs] == pytest.approx([span_ms, span_ms / 2, span_ms / 3])
+    assert all(r.itl_ms == [] and r.ttft_ms == pytest.approx(54.2388, abs=1e-3)
+               and r.e2e_ms == pytest.approx(r.ttft_ms + span_ms) for r in recs)
+
+    llm.generate = lambda prompts, params, **kw: [output(2, None, 1) for _ in prompts]
+    recs = backend.measure(["a"])
+    assert backend.timing_method == "host_clock" and recs[0].ttft_ms is None
 
 
 def test_prefix_cache_on_is_reset_before_every_window(fake_vllm: Any) -> None:
@@ -596,6 +664,17 @@ def test_vllm_offline_window_is_timed_by_vllms_own_stats(gpu_backend: VLLMBacken
     assert all(0 < r.ttft_ms <= r.e2e_ms for r in recs)
     # the engine's decode span is the sum of its gaps, on its own clock
     assert all(r.e2e_ms == pytest.approx(r.ttft_ms + sum(r.itl_ms)) for r in recs)
+
+
+@pytest.mark.gpu
+def test_vllm_per_request_window_is_timed_from_final_stats(gpu_backend: VLLMBackend) -> None:
+    backend = gpu_backend
+    backend.configure(gpu_config(min_output_tokens=8, vllm={"token_timing": "per_request"}))
+    recs = backend.measure(["energy " * 10] * 6)
+    assert backend.timing_method == "vllm_request_stats"
+    assert [r.output_tokens for r in recs] == [8] * 6
+    assert all(r.itl_ms == [] and r.itl_mean_ms > 0 and 0 < r.ttft_ms <= r.e2e_ms for r in recs)
+    assert all(r.e2e_ms == pytest.approx(r.ttft_ms + 7 * r.itl_mean_ms) for r in recs)
 
 
 @pytest.mark.gpu

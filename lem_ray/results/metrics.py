@@ -26,7 +26,10 @@ def request_metrics(records: list[RequestRecord], duration_s: float) -> dict[str
     """Token counts, throughput over the measured window, and latency percentiles.
 
     ITL percentiles pool every inter-token gap of every request, as LLMPerf and vLLM's
-    benchmarks do; TTFT and e2e are one value per request.
+    benchmarks do; TTFT and e2e are one value per request. A request known only by its mean
+    gap (`itl_mean_ms`) counts in `itl_ms_mean` as that many gaps of that size, which keeps
+    the mean equal to the pooled one; it gives no percentiles, so where no request has
+    per-gap times they are null (percentiles of per-request means would be far narrower).
     """
     output_tokens = sum(r.output_tokens for r in records)
     return {
@@ -37,9 +40,24 @@ def request_metrics(records: list[RequestRecord], duration_s: float) -> dict[str
         "throughput_tok_s": output_tokens / duration_s if duration_s > 0 else None,
         "requests_per_s": len(records) / duration_s if duration_s > 0 else None,
         **_stats("ttft_ms", (r.ttft_ms for r in records)),
-        **_stats("itl_ms", (gap for r in records for gap in r.itl_ms)),
+        **_itl_stats(records),
         **_stats("e2e_ms", (r.e2e_ms for r in records)),
     }
+
+
+def _itl_stats(records: list[RequestRecord]) -> dict[str, float | None]:
+    out = _stats("itl_ms", (gap for r in records for gap in r.itl_ms))
+    if any(not r.itl_ms and r.itl_mean_ms is not None and r.output_tokens > 1
+           for r in records):
+        total_ms, gaps = 0.0, 0
+        for r in records:
+            if r.itl_ms:
+                total_ms, gaps = total_ms + sum(r.itl_ms), gaps + len(r.itl_ms)
+            elif r.itl_mean_ms is not None and r.output_tokens > 1:
+                total_ms += r.itl_mean_ms * (r.output_tokens - 1)
+                gaps += r.output_tokens - 1
+        out["itl_ms_mean"] = total_ms / gaps
+    return out
 
 
 def energy_metrics(
@@ -108,7 +126,7 @@ def request_rows(
                 "input_tokens": r.input_tokens,
                 "output_tokens": r.output_tokens,
                 "ttft_ms": r.ttft_ms,
-                "itl_ms_mean": float(gaps.mean()) if gaps.size else None,
+                "itl_ms_mean": float(gaps.mean()) if gaps.size else r.itl_mean_ms,
                 "itl_ms_p50": float(np.percentile(gaps, 50)) if gaps.size else None,
                 "itl_ms_max": float(gaps.max()) if gaps.size else None,
                 "e2e_ms": r.e2e_ms,

@@ -1,5 +1,6 @@
 """vLLM backend: warmup and prefill windows are one LLM.generate call each; the measured
-window drives the engine step by step (arrivals.py). vLLM batches continuously in both."""
+window drives the engine step by step (arrivals.py), or, under `vllm.token_timing:
+per_request`, is one LLM.generate call too. vLLM batches continuously in all of them."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from lem_ray.backends.vllm.translate import (
 
 # The `timing_method` column's values (docs/results.md) this backend can give.
 VLLM_ENGINE_STATS = "vllm_engine_stats"
+VLLM_REQUEST_STATS = "vllm_request_stats"
 HOST_CLOCK = "host_clock"
 
 
@@ -118,11 +120,18 @@ class VLLMBackend(Backend[VLLMConfig]):
         return records_from_outputs(outputs, [len(ids) for ids in token_ids], start, end)
 
     def measure(self, prompts: list[str]) -> list[RequestRecord]:
-        """The engine is driven step by step (arrivals.py), so each token keeps vLLM's own
-        time: offline sends every prompt before the first step, as LLM.generate does;
-        constant / poisson send each at its arrival time and keep the steady-state window."""
+        """per_token: the engine is driven step by step (arrivals.py), so each token keeps
+        vLLM's own time: offline sends every prompt before the first step, as LLM.generate
+        does; constant / poisson send each at its arrival time and keep the steady-state
+        window. per_request (offline only, config.py): one plain LLM.generate call, so the
+        window is exactly what a user's call costs; each request timed from its final stats."""
         traffic = self.options.traffic
         self._steady: SteadyWindow | None = None
+        if self.options.token_timing == "per_request":
+            records = self.generate(prompts)
+            stats = all(r.ttft_ms is not None for r in records)
+            self._timing = VLLM_REQUEST_STATS if records and stats else HOST_CLOCK
+            return records
         from vllm.sampling_params import RequestOutputKind
 
         token_ids = truncated_token_ids(self._tokenizer, prompts, self.config.max_input_tokens)
@@ -134,7 +143,7 @@ class VLLMBackend(Backend[VLLMConfig]):
         run = drive_arrivals(self._llm.llm_engine,
                              [{"prompt_token_ids": ids} for ids in token_ids], offsets,
                              sampling, lora_request=self._lora_request)
-        self._engine_timed = run.engine_timed
+        self._timing = VLLM_ENGINE_STATS if run.engine_timed else HOST_CLOCK
         if traffic.mode != "offline":
             self._steady = steady_window(run.in_flight, run.finished_s, run.last_arrival_s,
                                          run.token_times_s, self.options.max_num_seqs,
@@ -143,13 +152,12 @@ class VLLMBackend(Backend[VLLMConfig]):
 
     @property
     def timing_method(self) -> str | None:
-        """`vllm_engine_stats` when every measured request was timed by vLLM's own stats
-        (see arrivals.EngineTimes), else `host_clock` (tokens stamped as they reached this
-        process); None before a measured window."""
-        timed = getattr(self, "_engine_timed", None)
-        if timed is None:
-            return None
-        return VLLM_ENGINE_STATS if timed else HOST_CLOCK
+        """per_token: `vllm_engine_stats` when every measured request was timed by vLLM's
+        own stats (see arrivals.EngineTimes), else `host_clock` (tokens stamped as they
+        reached this process). per_request: `vllm_request_stats` (each request's final
+        stats: TTFT, e2e, mean gap), else `host_clock` (the call's span as e2e, no TTFT).
+        None before a measured window."""
+        return getattr(self, "_timing", None)
 
     def steady_window(self) -> SteadyWindow | None:
         return getattr(self, "_steady", None)

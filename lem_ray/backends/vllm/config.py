@@ -31,8 +31,9 @@ class LoRAConfig(StrictModel):
 
 
 class VLLMConfig(BackendOptions):
-    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"traffic"})
-    """Only how requests arrive; every other field is an argument of vllm.LLM(...)."""
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"traffic", "token_timing"})
+    """How requests arrive and how they are timed; every other field is an argument of
+    vllm.LLM(...)."""
     EXPERIMENT_RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"min_output_tokens", "prompts", "decoder", "warmup"}
     )
@@ -67,6 +68,15 @@ class VLLMConfig(BackendOptions):
         default_factory=TrafficConfig,
         description="how the measured window's requests arrive (warmup and prefill: offline)",
     )
+    token_timing: Literal["per_token", "per_request"] = Field(
+        "per_token",
+        description="how the measured window is run and timed. per_token: the engine is "
+        "driven step by step with DELTA outputs, every token keeps vLLM's engine-core stamp "
+        "(the full inter-token gap distribution; what every traffic mode needs). "
+        "per_request (offline traffic only): one plain LLM.generate call, as a user runs "
+        "it, each request timed from its final stats (TTFT, e2e, mean inter-token gap; no "
+        "gap percentiles)",
+    )
     extra_engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description="passed to vllm.LLM as keyword arguments, for options not modelled here",
@@ -79,6 +89,18 @@ class VLLMConfig(BackendOptions):
                 f"vllm.block_size {self.block_size}: vLLM's attention backends on CUDA GPUs "
                 f"need a multiple of {CUDA_BLOCK_MULTIPLE}"
             )
+        if self.token_timing == "per_request":
+            if self.traffic.mode != "offline":
+                raise invalid_combination(
+                    f"vllm.token_timing per_request times one LLM.generate call, which sends "
+                    f"every request at once; vllm.traffic.mode {self.traffic.mode} needs "
+                    f"per_token"
+                )
+            if self.extra_engine_args.get("disable_log_stats"):
+                raise invalid_combination(
+                    "vllm.token_timing per_request reads vLLM's per-request stats, which "
+                    "vllm.extra_engine_args.disable_log_stats: true turns off"
+                )
         return self
 
     @property

@@ -141,6 +141,17 @@ def engine_args(config: ExperimentConfig) -> dict[str, Any]:
     traffic = config.vllm.traffic
     arrival = "every request before the first step" if traffic.mode == "offline" else (
         "each request at its arrival time")
+    if config.vllm.token_timing == "per_request":
+        measured = {
+            "call": "LLM.generate, every request at once (its own output_kind FINAL_ONLY), "
+                    "each request timed from its final RequestStateStats",
+            "sampling_kwargs": sampling_params_kwargs(config),
+        }
+    else:
+        measured = {
+            "call": f"LLM.llm_engine.add_request, {arrival}, then step() until done",
+            "sampling_kwargs": {**sampling_params_kwargs(config), "output_kind": "DELTA"},
+        }
     return {
         "library": "vllm",
         "constructor": {"call": "vllm.LLM", "kwargs": engine_kwargs(config)},
@@ -148,10 +159,8 @@ def engine_args(config: ExperimentConfig) -> dict[str, Any]:
         "prefix_cache": prefix_cache_policy(config),
         "traffic": traffic.model_dump(),
         "warmup_and_prefill": "LLM.generate",
-        "measured_window": {
-            "call": f"LLM.llm_engine.add_request, {arrival}, then step() until done",
-            "sampling_kwargs": {**sampling_params_kwargs(config), "output_kind": "DELTA"},
-        },
+        "token_timing": config.vllm.token_timing,
+        "measured_window": measured,
     }
 
 
@@ -225,6 +234,18 @@ def _v0_timings(metrics: Any) -> tuple[float, float] | None:
     return metrics.first_token_time - metrics.arrival_time, end - metrics.arrival_time
 
 
+def mean_gap_ms(metrics: Any, output_tokens: int) -> float | None:
+    """A request's mean inter-token gap from V1's final RequestStateStats: its engine core's
+    first and last token stamps (one clock), (last - first) / (output_tokens - 1). This is
+    the mean of the per-token gaps the step-driven window would have recorded (a step that
+    makes several tokens gives gaps of 0 there). None without V1 stats or a second token."""
+    if metrics is None or output_tokens < 2 or not hasattr(metrics, "first_token_ts"):
+        return None
+    if metrics.first_token_ts <= 0.0:
+        return None
+    return (metrics.last_token_ts - metrics.first_token_ts) / (output_tokens - 1) * 1e3
+
+
 def request_timings(metrics: Any) -> tuple[float, float] | None:
     """(ttft_s, e2e_s) of one request from `RequestOutput.metrics`, or None when unknown.
 
@@ -255,9 +276,11 @@ def records_from_outputs(
     `batch_end_s - batch_start_s` (perf_counter seconds).
 
     itl_ms stays empty: LLM.generate hands back only the final output, whose
-    RequestStateStats holds the first and last token's times, not each one's. These
-    records are the warmup and prefill windows'; the measured window's come from the
-    engine driven step by step (arrivals.py), which keeps every token's time.
+    RequestStateStats holds the first and last token's times, not each one's; itl_mean_ms
+    is their mean gap (mean_gap_ms). These records are the warmup and prefill windows', and
+    the measured window's under `vllm.token_timing: per_request`; under per_token the
+    measured window's come from the engine driven step by step (arrivals.py), which keeps
+    every token's time.
     """
     if len(outputs) != len(prompt_token_counts):
         raise ValueError(
@@ -267,14 +290,16 @@ def records_from_outputs(
     records = []
     for index, (output, input_tokens) in enumerate(zip(outputs, prompt_token_counts)):
         timings = request_timings(output.metrics)
+        output_tokens = len(output.outputs[0].token_ids)
         records.append(
             RequestRecord(
                 index=index,
                 input_tokens=input_tokens,
-                output_tokens=len(output.outputs[0].token_ids),
+                output_tokens=output_tokens,
                 e2e_ms=timings[1] * 1000.0 if timings else batch_ms,
                 ttft_ms=timings[0] * 1000.0 if timings else None,
                 start_s=batch_start_s,
+                itl_mean_ms=mean_gap_ms(output.metrics, output_tokens) if timings else None,
             )
         )
     return records
