@@ -6,12 +6,15 @@
 #   dev/gpu-vllm/run.sh tests             pytest -m gpu on tests/test_vllm*.py   (~120-200 s)
 #   dev/gpu-vllm/run.sh campaign          configs/h200-vllm-llama1b.yaml + table (~480-630 s)
 #   dev/gpu-vllm/run.sh traffic           configs/h200-vllm-traffic.yaml + table (~120-220 s)
+#   dev/gpu-vllm/run.sh overhead          overhead.py: bare LLM.generate vs lem-ray's window
+#                                         (OVERHEAD_ARGS="--seqs 64 ..." passes options)
 #   dev/gpu-vllm/run.sh tests:240 traffic:300    two parts in one call, each with its budget
-# A part's budget (seconds; defaults: tests 240, campaign 520, traffic 300) bounds it: lem-ray
+# A part's budget (seconds; defaults: tests 240, campaign 520, traffic 300, overhead 570)
+# bounds it (overhead.py plans within it and stops itself 30 s before): lem-ray
 # then gets SIGINT, records what finished, stops its workers and exits (exit 124); running the
 # same part again resumes its campaign where it stopped. See README.md beside this file.
 set -uo pipefail
-(($#)) || { echo "usage: run.sh PART[:BUDGET_S]... (PART: tests, campaign, traffic)" >&2; exit 2; }
+(($#)) || { echo "usage: run.sh PART[:BUDGET_S]... (PART: tests, campaign, traffic, overhead)" >&2; exit 2; }
 OUT=${OUT:-$PWD/gpu-vllm-out}
 mkdir -p "$OUT"
 here=$(cd "$(dirname "$0")" && pwd)
@@ -62,6 +65,19 @@ run_campaign() {  # GRID NAME BUDGET_S
   return "$rc"
 }
 
+run_overhead() {  # BUDGET_S
+  local rc
+  echo "[$(stamp)] overhead.py ${OVERHEAD_ARGS:-} (budget ${1}s)"
+  # shellcheck disable=SC2086  # OVERHEAD_ARGS is a list of options
+  timeout -s INT -k 30 "$1" python3 "$here/overhead.py" --budget-s "$(($1 - 30))" \
+    --out "$OUT" ${OVERHEAD_ARGS:-} 2>&1 | tee "$OUT/overhead.log"
+  rc=${PIPESTATUS[0]}
+  stop_leftovers
+  echo "[$(stamp)] overhead.py exit $rc"
+  keep+=(vllm_overhead.md vllm_overhead.json overhead.log)
+  return "$rc"
+}
+
 # $OUT keeps at most 8 files: the first 7 wanted ones, and rest.tgz with everything else.
 pack() {
   local f k kept=() extra=()
@@ -86,7 +102,8 @@ for arg in "$@"; do
     tests) run_tests "${budget:-240}" ;;
     campaign) run_campaign configs/h200-vllm-llama1b.yaml h200-vllm-llama1b "${budget:-520}" ;;
     traffic) run_campaign configs/h200-vllm-traffic.yaml h200-vllm-traffic "${budget:-300}" ;;
-    *) echo "run.sh: unknown part $part (tests, campaign, traffic)" >&2; status=2; continue ;;
+    overhead) run_overhead "${budget:-570}" ;;
+    *) echo "run.sh: unknown part $part (tests, campaign, traffic, overhead)" >&2; status=2; continue ;;
   esac
   rc=$?; ((rc && !status)) && status=$rc
 done
