@@ -43,8 +43,10 @@ class Job:
     est_s: float | None = None
 
 
-def simulate(nodes: dict[str, int], jobs: list[Job]) -> dict[str, tuple[float, float]]:
-    """Run the policy against a clock: (start, end) of every job."""
+def simulate(nodes: dict[str, int], jobs: list[Job],
+             cold_s: float | None = None) -> dict[str, tuple[float, float]]:
+    """Run the policy against a clock: (start, end) of every job. cold_s: what every run is
+    told a new worker would take to start and load."""
     now, ids = 0.0, 0
     queue = list(jobs)
     slots: dict[int, SlotView] = {}
@@ -52,7 +54,7 @@ def simulate(nodes: dict[str, int], jobs: list[Job]) -> dict[str, tuple[float, f
     times: dict[str, tuple[float, float]] = {}
     by_id = {j.run_id: j for j in jobs}
     while queue or running:
-        queued = [QueuedRun(j.run_id, j.gpus, "E", j.est_s) for j in queue]
+        queued = [QueuedRun(j.run_id, j.gpus, "E", j.est_s, cold_s=cold_s) for j in queue]
         decisions, _ = decide(now, queued, list(slots.values()), nodes)
         for d in decisions:
             if isinstance(d, Close):
@@ -170,3 +172,16 @@ def test_a_run_waits_for_a_busy_worker_of_its_size_rather_than_close_idle_ones()
     assert decisions == [Close(2), Close(3), Open("big", "n")]
     unknown = [QueuedRun("big", 2, "P", est_s=4.0)] + queue[1:]
     assert decide(8.0, unknown, slots, {"n": 4})[0][:3] == [Close(2), Close(3), Open("big", "n")]
+
+
+def test_a_run_waiting_for_a_busy_worker_starts_the_moment_it_is_free() -> None:
+    """A pair busy until 10 s, single GPUs free at 6 s: a new pair for the 2-GPU run would
+    take 5 s to start and load, so it waits for the busy one while the singles take later
+    1-GPU runs; of 200 later runs of both sizes, none takes the pair before it."""
+    jobs = [Job("pair", 2, 10.0, 10.0), Job("one", 1, 6.0, 6.0), Job("two", 1, 6.0, 6.0)]
+    jobs += [Job("big", 2, 10.0, 10.0)]
+    jobs += [Job(f"s{i}", 1 + i % 2, 1.0, 1.0) for i in range(200)]
+    times = simulate({"n": 4}, jobs, cold_s=5.0)
+    assert times["big"][0] == 10.0
+    assert times["s0"][0] == 6.0, "the idle singles kept working"
+    assert all(times[f"s{i}"][0] >= 10.0 for i in range(1, 200, 2)), "later pairs wait behind"
