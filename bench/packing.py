@@ -1,12 +1,14 @@
 """How well runs of mixed GPU counts and lengths pack onto the cluster's GPUs.
 
-    python bench/packing.py [--gpus 4] [--cycles 3] [--json]
+    python bench/packing.py [--gpus 4] [--cycles 3] [--prompts 16] [--json]
 
 A local Ray with G logical GPUs runs a grid of real tiny-model runs: GPU counts 1 and 2,
 lengths varied through max_output_tokens, several cycles (later cycles know earlier ones'
 lengths, which backfill uses). Each run's duration is the time it held its GPUs (started_at to
 finished_at in the experiments table); makespan is first start to last finish; ideal is
 max(sum of GPU-seconds / G, longest run). ratio = makespan / ideal (1.0 is perfect packing).
+A new worker's start (a Ray actor process, before its first run begins) counts in the makespan
+but in no run: --prompts sets how long runs are against it.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from lem_ray.execution.driver import run_campaign
 from lem_ray.results.store import read_table
 
 
-def campaign(cycles: int) -> dict[str, Any]:
+def campaign(cycles: int, prompts: int = 16) -> dict[str, Any]:
     return {
         "campaign_name": "packing",
         "base": {
             "model_name": "builtin:tiny-llama", "load_format": "dummy", "backend": "pytorch",
             "fp_precision": "float32",
-            "prompts": {"source": "synthetic", "count": 16, "input_len": {"mean": 16, "std": 0}},
+            "prompts": {"source": "synthetic", "count": prompts,
+                        "input_len": {"mean": 16, "std": 0}},
             "warmup": {"mode": "fixed", "requests": 1},
         },
         "grid": {"shared": {"gpus_per_experiment": [1, 2],
@@ -43,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, default=4)
     parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per run")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     # One intra-op thread per worker: the logical GPUs share the machine's few cores.
@@ -51,7 +55,7 @@ def main() -> None:
              namespace="lem-ray-bench", logging_level="ERROR", runtime_env={"env_vars": env})
     try:
         with tempfile.TemporaryDirectory() as out:
-            run_campaign(campaign(args.cycles), results_dir=out)
+            run_campaign(campaign(args.cycles, args.prompts), results_dir=out)
             rows = [r for r in read_table(out, "experiments").to_pylist() if r["status"] == "ok"]
     finally:
         ray.shutdown()
