@@ -60,6 +60,8 @@ class Node:
     live: int = 0
     room: int | None = None
     """Engines the GPUs' memory holds at once; a load past it runs out of memory."""
+    prepare_room: int | None = None
+    """Engines beside which prepare() (new batch shapes) still fits."""
 
     def clock(self) -> float:
         return self.t_s
@@ -123,6 +125,10 @@ class FakeEngine(Backend):
         self.node.live += 1
         self._loaded = True
         self.node.engines.append(self.config.fp_precision)
+
+    def prepare(self, prompts: list[str]) -> None:
+        if self.node.prepare_room is not None and self.node.live > self.node.prepare_room:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     def generate(self, prompts: list[str], max_output_tokens: int | None = None) -> list[RequestRecord]:
         most, _ = self.output_bounds(max_output_tokens)
@@ -363,3 +369,17 @@ def test_a_load_out_of_memory_beside_other_engines_is_tried_alone(
     with pytest.raises(RuntimeError, match="out of memory"):
         run("float32")
     assert node.live == 0, "a failed run leaves no engine behind"
+
+
+def test_new_shapes_out_of_memory_beside_other_engines_are_prepared_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    node = two_gpus()
+    run = warm_runner(node, monkeypatch)
+    run("float32")
+    run("bfloat16")
+    node.prepare_room = 1
+    assert run("float32") == (0.0, True, ["float32"]), "bfloat16 made room, float32 kept"
+    node.prepare_room = 0
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run("float32")
+    assert node.live == 0

@@ -88,6 +88,10 @@ class EnginePool:
                 self.heap_frozen = False
             backend.release()
 
+    def release_others(self, key: str) -> None:
+        for other in [k for k in self.engines if k != key]:
+            self.release(other)
+
     def release_all(self) -> None:
         while self.engines:
             self._release_oldest()

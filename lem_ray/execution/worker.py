@@ -155,7 +155,14 @@ class ExperimentWorker:
             backend.configure(cfg)
         else:
             backend, free_before = self._load(cfg, key)
-        backend.prepare(prompts)
+        try:
+            backend.prepare(prompts)
+        except BaseException as exc:
+            # New batch shapes of a kept engine may not fit beside the others: once more alone.
+            if len(self.pool.engines) < 2 or not out_of_memory(exc):
+                raise
+            self.pool.release_others(key)
+            backend.prepare(prompts)
         backend.synchronize()
         phases["loading"] = time.perf_counter() - t0
         with _no_gc(freeze=not reused or not self.pool.heap_frozen):
