@@ -81,3 +81,33 @@ def test_fast_path_tokens_match_eager_generate() -> None:
             backend.release()
     agree = sum(a == b for x, y in zip(*tokens) for a, b in zip(x, y))
     assert agree >= 0.9 * 2 * 16, tokens
+
+
+@pytest.mark.slow
+def test_fast_path_compiles_every_batch_shape_past_dynamos_default_limit() -> None:
+    """Ten batch shapes on one engine: each step compiled (Dynamo's default limit of 8 would
+    have run the last shapes eagerly inside their graphs, without a word)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch")
+    from torch._dynamo.utils import counters
+
+    from lem_ray.backends.pytorch.backend import PyTorchBackend
+    from lem_ray.backends.pytorch.timing import StepClock
+
+    cfg = _config(batch_size=1, cache_implementation="static", torch_compile="reduce-overhead")
+    backend = PyTorchBackend(cfg, DeviceInfo("cuda", 1))
+    backend.load()
+    loop = backend._loop
+    device = torch.device("cuda", 0)
+    try:
+        before = counters["stats"]["unique_graphs"]
+        for batch in range(1, 11):
+            ids = torch.randint(4, 200, (batch, 12), device=device)
+            mask = torch.ones_like(ids)
+            out = loop.run(ids, mask, 16, 16, StepClock(torch, device))
+            assert tuple(out.shape) == (batch, 16)
+        assert loop.graphs == 10
+        assert counters["stats"]["unique_graphs"] - before >= 10, "a shape ran uncompiled"
+    finally:
+        backend.release()

@@ -37,6 +37,11 @@ COMPILE_MODES = {"default": "default", "reduce-overhead": "default",
 # of 1.76 ms became 1.46 ms; bench/profile_decode.py). It changes only how kernels are tuned,
 # so it applies to the compiled step alone and is recorded in the backend's details.
 INDUCTOR_TUNING = {"coordinate_descent_tuning": True}
+# Dynamo compiles the step once per batch shape and loop (dynamic=False), and past its default
+# of 8 compilations of one function it would run the step eagerly inside the graph, silently
+# ~1.7x slower (bench/profile_decode.py). A worker keeping several engines meets more shapes
+# than that: allow many, and fail loudly rather than fall back if even those run out.
+DYNAMO_LIMITS = {"recompile_limit": 64, "fail_on_recompile_limit_hit": True}
 
 
 def choose_tokens(torch: Any, logits: Any, sampling: dict[str, Any] | None) -> Any:
@@ -104,14 +109,15 @@ class DecodeLoop:
         self._graphs_on = self._cuda and self._in_device == self._out_device
         self._advance = self._step_body
         if self._cuda:
+            from torch._dynamo import config as dynamo_config
             from torch._inductor import config as inductor_config
 
             compiled = torch.compile(
                 self._step_body, mode=COMPILE_MODES[compile_mode], fullgraph=False, dynamic=False)
 
             def advance(s: _State) -> None:
-                # Inductor reads its config when it compiles (the first calls of each shape).
-                with inductor_config.patch(INDUCTOR_TUNING):
+                # Both read their config when they compile (the first calls of each shape).
+                with inductor_config.patch(INDUCTOR_TUNING), dynamo_config.patch(DYNAMO_LIMITS):
                     compiled(s)
 
             self._advance = advance
