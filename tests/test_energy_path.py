@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import pickle
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -110,6 +111,10 @@ PROMPT_S = 0.25
 PREFILL_PROMPT_S = 0.0625
 
 
+class LibraryVersion(str):
+    """A library's own version type, as torch's TorchVersion is: pickled, it names its module."""
+
+
 class FakeEngine(Backend):
     """Eight output tokens per prompt; each call advances the node's clock by its work."""
 
@@ -142,6 +147,9 @@ class FakeEngine(Backend):
                                          itl_ms=[per_prompt_s * 1000 / most] * (most - 1), start_s=start_s))
         self.node.log.append(("generate", len(prompts)))
         return records
+
+    def versions(self) -> dict[str, str]:
+        return {"engine": LibraryVersion("1.2.3")}
 
     def release(self) -> None:
         """Also called after a failed load, on an engine that never loaded."""
@@ -252,6 +260,14 @@ def test_two_gpu_run_figures_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     assert row["measure_end_epoch_s"] - row["measure_start_epoch_s"] == 1.0
     assert row["driver_version"] == "570.86" and row["engine_config_json"] is None
     assert row["engine_load_s"] == LOAD_S and row["engine_reused"] is False
+
+
+def test_versions_reach_the_driver_as_plain_strings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver without the backend's library must still unpickle the result."""
+    result = run_on_node(two_gpus(), monkeypatch, execution(), baselines={})["result"]
+    assert result.versions["engine"] == "1.2.3"
+    assert {type(v) for v in result.versions.values()} == {str}
+    assert b"LibraryVersion" not in pickle.dumps(result.versions)
 
 
 def test_hot_and_throttled_second_gpu_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:

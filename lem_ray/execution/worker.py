@@ -66,6 +66,12 @@ def no_gpu_reason(identity: GpuIdentity) -> str | None:
     return "ran on CPU: energy is measured on NVIDIA GPUs through NVML only"
 
 
+def plain_versions(found: dict[str, Any]) -> dict[str, str]:
+    """Plain strings: a library's own version type (torch's TorchVersion) would make the driver
+    import that library to unpickle the result, and a driver without it fail."""
+    return {name: str(version) for name, version in found.items()}
+
+
 class ExperimentWorker:
     """Lives in a placement group as long as the driver keeps that group; its sampler (created
     on the first run, in the same group, bound to the same GPU UUIDs) lives as long as it."""
@@ -236,8 +242,8 @@ class ExperimentWorker:
             prefill=prefill_result,
             own_pids=own_pids,
             peak_memory_mib=peak_memory_mib(backend),
-            versions={**backend.versions(), "python": platform.python_version(),
-                      "ray": ray.__version__},
+            versions=plain_versions({**backend.versions(), "python": platform.python_version(),
+                                     "ray": ray.__version__}),
             details=backend.details(),
             engine_config=backend.engine_config(),
             steady_window=backend.steady_window(),
