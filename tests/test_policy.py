@@ -159,15 +159,22 @@ def test_runs_behind_a_waiting_head_still_take_free_gpus_elsewhere() -> None:
 
 
 def test_a_run_waits_for_a_busy_worker_of_its_size_rather_than_close_idle_ones() -> None:
-    """The pair is expected free at 10 s; a new pair would take 5 s to start and load. At 8 s
-    waiting is sooner, so the idle single-GPU workers keep working; at 0 s it is not."""
-    slots = [SlotView(1, "n", 2, ("P",), busy=True, started_s=0.0, est_s=10.0),
+    """The pair is expected free at 12 s; a new pair would take 5 s to start and load. At 8 s
+    waiting is sooner, so the idle single-GPU workers keep working; at 0 s it is not. At 3 s
+    a new pair is sooner, but closing the singles that queued runs still want would cost
+    them a new start and load too: the run waits up to twice the 5 s, unless it can have
+    singles no run wants."""
+    slots = [SlotView(1, "n", 2, ("P",), busy=True, started_s=0.0, est_s=12.0),
              SlotView(2, "n", 1, ("S",)), SlotView(3, "n", 1, ("S",))]
     queue = [QueuedRun("big", 2, "P", est_s=4.0, cold_s=5.0),
              QueuedRun("s1", 1, "S", est_s=30.0), QueuedRun("s2", 1, "S", est_s=30.0)]
     decisions, held = decide(8.0, queue, slots, {"n": 4})
     assert decisions == [Assign("s1", 2), Assign("s2", 3)]
-    assert held is not None and (held.run_id, held.shadow_s) == ("big", 10.0)
+    assert held is not None and (held.run_id, held.shadow_s) == ("big", 12.0)
+    decisions, held = decide(3.0, queue, slots, {"n": 4})
+    assert decisions == [Assign("s1", 2), Assign("s2", 3)]
+    assert held is not None and (held.run_id, held.shadow_s) == ("big", 12.0)
+    assert decide(3.0, queue[:1], slots, {"n": 4})[0] == [Close(2), Close(3), Open("big", "n")]
     decisions, _ = decide(0.0, queue, slots, {"n": 4})
     assert decisions == [Close(2), Close(3), Open("big", "n")]
     unknown = [QueuedRun("big", 2, "P", est_s=4.0)] + queue[1:]

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+DRIVER_NODES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+"""Device files of the NVIDIA, ROCm and WSL GPU drivers: without any of them no torch build
+can see a GPU, so torch need not be imported to ask."""
+
 
 @dataclass
 class GpuIdentity:
@@ -22,7 +26,9 @@ def resolve_gpus(ray_gpu_ids: list[str]) -> GpuIdentity:
     driver exports it to every worker): that path is tried first because it creates no CUDA
     context in the worker, so the idle baseline taken next is truly idle and vLLM can still
     fork its workers. Without NVML, torch reports the UUID from the CUDA device itself.
-    Logical GPUs with no device behind them (tests, CPU clusters) resolve to no UUIDs.
+    Logical GPUs with no device behind them (tests, CPU clusters) resolve to no UUIDs, without
+    importing torch where no GPU driver is installed: a worker's start, which its first run
+    waits for while the GPUs are held, then imports no more than a start on NVML does.
     """
     ids = list(ray_gpu_ids)
     if ids and os.environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID":
@@ -31,6 +37,8 @@ def resolve_gpus(ray_gpu_ids: list[str]) -> GpuIdentity:
         if nvml_status()[0]:
             uuids = uuids_for_indices(ids)
             return GpuIdentity("cuda", ids, uuids, [GpuDevice(u).name for u in uuids])
+    if not any(os.path.exists(node) for node in DRIVER_NODES):
+        return GpuIdentity("cpu", ids)
     try:
         import torch
     except ImportError:

@@ -6,7 +6,8 @@ exchangeable, and a load saved is GPU time saved. Then the other runs are taken 
 campaign's order. Each goes, in this preference, to an idle worker that holds its engine; to an
 idle worker of its size none of whose engines a queued run wants; to new GPUs that are free; to
 any idle worker of its size (reloading); to a busy worker of its size expected to be free
-before a new worker could start and load its engine (it waits for that one); to GPUs freed by
+before a new worker could start and load its engine, or before two could where the new one's
+room would close idle workers that queued runs want (it waits for that one); to GPUs freed by
 closing idle workers of other sizes. A worker runs in one runtime environment: runs of
 another environment count as another size. The first run that fits nowhere is the head: the
 node where it can start soonest (or the busy worker it waits for) is reserved for it, and later
@@ -260,16 +261,31 @@ def _place(state: _State, run: QueuedRun) -> bool:
 def _wait_for_worker(state: _State, run: QueuedRun) -> bool:
     """A busy worker of the run's size expected to be free before a new one could start and
     load the run's engine: the run waits for it (holding it as the head's reservation, so
-    nothing later takes it) and no idle worker is closed for it."""
+    nothing later takes it) and no idle worker is closed for it. Where the room for a new
+    worker would come from closing idle workers that queued runs still want, those runs will
+    need a new worker of their size again: two starts and loads instead of one, so the run
+    waits up to twice as long (on 4 GPUs with runs of 1 and 2 GPUs, closing the singles for
+    a pair that was about to be free cost two switches back to back)."""
     if run.cold_s is None:
         return False
     ends = state.busy_ends().get((run.gpus, run.kind), [])
     end_s, node = next(((e, n) for e, n in ends if state.allowed(run, n)), (math.inf, ""))
-    if end_s - state.now > run.cold_s:
+    if end_s - state.now > run.cold_s * 2 or (end_s - state.now > run.cold_s
+                                              and not _room_closes_wanted(state, run)):
         return False
     if state.reservation is None:
         state.reservation = Reservation(run.run_id, node, end_s, state.nodes[node] - run.gpus)
     return True
+
+
+def _room_closes_wanted(state: _State, run: QueuedRun) -> bool:
+    """Whether no node could make room for the run without closing a wanted idle worker."""
+    spare: Counter[str] = Counter()
+    for slot in state.idle_slots:
+        if not _wanted(state, slot):
+            spare[slot.node] += slot.gpus
+    return not any(total - state.used(node) + spare[node] >= run.gpus
+                   and state.allowed(run, node) for node, total in state.sorted_nodes)
 
 
 def _wanted(state: _State, slot: SlotView) -> bool:

@@ -1,0 +1,44 @@
+"""A worker's start: what its first run waits for while the GPUs are held imports nothing
+heavy (torch and the backends load with the first run that needs them)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Iterator
+
+import pytest
+import ray
+
+from lem_ray.execution.cluster import WORKER_ENV
+from lem_ray.execution.gpus import DRIVER_NODES
+from lem_ray.execution.slots import Slot
+from tests.conftest import RAY_TMP
+
+HEAVY = ("torch", "transformers", "vllm", "tensorrt_llm")
+
+
+@pytest.fixture
+def two_logical_gpus() -> Iterator[None]:
+    ray.init(address="local", _temp_dir=os.path.join(RAY_TMP, "ray"), num_cpus=2, num_gpus=2,
+             include_dashboard=False, namespace="lem-ray-test",
+             runtime_env={"env_vars": WORKER_ENV})
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.skipif(any(os.path.exists(node) for node in DRIVER_NODES),
+                    reason="a GPU driver is installed: resolving its GPUs may need torch")
+def test_a_worker_on_logical_gpus_starts_without_heavy_imports(two_logical_gpus) -> None:
+    slot = Slot.open(1, 2, ray.get_runtime_context().get_node_id(), "lem-ray:start:1")
+    try:
+        identity = ray.get(slot.starting, timeout=120)
+        assert (identity.device, sorted(identity.gpu_ids), identity.gpu_uuids) == (
+            "cpu", ["0", "1"], [])
+        loaded = ray.get(slot.worker.__ray_call__.remote(
+            lambda _worker: [name for name in HEAVY if name in sys.modules]), timeout=60)
+        assert loaded == []
+    finally:
+        slot.close()
