@@ -432,16 +432,71 @@ def html_plot_calls(results_dir: Path, tmp_path: Path, monkeypatch: pytest.Monke
     from lem_ray.cli.main import main
     from lem_ray.results import plots
 
-    calls: dict[str, list] = {"pareto": [], "power": []}
+    calls: dict[str, list] = {"pareto": [], "points": [], "batch": [], "power": []}
     png = b"\x89PNG\r\n\x1a\n"
     monkeypatch.setattr(plots, "pareto_png", lambda groups, x, y, min_x, min_y:
-                        calls["pareto"].append((x, y, min_x, min_y)) or png)
+                        calls["points"].append(plots.point_labels(groups))
+                        or calls["pareto"].append((x, y, min_x, min_y)) or png)
+    monkeypatch.setattr(plots, "batch_size_png", lambda *args: calls["batch"].append(args) or png)
     monkeypatch.setattr(plots, "power_png", lambda runs:
                         calls["power"].append([(r.title.split(":")[0], len(r.samples), r.measure_window_s)
                                                for r in runs]) or png)
     result = CliRunner().invoke(main, ["report", str(results_dir), "--html", str(tmp_path / "r.html"), *args])
     assert result.exit_code == 0, result.output
     return calls
+
+
+@pytest.fixture(scope="module")
+def fast_path_campaign(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eager decode over a static cache and the fast path (torch_compile over it: lem-ray's
+    compiled loop, run eagerly on the CPU) at batch 1 and 2, 2 cycles each, on CPU."""
+    from lem_ray.execution.driver import run_campaign
+
+    out = tmp_path_factory.mktemp("fastpath") / "results"
+    with isolated_ray():
+        result = run_campaign({
+            "campaign_name": "fastpath",
+            "base": {**TINY_BASE, "pytorch": {"cache_implementation": "static"}},
+            "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {
+                "batch_size": [1, 2], "torch_compile": [None, "reduce-overhead"]}}},
+            "execution": {"cycles": 2},
+        }, results_dir=out)
+    assert result.counts["ok"] == 8
+    return out
+
+
+@pytest.mark.slow
+def test_fast_path_and_eager_are_told_apart(fast_path_campaign: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """At one batch size, eager decode and the fast path are two groups in the tables, the
+    HTML and on the Pareto plots, and two lines on the batch-size plot, named by what differs."""
+    eager, fast = "torch_compile=null", "torch_compile=reduce-overhead"
+    labels = [f"batch {b} · {mode}" for b in (1, 2) for mode in (eager, fast)]
+    assert sorted(g["label"] for g in report_json(fast_path_campaign)["groups"]) == labels
+
+    table = lem_ray("report", str(fast_path_campaign), cwd=fast_path_campaign.parent)
+    assert table.returncode == 0 and "…" not in table.stdout, "no label cut short"
+    assert "ITL p99 ms" in table.stdout, "the last column still fits"
+    page = tmp_path / "r.html"
+    assert lem_ray("report", str(fast_path_campaign), "--html", str(page),
+                   cwd=fast_path_campaign.parent).returncode == 0
+    assert all(label in page.read_text() for label in labels)
+
+    calls = html_plot_calls(fast_path_campaign, tmp_path, monkeypatch)
+    assert [sorted(points) for points in calls["points"]] == [labels] * 3
+    [(groups, series)] = calls["batch"]
+    lines: dict[str, list[tuple[int, int]]] = {}
+    for g, name in zip(groups, series):
+        lines.setdefault(name, []).append((g["batch_size"], g["runs_ok"]))
+    assert lines == {"torch_compile=null": [(1, 2), (2, 2)],
+                     "torch_compile=reduce-overhead": [(1, 2), (2, 2)]}
+
+    eager_runs = [r for r in pq.read_table(fast_path_campaign / "experiments").to_pylist()
+                  if json.loads(r["config_json"])["pytorch"]["torch_compile"] is None]
+    from lem_ray.results.report import batch_series
+
+    _, one_line = batch_series(eager_runs)
+    assert set(one_line) == {"builtin:tiny-llama · pytorch · 1 GPU · fp32"}
 
 
 def test_pareto_plots_minimise_energy_and_latency_maximise_throughput(

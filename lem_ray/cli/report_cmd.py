@@ -31,6 +31,7 @@ from lem_ray.results.report import (
     STATS_NOTE,
     SUMMARY,
     Report,
+    batch_series,
     build_report,
     cell_lines,
     cycle_cv_text,
@@ -40,7 +41,6 @@ from lem_ray.results.report import (
 from lem_ray.results.store import exists, open_dataset, read_table, resolve, write_table
 
 POWER_RUNS_DEFAULT = 6
-BATCH_GROUP_BY = ("model_name", "backend", "fp_precision", "batch_size")
 
 
 def _split(text: str | None) -> list[str]:
@@ -101,7 +101,7 @@ def _write_html(path: Path, report: Report, results_dir: str, power_runs: list[d
     from lem_ray.results.html import Plot, render_html
 
     counted = [r for members in report.members for r in members]
-    by_batch = build_report(counted, BATCH_GROUP_BY)
+    by_batch, series = batch_series(counted)
     samples = _power_samples(results_dir, power_runs)
     labels = {r["run_id"]: label for label, members in zip(plots.point_labels(report.groups),
                                                            report.members) for r in members}
@@ -132,9 +132,11 @@ def _write_html(path: Path, report: Report, results_dir: str, power_runs: list[d
              "dashed: Pareto frontier (higher throughput, lower latency).",
              plots.pareto_png(report.groups, latency_metric, "throughput_tok_s", True, False)),
         Plot("Batch size",
-             "J per output token and throughput against batch size, one line per model/backend/"
-             f"precision, over all counted runs whatever --group-by; {bars}.",
-             plots.batch_size_png(by_batch.groups)),
+             "J per output token and throughput against batch size over all counted runs "
+             "whatever --group-by; one line per configuration (model, backend, precision, GPUs "
+             "and every backend option, e.g. torch_compile), named by what differs between the "
+             f"lines; {bars}.",
+             plots.batch_size_png(by_batch.groups, series)),
         Plot("Power over time",
              "Instant power per GPU from the timeseries table; shaded: the measure window "
              "whose energy the figures above use.",
@@ -155,11 +157,15 @@ def _write_html(path: Path, report: Report, results_dir: str, power_runs: list[d
 
 def _table(report: Report, title: str, metrics: list[str]) -> Table:
     table = Table(title=title, box=box.HORIZONTALS, show_lines=True)
-    for name in ("group", "backend", "precision", "batch", "runs", "cycle CV"):
+    shown = report.groups[:TABLE_ROWS]
+    # A label wraps between its parts; a part cut short ("pytorch.cac…") would hide what differs.
+    widest = max((len(part) for g in shown for part in (g["label"] or "").split(" · ")), default=0)
+    table.add_column("group", min_width=min(widest, LABEL_PART_WIDTH), overflow="fold")
+    for name in ("backend", "precision", "batch", "runs", "cycle CV"):
         table.add_column(name)
     for m in metrics:
         table.add_column(METRIC_TITLES[m], justify="right")
-    for g in report.groups[:TABLE_ROWS]:
+    for g in shown:
         table.add_row(
             Text(f"{g['label']}\n{g['group']}" if g["label"] != g["group"] else g["group"]),
             Text(g["backend"] or "-"), Text(g["fp_precision"] or "-"),
@@ -173,6 +179,9 @@ def _table(report: Report, title: str, metrics: list[str]) -> Table:
 
 # Laying out a terminal table of 16,000 groups took 100 s of a 50,000-run report.
 TABLE_ROWS = 50
+# The group column is at least as wide as the widest part of a label, up to this (wider, the
+# last metric column of a 160-column log is cut off); a longer part folds onto the next line.
+LABEL_PART_WIDTH = 14
 
 
 def _print(report: Report, console: Console, files: dict[str, str]) -> None:

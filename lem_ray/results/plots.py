@@ -132,21 +132,16 @@ def pareto_png(groups: list[dict[str, Any]], x: str, y: str, minimise_x: bool,
     return to_png(fig)
 
 
-def _series_label(g: dict[str, Any], multiple_models: bool) -> str:
-    parts = [g["model_name"] if multiple_models else None, g["backend"], g["fp_precision"]]
-    return " ".join(str(p) for p in parts if p) or g["group"]
+def batch_size_png(batch_groups: list[dict[str, Any]], series: list[str]) -> bytes:
+    """J/output token and throughput against batch size, one line per configuration.
 
-
-def batch_size_png(batch_groups: list[dict[str, Any]]) -> bytes:
-    """J/output token and throughput against batch size, one line per backend/precision.
-
-    `batch_groups` is a report grouped by model, backend, precision and batch size."""
+    `batch_groups` is a report grouped by batch size and every engine and runtime setting;
+    `series[i]` names the line batch_groups[i] is on (report.batch_series)."""
     fig = Figure(figsize=(13, 5), layout="constrained")
-    multiple_models = len({g["model_name"] for g in batch_groups}) > 1
     lines: dict[str, list[dict[str, Any]]] = {}
-    for g in batch_groups:
+    for g, name in zip(batch_groups, series):
         if g["batch_size"] is not None:
-            lines.setdefault(_series_label(g, multiple_models), []).append(g)
+            lines.setdefault(name, []).append(g)
     sizes = sorted({g["batch_size"] for g in batch_groups if g["batch_size"] is not None})
     for i, metric in enumerate(("energy_j_per_output_token", "throughput_tok_s")):
         ax = fig.add_subplot(1, 2, i + 1)

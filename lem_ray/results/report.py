@@ -17,6 +17,15 @@ import pyarrow as pa
 
 from lem_ray.errors import ConfigError
 from lem_ray.results.bootstrap import CI_LEVEL, RESAMPLES, SEED, STATS, describe
+from lem_ray.results.labels import (
+    ENGINE_COLUMNS,
+    common_value,
+    engine_keys,
+    group_labels,
+    hashable,
+    series_labels,
+    value_text,
+)
 from lem_ray.results.schema import BOOL, EXPERIMENTS, STR, STRS, I64, F64
 
 METRICS = (
@@ -54,7 +63,6 @@ STATS_NOTE = (
 # Metrics whose cycle-to-cycle spread is judged against validity.max_cycle_cv.
 CYCLE_CV_METRICS = ("energy_j_per_output_token", "throughput_tok_s")
 DEFAULT_MAX_CYCLE_CV = 0.05
-PRECISION_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 SUMMARY = pa.schema(
     [
@@ -115,10 +123,6 @@ def _lookup(config: dict[str, Any], dotted: str) -> tuple[bool, Any]:
     return True, node
 
 
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
 def group_values(runs: list[dict[str, Any]], keys: Sequence[str]) -> list[tuple[Any, ...]]:
     """Each run's value of each key: a column of the experiments table, else a dotted path
     into config_json (null for a run whose config lacks it, e.g. pytorch.* on a vLLM run)."""
@@ -126,7 +130,7 @@ def group_values(runs: list[dict[str, Any]], keys: Sequence[str]) -> list[tuple[
     columns = []
     for key in keys:
         if key in EXPERIMENTS.names:
-            columns.append([_hashable(r.get(key)) for r in runs])
+            columns.append([hashable(r.get(key)) for r in runs])
             continue
         found = [_lookup(c, key) for c in configs]
         if not any(ok for ok, _ in found):
@@ -142,36 +146,22 @@ def group_values(runs: list[dict[str, Any]], keys: Sequence[str]) -> list[tuple[
                 f"({', '.join(f'{key}.{k}' for k in list(section)[:4])}, ...)",
                 path="--group-by",
             )
-        columns.append([_hashable(v) for _, v in found])
+        columns.append([hashable(v) for _, v in found])
     return list(zip(*columns)) if columns else [()] * len(runs)
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return str(value)
 
 
 def group_label(keys: Sequence[str], values: Sequence[Any]) -> str:
     if tuple(keys) == DEFAULT_GROUP_BY:
-        return _text(values[0])
-    return ", ".join(f"{k}={_text(v)}" for k, v in zip(keys, values))
+        return value_text(values[0])
+    return ", ".join(f"{k}={value_text(v)}" for k, v in zip(keys, values))
 
 
 def _sort_key(values: Sequence[Any]) -> tuple[Any, ...]:
     """Numbers in numeric order, then text, then nulls; never compares a number to a string."""
     def one(v: Any) -> tuple[Any, ...]:
         number = isinstance(v, (int, float)) and not isinstance(v, bool)
-        return (v is None, not number, v if number else _text(v))
+        return (v is None, not number, v if number else value_text(v))
     return tuple(one(v) for v in values)
-
-
-def _common(runs: list[dict[str, Any]], column: str) -> Any:
-    """The group's value of a column when all its runs that have one agree, else null."""
-    present = {r.get(column) for r in runs} - {None}
-    return present.pop() if len(present) == 1 else None
 
 
 def _counted(run: dict[str, Any]) -> bool:
@@ -200,58 +190,6 @@ def cycle_cv(values: Sequence[float | None]) -> float | None:
     return statistics.stdev(present) / mean if mean else None
 
 
-def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(config, dict):
-        return {prefix: _hashable(config)}
-    found: dict[str, Any] = {}
-    for key, value in config.items():
-        found.update(_flat(value, f"{prefix}.{key}" if prefix else key))
-    return found
-
-
-def _part(key: str, value: Any) -> str:
-    """One key's value as a reader says it: `batch 16`, `2 GPUs`, `bf16`, else key=value."""
-    leaf = key.rsplit(".", 1)[-1]
-    if leaf == "batch_size" or key in ("vllm.max_num_seqs", "tensorrt.max_batch_size"):
-        return f"batch {_text(value)}"
-    if key == "gpus_per_experiment":
-        return f"{value} GPU" + ("" if value == 1 else "s")
-    if key == "fp_precision":
-        return PRECISION_SHORT.get(value, _text(value))
-    if key in ("backend", "model_name"):
-        return _text(value)
-    return f"{key}={_text(value)}"
-
-
-# Read first in a label, in this order; any other differing config key follows.
-LABEL_ORDER = ("model_name", "backend", "batch_size", "gpus_per_experiment", "fp_precision")
-
-
-def group_labels(buckets: list[list[dict[str, Any]]]) -> list[str]:
-    """Name each group by what differs between the groups (e.g. `batch 16 · 2 GPUs · bf16`),
-    from the settings its runs share; a key that varies inside a group is left out."""
-    shared = []
-    for bucket in buckets:
-        configs = [_flat(json.loads(r["config_json"])) if r.get("config_json") else {}
-                   for r in bucket]
-        common = {k: v for k, v in configs[0].items() if all(c.get(k, v) == v for c in configs)}
-        for column in ("batch_size", "gpus_per_experiment"):
-            value = _common(bucket, column)
-            if value is not None:
-                common[column] = value
-        shared.append(common)
-    keys = sorted({k for common in shared for k in common})
-    varying = [k for k in keys if len({_text(c.get(k)) for c in shared}) > 1]
-    backend_batch = {f"{b}.{n}" for b in ("pytorch", "vllm", "tensorrt")
-                     for n in ("batch_size", "max_num_seqs", "max_batch_size")}
-    if "batch_size" in varying:
-        varying = [k for k in varying if k not in backend_batch]
-    ordered = [k for k in LABEL_ORDER if k in varying] + [k for k in varying if k not in LABEL_ORDER]
-    labels = [" · ".join(_part(k, c[k]) for k in ordered if k in c) for c in shared]
-    return labels if len(buckets) > 1 and all(labels) else [
-        " · ".join(_part(k, c[k]) for k in LABEL_ORDER if k in c) for c in shared]
-
-
 def build_report(
     rows: list[dict[str, Any]], group_by: Sequence[str] = DEFAULT_GROUP_BY,
     max_cycle_cv: float = DEFAULT_MAX_CYCLE_CV,
@@ -267,7 +205,7 @@ def build_report(
         buckets.setdefault(values, []).append(run)
     ordered = sorted(
         buckets.items(),
-        key=lambda item: (_sort_key([_common(item[1], c) for c in DESCRIPTIVE[1:5]]),
+        key=lambda item: (_sort_key([common_value(item[1], c) for c in DESCRIPTIVE[1:5]]),
                           _sort_key(item[0])),
     )
     groups, members, excluded = [], [], []
@@ -282,8 +220,8 @@ def build_report(
             "label": readable,
             "group_json": json.dumps(dict(zip(keys, values)), default=str),
             "experiment_ids": sorted({r["experiment_id"] for r in bucket}),
-            **{c: _common(bucket, c) for c in DESCRIPTIVE},
-            "energy_source": _common(counted, "energy_source"),
+            **{c: common_value(bucket, c) for c in DESCRIPTIVE},
+            "energy_source": common_value(counted, "energy_source"),
             "runs_ok": len(counted),
             "runs_invalid": sum(e["status"] == "invalid" for e in left_out),
             "runs_failed": sum(e["status"] != "invalid" for e in left_out),
@@ -300,6 +238,16 @@ def build_report(
         members.append(counted)
         excluded.extend(left_out)
     return Report(keys, groups, members, excluded, runs)
+
+
+def batch_series(runs: list[dict[str, Any]]) -> tuple[Report, list[str]]:
+    """The batch-size plot's points and the line each is on: runs grouped by batch size and
+    by every engine and runtime setting that differs between them, so that eager decode and
+    the fast path at one batch size are two points on two lines, each line named by what
+    differs between the lines."""
+    keys = (*ENGINE_COLUMNS, *engine_keys(runs))
+    report = build_report(runs, (*keys, "batch_size"))
+    return report, series_labels(report.members, keys)
 
 
 def pareto_mask(

@@ -1,0 +1,113 @@
+"""How the report names its groups, and the batch-size plot its lines: by what differs between
+them, in the words a reader uses (`batch 16 · 2 GPUs · bf16 · torch_compile=reduce-overhead`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+PRECISION_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+# Each backend's section of config_json; its keys read without the section's name in a label.
+BACKEND_SECTIONS = ("pytorch", "vllm", "tensorrt")
+# The batch size as each backend's section names it.
+BACKEND_BATCH_KEYS = frozenset({"pytorch.batch_size", "vllm.max_num_seqs", "tensorrt.max_batch_size"})
+# The engine and runtime settings outside the backend's section: a line of the batch-size plot
+# is one value of each of these and of every option of the backend's section.
+ENGINE_COLUMNS = ("model_name", "backend", "load_format", "fp_precision", "gpus_per_experiment")
+# Read first in a label, in this order; any other differing config key follows.
+LABEL_ORDER = ("model_name", "backend", "batch_size", "gpus_per_experiment", "fp_precision")
+
+
+def hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def value_text(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def common_value(runs: list[dict[str, Any]], column: str) -> Any:
+    """The group's value of a column when all its runs that have one agree, else null."""
+    present = {r.get(column) for r in runs} - {None}
+    return present.pop() if len(present) == 1 else None
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(config, dict):
+        return {prefix: hashable(config)}
+    found: dict[str, Any] = {}
+    for key, value in config.items():
+        found.update(_flat(value, f"{prefix}.{key}" if prefix else key))
+    return found
+
+
+def _config(run: dict[str, Any]) -> dict[str, Any]:
+    return _flat(json.loads(run["config_json"])) if run.get("config_json") else {}
+
+
+def _part(key: str, value: Any) -> str:
+    """One key's value as a reader says it: `batch 16`, `2 GPUs`, `bf16`, else key=value
+    (a backend option without its section: `torch_compile=reduce-overhead`)."""
+    if key == "batch_size" or key in BACKEND_BATCH_KEYS:
+        return f"batch {value_text(value)}"
+    if key == "gpus_per_experiment":
+        return f"{value} GPU" + ("" if value == 1 else "s")
+    if key == "fp_precision":
+        return PRECISION_SHORT.get(value, value_text(value))
+    if key in ("backend", "model_name"):
+        return value_text(value)
+    section, _, option = key.partition(".")
+    return f"{option if section in BACKEND_SECTIONS and option else key}={value_text(value)}"
+
+
+def _shared(bucket: list[dict[str, Any]]) -> dict[str, Any]:
+    """The flattened settings all of a group's runs share."""
+    configs = [_config(r) for r in bucket]
+    common = {k: v for k, v in configs[0].items() if all(c.get(k, v) == v for c in configs)}
+    for column in ("batch_size", "gpus_per_experiment"):
+        value = common_value(bucket, column)
+        if value is not None:
+            common[column] = value
+    return common
+
+
+def _by_difference(shared: list[dict[str, Any]]) -> list[str]:
+    keys = sorted({k for common in shared for k in common})
+    varying = [k for k in keys if len({value_text(c.get(k)) for c in shared}) > 1]
+    if "batch_size" in varying:
+        varying = [k for k in varying if k not in BACKEND_BATCH_KEYS]
+    ordered = [k for k in LABEL_ORDER if k in varying] + [k for k in varying if k not in LABEL_ORDER]
+    labels = [" · ".join(_part(k, c[k]) for k in ordered if k in c) for c in shared]
+    return labels if len(shared) > 1 and all(labels) else [
+        " · ".join(_part(k, c[k]) for k in LABEL_ORDER if k in c) for c in shared]
+
+
+def group_labels(buckets: list[list[dict[str, Any]]]) -> list[str]:
+    """Name each group by what differs between the groups (e.g. `batch 16 · 2 GPUs · bf16`),
+    from the settings its runs share; a key that varies inside a group is left out."""
+    return _by_difference([_shared(bucket) for bucket in buckets])
+
+
+def engine_keys(runs: list[dict[str, Any]]) -> list[str]:
+    """The options of the runs' backend sections that differ between runs (the fast path's
+    pytorch.torch_compile and cache_implementation, vllm.enforce_eager, ...), batch sizes apart."""
+    seen: dict[str, set[str]] = {}
+    for run in runs:
+        section = run.get("backend")
+        for key, value in _config(run).items():
+            if section and key.startswith(f"{section}.") and key not in BACKEND_BATCH_KEYS:
+                seen.setdefault(key, set()).add(value_text(value))
+    return sorted(k for k, values in seen.items() if len(values) > 1)
+
+
+def series_labels(buckets: list[list[dict[str, Any]]], keys: Sequence[str]) -> list[str]:
+    """Name each group's line on the batch-size plot by the settings among `keys` that differ
+    between lines (never the batch size: it is the x axis); with one line, by model, backend,
+    GPUs and precision."""
+    wanted = set(keys) - BACKEND_BATCH_KEYS - {"batch_size"}
+    return _by_difference([{k: v for k, v in _shared(bucket).items() if k in wanted}
+                           for bucket in buckets])
