@@ -135,3 +135,34 @@ def test_campaign_end_to_end_via_cli(tmp_path: Path, write_campaign) -> None:
     assert json.loads(fresh.stdout)["counts"]["ran"] == 2
     moved = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("e2e.old-")]
     assert len(moved) == 1 and (tmp_path / "out" / moved[0] / "experiments").is_dir()
+
+
+def test_bracketed_text_is_printed_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    """Errors, paths and config values reach the terminal whole: rich would read
+    `lem-ray[vllm]` as a markup tag and drop it."""
+    from lem_ray.cli.common import console
+    from lem_ray.cli.render import LiveProgress, print_summary
+    from lem_ray.execution.dispatch import Progress
+    from lem_ray.execution.driver import CampaignResult
+    from lem_ray.execution.rows import RunRows
+
+    error = ("BackendUnavailable: the vllm backend needs vLLM; install it with: "
+             "pip install 'lem-ray[vllm]'")
+    row = {"experiment_id": "e[1]", "cycle": 1, "attempt": 1, "backend": "vllm",
+           "fp_precision": "[bold]x", "batch_size": 4, "status": "failed", "error": error}
+    with LiveProgress(console(stderr=True), total=2) as live:
+        live(Progress(total=2, done=0, running=1), RunRows({**row, "status": "ok", "error": None,
+                                                            "throughput_tok_s": 1.0,
+                                                            "energy_j_per_output_token": None}))
+        live(Progress(total=2, done=1, running=1), RunRows(row, retryable=True))
+        live(Progress(total=2, done=2, failed=1), RunRows(row))
+    failure = {"status": "failed", "experiment_id": "e[1]", "cycle": 1, "attempt": 1,
+               "reason": error}
+    print_summary(CampaignResult("c[x]", "out/[red]r", {"ok": 0, "failed": 1, "skipped_done": 0,
+                                                        "planned": 1}, failures=[failure]),
+                  console())
+    out, err = capsys.readouterr()
+    assert err.count("lem-ray[vllm]") == 2, "the retry line and the failed line"
+    assert "ok     e[1] c1 a1 vllm [bold]x batch 4" in err
+    assert "failed e[1] c1 a1 vllm [bold]x batch 4" in err
+    assert "lem-ray[vllm]" in out and "c[x]:" in out and "Results: out/[red]r" in out

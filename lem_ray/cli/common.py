@@ -56,6 +56,10 @@ def check_output_file(path: Path, option: str) -> None:
 
 
 def console(stderr: bool = False) -> Console:
-    """Logs and CI are not terminals: give tables room instead of rich's 80 columns."""
+    """Logs and CI are not terminals: give tables room instead of rich's 80 columns.
+
+    No markup: what is printed holds errors, paths, model names and config values, and rich
+    would take `lem-ray[vllm]` in an error for a style tag and drop it. Colour comes from
+    rich.text.Text styles instead."""
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 160)
+    return Console(stderr=stderr, width=None if stream.isatty() else 160, markup=False)

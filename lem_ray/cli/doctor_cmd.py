@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from lem_ray.cli.common import console, fail
 from lem_ray.errors import ConfigError
@@ -47,8 +47,7 @@ def doctor(grid: Path | None, address: str | None, results_dir: str | None,
         for column in ("check", "status", "detail", "fix"):
             table.add_column(column, overflow="fold")
         for c in report.checks:
-            table.add_row(escape(c.name), f"[{STYLE[c.status]}]{c.status}[/]", escape(c.detail),
-                          escape(c.fix or ""))
+            table.add_row(c.name, Text(c.status, style=STYLE[c.status]), c.detail, c.fix or "")
         out.print(table)
         counts = {s: sum(c.status == s for c in report.checks) for s in STYLE}
         out.print(", ".join(f"{n} {s}" for s, n in counts.items()))

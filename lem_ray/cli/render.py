@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from lem_ray.cli.status_cmd import print_gpu_time
 from lem_ray.execution.driver import CampaignResult
@@ -35,7 +36,7 @@ def print_plan(plan: CampaignPlan, console: Console) -> None:
                       str(c.max_output_tokens), str(c.gpus_per_experiment))
     console.print(table)
     for r in plan.rejected:
-        console.print(f"[yellow]rejected[/] {r.backend} {r.combination}: {r.reason}")
+        console.print(Text.assemble(("rejected", "yellow"), f" {r.backend} {r.combination}: {r.reason}"))
 
 
 class LiveProgress:
@@ -69,8 +70,9 @@ class LiveProgress:
         if rows is not None:
             e = rows.experiment
             if rows.retryable:
-                self.bar.console.print(f"[yellow]retry[/]  {e['experiment_id']} c{e['cycle']} "
-                                       f"a{e['attempt']}: {(e['error'] or '').splitlines()[0]}")
+                self.bar.console.print(Text.assemble(
+                    ("retry", "yellow"), f"  {e['experiment_id']} c{e['cycle']} a{e['attempt']}: "
+                                         f"{(e['error'] or '').splitlines()[0]}"))
                 return
             head = f"{e['experiment_id']} c{e['cycle']} a{e['attempt']} {e['backend']} " \
                    f"{e['fp_precision']} batch {e['batch_size']}"
@@ -78,9 +80,10 @@ class LiveProgress:
                 energy = e["energy_j_per_output_token"]
                 tail = (f"{_fmt(e['throughput_tok_s'])} tok/s, "
                         + (f"{_fmt(energy)} J/tok" if energy is not None else "no energy"))
-                self.bar.console.print(f"[green]ok[/]     {head}: {tail}")
+                self.bar.console.print(Text.assemble(("ok", "green"), f"     {head}: {tail}"))
             else:
-                self.bar.console.print(f"[red]failed[/] {head}: {(e['error'] or '').splitlines()[0]}")
+                self.bar.console.print(Text.assemble(
+                    ("failed", "red"), f" {head}: {(e['error'] or '').splitlines()[0]}"))
 
 
 def print_summary(result: CampaignResult, console: Console) -> None:
@@ -104,8 +107,8 @@ def print_summary(result: CampaignResult, console: Console) -> None:
         console.print("energy: not measured (no NVML GPU on the nodes that ran); "
                       "see energy_unavailable_reason in the experiments table")
     for f in result.failures:
-        console.print(f"[red]{f['status']}[/] {f['experiment_id']} c{f['cycle']} "
-                      f"a{f['attempt']}: {f['reason']}")
+        console.print(Text.assemble((f["status"], "red"), f" {f['experiment_id']} c{f['cycle']} "
+                                                          f"a{f['attempt']}: {f['reason']}"))
     print_gpu_time(result.gpu_time, console)
     c = result.counts
     console.print(f"{c['ok']} ok, {c['failed']} failed this time; {c['skipped_done']} of "
