@@ -9,10 +9,13 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    from ray.cluster_utils import Cluster
 
 # Ray's socket paths must stay under 107 bytes, so its temp dir is short, not under tmp_path.
 RAY_TMP = tempfile.mkdtemp(prefix="lrt-", dir="/tmp" if os.path.isdir("/tmp") else None)
@@ -40,6 +43,22 @@ def ray_env(address: str | None = None) -> dict[str, str]:
     dir, or the test's own cluster at `address`."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return {**env, "RAY_TMPDIR": RAY_TMP, **({"RAY_ADDRESS": address} if address else {})}
+
+
+# Ray's default ports (GCS 6379, dashboard 8265, client server 10001, dashboard agent 52365) are
+# held by any other Ray on the machine, another test session's included: a test's own cluster
+# starts without the dashboard and lets every port be picked free. Its files go to this session's temp dir (RAY_TMPDIR), where Ray
+# also writes the address a plain ray.init() would join.
+DEFAULT_PORTS = (6379, 8265, 10001, 52365)
+
+
+def own_cluster(**head_args: Any) -> "Cluster":
+    """A ray.cluster_utils.Cluster of this session's own, its head with `head_args`."""
+    from ray.cluster_utils import Cluster
+
+    return Cluster(initialize_head=True, head_node_args={
+        **head_args, "include_dashboard": False, "dashboard_port": None,
+        "dashboard_agent_listen_port": None})
 
 
 @contextmanager

@@ -8,18 +8,17 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 from lem_ray.execution.cluster import WORKER_ENV
 from lem_ray.execution.driver import run_campaign
-from tests.conftest import TINY_BASE
+from tests.conftest import TINY_BASE, own_cluster
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def two_nodes():
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "num_gpus": 2})
+    cluster = own_cluster(num_cpus=3, num_gpus=2)
     cluster.add_node(num_cpus=3, num_gpus=2)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="lem-ray-test", runtime_env={"env_vars": WORKER_ENV})

@@ -13,12 +13,11 @@ import pyarrow.dataset as ds
 import pytest
 import ray
 import yaml
-from ray.cluster_utils import Cluster
 
 from lem_ray.execution.cluster import WORKER_ENV
 from lem_ray.execution.driver import run_campaign
 from lem_ray.results.manifest import load_manifest
-from tests.conftest import TINY_BASE, ray_env
+from tests.conftest import TINY_BASE, own_cluster, ray_env
 from tests.faults import DatasetWatcher, kill_one_worker, running_workers, wait_for
 
 pytestmark = pytest.mark.slow
@@ -93,7 +92,7 @@ def test_backend_error_and_timeout_fail_with_reason_others_finish(local_ray, tmp
 
 @pytest.fixture
 def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1})
+    c = own_cluster(num_cpus=2, num_gpus=1)
     yield c
     ray.shutdown()
     c.shutdown()

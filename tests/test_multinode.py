@@ -3,21 +3,19 @@ directory that some nodes cannot see is refused."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
+import psutil
 import pyarrow.dataset as ds
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 from lem_ray.errors import ConfigError
 from lem_ray.execution.cluster import WORKER_ENV
 from lem_ray.execution.doctor import run_doctor
 from lem_ray.execution.driver import run_campaign
 from lem_ray.execution.shared_storage import require_shared_results_dir
-from tests.conftest import TINY_BASE
+from tests.conftest import DEFAULT_PORTS, TINY_BASE, own_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -26,20 +24,25 @@ NODE_GPUS = (3, 3, 4)
 
 @pytest.fixture(scope="module")
 def three_nodes():
-    # A temp dir of its own: in the default one the head would advertise itself to every
-    # plain ray.init() of this machine (other test sessions included).
-    temp_dir = tempfile.mkdtemp(prefix="lemray-")
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "num_gpus": NODE_GPUS[0], "temp_dir": temp_dir})
+    cluster = own_cluster(num_cpus=2, num_gpus=NODE_GPUS[0])
     for gpus in NODE_GPUS[1:]:
-        cluster.add_node(num_cpus=2, num_gpus=gpus, temp_dir=temp_dir)
+        cluster.add_node(num_cpus=2, num_gpus=gpus)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="lem-ray-test",
              runtime_env={"env_vars": WORKER_ENV})
     yield cluster
     ray.shutdown()
     cluster.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_the_test_cluster_holds_none_of_rays_default_ports(three_nodes) -> None:
+    """Two test sessions on one machine never collide: no process of this session's cluster
+    listens on a port Ray would take by default (another session's Ray wants it too)."""
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    listening = {c.laddr.port for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ours}
+    assert len(ray.nodes()) == 3 and listening, "the cluster's processes are this session's"
+    assert not listening & set(DEFAULT_PORTS), sorted(listening & set(DEFAULT_PORTS))
 
 
 def test_two_gpu_runs_on_one_node_never_share_a_gpu(three_nodes, tmp_path: Path) -> None:
