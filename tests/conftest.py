@@ -40,9 +40,14 @@ TINY_BASE: dict[str, Any] = {
 
 def ray_env(address: str | None = None) -> dict[str, str]:
     """Environment for a CLI subprocess: its Ray is a new local one in this session's temp
-    dir, or the test's own cluster at `address`."""
+    dir, or the test's own cluster at `address`.
+
+    The test's cluster runs without token authentication (this process started it so); a
+    driver joining it must too: with a token in ~/.ray (any earlier local run leaves one) it
+    would join in token mode, and its workers die at start ("the actor died unexpectedly")."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return {**env, "RAY_TMPDIR": RAY_TMP, **({"RAY_ADDRESS": address} if address else {})}
+    joined = {"RAY_ADDRESS": address, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    return {**env, "RAY_TMPDIR": RAY_TMP, **(joined if address else {})}
 
 
 # Ray's default ports (GCS 6379, dashboard 8265, client server 10001, dashboard agent 52365) are
