@@ -40,7 +40,7 @@ FAST = {"cache_implementation": "static", "torch_compile": "reduce-overhead"}
 # the bench's time; such a run is flagged warmup_unsettled, and the table says so.
 WARMUP = {"mode": "cv", "window": 3, "cv_threshold": 0.05, "max_steps": 20, "max_s": 10}
 # Expected fast-path tok/s on one H200 (measured there), to size the CV table's windows.
-FAST_TOK_S = {1: 550, 8: 3500, 16: 6400, 32: 10000}
+FAST_TOK_S = {1: 700, 8: 3500, 16: 6500, 32: 10000}
 CV_BATCHES = (1, 8, 32)
 STARTED = time.perf_counter()
 BENCH = os.path.abspath(__file__)
@@ -177,10 +177,10 @@ def actor_variants(reps: int) -> dict[str, list[float]]:
         ray.kill(probe)
 
 
-SLIM = ("cycle", "batch_size", "gpus_per_experiment", "status", "error", "load_s", "warmup_s",
-        "warmup_steps", "warmup_converged", "warmup_final_cv", "duration_s", "throughput_tok_s",
-        "energy_j_per_output_token", "itl_ms_p50", "ttft_ms_p50", "timing_method", "valid",
-        "validity_flags")
+SLIM = ("cycle", "batch_size", "gpus_per_experiment", "status", "error", "engine_load_s",
+        "engine_reused", "warmup_s", "warmup_steps", "warmup_converged", "warmup_final_cv",
+        "duration_s", "throughput_tok_s", "energy_j_per_output_token", "itl_ms_p50", "ttft_ms_p50",
+        "timing_method", "valid", "validity_flags")
 
 
 def slim(row: dict[str, Any]) -> dict[str, Any]:
@@ -241,6 +241,9 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=3, help="cycles of the CV table")
     parser.add_argument("--keep-results", metavar="DIR",
                         help="keep each campaign's results under DIR/<campaign> (for lem-ray status/report)")
+    parser.add_argument("--fast-only", action="store_true",
+                        help="only the fast path's ratio to bare: its lem-ray runs at batch 1 and 16 "
+                             "and its bare engine (no eager, no CV table, no actor probe)")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU check of the whole script: the tiny model, a few tokens")
     parser.add_argument("--bare-eager-child", type=int, metavar="REPS",
@@ -277,6 +280,8 @@ def main() -> None:
         {"pytorch": {"batch_size": 16, **FAST},
          "prompts": _prompts(count_for(FAST_TOK_S[16], 16, 6))},
     ]
+    if args.fast_only:
+        compare = [c for c in compare if c["pytorch"].get("torch_compile")]
     RESULTS["lem_ray_compare"] = campaign("bench-compare", compare, 1)
     save()
 
@@ -284,7 +289,9 @@ def main() -> None:
     # compilation and the graph capture (one engine serves every shape); the worker's start.
     runs = len(CV_BATCHES) * args.cycles
     cv_cost_s = runs * (args.cv_window_s + 8) + len(CV_BATCHES) * 20 + 20
-    if left() > cv_cost_s:
+    if args.fast_only:
+        RESULTS["cv"] = "not run: --fast-only"
+    elif left() > cv_cost_s:
         RESULTS["cv"] = cycle_table(args.cv_window_s, args.cycles)
     else:
         RESULTS["cv"] = f"skipped: {left():.0f} s left, the CV table needs ~{cv_cost_s:.0f} s"
@@ -295,6 +302,8 @@ def main() -> None:
     for name, batch, timer in (("fast_b1", 1, False), ("fast_b16", 16, False),
                                ("eager_b1", 1, False), ("eager_b16", 16, False),
                                ("eager_b1_timer", 1, True), ("eager_b16_timer", 16, True)):
+        if args.fast_only and not name.startswith("fast"):
+            continue
         if left() < (40 if name.startswith("fast") else 20):
             bare[name] = "skipped: over the time budget"
             continue
@@ -326,7 +335,7 @@ def main() -> None:
         RESULTS["load_2gpu_s"] = f"not run: {gpus} GPU(s) here" if gpus < 2 else "skipped: time"
     save()
 
-    if gpus and left() > 60:
+    if gpus and left() > 60 and not args.fast_only:
         RESULTS["actor"] = actor_variants(3)
     else:
         RESULTS["actor"] = "skipped: no GPU or over the time budget"
@@ -405,7 +414,7 @@ def print_summary() -> None:
             fast = "fast" if r["pytorch"].get("torch_compile") else "eager"
             name = f"{fast}_b{r['batch_size']}"
             ratio = RESULTS.get("ratio_to_bare", {}).get(name)
-            print(f"| {name} | {_n(r['throughput_tok_s'])} | {_n(ratio, 3)} | {_n(r['load_s'], 1)} | "
+            print(f"| {name} | {_n(r['throughput_tok_s'])} | {_n(ratio, 3)} | {_n(r['engine_load_s'], 1)} | "
                   f"{r['warmup_steps']} | {_n(r['warmup_s'], 1)} | {r['warmup_converged']} | "
                   f"{_n(r['warmup_final_cv'], 3)} | {r['timing_method']} | {r['valid']} |")
     table = RESULTS.get("cv")

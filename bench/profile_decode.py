@@ -8,9 +8,6 @@ builtin:llama-1b, dummy weights, bf16, 128-token prompts, 128 output tokens. Pri
     forward order, captured as one CUDA graph (what cuBLAS alone costs a step);
   - step_ms per variant of lem-ray's decode loop (graph replay timed by CUDA events over 120
     steps): compiled with sdpa or eager attention, and the step body uncompiled;
-  - kernels: the profiler's CUDA kernels of one compiled, ungraphed step, by total time, with
-    the count, the sum, and the host time the same step takes, to tell a kernel-bound step from
-    a launch-bound one.
 """
 
 from __future__ import annotations
@@ -57,16 +54,6 @@ def prompts_of(count: int) -> list[str]:
     return synthetic_prompts(spec, 0)
 
 
-def rewind(state: Any) -> None:
-    """Back to the first decode step: the step writes past its buffers otherwise."""
-    import torch
-
-    with torch.inference_mode():
-        state.step.fill_(1)
-        state.cache_position.fill_(TOKENS - 1)
-        state.pos.fill_(TOKENS - 1)
-
-
 def replay_ms(torch: Any, state: Any, steps: int = 110) -> float:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     state.graph.replay()
@@ -77,16 +64,6 @@ def replay_ms(torch: Any, state: Any, steps: int = 110) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / steps
-
-
-def host_ms(torch: Any, fn: Any, steps: int = 30) -> float:
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1000 / steps
 
 
 def floors(torch: Any, model: Any, batch: int) -> dict[str, Any]:
@@ -130,33 +107,6 @@ def floors(torch: Any, model: Any, batch: int) -> dict[str, Any]:
             "copy_gbps": round(2 * total_bytes / copy_s / 1e9, 1),
             "read_floor_ms": round(total_bytes / (2 * total_bytes / copy_s) * 1000, 3),
             "linears": len(linears), "gemv_floor_ms": round(replay_ms(torch, g), 3)}
-
-
-def kernels(torch: Any, loop: Any, state: Any) -> dict[str, Any]:
-    from torch.profiler import ProfilerActivity, profile
-
-    rewind(state)
-    with torch.inference_mode():
-        for _ in range(3):
-            loop._advance(state)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                loop._advance(state)
-            torch.cuda.synchronize()
-    rows = []
-    for e in prof.key_averages():
-        dev_us = getattr(e, "device_time_total", None)
-        if dev_us is None:
-            dev_us = getattr(e, "cuda_time_total", 0)
-        if dev_us and e.device_type.name == "CUDA":
-            rows.append({"name": e.key[:90], "count_per_step": e.count / 5,
-                         "us_per_step": round(dev_us / 5, 1)})
-    rows.sort(key=lambda r: -r["us_per_step"])
-    table = prof.key_averages().table(sort_by="device_time_total", row_limit=25)
-    return {"kernels_per_step": sum(r["count_per_step"] for r in rows),
-            "kernel_us_per_step": round(sum(r["us_per_step"] for r in rows), 1),
-            "top": rows[:25], "table": table}
 
 
 def fuse_projections(torch: Any, model: Any) -> None:
@@ -221,10 +171,6 @@ def main() -> None:
             backend.generate(prompts)
             backend.synchronize()
             entry["generate_tok_s"] = round(args.batch * TOKENS / (time.perf_counter() - t1), 1)
-            if attn == "sdpa":
-                entry["kernels"] = kernels(torch, loop, state)
-                log(name, "kernels a step:", entry["kernels"]["kernels_per_step"],
-                    "kernel us a step:", entry["kernels"]["kernel_us_per_step"])
             if attn == "sdpa" and not fused:
                 if "floors" not in out:
                     out["floors"] = floors(torch, backend._model, args.batch)
@@ -234,7 +180,7 @@ def main() -> None:
         except Exception as exc:
             entry = {"error": repr(exc)[:800]}
         out[name] = entry
-        log(name, json.dumps({k: v for k, v in entry.items() if k != "kernels"}))
+        log(name, json.dumps(entry))
         torch.cuda.empty_cache()
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)
