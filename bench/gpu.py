@@ -180,7 +180,7 @@ def actor_variants(reps: int) -> dict[str, list[float]]:
 SLIM = ("cycle", "batch_size", "gpus_per_experiment", "status", "error", "engine_load_s",
         "engine_reused", "warmup_s", "warmup_steps", "warmup_converged", "warmup_final_cv",
         "duration_s", "throughput_tok_s", "energy_j_per_output_token", "itl_ms_p50", "ttft_ms_p50",
-        "timing_method", "valid", "validity_flags")
+        "timing_method", "sm_clock_mhz_mean", "sm_clock_mhz_min", "valid", "validity_flags")
 
 
 def slim(row: dict[str, Any]) -> dict[str, Any]:

@@ -255,6 +255,7 @@ def test_two_gpu_run_figures_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
         [200.0 * n / sum(inputs) + 600.0 / 4 for n in inputs])
     # a clean run: temperatures 45 and 60 C inside [20, 95], no throttling, nothing else on the GPUs
     assert row["temperature_start_c"] == 60.0 and row["temperature_max_c"] == 60.0
+    assert row["sm_clock_mhz_mean"] == 1980.0 and row["sm_clock_mhz_min"] == 1980.0
     assert row["validity_flags"] == [] and row["valid"] is True
     assert json.loads(row["throttle_s_json"]) == {}
     assert row["measure_end_epoch_s"] - row["measure_start_epoch_s"] == 1.0

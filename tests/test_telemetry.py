@@ -73,15 +73,16 @@ class ScriptedGpu(DeviceReader):
 
     def sample(self) -> GpuSample:
         t_s = self._clock()
+        throttled = self._throttle_at.get(round(t_s - self._t0, 6), 0)
         return GpuSample(
             t_s=t_s,
             power_w=self._power(t_s),
             temperature_c=40.0 + (t_s - self._t0),
-            sm_clock_mhz=1980,
+            sm_clock_mhz=1410 if throttled else 1980,
             mem_clock_mhz=3201,
             memory_used_mib=1024.0,
             utilization_pct=100.0,
-            throttle_reasons=self._throttle_at.get(round(t_s - self._t0, 6), 0),
+            throttle_reasons=throttled,
         )
 
     def environment(self) -> dict[str, Any]:
@@ -206,6 +207,9 @@ def test_window_reports_thermal_and_throttle_conditions() -> None:
     assert result.temperature_max_c == pytest.approx(41.1)
     assert result.throttle_reasons_seen == 0x4
     assert result.samples == 5
+    # the throttled sample at 0.5 s ran at 1410 MHz, the other four at 1980
+    assert result.sm_clock_mhz_min == 1410
+    assert result.sm_clock_mhz_mean == pytest.approx((1410 + 4 * 1980) / 5)
 
 
 def test_trapezoid_clips_and_interpolates_at_edges() -> None:

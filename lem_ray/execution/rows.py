@@ -249,6 +249,8 @@ def _validity_columns(
         "validity_flags": flags,
         "temperature_start_c": window.temperature_start_c,
         "temperature_max_c": window.temperature_max_c,
+        "sm_clock_mhz_mean": window.sm_clock_mhz_mean,
+        "sm_clock_mhz_min": window.sm_clock_mhz_min,
         "throttle_reasons": window.throttle_reasons_seen,
         "throttle_s_json": json.dumps(throttled),
         "other_process_pids": others,

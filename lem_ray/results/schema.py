@@ -88,6 +88,8 @@ EXPERIMENTS = pa.schema(
         ("validity_flags", STRS),
         ("temperature_start_c", F64),
         ("temperature_max_c", F64),
+        ("sm_clock_mhz_mean", F64),
+        ("sm_clock_mhz_min", F64),
         ("throttle_reasons", I64),
         ("throttle_s_json", STR),
         ("other_process_pids", pa.list_(I64)),

@@ -51,6 +51,10 @@ class WindowResult:
     throttle_reasons_seen: int
     samples: int
     unavailable_reason: str | None = None
+    sm_clock_mhz_mean: float | None = None
+    """Over every sample of every GPU in the window: a row that ran at lower clocks than its
+    siblings says so, whatever held the clocks back (power cap, heat, another tenant)."""
+    sm_clock_mhz_min: float | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,7 @@ class EnergySampler:
             else:
                 by_gpu = integrated
         temperatures = [s.temperature_c for s in samples_in_window if s.temperature_c is not None]
+        clocks = [s.sm_clock_mhz for s in samples_in_window if s.sm_clock_mhz is not None]
         reasons = 0
         for s in samples_in_window:
             reasons |= s.throttle_reasons or 0
@@ -238,6 +243,8 @@ class EnergySampler:
             throttle_reasons_seen=reasons,
             samples=len(samples_in_window),
             unavailable_reason=None if by_gpu else reason,
+            sm_clock_mhz_mean=sum(clocks) / len(clocks) if clocks else None,
+            sm_clock_mhz_min=min(clocks, default=None),
         )
 
     def _window_series(
