@@ -1,6 +1,7 @@
 """What lem-ray measures on a GPU against the same work done bare, in one run.
 
     python bench/gpu.py [--out gpu.json] [--budget-s 330] [--cv-window-s 10.5] [--cycles 3]
+                        [--path both|fast|eager] [--no-cv] [--keep-results DIR]
 
 builtin:llama-1b with dummy weights, bf16, 128-token prompts, 128 output tokens. Prints (and
 writes as JSON), in this order:
@@ -241,9 +242,10 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=3, help="cycles of the CV table")
     parser.add_argument("--keep-results", metavar="DIR",
                         help="keep each campaign's results under DIR/<campaign> (for lem-ray status/report)")
-    parser.add_argument("--fast-only", action="store_true",
-                        help="only the fast path's ratio to bare: its lem-ray runs at batch 1 and 16 "
-                             "and its bare engine (no eager, no CV table, no actor probe)")
+    parser.add_argument("--path", choices=("both", "fast", "eager"), default="both",
+                        help="which decode path the lem-ray runs and the bare loops cover (the "
+                             "actor probe is eager): a 600 s call fits one path with --no-cv")
+    parser.add_argument("--no-cv", action="store_true", help="skip the CV table")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU check of the whole script: the tiny model, a few tokens")
     parser.add_argument("--bare-eager-child", type=int, metavar="REPS",
@@ -280,8 +282,8 @@ def main() -> None:
         {"pytorch": {"batch_size": 16, **FAST},
          "prompts": _prompts(count_for(FAST_TOK_S[16], 16, 6))},
     ]
-    if args.fast_only:
-        compare = [c for c in compare if c["pytorch"].get("torch_compile")]
+    if args.path != "both":
+        compare = [c for c in compare if bool(c["pytorch"].get("torch_compile")) == (args.path == "fast")]
     RESULTS["lem_ray_compare"] = campaign("bench-compare", compare, 1)
     save()
 
@@ -289,8 +291,8 @@ def main() -> None:
     # compilation and the graph capture (one engine serves every shape); the worker's start.
     runs = len(CV_BATCHES) * args.cycles
     cv_cost_s = runs * (args.cv_window_s + 8) + len(CV_BATCHES) * 20 + 20
-    if args.fast_only:
-        RESULTS["cv"] = "not run: --fast-only"
+    if args.no_cv:
+        RESULTS["cv"] = "not run: --no-cv"
     elif left() > cv_cost_s:
         RESULTS["cv"] = cycle_table(args.cv_window_s, args.cycles)
     else:
@@ -302,12 +304,12 @@ def main() -> None:
     for name, batch, timer in (("fast_b1", 1, False), ("fast_b16", 16, False),
                                ("eager_b1", 1, False), ("eager_b16", 16, False),
                                ("eager_b1_timer", 1, True), ("eager_b16_timer", 16, True)):
-        if args.fast_only and not name.startswith("fast"):
+        if args.path != "both" and not name.startswith(args.path):
             continue
         if left() < (40 if name.startswith("fast") else 20):
             bare[name] = "skipped: over the time budget"
             continue
-        bare[name] = bare_fast(batch, 5) if name.startswith("fast") else bare_eager(batch, 3, timer)
+        bare[name] = bare_fast(batch, 5) if name.startswith("fast") else bare_eager(batch, 5, timer)
         log("bare", name, bare[name])
         RESULTS["bare"] = bare
         save()
@@ -335,7 +337,7 @@ def main() -> None:
         RESULTS["load_2gpu_s"] = f"not run: {gpus} GPU(s) here" if gpus < 2 else "skipped: time"
     save()
 
-    if gpus and left() > 60 and not args.fast_only:
+    if gpus and left() > 60 and args.path != "fast":
         RESULTS["actor"] = actor_variants(3)
     else:
         RESULTS["actor"] = "skipped: no GPU or over the time budget"
