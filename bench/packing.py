@@ -9,6 +9,12 @@ finished_at in the experiments table); makespan is first start to last finish; i
 max(sum of GPU-seconds / G, longest run). ratio = makespan / ideal (1.0 is perfect packing).
 A new worker's start (a Ray actor process, before its first run begins) counts in the makespan
 but in no run: --prompts sets how long runs are against it.
+
+`idle_gpu_s` says where the makespan's GPU-seconds outside runs went, per GPU from the first
+start to the last finish: `new_worker` before a run that loaded its engine (every worker of
+this grid holds one engine, so a load means a new worker: the actor's start), `waiting`
+before a run on a warm engine (the GPU kept for a run, or the dispatcher's turn), `tail` after
+the GPU's last run. `loading_gpu_s` is the part of the runs spent loading.
 """
 
 from __future__ import annotations
@@ -42,6 +48,20 @@ def campaign(cycles: int, prompts: int = 16) -> dict[str, Any]:
     }
 
 
+def idle_gpu_s(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """GPU-seconds between the first start and the last finish in no run, by what came next."""
+    first, last = min(r["started_at"] for r in rows), max(r["finished_at"] for r in rows)
+    idle = {"new_worker": 0.0, "waiting": 0.0, "tail": 0.0}
+    for gpu in {g for r in rows for g in r["gpu_ids"]}:
+        free_at = first
+        for run in sorted((r for r in rows if gpu in r["gpu_ids"]), key=lambda r: r["started_at"]):
+            gap_s = (run["started_at"] - free_at).total_seconds()
+            idle["waiting" if run["engine_reused"] else "new_worker"] += max(gap_s, 0.0)
+            free_at = max(free_at, run["finished_at"])
+        idle["tail"] += (last - free_at).total_seconds()
+    return {cause: round(seconds, 2) for cause, seconds in idle.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, default=4)
@@ -65,7 +85,10 @@ def main() -> None:
                   - min(r["started_at"] for r in rows)).total_seconds()
     ideal_s = max(sum(s * g for s, g in held) / args.gpus, max(s for s, _ in held))
     result = {"gpus": args.gpus, "runs": len(rows), "makespan_s": round(makespan_s, 2),
-              "ideal_s": round(ideal_s, 2), "ratio": round(makespan_s / ideal_s, 3)}
+              "ideal_s": round(ideal_s, 2), "ratio": round(makespan_s / ideal_s, 3),
+              "idle_gpu_s": idle_gpu_s(rows),
+              "loading_gpu_s": round(sum(r["engine_load_s"] * r["gpus_per_experiment"]
+                                         for r in rows), 2)}
     print(json.dumps(result, indent=2) if args.json else
           ", ".join(f"{k} {v}" for k, v in result.items()))
 

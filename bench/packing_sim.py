@@ -11,7 +11,8 @@ engine it does not hold in load_s. Two ways, over every (start_s, load_s) pair:
   waiting for a busy worker (the dispatcher before these changes, with warm workers);
 - `packing`: longest first within a cycle, lengths from decode steps calibrated by the first
   finished run plus load and worker start, a run waits for a busy worker of its size when that
-  is sooner than a new one (the dispatcher now).
+  is sooner than a new one, or than two new ones where the room for it would close workers
+  that queued runs want (the dispatcher now).
 ratio = makespan / max(sum of GPU-seconds / 4, longest run), run time from its worker's start
 of it to its end, as bench/packing.py measures. It shows what the policy does with the costs
 of this machine or another; it does not replace the measured figure.
