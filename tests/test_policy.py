@@ -181,14 +181,17 @@ def test_a_run_waits_for_a_busy_worker_of_its_size_rather_than_close_idle_ones()
     assert decide(8.0, unknown, slots, {"n": 4})[0][:3] == [Close(2), Close(3), Open("big", "n")]
 
 
-def test_a_run_waiting_for_a_busy_worker_starts_the_moment_it_is_free() -> None:
-    """A pair busy until 10 s, single GPUs free at 6 s: a new pair for the 2-GPU run would
-    take 5 s to start and load, so it waits for the busy one while the singles take later
-    1-GPU runs; of 200 later runs of both sizes, none takes the pair before it."""
-    jobs = [Job("pair", 2, 10.0, 10.0), Job("one", 1, 6.0, 6.0), Job("two", 1, 6.0, 6.0)]
-    jobs += [Job("big", 2, 10.0, 10.0)]
+@pytest.mark.parametrize("singles_s", [6.0, 2.0])
+def test_a_run_waiting_for_a_busy_worker_starts_the_moment_it_is_free(singles_s: float) -> None:
+    """A pair busy until 10 s, single GPUs free at 6 s (or 2 s): a new pair for the 2-GPU run
+    would take 5 s to start and load, and closing the singles that later 1-GPU runs want would
+    cost another such start (so at 2 s, 8 s from the pair's end, it still waits). It waits for
+    the busy pair while the singles take later 1-GPU runs; of 200 later runs of both sizes,
+    none takes the pair before it."""
+    jobs = [Job("pair", 2, 10.0, 10.0), Job("one", 1, singles_s, singles_s),
+            Job("two", 1, singles_s, singles_s), Job("big", 2, 10.0, 10.0)]
     jobs += [Job(f"s{i}", 1 + i % 2, 1.0, 1.0) for i in range(200)]
     times = simulate({"n": 4}, jobs, cold_s=5.0)
     assert times["big"][0] == 10.0
-    assert times["s0"][0] == 6.0, "the idle singles kept working"
+    assert times["s0"][0] == singles_s, "the idle singles kept working"
     assert all(times[f"s{i}"][0] >= 10.0 for i in range(1, 200, 2)), "later pairs wait behind"
