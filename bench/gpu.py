@@ -242,9 +242,10 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=3, help="cycles of the CV table")
     parser.add_argument("--keep-results", metavar="DIR",
                         help="keep each campaign's results under DIR/<campaign> (for lem-ray status/report)")
-    parser.add_argument("--path", choices=("both", "fast", "eager"), default="both",
+    parser.add_argument("--path", choices=("both", "fast", "eager", "none"), default="both",
                         help="which decode path the lem-ray runs and the bare loops cover (the "
-                             "actor probe is eager): a 600 s call fits one path with --no-cv")
+                             "actor probe is eager): a 600 s call fits one path with --no-cv; "
+                             "none: only the 2-GPU load (with --no-cv)")
     parser.add_argument("--no-cv", action="store_true", help="skip the CV table")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU check of the whole script: the tiny model, a few tokens")
@@ -275,7 +276,7 @@ def main() -> None:
     connect(None)
     # Eager steps take 2-3 s on the H200 host: their warmup gets room to settle (4+ steps).
     eager_warmup = {**WARMUP, "max_s": 40}
-    compare = [
+    compare: list[dict[str, Any]] = [
         {"pytorch": {"batch_size": 1}, "prompts": _prompts(3), "warmup": eager_warmup},
         {"pytorch": {"batch_size": 16}, "prompts": _prompts(48), "warmup": eager_warmup},
         {"pytorch": {"batch_size": 1, **FAST}, "prompts": _prompts(count_for(FAST_TOK_S[1], 1, 6))},
@@ -283,8 +284,9 @@ def main() -> None:
          "prompts": _prompts(count_for(FAST_TOK_S[16], 16, 6))},
     ]
     if args.path != "both":
-        compare = [c for c in compare if bool(c["pytorch"].get("torch_compile")) == (args.path == "fast")]
-    RESULTS["lem_ray_compare"] = campaign("bench-compare", compare, 1)
+        compare = [c for c in compare if bool(c["pytorch"].get("torch_compile")) == (args.path == "fast")
+                   and args.path != "none"]
+    RESULTS["lem_ray_compare"] = campaign("bench-compare", compare, 1) if compare else []
     save()
 
     # Per run: warmup, window and the worker's calls; per batch shape once: Dynamo's
@@ -328,6 +330,9 @@ def main() -> None:
 
         cfg = ExperimentConfig.model_validate({**BASE, "gpus_per_experiment": 2})
         backend = PyTorchBackend(cfg, DeviceInfo("cuda", 2))
+        for i in range(2):  # CUDA contexts first: the figure is the model build alone
+            torch.zeros(1, device=f"cuda:{i}")
+        torch.cuda.synchronize()
         t0 = time.perf_counter()
         backend.load()
         torch.cuda.synchronize()
@@ -337,7 +342,7 @@ def main() -> None:
         RESULTS["load_2gpu_s"] = f"not run: {gpus} GPU(s) here" if gpus < 2 else "skipped: time"
     save()
 
-    if gpus and left() > 60 and args.path != "fast":
+    if gpus and left() > 60 and args.path in ("both", "eager"):
         RESULTS["actor"] = actor_variants(3)
     else:
         RESULTS["actor"] = "skipped: no GPU or over the time budget"

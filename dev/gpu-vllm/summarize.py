@@ -29,11 +29,12 @@ STEADY = (
     ("steady_duration_s", "steady s", 1),
 )
 ROW_FIELDS = ("run_id", "cycle", "status", "valid", "validity_flags", "duration_s",
-              "timing_method", "engine_reused", "engine_load_s", "traffic_mode")
+              "timing_method", "engine_reused", "engine_load_s", "traffic_mode",
+              "gpus_per_experiment", "gpu_uuids", "energy_by_gpu_json")
 
 
 def _groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """One group per experiment, labelled by what varies here (max_num_seqs, traffic)."""
+    """One group per experiment, labelled by what varies here (max_num_seqs, GPUs, traffic)."""
     by_experiment: dict[str, list[dict[str, Any]]] = {}
     for row in sorted(rows, key=lambda r: (r["batch_size"] or 0, r["traffic"],
                                            r["experiment_id"], r["cycle"])):
@@ -41,6 +42,8 @@ def _groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     labels = {}
     for experiment_id, members in by_experiment.items():
         label = f"max_num_seqs {members[0]['batch_size']}"
+        if (members[0].get("gpus_per_experiment") or 1) > 1:
+            label += f", {members[0]['gpus_per_experiment']} GPUs"
         if members[0]["traffic"] != "offline":
             label += f", {members[0]['traffic']}"
         labels[experiment_id] = label
