@@ -22,6 +22,10 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TOKENS = 128
+# name -> (torch_compile mode, attention, fused projections); lem-ray's compiled step always has
+# Inductor's coordinate-descent tuning on (decode_loop.INDUCTOR_TUNING).
+VARIANTS = {"default": ("default", "sdpa", False), "eager-attn": ("default", "eager", False),
+            "max-autotune": ("max-autotune", "sdpa", False), "fused": ("default", "sdpa", True)}
 
 
 def log(*parts: Any) -> None:
@@ -146,19 +150,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="profile.json")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--variants", default="default,max-autotune",
+                        help="comma-separated: default (lem-ray's step: sdpa, tuned), eager-attn, "
+                             "max-autotune (torch_compile max-autotune: Inductor also benchmarks "
+                             "Triton matmul templates), fused (q/k/v and gate/up as one matmul each)")
     args = parser.parse_args()
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
     import torch
 
     out: dict[str, Any] = {"batch": args.batch, "gpu": torch.cuda.get_device_name(0),
                            "torch": torch.__version__}
     prompts = prompts_of(args.batch)
-    # lem-ray's compiled step always has Inductor's coordinate-descent tuning on (decode_loop).
-    variants = [("sdpa", False), ("sdpa", True), ("eager", True)]
-    for attn, fused in variants:
-        name = f"compiled/{attn}/cdt{'/fused' if fused else ''}"
+    for name in args.variants.split(","):
+        mode, attn, fused = VARIANTS[name]
         t0 = time.perf_counter()
         try:
-            backend = backend_for(args.batch, "default", attn)
+            backend = backend_for(args.batch, mode, attn)
             loop = backend._loop
             if fused:
                 fuse_projections(torch, backend._model)
@@ -171,7 +180,7 @@ def main() -> None:
             backend.generate(prompts)
             backend.synchronize()
             entry["generate_tok_s"] = round(args.batch * TOKENS / (time.perf_counter() - t1), 1)
-            if attn == "sdpa" and not fused:
+            if name == "default":
                 if "floors" not in out:
                     out["floors"] = floors(torch, backend._model, args.batch)
                     log("floors", json.dumps(out["floors"]))
