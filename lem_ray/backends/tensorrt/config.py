@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from lem_ray.backends.traffic import TrafficConfig
-from lem_ray.config.base import BackendOptions, invalid_combination
+from lem_ray.backends.parallel import ModelParallelOptions
+from lem_ray.config.base import invalid_combination
 
 # ModelOpt calibrates activation scales for these on a dataset; weight-only ones need none.
 CALIBRATED_QUANTIZATIONS = frozenset({"fp8", "int8_sq", "int4_awq", "w4a8_awq", "nvfp4"})
 
 
-class TensorRTConfig(BackendOptions):
+class TensorRTConfig(ModelParallelOptions):
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset()
     """Every field here is a build or LLM(...) argument: a change needs a new engine."""
     EXPERIMENT_RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
@@ -42,8 +43,6 @@ class TensorRTConfig(BackendOptions):
     max_num_tokens: int | None = Field(
         None, ge=1, description="tokens per engine step; None keeps TensorRT-LLM's default"
     )
-    tensor_parallel_size: int = Field(1, ge=1)
-    pipeline_parallel_size: int = Field(1, ge=1)
     quantization: (
         Literal["fp8", "int8_sq", "int4_awq", "w4a8_awq", "int8_wo", "int4_wo", "nvfp4"] | None
     ) = Field(
@@ -116,15 +115,3 @@ class TensorRTConfig(BackendOptions):
     @property
     def concurrency(self) -> int:
         return self.max_batch_size
-
-    @property
-    def parallel_gpus(self) -> int:
-        return self.tensor_parallel_size * self.pipeline_parallel_size
-
-    def conflict_with(self, experiment: Any) -> str | None:
-        gpus = experiment.gpus_per_experiment
-        if self.parallel_gpus == gpus:
-            return None
-        return (f"{experiment.backend}.tensor_parallel_size x pipeline_parallel_size "
-                f"({self.tensor_parallel_size} x {self.pipeline_parallel_size}) must "
-                f"equal gpus_per_experiment ({gpus})")

@@ -7,7 +7,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from lem_ray.backends.traffic import TrafficConfig
-from lem_ray.config.base import BackendOptions, StrictModel, invalid_combination
+from lem_ray.backends.parallel import ModelParallelOptions
+from lem_ray.config.base import StrictModel, invalid_combination
 
 # vLLM 0.26.0's CUDA attention backends (FlashAttention, Triton, FlexAttention) take KV-cache
 # blocks in multiples of 16 tokens (their get_supported_kernel_block_sizes: MultipleOf(16),
@@ -30,7 +31,7 @@ class LoRAConfig(StrictModel):
     max_lora_rank: Literal[8, 16, 32, 64, 128, 256, 320, 512] = 16
 
 
-class VLLMConfig(BackendOptions):
+class VLLMConfig(ModelParallelOptions):
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"traffic", "token_timing"})
     """How requests arrive and how they are timed; every other field is an argument of
     vllm.LLM(...)."""
@@ -42,8 +43,6 @@ class VLLMConfig(BackendOptions):
     max_num_seqs: int = Field(256, ge=1)
     max_num_batched_tokens: int | None = Field(None, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    tensor_parallel_size: int = Field(1, ge=1)
-    pipeline_parallel_size: int = Field(1, ge=1)
     enable_prefix_caching: bool = Field(
         False,
         description="off by default: the warmup and prefill windows resend the measured "
@@ -106,15 +105,3 @@ class VLLMConfig(BackendOptions):
     @property
     def concurrency(self) -> int:
         return self.max_num_seqs
-
-    @property
-    def parallel_gpus(self) -> int:
-        return self.tensor_parallel_size * self.pipeline_parallel_size
-
-    def conflict_with(self, experiment: Any) -> str | None:
-        gpus = experiment.gpus_per_experiment
-        if self.parallel_gpus == gpus:
-            return None
-        return (f"{experiment.backend}.tensor_parallel_size x pipeline_parallel_size "
-                f"({self.tensor_parallel_size} x {self.pipeline_parallel_size}) must "
-                f"equal gpus_per_experiment ({gpus})")
