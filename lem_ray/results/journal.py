@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,10 +246,18 @@ class ManifestStore:
     def _write_pending(self) -> None:
         """Called with the lock held; writes everything pending with the lock released."""
         batch, self.pending = self.pending, []
+        with self._lock_released_while_writing():
+            self.writer.append(batch)
+        self.durable_seq = batch[-1]["seq"]
+
+    @contextmanager
+    def _lock_released_while_writing(self) -> Iterator[None]:
+        """Other threads may queue records while the disk is written; they wait for this
+        write (`writing`) before their own, and a failed write leaves the journal broken."""
         self.writing = True
         self.lock.release()
         try:
-            self.writer.append(batch)
+            yield
         except BaseException as exc:
             self.broken = exc
             raise
@@ -255,7 +265,6 @@ class ManifestStore:
             self.lock.acquire()
             self.writing = False
             self.lock.notify_all()
-        self.durable_seq = batch[-1]["seq"]
 
     def _snapshot_due(self) -> bool:
         limit = max(MIN_RECORDS_BETWEEN_SNAPSHOTS,
@@ -266,17 +275,8 @@ class ManifestStore:
         seq = self.state.seq
         payload = json.dumps({"format": FORMAT, "seq": seq, **self.state.as_dict()},
                              separators=(",", ":")).encode()
-        self.writing = True
-        self.lock.release()
-        try:
+        with self._lock_released_while_writing():
             self.writer.snapshot(payload, seq)
-        except BaseException as exc:
-            self.broken = exc
-            raise
-        finally:
-            self.lock.acquire()
-            self.writing = False
-            self.lock.notify_all()
         self.pending = [r for r in self.pending if r["seq"] > seq]
         self.durable_seq = max(self.durable_seq, seq)
         self.since_snapshot = 0
