@@ -3,6 +3,7 @@ its engines between runs. The driver opens, reuses, recycles and closes them."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from lem_ray.execution.actors import WorkerActor
 from lem_ray.execution.handoff import WorkerIdentity
+
+
+# How long closing or recycling a slot waits for Ray to report its killed worker dead.
+EXIT_WAIT_S = 10.0
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Slot:
     def recycle(self) -> None:
         """A fresh worker process on the same GPUs (its CUDA context and engine gone)."""
         ray.kill(self.worker, no_restart=True)
+        _wait_gone(self.worker)
         self.start_worker()
 
     def submit(self, task: Any, request: Any, now_s: float, timeout_s: float | None) -> None:
@@ -94,5 +100,20 @@ class Slot:
         """Stop the worker (its sampler with it) and give the GPUs back."""
         if self.worker is not None:
             ray.kill(self.worker, no_restart=True)
+            _wait_gone(self.worker)
             self.worker = None
         remove_placement_group(self.pg)
+
+
+def _wait_gone(worker: Any) -> None:
+    """Hold the handle of a worker just killed until Ray reports it dead (a call to it fails),
+    at most EXIT_WAIT_S. Dropped before the kill lands, the handle's going out of scope ends
+    the worker instead: it then exits on its own, through its Python clean-up, where the
+    SIGTERM Ray sends when its placement group goes printed "ActorHandle.__del__ ...
+    SystemExit" tracebacks to the driver's terminal."""
+    deadline_s = time.monotonic() + EXIT_WAIT_S
+    while (left_s := deadline_s - time.monotonic()) > 0:
+        try:
+            ray.get(worker.identify.remote(), timeout=left_s)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return
