@@ -467,9 +467,11 @@ def fast_path_campaign(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_fast_path_and_eager_are_told_apart(fast_path_campaign: Path, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """At one batch size, eager decode and the fast path are two groups in the tables, the
-    HTML and on the Pareto plots, and two lines on the batch-size plot, named by what differs."""
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """At one batch size, eager decode and the fast path are two groups in the tables (the
+    report's and the end-of-campaign one), the HTML and on the Pareto plots, and two lines on
+    the batch-size plot, named by what differs."""
     eager, fast = "torch_compile=null", "torch_compile=reduce-overhead"
     labels = [f"batch {b} · {mode}" for b in (1, 2) for mode in (eager, fast)]
     assert sorted(g["label"] for g in report_json(fast_path_campaign)["groups"]) == labels
@@ -497,6 +499,19 @@ def test_fast_path_and_eager_are_told_apart(fast_path_campaign: Path, tmp_path: 
 
     _, one_line = batch_series(eager_runs)
     assert set(one_line) == {"builtin:tiny-llama · pytorch · 1 GPU · fp32"}
+
+    from lem_ray.cli.common import console
+    from lem_ray.cli.render import print_summary
+    from lem_ray.execution.driver import CampaignResult
+    from lem_ray.results.summary import summarize
+
+    summary, _ = summarize(fast_path_campaign)
+    assert sorted(s["label"] for s in summary) == labels
+    capsys.readouterr()
+    print_summary(CampaignResult("fastpath", str(fast_path_campaign), {
+        "ok": 8, "failed": 0, "skipped_done": 0, "planned": 8}, summary), console())
+    out = capsys.readouterr().out
+    assert out.count(fast) == out.count(eager) == 2 and "…" not in out
 
 
 def test_pareto_plots_minimise_energy_and_latency_maximise_throughput(

@@ -88,9 +88,10 @@ class LiveProgress:
 
 def print_summary(result: CampaignResult, console: Console) -> None:
     table = Table(title=f"{result.campaign_name}: means over ok, valid cycles "
-                        f"({result.results_dir}; `lem-ray report` adds CIs and plots)")
+                        f"({result.results_dir}; `lem-ray report` adds CIs and plots)",
+                  show_lines=True)
     columns = [
-        ("experiment_id", "experiment_id", None), ("backend", "backend", None),
+        ("backend", "backend", None),
         ("precision", "fp_precision", None), ("batch", "batch_size", None),
         ("device", "device", None), ("ok", "cycles_ok", None),
         ("tok/s", "throughput_tok_s", 4), ("J/out tok", "energy_j_per_output_token", 4),
@@ -98,10 +99,14 @@ def print_summary(result: CampaignResult, console: Console) -> None:
         ("TTFT p50 ms", "ttft_ms_p50", 4), ("ITL p50 ms", "itl_ms_p50", 3),
         ("power W", "avg_power_w", 4),
     ]
+    # Named by what differs between the experiments (as `lem-ray report` names its groups),
+    # the id under it: eager decode and the fast path at one batch size read apart.
+    table.add_column("experiment", overflow="fold")
     for title, _, _ in columns:
         table.add_column(title, justify="right" if _ else "left")
     for row in result.summary:
-        table.add_row(*[_fmt(row[key], digits or 3) for _, key, digits in columns])
+        table.add_row(f"{row['label']}\n{row['experiment_id']}",
+                      *[_fmt(row[key], digits or 3) for _, key, digits in columns])
     console.print(table)
     if result.summary and all(r["energy_source"] is None for r in result.summary):
         console.print("energy: not measured (no NVML GPU on the nodes that ran); "

@@ -27,6 +27,7 @@ def summarize(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[
     summary = [
         {
             "experiment_id": group["group"],
+            "label": group["label"],
             **{c: group[c] for c in ("backend", "model_name", "fp_precision", "batch_size",
                                      "device", "energy_source")},
             "cycles_ok": group["runs_ok"],
