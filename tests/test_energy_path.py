@@ -195,7 +195,7 @@ def worker_on_node(node: Node, monkeypatch: pytest.MonkeyPatch) -> ExperimentWor
     identity = WorkerIdentity(**vars(worker.identity), node_id="node-1", node_ip="10.0.0.1", hostname="n1")
     worker.identify = lambda: identity
     sampler = actors.SamplerActor.__ray_actor_class__(UUIDS, 100, None)
-    worker.sampler = InProcess(sampler)
+    worker.sampler, worker.sample_interval_ms = InProcess(sampler), 100
     return worker
 
 

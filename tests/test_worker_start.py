@@ -42,3 +42,25 @@ def test_a_worker_on_logical_gpus_starts_without_heavy_imports(two_logical_gpus)
         assert loaded == []
     finally:
         slot.close()
+
+
+def test_a_worker_given_the_interval_starts_its_sampler_before_any_run(two_logical_gpus) -> None:
+    """The sampler's process comes up beside the worker, not inside its first run; a run with
+    another interval replaces it."""
+    from lem_ray.config.campaign import ExecutionConfig
+
+    slot = Slot.open(1, 1, ray.get_runtime_context().get_node_id(), "lem-ray:start:1",
+                     sample_interval_ms=50.0)
+    try:
+        ray.get(slot.starting, timeout=120)
+        sampler, interval = ray.get(slot.worker.__ray_call__.remote(
+            lambda worker: (worker.sampler, worker.sample_interval_ms)), timeout=60)
+        assert interval == 50.0 and sampler is not None
+        assert ray.get(sampler.start.remote(), timeout=60) is None  # up, and answering
+        ray.get(sampler.finish.remote(), timeout=60)
+        execution = ExecutionConfig.model_validate({"telemetry": {"sample_interval_ms": 200}})
+        replaced = ray.get(slot.worker.__ray_call__.remote(
+            lambda worker: (worker._sampler(execution), worker.sample_interval_ms)), timeout=60)
+        assert replaced[1] == 200 and replaced[0]._actor_id != sampler._actor_id
+    finally:
+        slot.close()

@@ -250,7 +250,8 @@ class Dispatcher:
                 self.slot_ids += 1
                 slot = Slot.open(self.slot_ids, self._units(task) if self.cap.has_gpus else 0,
                                  decision.node, f"lem-ray:{self.plan.name}:{self.slot_ids}",
-                                 task.env.ray_runtime_env(), task.kind)
+                                 task.env.ray_runtime_env(), task.kind,
+                                 self.execution.telemetry.sample_interval_ms)
                 self.slots[slot.slot_id] = slot
                 self._start(task, slot)
             elif isinstance(decision, Assign):

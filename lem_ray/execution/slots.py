@@ -29,6 +29,8 @@ class Slot:
     runtime_env: dict[str, Any] | None = None
     """The backend's Ray runtime_env for the worker (its sampler inherits it); None: the job's."""
     kind: str = ""
+    sample_interval_ms: float | None = None
+    """Given: each worker of the slot starts its sampler as it starts (the campaign's interval)."""
     worker: Any = None
     engines: list[str] = field(default_factory=list)
     """Engine keys its worker holds, least recently used first (as the worker last said)."""
@@ -54,15 +56,17 @@ class Slot:
 
     @classmethod
     def open(cls, slot_id: int, gpus: int, node: str, name: str,
-             runtime_env: dict[str, Any] | None = None, kind: str = "") -> "Slot":
+             runtime_env: dict[str, Any] | None = None, kind: str = "",
+             sample_interval_ms: float | None = None) -> "Slot":
         """Reserve the GPUs (Ray grants them when free; node is a soft target) and start a
-        worker in them; calls to the worker wait for both."""
+        worker in them, and its sampler when the interval is given; calls to the worker wait
+        for both."""
         bundle = {"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1}
         # _soft_target_node_id: the node the driver's own accounting chose, so runs of
         # several GPUs find their node free; Ray places the group elsewhere if it must.
         pg = placement_group([bundle], strategy="STRICT_PACK", name=name,
                              _soft_target_node_id=node if gpus else None)
-        slot = cls(slot_id, gpus, node, pg, runtime_env, kind)
+        slot = cls(slot_id, gpus, node, pg, runtime_env, kind, sample_interval_ms)
         slot.start_worker()
         return slot
 
@@ -71,7 +75,7 @@ class Slot:
         env = {"runtime_env": self.runtime_env} if self.runtime_env else {}
         self.worker = WorkerActor.options(
             num_cpus=1, num_gpus=self.gpus, scheduling_strategy=strategy, **env
-        ).remote()
+        ).remote(self.sample_interval_ms)
         self.starting = self.worker.identify.remote()
         self.engines, self.used = [], False
 

@@ -73,16 +73,20 @@ def plain_versions(found: dict[str, Any]) -> dict[str, str]:
 
 
 class ExperimentWorker:
-    """Lives in a placement group as long as the driver keeps that group; its sampler (created
-    on the first run, in the same group, bound to the same GPU UUIDs) lives as long as it."""
+    """Lives in a placement group as long as the driver keeps that group; its sampler (in the
+    same group, bound to the same GPU UUIDs) lives as long as it."""
 
-    def __init__(self) -> None:
+    def __init__(self, sample_interval_ms: float | None = None) -> None:
         ctx = ray.get_runtime_context()
         ids = ctx.get_accelerator_ids().get("GPU", [])
         self.identity: GpuIdentity = resolve_gpus([str(i) for i in ids])
         self.node_id = ctx.get_node_id()
         self.pool = EnginePool()
         self.sampler: Any = None
+        self.sample_interval_ms: float | None = None
+        if sample_interval_ms is not None:
+            # Its process starts beside this one's first run instead of inside it, GPUs held.
+            self._start_sampler(sample_interval_ms)
 
     def identify(self) -> WorkerIdentity:
         return WorkerIdentity(
@@ -93,14 +97,19 @@ class ExperimentWorker:
             python_executable=sys.executable,
         )
 
+    def _start_sampler(self, sample_interval_ms: float) -> None:
+        if self.sampler is not None:
+            ray.kill(self.sampler)
+        pg = ray.util.get_current_placement_group()
+        options = {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, 0)} if pg else {}
+        self.sampler = SamplerActor.options(**options).remote(
+            self.identity.gpu_uuids, sample_interval_ms, no_gpu_reason(self.identity),
+        )
+        self.sample_interval_ms = sample_interval_ms
+
     def _sampler(self, execution: ExecutionConfig) -> Any:
-        if self.sampler is None:
-            pg = ray.util.get_current_placement_group()
-            options = {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, 0)} if pg else {}
-            self.sampler = SamplerActor.options(**options).remote(
-                self.identity.gpu_uuids, execution.telemetry.sample_interval_ms,
-                no_gpu_reason(self.identity),
-            )
+        if execution.telemetry.sample_interval_ms != self.sample_interval_ms:
+            self._start_sampler(execution.telemetry.sample_interval_ms)
         return self.sampler
 
     def _free_mib(self) -> list[float] | None:
