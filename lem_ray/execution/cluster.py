@@ -51,6 +51,39 @@ def configure_auth(local: bool) -> None:
     _enable_token_auth()
 
 
+# How long the auth check waits for its actor; a cluster too busy to answer in time is left
+# to the runs, whose failures say the same in more words.
+PROBE_TIMEOUT_S = 60.0
+
+
+@ray.remote(num_cpus=0)
+class _Probe:
+    def ok(self) -> bool:
+        return True
+
+
+def check_actors_start(address: str) -> None:
+    """A driver that joined in token mode only because it found a token (as Ray itself does)
+    while the cluster runs without authentication: tasks still run, but every actor dies at
+    start, so every run would fail as "the actor died unexpectedly". Say why, before any run."""
+    probe = _Probe.remote()
+    try:
+        ray.get(probe.ok.remote(), timeout=PROBE_TIMEOUT_S)
+    except ray.exceptions.ActorDiedError:
+        ray.shutdown()
+        raise ConfigError(
+            f"actors die at start on the Ray cluster at {address} when this driver joins it with "
+            "token authentication, which it turned on because it found a token (RAY_AUTH_TOKEN, "
+            "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and RAY_AUTH_MODE is unset: the cluster "
+            "runs without it. State the cluster's mode: start the cluster with RAY_AUTH_MODE=token "
+            "and this token, or, for a cluster no one else can reach, run with RAY_AUTH_MODE=disabled",
+            path="--address") from None
+    except ray.exceptions.GetTimeoutError:
+        log.warning("lem-ray: the cluster at %s did not start a check actor within %.0f s; "
+                    "going on", address, PROBE_TIMEOUT_S)
+    ray.kill(probe)
+
+
 def warn_if_driver_holds_gpu(dashboard_url: str | None) -> None:
     """A `ray job submit --entrypoint-num-gpus N` driver keeps N GPUs idle for the whole
     campaign: runs cannot use them and their energy is measured nowhere."""
@@ -89,6 +122,7 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
+    token_assumed = bool(address) and AUTH_MODE_ENV not in os.environ and auth_token_available()
     configure_auth(local=not address)
     options = {
         "namespace": "lem-ray",
@@ -98,6 +132,8 @@ def connect(address: str | None) -> bool:
     try:
         if address:
             context = ray.init(address=address, **options)
+            if token_assumed:
+                check_actors_start(address)
             warn_if_driver_holds_gpu(context.dashboard_url)
         else:
             # "local", not nothing: ray.init() alone joins whatever cluster this machine
