@@ -166,3 +166,25 @@ def test_bracketed_text_is_printed_as_written(capsys: pytest.CaptureFixture[str]
     assert "ok     e[1] c1 a1 vllm [bold]x batch 4" in err
     assert "failed e[1] c1 a1 vllm [bold]x batch 4" in err
     assert "lem-ray[vllm]" in out and "c[x]:" in out and "Results: out/[red]r" in out
+
+
+def test_ctrl_c_before_any_run_exits_130() -> None:
+    """Ctrl-C while Ray starts is an interruption (130, as during the runs), not a refusal."""
+    import click
+
+    from lem_ray.cli.common import OneLineGroup
+
+    group = OneLineGroup("lem-ray")
+
+    @group.command()
+    def start() -> None:
+        raise KeyboardInterrupt
+
+    @group.command()
+    def refuse() -> None:
+        raise click.Abort
+
+    for name, code in (("start", 130), ("refuse", 1)):
+        with pytest.raises(SystemExit) as exited:
+            group.main([name], prog_name="lem-ray")
+        assert exited.value.code == code

@@ -31,7 +31,12 @@ class OneLineGroup(click.Group):
             command = exc.ctx.command_path if getattr(exc, "ctx", None) else self.name
             hint = f" (see {command} --help)" if isinstance(exc, click.UsageError) else ""
             fail(f"{' '.join(exc.format_message().split())}{hint}")
-        except click.Abort:
+        except click.Abort as exc:
+            if isinstance(exc.__cause__, KeyboardInterrupt):
+                # Ctrl-C before any run started (Ray starting, the plan being written): the
+                # same code as one during the runs, and resuming is the same command.
+                click.echo("lem-ray: interrupted", err=True)
+                sys.exit(130)
             click.echo("lem-ray: aborted", err=True)
             sys.exit(1)
         if isinstance(code, int) and code:
