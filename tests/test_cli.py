@@ -188,3 +188,26 @@ def test_ctrl_c_before_any_run_exits_130() -> None:
         with pytest.raises(SystemExit) as exited:
             group.main([name], prog_name="lem-ray")
         assert exited.value.code == code
+
+
+def test_live_lines_name_runs_by_what_sets_them_apart(capsys: pytest.CaptureFixture[str]) -> None:
+    """Eager and fast-path runs of one batch size: their lines read apart, not by id only."""
+    from lem_ray.cli.common import console
+    from lem_ray.cli.render import LiveProgress, experiment_labels
+    from lem_ray.execution.dispatch import Progress
+    from lem_ray.execution.rows import RunRows
+    from lem_ray.planning.plan import plan_campaign
+
+    plan = plan_campaign({"campaign_name": "paths", "base": {**TINY_BASE, "backend": "pytorch"}, "experiments": [
+        {"pytorch": {"batch_size": 2}},
+        {"pytorch": {"batch_size": 2, "torch_compile": "reduce-overhead",
+                     "cache_implementation": "static"}}]})
+    labels = experiment_labels(plan)
+    eager, fast = (labels[e.experiment_id] for e in plan.experiments)
+    assert "torch_compile=null" in eager and "torch_compile=reduce-overhead" in fast
+    row = {"experiment_id": plan.experiments[1].experiment_id, "cycle": 1, "attempt": 1,
+           "backend": "pytorch", "fp_precision": "float32", "batch_size": 2, "status": "ok",
+           "error": None, "throughput_tok_s": 5.0, "energy_j_per_output_token": None}
+    with LiveProgress(console(stderr=True), total=1, labels=labels) as live:
+        live(Progress(total=1, done=1), RunRows(row))
+    assert f"{row['experiment_id']} c1 a1 {fast}: 5 tok/s" in " ".join(capsys.readouterr().err.split())

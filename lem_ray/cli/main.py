@@ -78,14 +78,14 @@ def campaign(grid: Path | None, results_dir: str | None, address: str | None, dr
             print_plan(plan, out)
         return
 
-    from lem_ray.cli.render import LiveProgress, print_summary
+    from lem_ray.cli.render import LiveProgress, experiment_labels, print_summary
     from lem_ray.execution.dispatch import CampaignInterrupted
     from lem_ray.execution.driver import run_campaign
 
     if fresh:
         _confirm_fresh(target, yes)
     try:
-        with LiveProgress(err, total=len(plan.runs)) as live:
+        with LiveProgress(err, total=len(plan.runs), labels=experiment_labels(plan)) as live:
             result = run_campaign(plan, results_dir=target, address=address, reporter=live,
                                   retry_failed=retry_failed, fresh=fresh)
     except ConfigError as exc:

@@ -14,6 +14,7 @@ from lem_ray.execution.driver import CampaignResult
 from lem_ray.execution.dispatch import Progress as RunProgress
 from lem_ray.execution.rows import RunRows
 from lem_ray.planning.plan import CampaignPlan
+from lem_ray.results.labels import group_labels
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -22,6 +23,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
     return str(value)
+
+
+def experiment_labels(plan: CampaignPlan) -> dict[str, str]:
+    """Each experiment named by what differs between the campaign's experiments, as the
+    report names its groups: eager and fast-path runs of one batch size read apart."""
+    runs = [[{"config_json": e.config.model_dump_json(), "backend": e.config.backend,
+              "batch_size": e.config.backend_options.concurrency,
+              "gpus_per_experiment": e.config.gpus_per_experiment}] for e in plan.experiments]
+    return dict(zip((e.experiment_id for e in plan.experiments), group_labels(runs)))
 
 
 def print_plan(plan: CampaignPlan, console: Console) -> None:
@@ -42,8 +52,10 @@ def print_plan(plan: CampaignPlan, console: Console) -> None:
 class LiveProgress:
     """A bar of runs done, with ok / failed / running counts, and one line per finished run."""
 
-    def __init__(self, console: Console, total: int) -> None:
+    def __init__(self, console: Console, total: int, labels: dict[str, str] | None = None) -> None:
         self.console = console
+        # Experiment id -> what sets it apart (experiment_labels), shown in each run's line.
+        self.labels = labels or {}
         self.bar = Progress(
             TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -74,8 +86,9 @@ class LiveProgress:
                     ("retry", "yellow"), f"  {e['experiment_id']} c{e['cycle']} a{e['attempt']}: "
                                          f"{(e['error'] or '').splitlines()[0]}"))
                 return
-            head = f"{e['experiment_id']} c{e['cycle']} a{e['attempt']} {e['backend']} " \
-                   f"{e['fp_precision']} batch {e['batch_size']}"
+            what = self.labels.get(e["experiment_id"]) or \
+                f"{e['backend']} {e['fp_precision']} batch {e['batch_size']}"
+            head = f"{e['experiment_id']} c{e['cycle']} a{e['attempt']} {what}"
             if rows.ok:
                 energy = e["energy_j_per_output_token"]
                 tail = (f"{_fmt(e['throughput_tok_s'])} tok/s, "
