@@ -16,8 +16,13 @@ from tests.conftest import RAY_TMP, own_cluster
 pytestmark = pytest.mark.slow
 
 
-def test_token_found_against_a_cluster_without_auth_is_a_clear_error(tmp_path: Path) -> None:
+def test_token_found_against_a_cluster_without_auth_is_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Started without authentication whatever an earlier test's local Ray left in this
+    # process's environment (a new local instance sets RAY_AUTH_MODE=token here).
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     cluster = own_cluster(num_cpus=2)
+    monkeypatch.delenv("RAY_AUTH_MODE")
     try:
         token = tmp_path / "auth_token"
         token.write_text(secrets.token_hex(32))
