@@ -56,6 +56,7 @@ def _metrics(batch: int, cycle: int, jpt: float | None) -> dict[str, Any]:
         "e2e_ms_p50": 300.0 * batch ** 0.3 + 3 * cycle,
         "itl_ms_p50": 5.0 + 0.1 * batch + 0.01 * cycle,
         "itl_ms_p99": 9.0 + 0.2 * batch + 0.02 * cycle,
+        "sm_clock_mhz_mean": None if jpt is None else 1980.0 - 10 * cycle - batch,
     }
 
 

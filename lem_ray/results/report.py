@@ -38,8 +38,12 @@ METRICS = (
     "itl_ms_p50",
     "itl_ms_p99",
     "avg_power_w",
+    "sm_clock_mhz_mean",
 )
-ENERGY_METRICS = ("energy_j_per_output_token", "energy_adjusted_j_per_output_token", "avg_power_w")
+# The energy table; the SM clock beside the power: a group whose J/token moved with its clock
+# moved with something that held the clocks back, not with the workload.
+ENERGY_METRICS = ("energy_j_per_output_token", "energy_adjusted_j_per_output_token", "avg_power_w",
+                  "sm_clock_mhz_mean")
 PERFORMANCE_METRICS = tuple(m for m in METRICS if m not in ENERGY_METRICS)
 METRIC_TITLES = {
     "energy_j_per_output_token": "J/out tok",
@@ -51,6 +55,7 @@ METRIC_TITLES = {
     "itl_ms_p50": "ITL p50 ms",
     "itl_ms_p99": "ITL p99 ms",
     "avg_power_w": "power W",
+    "sm_clock_mhz_mean": "SM MHz",
 }
 DEFAULT_GROUP_BY = ("experiment_id",)
 # What a reader needs to place a group; null in the summary when the group mixes values.
