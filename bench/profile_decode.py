@@ -25,7 +25,11 @@ TOKENS = 128
 # name -> (torch_compile mode, attention, fused projections); lem-ray's compiled step always has
 # Inductor's coordinate-descent tuning on (decode_loop.INDUCTOR_TUNING).
 VARIANTS = {"default": ("default", "sdpa", False), "eager-attn": ("default", "eager", False),
-            "max-autotune": ("max-autotune", "sdpa", False), "fused": ("default", "sdpa", True)}
+            "max-autotune": ("max-autotune", "sdpa", False), "fused": ("default", "sdpa", True),
+            "cdt-wide": ("default", "sdpa", False)}
+# Inductor settings a variant adds while it compiles: a wider coordinate-descent search.
+VARIANT_INDUCTOR = {"cdt-wide": {"coordinate_descent_check_all_directions": True,
+                                 "coordinate_descent_search_radius": 2}}
 
 
 def log(*parts: Any) -> None:
@@ -150,10 +154,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="profile.json")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--variants", default="default,max-autotune",
+    parser.add_argument("--variants", default="default,max-autotune,cdt-wide",
                         help="comma-separated: default (lem-ray's step: sdpa, tuned), eager-attn, "
                              "max-autotune (torch_compile max-autotune: Inductor also benchmarks "
-                             "Triton matmul templates), fused (q/k/v and gate/up as one matmul each)")
+                             "Triton matmul templates), fused (q/k/v and gate/up as one matmul "
+                             "each), cdt-wide (a wider coordinate-descent search)")
     args = parser.parse_args()
     unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
     if unknown:
@@ -171,7 +176,8 @@ def main() -> None:
             loop = backend._loop
             if fused:
                 fuse_projections(torch, backend._model)
-            backend.prepare(prompts)
+            with torch._inductor.config.patch(VARIANT_INDUCTOR.get(name, {})):
+                backend.prepare(prompts)
             backend.synchronize()
             state = next(iter(loop._states.values()))
             entry: dict[str, Any] = {"load_s": round(time.perf_counter() - t0, 1),
