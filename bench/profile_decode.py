@@ -6,8 +6,11 @@ builtin:llama-1b, dummy weights, bf16, 128-token prompts, 128 output tokens. Pri
   - copy_gbps: a device-to-device copy of the model's weight bytes (the bandwidth ceiling);
   - gemv_floor_ms: every Linear of the model applied once to a batch of hidden vectors, in
     forward order, captured as one CUDA graph (what cuBLAS alone costs a step);
-  - step_ms per variant of lem-ray's decode loop (graph replay timed by CUDA events over 120
-    steps): compiled with sdpa or eager attention, and the step body uncompiled;
+  - per variant of lem-ray's decode loop (--variants; Dynamo is reset between them, so each
+    compiles its own step): step_ms, the captured step replayed 110 times between two CUDA
+    events; a kernel trace of 20 replays (torch.profiler): kernels a step, the sum of their
+    durations against the step (the rest is gaps between kernels), the costliest kernels; and
+    generate_tok_s and ttft_ms, the median of 5 generate() calls, prefill included.
 """
 
 from __future__ import annotations
@@ -22,21 +25,34 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TOKENS = 128
-# name -> (torch_compile mode, attention, fused projections); lem-ray's compiled step always has
-# Inductor's coordinate-descent tuning on (decode_loop.INDUCTOR_TUNING).
+# name -> (torch_compile mode, attention, fused projections); the step is compiled with
+# lem-ray's Inductor settings (decode_loop.INDUCTOR_TUNING) unless STEP_TUNING says otherwise.
 VARIANTS = {"default": ("default", "sdpa", False), "eager-attn": ("default", "eager", False),
             "max-autotune": ("max-autotune", "sdpa", False), "fused": ("default", "sdpa", True),
-            "cdt-wide": ("default", "sdpa", False)}
-# Inductor settings a variant adds while it compiles: a wider coordinate-descent search.
+            "cdt-wide": ("default", "sdpa", False), "pdl": ("default", "sdpa", False),
+            "prefill": ("default", "sdpa", False), "nocombo": ("default", "sdpa", False),
+            "nocdt": ("default", "sdpa", False), "nocdt-prefill": ("default", "sdpa", False),
+            "default-again": ("default", "sdpa", False)}
+# The step's Inductor settings where a variant replaces lem-ray's: without combo kernels, or
+# without any tuning (cuBLAS GEMVs).
+STEP_TUNING: dict[str, dict[str, bool]] = {
+    "nocombo": {"coordinate_descent_tuning": True}, "nocdt": {}, "nocdt-prefill": {}}
+# Inductor settings a variant adds while it compiles: a wider coordinate-descent search;
+# programmatic dependent launch (on Hopper a kernel starts while the one before finishes); no
+# caches (default-again compiles and tunes the default anew: how much the tuning varies).
 VARIANT_INDUCTOR = {"cdt-wide": {"coordinate_descent_check_all_directions": True,
-                                 "coordinate_descent_search_radius": 2}}
+                                 "coordinate_descent_search_radius": 2},
+                    "pdl": {"triton.enable_pdl": True},
+                    "default-again": {"force_disable_caches": True}}
+# Variants that compile the prompt's forward too (pytorch.compile_prefill).
+PREFILL_COMPILED = {"prefill", "nocdt-prefill"}
 
 
 def log(*parts: Any) -> None:
     print(*parts, flush=True)
 
 
-def backend_for(batch: int, compile_mode: str, attn: str) -> Any:
+def backend_for(batch: int, compile_mode: str, attn: str, compile_prefill: bool) -> Any:
     from lem_ray.backends.base import DeviceInfo
     from lem_ray.backends.pytorch.backend import PyTorchBackend
     from lem_ray.config.experiment import ExperimentConfig
@@ -46,7 +62,8 @@ def backend_for(batch: int, compile_mode: str, attn: str) -> Any:
         "fp_precision": "bfloat16", "max_input_tokens": TOKENS, "max_output_tokens": TOKENS,
         "min_output_tokens": TOKENS,
         "pytorch": {"batch_size": batch, "cache_implementation": "static",
-                    "torch_compile": compile_mode, "attn_implementation": attn}})
+                    "torch_compile": compile_mode, "attn_implementation": attn,
+                    "compile_prefill": compile_prefill}})
     backend = PyTorchBackend(cfg, DeviceInfo("cuda", 1))
     backend.load()
     return backend
@@ -62,16 +79,49 @@ def prompts_of(count: int) -> list[str]:
     return synthetic_prompts(spec, 0)
 
 
-def replay_ms(torch: Any, state: Any, steps: int = 110) -> float:
+def rewind(state: Any) -> None:
+    """Back to the first decode step: each replay advances the step and the cache position, and
+    past the answer's length the captured step would index outside its buffers."""
+    import torch
+
+    with torch.inference_mode():
+        state.step.fill_(1)
+        state.cache_position.fill_(TOKENS - 1)
+        state.pos.fill_(TOKENS - 1)
+
+
+def replay_ms(torch: Any, graph: Any, steps: int = 110) -> float:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    state.graph.replay()
+    graph.replay()
     torch.cuda.synchronize()
     start.record()
     for _ in range(steps):
-        state.graph.replay()
+        graph.replay()
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / steps
+
+
+def kernel_trace(torch: Any, graph: Any, step_ms: float, replays: int = 20) -> dict[str, Any]:
+    """Kernels of one replayed step, from CUPTI through torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA and event.device_time_total > 0:
+            kernels.setdefault(event.name, []).append(event.device_time_total)
+    per_step = {name: (len(t) / replays, sum(t) / replays) for name, t in kernels.items()}
+    busy_us = sum(us for _, us in per_step.values())
+    top = sorted(per_step.items(), key=lambda kv: -kv[1][1])[:30]
+    return {"kernels_per_step": round(sum(n for n, _ in per_step.values()), 1),
+            "kernel_ms": round(busy_us / 1000, 3),
+            "gap_ms": round(step_ms - busy_us / 1000, 3),
+            "top": [{"name": name[:90], "per_step": round(n, 1), "us_per_step": round(us, 1),
+                     "us_each": round(us / n, 2)} for name, (n, us) in top]}
 
 
 def floors(torch: Any, model: Any, batch: int) -> dict[str, Any]:
@@ -105,16 +155,11 @@ def floors(torch: Any, model: Any, batch: int) -> dict[str, Any]:
     with torch.cuda.graph(graph):
         chain()
 
-    class G:
-        pass
-
-    g = G()
-    g.graph = graph
     linear_bytes = sum(m.weight.numel() * m.weight.element_size() for m in linears)
     return {"weight_bytes": total_bytes, "linear_weight_bytes": linear_bytes,
             "copy_gbps": round(2 * total_bytes / copy_s / 1e9, 1),
             "read_floor_ms": round(total_bytes / (2 * total_bytes / copy_s) * 1000, 3),
-            "linears": len(linears), "gemv_floor_ms": round(replay_ms(torch, g), 3)}
+            "linears": len(linears), "gemv_floor_ms": round(replay_ms(torch, graph), 3)}
 
 
 def fuse_projections(torch: Any, model: Any) -> None:
@@ -154,17 +199,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="profile.json")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--variants", default="default,max-autotune,cdt-wide",
+    parser.add_argument("--variants", default="default,default-again,nocombo,prefill,pdl",
                         help="comma-separated: default (lem-ray's step: sdpa, tuned), eager-attn, "
                              "max-autotune (torch_compile max-autotune: Inductor also benchmarks "
                              "Triton matmul templates), fused (q/k/v and gate/up as one matmul "
-                             "each), cdt-wide (a wider coordinate-descent search)")
+                             "each), cdt-wide (a wider coordinate-descent search), pdl "
+                             "(programmatic dependent launch), prefill (the prompt's forward "
+                             "compiled too), nocombo (tuning without combo kernels), nocdt (no "
+                             "tuning: cuBLAS GEMVs), nocdt-prefill, default-again (the default "
+                             "compiled anew, no caches: the tuning's spread)")
     args = parser.parse_args()
     unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
     import torch
 
+    from lem_ray.backends.pytorch import decode_loop
+
+    tuning = dict(decode_loop.INDUCTOR_TUNING)
     out: dict[str, Any] = {"batch": args.batch, "gpu": torch.cuda.get_device_name(0),
                            "torch": torch.__version__}
     prompts = prompts_of(args.batch)
@@ -172,7 +224,9 @@ def main() -> None:
         mode, attn, fused = VARIANTS[name]
         t0 = time.perf_counter()
         try:
-            backend = backend_for(args.batch, mode, attn)
+            torch._dynamo.reset()
+            decode_loop.INDUCTOR_TUNING = dict(STEP_TUNING.get(name, tuning))
+            backend = backend_for(args.batch, mode, attn, name in PREFILL_COMPILED)
             loop = backend._loop
             if fused:
                 fuse_projections(torch, backend._model)
@@ -180,12 +234,23 @@ def main() -> None:
                 backend.prepare(prompts)
             backend.synchronize()
             state = next(iter(loop._states.values()))
+            rewind(state)
             entry: dict[str, Any] = {"load_s": round(time.perf_counter() - t0, 1),
-                                     "step_ms": round(replay_ms(torch, state), 3)}
-            t1 = time.perf_counter()
-            backend.generate(prompts)
-            backend.synchronize()
-            entry["generate_tok_s"] = round(args.batch * TOKENS / (time.perf_counter() - t1), 1)
+                                     "step_ms": round(replay_ms(torch, state.graph), 3)}
+            rewind(state)
+            try:
+                entry["trace"] = kernel_trace(torch, state.graph, entry["step_ms"])
+            except Exception as exc:
+                entry["trace"] = {"error": repr(exc)[:300]}
+            runs = []
+            for _ in range(5):
+                t1 = time.perf_counter()
+                records = backend.generate(prompts)
+                backend.synchronize()
+                runs.append((time.perf_counter() - t1, records[0].ttft_ms))
+            seconds, ttft_ms = sorted(runs)[len(runs) // 2]
+            entry["generate_tok_s"] = round(args.batch * TOKENS / seconds, 1)
+            entry["ttft_ms"] = round(ttft_ms, 2)
             if name == "default":
                 if "floors" not in out:
                     out["floors"] = floors(torch, backend._model, args.batch)
