@@ -205,6 +205,39 @@ def test_compiled_loop_config_rules() -> None:
                     pytorch={"cache_implementation": "static", "torch_compile": "reduce-overhead"})
     eager_static = generation_kwargs(make_config(pytorch={"cache_implementation": "static"}), 3, 2)
     assert eager_static["disable_compile"] is True, "static cache alone must stay eager"
+    with pytest.raises((ValueError, ConfigError), match="compile_prefill: only with"):
+        make_config(pytorch={"compile_prefill": True})
+
+
+def test_compile_prefill_is_an_engine_field_and_prepare_meets_the_shortest_prompt(prompts) -> None:
+    """A compiled prefill may specialise on a prompt's length: prepare() runs the longest and
+    the shortest prompt at every batch size, so no compilation falls in a window."""
+    fast = {"cache_implementation": "static", "torch_compile": "reduce-overhead", "batch_size": 2}
+    plain = make_config(max_output_tokens=4, min_output_tokens=4, pytorch=fast)
+    config = make_config(max_output_tokens=4, min_output_tokens=4,
+                         pytorch={**fast, "compile_prefill": True})
+    assert plain.engine_key != config.engine_key, "compile_prefill needs its own load"
+    backend = PyTorchBackend(config, DeviceInfo("cpu"))
+    backend.load()
+    shapes: list[tuple[int, int]] = []
+    run_batch = backend._run_batch
+
+    def spy(token_ids, gen_kwargs, min_tokens):
+        shapes.append((len(token_ids), max(len(ids) for ids in token_ids)))
+        return run_batch(token_ids, gen_kwargs, min_tokens)
+
+    backend._run_batch = spy
+    try:
+        backend.prepare(prompts)
+        lengths = [len(ids) for ids in backend._encode(prompts)]
+        assert min(lengths) < max(lengths), "prompts of several lengths"
+        sizes = {len(b) for b in make_batches(lengths, backend.options)}
+        assert sorted(shapes) == sorted((size, length) for size in sizes
+                                        for length in (max(lengths), min(lengths)))
+        records = backend.generate(prompts)
+        assert [r.output_tokens for r in records] == [4] * len(prompts)
+    finally:
+        backend.release()
 
 
 def test_dummy_model_split_over_devices_is_built_on_meta_then_materialised() -> None:

@@ -111,3 +111,41 @@ def test_fast_path_compiles_every_batch_shape_past_dynamos_default_limit() -> No
         assert counters["stats"]["unique_graphs"] - before >= 10, "a shape ran uncompiled"
     finally:
         backend.release()
+
+
+def test_compiled_prefill_compiles_in_prepare_only_and_keeps_the_tokens() -> None:
+    """pytorch.compile_prefill: every compilation happens in prepare() (none in a window, for
+    prompts of several lengths and a last batch of 1), and greedy tokens stay those of the
+    eager prefill."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch")
+    from torch._dynamo.utils import counters
+
+    from lem_ray.backends.pytorch.backend import PyTorchBackend
+
+    outputs = []
+    for compile_prefill in (False, True):
+        cfg = _config(batch_size=2, cache_implementation="static",
+                      torch_compile="reduce-overhead", compile_prefill=compile_prefill)
+        prompts = synthetic_prompts(cfg.prompts, 0)
+        assert len({len(p.split()) for p in prompts}) > 1, "prompts of several lengths"
+        backend = PyTorchBackend(cfg, DeviceInfo("cuda", 1))
+        backend.load()
+        try:
+            backend.prepare(prompts)
+            compiled = counters["stats"]["unique_graphs"]
+            backend.generate(prompts)
+            backend.generate(prompts[1:])
+            assert counters["stats"]["unique_graphs"] == compiled, "compiled inside a window"
+            inputs = backend._tokenizer.pad({"input_ids": backend._encode(prompts[:2])},
+                                            return_tensors="pt").to("cuda")
+            from lem_ray.backends.pytorch.timing import StepClock
+
+            out = backend._loop.run(inputs["input_ids"], inputs["attention_mask"], 16, 16,
+                                    StepClock(torch, torch.device("cuda")))
+            outputs.append(out.tolist())
+        finally:
+            backend.release()
+    agree = sum(a == b for x, y in zip(*outputs) for a, b in zip(x, y))
+    assert agree >= 0.9 * 2 * 16, outputs

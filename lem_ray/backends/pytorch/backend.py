@@ -136,6 +136,7 @@ class PyTorchBackend(Backend[PyTorchConfig]):
             self._loop = DecodeLoop(
                 torch, transformers, self._model, options.torch_compile, _sampling(cfg),
                 _eos_ids(self._model, tok), tok.pad_token_id, cfg.max_output_tokens,
+                compile_prefill=options.compile_prefill,
             )
         elif options.torch_compile:
             self._model.forward = torch.compile(self._model.forward, mode=options.torch_compile)
@@ -203,9 +204,13 @@ class PyTorchBackend(Backend[PyTorchConfig]):
             return
         encoded = self._encode(prompts)
         sizes = {len(b) for b in make_batches([len(e) for e in encoded], self.options)}
-        longest = max(encoded, key=len)
+        shapes = [max(encoded, key=len)]
+        if self.options.compile_prefill:
+            # A compiled prefill may specialise on a short prompt (length 1): meet it here.
+            shapes.append(min(encoded, key=len))
         for size in sorted(sizes, reverse=True):
-            self._run_batch([longest] * size, {"max_new_tokens": 2}, 0)
+            for ids in shapes:
+                self._run_batch([ids] * size, {"max_new_tokens": 2}, 0)
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         tok = self._tokenizer

@@ -4,11 +4,11 @@ Why not generate(): on an H200, transformers' own compiled static-cache generate
 ~280-345 tok/s for a 1 B model at batch 1 (~3 ms a step against a ~0.45 ms memory floor):
 its per-step Python and the host sync it makes every step dominate. Inductor's cudagraph
 trees (torch.compile mode reduce-overhead) still leave ~2 ms of host work per step on that
-machine (480-530 tok/s measured). Here the prompt is prefilled once (eager: its shape varies),
-then one decode step (the compiled forward, token choice, and all bookkeeping: positions, the
-attention mask, EOS, writing the token out) is captured once per batch shape as a CUDA graph
-whose inputs are buffers it owns, so a step costs the host one `graph.replay()` and one CUDA
-event. The host waits once, at the end (and every `EOS_CHECK_EVERY` steps when answers may
+machine (480-530 tok/s measured). Here the prompt is prefilled once (eager, or compiled with
+dynamic shapes under pytorch.compile_prefill: its shape varies), then one decode step (the
+compiled forward, token choice, and all bookkeeping: positions, the attention mask, EOS,
+writing the token out) is captured once per batch shape as a CUDA graph whose inputs are
+buffers it owns, so a step costs the host one `graph.replay()` and one CUDA event. The host waits once, at the end (and every `EOS_CHECK_EVERY` steps when answers may
 end early).
 
 What it supports: greedy decoding and sampling (temperature, top-k, top-p), EOS with
@@ -33,10 +33,14 @@ SPARE = WARM_STEPS + 1
 COMPILE_MODES = {"default": "default", "reduce-overhead": "default",
                  "max-autotune": "max-autotune-no-cudagraphs"}
 # With coordinate-descent tuning on, Inductor turns each batch-1 matmul into a tuned Triton
-# reduction instead of a cuBLAS GEMV (one H200, llama-1b at batch 1, eager attention: a step
-# of 1.76 ms became 1.46 ms; bench/profile_decode.py). It changes only how kernels are tuned,
-# so it applies to the compiled step alone and is recorded in the backend's details.
-INDUCTOR_TUNING = {"coordinate_descent_tuning": True}
+# reduction instead of a cuBLAS GEMV; combo kernels launch independent kernels (the q, k and v
+# reductions over one input) as one: 204 kernels a step instead of 293. One H200, llama-1b at
+# batch 1 (bench/profile_decode.py, one compile each): cuBLAS 1.69-1.71 ms a step, tuned
+# 1.37-1.67, tuned with combo kernels 1.15-1.36. The tuning picks each kernel's launch
+# configuration by timing it, and picks differently from one compile to the next: the spread.
+# It changes only how kernels run, so it applies to the compiled step alone and is recorded in
+# the backend's details.
+INDUCTOR_TUNING = {"coordinate_descent_tuning": True, "combo_kernels": True}
 # Dynamo compiles the step once per batch shape and loop (dynamic=False), and past its default
 # of 8 compilations of one function it would run the step eagerly inside the graph, silently
 # ~1.7x slower (bench/profile_decode.py). A worker keeping several engines meets more shapes
@@ -90,6 +94,7 @@ class DecodeLoop:
     def __init__(
         self, torch: Any, transformers: Any, model: Any, compile_mode: str,
         sampling: dict[str, Any] | None, eos_ids: set[int], pad_id: int, max_new_tokens: int,
+        compile_prefill: bool = False,
     ) -> None:
         self._torch = torch
         self._model = model
@@ -108,6 +113,7 @@ class DecodeLoop:
         # A graph records one device's stream: a model split over GPUs runs compiled, ungraphed.
         self._graphs_on = self._cuda and self._in_device == self._out_device
         self._advance = self._step_body
+        self._prefill_forward = self._forward
         if self._cuda:
             from torch._dynamo import config as dynamo_config
             from torch._inductor import config as inductor_config
@@ -121,6 +127,18 @@ class DecodeLoop:
                     compiled(s)
 
             self._advance = advance
+            if compile_prefill:
+                # Eager, the prompt's forward is the host launching every kernel: ~25 ms of a
+                # 128-token prompt's TTFT at batch 1 on an H200. Compiled with dynamic shapes,
+                # one compile serves every prompt length (Dynamo adds one for length or batch 1,
+                # and one for the cache's first use: prepare() meets them before any window).
+                prefill = torch.compile(self._forward, dynamic=True, fullgraph=False)
+
+                def prefill_forward(*args: Any) -> Any:
+                    with dynamo_config.patch(DYNAMO_LIMITS):
+                        return prefill(*args)
+
+                self._prefill_forward = prefill_forward
 
     @property
     def inductor_tuning(self) -> dict[str, bool]:
@@ -187,7 +205,7 @@ class DecodeLoop:
         queries = torch.arange(prompt_len, device=self._in_device)
         allowed = s.pad[:, None, None, :] & (s.keys[None, :] <= queries[:, None])[None, None]
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = self._forward(input_ids, self._mask(allowed), positions, s.cache, queries)
+        logits = self._prefill_forward(input_ids, self._mask(allowed), positions, s.cache, queries)
         s.allow_eos.fill_(min_new == 0)
         token = choose_tokens(torch, self._no_early_eos(logits, s.allow_eos), self._sampling)
         s.out.fill_(self._pad_id)
