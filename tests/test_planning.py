@@ -71,6 +71,25 @@ def test_experiment_id_pinned() -> None:
     assert plan.experiments[0].experiment_id == "edfdccd21db2"
 
 
+def test_an_option_added_later_keeps_the_ids_of_experiments_that_leave_it_at_its_default() -> None:
+    """Options added after results were stored (ID_OMITTED_AT_DEFAULT) change no stored id,
+    and still tell apart the experiments that set them; each has the default it claims."""
+    from lem_ray.config.experiment import ExperimentConfig
+    from lem_ray.planning.expand import ID_OMITTED_AT_DEFAULT
+
+    fast = {"cache_implementation": "static", "torch_compile": "reduce-overhead"}
+    base = {"model_name": "m", "backend": "pytorch"}
+    ids = [plan_campaign({"campaign_name": "p", "base": {**base, "pytorch": pytorch}})
+           .experiments[0].experiment_id
+           for pytorch in (fast, {**fast, "compile_prefill": False}, {**fast, "compile_prefill": True})]
+    assert ids[0] == ids[1] != ids[2]
+    config = ExperimentConfig.model_validate(base)
+    for dotted, default in ID_OMITTED_AT_DEFAULT.items():
+        section, _, option = dotted.rpartition(".")
+        owner = getattr(config, section) if section else config
+        assert getattr(owner, option) == default, dotted
+
+
 def test_typo_in_grid_is_an_error_not_a_rejection() -> None:
     bad = {**GRID, "grid": {**GRID["grid"], "shared": {"fp_precison": ["float16"]}}}
     with pytest.raises(ConfigError) as info:

@@ -43,9 +43,24 @@ class Expansion:
     rejected: list[Rejection] = field(default_factory=list)
 
 
+# Options added after results were first stored, with their defaults: at the default they stay
+# out of the experiment id, so an experiment that does not use one keeps the id it was stored
+# under and its campaign still resumes. Every option added from now on belongs here.
+ID_OMITTED_AT_DEFAULT: dict[str, Any] = {"pytorch.compile_prefill": False}
+
+
 def experiment_id(config: ExperimentConfig) -> str:
-    """Stable across machines and runs: a hash of the resolved config's canonical JSON."""
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """Stable across machines, runs and lem-ray versions: a hash of the resolved config's
+    canonical JSON, less the later options left at their default."""
+    data = config.model_dump(mode="json")
+    for dotted, default in ID_OMITTED_AT_DEFAULT.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+            del node[leaf]
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
