@@ -587,3 +587,26 @@ def test_report_lists_at_most_50_groups_and_keeps_all_in_the_files(tmp_path: Pat
     assert "the first 50 of 60 groups listed" in result.output
     assert "00000000003b" not in result.output
     assert pq.read_table(tmp_path / "summary" / "summary.parquet").num_rows == 60
+
+
+def test_cycle_cv_says_when_cycles_ran_on_engines_loaded_apart() -> None:
+    """engines: distinct engine_id among a group's counted runs; the CV text names them when
+    more than one (their spread then includes the engines' own differences)."""
+    from lem_ray.results.report import build_report, cycle_cv_text
+
+    def run(experiment: str, cycle: int, engine: str | None, tok_s: float) -> dict:
+        return {"experiment_id": experiment, "run_id": f"{experiment}-{cycle}", "cycle": cycle,
+                "attempt": 1, "status": "ok", "valid": True, "validity_flags": [],
+                "engine_id": engine, "throughput_tok_s": tok_s,
+                "energy_j_per_output_token": 100.0 / tok_s}
+
+    rows = [run("one", 1, "e1", 700.0), run("one", 2, "e1", 705.0), run("one", 3, "e1", 698.0),
+            run("apart", 1, "e2", 640.0), run("apart", 2, "e3", 745.0),
+            run("apart", 3, "e2", 650.0),
+            run("old", 1, None, 500.0), run("old", 2, None, 510.0)]
+    groups = {g["group"]: g for g in build_report(rows).groups}
+    assert groups["one"]["engines"] == 1 and "engines" not in cycle_cv_text(groups["one"])
+    assert groups["apart"]["engines"] == 2
+    assert cycle_cv_text(groups["apart"]).endswith("> 5% · 2 engines")
+    assert groups["old"]["engines"] is None, "rows from before engine_id"
+    assert "engines" not in cycle_cv_text(groups["old"])

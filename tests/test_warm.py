@@ -95,6 +95,10 @@ def test_interleaved_cycles_over_three_engines_load_each_engine_once(
     assert len({engine_key(r) for r in rows}) == 3
     assert sum(not r["engine_reused"] for r in rows) == 3
     assert [r["engine_reused"] for r in rows if r["cycle"] > 1] == [True] * 6
+    engine_ids = {engine_key(r): {x["engine_id"] for x in rows if engine_key(x) == engine_key(r)}
+                  for r in rows}
+    assert all(len(ids) == 1 for ids in engine_ids.values()), "each engine serves its 3 cycles"
+    assert len(set.union(*engine_ids.values())) == 3
 
 
 def test_force_cold_start_loads_every_run_in_a_fresh_worker(two_gpus, tmp_path: Path) -> None:
@@ -104,6 +108,7 @@ def test_force_cold_start_loads_every_run_in_a_fresh_worker(two_gpus, tmp_path: 
     run_campaign(campaign, results_dir=out)
     rows = rows_of(out)
     assert len(rows) == 3 and not any(r["engine_reused"] for r in rows)
+    assert len({r["engine_id"] for r in rows}) == 3, "an engine id per load"
     assert all(r["engine_load_s"] > 0 for r in rows)
 
 

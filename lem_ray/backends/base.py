@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -42,6 +43,9 @@ class Backend(ABC, Generic[OptionsT]):
         self.config = config
         self.device = device
         self.options: OptionsT = config.backend_options  # type: ignore[assignment]
+        self.engine_id = uuid.uuid4().hex[:12]
+        """This engine instance, for the rows of every run it serves: engines compiled apart
+        may run different kernels (tuned per compile), runs of one engine run the same."""
 
     @abstractmethod
     def load(self) -> None:

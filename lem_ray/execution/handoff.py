@@ -44,6 +44,8 @@ class RunResult:
     it, or, on a reused engine, applying the run's options and preparing shapes the engine had
     not met (the fast path's graphs of a new batch size; near 0 otherwise)."""
     engine_reused: bool
+    engine_id: str
+    """The loaded engine instance that served the run (Backend.engine_id)."""
     timing_method: str | None
     warmup: WarmupOutcome
     warmup_window: WindowResult

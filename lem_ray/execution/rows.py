@@ -180,6 +180,7 @@ def _warmup_columns(result: RunResult) -> dict[str, Any]:
     warmup = result.warmup
     return {
         "engine_reused": result.engine_reused,
+        "engine_id": result.engine_id,
         "engine_load_s": result.engine_load_s,
         "timing_method": result.timing_method,
         "warmup_s": warmup.duration_s,

@@ -244,6 +244,7 @@ class ExperimentWorker:
             duration_s=duration_s,
             engine_load_s=load_s,
             engine_reused=reused,
+            engine_id=backend.engine_id,
             timing_method=backend.timing_method,
             warmup=warmup,
             warmup_window=warmup_window,

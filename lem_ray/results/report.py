@@ -85,6 +85,7 @@ SUMMARY = pa.schema(
         *[(f"{m}_cycle_cv", F64) for m in CYCLE_CV_METRICS],
         ("max_cycle_cv", F64),
         ("cycle_cv_above", BOOL),
+        ("engines", I64),
     ]
 )
 
@@ -239,6 +240,8 @@ def build_report(
             row[f"{metric}_cycle_cv"] = spread
         row["max_cycle_cv"] = max_cycle_cv
         row["cycle_cv_above"] = any(v is not None and v > max_cycle_cv for v in spreads)
+        engine_ids = {r.get("engine_id") for r in counted} - {None}
+        row["engines"] = len(engine_ids) if engine_ids else None
         groups.append(row)
         members.append(counted)
         excluded.extend(left_out)
@@ -297,10 +300,15 @@ def shown_metrics(report: Report) -> list[str]:
 
 
 def cycle_cv_text(group: dict[str, Any]) -> str:
-    """'E 1.2% · T 0.8%' (J/output token, throughput), with ' > 5%' when above the limit."""
+    """'E 1.2% · T 0.8%' (J/output token, throughput), with ' > 5%' when above the limit, and
+    ' · 3 engines' when the cycles ran on engines loaded apart (their spread includes the
+    engines' own differences, such as kernels tuned per compile)."""
     parts = []
     for metric, short in zip(CYCLE_CV_METRICS, ("E", "T")):
         value = group[f"{metric}_cycle_cv"]
         parts.append(f"{short} {value:.1%}" if value is not None else f"{short} -")
     text = " · ".join(parts)
-    return f"{text} > {group['max_cycle_cv']:.0%}" if group["cycle_cv_above"] else text
+    if group["cycle_cv_above"]:
+        text = f"{text} > {group['max_cycle_cv']:.0%}"
+    engines = group.get("engines")
+    return f"{text} · {engines} engines" if engines and engines > 1 else text

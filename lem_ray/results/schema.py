@@ -44,6 +44,7 @@ EXPERIMENTS = pa.schema(
         ("gpu_uuids", STRS),
         ("gpu_names", STRS),
         ("engine_reused", BOOL),
+        ("engine_id", STR),
         ("engine_load_s", F64),
         ("timing_method", STR),
         ("warmup_s", F64),
