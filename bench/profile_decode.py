@@ -199,7 +199,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="profile.json")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--variants", default="default,default-again,nocombo,prefill,pdl",
+    parser.add_argument("--variants", default="default,default-again,eager-attn,nocombo,pdl",
                         help="comma-separated: default (lem-ray's step: sdpa, tuned), eager-attn, "
                              "max-autotune (torch_compile max-autotune: Inductor also benchmarks "
                              "Triton matmul templates), fused (q/k/v and gate/up as one matmul "
