@@ -610,3 +610,19 @@ def test_cycle_cv_says_when_cycles_ran_on_engines_loaded_apart() -> None:
     assert cycle_cv_text(groups["apart"]).endswith("> 5% · 2 engines")
     assert groups["old"]["engines"] is None, "rows from before engine_id"
     assert "engines" not in cycle_cv_text(groups["old"])
+    assert "N engines: the cycles ran on N engines loaded apart" in report_text(rows)
+    assert "N engines" not in report_text([r for r in rows if r["experiment_id"] != "apart"])
+
+
+def report_text(rows: list[dict]) -> str:
+    """What `lem-ray report` prints for a report of these rows."""
+    import io
+
+    from rich.console import Console
+
+    from lem_ray.cli import report_cmd
+    from lem_ray.results.report import build_report
+
+    out = io.StringIO()
+    report_cmd._print(build_report(rows), Console(file=out, width=200), {})
+    return out.getvalue()

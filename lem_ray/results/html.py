@@ -124,7 +124,9 @@ def render_html(report: Report, title: str, meta: list[str], plots: list[Plot]) 
 <h2>Summary</h2>
 <p class="note">{escape(STATS_NOTE)}. Rows with failed or invalid runs are shaded; those runs are
 listed below and not in the statistics. Cycle CV: cycle-to-cycle coefficient of variation of
-J/output token (E) and throughput (T); groups above the limit are shaded and marked.</p>
+J/output token (E) and throughput (T); groups above the limit are shaded and marked; "N engines":
+the cycles ran on N engines loaded apart, whose own differences (kernels tuned per compile) the
+CV includes.</p>
 {energy_note}
 {summary_tables(report)}
 <h2>Failed and invalid runs</h2>
