@@ -610,6 +610,11 @@ def test_cycle_cv_says_when_cycles_ran_on_engines_loaded_apart() -> None:
     assert cycle_cv_text(groups["apart"]).endswith("> 5% · 2 engines")
     assert groups["old"]["engines"] is None, "rows from before engine_id"
     assert "engines" not in cycle_cv_text(groups["old"])
+    pooled = {g["group"]: g for g in build_report(
+        [r for r in rows if r["experiment_id"] != "apart"]
+        + [{**r, "experiment_id": "two", "engine_id": "e9"} for r in rows if r["experiment_id"] == "one"],
+        group_by=("attempt",)).groups}
+    assert pooled["attempt=1"]["engines"] == 1, "two experiments pooled, each on one engine"
     assert "N engines: the cycles ran on N engines loaded apart" in report_text(rows)
     assert "N engines" not in report_text([r for r in rows if r["experiment_id"] != "apart"])
 

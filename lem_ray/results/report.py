@@ -196,6 +196,17 @@ def cycle_cv(values: Sequence[float | None]) -> float | None:
     return statistics.stdev(present) / mean if mean else None
 
 
+def engines_per_experiment(runs: list[dict[str, Any]]) -> int | None:
+    """The most loaded engines (engine_id) any one experiment's runs came from: 1 when each
+    experiment's cycles shared one engine, whatever else a pooled group mixes; None for rows
+    written before engine_id."""
+    engines: dict[str, set[str]] = {}
+    for run in runs:
+        if run.get("engine_id"):
+            engines.setdefault(run["experiment_id"], set()).add(run["engine_id"])
+    return max(map(len, engines.values())) if engines else None
+
+
 def build_report(
     rows: list[dict[str, Any]], group_by: Sequence[str] = DEFAULT_GROUP_BY,
     max_cycle_cv: float = DEFAULT_MAX_CYCLE_CV,
@@ -240,8 +251,7 @@ def build_report(
             row[f"{metric}_cycle_cv"] = spread
         row["max_cycle_cv"] = max_cycle_cv
         row["cycle_cv_above"] = any(v is not None and v > max_cycle_cv for v in spreads)
-        engine_ids = {r.get("engine_id") for r in counted} - {None}
-        row["engines"] = len(engine_ids) if engine_ids else None
+        row["engines"] = engines_per_experiment(counted)
         groups.append(row)
         members.append(counted)
         excluded.extend(left_out)

@@ -8,8 +8,8 @@ machine (480-530 tok/s measured). Here the prompt is prefilled once (eager, or c
 dynamic shapes under pytorch.compile_prefill: its shape varies), then one decode step (the
 compiled forward, token choice, and all bookkeeping: positions, the attention mask, EOS,
 writing the token out) is captured once per batch shape as a CUDA graph whose inputs are
-buffers it owns, so a step costs the host one `graph.replay()` and one CUDA event. The host waits once, at the end (and every `EOS_CHECK_EVERY` steps when answers may
-end early).
+buffers it owns, so a step costs the host one `graph.replay()` and one CUDA event. The host
+waits once, at the end (and every `EOS_CHECK_EVERY` steps when answers may end early).
 
 What it supports: greedy decoding and sampling (temperature, top-k, top-p), EOS with
 min_new_tokens, left-padded batches, sdpa or eager attention. Not repetition_penalty or
