@@ -299,3 +299,49 @@ def test_an_io_error_stops_compact_in_one_line_and_deletes_nothing(tmp_path: Pat
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert f"{tmp_path}: compaction stopped: " in result.output
     assert {t: names(tmp_path, t) for t in store.RESULT_TABLES} == before
+
+
+@pytest.mark.slow
+def test_a_campaign_whose_runs_succeed_never_fails_on_its_closing_compaction(
+        local_ray, tmp_path: Path, caplog, capsys) -> None:
+    """Damaged files met at the end of a campaign are moved aside; an I/O error of the
+    compaction is a warning, the campaign's result stands and nothing is deleted."""
+    from lem_ray.execution.driver import run_campaign
+    from tests.conftest import TINY_BASE
+
+    out = tmp_path / "results"
+    write_attempt(out, "ffffffffffff", 1, 1)  # a copy cut short, named like a finished attempt
+    for table in ("experiments", "requests"):
+        truncate(out / table / "ffffffffffff-c1-a1.parquet")
+    (out / "quarantine").mkdir()
+    (out / "quarantine" / "requests").write_text("a file where the folder goes\n")
+    spec = {"campaign_name": "closing", "base": TINY_BASE,
+            "experiments": [{"backend": "pytorch"}], "execution": {"cycles": 2}}
+    result = run_campaign(spec, results_dir=out)
+    assert result.counts == {"planned": 2, "skipped_done": 0, "ran": 2, "failed": 0, "ok": 2,
+                             "retried": 0}
+    [warning] = [r.getMessage() for r in caplog.records if "closing compaction" in r.getMessage()]
+    assert warning.startswith(f"lem-ray: warning: the closing compaction failed ({out}: "
+                              "compaction stopped: ")
+    assert warning.endswith(f"`lem-ray compact {out}` tries again")
+    assert len(names(out, "experiments")) == 3 and len(names(out, "requests")) == 3, \
+        "nothing merged, nothing deleted"
+
+    (out / "quarantine" / "requests").unlink()
+    capsys.readouterr()
+    result = run_campaign({**spec, "execution": {"cycles": 3}}, results_dir=out)
+    assert result.counts["ran"] == 1 and result.counts["ok"] == 1
+    moved = [line for line in capsys.readouterr().err.splitlines() if " moved " in line]
+    assert moved == [f"lem-ray: warning: moved {out / t / 'ffffffffffff-c1-a1.parquet'} to "
+                     f"quarantine/{t}/ffffffffffff-c1-a1.parquet: not a readable Parquet file "
+                     "(Parquet magic bytes not found in footer. Either the file is corrupted or "
+                     "this is not a parquet file.)" for t in ("requests", "experiments")]
+    assert sorted(p.relative_to(out / "quarantine").as_posix()
+                  for p in (out / "quarantine").rglob("*.parquet")) == [
+        "experiments/ffffffffffff-c1-a1.parquet", "requests/ffffffffffff-c1-a1.parquet"]
+    assert [n[:10] for n in names(out, "experiments")] == ["compacted-"]
+    assert skipped(out, "experiments") == [] and skipped(out, "requests") == []
+    rows = read_table(out, "experiments").to_pylist()
+    assert sorted((r["campaign_name"], r["cycle"], r["status"]) for r in rows) == [
+        ("closing", 1, "ok"), ("closing", 2, "ok"), ("closing", 3, "ok")]
+    assert sum(keys(out, "requests").values()) == 3 * TINY_BASE["prompts"]["count"]
