@@ -280,7 +280,7 @@ def test_unreadable_compacted_files_are_moved_aside(tmp_path: Path) -> None:
         [experiments.name, requests.name])
 
 
-def test_an_io_error_stops_compact_in_one_line_and_deletes_nothing(tmp_path: Path) -> None:
+def test_compact_errors_are_one_line_and_delete_nothing(tmp_path: Path) -> None:
     campaign(tmp_path, 3)
     truncate(tmp_path / "requests" / "000000000001-c1-a1.parquet")
     (tmp_path / "quarantine").mkdir()
@@ -299,6 +299,9 @@ def test_an_io_error_stops_compact_in_one_line_and_deletes_nothing(tmp_path: Pat
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert f"{tmp_path}: compaction stopped: " in result.output
     assert {t: names(tmp_path, t) for t in store.RESULT_TABLES} == before
+    result = CliRunner().invoke(main, ["compact", "nope://bucket/results"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("lem-ray: error: nope://bucket/results: cannot open")
 
 
 @pytest.mark.slow
