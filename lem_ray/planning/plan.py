@@ -18,6 +18,7 @@ from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.errors import ConfigError
 from lem_ray.planning.expand import PlannedExperiment, Rejection, expand
 from lem_ray.planning.order import order_runs
+from lem_ray.planning.positions import check_positions
 from lem_ray.planning.prompts import load_prompts
 from lem_ray.records import RunKey
 
@@ -143,6 +144,7 @@ def plan_campaign(
         base_dir = Path.cwd()
     try:
         expansion = expand(campaign)
+        check_positions(expansion.experiments)
     except ConfigError as exc:
         raise exc.with_file(str(source)) if isinstance(source, (str, Path)) else exc from None
     execution = campaign.execution
