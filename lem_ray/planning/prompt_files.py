@@ -154,7 +154,7 @@ def _csv_values(path: Path, column: str) -> Iterator[str | None]:
 
 
 def _parquet_values(path: Path, column: str) -> Iterator[str | None]:
-    """Row group by row group, the one column only."""
+    """Row group by row group, the one column only (iter_batches buffers every row group)."""
     import pyarrow as pa
     import pyarrow.parquet
 
@@ -170,12 +170,9 @@ def _parquet_values(path: Path, column: str) -> Iterator[str | None]:
         kind = schema.field(column).type
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             raise _not_text(path, column, kind)
-        batches = parquet.iter_batches(batch_size=1024, columns=[column])
-        while True:
+        for group in range(parquet.num_row_groups):
             try:
-                batch = next(batches)
-            except StopIteration:
-                return
+                table = parquet.read_row_group(group, columns=[column])
             except (pa.ArrowException, OSError) as exc:
                 raise _cannot_read(path, exc) from None
-            yield from batch.column(0).to_pylist()
+            yield from table.column(0).to_pylist()
