@@ -305,6 +305,14 @@ def test_a_file_is_read_no_further_than_the_prompts_kept(tmp_path: Path, name: s
         file_prompts(FilePrompts(source="file", path=name), tmp_path / name)
 
 
+def test_a_line_too_long_is_refused_before_it_is_read_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("lem_ray.planning.prompt_files.MAX_LINE_BYTES", 1024)
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "' + "x" * 2000 + '"}\n')
+    with pytest.raises(ConfigError, match="p.jsonl: line 2 is longer than 1024 bytes"):
+        file_prompts(FilePrompts(source="file", path="p.jsonl"), tmp_path / "p.jsonl")
+
+
 def test_csv_rows_of_the_wrong_width(tmp_path: Path) -> None:
     (tmp_path / "p.csv").write_text("id,prompt\n1,a\n2\n")
     with pytest.raises(ConfigError, match=r"cannot read .*p.csv: line 3: expected 2 columns, got 1"):
