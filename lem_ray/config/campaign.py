@@ -93,8 +93,8 @@ class ExecutionConfig(StrictModel):
         "one, and engines that reserve most of GPU memory (vllm, tensorrt) are kept alone",
     )
     runtime_env_timeout_s: float = Field(
-        600, gt=0, le=MAX_WAIT_S, description="how long a backend's runtime_env may take to come up (image "
-        "pull, package install) before its runs fail up front",
+        600, gt=0, le=MAX_WAIT_S, description="how long a backend's runtime_env may take to "
+        "come up (image pull, package install) before its runs fail up front",
     )
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)

@@ -10,14 +10,8 @@ from pydantic import Field, create_model, field_validator, model_validator
 
 from lem_ray.assets import BUILTIN_PREFIX, builtin_models
 from lem_ray.backends.registry import BACKEND_NAMES, options_class
-from lem_ray.config.base import (
-    BackendOptions,
-    PathText,
-    Seed,
-    StrictModel,
-    invalid_combination,
-)
-from lem_ray.config.limits import MAX_PROMPTS, MAX_TOKENS, MAX_WAIT_S
+from lem_ray.config.base import BackendOptions, PathText, Seed, StrictModel, invalid_combination
+from lem_ray.config.limits import MAX_GPUS, MAX_PROMPTS, MAX_TOKENS, MAX_WAIT_S
 from lem_ray.config.prompts import PromptsConfig, SyntheticPrompts
 
 BackendName = Literal[BACKEND_NAMES]  # type: ignore[valid-type]
@@ -61,7 +55,8 @@ class WarmupConfig(StrictModel):
         description="fixed mode: requests to send, rounded up to whole steps"
     )
     window: int = Field(
-        3, ge=2, le=10_000, description="cv mode: last steps the CV is taken over (the first step never)"
+        3, ge=2, le=10_000,
+        description="cv mode: last steps the CV is taken over (the first step never)",
     )
     cv_threshold: float = Field(0.05, gt=0)
     max_steps: int = Field(
@@ -89,7 +84,7 @@ class _ExperimentFields(StrictModel):
         default_factory=lambda: SyntheticPrompts(source="synthetic", count=64)
     )
     random_seed: Seed = 42
-    gpus_per_experiment: int = Field(1, ge=1)
+    gpus_per_experiment: int = Field(1, ge=1, le=MAX_GPUS)
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
 

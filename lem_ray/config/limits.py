@@ -19,6 +19,8 @@ MAX_WAIT_S = 7 * 86_400.0
 MAX_SEED = 2**32 - 1
 """Seeds (random_seed, execution.seed, prompts.seed, traffic.seed), from 0: numpy's seeding range,
 which vLLM and TensorRT-LLM seed numpy with; torch.manual_seed takes more, numpy no more."""
+MAX_GPUS = 4096
+"""GPUs one experiment's engine spans (gpus_per_experiment, tensor x pipeline parallel sizes)."""
 MAX_TOKENS = 1 << 24
 """Input or output tokens of one request: above any model's context window."""
 MAX_SCHEDULE_S = 366 * 86_400.0

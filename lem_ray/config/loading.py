@@ -62,8 +62,9 @@ def _is_secret(model: type[BaseModel], loc: tuple[Any, ...]) -> bool:
     """The value at `loc` is a secret (a webhook URL): an error line must not print it."""
     owner = _model_at(model, loc) if loc and isinstance(loc[-1], str) else None
     field = owner.model_fields.get(loc[-1]) if owner else None
-    return field is not None and SecretStr in (field.annotation, *getattr(field.annotation,
-                                                                           "__args__", ()))
+    if field is None:
+        return False
+    return SecretStr in (field.annotation, *getattr(field.annotation, "__args__", ()))
 
 
 def _short(value: Any, limit: int = 60) -> str:

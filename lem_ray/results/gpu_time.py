@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -77,18 +77,18 @@ def _session_problem(session: Any) -> str | None:
     numbers = {**{f"gpu_seconds.{p}": session["gpu_seconds"].get(p) for p in PHASES},
                **{k: session.get(k) for k in ("total_gpu_s", "started_s", "updated_s")}}
     for key, value in numbers.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-                value):
+        finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+            value)
+        if not finite:
             return f"{key} is {value!r}, not a number"
     return None
 
 
-def gpu_seconds(results_dir: str | Path,
-                warn: Callable[[str, str], None] = warn_skipped) -> dict[str, Any] | None:
+def gpu_seconds(results_dir: str | Path) -> dict[str, Any] | None:
     """All sessions added up: {gpu_seconds: {phase: s}, total_gpu_s, wall_s, sessions};
     None when no session was recorded (a campaign from before this was kept).
 
-    A damaged session file (truncated, hand-edited) is left out with a `warn` line: it must
+    A damaged session file (truncated, hand-edited) is left out with a warning: it must
     not break `status` nor the end of a campaign whose runs all went well."""
     fs, base = resolve(results_dir)
     folder = f"{base}/{FOLDER}"
@@ -102,11 +102,11 @@ def gpu_seconds(results_dir: str | Path,
             with fs.open_input_stream(info.path) as stream:
                 session = json.loads(stream.read().decode())
         except (OSError, ValueError) as exc:
-            warn(info.path, f"not a readable GPU-time session ({type(exc).__name__})")
+            warn_skipped(info.path, f"not a readable GPU-time session ({type(exc).__name__})")
             continue
         problem = _session_problem(session)
         if problem:
-            warn(info.path, problem)
+            warn_skipped(info.path, problem)
             continue
         sessions.append(session)
     if not sessions:
