@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import tracemalloc
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from lem_ray.execution.automation import notified, send_notification
 from lem_ray.planning.plan import plan_campaign
 from lem_ray.planning.prompts import file_prompts
 from lem_ray.results.gpu_time import PHASES, gpu_seconds
+from tests.conftest import TINY_BASE, ray_env
 from tests.test_hostile import VALID, dry_run, invoke, refused, results, with_  # noqa: F401
 
 SECRET = "s3cr3t-token"
@@ -234,6 +237,31 @@ def test_status_reads_around_damaged_gpu_time_files(results: Path) -> None:  # n
         assert any(w.startswith(f"lem-ray: warning: skipped {folder / name}: ") for w in warnings)
     gpu_time = json.loads(result.stdout)["gpu_time"]
     assert gpu_time["total_gpu_s"] == 60.0 and gpu_time["sessions"] == 1
+
+
+@pytest.mark.slow
+def test_a_campaign_whose_runs_succeed_exits_0(tmp_path: Path) -> None:
+    """Whatever its webhook's URL and its old gpu_time/ files: both once ended it in exit 1 and
+    a traceback after every run had succeeded."""
+    damaged = tmp_path / "out" / "gpu_time" / "old.json"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_text(json.dumps({"gpu_seconds": {p: 1.0 for p in PHASES}}))
+    campaign = {"campaign_name": "hooked", "base": TINY_BASE, "grid": {"backends": ["pytorch"]},
+                "execution": {"cycles": 1}, "output": {"results_dir": "out"},
+                "notify": {"webhook_url_env": "LEMRAY_TEST_HOOK"}}
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(campaign))
+    hook = tmp_path / f"{SECRET}.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lem_ray.cli", "campaign", str(path), "--json"], cwd=tmp_path,
+        env={**ray_env(), "LEMRAY_TEST_HOOK": hook.as_uri()}, capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["counts"]["ok"] == 1
+    assert "Traceback" not in proc.stderr and SECRET not in proc.stderr
+    assert "the URL in LEMRAY_TEST_HOOK must be an http:// or https:// URL" in proc.stderr
+    assert f"lem-ray: warning: skipped {damaged}: total_gpu_s is None" in proc.stderr
+    assert not hook.exists()
 
 
 def test_gpu_time_that_is_a_file(tmp_path: Path) -> None:
