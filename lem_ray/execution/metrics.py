@@ -129,8 +129,7 @@ class CampaignGauges:
 def publishing(dispatcher: Dispatcher) -> Iterator[None]:
     """While the dispatcher runs: its progress and GPU-seconds every few seconds from a
     thread of the driver, and each finished run through its reporter."""
-    execution = dispatcher.execution
-    if not execution.telemetry.ray_metrics:
+    if not dispatcher.execution.telemetry.ray_metrics:
         yield
         return
     gauges = CampaignGauges(dispatcher.plan.name)

@@ -104,7 +104,8 @@ class EnergySampler:
         self._thread_cpu_s = 0.0
         self._failed_devices: set[str] = set()
         self.on_sample: Callable[[str, GpuSample], None] | None = None
-        """Called with (GPU UUID, sample) for each sample taken, in the sampling thread: keep it cheap."""
+        """Called with (GPU UUID, sample) for each sample taken, in the thread that took it (the
+        sampling thread, or a window edge's caller): keep it cheap."""
 
     @property
     def energy_source(self) -> str | None:
