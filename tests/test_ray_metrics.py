@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -38,10 +39,11 @@ pytestmark = pytest.mark.slow
 UUIDS = ["GPU-3f1c0d2e-0000-4000-8000-000000000000", "GPU-9a7b6c5d-1111-4111-8111-111111111111"]
 POWER_W = {UUIDS[0]: 312.5, UUIDS[1]: 287.25}
 TEMPERATURE_C = {UUIDS[0]: 61.0, UUIDS[1]: 58.5}
+EXPORT_INTERVAL_MS = 2000
+"""Ray's metrics export interval here (10 s by default): a gauge not set again leaves the
+endpoint after two of them, so the test scrapes often."""
+SCRAPE_EVERY_S = 0.5
 SCRAPE_LIMIT_S = 120.0
-"""Ray's agent exports every few seconds (about 10 s here); a bounded wait, polled."""
-EXPORT_S = 12.0
-"""A little more than one export interval."""
 
 
 class ScriptedGpu(DeviceReader):
@@ -89,7 +91,8 @@ def ray_with_metrics() -> Iterator[int]:
     port = free_port()
     ray.init(address="local", _temp_dir=os.path.join(RAY_TMP, "ray"), num_cpus=2,
              include_dashboard=False, namespace="lem-ray-test",
-             runtime_env={"env_vars": WORKER_ENV}, _metrics_export_port=port)
+             runtime_env={"env_vars": WORKER_ENV}, _metrics_export_port=port,
+             _system_config={"metrics_report_interval_ms": EXPORT_INTERVAL_MS})
     try:
         yield port
     finally:
@@ -128,67 +131,90 @@ def campaign(name: str, metrics: bool, tmp_path: Path) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Scrape:
+    series: list[tuple[str, dict[str, str], float]]
+    running: str | None
+    """The campaign running while this scrape was taken, if any."""
+
+
+class Scraper:
+    """Scrapes the endpoint every SCRAPE_EVERY_S from a thread, as Prometheus would, noting
+    which campaign was running at the time."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.scrapes, self.running = port, [], None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(SCRAPE_EVERY_S):
+            running = self.running
+            self.scrapes.append(Scrape(scrape(self.port), running))
+
+    def run(self, config: dict[str, Any]) -> Any:
+        self.running = config["campaign_name"]
+        try:
+            return run_campaign(config)
+        finally:
+            time.sleep(EXPORT_INTERVAL_MS / 1000 + 2 * SCRAPE_EVERY_S)  # its last values, exported
+            self.running = None
+
+    def wait_for(self, name: str, **tags: str) -> list[tuple[dict[str, str], float]]:
+        deadline = time.monotonic() + SCRAPE_LIMIT_S
+        while time.monotonic() < deadline:
+            found = [named(s.series, name, **tags) for s in self.scrapes]
+            if any(found):
+                return next(f for f in found if f)
+            time.sleep(SCRAPE_EVERY_S)
+        raise AssertionError(f"no {name} {tags} on the endpoint within {SCRAPE_LIMIT_S:.0f} s")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 def test_endpoint_shows_runs_and_gpu_power_with_their_tags(ray_with_metrics: int, tmp_path: Path) -> None:
-    port = ray_with_metrics
+    scraper = Scraper(ray_with_metrics)
     watched = campaign("watched", True, tmp_path)
     ids = RunAttempt("watched", plan_campaign(watched).runs[0], 1)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     sampler = ray.remote(num_cpus=0)(ScriptedSampler).remote(UUIDS, 100)
     ray.get(sampler.start.remote(run_tags(ids)))
-
-    finished: dict[str, Any] = {}
-    runner = threading.Thread(target=lambda: finished.update(result=run_campaign(watched)))
-    runner.start()
-    seen_while_running: list[tuple[dict[str, str], float]] = []
-    power: list[tuple[dict[str, str], float]] = []
-    deadline = time.monotonic() + SCRAPE_LIMIT_S
-    while runner.is_alive() and time.monotonic() < deadline and not (seen_while_running and power):
-        series = scrape(port)
-        if runner.is_alive():
-            seen_while_running = named(series, "ray_lem_ray_runs", campaign_name="watched")
-        power = named(series, "ray_lem_ray_gpu_power_w", run_id=ids.run_id)
-        time.sleep(1.0)
-    runner.join()
-    assert finished["result"].counts["ok"] == 4
-    assert {t["state"] for t, _ in seen_while_running} == {"pending", "running", "ok", "failed"}, \
-        "the run-state series appear while the campaign runs"
+    try:
+        assert scraper.run(watched).counts["ok"] == 4
+        quiet = campaign("quiet", False, tmp_path)
+        assert scraper.run(quiet).counts["ok"] == 4
+        power = scraper.wait_for("ray_lem_ray_gpu_power_w", run_id=ids.run_id)
+        temperatures = scraper.wait_for("ray_lem_ray_gpu_temperature_c", run_id=ids.run_id)
+    finally:
+        ray.get(sampler.finish.remote())
+        scraper.close()
 
     # The sampler's series: one per GPU, tagged with the node, the GPU and the run.
-    node_ip = ray.util.get_node_ip_address()
-    expected = {**run_tags(ids), "node_ip": node_ip}
+    expected = {**run_tags(ids), "node_ip": ray.util.get_node_ip_address()}
     assert {t["gpu_uuid"]: v for t, v in power} == POWER_W
-    for tags, _ in power:
-        assert {k: tags[k] for k in expected} == expected
-    # After the campaign: its four runs ok, none pending, and GPU-seconds by phase (none on CPU).
-    deadline = time.monotonic() + SCRAPE_LIMIT_S
-    while time.monotonic() < deadline:
-        series = scrape(port)
-        states = {t["state"]: v for t, v in named(series, "ray_lem_ray_runs", campaign_name="watched")}
-        if states.get("ok") == 4:
-            break
-        time.sleep(1.0)
-    assert states == {"pending": 0, "running": 0, "ok": 4, "failed": 0}
-    temperatures = named(series, "ray_lem_ray_gpu_temperature_c", run_id=ids.run_id)
     assert {t["gpu_uuid"]: v for t, v in temperatures} == TEMPERATURE_C
-    phases = {t["phase"]: v for t, v in named(series, "ray_lem_ray_gpu_seconds", campaign_name="watched")}
-    assert phases == dict.fromkeys(("measuring", "warmup", "loading", "baseline", "cooldown", "idle"), 0.0)
+    for tags, _ in power + temperatures:
+        assert {k: tags[k] for k in expected} == expected
 
-    # With ray_metrics off, nothing of that campaign reaches the endpoint, while the sampler
-    # above still publishes.
-    quiet = campaign("quiet", False, tmp_path)
-    runner = threading.Thread(target=lambda: finished.update(quiet=run_campaign(quiet)))
-    runner.start()
-    scrapes = []
-    while runner.is_alive():
-        scrapes.append(scrape(port))
-        time.sleep(2.0)
-    runner.join()
-    time.sleep(EXPORT_S)
-    scrapes.append(scrape(port))
-    assert finished["quiet"].counts["ok"] == 4
-    assert named(scrapes[-1], "ray_lem_ray_gpu_power_w", run_id=ids.run_id), "the endpoint still exports"
-    assert not [t for series in scrapes for _, t, _ in series if t.get("campaign_name") == "quiet"]
-    ray.get(sampler.finish.remote())
+    # The driver's: runs by state while the campaign runs, ending with its four runs ok.
+    states = [{t["state"]: v for t, v in named(s.series, "ray_lem_ray_runs", campaign_name="watched")}
+              for s in scraper.scrapes if s.running == "watched"]
+    states = [found for found in states if found]
+    assert states, "the run-state series appear while the campaign runs"
+    assert all(set(found) == {"pending", "running", "ok", "failed"} for found in states)
+    assert states[0]["pending"] > 0 and states[-1] == {"pending": 0, "running": 0, "ok": 4, "failed": 0}
+    phases = [{t["phase"]: v for t, v in named(s.series, "ray_lem_ray_gpu_seconds", campaign_name="watched")}
+              for s in scraper.scrapes]
+    assert dict.fromkeys(("measuring", "warmup", "loading", "baseline", "cooldown", "idle"), 0.0) \
+        in phases, "GPU-seconds by phase (none on CPU)"
+
+    # With ray_metrics off, nothing of that campaign reached the endpoint, which still exported.
+    during_quiet = [s.series for s in scraper.scrapes if s.running == "quiet"]
+    assert any(named(series, "ray_lem_ray_gpu_power_w") for series in during_quiet)
+    assert not [t for series in during_quiet for _, t, _ in series if t.get("campaign_name") == "quiet"]
 
 
 def test_finished_run_energy_on_the_endpoint(ray_with_metrics: int) -> None:
@@ -205,6 +231,6 @@ def test_finished_run_energy_on_the_endpoint(ray_with_metrics: int) -> None:
         total = named(series, "ray_lem_ray_energy_j_total", campaign_name="energy", experiment_id="e1")
         if runs and total:
             break
-        time.sleep(1.0)
+        time.sleep(SCRAPE_EVERY_S)
     assert runs == {"e1-c1": 812.5, "e1-c2": 787.5}
     assert [v for _, v in total] == [1600.0]
