@@ -16,6 +16,7 @@ CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-br
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-default-apps", "--disable-extensions", "--no-default-browser-check",
+         "--disable-dev-shm-usage",  # containers give /dev/shm 64 MB
          # Any host name resolves to nothing: a request that tried the network fails, and shows.
          "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost")
 START_LIMIT_S = 60.0
