@@ -27,6 +27,10 @@ class TelemetryConfig(StrictModel):
     sample_interval_ms: float = Field(
         100, ge=10, le=60_000, description="instant power etc., per GPU"
     )
+    ray_metrics: bool = Field(
+        True, description="power, temperature, runs by state, energy and GPU-seconds on Ray's "
+        "metrics endpoint (ray.util.metrics), for Ray's dashboard and Prometheus"
+    )
 
 
 class BaselineConfig(StrictModel):

@@ -14,6 +14,7 @@ from lem_ray.execution.automation import Clock, notified, scheduled
 from lem_ray.execution.cluster import capacity, connect
 from lem_ray.execution.dispatch import Dispatcher, Progress, Reporter
 from lem_ray.execution.manifest_actor import close_manifest, open_manifest
+from lem_ray.execution.metrics import publishing
 from lem_ray.execution.preflight import preflight
 from lem_ray.execution.runtime_env import probe_runtime_envs
 from lem_ray.execution.shared_storage import require_shared_results_dir
@@ -135,8 +136,10 @@ def run_block(
             refusals = probe_runtime_envs(
                 {b: runtime_envs[b] for b in needed}, plan.campaign.execution.runtime_env_timeout_s
             )
-            Dispatcher(plan, out, manifest, prompts, capacity(), progress, reporter,
-                       runtime_envs=runtime_envs, env_refusals=refusals).run(pending, attempts)
+            dispatcher = Dispatcher(plan, out, manifest, prompts, capacity(), progress, reporter,
+                                    runtime_envs=runtime_envs, env_refusals=refusals)
+            with publishing(dispatcher):
+                dispatcher.run(pending, attempts)
         final = ray.get(manifest.snapshot.remote())["runs"]
         if not any(final[r.run_id]["state"] in UNFINISHED for r in plan.runs):
             close_manifest(plan.name, out)
