@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import pickle
+from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -32,8 +33,12 @@ from lem_ray.execution.worker import ExperimentWorker, RunRequest
 from lem_ray.records import RunAttempt, RunKey
 from lem_ray.telemetry.nvml import DeviceReader, GpuSample
 from lem_ray.telemetry.sampler import EnergySampler
+from lem_ray.execution.node_runs import NodeRuns
+from lem_ray.telemetry.rapl import HostEnergy
 from tests.conftest import TINY_BASE
+from tests.powercap import MAX_UJ, FakePowercap
 
+CPU_IDLE_W, CPU_BUSY_W, DRAM_W = 40.0, 120.0, 16.0
 UUIDS = ["GPU-3f1c0d2e-0000-4000-8000-000000000000", "GPU-9a7b6c5d-1111-4111-8111-111111111111"]
 
 
@@ -46,6 +51,8 @@ class Gpu:
     heats_c_per_s: float = 0.0
     throttle_reasons: int = 0
     mig_enabled: bool = False
+    power_lie_w: float = 0.0
+    """Instant power reads this much above what the counter accrues."""
 
 
 @dataclass
@@ -63,6 +70,8 @@ class Node:
     """Engines the GPUs' memory holds at once; a load past it runs out of memory."""
     prepare_room: int | None = None
     """Engines beside which prepare() (new batch shapes) still fits."""
+    powercap: FakePowercap | None = None
+    """The host's RAPL zones; None: a node without powercap (a VM)."""
 
     def clock(self) -> float:
         return self.t_s
@@ -71,7 +80,16 @@ class Node:
         for gpu in self.gpus.values():
             gpu.counter_mj += (gpu.busy_w if self.busy else gpu.idle_w) * dt_s * 1000
             gpu.temperature_c += gpu.heats_c_per_s * dt_s if heats else 0.0
+        if self.powercap is not None:
+            self.powercap.add("intel-rapl:0", (CPU_BUSY_W if self.busy else CPU_IDLE_W) * dt_s)
+            self.powercap.add("intel-rapl:0/intel-rapl:0:0", DRAM_W * dt_s)
+            self.powercap.add("intel-rapl:0/intel-rapl:0:1", 1000.0 * dt_s)
+            self.powercap.add("intel-rapl:1", 5000.0 * dt_s)
         self.t_s += dt_s
+
+    def host(self) -> HostEnergy:
+        root = self.powercap.root if self.powercap else Path("/nonexistent/powercap")
+        return HostEnergy(str(root))
 
     def device(self, uuid: str) -> DeviceReader:
         return NvmlShapedGpu(self, uuid)
@@ -88,7 +106,7 @@ class NvmlShapedGpu(DeviceReader):
         return round(self.gpu.counter_mj)
 
     def power_instant_w(self) -> float:
-        return self.gpu.busy_w if self.node.busy else self.gpu.idle_w
+        return (self.gpu.busy_w if self.node.busy else self.gpu.idle_w) + self.gpu.power_lie_w
 
     def sample(self) -> GpuSample:
         return GpuSample(t_s=self.node.t_s, power_w=self.power_instant_w(),
@@ -186,34 +204,40 @@ def worker_on_node(node: Node, monkeypatch: pytest.MonkeyPatch) -> ExperimentWor
     monkeypatch.setattr(worker_module, "backend_class", lambda name: FakeEngine)
     monkeypatch.setattr(worker_module, "ray", SimpleNamespace(get=lambda ref: ref, __version__="test"))
     monkeypatch.setattr(worker_module, "time", SimpleNamespace(perf_counter=node.clock, time=node.clock))
-    monkeypatch.setattr(actors, "EnergySampler", lambda uuids, sample_interval_ms: EnergySampler(
-        uuids, sample_interval_ms, device_factory=node.device, clock=node.clock))
+    monkeypatch.setattr(actors, "EnergySampler", lambda uuids, sample_interval_ms, host, host_key:
+                        EnergySampler(uuids, sample_interval_ms, device_factory=node.device,
+                                      clock=node.clock, host=node.host(), host_key=host_key))
     worker = ExperimentWorker.__new__(ExperimentWorker)
     worker.node_id, worker.pool = "node-1", EnginePool()
     worker.identity = GpuIdentity(device="cuda", gpu_ids=["0", "1"], gpu_uuids=UUIDS,
                                   gpu_names=["NVIDIA H200"] * 2)
     identity = WorkerIdentity(**vars(worker.identity), node_id="node-1", node_ip="10.0.0.1", hostname="n1")
     worker.identify = lambda: identity
-    sampler = actors.SamplerActor.__ray_actor_class__(UUIDS, 100, None)
+    sampler = actors.SamplerActor.__ray_actor_class__(UUIDS, 100, None, "node-1")
     worker.sampler, worker.sample_interval_ms = InProcess(sampler), 100
     return worker
 
 
 def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: ExecutionConfig,
-                baselines: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                baselines: dict[str, dict[str, Any]] | None = None,
+                runs: NodeRuns | None = None) -> dict[str, Any]:
     """The real worker.run and sampler actor on the node, then the real ok_rows."""
     worker = worker_on_node(node, monkeypatch)
     identity = worker.identify()
     config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch", "gpus_per_experiment": 2})
-    # The campaign's baseline cache, in process: `baselines` are what it already holds.
+    # The campaign's baseline cache, in process: `baselines` are what it already holds;
+    # `runs` the other runs it knows active on the nodes.
+    runs = runs or NodeRuns()
     cache = InProcess(SimpleNamespace(get=lambda uuids: dict(baselines or {}),
-                                      put=lambda entries: None))
+                                      put=lambda entries: None, run_started=runs.started,
+                                      run_ended=runs.ended, sharing=runs.sharing))
     execution = execution.model_copy(update={"baseline": execution.baseline.model_copy(
         update={"enabled": baselines is not None, "duration_s": 0.02})})
     outcome = worker.run(RunRequest(config.model_dump_json(), PROMPTS, execution, cache))
     rows = ok_rows(RunAttempt("c", RunKey("e1", 1), 1), config, execution, identity, outcome.result,
                    outcome.telemetry, outcome.conditions, datetime.now(timezone.utc), None)
-    return {"row": rows.experiment, "requests": rows.requests, "result": outcome.result}
+    return {"row": rows.experiment, "requests": rows.requests, "result": outcome.result,
+            "timeseries": rows.timeseries}
 
 
 def two_gpus(**second: Any) -> Node:
@@ -249,10 +273,11 @@ def test_two_gpu_run_figures_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     # ratios and per-request shares
     assert row["output_tokens"] == 32 and row["energy_j_per_output_token"] == pytest.approx(25.0)
     assert row["throughput_tok_s"] == pytest.approx(32.0)
+    # every token stamped: each request's energy is that of the steps it ran in, and the fake
+    # engine serves one prompt at a time for 0.25 s at 800 W
     assert sum(r["energy_j"] for r in out["requests"]) == pytest.approx(800.0)
-    inputs = [len(p.split()) for p in PROMPTS]
-    assert [r["energy_j"] for r in out["requests"]] == pytest.approx(
-        [200.0 * n / sum(inputs) + 600.0 / 4 for n in inputs])
+    assert [r["energy_j"] for r in out["requests"]] == pytest.approx([200.0] * 4)
+    assert {r["energy_attribution"] for r in out["requests"]} == {"step"}
     # a clean run: temperatures 45 and 60 C inside [20, 95], no throttling, nothing else on the GPUs
     assert row["temperature_start_c"] == 60.0 and row["temperature_max_c"] == 60.0
     assert row["sm_clock_mhz_mean"] == 1980.0 and row["sm_clock_mhz_min"] == 1980.0

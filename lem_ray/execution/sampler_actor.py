@@ -8,7 +8,13 @@ from typing import Any
 import ray
 
 from lem_ray.execution.handoff import SamplerReport
+from lem_ray.telemetry.rapl import HostEnergy
 from lem_ray.telemetry.sampler import EnergySampler
+
+
+def host_key(node_id: str | None) -> str:
+    """The host's key among the campaign's baselines, which are otherwise GPU UUIDs."""
+    return f"host:{node_id}"
 
 
 @ray.remote(num_cpus=0, max_concurrency=4)
@@ -17,9 +23,11 @@ class SamplerActor:
     start() begins a run's series, finish() hands it over and clears it for the next run."""
 
     def __init__(
-        self, gpu_uuids: list[str], sample_interval_ms: float, no_gpu_reason: str | None
+        self, gpu_uuids: list[str], sample_interval_ms: float, no_gpu_reason: str | None,
+        node_id: str | None = None,
     ) -> None:
-        self.sampler = EnergySampler(gpu_uuids, sample_interval_ms=sample_interval_ms)
+        self.sampler = EnergySampler(gpu_uuids, sample_interval_ms=sample_interval_ms,
+                                     host=HostEnergy(), host_key=host_key(node_id))
         self.no_gpu_reason = no_gpu_reason
         self.compute_pids: dict[str, list[int]] = {}
         self.cpu_s_before = 0.0
@@ -27,7 +35,7 @@ class SamplerActor:
     def baseline(
         self, known: dict[str, dict[str, Any]], duration_s: float, ttl_s: float
     ) -> dict[str, dict[str, Any]]:
-        """Idle power per GPU: the cached values still fresh, the rest measured now.
+        """Idle power per GPU and of the host: the cached values still fresh, the rest measured now.
 
         Called before the worker loads anything, so the GPUs are idle (the driver gives a
         worker that has held an engine a fresh process before a baseline falls due).
