@@ -428,3 +428,76 @@ def test_new_shapes_out_of_memory_beside_other_engines_are_prepared_alone(
     with pytest.raises(RuntimeError, match="out of memory"):
         run("float32")
     assert node.live == 0
+
+
+def test_host_energy_of_the_window_and_its_idle_baseline(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The package counter wraps during the measured window; dram adds, core and psys do not."""
+    node = two_gpus()
+    node.powercap = FakePowercap(tmp_path / "powercap")
+    # 100 J before the wrap at load end: warmup (0.5 s x 120 W) uses 60, the window wraps
+    node.powercap.set("intel-rapl:0", MAX_UJ - round((LOAD_S * CPU_BUSY_W + 100.0) * 1e6))
+    out = run_on_node(node, monkeypatch, execution(), baselines={})
+    row = out["row"]
+    assert row["cpu_energy_j"] == pytest.approx(CPU_BUSY_W * 1.0)
+    assert row["dram_energy_j"] == pytest.approx(DRAM_W * 1.0)
+    assert row["host_energy_j"] == pytest.approx(CPU_BUSY_W + DRAM_W)
+    assert row["host_energy_source"] == "rapl:package+dram"
+    assert row["host_energy_unavailable_reason"] is None
+    assert row["host_shared_by_runs"] == 0
+    # the baseline ran on the manual clock's idle node: the counters stood still
+    assert row["host_baseline_power_w"] == 0.0
+    assert row["host_energy_adjusted_j"] == pytest.approx(CPU_BUSY_W + DRAM_W)
+    assert row["energy_with_host_j_per_output_token"] == pytest.approx((800.0 + 136.0) / 32)
+    # both methods saw 300 + 500 W: the gap is nought and judged on no flag
+    assert row["energy_methods_gap"] == pytest.approx(0.0)
+    host = [r for r in out["timeseries"] if r["gpu_uuid"] is None]
+    assert host and all(r.get("power_w") is None for r in host), "host rows stay out of GPU sums"
+    assert host[-1]["cpu_energy_j"] == pytest.approx(
+        sum((r["cpu_power_w"] or 0.0) * (b["t_s"] - a["t_s"])
+            for a, b, r in zip(host, host[1:], host[1:])))
+
+
+def test_host_energy_shared_with_another_run_on_the_node(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    node = two_gpus()
+    node.powercap = FakePowercap(tmp_path / "powercap")
+    runs = NodeRuns()
+    runs.started("node-1", "another-worker", node.t_s)
+    runs.started("node-2", "elsewhere", node.t_s)
+    row = run_on_node(node, monkeypatch, execution(), baselines={}, runs=runs)["row"]
+    assert row["host_shared_by_runs"] == 1
+    assert row["host_energy_j"] == pytest.approx(CPU_BUSY_W + DRAM_W), "measured all the same"
+    assert row["energy_with_host_j_per_output_token"] is None, "not this run's alone"
+    assert row["energy_j_per_output_token"] == pytest.approx(25.0)
+
+
+def test_node_without_powercap_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    row = run_on_node(two_gpus(), monkeypatch, execution(), baselines={})["row"]
+    assert row["cpu_energy_j"] is None and row["dram_energy_j"] is None
+    assert row["host_energy_j"] is None and row["host_energy_source"] is None
+    assert "does not exist" in row["host_energy_unavailable_reason"]
+    assert row["energy_with_host_j_per_output_token"] is None
+    assert row["energy_j"] == pytest.approx(800.0), "the GPUs are measured all the same"
+    assert row["valid"] is True
+
+
+def test_instant_power_off_the_counter_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instant power reads 10% above what the counters accrue: (800 - 880) / 800."""
+    def lying() -> Node:
+        node = two_gpus()
+        for gpu in node.gpus.values():
+            gpu.power_lie_w = gpu.busy_w * 0.1
+        return node
+
+    monkeypatch.setattr(EnergySampler, "start", lambda self: None)
+    # only the windows' edge samples: judge the gap on them
+    monkeypatch.setattr("lem_ray.results.validity.MIN_GAP_SAMPLES_PER_GPU", 2)
+    row = run_on_node(lying(), monkeypatch, execution(), baselines={})["row"]
+    assert row["energy_integrated_j"] == pytest.approx(880.0)
+    assert row["energy_methods_gap"] == pytest.approx(-0.1)
+    assert row["validity_flags"] == ["energy_methods_disagree"] and row["valid"] is False
+    loose = run_on_node(lying(), monkeypatch, execution(max_energy_methods_gap=0.11), baselines={})["row"]
+    assert loose["validity_flags"] == []
+    short = run_on_node(lying(), monkeypatch, execution(min_window_s=2.0), baselines={})["row"]
+    assert short["validity_flags"] == ["short_window"], "too short a window: the gap is not judged"
