@@ -29,11 +29,10 @@ PERMISSION_FIX = (
     "`sudo chmod o+r /sys/class/powercap/intel-rapl:*/energy_uj "
     "/sys/class/powercap/intel-rapl:*/intel-rapl:*/energy_uj` (or a udev rule doing so at boot)"
 )
-MISSING_FIX = (
-    "no powercap on this host: a VM (the hypervisor does not pass RAPL through), a CPU or "
-    "kernel without RAPL (modprobe intel_rapl_common), or a container without the host's "
-    "/sys/class/powercap (mount it read-only into the container)"
-)
+MISSING = ("no powercap on this host: a VM (hypervisors do not pass RAPL through), a CPU or "
+           "kernel without RAPL, or a container without the host's /sys/class/powercap")
+MISSING_FIX = ("on bare metal: modprobe intel_rapl_common; in a container: mount the host's "
+               "/sys/class/powercap into it (read-only); a VM cannot measure its host")
 
 
 def read_text(path: str) -> str:
@@ -80,7 +79,7 @@ class HostWindow:
 def discover(root: str = POWERCAP_ROOT, read: Reader = read_text) -> tuple[list[RaplZone], str | None]:
     """(the package and dram zones whose energy_uj reads, why none can be used)."""
     if not os.path.isdir(root):
-        return [], f"{root} does not exist; {MISSING_FIX}"
+        return [], f"{root} does not exist: {MISSING}"
     packages = sorted((d for d in os.listdir(root) if re.fullmatch(r"intel-rapl:\d+", d)),
                       key=lambda d: int(d.split(":")[1]))
     zones: list[RaplZone] = []
@@ -99,7 +98,7 @@ def discover(root: str = POWERCAP_ROOT, read: Reader = read_text) -> tuple[list[
         return zones, None
     if problems:
         return [], problems[0]
-    return [], f"no RAPL package zone (intel-rapl:N) under {root}; {MISSING_FIX}"
+    return [], f"no RAPL package zone (intel-rapl:N) under {root}: {MISSING}"
 
 
 def _zone(path: str, kind: str, read: Reader) -> tuple[RaplZone | None, str | None]:
