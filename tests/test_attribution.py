@@ -94,3 +94,13 @@ def test_gap_sign_denominator_and_flag() -> None:
     assert validity_flags(inputs(-0.03, samples=9)) == [], "too few samples to judge"
     assert validity_flags(inputs(-0.03, window_s=4.0)) == ["short_window"]
     assert validity_flags(inputs(None)) == []
+
+
+def test_one_engine_steps_tokens_a_fraction_of_a_ms_apart_are_one_step() -> None:
+    """vLLM's engine stamps moved onto the local clock per request: one step's tokens differ by
+    less than the resolution, and share that step's energy instead of splitting it in slivers."""
+    tokens = [[0.2, 0.6], [0.2004, 0.6003]]
+    steps = steps_from_tokens(tokens, [1, 1], 0.0, 1.0)
+    assert steps == [Step(0.0, 0.2004, {0: 1, 1: 1}), Step(0.2004, 1.0, {0: 1, 1: 1})]
+    apart = steps_from_tokens(tokens, [1, 1], 0.0, 1.0, resolution_s=0.0001)
+    assert len(apart) == 4

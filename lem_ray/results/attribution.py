@@ -40,20 +40,36 @@ def token_times_s(record: RequestRecord) -> list[float] | None:
     return times
 
 
+STEP_RESOLUTION_S = 0.001
+"""Token times this close to a step's first are that step's: one engine step's tokens, each
+request's moved onto the local clock by its own TTFT, land a fraction of a millisecond apart."""
+
+
 def steps_from_tokens(
     token_times: Sequence[Sequence[float]], input_tokens: Sequence[int],
-    window_start_s: float, window_end_s: float,
+    window_start_s: float, window_end_s: float, resolution_s: float = STEP_RESOLUTION_S,
 ) -> list[Step]:
-    """Steps ending at each distinct token time (clamped into the window); the first begins at
-    the window's start, the last runs on to its end (the final synchronisation is its work)."""
-    ends = sorted({min(max(t, window_start_s), window_end_s) for times in token_times for t in times})
+    """Steps ending at the token times (clamped into the window; times within resolution_s of
+    a step's first are one step, ending at the last of them); the first step begins at the
+    window's start, the last runs on to its end (the final synchronisation is its work)."""
+    def clamp(t: float) -> float:
+        return min(max(t, window_start_s), window_end_s)
+
+    firsts: list[float] = []
+    ends: list[float] = []
+    for t in sorted({clamp(t) for times in token_times for t in times}):
+        if firsts and t - firsts[-1] <= resolution_s:
+            ends[-1] = t
+        else:
+            firsts.append(t)
+            ends.append(t)
     if not ends:
         return []
     starts = [window_start_s, *ends[:-1]]
     weights: list[dict[int, float]] = [{} for _ in ends]
     for i, times in enumerate(token_times):
         for j, t in enumerate(times):
-            k = bisect.bisect_left(ends, min(max(t, window_start_s), window_end_s))
+            k = bisect.bisect_right(firsts, clamp(t)) - 1
             weight = max(input_tokens[i], 1) if j == 0 else 1
             weights[k][i] = weights[k].get(i, 0.0) + weight
     bounds = [*ends[:-1], window_end_s]
