@@ -230,7 +230,8 @@ def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: Executio
     runs = runs or NodeRuns()
     cache = InProcess(SimpleNamespace(get=lambda uuids: dict(baselines or {}),
                                       put=lambda entries: None, run_started=runs.started,
-                                      run_ended=runs.ended, sharing=runs.sharing))
+                                      run_ended=runs.ended, sharing=runs.sharing,
+                                      active=runs.active))
     execution = execution.model_copy(update={"baseline": execution.baseline.model_copy(
         update={"enabled": baselines is not None, "duration_s": 0.02})})
     outcome = worker.run(RunRequest(config.model_dump_json(), PROMPTS, execution, cache))
@@ -437,6 +438,9 @@ def test_host_energy_of_the_window_and_its_idle_baseline(
     node.powercap = FakePowercap(tmp_path / "powercap")
     # 100 J before the wrap at load end: warmup (0.5 s x 120 W) uses 60, the window wraps
     node.powercap.set("intel-rapl:0", MAX_UJ - round((LOAD_S * CPU_BUSY_W + 100.0) * 1e6))
+    # The windows' edge reads only: a background read between the fake's counter update and
+    # its clock step would see energy without time.
+    monkeypatch.setattr(EnergySampler, "start", lambda self: None)
     out = run_on_node(node, monkeypatch, execution(), baselines={})
     row = out["row"]
     assert row["cpu_energy_j"] == pytest.approx(CPU_BUSY_W * 1.0)
@@ -470,6 +474,9 @@ def test_host_energy_shared_with_another_run_on_the_node(
     assert row["host_energy_j"] == pytest.approx(CPU_BUSY_W + DRAM_W), "measured all the same"
     assert row["energy_with_host_j_per_output_token"] is None, "not this run's alone"
     assert row["energy_j_per_output_token"] == pytest.approx(25.0)
+    # the host was not idle while the other run ran: no host baseline taken, the GPUs' taken
+    assert row["host_baseline_power_w"] is None and row["host_energy_adjusted_j"] is None
+    assert row["baseline_power_w"] == pytest.approx(150.0)
 
 
 def test_node_without_powercap_says_why(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -172,6 +172,8 @@ def test_overlap_rule() -> None:
     assert runs.sharing("n1", "a", 10.0, 20.0) == 1
     runs.started("n1", "d", 25.0)
     assert runs.sharing("n1", "d", 26.0, 30.0) == 1, "a still runs, b ended long before"
+    assert runs.active("n1", "d", 25.0) == 1 and runs.active("n1", "x", 25.0) == 2
+    assert runs.active("n1", "x", 0.0) == 1, "a run started at that instant is active"
     runs.ended("a", 31.0)
     assert runs.sharing("n1", "d", 26.0, 30.0) == 1, "a's record outlives it while d runs"
     runs.ended("d", 32.0)

@@ -30,6 +30,9 @@ class BaselineCache:
     def sharing(self, node_id: str, token: str, start_s: float, end_s: float) -> int:
         return self.node_runs.sharing(node_id, token, start_s, end_s)
 
+    def active(self, node_id: str, token: str, t_s: float) -> int:
+        return self.node_runs.active(node_id, token, t_s)
+
     def get(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
         return {u: self.entries[u] for u in uuids if u in self.entries}
 

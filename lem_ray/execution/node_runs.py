@@ -45,6 +45,12 @@ class NodeRuns:
                    if other != token and a.node_id == node_id
                    and overlaps(a.start_s, a.end_s, window_start_s, window_end_s))
 
+    def active(self, node_id: str, token: str, t_s: float) -> int:
+        """How many other runs are active on node_id at t_s (started by then, not ended)."""
+        return sum(1 for other, a in self._runs.items()
+                   if other != token and a.node_id == node_id and a.start_s <= t_s
+                   and (a.end_s is None or a.end_s > t_s))
+
     def _prune(self) -> None:
         """Ended runs that no running run's windows can overlap any more (every later window
         lies inside a running run, which began after they ended)."""

@@ -33,17 +33,20 @@ class SamplerActor:
         self.cpu_s_before = 0.0
 
     def baseline(
-        self, known: dict[str, dict[str, Any]], duration_s: float, ttl_s: float
+        self, known: dict[str, dict[str, Any]], duration_s: float, ttl_s: float,
+        host_idle: bool = True,
     ) -> dict[str, dict[str, Any]]:
         """Idle power per GPU and of the host: the cached values still fresh, the rest measured now.
 
         Called before the worker loads anything, so the GPUs are idle (the driver gives a
-        worker that has held an engine a fresh process before a baseline falls due).
+        worker that has held an engine a fresh process before a baseline falls due); the host
+        is measured only when host_idle (no other run active on the node).
         """
         self.sampler.baseline_ttl_s = ttl_s
         self.sampler.load_baselines(known)
         return self.sampler.measure_idle_baseline(
-            duration_s=duration_s, interval_ms=self.sampler.sample_interval_s * 1000
+            duration_s=duration_s, interval_ms=self.sampler.sample_interval_s * 1000,
+            host=host_idle,
         )
 
     def cool_down(self, target_temp_c: float, max_wait_s: float) -> tuple[float, float | None]:

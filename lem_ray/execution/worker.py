@@ -144,11 +144,14 @@ class ExperimentWorker:
         sampler = self._sampler(execution)
         phases: dict[str, float] = {}
         runs, token = request.baselines, uuid.uuid4().hex
+        others = 0
         if runs is not None:
-            ray.get(runs.run_started.remote(self.node_id, token, time.time()))
+            now = time.time()
+            ray.get(runs.run_started.remote(self.node_id, token, now))
+            others = ray.get(runs.active.remote(self.node_id, token, now))
         try:
             conditions = _prepare_gpus(execution, runs, sampler, self.identity.gpu_uuids,
-                                       host_key(self.node_id), phases)
+                                       host_key(self.node_id), others == 0, phases)
             ray.get(sampler.start.remote())
             try:
                 result = self._measure(cfg, key, request.prompts, sampler, execution, phases)
@@ -275,10 +278,11 @@ class ExperimentWorker:
 
 def _prepare_gpus(
     execution: ExecutionConfig, baselines: Any, sampler: Any, uuids: list[str], host: str,
-    phases: dict[str, float],
+    host_idle: bool, phases: dict[str, float],
 ) -> GpuConditions:
     """Cool down and take (or reuse) the idle baselines of the GPUs and of the host (under the
-    key `host`), both before anything is loaded."""
+    key `host`; measured only when host_idle: no other run active on the node), both before
+    anything is loaded."""
     phases["cooldown"] = phases["baseline"] = 0.0
     if not uuids:
         return GpuConditions()
@@ -293,7 +297,7 @@ def _prepare_gpus(
         t0 = time.perf_counter()
         known = ray.get(baselines.get.remote([*uuids, host]))
         measured = ray.get(sampler.baseline.remote(
-            known, execution.baseline.duration_s, execution.baseline.ttl_s))
+            known, execution.baseline.duration_s, execution.baseline.ttl_s, host_idle))
         ray.get(baselines.put.remote(measured))
         phases["baseline"] = time.perf_counter() - t0
     return GpuConditions(waited_s, hottest_c, measured)

@@ -346,17 +346,19 @@ class EnergySampler:
             self._host_samples, self._host_times = [], []
 
     def measure_idle_baseline(
-        self, duration_s: float = 20.0, interval_ms: float = 100.0, force: bool = False
+        self, duration_s: float = 20.0, interval_ms: float = 100.0, force: bool = False,
+        host: bool = True,
     ) -> dict[str, dict[str, Any]]:
         """Mean instant power per GPU while nothing runs, cached for baseline_ttl_s; and the
         host's (CPU + DRAM counters over the same seconds) under host_key.
 
         Blocks for duration_s unless every GPU and the host have a fresh cached value (and
         force is False). compute_processes records how many processes held the GPU, so a busy
-        baseline shows. The host is idle only as far as nothing else runs on the node.
+        baseline shows. The host is idle only while nothing else runs on the node: host False
+        (other runs active there) measures none, and a fresh cached value is still returned.
         """
         stale = [d for d in self._devices if force or self.baseline(d.uuid) is None]
-        host_stale = self._host_readable and (force or self.baseline(self.host_key) is None)
+        host_stale = host and self._host_readable and (force or self.baseline(self.host_key) is None)
         if stale or host_stale:
             count = max(2, round(duration_s * 1000.0 / interval_ms))
             processes = {d.uuid: _process_count(d) for d in stale}
