@@ -12,8 +12,8 @@ from lem_ray.backends.traffic import SteadyWindow
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.handoff import GpuConditions, RunResult, SamplerReport, WorkerIdentity
-from lem_ray.records import RunAttempt
 from lem_ray.execution.sampler_actor import host_key
+from lem_ray.records import RunAttempt
 from lem_ray.results.attribution import STEP, TOKEN_SHARE, attribute_by_step
 from lem_ray.results.metrics import (
     attribute_energy,
@@ -287,7 +287,9 @@ def _host_columns(
     idle = conditions.baselines.get(host_key(node_id))
     idle_w = idle["power_w"] if idle else None
     shared = result.host_shared_by_runs
-    alone = energy_j is not None and gpu_energy_j is not None and shared == 0
+    with_host = None
+    if energy_j is not None and gpu_energy_j is not None and shared == 0 and output_tokens:
+        with_host = (gpu_energy_j + energy_j) / output_tokens
     return {
         "cpu_energy_j": host.cpu_energy_j if host else None,
         "dram_energy_j": host.dram_energy_j if host else None,
@@ -298,8 +300,7 @@ def _host_columns(
         "host_baseline_power_w": idle_w,
         "host_energy_adjusted_j": adjusted_energy_j(energy_j, idle_w, window.duration_s),
         "host_shared_by_runs": shared,
-        "energy_with_host_j_per_output_token": (
-            (gpu_energy_j + energy_j) / output_tokens if alone and output_tokens else None),  # type: ignore[operator]
+        "energy_with_host_j_per_output_token": with_host,
     }
 
 

@@ -84,7 +84,7 @@ def validity_flags(v: ValidityInputs) -> list[str]:
         flags.append("mig")
     if v.warmup_converged is False:
         flags.append("warmup_unsettled")
-    if gap_judged(v) and abs(v.energy_methods_gap) > v.max_energy_methods_gap:  # type: ignore[arg-type]
+    if gap_judged(v) and abs(v.energy_methods_gap or 0.0) > v.max_energy_methods_gap:
         flags.append("energy_methods_disagree")
     return flags
 

@@ -175,22 +175,34 @@ class HostEnergy:
         reasons = []
         for kind in (CPU, DRAM):
             zones = [z for z in self.zones if z.kind == kind]
-            lost = [z for z in zones if start.totals_uj.get(z.path) is None
-                    or end.totals_uj.get(z.path) is None
-                    or start.failures.get(z.path) != end.failures.get(z.path)]
+            deltas = [_delta(start, end, z.path) for z in zones]
+            lost = [z.path for z, d in zip(zones, deltas) if d is None]
+            energies[kind] = sum(d for d in deltas if d is not None) / 1e6 if zones and not lost else None
             if not zones:
-                energies[kind] = None
                 reasons.append(f"no {kind} zone on this node (AMD packages expose none)")
             elif lost:
-                energies[kind] = None
-                reasons.append(f"{', '.join(z.path for z in lost)} vanished or could not be "
-                               "read during the window")
-            else:
-                energies[kind] = sum(end.totals_uj[z.path] - start.totals_uj[z.path]  # type: ignore[operator]
-                                     for z in zones) / 1e6
+                reasons.append(f"{', '.join(lost)} vanished or could not be read during the window")
         cpu_j, dram_j = energies[CPU], energies[DRAM]
         return HostWindow(cpu_j, dram_j, self.source if cpu_j is not None else None,
                           "; ".join(reasons) or None)
+
+
+def _delta(start: HostCounters, end: HostCounters, path: str) -> int | None:
+    """µJ of one zone between two reads; None when it failed at either or in between."""
+    before, after = start.totals_uj.get(path), end.totals_uj.get(path)
+    if before is None or after is None or start.failures.get(path) != end.failures.get(path):
+        return None
+    return after - before
+
+
+def _kind_total_uj(counters: HostCounters, paths: list[str]) -> int | None:
+    total = 0
+    for path in paths:
+        value = counters.totals_uj.get(path)
+        if value is None:
+            return None
+        total += value
+    return total if paths else None
 
 
 def host_rows(
@@ -201,16 +213,12 @@ def host_rows(
     since the first (null where a zone did not read)."""
     paths = {kind: [z.path for z in zones if z.kind == kind] for kind in (CPU, DRAM)}
 
-    def total_uj(c: HostCounters, kind: str) -> int | None:
-        values = [c.totals_uj.get(p) for p in paths[kind]]
-        return None if not values or None in values else sum(values)  # type: ignore[arg-type]
-
     rows = []
     for before, now in zip([None, *samples], samples):
         row: dict[str, Any] = {"gpu_uuid": None, "t_s": now.t_s}
         for kind in paths:
-            first, end = total_uj(samples[0], kind), total_uj(now, kind)
-            start = None if before is None else total_uj(before, kind)
+            first, end = _kind_total_uj(samples[0], paths[kind]), _kind_total_uj(now, paths[kind])
+            start = None if before is None else _kind_total_uj(before, paths[kind])
             dt_s = None if before is None else now.t_s - before.t_s
             row[f"{kind}_energy_j"] = None if first is None or end is None else (end - first) / 1e6
             row[f"{kind}_power_w"] = (None if start is None or end is None or not dt_s

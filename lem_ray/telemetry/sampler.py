@@ -189,10 +189,10 @@ class EnergySampler:
 
     def _sample_host(self) -> HostCounters | None:
         """One read of the host counters into the series (None without a readable host)."""
-        if not self._host_readable:
+        host = self.host
+        if host is None or not host.zones:
             return None
-        assert self.host is not None
-        counters = self.host.read(self._clock())
+        counters = host.read(self._clock())
         with self._lock:
             i = bisect.bisect_right(self._host_times, counters.t_s)
             self._host_times.insert(i, counters.t_s)
