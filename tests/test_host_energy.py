@@ -6,9 +6,13 @@ import os
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from lem_ray.execution.node_runs import NodeRuns, overlaps
+from lem_ray.results.schema import TABLES
+from lem_ray.results.store import read_table
 from lem_ray.telemetry.rapl import HostEnergy, discover, host_status, read_text, wrapped_delta_uj
 from lem_ray.telemetry.sampler import EnergySampler
 from tests.powercap import MAX_UJ, FakePowercap
@@ -179,3 +183,18 @@ def test_overlap_rule() -> None:
     runs.ended("d", 32.0)
     runs.ended("c", 32.0)
     assert runs.sharing("n1", "x", 0.0, 100.0) == 0, "nothing running: every record pruned"
+
+
+def test_results_written_before_the_host_columns_read_with_them_null(tmp_path: Path) -> None:
+    new = {"experiments": ["energy_methods_gap", "cpu_energy_j", "host_shared_by_runs",
+                           "energy_with_host_j_per_output_token"],
+           "requests": ["energy_attribution"], "timeseries": ["cpu_power_w", "dram_energy_j"]}
+    ids = {"campaign_name": "c", "experiment_id": "e", "run_id": "e-c1", "cycle": 1, "attempt": 1}
+    for table, columns in new.items():
+        old = pa.schema([f for f in TABLES[table] if f.name not in columns])
+        (tmp_path / table).mkdir()
+        row = {**dict.fromkeys(old.names), **ids}
+        pq.write_table(pa.Table.from_pylist([row], schema=old), tmp_path / table / "e-c1-a1.parquet")
+        back = read_table(tmp_path, table)
+        assert back.schema.equals(TABLES[table])
+        assert all(back[c].to_pylist() == [None] for c in columns)
