@@ -19,7 +19,7 @@ import pytest
 
 from lem_ray.records import RunKey
 from lem_ray.results.bootstrap import bootstrap_ci
-from lem_ray.results.report import METRICS, SUMMARY, pareto_mask
+from lem_ray.results.report import METRICS, SUMMARY, build_report, pareto_mask
 from lem_ray.results.schema import empty_row
 from lem_ray.results.store import write_rows
 from tests.conftest import TINY_BASE, isolated_ray
@@ -60,6 +60,10 @@ def _metrics(batch: int, cycle: int, jpt: float | None) -> dict[str, Any]:
     }
 
 
+def request_energies(cycle: int) -> list[float]:
+    return [1.0 * cycle, 2.0 * cycle, 3.0 * cycle, 4.0 * cycle]
+
+
 def write_synthetic(results_dir: Path) -> None:
     """A results directory through the real writer: experiments (with retries, an invalid run,
     failures, a run without energy) and power samples for the first cycles."""
@@ -83,6 +87,11 @@ def write_synthetic(results_dir: Path) -> None:
                            energy_window_s=WINDOW_S, **_metrics(batch, cycle, jpt))
             stem = RunKey(eid, cycle).stem(attempt)
             write_rows(results_dir, "experiments", stem, [{**empty_row("experiments"), **row}])
+            if eid == "dddd":
+                write_rows(results_dir, "requests", stem, [
+                    {**empty_row("requests"), **ids, "request_index": k, "output_tokens": 10,
+                     "energy_j": energy_j, "energy_attribution": "step"}
+                    for k, energy_j in enumerate(request_energies(cycle))])
             if status == "ok" and cycle == 1:
                 t_s = np.arange(start_s - 3, start_s + WINDOW_S + 3, 0.1)
                 busy = (t_s >= start_s) & (t_s <= start_s + WINDOW_S)
@@ -141,7 +150,7 @@ def counted_values(experiments: list[str], metric: str) -> list[float]:
         latest = {c: (a, s, v, j) for c, a, s, v, j in sorted(runs)}
         for cycle, (_, status, valid, jpt) in sorted(latest.items()):
             if status == "ok" and valid is not False:
-                value = _metrics(batch, cycle, jpt)[metric]
+                value = _metrics(batch, cycle, jpt).get(metric)
                 if value is not None:
                     values.append(value)
     return values
@@ -189,6 +198,13 @@ def test_statistics_per_experiment(synthetic: Path) -> None:
     assert [groups["eeee"][k] for k in ("runs_ok", "runs_failed", "throughput_tok_s_n")] == [0, 1, 0]
     assert groups["dddd"]["backend"] == "vllm" and groups["dddd"]["batch_size"] == 64
     assert groups["dddd"]["energy_source"] == "nvml_counter"
+    per_request = [e for cycle in (1, 2, 3) for e in request_energies(cycle)]
+    for p in (50, 90, 99):
+        assert groups["dddd"][f"request_energy_j_p{p}"] == pytest.approx(np.percentile(per_request, p))
+        assert groups["dddd"][f"request_energy_j_per_output_token_p{p}"] == pytest.approx(
+            np.percentile(per_request, p) / 10)
+    assert groups["dddd"]["request_energy_attribution"] == "step"
+    assert groups["aaaa"]["request_energy_j_p50"] is None, "no requests written for it"
     assert sorted((e["run_id"], e["attempt"], e["status"], e["reason"]) for e in result["excluded"]) == [
         ("bbbb-c2", 1, "invalid", "throttled"),
         ("bbbb-c3", 1, "failed", "RuntimeError: CUDA out of memory"),
@@ -631,3 +647,30 @@ def report_text(rows: list[dict]) -> str:
     out = io.StringIO()
     report_cmd._print(build_report(rows), Console(file=out, width=200), {})
     return out.getvalue()
+
+
+def test_host_energy_and_methods_gap_per_group() -> None:
+    """GPU+host J/token comes only from runs alone on their node (the row leaves it null
+    otherwise); flagged rows are counted whether or not they count; old request rows without
+    energy_attribution were split by token share."""
+    def run(cycle: int, **row: Any) -> dict[str, Any]:
+        return {**empty_row("experiments"), "campaign_name": "c", "experiment_id": "e",
+                "run_id": f"e-c{cycle}", "cycle": cycle, "attempt": 1, "status": "ok",
+                "valid": True, "validity_flags": [], **row}
+
+    rows = [run(1, energy_j_per_output_token=1.0, energy_with_host_j_per_output_token=1.5,
+                host_shared_by_runs=0),
+            run(2, energy_j_per_output_token=1.1, energy_with_host_j_per_output_token=None,
+                host_shared_by_runs=2),
+            run(3, valid=False, validity_flags=["energy_methods_disagree"])]
+    requests = [{"run_id": "e-c1", "attempt": 1, "energy_j": 2.0, "output_tokens": 4,
+                 "energy_attribution": None},
+                {"run_id": "e-c3", "attempt": 1, "energy_j": 99.0, "output_tokens": 1,
+                 "energy_attribution": "step"}]
+    group = build_report(rows, requests=requests).groups[0]
+    assert group["energy_with_host_j_per_output_token_n"] == 1
+    assert group["energy_with_host_j_per_output_token_mean"] == 1.5
+    assert group["host_shared_runs"] == 1 and group["runs_invalid"] == 1
+    assert group["energy_methods_disagree_runs"] == 1
+    assert group["request_energy_attribution"] == "token_share", "the invalid run's requests left out"
+    assert group["request_energy_j_p99"] == 2.0 and group["request_energy_j_per_output_token_p50"] == 0.5
