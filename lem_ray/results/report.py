@@ -207,14 +207,25 @@ def engines_per_experiment(runs: list[dict[str, Any]]) -> int | None:
     return max(map(len, engines.values())) if engines else None
 
 
+def recorded_max_cycle_cv(rows: list[dict[str, Any]]) -> float | None:
+    """The campaign's validity.max_cycle_cv as its most recently finished run recorded it (a
+    campaign run again with another limit: the newer one); None when no row records one."""
+    recorded = [r for r in rows
+                if r.get("max_cycle_cv") is not None and r.get("finished_at") is not None]
+    return max(recorded, key=lambda r: r["finished_at"])["max_cycle_cv"] if recorded else None
+
+
 def build_report(
     rows: list[dict[str, Any]], group_by: Sequence[str] = DEFAULT_GROUP_BY,
-    max_cycle_cv: float = DEFAULT_MAX_CYCLE_CV,
+    max_cycle_cv: float | None = None,
 ) -> Report:
     """Summarise the runs in `rows` (experiments-table rows, any attempts) per group.
 
     Each group carries the cycle-to-cycle CV of J/output token and throughput over its
-    counted runs, and whether one of them is above max_cycle_cv (validity.max_cycle_cv)."""
+    counted runs, and whether one of them is above max_cycle_cv (None: the campaign's
+    validity.max_cycle_cv recorded in the rows, else DEFAULT_MAX_CYCLE_CV)."""
+    if max_cycle_cv is None:
+        max_cycle_cv = recorded_max_cycle_cv(rows) or DEFAULT_MAX_CYCLE_CV
     keys = tuple(group_by)
     runs = latest_attempts(rows)
     buckets: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
