@@ -102,6 +102,8 @@ def test_footprint_is_replaced_on_load_and_grows_with_new_shapes() -> None:
     assert pool.footprint_mib["A"] == 1_250.0
     pool.record("A", 900.0, loaded=True)
     assert pool.footprint_mib["A"] == 900.0
+    pool.record("B", 300.0, loaded=False)
+    assert pool.footprint_mib["B"] == 300.0, "loaded while memory could not be read"
 
 
 @pytest.mark.parametrize("exc, oom", [
@@ -156,8 +158,12 @@ def test_releasing_thaws_a_frozen_heap_first() -> None:
     state, pool = gpu(), EnginePool(capacity=2)
     fill(pool, state, "A", "B")
     gc.freeze()
-    pool.heap_frozen = True
     try:
+        pool.release("A")
+        assert gc.get_freeze_count() > 0, "a pool that froze nothing thaws nothing"
+        fill(pool, state, "A")
+        state["released"].clear()
+        pool.heap_frozen = True
         pool.release("missing")
         assert pool.heap_frozen is True and gc.get_freeze_count() > 0, "nothing released"
         pool.release_others("B")

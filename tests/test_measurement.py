@@ -92,29 +92,32 @@ def test_coefficient_of_variation() -> None:
     assert coefficient_of_variation([2.0, 4.0]) == pytest.approx(1.4142135 / 3)
     assert coefficient_of_variation([1.0]) is None
     assert coefficient_of_variation([0.0, 0.0]) is None, "no mean to divide by"
+    assert coefficient_of_variation([0.25, 0.75]) == pytest.approx(0.3535534 / 0.5)
 
 
 class ClockedEngine:
     """A backend on a manual clock: each step advances it by its scripted ms per output token
-    times the step's tokens (4 a request, none where `tokens` says 0), and records its prompts."""
+    times the step's tokens (`tokens` a request, in turn; a step of none takes one token's
+    time), and records its prompts."""
 
-    def __init__(self, ms_per_token: list[float], tokens: int = 4) -> None:
+    def __init__(self, ms_per_token: list[float], tokens: tuple[int, ...] = (4,)) -> None:
         self.script = itertools.chain(ms_per_token, itertools.repeat(ms_per_token[-1]))
-        self.now_s = 0.0
-        self.tokens = tokens
+        self.tokens = itertools.cycle(tokens)
+        self.now_s = 1024.0
         self.steps: list[list[str]] = []
 
     def perf_counter(self) -> float:
         return self.now_s
 
     def __call__(self, prompts: list[str]) -> list[RequestRecord]:
-        self.now_s += next(self.script) * max(1, self.tokens * len(prompts)) / 1000
+        tokens = next(self.tokens)
+        self.now_s += next(self.script) * max(1, tokens * len(prompts)) / 1000
         self.steps.append(list(prompts))
-        return [RequestRecord(i, 3, self.tokens, 1.0) for i in range(len(prompts))]
+        return [RequestRecord(i, 3, tokens, 1.0) for i in range(len(prompts))]
 
 
 def clocked(monkeypatch: pytest.MonkeyPatch, ms_per_token: list[float],
-            tokens: int = 4) -> ClockedEngine:
+            tokens: tuple[int, ...] = (4,)) -> ClockedEngine:
     from types import SimpleNamespace
 
     import lem_ray.execution.warmup as warmup
@@ -171,12 +174,16 @@ def test_fixed_warmup_judges_nothing_and_reports_the_last_windows_cv(
     assert outcome.final_cv == coefficient_of_variation([125.0, 250.0])
 
 
-def test_a_step_without_output_tokens_is_timed_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No output token (an answer that ended at once): the step's time itself, not a division
-    by zero."""
-    engine = clocked(monkeypatch, [62.5, 125.0, 125.0], tokens=0)
-    outcome = run_warmup(engine, ["a"], WarmupConfig(window=2, cv_threshold=0.01), batch_size=3)
-    assert outcome.converged is True and outcome.steps == 3 and outcome.final_cv == 0.0
+def test_a_steps_latency_is_per_output_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps whose answers ended early (fewer tokens) are as steady as full ones at the same
+    time per token; a step without any output token counts its time as one token's, not a
+    division by zero."""
+    engine = clocked(monkeypatch, [62.5, 125.0], tokens=(4, 2, 4, 1))
+    outcome = run_warmup(engine, ["a"], WarmupConfig(window=3, cv_threshold=0.01), batch_size=2)
+    assert outcome.converged is True and outcome.steps == 4 and outcome.final_cv == 0.0
+    none = clocked(monkeypatch, [62.5, 125.0], tokens=(4, 0, 4, 0))
+    outcome = run_warmup(none, ["a"], WarmupConfig(window=3, cv_threshold=0.01), batch_size=1)
+    assert outcome.converged is True and outcome.steps == 4 and outcome.final_cv == 0.0
 
 
 def test_a_warmup_window_below_two_steps_is_refused_naming_the_key() -> None:

@@ -113,3 +113,21 @@ def test_a_directory_without_write_permission_is_refused(tmp_path: Path,
         check_results_dir(locked / "a" / "b", "c")
     assert asked == [(str(locked), os.W_OK | os.X_OK)]
     check_results_dir(tmp_path / "open", "c")
+
+
+def test_an_object_store_location_is_checked_through_its_filesystem(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No local path checks there: a location that is an object (a file) is refused, and the
+    owner is read through the store's filesystem (a local subtree stands in for the bucket)."""
+    import pyarrow.fs as pafs
+
+    bucket = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    monkeypatch.setattr(ownership, "resolve", lambda text: (bucket, text.split("://")[1]))
+    (tmp_path / "taken").write_text("an object")
+    with pytest.raises(ConfigError, match="the results location is a file, not a directory"):
+        check_results_dir("s3://taken", "c")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / OWNER_FILE).write_text(json.dumps({"campaign_name": "alpha"}))
+    check_results_dir("s3://results", "alpha")
+    with pytest.raises(ConfigError, match="belongs to campaign 'alpha', not 'beta'"):
+        check_results_dir("s3://results", "beta")
