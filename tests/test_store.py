@@ -158,7 +158,10 @@ def test_stale_temp_files_go_and_nothing_else(tmp_path: Path) -> None:
     assert [p.name for p in (out / "manifest").iterdir()] == ["journal-1.jsonl"]
     assert [p.name for p in (out / "summary").iterdir()] == [".summary.parquet.ab.tmp"]
     shutil.rmtree(out / "manifest")
-    assert remove_stale_temp_files(out) == 0, "a missing folder is skipped"
+    assert remove_stale_temp_files(out) == 0
+    shutil.rmtree(out / "experiments")
+    (out / "timeseries" / ".late.tmp").write_bytes(b"half")
+    assert remove_stale_temp_files(out) == 1, "a missing folder is skipped, not the end"
 
 
 @pytest.mark.parametrize(("name", "key"), [
@@ -182,3 +185,115 @@ def test_an_attempt_compacted_and_not_yet_deleted_is_read_once(tmp_path: Path) -
         rows = read_table(out, table).select(["run_id", "attempt"]).to_pylist()
         assert sorted((r["run_id"], r["attempt"]) for r in rows) == [
             ("a-c1", 1), ("a-c1", 2), ("b-c1", 1)]
+
+
+def test_a_results_location_is_a_path_or_a_uri(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow.fs as pafs
+
+    from lem_ray.errors import ConfigError
+
+    fs, base = resolve(f"file://{tmp_path}/r/")
+    assert isinstance(fs, pafs.LocalFileSystem) and base == f"{tmp_path}/r"
+    monkeypatch.chdir(tmp_path)
+    fs, base = resolve("rel/r")
+    assert isinstance(fs, pafs.LocalFileSystem) and base == f"{tmp_path}/rel/r"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert resolve("~/r")[1] == f"{tmp_path}/home/r"
+    with pytest.raises(ConfigError, match="cannot open this location: .*s3://, gs://"):
+        resolve("nope://bucket/r")
+
+
+def test_an_object_store_write_is_published_whole_in_place(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object appears only once its upload completes, so no temp name is used there (a
+    local subtree stands in for the bucket)."""
+    import pyarrow.fs as pafs
+
+    bucket = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    monkeypatch.setattr(store, "resolve", lambda text: (bucket, "results"))
+    seen: list[str] = []
+
+    def write(path: str, fs) -> None:
+        seen.append(path)
+        with fs.open_output_stream(path) as stream:
+            stream.write(b"{}")
+
+    assert atomic_write("s3://b/results", "gpu_time", "s.json", write) == "results/gpu_time/s.json"
+    assert seen == ["results/gpu_time/s.json"]
+    assert (tmp_path / "results" / "gpu_time" / "s.json").read_bytes() == b"{}"
+
+
+def test_files_that_are_not_this_table_are_reported_and_read_around(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    stem = write_attempt(out, "good")
+    folder = out / "experiments"
+    whole = (folder / f"{stem}.parquet").read_bytes()
+    (folder / "truncated.parquet").write_bytes(whole[:100])
+    pq.write_table(pa.table({"x": [1]}), folder / "other.parquet")
+    pq.write_table(pa.table({"campaign_name": ["c"], "experiment_id": ["e"], "run_id": ["e-c1"],
+                             "cycle": ["one"], "attempt": [1]}), folder / "retyped.parquet")
+    skipped: list[tuple[str, str]] = []
+    table = read_table(out, "experiments", on_skip=lambda p, why: skipped.append((Path(p).name, why)))
+    assert run_ids(table) == ["good-c1"]
+    reasons = dict(skipped)
+    assert sorted(reasons) == ["other.parquet", "retyped.parquet", "truncated.parquet"]
+    assert reasons["other.parquet"] == "not a lem-ray results file (no column 'campaign_name')"
+    assert reasons["retyped.parquet"] == "column 'cycle' is string, expected int64"
+    assert reasons["truncated.parquet"].startswith("not a readable Parquet file (")
+    assert "None" not in reasons["truncated.parquet"] and len(reasons["truncated.parquet"]) > 30
+
+
+def test_a_file_damaged_past_its_footer_is_left_out_alone(tmp_path: Path) -> None:
+    """Its schema reads, its data does not: the others are read file by file without it."""
+    out = tmp_path / "results"
+    write_attempt(out, "good")
+    rows = [{**empty_row("requests"), **ids("bad"), "request_index": i, "ttft_ms": i * 1.5}
+            for i in range(2000)]
+    path = Path(write_rows(out, "requests", RunKey("bad", 1).stem(1), rows))
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 3
+    data[middle:middle + 2000] = bytes(2000)
+    path.write_bytes(bytes(data))
+    skipped: list[str] = []
+    table = read_table(out, "requests", on_skip=lambda p, why: skipped.append(why))
+    assert run_ids(table) == ["good-c1"]
+    assert len(skipped) == 1 and skipped[0].startswith("unreadable (")
+
+
+def test_a_row_with_a_missing_or_unknown_column_is_refused(tmp_path: Path) -> None:
+    row = {**empty_row("requests"), **ids("x")}
+    missing = {k: v for k, v in row.items() if k != "ttft_ms"}
+    with pytest.raises(ValueError, match=r"requests row 0: unknown columns \[\], missing columns \['ttft_ms'\]"):
+        write_rows(tmp_path, "requests", "x-c1-a1", [missing])
+    with pytest.raises(ValueError, match=r"unknown columns \['ttft'\], missing columns \[\]"):
+        write_rows(tmp_path, "requests", "x-c1-a1", [row, {**row, "ttft": 1.0}])
+    assert not (tmp_path / "requests").exists(), "nothing written"
+    assert write_rows(tmp_path, "requests", "x-c1-a1", []) is None
+
+
+def test_a_reader_lists_again_while_files_vanish_then_gives_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file deleted by a compaction between listing and reading: list again, up to
+    READ_RETRIES times, then the error."""
+    out = tmp_path / "results"
+    write_attempt(out, "a")
+    real = store._read_once
+    calls = []
+
+    def vanishing(fails: int):
+        def read(*args, **kwargs):
+            calls.append(1)
+            if len(calls) <= fails:
+                raise FileNotFoundError("deleted meanwhile")
+            return real(*args, **kwargs)
+        return read
+
+    monkeypatch.setattr(store, "_read_once", vanishing(store.READ_RETRIES - 1))
+    assert run_ids(read_table(out, "experiments")) == ["a-c1"]
+    assert len(calls) == store.READ_RETRIES
+    calls.clear()
+    monkeypatch.setattr(store, "_read_once", vanishing(10 * store.READ_RETRIES))
+    with pytest.raises(FileNotFoundError):
+        read_table(out, "experiments")
+    assert len(calls) == store.READ_RETRIES

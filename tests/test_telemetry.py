@@ -467,3 +467,29 @@ def test_samples_on_a_windows_edges_are_inside_it() -> None:
     assert (result.start_s, result.end_s) == (start_s, end_s)
     assert result.temperature_start_c == 70.0 and result.temperature_max_c == 70.0
     assert result.samples == 5, "begin's and end's own, the one inside, the two on the edges"
+
+
+def integrated_energy_j(offsets_s: list[float], end_s: float,
+                        sample_interval_ms: float = 100) -> float | None:
+    """Energy of a window on a 50 W GPU without a counter: begin's and end's own samples, and
+    one at each offset from the start."""
+    clock = ManualClock(t_s=1024.0)
+    sampler = make_sampler(clock, {"GPU-old": {"base_w": 50.0, "counter": False}},
+                           sample_interval_ms=sample_interval_ms)
+    sampler.begin("measure")
+    for offset_s in offsets_s:
+        clock.t_s = 1024.0 + offset_s
+        sampler.sample_once()
+    clock.t_s = 1024.0 + end_s
+    return sampler.end("measure").energy_j
+
+
+def test_integration_trusts_gaps_up_to_five_intervals_and_at_least_a_second() -> None:
+    """The edge samples alone are enough; a gap of exactly the limit is trusted, a wider one
+    is not; the limit is a second, or five sampling intervals when that is longer."""
+    assert integrated_energy_j([], 0.5) == 25.0, "begin's and end's samples, on the edges"
+    assert integrated_energy_j([0.75], 1.5) == 75.0
+    assert integrated_energy_j([1.0], 2.0) == 100.0
+    assert integrated_energy_j([1.25], 2.5) is None
+    assert integrated_energy_j([1.25], 2.5, sample_interval_ms=250) == 125.0
+    assert integrated_energy_j([1.375], 2.75, sample_interval_ms=250) is None
