@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,6 +14,7 @@ from lem_ray.execution.automation import Clock, notified, scheduled
 from lem_ray.execution.cluster import capacity, connect
 from lem_ray.execution.dispatch import Dispatcher, Progress, Reporter
 from lem_ray.execution.manifest_actor import close_manifest, open_manifest
+from lem_ray.execution.metrics import publishing
 from lem_ray.execution.preflight import preflight
 from lem_ray.execution.runtime_env import probe_runtime_envs
 from lem_ray.execution.shared_storage import require_shared_results_dir
@@ -23,6 +25,8 @@ from lem_ray.results.manifest import UNFINISHED
 from lem_ray.results.ownership import Owner, claim, grid_fingerprint
 from lem_ray.results.store import exists, remove_stale_temp_files, resolve
 from lem_ray.results.summary import summarize
+
+log = logging.getLogger("lem_ray")
 
 
 @dataclass
@@ -48,11 +52,17 @@ def move_aside(results_dir: str | Path) -> str | None:
 
 
 def _compact_quietly(results_dir: str) -> None:
-    """Fold the campaign's small files; a compaction someone started meanwhile does it."""
+    """Fold the campaign's small files; a compaction someone started meanwhile does it. The
+    runs' rows are committed before this, so a compaction that fails is a warning, never the
+    campaign's failure."""
     try:
         compact(results_dir)
     except CompactionBusy:
         pass
+    except Exception as exc:  # housekeeping after the runs, whatever broke it
+        log.warning("lem-ray: warning: the closing compaction failed (%s); the results are "
+                    "complete, `lem-ray compact %s` tries again", " ".join(str(exc).split())
+                    or type(exc).__name__, results_dir)
 
 
 def run_campaign(
@@ -126,8 +136,10 @@ def run_block(
             refusals = probe_runtime_envs(
                 {b: runtime_envs[b] for b in needed}, plan.campaign.execution.runtime_env_timeout_s
             )
-            Dispatcher(plan, out, manifest, prompts, capacity(), progress, reporter,
-                       runtime_envs=runtime_envs, env_refusals=refusals).run(pending, attempts)
+            dispatcher = Dispatcher(plan, out, manifest, prompts, capacity(), progress, reporter,
+                                    runtime_envs=runtime_envs, env_refusals=refusals)
+            with publishing(dispatcher):
+                dispatcher.run(pending, attempts)
         final = ray.get(manifest.snapshot.remote())["runs"]
         if not any(final[r.run_id]["state"] in UNFINISHED for r in plan.runs):
             close_manifest(plan.name, out)

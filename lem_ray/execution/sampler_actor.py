@@ -8,6 +8,7 @@ from typing import Any
 import ray
 
 from lem_ray.execution.handoff import SamplerReport
+from lem_ray.execution.metrics import GpuPublisher
 from lem_ray.telemetry.sampler import EnergySampler
 
 
@@ -23,6 +24,7 @@ class SamplerActor:
         self.no_gpu_reason = no_gpu_reason
         self.compute_pids: dict[str, list[int]] = {}
         self.cpu_s_before = 0.0
+        self.publisher: GpuPublisher | None = None
 
     def baseline(
         self, known: dict[str, dict[str, Any]], duration_s: float, ttl_s: float
@@ -42,7 +44,14 @@ class SamplerActor:
         """(seconds waited, hottest GPU's temperature at the end)."""
         return self.sampler.wait_until_cool(target_temp_c, max_wait_s)
 
-    def start(self) -> None:
+    def start(self, metric_tags: dict[str, str] | None = None) -> None:
+        """Begin a run's series; with metric_tags, its power and temperature go to Ray's
+        metrics under those tags too."""
+        if metric_tags:
+            if self.publisher is None:
+                self.publisher = GpuPublisher(ray.util.get_node_ip_address())
+                self.sampler.on_sample = self.publisher
+            self.publisher.begin(metric_tags)
         self.sampler.start()
 
     def begin(self, name: str) -> None:
@@ -61,6 +70,8 @@ class SamplerActor:
     def finish(self) -> SamplerReport:
         """The run's series and conditions; the sampler is then ready for the next run."""
         self.sampler.stop()
+        if self.publisher is not None:
+            self.publisher.end()
         cpu_s = self.sampler.sampler_cpu_s()
         found = SamplerReport(
             timeseries=self.sampler.timeseries(),

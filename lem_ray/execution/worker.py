@@ -54,6 +54,8 @@ class RunRequest:
     """The campaign's BaselineCache actor."""
     gap_s: float = 0.0
     keep_engine: bool = True
+    metric_tags: dict[str, str] | None = None
+    """The run's tags on Ray's metrics (execution.metrics.run_tags); None: metrics off."""
 
 
 def no_gpu_reason(identity: GpuIdentity) -> str | None:
@@ -144,7 +146,7 @@ class ExperimentWorker:
         phases: dict[str, float] = {}
         conditions = _prepare_gpus(execution, request.baselines, sampler,
                                    self.identity.gpu_uuids, phases)
-        ray.get(sampler.start.remote())
+        ray.get(sampler.start.remote(request.metric_tags))
         try:
             result = self._measure(cfg, key, request.prompts, sampler, execution, phases)
         except BaseException:

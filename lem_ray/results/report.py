@@ -58,6 +58,8 @@ METRIC_TITLES = {
     "sm_clock_mhz_mean": "SM MHz",
 }
 DEFAULT_GROUP_BY = ("experiment_id",)
+ROUNDING = 1e-9
+"""A std this small relative to its mean is floating-point rounding, shown as 0."""
 # What a reader needs to place a group; null in the summary when the group mixes values.
 DESCRIPTIVE = ("campaign_name", "backend", "model_name", "fp_precision", "batch_size", "device")
 STATS_NOTE = (
@@ -310,7 +312,10 @@ def cell_lines(group: dict[str, Any], metric: str) -> list[str]:
         return ["-"]
     if n < 2:
         return [mean, "no CI (n<2)", f"n={n}"]
-    return [f"{mean} ± {format_number(group[f'{metric}_std'], 2)}",
+    std = group[f"{metric}_std"]
+    if std is not None and abs(std) <= ROUNDING * abs(group[f"{metric}_mean"]):
+        std = 0.0  # equal values whose mean rounded: 2.8e-17 would read as a spread
+    return [f"{mean} ± {format_number(std, 2)}",
             f"[{format_number(group[f'{metric}_ci_low'])}, {format_number(group[f'{metric}_ci_high'])}]",
             f"n={n}"]
 

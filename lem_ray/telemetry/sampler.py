@@ -103,6 +103,9 @@ class EnergySampler:
         self._thread: threading.Thread | None = None
         self._thread_cpu_s = 0.0
         self._failed_devices: set[str] = set()
+        self.on_sample: Callable[[str, GpuSample], None] | None = None
+        """Called with (GPU UUID, sample) for each sample taken, in the thread that took it (the
+        sampling thread, or a window edge's caller): keep it cheap."""
 
     @property
     def energy_source(self) -> str | None:
@@ -166,6 +169,8 @@ class EnergySampler:
                     logger.warning("sampling %s failed (further failures not logged): %s", device.uuid, exc)
                 continue
             self._record(device.uuid, sample)
+            if self.on_sample is not None:
+                self.on_sample(device.uuid, sample)
             taken.append(sample)
         return taken
 
