@@ -302,7 +302,9 @@ def test_hot_and_throttled_second_gpu_is_flagged(monkeypatch: pytest.MonkeyPatch
     # Only the windows' own edge samples: the background thread samples on the real clock, so
     # how many of its samples land inside a window of the simulated clock depends on the load.
     monkeypatch.setattr(EnergySampler, "start", lambda self: None)
-    row = run_on_node(node, monkeypatch, execution(temperature_max_c=75.0), baselines={})["row"]
+    row = run_on_node(node, monkeypatch, execution(temperature_max_c=75.0, max_cycle_cv=0.125),
+                      baselines={})["row"]
+    assert row["max_cycle_cv"] == 0.125, "the campaign's limit, for lem-ray report"
     # GPU 2 starts the measured window at 60 + 8 x 0.5 (warmup) = 64 C and ends it at 72 C
     assert row["temperature_start_c"] == pytest.approx(64.0)
     assert row["temperature_max_c"] == pytest.approx(72.0)

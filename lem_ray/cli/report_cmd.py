@@ -272,12 +272,12 @@ def _print(report: Report, console: Console, files: dict[str, str]) -> None:
 @click.option("--latency", type=click.Choice(["ttft", "e2e"]), default="ttft", show_default=True,
               help="HTML: the latency axis of the Pareto plots, TTFT p50 or end-to-end p50.")
 @click.option("--max-cycle-cv", type=click.FloatRange(min=0, min_open=True),
-              default=DEFAULT_MAX_CYCLE_CV, show_default=True,
               help="Mark groups whose cycle-to-cycle CV of J/output token or throughput is "
-                   "above this (the campaign's validity.max_cycle_cv).")
+                   "above this. Default: the campaign's execution.validity.max_cycle_cv, as "
+                   f"its runs recorded it (else {DEFAULT_MAX_CYCLE_CV}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
 def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Path | None,
-           power_runs: str | None, latency: str, max_cycle_cv: float, as_json: bool) -> None:
+           power_runs: str | None, latency: str, max_cycle_cv: float | None, as_json: bool) -> None:
     """Summarise RESULTS_DIR per group: mean, std, n and a 95% bootstrap CI per metric.
 
     Counts the latest attempt of each run, leaves out failed and invalid runs (and lists

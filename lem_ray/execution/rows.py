@@ -271,6 +271,7 @@ def _validity_columns(
         "throttle_reasons": window.throttle_reasons_seen,
         "throttle_s_json": json.dumps(throttled),
         "other_process_pids": others,
+        "max_cycle_cv": execution.validity.max_cycle_cv,
     }
 
 

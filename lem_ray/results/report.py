@@ -239,16 +239,27 @@ def request_energy(
     return out
 
 
+def recorded_max_cycle_cv(rows: list[dict[str, Any]]) -> float | None:
+    """The campaign's validity.max_cycle_cv as its most recently finished run recorded it (a
+    campaign run again with another limit: the newer one); None when no row records one."""
+    recorded = [r for r in rows
+                if r.get("max_cycle_cv") is not None and r.get("finished_at") is not None]
+    return max(recorded, key=lambda r: r["finished_at"])["max_cycle_cv"] if recorded else None
+
+
 def build_report(
     rows: list[dict[str, Any]], group_by: Sequence[str] = DEFAULT_GROUP_BY,
-    max_cycle_cv: float = DEFAULT_MAX_CYCLE_CV,
+    max_cycle_cv: float | None = None,
     requests: list[dict[str, Any]] | None = None,
 ) -> Report:
     """Summarise the runs in `rows` (experiments-table rows, any attempts) per group.
 
     Each group carries the cycle-to-cycle CV of J/output token and throughput over its
-    counted runs, and whether one of them is above max_cycle_cv (validity.max_cycle_cv);
-    with `requests` (requests-table rows), the spread of per-request energy."""
+    counted runs, and whether one of them is above max_cycle_cv (None: the campaign's
+    validity.max_cycle_cv recorded in the rows, else DEFAULT_MAX_CYCLE_CV); with `requests`
+    (requests-table rows), the spread of per-request energy."""
+    if max_cycle_cv is None:
+        max_cycle_cv = recorded_max_cycle_cv(rows) or DEFAULT_MAX_CYCLE_CV
     by_run: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for request in requests or []:
         by_run.setdefault((request["run_id"], request["attempt"]), []).append(request)

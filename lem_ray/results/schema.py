@@ -104,6 +104,7 @@ EXPERIMENTS = pa.schema(
         ("throttle_reasons", I64),
         ("throttle_s_json", STR),
         ("other_process_pids", pa.list_(I64)),
+        ("max_cycle_cv", F64),
         ("cooldown_wait_s", F64),
         ("cooldown_temp_c", F64),
         ("power_limit_w", F64),
