@@ -64,6 +64,13 @@ class ValidityConfig(StrictModel):
     temperature_max_c: float = 95
 
 
+class CompileCacheDir(StrictModel):
+    """Where the compile cache lives when not beside the results."""
+
+    dir: str = Field(..., min_length=1, description="a path every node sees, or a URI "
+                     "(s3://...); entries are keyed, so campaigns may share one")
+
+
 class ExecutionConfig(StrictModel):
     cycles: int = Field(3, ge=1, description="each experiment is run this many times")
     structure: Literal["interleaved", "shuffled", "grouped"] = "interleaved"
@@ -93,6 +100,11 @@ class ExecutionConfig(StrictModel):
     runtime_env_timeout_s: float = Field(
         600, gt=0, description="how long a backend's runtime_env may take to come up (image "
         "pull, package install) before its runs fail up front",
+    )
+    compile_cache: bool | CompileCacheDir = Field(
+        True, description="compiled kernels and graphs, built once per engine key and loaded "
+        "by every later engine of that key: on (default: <results_dir>/compile_cache), off, "
+        "or {dir: PATH}",
     )
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
