@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lem_ray.config.automation import NotifyConfig, ScheduleConfig
 from lem_ray.config.base import StrictModel
@@ -107,6 +107,21 @@ class ExecutionConfig(StrictModel):
         "or {dir: PATH}",
     )
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+
+    @field_validator("compile_cache", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        """"on" and "off" quoted, or from JSON (YAML reads the bare words as booleans); an
+        error names the three forms rather than each branch of the union."""
+        if isinstance(value, str):
+            value = {"on": True, "off": False}.get(value, value)
+        if isinstance(value, bool | CompileCacheDir):
+            return value
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"dir"})
+            if not unknown and isinstance(value.get("dir"), str):
+                return value
+        raise ValueError(f"on, off or {{dir: PATH}}, got {value!r}")
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
     prefill: PrefillConfig = Field(default_factory=PrefillConfig)
