@@ -152,6 +152,8 @@ class _Compiling(Backend[Any]):
         return VERSIONS if self.device.kind == "cuda" else None
 
     def use_compiled(self, artifact: bytes) -> None:
+        if artifact == b"refused":
+            raise ValueError("not an archive of mine")
         self.loaded = artifact
 
     def prepare(self, prompts: list[str]) -> None:
@@ -212,6 +214,18 @@ def test_an_unwritable_cache_never_fails_the_run(tmp_path: Path,
                            _Compiling(cfg, DeviceInfo("cuda", 1)), cfg)
     assert (status, sha) == ("miss", digest(b"kernels of batch 1"))
     assert "not writable" in caplog.text
+
+
+def test_an_entry_the_library_refuses_is_compiled_anew(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _config()
+    artifacts = CompiledArtifacts(str(tmp_path), "NVIDIA H200")
+    artifacts.cache.publish(_key(cfg), b"refused", {})  # type: ignore[union-attr]
+    engine = _Compiling(cfg, DeviceInfo("cuda", 1))
+    with caplog.at_level(logging.WARNING):
+        status, _ = _run(artifacts, engine, cfg)
+    assert status == "miss" and engine.compiled == 1 and "not usable" in caplog.text
+    assert artifacts.cache.get(_key(cfg)).artifact == b"kernels of batch 1", "replaced"  # type: ignore[union-attr]
 
 
 def test_fresh_carries_the_compile_cache_into_the_new_directory(tmp_path: Path) -> None:
@@ -294,7 +308,47 @@ def test_inductor_mega_cache_round_trip_on_cpu(tmp_path: Path) -> None:
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     compiled = process("save")
-    assert (compiled["hit"], compiled["miss"]) == (0, 1)
+    assert (compiled["hit"], compiled["miss"], compiled["bypass"]) == (0, 1, 0)
     loaded = process("load")
-    assert (loaded["hit"], loaded["miss"]) == (1, 0)
+    assert (loaded["hit"], loaded["miss"], loaded["bypass"]) == (1, 0, 0)
     assert loaded["out"] == compiled["out"]
+
+
+def test_a_library_cache_directory_round_trips_and_stays_inside(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from lem_ray.backends.compile_dir import CompileDir
+
+    first = CompileDir("lem-ray-test-")
+    assert first.pack() is None, "nothing compiled, nothing to keep"
+    Path(first.path, "rank_0_0", "backbone").mkdir(parents=True)
+    Path(first.path, "rank_0_0", "backbone", "graph.py").write_text("kernels")
+    second = CompileDir("lem-ray-test-")
+    second.unpack(first.pack() or b"")
+    assert Path(second.path, "rank_0_0", "backbone", "graph.py").read_text() == "kernels"
+    first.remove()
+    second.remove()
+
+    escaping = io.BytesIO()
+    with tarfile.open(fileobj=escaping, mode="w:gz") as archive:
+        info = tarfile.TarInfo("../outside")
+        archive.addfile(info, io.BytesIO(b""))
+    third = CompileDir("lem-ray-test-")
+    with pytest.raises(tarfile.TarError):
+        third.unpack(escaping.getvalue())
+    assert not Path(third.path).parent.joinpath("outside").exists()
+    third.remove()
+
+
+def test_vllm_takes_the_cache_unless_eager_or_its_own_cache_dir() -> None:
+    from lem_ray.backends.vllm.backend import VLLMBackend
+
+    def versions(**vllm: Any) -> dict[str, str] | None:
+        cfg = ExperimentConfig.model_validate({**TINY_BASE, "fp_precision": "float16",
+                                               "backend": "vllm", "vllm": vllm})
+        return VLLMBackend(cfg, DeviceInfo("cuda", 1)).compiler_versions()
+
+    assert versions() is not None
+    assert versions(enforce_eager=True) is None
+    assert versions(extra_engine_args={"compilation_config": {"cache_dir": "/mine"}}) is None

@@ -176,6 +176,7 @@ def test_a_second_engine_of_a_key_loads_the_cached_kernels(tmp_path) -> None:
     cold, cached = figures["cold"], figures["cached"][0]
     assert cold["compile_cache"] == "miss" and cold["fx_graph_cache"]["miss"] > 0
     assert cached["compile_cache"] == "hit" and cached["sha256"] == cold["sha256"]
-    assert cached["fx_graph_cache"]["miss"] == 0 and cached["fx_graph_cache"]["hit"] > 0
+    assert cached["fx_graph_cache"]["hit"] > 0
+    assert cached["fx_graph_cache"]["miss"] == cached["fx_graph_cache"]["bypass"] == 0
     assert cached["cuda_graphs"] == cold["cuda_graphs"] > 0
     assert cached["tokens"] == cold["tokens"]

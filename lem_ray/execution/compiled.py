@@ -56,7 +56,13 @@ class CompiledArtifacts:
             entry = None
         if entry is None:
             return CacheUse(MISS, None, key)
-        backend.use_compiled(entry.artifact)
+        try:
+            backend.use_compiled(entry.artifact)
+        except Exception as exc:  # noqa: BLE001 - whatever the library says, it compiles anew
+            log.warning("lem-ray: compile cache entry %s in %s not usable by %s (%s): compiling",
+                        key, self.location, backend.name, exc)
+            self.cache.discard(key)
+            return CacheUse(MISS, None, key)
         use = CacheUse(HIT, entry.sha256, key)
         self._used[(backend.engine_id, key)] = use
         return use

@@ -111,6 +111,14 @@ class CompileCache:
                     key, self.location, why)
         return None
 
+    def discard(self, key: str) -> None:
+        """Withdraw an entry that verified but that its library could not use (foreign
+        content under a sound manifest), so the next engine's artifact replaces it."""
+        try:
+            self.fs.delete_file(f"{self._dir(key)}/{MANIFEST}")
+        except (FileNotFoundError, OSError):
+            return
+
     def publish(self, key: str, artifact: bytes, about: dict[str, Any]) -> Entry:
         """Publish this artifact under key unless a sound entry is already there; the entry
         that stands afterwards. `about` (versions, GPU, who compiled) goes in the manifest."""

@@ -31,10 +31,12 @@ def _import_torch() -> tuple[Any, Any]:
 
 def fx_graph_cache_counts(torch: Any) -> dict[str, int]:
     """Inductor's FX-graph cache lookups in this process so far: a compile served from cached
-    artifacts counts a hit, one that generated and tuned its own kernels a miss."""
+    artifacts counts a hit, one that generated and tuned its own kernels a miss, a graph the
+    cache cannot hold a bypass (compiled every time)."""
     from torch._dynamo.utils import counters
 
-    return {name: counters["inductor"][f"fxgraph_cache_{name}"] for name in ("hit", "miss")}
+    return {name: counters["inductor"][f"fxgraph_cache_{name}"]
+            for name in ("hit", "miss", "bypass")}
 
 
 def generation_kwargs(config: Any, pad_token_id: int, eos_token_id: Any) -> dict[str, Any]:
@@ -141,7 +143,7 @@ class PyTorchBackend(Backend[PyTorchConfig]):
             self._model = self._from_pretrained(transformers, model_path, common, options)
         self._model.eval()
         self._loop: DecodeLoop | None = None
-        self._fx_graph_cache = {"hit": 0, "miss": 0}
+        self._fx_graph_cache = {"hit": 0, "miss": 0, "bypass": 0}
         if options.cache_implementation == "static" and options.torch_compile:
             self._loop = DecodeLoop(
                 torch, transformers, self._model, options.torch_compile, _sampling(cfg),
