@@ -90,6 +90,15 @@ def test_the_setting_reads_on_off_and_a_directory() -> None:
         location({"dir": "/x", "size": 3})
 
 
+def test_a_cache_location_that_cannot_be_opened_is_refused_before_ray(tmp_path: Path) -> None:
+    from lem_ray.execution.preflight import preflight
+
+    plan = plan_campaign({"campaign_name": "k", "base": {"model_name": "m", "backend": "pytorch"},
+                          "execution": {"compile_cache": {"dir": "nosuch://bucket/cache"}}})
+    with pytest.raises(ConfigError, match="cannot open this location"):
+        preflight(plan, str(tmp_path / "r"), None, False, reach=False)
+
+
 def test_racing_publishers_leave_one_complete_entry(tmp_path: Path) -> None:
     cache = CompileCache(str(tmp_path))
     start = threading.Barrier(8)

@@ -59,6 +59,13 @@ def cache_location(results_dir: str, setting: Any) -> str | None:
     return str(setting.dir)
 
 
+def check_location(setting: Any) -> None:
+    """A `{dir: ...}` that cannot be opened (an unknown scheme, a bad URI) is refused before
+    Ray starts; the default lives in the results directory, checked as such."""
+    if setting is not True and setting is not False:
+        resolve(str(setting.dir))
+
+
 @dataclass(frozen=True)
 class Entry:
     key: str
