@@ -73,7 +73,7 @@ def child(cache_dir: str, batch: int, device: str) -> dict[str, Any]:
     artifacts = CompiledArtifacts(cache_dir, gpu)
     backend = PyTorchBackend(cfg, DeviceInfo(device, 1 if device == "cuda" else 0))
     t0 = time.perf_counter()
-    use = artifacts.before(backend, cfg, {backend.engine_id})
+    use = artifacts.before(backend, cfg)
     backend.load()
     backend.prepare(prompts)
     backend.synchronize()

@@ -178,7 +178,7 @@ def _run(artifacts: CompiledArtifacts, backend: Backend, cfg: ExperimentConfig,
     """What the worker does around an engine's load and prepare."""
     if loaded:
         backend.configure(cfg)
-    use = artifacts.before(backend, cfg, {backend.engine_id})
+    use = artifacts.before(backend, cfg)
     if not loaded:
         backend.load()
     backend.prepare([])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import weakref
 from dataclasses import dataclass
 
 from lem_ray.backends.base import Backend
@@ -27,26 +28,25 @@ class CacheUse:
 
 
 class CompiledArtifacts:
-    """One per worker; remembers, per loaded engine, the keys it has compiled or loaded, so a
-    reused engine's later runs report the artifact they still run."""
+    """One per worker; remembers, per loaded engine (for as long as it lives), the keys it has
+    compiled or loaded, so a reused engine's later runs report the artifact they still run."""
 
     def __init__(self, location: str | None, gpu_name: str | None) -> None:
         self.location = location
         self.gpu_name = gpu_name
         self.cache = CompileCache(location) if location else None
-        self._used: dict[tuple[str, str], CacheUse] = {}
+        self._used: weakref.WeakKeyDictionary[Backend, dict[str, CacheUse]] = (
+            weakref.WeakKeyDictionary())
 
-    def before(self, backend: Backend, cfg: ExperimentConfig, alive: set[str]) -> CacheUse:
-        """Before the engine loads (or, loaded, prepares this run's shapes). `alive`: ids of
-        the worker's loaded engines, so what released engines used is forgotten."""
-        self._used = {k: v for k, v in self._used.items() if k[0] in alive}
+    def before(self, backend: Backend, cfg: ExperimentConfig) -> CacheUse:
+        """Before the engine loads (or, loaded, prepares this run's shapes)."""
         versions = backend.compiler_versions()
         if versions is None:
             return CacheUse()
         if self.cache is None:
             return CacheUse(OFF)
         key = cache_key(cfg.compile_fields(), self.gpu_name, versions)
-        known = self._used.get((backend.engine_id, key))
+        known = self._used.setdefault(backend, {}).get(key)
         if known is not None:
             return known
         try:
@@ -64,7 +64,7 @@ class CompiledArtifacts:
             self.cache.discard(key)
             return CacheUse(MISS, None, key)
         use = CacheUse(HIT, entry.sha256, key)
-        self._used[(backend.engine_id, key)] = use
+        self._used[backend][key] = use
         return use
 
     def after(self, backend: Backend, use: CacheUse) -> CacheUse:
@@ -84,5 +84,5 @@ class CompiledArtifacts:
                 log.warning("lem-ray: compile cache %s not writable (%s): entry %s not kept",
                             self.location, exc, use.key)
             done = CacheUse(MISS, digest(artifact), use.key)
-        self._used[(backend.engine_id, use.key)] = done
+        self._used.setdefault(backend, {})[use.key] = done
         return done

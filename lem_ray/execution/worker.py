@@ -85,7 +85,8 @@ class ExperimentWorker:
         self.identity: GpuIdentity = resolve_gpus([str(i) for i in ids])
         self.node_id = ctx.get_node_id()
         self.pool = EnginePool()
-        self.artifacts: CompiledArtifacts | None = None
+        names = self.identity.gpu_names
+        self.artifacts = CompiledArtifacts(None, names[0] if names else self.identity.device)
         self.sampler: Any = None
         self.sample_interval_ms: float | None = None
         if sample_interval_ms is not None:
@@ -149,10 +150,8 @@ class ExperimentWorker:
         conditions = _prepare_gpus(execution, request.baselines, sampler,
                                    self.identity.gpu_uuids, phases)
         ray.get(sampler.start.remote())
-        if self.artifacts is None or self.artifacts.location != request.compile_cache:
-            names = self.identity.gpu_names
-            self.artifacts = CompiledArtifacts(request.compile_cache,
-                                               names[0] if names else self.identity.device)
+        if self.artifacts.location != request.compile_cache:
+            self.artifacts = CompiledArtifacts(request.compile_cache, self.artifacts.gpu_name)
         try:
             result = self._measure(cfg, key, request.prompts, sampler, execution, phases)
         except BaseException:
@@ -176,7 +175,7 @@ class ExperimentWorker:
         if backend is not None:
             free_before = self._free_mib()
             backend.configure(cfg)
-            use = self._cache_before(backend, cfg)
+            use = self.artifacts.before(backend, cfg)
         else:
             backend, free_before, use = self._load(cfg, key)
         try:
@@ -188,7 +187,7 @@ class ExperimentWorker:
             self.pool.release_others(key)
             backend.prepare(prompts)
         backend.synchronize()
-        use = self.artifacts.after(backend, use) if self.artifacts else use
+        use = self.artifacts.after(backend, use)
         phases["loading"] = time.perf_counter() - t0
         with _no_gc(freeze=not reused or not self.pool.heap_frozen):
             self.pool.heap_frozen = True
@@ -200,12 +199,6 @@ class ExperimentWorker:
         self.pool.record(key, grown, loaded=not reused)
         return result
 
-    def _cache_before(self, backend: Backend, cfg: ExperimentConfig) -> CacheUse:
-        if self.artifacts is None:
-            return CacheUse()
-        return self.artifacts.before(backend, cfg, {b.engine_id for b in self.pool.engines.values()}
-                                     | {backend.engine_id})
-
     def _load(
         self, cfg: ExperimentConfig, key: str
     ) -> tuple[Backend, list[float] | None, CacheUse]:
@@ -216,7 +209,7 @@ class ExperimentWorker:
         while True:
             free_before = self._free_mib()
             backend = backend_class(cfg.backend)(cfg, device)
-            use = self._cache_before(backend, cfg)
+            use = self.artifacts.before(backend, cfg)
             try:
                 backend.load()
             except BaseException as exc:
