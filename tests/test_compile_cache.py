@@ -16,8 +16,8 @@ import pytest
 
 from lem_ray.backends.base import Backend, DeviceInfo
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.execution.compiled import CompiledArtifacts
 from lem_ray.errors import ConfigError
+from lem_ray.execution.compiled import CompiledArtifacts
 from lem_ray.execution.driver import move_aside
 from lem_ray.planning.plan import plan_campaign
 from lem_ray.records import RequestRecord
@@ -140,9 +140,12 @@ def test_a_damaged_or_foreign_entry_is_ignored_with_a_warning_and_rebuilt(
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert cache.get("other") is None
+        manifest.write_text(json.dumps({**foreign, "artifact": "../../elsewhere"}))
+        assert cache.get("k") is None
         manifest.write_text("{not json")
         assert cache.get("k") is None
     assert "another key" in caplog.text and "unreadable manifest" in caplog.text
+    assert "not of its hash" in caplog.text
 
 
 class _Compiling(Backend[Any]):

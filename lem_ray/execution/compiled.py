@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 from lem_ray.backends.base import Backend
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.results.compile_cache import HIT, MISS, OFF, CompileCache, cache_key, digest
+from lem_ray.results.compile_cache import (
+    HIT,
+    MISS,
+    OFF,
+    CompileCache,
+    cache_key,
+    digest,
+)
 
 log = logging.getLogger(__name__)
 

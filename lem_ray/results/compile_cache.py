@@ -94,36 +94,42 @@ class CompileCache:
         try:
             with self.fs.open_input_stream(f"{directory}/{MANIFEST}") as stream:
                 raw = stream.read()
-        except (FileNotFoundError, OSError):
+        except OSError:
             return None
         try:
             manifest = json.loads(raw)
             sha256, name = str(manifest["sha256"]), str(manifest["artifact"])
             owner = manifest["key"]
         except (ValueError, KeyError, TypeError):
-            return self._damaged(key, "unreadable manifest")
+            self._damaged(key, "unreadable manifest")
+            return None
         if owner != key:
-            return self._damaged(key, f"manifest of another key ({owner!r})")
+            self._damaged(key, f"manifest of another key ({owner!r})")
+            return None
+        if name != f"artifact-{sha256}.bin":
+            self._damaged(key, f"manifest names an artifact not of its hash ({name!r})")
+            return None
         try:
             with self.fs.open_input_stream(f"{directory}/{name}") as stream:
                 artifact = stream.read()
-        except (FileNotFoundError, OSError):
-            return self._damaged(key, f"artifact {name} missing")
+        except OSError:
+            self._damaged(key, f"artifact {name} missing")
+            return None
         if digest(artifact) != sha256:
-            return self._damaged(key, "artifact does not match its manifest's SHA-256")
+            self._damaged(key, "artifact does not match its manifest's SHA-256")
+            return None
         return Entry(key, sha256, artifact)
 
     def _damaged(self, key: str, why: str) -> None:
         log.warning("lem-ray: compile cache entry %s in %s ignored (%s): compiling anew",
                     key, self.location, why)
-        return None
 
     def discard(self, key: str) -> None:
         """Withdraw an entry that verified but that its library could not use (foreign
         content under a sound manifest), so the next engine's artifact replaces it."""
         try:
             self.fs.delete_file(f"{self._dir(key)}/{MANIFEST}")
-        except (FileNotFoundError, OSError):
+        except OSError:
             return
 
     def publish(self, key: str, artifact: bytes, about: dict[str, Any]) -> Entry:
