@@ -86,6 +86,7 @@ def test_the_setting_reads_on_off_and_a_directory() -> None:
     assert location(True) == location("on") == "/r/c/compile_cache"
     assert location(False) is None and location("off") is None
     assert location({"dir": "s3://b/cache"}) == "s3://b/cache"
+    assert location({"dir": "cache"}) == str(Path.cwd() / "cache"), "workers run elsewhere"
     with pytest.raises(ConfigError, match=r"on, off or \{dir: PATH\}"):
         location({"dir": "/x", "size": 3})
 

@@ -51,12 +51,13 @@ def cache_key(compiled: dict[str, Any], gpu_name: str | None, versions: dict[str
 
 def cache_location(results_dir: str, setting: Any) -> str | None:
     """Where the campaign's cache lives: `execution.compile_cache` (True, False or a
-    CompileCacheDir) resolved against the results directory; None when off."""
+    CompileCacheDir) resolved against the results directory, a local path made absolute;
+    None when off."""
     if setting is False:
         return None
-    if setting is True:
-        return f"{str(results_dir).rstrip('/')}/{FOLDER}"
-    return str(setting.dir)
+    chosen = f"{str(results_dir).rstrip('/')}/{FOLDER}" if setting is True else str(setting.dir)
+    # Workers run elsewhere (another working directory, another node): a path, made whole here.
+    return chosen if "://" in chosen else str(Path(chosen).expanduser().absolute())
 
 
 def check_location(setting: Any) -> None:
