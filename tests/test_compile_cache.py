@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -100,24 +101,31 @@ def test_a_cache_location_that_cannot_be_opened_is_refused_before_ray(tmp_path: 
         preflight(plan, str(tmp_path / "r"), None, False, reach=False)
 
 
+def _publish_after(start: Any, location: str, key: str, i: int) -> str:
+    start.wait()
+    return CompileCache(location).publish(key, f"artifact {i}".encode() * 1000, {}).sha256
+
+
 def test_racing_publishers_leave_one_complete_entry(tmp_path: Path) -> None:
-    cache = CompileCache(str(tmp_path))
+    """Eight threads on one key, four processes on another (workers sharing the directory)."""
+    standing: dict[str, list[str]] = {"t": []}
     start = threading.Barrier(8)
-    standing: list[str] = []
-
-    def publish(i: int) -> None:
-        start.wait()
-        standing.append(cache.publish("k", f"artifact {i}".encode() * 1000, {}).sha256)
-
-    threads = [threading.Thread(target=publish, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=lambda i=i: standing["t"].append(
+        _publish_after(start, str(tmp_path), "t", i))) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    entry = cache.get("k")
-    assert entry is not None and set(standing) == {entry.sha256}, "every loser sees the winner"
-    left = sorted(p.name for p in (tmp_path / "k").iterdir())
-    assert left == sorted([MANIFEST, f"artifact-{entry.sha256}.bin"]), "losers removed theirs"
+    processes = multiprocessing.get_context("fork")
+    with processes.Manager() as manager, processes.Pool(4) as pool:
+        barrier = manager.Barrier(4)
+        standing["p"] = pool.starmap(_publish_after,
+                                     [(barrier, str(tmp_path), "p", i) for i in range(4)])
+    for key, shas in standing.items():
+        entry = CompileCache(str(tmp_path)).get(key)
+        assert entry is not None and set(shas) == {entry.sha256}, "every loser sees the winner"
+        left = sorted(p.name for p in (tmp_path / key).iterdir())
+        assert left == sorted([MANIFEST, f"artifact-{entry.sha256}.bin"]), "losers removed theirs"
 
 
 def test_a_damaged_or_foreign_entry_is_ignored_with_a_warning_and_rebuilt(
