@@ -24,3 +24,18 @@ def test_scale_bench_runs_its_smallest_size(tmp_path: Path) -> None:
     figures = json.loads(done.stdout)
     assert set(figures["status_s"]) == {"12"}
     assert figures["compact_s"]["12"] >= 0
+
+
+@pytest.mark.slow
+def test_compile_cache_bench_runs_on_the_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "cc.json"
+    done = subprocess.run(
+        [sys.executable, "bench/compile_cache.py", "--smoke", "--processes", "1",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert len(figures["cached"]) == 1 and "error" not in figures["cached"][0]
+    assert figures["cold"]["compile_cache"] is None, "the CPU engine compiles nothing"
+    assert figures["compare"]["same_tokens"] and len(figures["compare"]["load_ratio"]) == 1

@@ -10,11 +10,13 @@ row reports can therefore be written out by hand, and is, in the tests.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import pickle
 from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,6 +31,7 @@ from lem_ray.execution.engines import EnginePool
 from lem_ray.execution.gpus import GpuIdentity
 from lem_ray.execution.handoff import GpuConditions, WorkerIdentity
 from lem_ray.execution.rows import _baseline, _environment, ok_rows
+from lem_ray.execution.compiled import CompiledArtifacts
 from lem_ray.execution.worker import ExperimentWorker, RunRequest
 from lem_ray.records import RunAttempt, RunKey
 from lem_ray.telemetry.nvml import DeviceReader, GpuSample
@@ -198,10 +201,11 @@ def unfrozen_heap() -> Any:
     gc.unfreeze()
 
 
-def worker_on_node(node: Node, monkeypatch: pytest.MonkeyPatch) -> ExperimentWorker:
+def worker_on_node(node: Node, monkeypatch: pytest.MonkeyPatch,
+                   engine: type[FakeEngine] = FakeEngine) -> ExperimentWorker:
     """The real worker, in this process, holding the node's two GPUs."""
-    FakeEngine.node = node
-    monkeypatch.setattr(worker_module, "backend_class", lambda name: FakeEngine)
+    engine.node = node
+    monkeypatch.setattr(worker_module, "backend_class", lambda name: engine)
     monkeypatch.setattr(worker_module, "ray", SimpleNamespace(get=lambda ref: ref, __version__="test"))
     monkeypatch.setattr(worker_module, "time", SimpleNamespace(perf_counter=node.clock, time=node.clock))
     monkeypatch.setattr(actors, "EnergySampler", lambda uuids, sample_interval_ms, host, host_key:
@@ -209,6 +213,7 @@ def worker_on_node(node: Node, monkeypatch: pytest.MonkeyPatch) -> ExperimentWor
                                       clock=node.clock, host=node.host(), host_key=host_key))
     worker = ExperimentWorker.__new__(ExperimentWorker)
     worker.node_id, worker.pool = "node-1", EnginePool()
+    worker.artifacts = CompiledArtifacts(None, "NVIDIA H200")
     worker.identity = GpuIdentity(device="cuda", gpu_ids=["0", "1"], gpu_uuids=UUIDS,
                                   gpu_names=["NVIDIA H200"] * 2)
     identity = WorkerIdentity(**vars(worker.identity), node_id="node-1", node_ip="10.0.0.1", hostname="n1")
@@ -220,9 +225,11 @@ def worker_on_node(node: Node, monkeypatch: pytest.MonkeyPatch) -> ExperimentWor
 
 def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: ExecutionConfig,
                 baselines: dict[str, dict[str, Any]] | None = None,
-                runs: NodeRuns | None = None) -> dict[str, Any]:
+                runs: NodeRuns | None = None,
+                engine: type[FakeEngine] = FakeEngine,
+                compile_cache: str | None = None) -> dict[str, Any]:
     """The real worker.run and sampler actor on the node, then the real ok_rows."""
-    worker = worker_on_node(node, monkeypatch)
+    worker = worker_on_node(node, monkeypatch, engine)
     identity = worker.identify()
     config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch", "gpus_per_experiment": 2})
     # The campaign's baseline cache, in process: `baselines` are what it already holds;
@@ -234,7 +241,8 @@ def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: Executio
                                       active=runs.active))
     execution = execution.model_copy(update={"baseline": execution.baseline.model_copy(
         update={"enabled": baselines is not None, "duration_s": 0.02})})
-    outcome = worker.run(RunRequest(config.model_dump_json(), PROMPTS, execution, cache))
+    outcome = worker.run(RunRequest(config.model_dump_json(), PROMPTS, execution, cache,
+                                    compile_cache=compile_cache))
     rows = ok_rows(RunAttempt("c", RunKey("e1", 1), 1), config, execution, identity, outcome.result,
                    outcome.telemetry, outcome.conditions, datetime.now(timezone.utc), None)
     return {"row": rows.experiment, "requests": rows.requests, "result": outcome.result,
@@ -510,3 +518,36 @@ def test_instant_power_off_the_counter_is_flagged(monkeypatch: pytest.MonkeyPatc
     assert loose["validity_flags"] == []
     short = run_on_node(lying(), monkeypatch, execution(min_window_s=2.0), baselines={})["row"]
     assert short["validity_flags"] == ["short_window"], "too short a window: the gap is not judged"
+
+
+class CompilingEngine(FakeEngine):
+    """Compiles its kernels while it loads, unless the compile cache hands them over."""
+
+    def compiler_versions(self) -> dict[str, str] | None:
+        return {"engine": "1.2.3"}
+
+    def use_compiled(self, artifact: bytes) -> None:
+        self.node.log.append(("loaded kernels", artifact))
+
+    def compiled_artifact(self) -> bytes | None:
+        return b"kernels"
+
+
+def test_rows_say_whether_the_engine_compiled_or_loaded_its_kernels(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A fresh worker compiles and publishes (miss); the next fresh worker's engine gets the
+    same artifact (hit, same hash); with the cache off, off; an engine that compiles
+    nothing says nothing."""
+    cache = str(tmp_path / "compile_cache")
+    seen = []
+    for engine, location in ((CompilingEngine, cache), (CompilingEngine, cache),
+                             (CompilingEngine, None), (FakeEngine, cache)):
+        node = two_gpus()
+        row = run_on_node(node, monkeypatch, ExecutionConfig(), engine=engine,
+                          compile_cache=location)["row"]
+        seen.append((row["compile_cache"], row["compile_cache_hash"]))
+        if seen[-1][0] == "hit":
+            assert ("loaded kernels", b"kernels") in node.log
+    sha = hashlib.sha256(b"kernels").hexdigest()
+    assert seen == [("miss", sha), ("hit", sha), ("off", None), (None, None)]

@@ -152,3 +152,31 @@ def test_compiled_prefill_compiles_in_prepare_only_and_keeps_the_tokens() -> Non
         finally:
             backend.release()
     _assert_agree(outputs)
+
+
+def test_a_second_engine_of_a_key_loads_the_cached_kernels(tmp_path) -> None:
+    """Two fresh processes with empty Inductor and Triton caches, the fast path through the
+    worker's compile-cache code: the first compiles and publishes, the second loads the entry
+    (FX-graph cache hits, no miss: nothing compiled in it) and serves the same tokens."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch")
+    out = tmp_path / "cc.json"
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "bench/compile_cache.py", "--tiny", "--processes", "1",
+                           "--batch", "2", "--out", str(out)],
+                          cwd=root, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    cold, cached = figures["cold"], figures["cached"][0]
+    assert cold["compile_cache"] == "miss" and cold["fx_graph_cache"]["miss"] > 0
+    assert cached["compile_cache"] == "hit" and cached["sha256"] == cold["sha256"]
+    assert cached["fx_graph_cache"]["hit"] > 0
+    assert cached["fx_graph_cache"]["miss"] == cached["fx_graph_cache"]["bypass"] == 0
+    assert cached["cuda_graphs"] == cold["cuda_graphs"] > 0
+    assert cached["tokens"] == cold["tokens"]

@@ -497,7 +497,9 @@ def test_backend_generate_sends_truncated_token_prompts(fake_vllm: Any) -> None:
     backend = VLLMBackend(cfg, DeviceInfo("cuda", 1))
     backend.load()
     llm = backend._llm
-    assert llm.kwargs == engine_kwargs(cfg)
+    cache_dir = llm.kwargs["compilation_config"]["cache_dir"]
+    assert llm.kwargs == {**engine_kwargs(cfg), "compilation_config": {"cache_dir": cache_dir}}, \
+        "vLLM compiles into a directory of this engine's own (the compile cache's artifact)"
     recs = backend.generate(["a bb ccc dddd", "hi"])
     prompts, params, use_tqdm, lora_req = llm.calls[0]
     assert prompts == [{"prompt_token_ids": [1, 101, 102]}, {"prompt_token_ids": [1, 102]}]
@@ -729,3 +731,27 @@ def test_vllm_tensor_parallel_two_inside_a_ray_placement_group() -> None:
         remove_placement_group(pg)
     finally:
         ray.shutdown()
+
+
+def test_backend_hands_its_compile_directory_to_the_next_engine(fake_vllm: Any) -> None:
+    """What vLLM compiled into this engine's cache_dir comes back for the next engine of the
+    key, in a directory of its own; release removes both."""
+    from pathlib import Path
+
+    cfg = make_config()
+    first = VLLMBackend(cfg, DeviceInfo("cuda", 1))
+    first.load()
+    compiled = Path(first._llm.kwargs["compilation_config"]["cache_dir"], "rank_0_0", "backbone")
+    compiled.mkdir(parents=True)
+    (compiled / "vllm_compile_cache.py").write_text("{}")
+    artifact = first.compiled_artifact()
+    assert artifact is not None
+    second = VLLMBackend(cfg, DeviceInfo("cuda", 1))
+    second.use_compiled(artifact)
+    second.load()
+    given = Path(second._llm.kwargs["compilation_config"]["cache_dir"])
+    assert given != compiled.parent.parent
+    assert (given / "rank_0_0" / "backbone" / "vllm_compile_cache.py").read_text() == "{}"
+    first.release()
+    second.release()
+    assert not compiled.exists() and not given.exists()

@@ -77,6 +77,7 @@ def test_reuse_exactly_when_engine_config_equal_and_gpu_seconds_add_up(
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["gpu_seconds"] == seconds
+    assert json.loads(status.stdout)["compile_cache"] is None, "eager engines compile nothing"
 
 
 def test_interleaved_cycles_over_three_engines_load_each_engine_once(
@@ -110,6 +111,8 @@ def test_force_cold_start_loads_every_run_in_a_fresh_worker(two_gpus, tmp_path: 
     assert len(rows) == 3 and not any(r["engine_reused"] for r in rows)
     assert len({r["engine_id"] for r in rows}) == 3, "an engine id per load"
     assert all(r["engine_load_s"] > 0 for r in rows)
+    assert {r["compile_cache"] for r in rows} == {None}, "an eager engine compiles nothing"
+    assert not (out / "compile_cache").exists()
 
 
 def test_killed_warm_worker_costs_one_retried_run(two_gpus, tmp_path: Path) -> None:

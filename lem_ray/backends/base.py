@@ -113,6 +113,21 @@ class Backend(ABC, Generic[OptionsT]):
     def versions(self) -> dict[str, str]:
         return {}
 
+    def compiler_versions(self) -> dict[str, str] | None:
+        """Versions of what compiles this engine's code (part of its compile cache key), known
+        before load(); None: the engine compiles nothing the compile cache can hold."""
+        return None
+
+    def use_compiled(self, artifact: bytes) -> None:
+        """What an earlier engine of the same compile key compiled (compiled_artifact's bytes),
+        handed over before load(), or before prepare() on a loaded engine, so that this engine
+        loads those kernels instead of compiling (and tuning) its own."""
+
+    def compiled_artifact(self) -> bytes | None:
+        """After prepare(): what this engine compiled, for later engines of its compile key;
+        None where there is nothing to keep."""
+        return None
+
     def details(self) -> dict[str, Any]:
         """Facts about the loaded engine worth keeping with the result (params, dtype...)."""
         return {}

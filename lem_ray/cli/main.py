@@ -42,7 +42,8 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Expand and validate only: no Ray, nothing written.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--retry-failed", is_flag=True, help="Also rerun runs that ended failed.")
-@click.option("--fresh", is_flag=True, help="Move the old results aside and start over.")
+@click.option("--fresh", is_flag=True, help="Move the old results aside and start over "
+              "(the compile cache in them stays).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before --fresh moves results.")
 def campaign(grid: Path | None, results_dir: str | None, address: str | None, dry_run: bool,
              as_json: bool, retry_failed: bool, fresh: bool, yes: bool) -> None:

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from lem_ray.cli.status_cmd import print_gpu_time
+from lem_ray.cli.status_cmd import print_compile_savings, print_gpu_time
 from lem_ray.execution.driver import CampaignResult
 from lem_ray.execution.dispatch import Progress as RunProgress
 from lem_ray.execution.rows import RunRows
@@ -128,6 +128,7 @@ def print_summary(result: CampaignResult, console: Console) -> None:
         console.print(Text.assemble((f["status"], "red"), f" {f['experiment_id']} c{f['cycle']} "
                                                           f"a{f['attempt']}: {f['reason']}"))
     print_gpu_time(result.gpu_time, console)
+    print_compile_savings(result.compile_cache, console)
     c = result.counts
     console.print(f"{c['ok']} ok, {c['failed']} failed this time; {c['skipped_done']} of "
                   f"{c['planned']} runs were already done. Results: {result.results_dir}")

@@ -237,13 +237,16 @@ def _print(report: Report, console: Console, files: dict[str, str]) -> None:
     console.print(f"runs: counted/invalid/failed (latest attempt of each run). {STATS_NOTE}")
     above = [g["label"] for g in report.groups if g["cycle_cv_above"]]
     apart = any((g["engines"] or 0) > 1 for g in report.groups)
+    compiled = any(g["artifacts"] for g in report.groups)
     if report.groups:
         console.print(
             "cycle CV: cycle-to-cycle coefficient of variation of J/output token (E) and "
             f"throughput (T) over a group's counted runs; limit {report.groups[0]['max_cycle_cv']:.0%}"
             + (f"; above it: {', '.join(above)}" if above else "")
             + ("; N engines: the cycles ran on N engines loaded apart, whose own differences "
-               "(kernels tuned per compile) the CV includes" if apart else ""))
+               "(kernels tuned per compile) the CV includes" if apart else "")
+            + ("; N artifacts: the cycles ran N different compiled kernels (compile_cache_hash), "
+               "1 artifact: one compile's, loaded from the compile cache" if compiled else ""))
     if len(report.groups) > TABLE_ROWS:
         console.print(f"the first {TABLE_ROWS} of {len(report.groups)} groups listed; every group is "
                       "in the summary file (and --csv, --json)")

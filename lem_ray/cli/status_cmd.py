@@ -13,6 +13,7 @@ from rich.table import Table
 
 from lem_ray.cli.common import console, fail
 from lem_ray.errors import ConfigError
+from lem_ray.results.compile_cache import campaign_savings, savings_text
 from lem_ray.results.gpu_time import gpu_seconds
 from lem_ray.results.manifest import STATES, UNFINISHED, load_manifest
 from lem_ray.results.store import exists
@@ -51,6 +52,7 @@ def status(results_dir: str, as_json: bool, show_all: bool) -> None:
     counts = Counter(entry["state"] for _, entry in runs)
     left = [key for key, entry in runs if entry["state"] in UNFINISHED]
     gpu_time = gpu_seconds(results_dir)
+    savings = campaign_savings(results_dir)
     if as_json:
         click.echo(json.dumps({
             "campaign_name": manifest.get("campaign_name"),
@@ -59,6 +61,7 @@ def status(results_dir: str, as_json: bool, show_all: bool) -> None:
             "gpu_seconds": gpu_time["gpu_seconds"] if gpu_time else None,
             "gpu_time": {k: v for k, v in gpu_time.items() if k != "gpu_seconds"}
             if gpu_time else None,
+            "compile_cache": savings,
             "runs": [{"run_id": key, **entry} for key, entry in runs],
         }, indent=2))
         return
@@ -77,10 +80,17 @@ def status(results_dir: str, as_json: bool, show_all: bool) -> None:
         out.print(f"{len(shown)} of {len(runs)} runs listed, those not ok first; --all lists every run")
     out.print(", ".join(f"{counts.get(s, 0)} {s}" for s in STATES))
     print_gpu_time(gpu_time, out)
+    print_compile_savings(savings, out)
     if left:
         out.print(f"{len(left)} runs left; run the campaign command again to resume")
     elif counts.get("failed"):
         out.print("nothing left; --retry-failed reruns the failed runs")
+
+
+def print_compile_savings(savings: dict[str, Any] | None, console: Console) -> None:
+    text = savings_text(savings)
+    if text:
+        console.print(text)
 
 
 def print_gpu_time(gpu_time: dict[str, Any] | None, console: Console) -> None:

@@ -57,6 +57,9 @@ class BackendOptions(StrictModel):
     engine. Unlisted fields count as engine fields: a reload, never a wrong reuse."""
     EXPERIMENT_RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"prompts", "warmup"})
     """The experiment's fields (outside this section) a loaded engine takes per run."""
+    COMPILED_RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset()
+    """Own runtime fields that still shape what a loaded engine compiles for a run (the
+    batch shapes it captures): part of the compile cache's key, not of the engine key."""
 
     def runtime_fields(self) -> tuple[frozenset[str], frozenset[str]]:
         """(own runtime fields, the experiment's runtime fields) for these very options."""

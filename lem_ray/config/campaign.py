@@ -75,6 +75,13 @@ class ValidityConfig(StrictModel):
         "of 14-41 s agreed within 0.7%)")
 
 
+class CompileCacheDir(StrictModel):
+    """Where the compile cache lives when not beside the results."""
+
+    dir: str = Field(..., min_length=1, description="a path every node sees, or a URI "
+                     "(s3://...); entries are keyed, so campaigns may share one")
+
+
 class ExecutionConfig(StrictModel):
     cycles: int = Field(3, ge=1, description="each experiment is run this many times")
     structure: Literal["interleaved", "shuffled", "grouped"] = "interleaved"
@@ -105,7 +112,27 @@ class ExecutionConfig(StrictModel):
         600, gt=0, le=MAX_WAIT_S, description="how long a backend's runtime_env may take to "
         "come up (image pull, package install) before its runs fail up front",
     )
+    compile_cache: bool | CompileCacheDir = Field(
+        True, description="compiled kernels and graphs, built once per engine key and loaded "
+        "by every later engine of that key: on (default: <results_dir>/compile_cache), off, "
+        "or {dir: PATH}",
+    )
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+
+    @field_validator("compile_cache", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        """"on" and "off" quoted, or from JSON (YAML reads the bare words as booleans); an
+        error names the three forms rather than each branch of the union."""
+        if isinstance(value, str):
+            value = {"on": True, "off": False}.get(value, value)
+        if isinstance(value, bool | CompileCacheDir):
+            return value
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"dir"})
+            if not unknown and isinstance(value.get("dir"), str):
+                return value
+        raise ValueError(f"on, off or {{dir: PATH}}, got {value!r}")
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
     prefill: PrefillConfig = Field(default_factory=PrefillConfig)

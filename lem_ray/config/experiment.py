@@ -145,6 +145,14 @@ class _ExperimentFields(StrictModel):
         canonical = json.dumps(self.engine_fields(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    def compile_fields(self) -> dict[str, Any]:
+        """What decides the code an engine compiles for this run (the compile cache's key,
+        with the GPU and versions): its engine fields and the runtime fields its backend
+        compiles shapes for."""
+        options = self.backend_options
+        shaping = {k: getattr(options, k) for k in sorted(options.COMPILED_RUNTIME_FIELDS)}
+        return {"engine": self.engine_fields(), "shapes": shaping}
+
 
 # One optional section per backend, typed by its options model: `pytorch: PyTorchConfig | None`.
 ExperimentConfig = create_model(

@@ -28,6 +28,7 @@ from lem_ray.execution.policy import Assign, Close, Open, QueuedRun, SlotView, d
 from lem_ray.execution.rows import RunRows, failed_rows, ok_rows
 from lem_ray.execution.slots import Slot
 from lem_ray.execution.worker import RunRequest
+from lem_ray.results.compile_cache import cache_location
 from lem_ray.planning.plan import CampaignPlan
 from lem_ray.records import RunAttempt, RunKey
 from lem_ray.results.gpu_time import GpuLedger, save_ledger
@@ -278,6 +279,7 @@ class Dispatcher:
             self.baselines, execution.config_gap_s if self.started_any else 0.0,
             keep_engine=not execution.force_cold_start,
             metric_tags=run_tags(task.ids) if execution.telemetry.ray_metrics else None,
+            compile_cache=cache_location(self.results_dir, execution.compile_cache),
         )
         self.started_any = True
         self.last_cycle, self.cycle_gate_s = task.ids.key.cycle, None

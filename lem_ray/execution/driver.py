@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 
 from lem_ray.execution.automation import Clock, notified, scheduled
@@ -20,6 +21,8 @@ from lem_ray.execution.runtime_env import probe_runtime_envs
 from lem_ray.execution.shared_storage import require_shared_results_dir
 from lem_ray.planning.plan import CampaignPlan, plan_campaign
 from lem_ray.results.compact import CompactionBusy, compact
+from lem_ray.results.compile_cache import FOLDER as COMPILE_CACHE_FOLDER
+from lem_ray.results.compile_cache import campaign_savings
 from lem_ray.results.gpu_time import gpu_seconds
 from lem_ray.results.manifest import UNFINISHED
 from lem_ray.results.ownership import Owner, claim, grid_fingerprint
@@ -39,15 +42,23 @@ class CampaignResult:
     moved_aside: str | None = None
     gpu_time: dict[str, Any] | None = None
     """GPU-seconds by phase over the cluster's GPUs, all sessions of the campaign."""
+    compile_cache: dict[str, Any] | None = None
+    """What loading from the compile cache saved (results/compile_cache.load_savings)."""
 
 
 def move_aside(results_dir: str | Path) -> str | None:
-    """`--fresh`: rename the old results to `<dir>.old-<UTC time>`; None if there were none."""
+    """`--fresh`: rename the old results to `<dir>.old-<UTC time>`; None if there were none.
+    The compile cache inside comes back into the new directory: its entries are keyed by
+    what decides the compiled code, not by the results, so starting over keeps them."""
     if not exists(results_dir):
         return None
     fs, base = resolve(results_dir)
     target = f"{base}.old-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
     fs.move(base, target)
+    cache = f"{target}/{COMPILE_CACHE_FOLDER}"
+    if fs.get_file_info(cache).type == pafs.FileType.Directory:
+        fs.create_dir(base, recursive=True)
+        fs.move(cache, f"{base}/{COMPILE_CACHE_FOLDER}")
     return target
 
 
@@ -157,4 +168,5 @@ def run_block(
         "ok": progress.done - progress.failed,
         "retried": progress.retried,
     }
-    return CampaignResult(plan.name, out, counts, summary, failures, moved, gpu_seconds(out))
+    return CampaignResult(plan.name, out, counts, summary, failures, moved, gpu_seconds(out),
+                          campaign_savings(out))

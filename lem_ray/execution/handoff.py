@@ -46,6 +46,11 @@ class RunResult:
     engine_reused: bool
     engine_id: str
     """The loaded engine instance that served the run (Backend.engine_id)."""
+    compile_cache: str | None
+    """hit, miss or off (results/compile_cache.py); None: the engine compiles nothing."""
+    compile_cache_hash: str | None
+    """SHA-256 of the compiled artifact the engine runs (loaded or its own)."""
+    compile_cache_key: str | None
     timing_method: str | None
     warmup: WarmupOutcome
     warmup_window: WindowResult

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from lem_ray.assets import BUILTIN_PREFIX
 from lem_ray.errors import ConfigError
 from lem_ray.planning.plan import CampaignPlan
+from lem_ray.results.compile_cache import check_location as check_compile_cache
 from lem_ray.results.ownership import check_results_dir
 
 PROBE_TIMEOUT_S = 5.0
@@ -117,6 +118,7 @@ def preflight(plan: CampaignPlan, results_dir: str, address: str | None, fresh: 
     the cluster, and the model hub when Ray runs here (a cluster's nodes have their own)."""
     parsed, source = given_address(address)
     check_results_dir(results_dir, plan.name, fresh)
+    check_compile_cache(plan.campaign.execution.compile_cache)
     if not reach:
         return
     if parsed is not None:

@@ -24,6 +24,7 @@ from lem_ray.backends.base import Backend, DeviceInfo
 from lem_ray.backends.registry import backend_class
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.execution.compiled import CacheUse, CompiledArtifacts
 from lem_ray.execution.engines import EnginePool, out_of_memory
 from lem_ray.execution.gpus import GpuIdentity, resolve_gpus
 from lem_ray.execution.handoff import (
@@ -57,6 +58,8 @@ class RunRequest:
     keep_engine: bool = True
     metric_tags: dict[str, str] | None = None
     """The run's tags on Ray's metrics (execution.metrics.run_tags); None: metrics off."""
+    compile_cache: str | None = None
+    """Where the campaign's compile cache lives (results/compile_cache.py); None: off."""
 
 
 def no_gpu_reason(identity: GpuIdentity) -> str | None:
@@ -85,6 +88,8 @@ class ExperimentWorker:
         self.identity: GpuIdentity = resolve_gpus([str(i) for i in ids])
         self.node_id = ctx.get_node_id()
         self.pool = EnginePool()
+        names = self.identity.gpu_names
+        self.artifacts = CompiledArtifacts(None, names[0] if names else self.identity.device)
         self.sampler: Any = None
         self.sample_interval_ms: float | None = None
         if sample_interval_ms is not None:
@@ -145,6 +150,8 @@ class ExperimentWorker:
             self.pool.make_room(key, backend_class(cfg.backend).exclusive, self._least_free_mib)
         sampler = self._sampler(execution)
         phases: dict[str, float] = {}
+        if self.artifacts.location != request.compile_cache:
+            self.artifacts = CompiledArtifacts(request.compile_cache, self.artifacts.gpu_name)
         runs, token = request.baselines, uuid.uuid4().hex
         others = 0
         if runs is not None:
@@ -185,8 +192,9 @@ class ExperimentWorker:
         if backend is not None:
             free_before = self._free_mib()
             backend.configure(cfg)
+            use = self.artifacts.before(backend, cfg)
         else:
-            backend, free_before = self._load(cfg, key)
+            backend, free_before, use = self._load(cfg, key)
         try:
             backend.prepare(prompts)
         except BaseException as exc:
@@ -196,24 +204,29 @@ class ExperimentWorker:
             self.pool.release_others(key)
             backend.prepare(prompts)
         backend.synchronize()
+        use = self.artifacts.after(backend, use)
         phases["loading"] = time.perf_counter() - t0
         with _no_gc(freeze=not reused or not self.pool.heap_frozen):
             self.pool.heap_frozen = True
             result = self._windows(backend, cfg, prompts, sampler, execution, phases,
-                                   phases["loading"], reused)
+                                   phases["loading"], reused, use)
         free_after = self._free_mib()
         grown = (max(b - a for b, a in zip(free_before, free_after))
                  if free_before and free_after else None)
         self.pool.record(key, grown, loaded=not reused)
         return result
 
-    def _load(self, cfg: ExperimentConfig, key: str) -> tuple[Backend, list[float] | None]:
-        """A new engine, and the free memory before it loaded. A load that runs out of memory
-        beside other engines is tried once more with the worker's GPUs to itself."""
+    def _load(
+        self, cfg: ExperimentConfig, key: str
+    ) -> tuple[Backend, list[float] | None, CacheUse]:
+        """A new engine, the free memory before it loaded, and what the compile cache gave
+        it. A load that runs out of memory beside other engines is tried once more with the
+        worker's GPUs to itself."""
         device = DeviceInfo(self.identity.device, len(self.identity.gpu_uuids))
         while True:
             free_before = self._free_mib()
             backend = backend_class(cfg.backend)(cfg, device)
+            use = self.artifacts.before(backend, cfg)
             try:
                 backend.load()
             except BaseException as exc:
@@ -223,11 +236,12 @@ class ExperimentWorker:
                 self.pool.release_all()
                 continue
             self.pool.add(key, backend)
-            return backend, free_before
+            return backend, free_before, use
 
     def _windows(
         self, backend: Backend, cfg: ExperimentConfig, prompts: list[str], sampler: Any,
         execution: ExecutionConfig, phases: dict[str, float], load_s: float, reused: bool,
+        use: CacheUse,
     ) -> RunResult:
         ray.get(sampler.begin.remote("warmup"))
         warmup = run_warmup(backend.generate, prompts, cfg.warmup, backend.warmup_batch_size)
@@ -262,6 +276,9 @@ class ExperimentWorker:
             engine_load_s=load_s,
             engine_reused=reused,
             engine_id=backend.engine_id,
+            compile_cache=use.status,
+            compile_cache_hash=use.sha256,
+            compile_cache_key=use.key,
             timing_method=backend.timing_method,
             warmup=warmup,
             warmup_window=warmup_window,

@@ -128,7 +128,8 @@ def render_html(report: Report, title: str, meta: list[str], plots: list[Plot]) 
 listed below and not in the statistics. Cycle CV: cycle-to-cycle coefficient of variation of
 J/output token (E) and throughput (T); groups above the limit are shaded and marked; "N engines":
 the cycles ran on N engines loaded apart, whose own differences (kernels tuned per compile) the
-CV includes.</p>
+CV includes; "N artifacts": they ran N different compiled kernels (compile_cache_hash), "1 artifact":
+one compile's kernels, loaded from the compile cache.</p>
 {energy_note}
 {summary_tables(report)}
 <h2>Failed and invalid runs</h2>

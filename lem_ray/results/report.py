@@ -95,6 +95,7 @@ SUMMARY = pa.schema(
         ("max_cycle_cv", F64),
         ("cycle_cv_above", BOOL),
         ("engines", I64),
+        ("artifacts", I64),
         ("energy_methods_disagree_runs", I64),
         ("host_shared_runs", I64),
         ("request_energy_attribution", STR),
@@ -209,15 +210,16 @@ def cycle_cv(values: Sequence[float | None]) -> float | None:
     return statistics.stdev(present) / mean if mean else None
 
 
-def engines_per_experiment(runs: list[dict[str, Any]]) -> int | None:
-    """The most loaded engines (engine_id) any one experiment's runs came from: 1 when each
-    experiment's cycles shared one engine, whatever else a pooled group mixes; None for rows
-    written before engine_id."""
-    engines: dict[str, set[str]] = {}
+def most_per_experiment(runs: list[dict[str, Any]], column: str) -> int | None:
+    """The most distinct values of `column` any one experiment's runs had: for engine_id, the
+    most engines loaded apart (1 when each experiment's cycles shared one engine, whatever
+    else a pooled group mixes); for compile_cache_hash, the most compiled artifacts. None for
+    rows written before the column, or engines that compiled nothing."""
+    seen: dict[str, set[str]] = {}
     for run in runs:
-        if run.get("engine_id"):
-            engines.setdefault(run["experiment_id"], set()).add(run["engine_id"])
-    return max(map(len, engines.values())) if engines else None
+        if run.get(column):
+            seen.setdefault(run["experiment_id"], set()).add(run[column])
+    return max(map(len, seen.values())) if seen else None
 
 
 def request_energy(
@@ -299,7 +301,8 @@ def build_report(
             row[f"{metric}_cycle_cv"] = spread
         row["max_cycle_cv"] = max_cycle_cv
         row["cycle_cv_above"] = any(v is not None and v > max_cycle_cv for v in spreads)
-        row["engines"] = engines_per_experiment(counted)
+        row["engines"] = most_per_experiment(counted, "engine_id")
+        row["artifacts"] = most_per_experiment(counted, "compile_cache_hash")
         row["energy_methods_disagree_runs"] = sum(
             "energy_methods_disagree" in (r.get("validity_flags") or []) for r in bucket)
         row["host_shared_runs"] = sum((r.get("host_shared_by_runs") or 0) > 0 for r in counted)
@@ -367,7 +370,9 @@ def shown_metrics(report: Report) -> list[str]:
 def cycle_cv_text(group: dict[str, Any]) -> str:
     """'E 1.2% · T 0.8%' (J/output token, throughput), with ' > 5%' when above the limit, and
     ' · 3 engines' when the cycles ran on engines loaded apart (their spread includes the
-    engines' own differences, such as kernels tuned per compile)."""
+    engines' own differences, such as kernels tuned per compile), and ' · 2 artifacts' when
+    they ran different compiled kernels (compile_cache_hash), or ', 1 artifact' when engines
+    loaded apart all ran one compile's kernels (from the compile cache)."""
     parts = []
     for metric, short in zip(CYCLE_CV_METRICS, ("E", "T")):
         value = group[f"{metric}_cycle_cv"]
@@ -375,5 +380,9 @@ def cycle_cv_text(group: dict[str, Any]) -> str:
     text = " · ".join(parts)
     if group["cycle_cv_above"]:
         text = f"{text} > {group['max_cycle_cv']:.0%}"
-    engines = group.get("engines")
-    return f"{text} · {engines} engines" if engines and engines > 1 else text
+    engines, artifacts = group.get("engines"), group.get("artifacts")
+    if engines and engines > 1:
+        text = f"{text} · {engines} engines"
+        if artifacts == 1:
+            return f"{text}, 1 artifact"
+    return f"{text} · {artifacts} artifacts" if artifacts and artifacts > 1 else text

@@ -6,6 +6,7 @@ import gc
 import time
 from typing import Any
 
+from lem_ray import __version__
 from lem_ray.assets import resolve_model
 from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
 from lem_ray.backends.pytorch.batching import make_batches
@@ -26,6 +27,16 @@ def _import_torch() -> tuple[Any, Any]:
             "install them with: pip install 'lem-ray[pytorch]'"
         ) from None
     return torch, transformers
+
+
+def fx_graph_cache_counts(torch: Any) -> dict[str, int]:
+    """Inductor's FX-graph cache lookups in this process so far: a compile served from cached
+    artifacts counts a hit, one that generated and tuned its own kernels a miss, a graph the
+    cache cannot hold a bypass (compiled every time)."""
+    from torch._dynamo.utils import counters
+
+    return {name: counters["inductor"][f"fxgraph_cache_{name}"]
+            for name in ("hit", "miss", "bypass")}
 
 
 def generation_kwargs(config: Any, pad_token_id: int, eos_token_id: Any) -> dict[str, Any]:
@@ -132,6 +143,7 @@ class PyTorchBackend(Backend[PyTorchConfig]):
             self._model = self._from_pretrained(transformers, model_path, common, options)
         self._model.eval()
         self._loop: DecodeLoop | None = None
+        self._fx_graph_cache = {"hit": 0, "miss": 0, "bypass": 0}
         if options.cache_implementation == "static" and options.torch_compile:
             self._loop = DecodeLoop(
                 torch, transformers, self._model, options.torch_compile, _sampling(cfg),
@@ -208,9 +220,12 @@ class PyTorchBackend(Backend[PyTorchConfig]):
         if self.options.compile_prefill:
             # A compiled prefill may specialise on a short prompt (length 1): meet it here.
             shapes.append(min(encoded, key=len))
+        before = fx_graph_cache_counts(self._torch)
         for size in sorted(sizes, reverse=True):
             for ids in shapes:
                 self._run_batch([ids] * size, {"max_new_tokens": 2}, 0)
+        for name, count in fx_graph_cache_counts(self._torch).items():
+            self._fx_graph_cache[name] += count - before[name]
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         tok = self._tokenizer
@@ -298,6 +313,35 @@ class PyTorchBackend(Backend[PyTorchConfig]):
             found["cuda_runtime"] = torch.version.cuda
         return found
 
+    def compiler_versions(self) -> dict[str, str] | None:
+        """The compiled loop compiles its step on CUDA, in prepare(). The other paths compile
+        nothing (eager), or compile inside the warmup (torch_compile over a dynamic cache),
+        which the cache does not hold."""
+        if not (self.options.compiled_loop and self.device.kind == "cuda"):
+            return None
+        torch, transformers = _import_torch()
+        found = {"torch": str(torch.__version__), "transformers": transformers.__version__,
+                 "cuda": str(torch.version.cuda), "lem_ray": __version__}
+        try:
+            import triton
+        except ImportError:
+            return found
+        return {**found, "triton": triton.__version__}
+
+    def use_compiled(self, artifact: bytes) -> None:
+        """Inductor's Mega-Cache: FX graphs, AOTAutograd entries and autotuning results go
+        into this process's caches, so the step compiles from them: the same kernels, with
+        the same tuned launch configurations, and no tuning."""
+        torch, _ = _import_torch()
+        torch.compiler.load_cache_artifacts(artifact)
+
+    def compiled_artifact(self) -> bytes | None:
+        """Everything this process has compiled so far (Inductor's Mega-Cache is per
+        process): a superset of this engine's kernels, keyed inside by content."""
+        torch, _ = _import_torch()
+        saved = torch.compiler.save_cache_artifacts()
+        return saved[0] if saved else None
+
     def details(self) -> dict[str, Any]:
         model = getattr(self, "_model", None)
         if model is None:
@@ -308,6 +352,7 @@ class PyTorchBackend(Backend[PyTorchConfig]):
         if self._loop is not None:
             found["cuda_graphs"] = self._loop.graphs
             found["inductor_tuning"] = self._loop.inductor_tuning
+            found["fx_graph_cache"] = dict(self._fx_graph_cache)
         return found
 
     def release(self) -> None:

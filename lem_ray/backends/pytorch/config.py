@@ -20,6 +20,8 @@ class PyTorchConfig(BackendOptions):
          "warmup"}
     )
     """The experiment's own fields that this backend applies per generate() call."""
+    COMPILED_RUNTIME_FIELDS: ClassVar[frozenset[str]] = RUNTIME_FIELDS
+    """Batching decides the batch shapes a compiled step is built for."""
 
     batch_size: int = Field(1, ge=1, le=MAX_PROMPTS, description="prompts per generate() call")
     batching_strategy: Literal["static", "sorted", "dynamic"] = Field(

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
+from lem_ray.backends.compile_dir import CompileDir, installed_versions
 from lem_ray.backends.traffic import SteadyWindow, arrival_offsets_s, steady_window
 from lem_ray.backends.vllm.arrivals import drive_arrivals
 from lem_ray.backends.vllm.config import VLLMConfig
@@ -65,6 +66,10 @@ class VLLMBackend(Backend[VLLMConfig]):
     def load(self) -> None:
         vllm = _import_vllm()
         self._engine_kwargs = engine_kwargs(self.config)
+        if self.compiler_versions() is not None:
+            compilation = self._engine_kwargs.get("compilation_config") or {}
+            self._engine_kwargs["compilation_config"] = {
+                **compilation, "cache_dir": self._compile_dir.path}
         self._llm = vllm.LLM(**self._engine_kwargs)
         self._tokenizer = self._llm.get_tokenizer()
         # SamplingParams' default top_k is the installed version's "off" value (-1 or 0).
@@ -185,6 +190,31 @@ class VLLMBackend(Backend[VLLMConfig]):
             self.config.gpus_per_experiment, os.environ.get("CUDA_VISIBLE_DEVICES")
         )
 
+    @property
+    def _compile_dir(self) -> CompileDir:
+        if not hasattr(self, "_own_compile_dir"):
+            self._own_compile_dir = CompileDir("lem-ray-vllm-compile-")
+        return self._own_compile_dir
+
+    def compiler_versions(self) -> dict[str, str] | None:
+        """vLLM compiles the model (torch.compile, Inductor) unless enforce_eager; a
+        compilation_config of the user's own (extra_engine_args) other than a dict, or naming
+        its own cache_dir, is left alone. CUDA graphs are captured at every start either way:
+        the cache holds the compiled code, not the graphs."""
+        compilation = self.options.extra_engine_args.get("compilation_config", {})
+        if self.options.enforce_eager or not isinstance(compilation, dict) or (
+            "cache_dir" in compilation
+        ):
+            return None
+        return installed_versions("vllm", "torch", "triton", "transformers")
+
+    def use_compiled(self, artifact: bytes) -> None:
+        """vLLM's compile cache directory as an earlier engine of the key left it."""
+        self._compile_dir.unpack(artifact)
+
+    def compiled_artifact(self) -> bytes | None:
+        return self._compile_dir.pack()
+
     def versions(self) -> dict[str, str]:
         import torch
 
@@ -214,6 +244,7 @@ class VLLMBackend(Backend[VLLMConfig]):
         0.8 to current) destroys the parallel groups, then gc-collects and empties the CUDA
         cache itself.
         """
+        self._compile_dir.remove()
         llm = getattr(self, "_llm", None)
         if llm is None:
             return
