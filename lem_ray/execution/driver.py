@@ -119,6 +119,7 @@ def run_block(
         owed = UNFINISHED + (("failed",) if retry_failed else ())
         pending = [r for r in plan.runs if runs[r.run_id]["state"] in owed]
         progress = Progress(total=len(pending))
+        unstored: list[dict[str, Any]] = []
         if pending:
             remove_stale_temp_files(out)
             attempts = {r.run_id: runs[r.run_id]["attempt"] for r in pending}
@@ -126,8 +127,10 @@ def run_block(
             refusals = probe_runtime_envs(
                 {b: runtime_envs[b] for b in needed}, plan.campaign.execution.runtime_env_timeout_s
             )
-            Dispatcher(plan, out, manifest, prompts, capacity(), progress, reporter,
-                       runtime_envs=runtime_envs, env_refusals=refusals).run(pending, attempts)
+            dispatcher = Dispatcher(plan, out, manifest, prompts, capacity(), progress, reporter,
+                                    runtime_envs=runtime_envs, env_refusals=refusals)
+            dispatcher.run(pending, attempts)
+            unstored = dispatcher.writer.failures()
         final = ray.get(manifest.snapshot.remote())["runs"]
         if not any(final[r.run_id]["state"] in UNFINISHED for r in plan.runs):
             close_manifest(plan.name, out)
@@ -137,6 +140,8 @@ def run_block(
         if started_ray:
             ray.shutdown()
     summary, failures = summarize(out)
+    named = {f["run_id"] for f in unstored}
+    failures = [f for f in failures if f["run_id"] not in named] + unstored
     counts = {
         "planned": len(plan.runs),
         "skipped_done": len(plan.runs) - len(pending),
