@@ -201,7 +201,8 @@ TABLE_ROWS = 50
 LABEL_PART_WIDTH = 14
 
 
-def _print(report: Report, console: Console, files: dict[str, str], lost: list[str]) -> None:
+def _print(report: Report, console: Console, files: dict[str, str],
+           lost: tuple[str, ...] | list[str] = ()) -> None:
     """Energy and performance as two tables, so that each fits a terminal's width."""
     shown = shown_metrics(report)
     groups_by = f"{len(report.groups)} groups by {', '.join(report.group_by)}"
