@@ -51,7 +51,10 @@ TARGETS = (
            ("tests/test_manifest.py", "tests/test_manifest_journal.py")),
     Target("lem_ray/execution/rows.py", ("_baseline", "_environment", "ok_rows"), ENERGY_TESTS),
     Target("lem_ray/execution/worker.py", ("ExperimentWorker.run", "_prefill"), ENERGY_TESTS),
-    Target("lem_ray/execution/dispatch.py", ("Dispatcher._finish", "Dispatcher._interrupt"), ("tests/test_dispatch.py",)),
+    Target("lem_ray/execution/dispatch.py", ("Dispatcher._finish", "Dispatcher._interrupt",
+                                              "Dispatcher._unstored", "Dispatcher._conclude"),
+           ("tests/test_dispatch.py",)),
+    Target("lem_ray/execution/writes.py", None, ("tests/test_dispatch.py",)),
 )
 
 # Tests whose outcome hangs on wall-clock time (sleeps measured back) fail now and then on a

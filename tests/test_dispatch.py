@@ -4,6 +4,7 @@ execution.max_attempts, an error or a timeout is not, and the manifest hears eve
 from __future__ import annotations
 
 import errno
+import threading
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any
@@ -156,16 +157,27 @@ def test_a_retry_whose_rows_cannot_be_stored_ends_failed(monkeypatch) -> None:
 
 
 def test_an_error_after_the_write_reaches_the_loop(monkeypatch) -> None:
-    """Recording the end is the manifest's write: if it fails, the campaign stops on it."""
+    """Recording the end is the manifest's write: if it fails, the campaign stops on it. A
+    write still in progress is neither handed over early nor forgotten; close waits for it."""
     d, seen = dispatcher(monkeypatch, 3)
+    gate = threading.Event()
 
     def broken(key: str, **fields: Any) -> None:
+        gate.wait(timeout=10)
         raise RuntimeError("the manifest could not be written")
 
     d.manifest = SimpleNamespace(update=SimpleNamespace(remote=broken))
     task = RunTask(RunAttempt("c", RunKey("e1", 1), 1), CONFIG, CONFIG.engine_key)
     d._finish(task, outcome("ok", task.ids))
+    d.writer.collect()
+    assert len(d.writer.futures) == 1, "still running: kept for later"
+    gate.set()
     with pytest.raises(RuntimeError, match="manifest could not be written"):
         d.writer.collect(wait=True)
+    assert seen["stored"] == [(1, "ok")] and d.writer.futures == []
+
+    gate.clear()
+    d._finish(task, outcome("ok", task.ids))
+    threading.Timer(0.2, gate.set).start()
     d.writer.close()
-    assert seen["stored"] == [(1, "ok")]
+    assert [f.done() for f in d.writer.futures] == [True]
