@@ -113,12 +113,14 @@ def test_ctrl_c_marks_running_runs_interrupted_and_stores_nothing(
     assert d.progress.running == 0
 
 
-def full_disk(monkeypatch: pytest.MonkeyPatch, statuses: set[str]) -> list:
+def full_disk(monkeypatch: pytest.MonkeyPatch, statuses: set[str], written: list | None = None) -> list:
     """store_rows that fails, as on a full disk, for rows of these statuses."""
     tried: list = []
 
     def store(results_dir: str, rows: RunRows) -> None:
         tried.append((rows.experiment["attempt"], rows.experiment["status"]))
+        if written is not None:
+            written.append(rows.experiment)
         if rows.experiment["status"] in statuses:
             raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -131,12 +133,18 @@ DISK_FULL = "could not store the run's rows: OSError: [Errno 28] No space left o
 
 def test_a_final_write_that_fails_fails_the_run_with_its_error(monkeypatch) -> None:
     d, seen = dispatcher(monkeypatch, 3)
-    tried = full_disk(monkeypatch, {"ok"})
+    written: list = []
+    tried = full_disk(monkeypatch, {"ok"}, written)
     task = RunTask(RunAttempt("c", RunKey("e1", 1), 1), CONFIG, CONFIG.engine_key)
-    d._finish(task, outcome("ok", task.ids))
+    started = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    ok = outcome("ok", task.ids)
+    d._finish(task, RunRows({**ok.experiment, "started_at": started, "energy_j": 5.0}))
     d.writer.collect(wait=True)
     d.writer.close()
     assert tried == [(1, "ok"), (1, "failed")], "the failed row is written in its place"
+    failed = written[1]
+    assert (failed["started_at"], failed["node_id"], failed["energy_j"]) == (started, "n", None), \
+        "when and where it ran are kept, nothing it measured"
     assert [(m["state"], m["error"]) for m in seen["manifest"]] == [("failed", DISK_FULL)]
     assert (d.progress.done, d.progress.failed) == (1, 1)
     assert d.writer.unstored == [] and d.writer.failures() == []

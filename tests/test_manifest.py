@@ -13,7 +13,13 @@ from lem_ray.errors import ConfigError
 from lem_ray.execution.manifest_actor import ManifestActor
 from lem_ray.records import RunKey
 from lem_ray.results.journal import ManifestCorrupt, ManifestStore, _records
-from lem_ray.results.manifest import UNFINISHED, load_manifest, new_entry, reconcile
+from lem_ray.results.manifest import (
+    UNFINISHED,
+    load_manifest,
+    new_entry,
+    reconcile,
+    reconciled,
+)
 from lem_ray.results.schema import empty_row
 from lem_ray.results.store import read_table, write_rows
 
@@ -135,6 +141,12 @@ def test_an_ok_run_without_its_ok_row_is_lost_and_one_that_has_it_again_is_ok(
                            "experiments table"},
         "e4-c1": {"state": "ok", "error": None},
     }, "e1 keeps its row; e5's rerun (attempt 2) is not undone by attempt 1's ok row"
+    commit(out, "e6", 1, 1, "ok")
+    shown = reconciled({"campaign_name": "m", "runs": runs}, read_table(out, "experiments"))
+    assert {k: e["state"] for k, e in shown.items()} == {
+        "e1-c1": "ok", "e2-c1": "lost", "e3-c1": "lost", "e4-c1": "ok", "e5-c1": "running",
+        "e6-c1": "ok"}, "what status shows"
+    assert runs["e2-c1"]["state"] == "ok", "reconciled changes nothing"
 
 
 def test_lost_runs_are_recorded_by_the_actor_replayed_and_owed_an_attempt(tmp_path: Path) -> None:
