@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -215,3 +216,19 @@ def test_power_samples_only_of_attempts_that_ended_ok(tmp_path: Path) -> None:
                    [{**empty_row("experiments"), **ids, "status": status}])
     runs = [{"run_id": "e1-c1", "attempt": a, "status": s} for a, s in ((1, "ok"), (2, "failed"))]
     assert list(_power_samples(str(tmp_path), runs)) == [("e1-c1", 1)]
+
+
+def test_a_file_is_on_disk_before_it_is_committed_and_after(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows' bytes are fsynced under the temp name, and the folder after the rename: once
+    write_rows returns (and the manifest may say ok), a power cut keeps the file."""
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                 real(fd))[1])
+    path = write_rows(tmp_path, "experiments", "e1-c1-a1",
+                      [{**empty_row("experiments"), "run_id": "e1-c1", "status": "ok"}])
+    folder = os.path.realpath(tmp_path / "experiments")
+    assert len(synced) == 2 and Path(synced[0]).parent == Path(folder)
+    assert Path(synced[0]).name.startswith(".e1-c1-a1.parquet.") and synced[1] == folder
+    assert os.path.realpath(path) == f"{folder}/e1-c1-a1.parquet"
