@@ -30,7 +30,8 @@ class ManifestActor:
         self.store = ManifestStore(results_dir)
         self.store.set_campaign(campaign_name)
         self._reconcile()
-        self.reconciled = True
+        self.fresh = True
+        """Reconciled just now: the first register need not read the rows again."""
 
     def _reconcile(self) -> None:
         """Bring the manifest in line with the readable rows (manifest.reconcile)."""
@@ -42,9 +43,9 @@ class ManifestActor:
     def register(self, runs: list[tuple[str, int]]) -> dict[str, dict[str, Any]]:
         """Add the plan's runs not yet known (a changed grid adds, never removes). An actor a
         previous driver left alive reconciles again: rows may have gone since it started."""
-        if not self.reconciled:
+        if not self.fresh:
             self._reconcile()
-        self.reconciled = False
+        self.fresh = False
         self.store.add_runs({RunKey(e, c).run_id: new_entry(e, c) for e, c in runs})
         return self.store.view()["runs"]
 
