@@ -44,6 +44,7 @@ from lem_ray.results.compact import compact
 from lem_ray.results.journal import ManifestStore
 from lem_ray.records import RunKey
 from lem_ray.results.manifest import load_manifest, new_entry
+from lem_ray.results.schema import TABLES
 from lem_ray.results.store import write_rows
 
 REQUESTS_PER_RUN = 8
@@ -57,6 +58,12 @@ def key_of(i: int) -> RunKey:
     return RunKey(f"{i // CYCLES:012x}", i % CYCLES + 1)
 
 
+def full_row(table: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Every column of the table, null where the bench sets nothing: the writer refuses rows
+    with missing columns, and a column added to the schema must not break the bench."""
+    return {**dict.fromkeys(TABLES[table].names), **values}
+
+
 def synthetic_run(i: int) -> tuple[str, dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     key = key_of(i)
     batch_size = 1 + (i // CYCLES) % 8
@@ -66,7 +73,7 @@ def synthetic_run(i: int) -> tuple[str, dict[str, Any], list[dict[str, Any]], li
               "pytorch": {"batch_size": batch_size}, "seed": i // CYCLES}
     jitter = 1 + 0.01 * ((i * 7919) % 11 - 5)
     throughput = 1000.0 * batch_size ** 0.5 * jitter
-    experiment = {
+    experiment = full_row("experiments", {
         **ids, "status": "ok", "backend": "pytorch", "model_name": "builtin:tiny-llama",
         "fp_precision": "bfloat16", "batch_size": batch_size, "gpus_per_experiment": 1,
         "device": "cuda", "gpu_uuids": ["GPU-synthetic"], "num_requests": REQUESTS_PER_RUN,
@@ -77,10 +84,12 @@ def synthetic_run(i: int) -> tuple[str, dict[str, Any], list[dict[str, Any]], li
         "energy_j_per_output_token": 0.4 / throughput * 1000,
         "energy_adjusted_j_per_output_token": 0.3 / throughput * 1000,
         "config_json": json.dumps(config, sort_keys=True),
-    }
-    requests = [{**ids, "request_index": r, "output_tokens": 128, "ttft_ms": 20.0, "e2e_ms": 900.0}
+    })
+    requests = [full_row("requests", {**ids, "request_index": r, "output_tokens": 128,
+                                      "ttft_ms": 20.0, "e2e_ms": 900.0})
                 for r in range(REQUESTS_PER_RUN)]
-    samples = [{**ids, "gpu_uuid": "GPU-synthetic", "power_w": 400.0} for _ in range(SAMPLES_PER_RUN)]
+    samples = [full_row("timeseries", {**ids, "gpu_uuid": "GPU-synthetic", "power_w": 400.0})
+               for _ in range(SAMPLES_PER_RUN)]
     return key.stem(1), experiment, requests, samples
 
 

@@ -174,7 +174,7 @@ def test_experiment_switching_prompts_source_is_replaced(tmp_path: Path) -> None
     [
         ("latin1.csv", "prompt\ncaf\xe9\n".encode("latin-1"), None, "latin1.csv is not UTF-8 text (byte 0xe9 at offset 10)"),
         ("short.jsonl", b'{"prompt": "a"}\n{"prompt": "b"}\n', 5, "prompts.count: short.jsonl has 2 non-empty prompts, fewer than prompts.count (5)"),
-        ("numbers.csv", b"prompt\n1\n2\n", None, "column 'prompt' of numbers.csv holds int64, not text"),
+        ("numbers.csv", b"prompt\n1\n2\n", None, "column 'prompt' of numbers.csv holds only numbers, not text"),
         ("broken.jsonl", b'{"prompt": "a"\n', None, "prompts.path: cannot read"),
     ],
 )

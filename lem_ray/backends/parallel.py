@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from lem_ray.config.base import BackendOptions
+from lem_ray.config.limits import MAX_GPUS
 
 
 class ModelParallelOptions(BackendOptions):
@@ -14,8 +15,8 @@ class ModelParallelOptions(BackendOptions):
     experiment's gpus_per_experiment: the engine spreads itself over exactly the GPUs its
     worker holds."""
 
-    tensor_parallel_size: int = Field(1, ge=1)
-    pipeline_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1, le=MAX_GPUS)
+    pipeline_parallel_size: int = Field(1, ge=1, le=MAX_GPUS)
 
     @property
     def parallel_gpus(self) -> int:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lem_ray.config.base import StrictModel, invalid_combination
+from lem_ray.config.base import Seed, StrictModel, invalid_combination
 
 TrafficMode = Literal["offline", "constant", "poisson"]
 
@@ -24,7 +24,7 @@ class TrafficConfig(StrictModel):
         "offline", description="offline: all prompts at once; constant / poisson: at rate_rps"
     )
     rate_rps: float | None = Field(None, gt=0, description="mean requests per second")
-    seed: int = Field(0, description="seeds the poisson gaps; the same seed, the same arrivals")
+    seed: Seed = Field(0, description="seeds the poisson gaps; the same seed, the same arrivals")
     steady_after_responses: int = Field(
         16, ge=1,
         description="the steady window opens once max_num_seqs requests are in flight or "

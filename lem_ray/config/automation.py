@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from datetime import time as clock_time
 from typing import Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from lem_ray.config.base import StrictModel
+from lem_ray.config.limits import MAX_SCHEDULE_S, MAX_WEBHOOK_TIMEOUT_S
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -28,7 +30,27 @@ def parse_duration_s(text: str | float | int) -> float:
         seconds = sum(float(n) * _UNITS_S[u] for n, u in parts)
     if seconds <= 0:
         raise ValueError(f"a duration must be positive (got {text!r})")
+    if seconds > MAX_SCHEDULE_S:
+        raise ValueError(f"a duration may be at most {MAX_SCHEDULE_S / 86400:g}d")
     return seconds
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why `url` is no webhook (None if it is one): only http(s) to a host. Never names the URL,
+    which carries the webhook's secret; a `file://` URL was once "delivered" to a file."""
+    if any(ord(c) < 33 or 127 <= ord(c) <= 159 for c in url):
+        return "is not a URL: it contains a space or a control character"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError:
+        return "is not a URL (a bad host or port)"
+    if parts.scheme.lower() not in ("http", "https"):
+        shown = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        return f"must be an http:// or https:// URL (it has {shown})"
+    if not parts.hostname:
+        return "is not a URL: it has no host"
+    return None
 
 
 class NotifyConfig(StrictModel):
@@ -36,9 +58,20 @@ class NotifyConfig(StrictModel):
     carry their token): it is never stored with the results nor printed."""
 
     webhook_url: SecretStr | None = None
-    webhook_url_env: str | None = Field(None, description="name of the env var holding the URL")
+    webhook_url_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="name of the env var holding the URL (checked when it is sent)",
+    )
     on: list[Literal["complete", "failure"]] = Field(default_factory=lambda: ["complete", "failure"])
-    timeout_s: float = Field(10, gt=0)
+    timeout_s: float = Field(10, gt=0, le=MAX_WEBHOOK_TIMEOUT_S)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: SecretStr | None) -> SecretStr | None:
+        problem = None if url is None else webhook_url_problem(url.get_secret_value())
+        if problem:
+            raise ValueError(f"the webhook URL {problem}")
+        return url
 
     @model_validator(mode="after")
     def _one_source(self) -> "NotifyConfig":

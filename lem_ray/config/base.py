@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+import re
 from abc import abstractmethod
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic_core import PydanticCustomError
+
+from lem_ray.config.limits import MAX_SEED
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def no_control_characters(text: str) -> str:
+    """A NUL, a newline or another control character in a path or a name is a mistake (or a
+    trick): the system refuses a NUL deep inside a reader, and the others hide in error lines."""
+    found = _CONTROL.search(text)
+    if found:
+        raise ValueError(f"contains the control character {found.group()!r} at position "
+                         f"{found.start()}")
+    return text
+
+
+PathText = Annotated[str, AfterValidator(no_control_characters)]
+"""A path, URI or name the system will be handed: no control characters."""
+
+
+def _seed_in_range(seed: int) -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"a seed must be from 0 to {MAX_SEED} (2**32 - 1: numpy's range, "
+                         "which the backends seed)")
+    return seed
+
+
+Seed = Annotated[int, AfterValidator(_seed_in_range)]
+"""Refused when the campaign is read, not when a backend seeds numpy with it mid-campaign."""
 
 
 class StrictModel(BaseModel):

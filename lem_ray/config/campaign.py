@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lem_ray.config.automation import NotifyConfig, ScheduleConfig
-from lem_ray.config.base import StrictModel
+from lem_ray.config.base import PathText, Seed, StrictModel, no_control_characters
 from lem_ray.config.experiment import BackendName
 from lem_ray.config.limits import MAX_WAIT_S
 from lem_ray.config.runtime_env import RuntimeEnvSpec
@@ -34,7 +34,9 @@ class BaselineConfig(StrictModel):
 
     enabled: bool = True
     duration_s: float = Field(20, gt=0, le=MAX_WAIT_S)
-    ttl_s: float = Field(3600, ge=0, description="a cached baseline older than this is remeasured")
+    ttl_s: float = Field(
+        3600, ge=0, le=MAX_WAIT_S, description="a cached baseline older than this is remeasured"
+    )
 
 
 class CooldownConfig(StrictModel):
@@ -67,7 +69,7 @@ class ValidityConfig(StrictModel):
 class ExecutionConfig(StrictModel):
     cycles: int = Field(3, ge=1, description="each experiment is run this many times")
     structure: Literal["interleaved", "shuffled", "grouped"] = "interleaved"
-    seed: int = 0
+    seed: Seed = Field(0, description="orders the runs (shuffled)")
     config_gap_s: float = Field(
         0, ge=0, le=MAX_WAIT_S, description="pause between runs on the same GPUs"
     )
@@ -91,8 +93,8 @@ class ExecutionConfig(StrictModel):
         "one, and engines that reserve most of GPU memory (vllm, tensorrt) are kept alone",
     )
     runtime_env_timeout_s: float = Field(
-        600, gt=0, description="how long a backend's runtime_env may take to come up (image "
-        "pull, package install) before its runs fail up front",
+        600, gt=0, le=MAX_WAIT_S, description="how long a backend's runtime_env may take to "
+        "come up (image pull, package install) before its runs fail up front",
     )
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
@@ -102,7 +104,7 @@ class ExecutionConfig(StrictModel):
 
 
 class OutputConfig(StrictModel):
-    results_dir: str | None = Field(None, description="default: results/<campaign_name>")
+    results_dir: PathText | None = Field(None, description="default: results/<campaign_name>")
 
 
 class CampaignConfig(StrictModel):
@@ -119,3 +121,14 @@ class CampaignConfig(StrictModel):
     )
     notify: NotifyConfig | None = None
     schedule: ScheduleConfig | None = None
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _env_files(cls, envs: dict[str, str | RuntimeEnvSpec]) -> dict[str, str | RuntimeEnvSpec]:
+        for backend, given in envs.items():
+            if isinstance(given, str):
+                try:
+                    no_control_characters(given)
+                except ValueError as exc:
+                    raise ValueError(f"{backend}: {exc}") from None
+        return envs

@@ -10,7 +10,8 @@ from pydantic import Field, create_model, field_validator, model_validator
 
 from lem_ray.assets import BUILTIN_PREFIX, builtin_models
 from lem_ray.backends.registry import BACKEND_NAMES, options_class
-from lem_ray.config.base import BackendOptions, StrictModel, invalid_combination
+from lem_ray.config.base import BackendOptions, PathText, Seed, StrictModel, invalid_combination
+from lem_ray.config.limits import MAX_GPUS, MAX_PROMPTS, MAX_TOKENS, MAX_WAIT_S
 from lem_ray.config.prompts import PromptsConfig, SyntheticPrompts
 
 BackendName = Literal[BACKEND_NAMES]  # type: ignore[valid-type]
@@ -50,34 +51,40 @@ class WarmupConfig(StrictModel):
         "cv", description="fixed: about `requests` requests; cv: until step latencies settle"
     )
     requests: int = Field(
-        4, ge=0, description="fixed mode: requests to send, rounded up to whole steps"
+        4, ge=0, le=MAX_PROMPTS,
+        description="fixed mode: requests to send, rounded up to whole steps"
     )
     window: int = Field(
-        3, ge=2, description="cv mode: last steps the CV is taken over (the first step never)"
+        3, ge=2, le=10_000,
+        description="cv mode: last steps the CV is taken over (the first step never)",
     )
     cv_threshold: float = Field(0.05, gt=0)
-    max_steps: int = Field(30, ge=2, description="cv mode: give up (unsettled) after this many steps")
-    max_s: float = Field(60, gt=0, description="cv mode: give up (unsettled) after this long")
+    max_steps: int = Field(
+        30, ge=2, le=10_000, description="cv mode: give up (unsettled) after this many steps"
+    )
+    max_s: float = Field(
+        60, gt=0, le=MAX_WAIT_S, description="cv mode: give up (unsettled) after this long"
+    )
 
 
 class _ExperimentFields(StrictModel):
     """Everything but the backend sections, which ExperimentConfig adds from the registry."""
 
-    model_name: str = Field(..., min_length=1, description="hub id or local path")
+    model_name: PathText = Field(..., min_length=1, description="hub id or local path")
     load_format: Literal["auto", "dummy"] = Field(
         "auto", description="dummy: build from the model's config with random weights"
     )
-    tokenizer: str | None = Field(None, description="defaults to model_name")
+    tokenizer: PathText | None = Field(None, description="defaults to model_name")
     backend: BackendName
     fp_precision: Literal["float32", "float16", "bfloat16"] = "bfloat16"
-    max_input_tokens: int = Field(512, ge=1)
-    max_output_tokens: int = Field(128, ge=1)
-    min_output_tokens: int = Field(0, ge=0)
+    max_input_tokens: int = Field(512, ge=1, le=MAX_TOKENS)
+    max_output_tokens: int = Field(128, ge=1, le=MAX_TOKENS)
+    min_output_tokens: int = Field(0, ge=0, le=MAX_TOKENS)
     prompts: PromptsConfig = Field(
         default_factory=lambda: SyntheticPrompts(source="synthetic", count=64)
     )
-    random_seed: int = 42
-    gpus_per_experiment: int = Field(1, ge=1)
+    random_seed: Seed = 42
+    gpus_per_experiment: int = Field(1, ge=1, le=MAX_GPUS)
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
 

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from lem_ray.config.base import no_control_characters
 from lem_ray.errors import ConfigError
 
 EXTENDS_KEY = "_extends"
@@ -49,6 +50,11 @@ def read_extended(path: Path, read: Callable[[Path], Any]) -> Any:
         if not isinstance(parent, str) or not parent.strip():
             raise ConfigError(f"must be a path to a campaign file (got {parent!r})",
                               path=EXTENDS_KEY, file=str(current))
+        try:
+            no_control_characters(parent)
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (got {parent[:200]!r})", path=EXTENDS_KEY,
+                              file=str(current)) from None
         base = load(resolved.parent / Path(parent).expanduser())
         if not isinstance(base, dict):
             kind = "empty" if base is None else type(base).__name__

@@ -16,3 +16,15 @@ MAX_INPUT_WORDS = 1_048_576
 """Words in one synthetic prompt: more than any model's context window."""
 MAX_WAIT_S = 7 * 86_400.0
 """Any pause or timeout: a week."""
+MAX_SEED = 2**32 - 1
+"""Seeds (random_seed, execution.seed, prompts.seed, traffic.seed), from 0: numpy's seeding range,
+which vLLM and TensorRT-LLM seed numpy with; torch.manual_seed takes more, numpy no more."""
+MAX_GPUS = 4096
+"""GPUs one experiment's engine spans (gpus_per_experiment, tensor x pipeline parallel sizes)."""
+MAX_TOKENS = 1 << 24
+"""Input or output tokens of one request: above any model's context window."""
+MAX_SCHEDULE_S = 366 * 86_400.0
+"""A schedule's `every` and `for`: a year. More is a mistyped unit (`99999999999d` passed the
+checks, then overflowed the date arithmetic)."""
+MAX_WEBHOOK_TIMEOUT_S = 300.0
+"""A webhook that has not answered in five minutes will not; the campaign's result waits on it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from lem_ray.config.campaign import CampaignConfig
 from lem_ray.config.extends import read_extended
@@ -58,6 +58,15 @@ def _display_loc(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...
     return tuple(shown)
 
 
+def _is_secret(model: type[BaseModel], loc: tuple[Any, ...]) -> bool:
+    """The value at `loc` is a secret (a webhook URL): an error line must not print it."""
+    owner = _model_at(model, loc) if loc and isinstance(loc[-1], str) else None
+    field = owner.model_fields.get(loc[-1]) if owner else None
+    if field is None:
+        return False
+    return SecretStr in (field.annotation, *getattr(field.annotation, "__args__", ()))
+
+
 def _short(value: Any, limit: int = 60) -> str:
     """A value as the user wrote it, cut short: an error line must stay one readable line."""
     text = repr(value)
@@ -77,7 +86,8 @@ def error_from_validation(
         allowed = ", ".join(owner.model_fields) if owner else "?"
         return ConfigError(f"unknown key {loc[-1]!r}; allowed keys: {allowed}", path=path)
     value = err.get("input")
-    got = "" if err["type"] == "missing" or isinstance(value, dict) else f" (got {_short(value)})"
+    hidden = err["type"] == "missing" or isinstance(value, dict) or _is_secret(model, loc)
+    got = "" if hidden else f" (got {_short(value)})"
     message = err["msg"].removeprefix("Value error, ")
     return ConfigError(f"{message}{got}", path=path)
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from lem_ray.config.base import StrictModel, invalid_combination
+from lem_ray.config.base import PathText, Seed, StrictModel, invalid_combination
 from lem_ray.config.limits import MAX_INPUT_WORDS, MAX_PROMPTS
 
 
@@ -30,12 +30,12 @@ class SyntheticPrompts(StrictModel):
     source: Literal["synthetic"]
     count: int = Field(..., ge=1, le=MAX_PROMPTS)
     input_len: LengthDistribution = Field(default_factory=LengthDistribution)
-    seed: int | None = Field(None, description="defaults to the experiment's random_seed")
+    seed: Seed | None = Field(None, description="defaults to the experiment's random_seed")
 
 
 class FilePrompts(StrictModel):
     source: Literal["file"]
-    path: str = Field(..., description="JSONL, CSV or Parquet; relative to the campaign file")
+    path: PathText = Field(..., description="JSONL, CSV or Parquet; relative to the campaign file")
     column: str = "prompt"
     count: int | None = Field(
         None, ge=1, le=MAX_PROMPTS, description="first N prompts (default: all, at most the limit)"

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from lem_ray.config.base import StrictModel
+from lem_ray.config.base import PathText, StrictModel
 
 RuntimeEnvKind = Literal["none", "image_uri", "py_executable", "pip", "uv"]
 _FIELD_OF_KIND = {"image_uri": "image_uri", "py_executable": "py_executable",
@@ -25,8 +25,8 @@ class RuntimeEnvSpec(StrictModel):
         "Python as on the cluster); py_executable: a prebuilt interpreter on every node; "
         "pip / uv: packages Ray installs into a fresh environment on each node",
     )
-    image_uri: str | None = Field(None, min_length=1, description="kind image_uri")
-    py_executable: str | None = Field(None, min_length=1, description="kind py_executable")
+    image_uri: PathText | None = Field(None, min_length=1, description="kind image_uri")
+    py_executable: PathText | None = Field(None, min_length=1, description="kind py_executable")
     packages: list[str] | None = Field(None, min_length=1, description="kind pip or uv")
     env_vars: dict[str, str] = Field(default_factory=dict, description="set in the worker")
 

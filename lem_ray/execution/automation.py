@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
-from lem_ray.config.automation import NotifyConfig
+from lem_ray.config.automation import NotifyConfig, webhook_url_problem
 from lem_ray.errors import ConfigError
 from lem_ray.execution.dispatch import CampaignInterrupted
 from lem_ray.planning.plan import CampaignPlan
@@ -47,6 +48,17 @@ def webhook_url(notify: NotifyConfig) -> str:
     return url
 
 
+def _http_only() -> urllib.request.OpenerDirector:
+    """urlopen's handlers less file://, ftp:// and data:, which a redirect could still reach."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(),
+                    urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(),
+                    urllib.request.HTTPRedirectHandler(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
 def _jsonable(value: Any) -> Any:
     return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
 
@@ -54,28 +66,40 @@ def _jsonable(value: Any) -> Any:
 def send_notification(notify: NotifyConfig, event: str, payload: dict[str, Any]) -> bool:
     """POST {"event": ..., **payload} as JSON if `event` is one the campaign asked for.
 
-    A webhook that cannot be reached costs a warning, never the campaign's results; the
-    warning names the error, not the URL (it carries the webhook's secret).
+    A webhook that cannot be reached, or an environment variable that holds no http(s) URL,
+    costs a warning, never the campaign's results; the warning names the error, not the URL
+    (it carries the webhook's secret).
     """
     if event not in notify.on:
         return False
-    body = json.dumps({"event": event, **payload}, default=str).encode()
-    request = urllib.request.Request(webhook_url(notify), data=body, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "User-Agent": "lem-ray"})
-    try:
-        with urllib.request.urlopen(request, timeout=notify.timeout_s) as response:
-            response.read()
+    url = webhook_url(notify)
+    problem = webhook_url_problem(url)
+    reason = (_post(url, {"event": event, **payload}, notify.timeout_s) if problem is None
+              else f"the URL in {notify.webhook_url_env or 'webhook_url'} {problem}")
+    if reason is None:
         return True
-    except urllib.error.HTTPError as exc:
-        reason = f"HTTP {exc.code} {exc.reason}"
-    except urllib.error.URLError as exc:
-        reason = f"{type(exc.reason).__name__}: {exc.reason}" if not isinstance(
-            exc.reason, str) else exc.reason
-    except OSError as exc:
-        reason = f"{type(exc).__name__}: {exc.strerror or exc}"
     log.warning("lem-ray: warning: the %s notification was not delivered (%s)", event, reason)
     return False
+
+
+def _post(url: str, payload: dict[str, Any], timeout_s: float) -> str | None:
+    """POST the payload as JSON; None when delivered, else why not (without the URL)."""
+    body = json.dumps(payload, default=str).encode()
+    try:
+        request = urllib.request.Request(url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "User-Agent": "lem-ray"})
+        with _http_only().open(request, timeout=timeout_s) as response:
+            response.read()
+        return None
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code} {exc.reason}"
+    except urllib.error.URLError as exc:
+        return exc.reason if isinstance(exc.reason, str) else (
+            f"{type(exc.reason).__name__}: {exc.reason}")
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    except (ValueError, http.client.HTTPException) as exc:
+        return type(exc).__name__  # their text may quote the URL
 
 
 def notified(plan: CampaignPlan, run: Callable[[], Any]) -> Any:

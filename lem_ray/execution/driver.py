@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +24,8 @@ from lem_ray.results.manifest import UNFINISHED
 from lem_ray.results.ownership import Owner, claim, grid_fingerprint
 from lem_ray.results.store import exists, remove_stale_temp_files, resolve
 from lem_ray.results.summary import summarize
+
+log = logging.getLogger("lem_ray")
 
 
 @dataclass
@@ -48,11 +51,17 @@ def move_aside(results_dir: str | Path) -> str | None:
 
 
 def _compact_quietly(results_dir: str) -> None:
-    """Fold the campaign's small files; a compaction someone started meanwhile does it."""
+    """Fold the campaign's small files; a compaction someone started meanwhile does it. The
+    runs' rows are committed before this, so a compaction that fails is a warning, never the
+    campaign's failure."""
     try:
         compact(results_dir)
     except CompactionBusy:
         pass
+    except Exception as exc:  # housekeeping after the runs, whatever broke it
+        log.warning("lem-ray: warning: the closing compaction failed (%s); the results are "
+                    "complete, `lem-ray compact %s` tries again", " ".join(str(exc).split())
+                    or type(exc).__name__, results_dir)
 
 
 def run_campaign(

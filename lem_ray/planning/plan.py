@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lem_ray.backends.registry import engine_args
+from lem_ray.config.base import no_control_characters
 from lem_ray.config.campaign import CampaignConfig
 from lem_ray.config.limits import MAX_RUNS
 from lem_ray.config.loading import error_from_validation, load_campaign, parse_campaign, read_yaml
@@ -17,6 +18,7 @@ from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.errors import ConfigError
 from lem_ray.planning.expand import PlannedExperiment, Rejection, expand
 from lem_ray.planning.order import order_runs
+from lem_ray.planning.positions import check_positions
 from lem_ray.planning.prompts import load_prompts
 from lem_ray.records import RunKey
 
@@ -47,6 +49,12 @@ class CampaignPlan:
     def results_dir(self, override: str | Path | None = None) -> Path | str:
         """Relative to the working directory, like any command-line output path; a URI
         (s3://...) is kept as text, which Path would turn into s3:/..."""
+        if override is not None:
+            try:
+                no_control_characters(str(override))
+            except ValueError as exc:
+                raise ConfigError(f"{exc} (got {str(override)[:200]!r})",
+                                  path="--results-dir") from None
         chosen = str(override or self.campaign.output.results_dir or f"results/{self.name}")
         return chosen if "://" in chosen else Path(chosen).expanduser()
 
@@ -136,6 +144,7 @@ def plan_campaign(
         base_dir = Path.cwd()
     try:
         expansion = expand(campaign)
+        check_positions(expansion.experiments)
     except ConfigError as exc:
         raise exc.with_file(str(source)) if isinstance(source, (str, Path)) else exc from None
     execution = campaign.execution

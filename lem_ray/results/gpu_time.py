@@ -10,13 +10,14 @@ and runs that failed. The ledger is saved to `gpu_time/<session>.json` as runs f
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
-from lem_ray.results.store import atomic_write, resolve
+from lem_ray.results.store import atomic_write, resolve, warn_skipped
 
 FOLDER = "gpu_time"
 RUN_PHASES = ("measuring", "warmup", "loading", "baseline", "cooldown")
@@ -69,23 +70,45 @@ def save_ledger(results_dir: str | Path, snapshot: dict[str, Any]) -> None:
     atomic_write(results_dir, FOLDER, f"{snapshot['session']}.json", write)
 
 
+def _session_problem(session: Any) -> str | None:
+    """Why a session file cannot be added up (None when it can)."""
+    if not isinstance(session, dict) or not isinstance(session.get("gpu_seconds"), dict):
+        return "not a GPU-time session (no gpu_seconds)"
+    numbers = {**{f"gpu_seconds.{p}": session["gpu_seconds"].get(p) for p in PHASES},
+               **{k: session.get(k) for k in ("total_gpu_s", "started_s", "updated_s")}}
+    for key, value in numbers.items():
+        finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+            value)
+        if not finite:
+            return f"{key} is {value!r}, not a number"
+    return None
+
+
 def gpu_seconds(results_dir: str | Path) -> dict[str, Any] | None:
     """All sessions added up: {gpu_seconds: {phase: s}, total_gpu_s, wall_s, sessions};
-    None when no session was recorded (a campaign from before this was kept)."""
+    None when no session was recorded (a campaign from before this was kept).
+
+    A damaged session file (truncated, hand-edited) is left out with a warning: it must
+    not break `status` nor the end of a campaign whose runs all went well."""
     fs, base = resolve(results_dir)
     folder = f"{base}/{FOLDER}"
-    if fs.get_file_info(folder).type == pafs.FileType.NotFound:
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
         return None
     sessions = []
     for info in fs.get_file_info(pafs.FileSelector(folder)):
-        if info.base_name.endswith(".json") and not info.base_name.startswith("."):
-            try:
-                with fs.open_input_stream(info.path) as stream:
-                    session = json.loads(stream.read().decode())
-                if all(isinstance(session["gpu_seconds"][p], (int, float)) for p in PHASES):
-                    sessions.append(session)
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # a damaged session file: the others still count
+        if not info.base_name.endswith(".json") or info.base_name.startswith("."):
+            continue
+        try:
+            with fs.open_input_stream(info.path) as stream:
+                session = json.loads(stream.read().decode())
+        except (OSError, ValueError) as exc:
+            warn_skipped(info.path, f"not a readable GPU-time session ({type(exc).__name__})")
+            continue
+        problem = _session_problem(session)
+        if problem:
+            warn_skipped(info.path, problem)
+            continue
+        sessions.append(session)
     if not sessions:
         return None
     return {

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from lem_ray.config.base import BackendOptions, invalid_combination
+from lem_ray.config.limits import MAX_PROMPTS
 
 
 class PyTorchConfig(BackendOptions):
@@ -20,7 +21,7 @@ class PyTorchConfig(BackendOptions):
     )
     """The experiment's own fields that this backend applies per generate() call."""
 
-    batch_size: int = Field(1, ge=1, description="prompts per generate() call")
+    batch_size: int = Field(1, ge=1, le=MAX_PROMPTS, description="prompts per generate() call")
     batching_strategy: Literal["static", "sorted", "dynamic"] = Field(
         "static",
         description="static: prompts in file order; sorted: by length to cut padding; "

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from lem_ray.backends.traffic import TrafficConfig
 from lem_ray.backends.parallel import ModelParallelOptions
 from lem_ray.config.base import invalid_combination
+from lem_ray.config.limits import MAX_PROMPTS
 
 # ModelOpt calibrates activation scales for these on a dataset; weight-only ones need none.
 CALIBRATED_QUANTIZATIONS = frozenset({"fp8", "int8_sq", "int4_awq", "w4a8_awq", "nvfp4"})
@@ -35,7 +36,7 @@ class TensorRTConfig(ModelParallelOptions):
         None, description="where built engines are kept, one per model and build settings"
     )
     force_rebuild: bool = Field(False, description="build even when the cache holds the engine")
-    max_batch_size: int = Field(8, ge=1)
+    max_batch_size: int = Field(8, ge=1, le=MAX_PROMPTS)
     max_input_len: int | None = Field(None, ge=1, description="defaults to max_input_tokens")
     max_seq_len: int | None = Field(
         None, ge=1, description="prompt + output; defaults to max_input_len + max_output_tokens"

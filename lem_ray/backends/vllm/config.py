@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from lem_ray.backends.traffic import TrafficConfig
 from lem_ray.backends.parallel import ModelParallelOptions
 from lem_ray.config.base import StrictModel, invalid_combination
+from lem_ray.config.limits import MAX_PROMPTS
 
 # vLLM 0.26.0's CUDA attention backends (FlashAttention, Triton, FlexAttention) take KV-cache
 # blocks in multiples of 16 tokens (their get_supported_kernel_block_sizes: MultipleOf(16),
@@ -40,7 +41,7 @@ class VLLMConfig(ModelParallelOptions):
     )
     """Per-request SamplingParams; max_input/output_tokens size max_model_len, so they are not."""
 
-    max_num_seqs: int = Field(256, ge=1)
+    max_num_seqs: int = Field(256, ge=1, le=MAX_PROMPTS)
     max_num_batched_tokens: int | None = Field(None, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     enable_prefix_caching: bool = Field(
