@@ -158,7 +158,6 @@ def lost_then_rerun(out: Path, data: dict[str, Any], lost: list[str],
         "status and report change nothing"
 
     monkeypatch.undo()
-    monkeypatch.setattr(driver, "_compact_quietly", lambda results_dir: None)
     rerun = run_campaign(data, results_dir=out)
     planned = len(run_ids(data))
     assert {k: rerun.counts[k] for k in ("ran", "ok", "skipped_done")} == {
@@ -185,6 +184,9 @@ def test_a_deleted_ok_file_is_lost_and_rerun(
     lost_then_rerun(out, data, [ids[2]], monkeypatch)
     assert sorted((r["run_id"], r["attempt"]) for r in rows(out, "experiments")) == sorted(
         [(ids[1], 1), (ids[2], 2)])
+    assert sorted((r["run_id"], r["attempt"]) for r in rows(out, "requests")) == sorted(
+        [(ids[1], 1), (ids[2], 1), (ids[2], 2)] * ROWS_PER_RUN), \
+        "the lost attempt's requests stay on disk; report counts none of them"
 
 
 @pytest.mark.slow
@@ -192,8 +194,7 @@ def test_a_truncated_compacted_file_is_lost_and_rerun(
     local_ray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The campaign compacts its results; the compacted experiments file is then cut in two.
-    (The rerun's own compaction would meet the damaged file: that is compaction's quarantine,
-    tested with compaction; here the rerun leaves its files uncompacted.)"""
+    The rerun's own compaction moves it to quarantine/ and merges the new attempts."""
     out = tmp_path / "r"
     data = campaign("truncated", [1, 2])
     run_campaign(data, results_dir=out)
@@ -201,6 +202,9 @@ def test_a_truncated_compacted_file_is_lost_and_rerun(
     assert merged.name.startswith("compacted-")
     merged.write_bytes(merged.read_bytes()[: merged.stat().st_size // 2])
     lost_then_rerun(out, data, sorted(run_ids(data).values()), monkeypatch)
+    assert [p.parent.name for p in (out / "quarantine").rglob("*.parquet")] == ["experiments"]
+    assert sorted((r["run_id"], r["attempt"]) for r in rows(out, "experiments")) == sorted(
+        (run_id, 2) for run_id in run_ids(data).values())
 
 
 def test_power_samples_only_of_attempts_that_ended_ok(tmp_path: Path) -> None:
