@@ -55,6 +55,20 @@ TARGETS = (
                                               "Dispatcher._unstored", "Dispatcher._conclude"),
            ("tests/test_dispatch.py",)),
     Target("lem_ray/execution/writes.py", None, ("tests/test_dispatch.py",)),
+    Target("lem_ray/results/ownership.py", None,
+           ("tests/test_ownership.py", "tests/test_hostile.py::test_another_campaigns_results_dir_is_refused")),
+    Target("lem_ray/results/summary.py", None,
+           ("tests/test_report.py::test_summary_counts_only_the_valid_latest_cycles",
+            "tests/test_renamed_columns.py")),
+    Target("lem_ray/execution/warmup.py", None, ("tests/test_measurement.py",)),
+    Target("lem_ray/execution/engines.py", None, ("tests/test_engines.py", "tests/test_worker_heap.py")),
+    Target("lem_ray/telemetry/sampler.py",
+           ("EnergySampler._read_counters", "EnergySampler.begin", "EnergySampler.end",
+            "EnergySampler._window_series", "EnergySampler._integrate"),
+           ("tests/test_telemetry.py", *ENERGY_TESTS)),
+    Target("lem_ray/results/store.py", None,
+           ("tests/test_store.py", "tests/test_renamed_columns.py",
+            "tests/test_hostile.py::test_report_reads_around_damaged_files")),
 )
 
 # Tests whose outcome hangs on wall-clock time (sleeps measured back) fail now and then on a

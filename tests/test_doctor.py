@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from lem_ray.config.runtime_env import RuntimeEnvSpec
-from lem_ray.execution.doctor import Check, DoctorReport, _check_podman
+from lem_ray.execution.doctor import Check, DoctorReport, _check_host_energy, _check_podman
+from lem_ray.telemetry.rapl import host_status, read_text
+from tests.powercap import FakePowercap
 from tests.conftest import TINY_BASE
 
 
@@ -48,6 +50,8 @@ def test_doctor_json_on_cpu(tmp_path: Path) -> None:
     nvml = checks[f"NVML on {name}"]
     assert nvml["status"] == "warn" and "no NVML/GPU on this node" in nvml["detail"]
     assert checks["backend pytorch"]["status"] == "ok", "torch and transformers import here"
+    host = checks[f"host energy on {name}"]
+    assert host["status"] in ("ok", "warn") and host["detail"], "this machine may have powercap"
     assert checks["backend pytorch in its runtime_env (py_executable)"]["status"] == "ok"
     assert checks["podman"] == {"name": "podman", "status": "ok", "fix": None,
                                 "detail": "the campaign's backends use no container image"}
@@ -73,3 +77,24 @@ def test_podman_is_required_only_where_a_campaign_uses_images() -> None:
     assert podman({"pytorch": RuntimeEnvSpec()}).status == "ok"
     assert podman(None).status == "warn", "without a campaign: a warning, images may come"
     assert podman({**image, "pytorch": RuntimeEnvSpec()}).status == "fail"
+
+
+def test_host_energy_per_node(tmp_path: Path) -> None:
+    FakePowercap(tmp_path / "server")
+
+    def denied(path: str) -> str:
+        if path.endswith("energy_uj"):
+            raise PermissionError(13, "Permission denied", path)
+        return read_text(path)
+
+    nodes = [{"hostname": h, "node_ip": f"10.0.0.{i}", "node_id": f"{i}" * 12, "host_energy": status}
+             for i, (h, status) in enumerate((
+                 ("server", host_status(str(tmp_path / "server"))),
+                 ("locked", host_status(str(tmp_path / "server"), read=denied)),
+                 ("vm", host_status(str(tmp_path / "none")))), start=1)]
+    report = DoctorReport()
+    _check_host_energy(report, nodes)
+    server, locked, vm = report.checks
+    assert server.status == "ok" and "intel-rapl:0 (package-0), intel-rapl:0:0 (dram)" in server.detail
+    assert locked.status == "warn" and "not readable" in locked.detail and "chmod o+r" in locked.fix
+    assert vm.status == "warn" and "does not exist" in vm.detail and "/sys/class/powercap" in vm.fix

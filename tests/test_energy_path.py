@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import pickle
+from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -32,8 +33,12 @@ from lem_ray.execution.worker import ExperimentWorker, RunRequest
 from lem_ray.records import RunAttempt, RunKey
 from lem_ray.telemetry.nvml import DeviceReader, GpuSample
 from lem_ray.telemetry.sampler import EnergySampler
+from lem_ray.execution.node_runs import NodeRuns
+from lem_ray.telemetry.rapl import HostEnergy
 from tests.conftest import TINY_BASE
+from tests.powercap import MAX_UJ, FakePowercap
 
+CPU_IDLE_W, CPU_BUSY_W, DRAM_W = 40.0, 120.0, 16.0
 UUIDS = ["GPU-3f1c0d2e-0000-4000-8000-000000000000", "GPU-9a7b6c5d-1111-4111-8111-111111111111"]
 
 
@@ -46,6 +51,8 @@ class Gpu:
     heats_c_per_s: float = 0.0
     throttle_reasons: int = 0
     mig_enabled: bool = False
+    power_lie_w: float = 0.0
+    """Instant power reads this much above what the counter accrues."""
 
 
 @dataclass
@@ -63,6 +70,8 @@ class Node:
     """Engines the GPUs' memory holds at once; a load past it runs out of memory."""
     prepare_room: int | None = None
     """Engines beside which prepare() (new batch shapes) still fits."""
+    powercap: FakePowercap | None = None
+    """The host's RAPL zones; None: a node without powercap (a VM)."""
 
     def clock(self) -> float:
         return self.t_s
@@ -71,7 +80,16 @@ class Node:
         for gpu in self.gpus.values():
             gpu.counter_mj += (gpu.busy_w if self.busy else gpu.idle_w) * dt_s * 1000
             gpu.temperature_c += gpu.heats_c_per_s * dt_s if heats else 0.0
+        if self.powercap is not None:
+            self.powercap.add("intel-rapl:0", (CPU_BUSY_W if self.busy else CPU_IDLE_W) * dt_s)
+            self.powercap.add("intel-rapl:0/intel-rapl:0:0", DRAM_W * dt_s)
+            self.powercap.add("intel-rapl:0/intel-rapl:0:1", 1000.0 * dt_s)
+            self.powercap.add("intel-rapl:1", 5000.0 * dt_s)
         self.t_s += dt_s
+
+    def host(self) -> HostEnergy:
+        root = self.powercap.root if self.powercap else Path("/nonexistent/powercap")
+        return HostEnergy(str(root))
 
     def device(self, uuid: str) -> DeviceReader:
         return NvmlShapedGpu(self, uuid)
@@ -88,7 +106,7 @@ class NvmlShapedGpu(DeviceReader):
         return round(self.gpu.counter_mj)
 
     def power_instant_w(self) -> float:
-        return self.gpu.busy_w if self.node.busy else self.gpu.idle_w
+        return (self.gpu.busy_w if self.node.busy else self.gpu.idle_w) + self.gpu.power_lie_w
 
     def sample(self) -> GpuSample:
         return GpuSample(t_s=self.node.t_s, power_w=self.power_instant_w(),
@@ -186,34 +204,41 @@ def worker_on_node(node: Node, monkeypatch: pytest.MonkeyPatch) -> ExperimentWor
     monkeypatch.setattr(worker_module, "backend_class", lambda name: FakeEngine)
     monkeypatch.setattr(worker_module, "ray", SimpleNamespace(get=lambda ref: ref, __version__="test"))
     monkeypatch.setattr(worker_module, "time", SimpleNamespace(perf_counter=node.clock, time=node.clock))
-    monkeypatch.setattr(actors, "EnergySampler", lambda uuids, sample_interval_ms: EnergySampler(
-        uuids, sample_interval_ms, device_factory=node.device, clock=node.clock))
+    monkeypatch.setattr(actors, "EnergySampler", lambda uuids, sample_interval_ms, host, host_key:
+                        EnergySampler(uuids, sample_interval_ms, device_factory=node.device,
+                                      clock=node.clock, host=node.host(), host_key=host_key))
     worker = ExperimentWorker.__new__(ExperimentWorker)
     worker.node_id, worker.pool = "node-1", EnginePool()
     worker.identity = GpuIdentity(device="cuda", gpu_ids=["0", "1"], gpu_uuids=UUIDS,
                                   gpu_names=["NVIDIA H200"] * 2)
     identity = WorkerIdentity(**vars(worker.identity), node_id="node-1", node_ip="10.0.0.1", hostname="n1")
     worker.identify = lambda: identity
-    sampler = actors.SamplerActor.__ray_actor_class__(UUIDS, 100, None)
+    sampler = actors.SamplerActor.__ray_actor_class__(UUIDS, 100, None, "node-1")
     worker.sampler, worker.sample_interval_ms = InProcess(sampler), 100
     return worker
 
 
 def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: ExecutionConfig,
-                baselines: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                baselines: dict[str, dict[str, Any]] | None = None,
+                runs: NodeRuns | None = None) -> dict[str, Any]:
     """The real worker.run and sampler actor on the node, then the real ok_rows."""
     worker = worker_on_node(node, monkeypatch)
     identity = worker.identify()
     config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch", "gpus_per_experiment": 2})
-    # The campaign's baseline cache, in process: `baselines` are what it already holds.
+    # The campaign's baseline cache, in process: `baselines` are what it already holds;
+    # `runs` the other runs it knows active on the nodes.
+    runs = runs or NodeRuns()
     cache = InProcess(SimpleNamespace(get=lambda uuids: dict(baselines or {}),
-                                      put=lambda entries: None))
+                                      put=lambda entries: None, run_started=runs.started,
+                                      run_ended=runs.ended, sharing=runs.sharing,
+                                      active=runs.active))
     execution = execution.model_copy(update={"baseline": execution.baseline.model_copy(
         update={"enabled": baselines is not None, "duration_s": 0.02})})
     outcome = worker.run(RunRequest(config.model_dump_json(), PROMPTS, execution, cache))
     rows = ok_rows(RunAttempt("c", RunKey("e1", 1), 1), config, execution, identity, outcome.result,
                    outcome.telemetry, outcome.conditions, datetime.now(timezone.utc), None)
-    return {"row": rows.experiment, "requests": rows.requests, "result": outcome.result}
+    return {"row": rows.experiment, "requests": rows.requests, "result": outcome.result,
+            "timeseries": rows.timeseries}
 
 
 def two_gpus(**second: Any) -> Node:
@@ -249,10 +274,11 @@ def test_two_gpu_run_figures_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     # ratios and per-request shares
     assert row["output_tokens"] == 32 and row["energy_j_per_output_token"] == pytest.approx(25.0)
     assert row["throughput_tok_s"] == pytest.approx(32.0)
+    # every token stamped: each request's energy is that of the steps it ran in, and the fake
+    # engine serves one prompt at a time for 0.25 s at 800 W
     assert sum(r["energy_j"] for r in out["requests"]) == pytest.approx(800.0)
-    inputs = [len(p.split()) for p in PROMPTS]
-    assert [r["energy_j"] for r in out["requests"]] == pytest.approx(
-        [200.0 * n / sum(inputs) + 600.0 / 4 for n in inputs])
+    assert [r["energy_j"] for r in out["requests"]] == pytest.approx([200.0] * 4)
+    assert {r["energy_attribution"] for r in out["requests"]} == {"step"}
     # a clean run: temperatures 45 and 60 C inside [20, 95], no throttling, nothing else on the GPUs
     assert row["temperature_start_c"] == 60.0 and row["temperature_max_c"] == 60.0
     assert row["sm_clock_mhz_mean"] == 1980.0 and row["sm_clock_mhz_min"] == 1980.0
@@ -276,7 +302,9 @@ def test_hot_and_throttled_second_gpu_is_flagged(monkeypatch: pytest.MonkeyPatch
     # Only the windows' own edge samples: the background thread samples on the real clock, so
     # how many of its samples land inside a window of the simulated clock depends on the load.
     monkeypatch.setattr(EnergySampler, "start", lambda self: None)
-    row = run_on_node(node, monkeypatch, execution(temperature_max_c=75.0), baselines={})["row"]
+    row = run_on_node(node, monkeypatch, execution(temperature_max_c=75.0, max_cycle_cv=0.125),
+                      baselines={})["row"]
+    assert row["max_cycle_cv"] == 0.125, "the campaign's limit, for lem-ray report"
     # GPU 2 starts the measured window at 60 + 8 x 0.5 (warmup) = 64 C and ends it at 72 C
     assert row["temperature_start_c"] == pytest.approx(64.0)
     assert row["temperature_max_c"] == pytest.approx(72.0)
@@ -403,3 +431,82 @@ def test_new_shapes_out_of_memory_beside_other_engines_are_prepared_alone(
     with pytest.raises(RuntimeError, match="out of memory"):
         run("float32")
     assert node.live == 0
+
+
+def test_host_energy_of_the_window_and_its_idle_baseline(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The package counter wraps during the measured window; dram adds, core and psys do not."""
+    node = two_gpus()
+    node.powercap = FakePowercap(tmp_path / "powercap")
+    # 100 J before the wrap at load end: warmup (0.5 s x 120 W) uses 60, the window wraps
+    node.powercap.set("intel-rapl:0", MAX_UJ - round((LOAD_S * CPU_BUSY_W + 100.0) * 1e6))
+    # The windows' edge reads only: a background read between the fake's counter update and
+    # its clock step would see energy without time.
+    monkeypatch.setattr(EnergySampler, "start", lambda self: None)
+    out = run_on_node(node, monkeypatch, execution(), baselines={})
+    row = out["row"]
+    assert row["cpu_energy_j"] == pytest.approx(CPU_BUSY_W * 1.0)
+    assert row["dram_energy_j"] == pytest.approx(DRAM_W * 1.0)
+    assert row["host_energy_j"] == pytest.approx(CPU_BUSY_W + DRAM_W)
+    assert row["host_energy_source"] == "rapl:package+dram"
+    assert row["host_energy_unavailable_reason"] is None
+    assert row["host_shared_by_runs"] == 0
+    # the baseline ran on the manual clock's idle node: the counters stood still
+    assert row["host_baseline_power_w"] == 0.0
+    assert row["host_energy_adjusted_j"] == pytest.approx(CPU_BUSY_W + DRAM_W)
+    assert row["energy_with_host_j_per_output_token"] == pytest.approx((800.0 + 136.0) / 32)
+    # both methods saw 300 + 500 W: the gap is nought and judged on no flag
+    assert row["energy_methods_gap"] == pytest.approx(0.0)
+    host = [r for r in out["timeseries"] if r["gpu_uuid"] is None]
+    assert host and all(r.get("power_w") is None for r in host), "host rows stay out of GPU sums"
+    assert host[-1]["cpu_energy_j"] == pytest.approx(
+        sum((r["cpu_power_w"] or 0.0) * (b["t_s"] - a["t_s"])
+            for a, b, r in zip(host, host[1:], host[1:])))
+
+
+def test_host_energy_shared_with_another_run_on_the_node(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    node = two_gpus()
+    node.powercap = FakePowercap(tmp_path / "powercap")
+    runs = NodeRuns()
+    runs.started("node-1", "another-worker", node.t_s)
+    runs.started("node-2", "elsewhere", node.t_s)
+    row = run_on_node(node, monkeypatch, execution(), baselines={}, runs=runs)["row"]
+    assert row["host_shared_by_runs"] == 1
+    assert row["host_energy_j"] == pytest.approx(CPU_BUSY_W + DRAM_W), "measured all the same"
+    assert row["energy_with_host_j_per_output_token"] is None, "not this run's alone"
+    assert row["energy_j_per_output_token"] == pytest.approx(25.0)
+    # the host was not idle while the other run ran: no host baseline taken, the GPUs' taken
+    assert row["host_baseline_power_w"] is None and row["host_energy_adjusted_j"] is None
+    assert row["baseline_power_w"] == pytest.approx(150.0)
+
+
+def test_node_without_powercap_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    row = run_on_node(two_gpus(), monkeypatch, execution(), baselines={})["row"]
+    assert row["cpu_energy_j"] is None and row["dram_energy_j"] is None
+    assert row["host_energy_j"] is None and row["host_energy_source"] is None
+    assert "does not exist" in row["host_energy_unavailable_reason"]
+    assert row["energy_with_host_j_per_output_token"] is None
+    assert row["energy_j"] == pytest.approx(800.0), "the GPUs are measured all the same"
+    assert row["valid"] is True
+
+
+def test_instant_power_off_the_counter_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instant power reads 10% above what the counters accrue: (800 - 880) / 800."""
+    def lying() -> Node:
+        node = two_gpus()
+        for gpu in node.gpus.values():
+            gpu.power_lie_w = gpu.busy_w * 0.1
+        return node
+
+    monkeypatch.setattr(EnergySampler, "start", lambda self: None)
+    # only the windows' edge samples: judge the gap on them
+    monkeypatch.setattr("lem_ray.results.validity.MIN_GAP_SAMPLES_PER_GPU", 2)
+    row = run_on_node(lying(), monkeypatch, execution(), baselines={})["row"]
+    assert row["energy_integrated_j"] == pytest.approx(880.0)
+    assert row["energy_methods_gap"] == pytest.approx(-0.1)
+    assert row["validity_flags"] == ["energy_methods_disagree"] and row["valid"] is False
+    loose = run_on_node(lying(), monkeypatch, execution(max_energy_methods_gap=0.11), baselines={})["row"]
+    assert loose["validity_flags"] == []
+    short = run_on_node(lying(), monkeypatch, execution(min_window_s=2.0), baselines={})["row"]
+    assert short["validity_flags"] == ["short_window"], "too short a window: the gap is not judged"

@@ -60,3 +60,65 @@ def test_compiled_decode_loop_keeps_its_engine_across_batch_sizes_only() -> None
     assert key(pytorch=compiled, prompts={"source": "synthetic", "count": 3}) != key(
         pytorch=compiled)
     assert key(pytorch=compiled, warmup={"max_steps": 3}) == key(pytorch=compiled)
+
+
+# Every PyTorch option, with a non-default value (and what else it needs to be valid): the
+# engine-shaping ones must change the engine key, the runtime ones must not. A new option
+# missing here fails the completeness test, so nobody adds one without deciding which it is.
+STATIC = {"cache_implementation": "static"}
+COMPILED = {"torch_compile": "reduce-overhead", **STATIC}
+PYTORCH_ENGINE_CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "attn_implementation": ({"attn_implementation": "eager"}, {}),
+    "torch_compile": ({"torch_compile": "default"}, {}),
+    "cache_implementation": (STATIC, {}),
+    "compile_prefill": ({**COMPILED, "compile_prefill": True}, COMPILED),
+    "load_in_4bit": ({"load_in_4bit": True}, {}),
+    "load_in_8bit": ({"load_in_8bit": True}, {}),
+    "bnb_4bit_quant_type": ({"load_in_4bit": True, "bnb_4bit_quant_type": "fp4"},
+                            {"load_in_4bit": True}),
+    "assistant_model": ({"assistant_model": "builtin:tiny-llama"}, {}),
+}
+PYTORCH_RUNTIME_CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "batch_size": ({"batch_size": 3}, {}),
+    "batching_strategy": ({"batching_strategy": "sorted"}, {}),
+    "max_tokens_per_batch": ({"batching_strategy": "dynamic", "max_tokens_per_batch": 64},
+                             {"batching_strategy": "dynamic"}),
+}
+
+
+def test_every_pytorch_option_is_classified() -> None:
+    from lem_ray.backends.pytorch.config import PyTorchConfig
+
+    assert set(PyTorchConfig.model_fields) == {*PYTORCH_ENGINE_CHANGES, *PYTORCH_RUNTIME_CHANGES}
+    assert set(PYTORCH_RUNTIME_CHANGES) == PyTorchConfig.RUNTIME_FIELDS
+
+
+@pytest.mark.parametrize("option", sorted(PYTORCH_ENGINE_CHANGES))
+def test_each_engine_shaping_pytorch_option_changes_the_key(option: str) -> None:
+    changed, base = PYTORCH_ENGINE_CHANGES[option]
+    assert key(pytorch=changed) != key(pytorch=base)
+
+
+@pytest.mark.parametrize("option", sorted(PYTORCH_RUNTIME_CHANGES))
+def test_each_runtime_pytorch_option_keeps_the_key(option: str) -> None:
+    changed, base = PYTORCH_RUNTIME_CHANGES[option]
+    assert key(pytorch=changed) == key(pytorch=base)
+
+
+def test_the_quantisations_are_three_engines() -> None:
+    keys = {key(pytorch={"load_in_4bit": True}), key(pytorch={"load_in_8bit": True}),
+            key(pytorch={"load_in_4bit": True, "bnb_4bit_quant_type": "fp4"}), key()}
+    assert len(keys) == 4
+    assert key(pytorch={"assistant_model": "a"}) != key(pytorch={"assistant_model": "b"})
+
+
+def test_every_experiment_field_is_classified_for_pytorch() -> None:
+    """The experiment's own fields: engine fields but for those the backend applies per run."""
+    from lem_ray.backends.pytorch.config import PyTorchConfig
+    from lem_ray.backends.registry import BACKEND_NAMES
+
+    engine = {"model_name", "load_format", "tokenizer", "backend", "fp_precision",
+              "random_seed", "gpus_per_experiment"}
+    assert set(ExperimentConfig.model_fields) == {
+        *engine, *PyTorchConfig.EXPERIMENT_RUNTIME_FIELDS, *BACKEND_NAMES}
+    assert key(tokenizer="builtin:tiny-llama") != key()

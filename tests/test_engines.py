@@ -3,6 +3,7 @@ and no engine kept where free GPU memory would not hold the next one."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -101,6 +102,8 @@ def test_footprint_is_replaced_on_load_and_grows_with_new_shapes() -> None:
     assert pool.footprint_mib["A"] == 1_250.0
     pool.record("A", 900.0, loaded=True)
     assert pool.footprint_mib["A"] == 900.0
+    pool.record("B", 300.0, loaded=False)
+    assert pool.footprint_mib["B"] == 300.0, "loaded while memory could not be read"
 
 
 @pytest.mark.parametrize("exc, oom", [
@@ -111,3 +114,62 @@ def test_footprint_is_replaced_on_load_and_grows_with_new_shapes() -> None:
 ])
 def test_out_of_memory_is_told_apart(exc: BaseException, oom: bool) -> None:
     assert out_of_memory(exc) is oom
+
+
+def test_the_next_engine_needs_its_footprint_and_a_tenth_more_free() -> None:
+    """Headroom over a footprint of 1,000 MiB: 1,100 MiB free keeps every engine, a MiB's
+    fraction less releases them oldest first, as long as memory stays short."""
+    for free_mib, released in ((1_100.0, []), (math.nextafter(1_100.0, 0.0), ["A", "B"]),
+                               (1_050.0, ["A", "B"]), (1_000.0, ["A", "B"])):
+        state, pool = gpu(), EnginePool(capacity=8)
+        fill(pool, state, "A", "B")
+        pool.record("X", 1_000.0, loaded=True)
+        pool.make_room("X", False, lambda: free_mib)
+        assert state["released"] == released, free_mib
+    freed = iter([900.0, 1_099.0, 1_100.0])
+    state, pool = gpu(), EnginePool(capacity=8)
+    fill(pool, state, "A", "B", "C")
+    pool.record("D", 1_000.0, loaded=True)
+    pool.make_room("D", False, lambda: next(freed))
+    assert state["released"] == ["A", "B"] and pool.keys() == ["C"]
+
+
+def test_an_unseen_engine_needs_the_largest_footprint_seen() -> None:
+    state, pool = gpu(), EnginePool(capacity=8)
+    fill(pool, state, "A", "B")
+    pool.record("A", 1_000.0, loaded=True)
+    pool.record("B", 3_000.0, loaded=True)
+    pool.make_room("new", False, lambda: 3_000.0 * HEADROOM)
+    assert state["released"] == []
+    pool.make_room("new", False, lambda: 3_000.0)
+    assert state["released"] == ["A", "B"], "short of the largest footprint: all go"
+
+
+def test_with_nothing_measured_only_the_count_limits() -> None:
+    state, pool = gpu(), EnginePool(capacity=2)
+    fill(pool, state, "A", "B")
+    pool.make_room("C", False, lambda: 0.0)
+    assert state["released"] == ["A"] and pool.keys() == ["B"]
+
+
+def test_releasing_thaws_a_frozen_heap_first() -> None:
+    import gc
+
+    state, pool = gpu(), EnginePool(capacity=2)
+    fill(pool, state, "A", "B")
+    gc.freeze()
+    try:
+        pool.release("A")
+        assert gc.get_freeze_count() > 0, "a pool that froze nothing thaws nothing"
+        fill(pool, state, "A")
+        state["released"].clear()
+        pool.heap_frozen = True
+        pool.release("missing")
+        assert pool.heap_frozen is True and gc.get_freeze_count() > 0, "nothing released"
+        pool.release_others("B")
+        assert pool.heap_frozen is False and gc.get_freeze_count() == 0
+        assert state["released"] == ["A"] and pool.keys() == ["B"]
+        pool.release_all()
+        assert pool.keys() == [] and state["released"] == ["A", "B"]
+    finally:
+        gc.unfreeze()

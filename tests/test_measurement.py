@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 
@@ -90,6 +91,116 @@ def test_fixed_warmup_rounds_up_to_full_steps() -> None:
 def test_coefficient_of_variation() -> None:
     assert coefficient_of_variation([2.0, 4.0]) == pytest.approx(1.4142135 / 3)
     assert coefficient_of_variation([1.0]) is None
+    assert coefficient_of_variation([0.0, 0.0]) is None, "no mean to divide by"
+    assert coefficient_of_variation([0.25, 0.75]) == pytest.approx(0.3535534 / 0.5)
+
+
+class ClockedEngine:
+    """A backend on a manual clock: each step advances it by its scripted ms per output token
+    times the step's tokens (`tokens` a request, in turn; a step of none takes one token's
+    time), and records its prompts."""
+
+    def __init__(self, ms_per_token: list[float], tokens: tuple[int, ...] = (4,)) -> None:
+        self.script = itertools.chain(ms_per_token, itertools.repeat(ms_per_token[-1]))
+        self.tokens = itertools.cycle(tokens)
+        self.now_s = 1024.0
+        self.steps: list[list[str]] = []
+
+    def perf_counter(self) -> float:
+        return self.now_s
+
+    def __call__(self, prompts: list[str]) -> list[RequestRecord]:
+        tokens = next(self.tokens)
+        self.now_s += next(self.script) * max(1, tokens * len(prompts)) / 1000
+        self.steps.append(list(prompts))
+        return [RequestRecord(i, 3, tokens, 1.0) for i in range(len(prompts))]
+
+
+def clocked(monkeypatch: pytest.MonkeyPatch, ms_per_token: list[float],
+            tokens: tuple[int, ...] = (4,)) -> ClockedEngine:
+    from types import SimpleNamespace
+
+    import lem_ray.execution.warmup as warmup
+
+    engine = ClockedEngine(ms_per_token, tokens)
+    monkeypatch.setattr(warmup, "time", SimpleNamespace(perf_counter=engine.perf_counter))
+    return engine
+
+
+def test_warmup_on_a_manual_clock_settles_at_the_first_steady_window(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps 2-4 are 250, 125, 125 ms/token: unsettled; steps 3-5 are 125 each: settled. The
+    prompts go round in full steps of the measured shape; the duration is the clock's."""
+    engine = clocked(monkeypatch, [1000.0, 250.0, 125.0, 125.0, 125.0, 1000.0])
+    cfg = WarmupConfig(mode="cv", window=3, cv_threshold=0.01, max_steps=30, max_s=60)
+    outcome = run_warmup(engine, ["a", "b", "c"], cfg, batch_size=2)
+    assert outcome.converged is True and outcome.final_cv == 0.0
+    assert outcome.steps == 5 and outcome.requests == 10
+    assert engine.steps == [["a", "b"], ["c", "a"], ["b", "c"], ["a", "b"], ["c", "a"]]
+    assert outcome.duration_s == 13.0
+
+
+def test_warmup_settles_only_below_its_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window whose CV equals cv_threshold has not settled: the comparison is strict."""
+    latencies = [500.0, 125.0, 187.5]
+    cv = coefficient_of_variation(latencies[1:])
+    at = run_warmup(clocked(monkeypatch, latencies), ["a"],
+                    WarmupConfig(window=2, cv_threshold=cv, max_steps=3), batch_size=1)
+    assert at.converged is False and at.steps == 3 and at.final_cv == cv
+    above = run_warmup(clocked(monkeypatch, latencies), ["a"],
+                       WarmupConfig(window=2, cv_threshold=math.nextafter(cv, 1.0), max_steps=3),
+                       batch_size=1)
+    assert above.converged is True and above.steps == 3
+
+
+def test_warmup_gives_up_at_max_steps_and_at_max_s_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    unsteady = [125.0, 500.0, 125.0, 500.0, 125.0]
+    capped = run_warmup(clocked(monkeypatch, unsteady), ["a"],
+                        WarmupConfig(window=2, cv_threshold=0.01, max_steps=4), batch_size=1)
+    assert capped.converged is False and capped.steps == 4 and capped.final_cv > 0.01
+    # steps of 1, 0.5 and 1.5 s (4 tokens each): max_s 3 is reached by the third step exactly
+    timed = run_warmup(clocked(monkeypatch, [250.0, 125.0, 375.0, 250.0]), ["a"],
+                       WarmupConfig(window=2, cv_threshold=0.01, max_steps=100, max_s=3),
+                       batch_size=1)
+    assert timed.converged is False and timed.steps == 3 and timed.duration_s == 3.0
+
+
+def test_fixed_warmup_judges_nothing_and_reports_the_last_windows_cv(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = clocked(monkeypatch, [1000.0, 125.0, 125.0, 125.0, 250.0])
+    outcome = run_warmup(engine, ["a", "b"], WarmupConfig(mode="fixed", requests=9, window=2),
+                         batch_size=2)
+    assert outcome.steps == 5 and outcome.requests == 10 and outcome.converged is None
+    assert outcome.final_cv == coefficient_of_variation([125.0, 250.0])
+
+
+def test_a_steps_latency_is_per_output_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps whose answers ended early (fewer tokens) are as steady as full ones at the same
+    time per token; a step without any output token counts its time as one token's, not a
+    division by zero."""
+    engine = clocked(monkeypatch, [62.5, 125.0], tokens=(4, 2, 4, 1))
+    outcome = run_warmup(engine, ["a"], WarmupConfig(window=3, cv_threshold=0.01), batch_size=2)
+    assert outcome.converged is True and outcome.steps == 4 and outcome.final_cv == 0.0
+    none = clocked(monkeypatch, [62.5, 125.0], tokens=(4, 0, 4, 0))
+    outcome = run_warmup(none, ["a"], WarmupConfig(window=3, cv_threshold=0.01), batch_size=1)
+    assert outcome.converged is True and outcome.steps == 4 and outcome.final_cv == 0.0
+
+
+def test_a_warmup_window_below_two_steps_is_refused_naming_the_key() -> None:
+    """The CV of one step does not exist: a window of 1 would never settle."""
+    from pydantic import ValidationError
+
+    from lem_ray.config.experiment import ExperimentConfig
+    from lem_ray.config.loading import error_from_validation
+
+    assert WarmupConfig(window=2).window == 2
+    for window in (1, 0, -3):
+        with pytest.raises(ValidationError) as info:
+            ExperimentConfig.model_validate({"model_name": "m", "backend": "pytorch",
+                                             "warmup": {"window": window}})
+        message = str(error_from_validation(info.value, ExperimentConfig, "base"))
+        assert message.startswith("base.warmup.window:") and "2" in message
+        assert "\n" not in message
 
 
 def _inputs(**overrides) -> ValidityInputs:

@@ -190,3 +190,36 @@ def test_file_prompts_wrong_column(tmp_path) -> None:
                           "prompts": {"source": "file", "path": str(path), "column": "text"}}})
     with pytest.raises(ConfigError, match=r"column 'text' not in p.jsonl; columns: \['prompt'\]"):
         plan.load_prompts()
+
+
+def test_prompts_are_read_once_per_prompts_section_and_seed() -> None:
+    """Two seeds, two prompt sets; experiments that differ in anything else share one list;
+    prompts.seed, when set, decides the texts whatever the experiment's seed."""
+    plan = plan_campaign({
+        "campaign_name": "seeds",
+        "base": {"model_name": "builtin:tiny-llama", "backend": "pytorch",
+                 "prompts": {"source": "synthetic", "count": 6}},
+        "grid": {"backends": ["pytorch"],
+                 "shared": {"random_seed": [1, 2], "max_output_tokens": [8, 16]}},
+    })
+    loaded = plan.load_prompts()
+    by_seed: dict[int, list[list[str]]] = {}
+    for e in plan.experiments:
+        by_seed.setdefault(e.config.random_seed, []).append(loaded[e.experiment_id])
+    assert sorted(by_seed) == [1, 2] and all(len(v) == 2 for v in by_seed.values())
+    one, two = by_seed[1], by_seed[2]
+    assert one[0] is one[1] and two[0] is two[1], "one read per prompts section and seed"
+    assert one[0] != two[0]
+    cfg = plan.experiments[0].config.prompts
+    assert one[0] == synthetic_prompts(cfg, 1) and two[0] == synthetic_prompts(cfg, 2)
+    assert plan.load_prompts() == loaded
+
+    fixed = plan_campaign({
+        "campaign_name": "fixed",
+        "base": {"model_name": "builtin:tiny-llama", "backend": "pytorch",
+                 "prompts": {"source": "synthetic", "count": 6, "seed": 5}},
+        "grid": {"backends": ["pytorch"], "shared": {"random_seed": [1, 2]}},
+    }).load_prompts()
+    first, second = fixed.values()
+    assert first == second == synthetic_prompts(SyntheticPrompts(source="synthetic", count=6,
+                                                                 seed=5), 0)

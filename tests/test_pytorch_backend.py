@@ -314,3 +314,43 @@ def test_compiled_loop_takes_another_batch_size_on_the_loaded_engine(prompts) ->
         assert sorted(warm._loop._caches._caches) == [1, 2, 4]
     finally:
         warm.release()
+
+
+def test_compiled_loop_ends_at_eos_exactly_at_min_output_tokens(prompts) -> None:
+    """generate()'s rule in lem-ray's loop (run eagerly on the CPU): EOS may be the
+    (min_new_tokens + 1)-th token at the earliest. A token the model picks at position k is
+    made EOS: with min_new_tokens k the answer ends there (k + 1 tokens, pad after it); with
+    k + 1 it is suppressed and the answer goes on."""
+    import transformers
+
+    from lem_ray.backends.pytorch.decode_loop import DecodeLoop
+    from lem_ray.backends.pytorch.timing import StepClock
+
+    backend = PyTorchBackend(make_config(max_output_tokens=8), DeviceInfo("cpu"))
+    backend.load()
+    try:
+        model, pad_id = backend._model, backend._tokenizer.pad_token_id
+        inputs = backend._tokenizer.pad({"input_ids": backend._encode(prompts[:1])},
+                                        return_tensors="pt")
+
+        def tokens(eos_ids: set[int], min_new: int) -> list[int]:
+            loop = DecodeLoop(torch, transformers, model, "default", None, eos_ids, pad_id, 8)
+            clock = StepClock(torch, torch.device("cpu"))
+            clock.start()
+            out = loop.run(inputs["input_ids"], inputs["attention_mask"], 8, min_new, clock)
+            assert len(clock.token_times_s()) == 8, "every step timed, ended or not"
+            return out[0].tolist()
+
+        # the answer with no EOS allowed (a token never picked here stands for it)
+        free = tokens({model.config.vocab_size - 1}, 8)
+        for k in (0, 3):
+            eos = free[k]
+            assert eos not in free[:k] and eos != pad_id, "pick another prompt or position"
+            ended = tokens({eos}, k)
+            assert ended[:k + 1] == free[:k + 1] and ended[k + 1:] == [pad_id] * (7 - k)
+            assert output_lengths(torch.tensor([ended]), {eos}, k) == [k + 1]
+            longer = tokens({eos}, k + 1)
+            assert longer[:k] == free[:k] and longer[k] != eos
+            assert output_lengths(torch.tensor([longer]), {eos}, k + 1)[0] > k + 1
+    finally:
+        backend.release()

@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 
 from lem_ray.records import RunKey
 from lem_ray.results.bootstrap import bootstrap_ci
-from lem_ray.results.report import METRICS, SUMMARY, pareto_mask
+from lem_ray.results.report import METRICS, SUMMARY, build_report, pareto_mask
 from lem_ray.results.schema import empty_row
 from lem_ray.results.store import write_rows
 from tests.conftest import TINY_BASE, isolated_ray
@@ -60,9 +61,14 @@ def _metrics(batch: int, cycle: int, jpt: float | None) -> dict[str, Any]:
     }
 
 
-def write_synthetic(results_dir: Path) -> None:
+def request_energies(cycle: int) -> list[float]:
+    return [1.0 * cycle, 2.0 * cycle, 3.0 * cycle, 4.0 * cycle]
+
+
+def write_synthetic(results_dir: Path, recorded_max_cycle_cv: float | None = None) -> None:
     """A results directory through the real writer: experiments (with retries, an invalid run,
-    failures, a run without energy) and power samples for the first cycles."""
+    failures, a run without energy) and power samples for the first cycles; ok rows record
+    `recorded_max_cycle_cv` as the campaign's limit."""
     for i, (eid, (backend, precision, batch, temperature, gpus, runs)) in enumerate(SYNTHETIC.items()):
         config = {"backend": backend, "fp_precision": precision, "decoder": {"temperature": temperature},
                   "pytorch": {"batch_size": batch} if backend == "pytorch" else None,
@@ -80,9 +86,17 @@ def write_synthetic(results_dir: Path) -> None:
                 row.update(device="cuda", valid=valid, energy_source="nvml_counter",
                            validity_flags=["throttled"] if valid is False else [],
                            measure_start_epoch_s=start_s, measure_end_epoch_s=start_s + WINDOW_S,
-                           energy_window_s=WINDOW_S, **_metrics(batch, cycle, jpt))
+                           energy_window_s=WINDOW_S, max_cycle_cv=recorded_max_cycle_cv,
+                           **_metrics(batch, cycle, jpt))
+                if recorded_max_cycle_cv is not None:
+                    row["finished_at"] = datetime.fromtimestamp(start_s + WINDOW_S, timezone.utc)
             stem = RunKey(eid, cycle).stem(attempt)
             write_rows(results_dir, "experiments", stem, [{**empty_row("experiments"), **row}])
+            if eid == "dddd":
+                write_rows(results_dir, "requests", stem, [
+                    {**empty_row("requests"), **ids, "request_index": k, "output_tokens": 10,
+                     "energy_j": energy_j, "energy_attribution": "step"}
+                    for k, energy_j in enumerate(request_energies(cycle))])
             if status == "ok" and cycle == 1:
                 t_s = np.arange(start_s - 3, start_s + WINDOW_S + 3, 0.1)
                 busy = (t_s >= start_s) & (t_s <= start_s + WINDOW_S)
@@ -141,7 +155,7 @@ def counted_values(experiments: list[str], metric: str) -> list[float]:
         latest = {c: (a, s, v, j) for c, a, s, v, j in sorted(runs)}
         for cycle, (_, status, valid, jpt) in sorted(latest.items()):
             if status == "ok" and valid is not False:
-                value = _metrics(batch, cycle, jpt)[metric]
+                value = _metrics(batch, cycle, jpt).get(metric)
                 if value is not None:
                     values.append(value)
     return values
@@ -189,6 +203,13 @@ def test_statistics_per_experiment(synthetic: Path) -> None:
     assert [groups["eeee"][k] for k in ("runs_ok", "runs_failed", "throughput_tok_s_n")] == [0, 1, 0]
     assert groups["dddd"]["backend"] == "vllm" and groups["dddd"]["batch_size"] == 64
     assert groups["dddd"]["energy_source"] == "nvml_counter"
+    per_request = [e for cycle in (1, 2, 3) for e in request_energies(cycle)]
+    for p in (50, 90, 99):
+        assert groups["dddd"][f"request_energy_j_p{p}"] == pytest.approx(np.percentile(per_request, p))
+        assert groups["dddd"][f"request_energy_j_per_output_token_p{p}"] == pytest.approx(
+            np.percentile(per_request, p) / 10)
+    assert groups["dddd"]["request_energy_attribution"] == "step"
+    assert groups["aaaa"]["request_energy_j_p50"] is None, "no requests written for it"
     assert sorted((e["run_id"], e["attempt"], e["status"], e["reason"]) for e in result["excluded"]) == [
         ("bbbb-c2", 1, "invalid", "throttled"),
         ("bbbb-c3", 1, "failed", "RuntimeError: CUDA out of memory"),
@@ -336,7 +357,8 @@ def cpu_campaign(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "campaign_name": "report",
             "base": TINY_BASE,
             "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
-            "execution": {"cycles": 3, "structure": "interleaved"},
+            "execution": {"cycles": 3, "structure": "interleaved",
+                          "validity": {"max_cycle_cv": 0.5}},
         }, results_dir=out)
     assert result.counts["ok"] == 6
     return out
@@ -350,6 +372,7 @@ def test_report_on_cpu_campaign(cpu_campaign: Path, tmp_path: Path) -> None:
     assert sorted(g["batch_size"] for g in result["groups"]) == [1, 2]
     for g in result["groups"]:
         assert g["runs_ok"] == 3 and g["device"] == "cpu" and g["energy_source"] is None
+        assert g["max_cycle_cv"] == 0.5, "the campaign's validity.max_cycle_cv"
         assert g["throughput_tok_s_n"] == 3 and g["itl_ms_p50_n"] == 3
         assert g["throughput_tok_s_ci_low"] <= g["throughput_tok_s_mean"] <= g["throughput_tok_s_ci_high"]
         assert g["throughput_tok_s_std"] > 0
@@ -631,3 +654,105 @@ def report_text(rows: list[dict]) -> str:
     out = io.StringIO()
     report_cmd._print(build_report(rows), Console(file=out, width=200), {})
     return out.getvalue()
+
+
+def test_host_energy_and_methods_gap_per_group() -> None:
+    """GPU+host J/token comes only from runs alone on their node (the row leaves it null
+    otherwise); flagged rows are counted whether or not they count; old request rows without
+    energy_attribution were split by token share."""
+    def run(cycle: int, **row: Any) -> dict[str, Any]:
+        return {**empty_row("experiments"), "campaign_name": "c", "experiment_id": "e",
+                "run_id": f"e-c{cycle}", "cycle": cycle, "attempt": 1, "status": "ok",
+                "valid": True, "validity_flags": [], **row}
+
+    rows = [run(1, energy_j_per_output_token=1.0, energy_with_host_j_per_output_token=1.5,
+                host_shared_by_runs=0),
+            run(2, energy_j_per_output_token=1.1, energy_with_host_j_per_output_token=None,
+                host_shared_by_runs=2),
+            run(3, valid=False, validity_flags=["energy_methods_disagree"])]
+    requests = [{"run_id": "e-c1", "attempt": 1, "energy_j": 2.0, "output_tokens": 4,
+                 "energy_attribution": None},
+                {"run_id": "e-c3", "attempt": 1, "energy_j": 99.0, "output_tokens": 1,
+                 "energy_attribution": "step"}]
+    group = build_report(rows, requests=requests).groups[0]
+    assert group["energy_with_host_j_per_output_token_n"] == 1
+    assert group["energy_with_host_j_per_output_token_mean"] == 1.5
+    assert group["host_shared_runs"] == 1 and group["runs_invalid"] == 1
+    assert group["energy_methods_disagree_runs"] == 1
+    assert group["request_energy_attribution"] == "token_share", "the invalid run's requests left out"
+    assert group["request_energy_j_p99"] == 2.0 and group["request_energy_j_per_output_token_p50"] == 0.5
+
+
+def cv_run(cycle: int, tok_s: float | None, j_per_tok: float | None,
+           limit: float | None = None, finished_s: float = 0.0) -> dict:
+    return {"experiment_id": "x", "run_id": f"x-c{cycle}", "cycle": cycle, "attempt": 1,
+            "status": "ok", "valid": True, "validity_flags": [], "throughput_tok_s": tok_s,
+            "energy_j_per_output_token": j_per_tok, "max_cycle_cv": limit,
+            "finished_at": datetime.fromtimestamp(T0_S + finished_s, timezone.utc)}
+
+
+@pytest.mark.parametrize("metric", ["throughput", "energy"])
+def test_a_cycle_cv_equal_to_the_limit_is_not_above_it(metric: str) -> None:
+    """'above' is strictly above: a CV exactly at max_cycle_cv passes, one a float's width
+    under the CV is exceeded; either metric alone marks the group."""
+    from lem_ray.results.report import build_report, cycle_cv, cycle_cv_text
+
+    values = (700.0, 750.0, 720.0)
+    rows = [cv_run(c, v, None) if metric == "throughput" else cv_run(c, None, v)
+            for c, v in enumerate(values, 1)]
+    cv = cycle_cv(values)
+    at = build_report(rows, max_cycle_cv=cv).groups[0]
+    assert at["cycle_cv_above"] is False and ">" not in cycle_cv_text(at)
+    under = build_report(rows, max_cycle_cv=math.nextafter(cv, 0.0)).groups[0]
+    assert under["cycle_cv_above"] is True and ">" in cycle_cv_text(under)
+    assert under["max_cycle_cv"] == math.nextafter(cv, 0.0)
+
+
+def test_report_applies_the_campaigns_max_cycle_cv_unless_given() -> None:
+    """The limit the campaign's runs recorded (the most recently finished run's, when a
+    campaign ran again with another), else 0.05; an explicit limit wins over both."""
+    from lem_ray.results.report import DEFAULT_MAX_CYCLE_CV, build_report
+
+    spread = [cv_run(1, 700.0, None), cv_run(2, 760.0, None)]  # CV 5.8%
+    recorded = [{**r, "max_cycle_cv": 0.1} for r in spread]
+    assert build_report(spread).groups[0]["max_cycle_cv"] == DEFAULT_MAX_CYCLE_CV
+    assert build_report(spread).groups[0]["cycle_cv_above"] is True
+    assert build_report(recorded).groups[0]["max_cycle_cv"] == 0.1
+    assert build_report(recorded).groups[0]["cycle_cv_above"] is False
+    assert build_report(recorded, max_cycle_cv=0.05).groups[0]["cycle_cv_above"] is True
+    rerun = [cv_run(1, 700.0, None, 0.01, finished_s=10.0), cv_run(2, 760.0, None, 0.2, finished_s=20.0),
+             cv_run(3, 730.0, None, 0.03, finished_s=5.0),
+             {**cv_run(3, None, None, 0.04, finished_s=30.0), "status": "failed", "attempt": 0,
+              "max_cycle_cv": None}]
+    assert build_report(rerun).groups[0]["max_cycle_cv"] == 0.2
+
+
+def test_report_command_reads_the_limit_from_the_rows(tmp_path: Path) -> None:
+    """`lem-ray report` without --max-cycle-cv applies the limit the runs recorded."""
+    out = tmp_path / "results"
+    write_synthetic(out, recorded_max_cycle_cv=0.06)
+    groups = {g["group"]: g for g in report_json(out)["groups"]}
+    assert {g["max_cycle_cv"] for g in groups.values()} == {0.06}
+    assert {k for k, g in groups.items() if g["cycle_cv_above"]} == {"aaaa"}
+    explicit = report_json(out, "--max-cycle-cv", "0.05")["groups"]
+    assert {g["group"] for g in explicit if g["cycle_cv_above"]} == {"aaaa", "dddd"}
+    table = lem_ray("report", str(out), cwd=out.parent)
+    assert "limit 6%" in table.stdout and "T 6.1% > 6%" in table.stdout
+
+
+def test_summary_counts_only_the_valid_latest_cycles(synthetic: Path) -> None:
+    """cycles_ok: the latest attempt of each cycle, ok and not invalid (valid None counts);
+    an experiment with none is left out of the table, its runs listed with their reason."""
+    from lem_ray.results.summary import summarize
+
+    summary, excluded = summarize(synthetic)
+    by_id = {s["experiment_id"]: s for s in summary}
+    assert {k: s["cycles_ok"] for k, s in by_id.items()} == {
+        "aaaa": 3, "bbbb": 1, "cccc": 3, "dddd": 3}
+    assert by_id["aaaa"]["energy_j_per_output_token"] == pytest.approx(
+        np.mean(counted_values(["aaaa"], "energy_j_per_output_token")))
+    assert by_id["bbbb"]["throughput_tok_s"] == pytest.approx(_metrics(8, 1, 0.2)["throughput_tok_s"])
+    assert by_id["dddd"]["backend"] == "vllm" and by_id["dddd"]["batch_size"] == 64
+    assert by_id["dddd"]["label"] == "vllm · batch 64 · 2 GPUs · fp16 · decoder.temperature=0.7"
+    assert sorted((e["run_id"], e["attempt"], e["status"]) for e in excluded) == [
+        ("bbbb-c2", 1, "invalid"), ("bbbb-c3", 1, "failed"), ("eeee-c1", 2, "failed")]

@@ -7,6 +7,7 @@ expected figure below can be computed by hand.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable
 
@@ -384,3 +385,111 @@ def test_loaded_baselines_are_reused_until_ttl() -> None:
     clock.advance(31.0)
     fresh = sampler.measure_idle_baseline(duration_s=0.2, interval_ms=100)
     assert fresh["GPU-a"]["power_w"] == pytest.approx(90.0), "older than the TTL: measured again"
+
+
+
+class ProfiledGpu(ScriptedGpu):
+    """A scripted GPU whose temperature is a given function of the clock."""
+
+    def __init__(self, uuid: str, clock: Callable[[], float],
+                 temperature_c: Callable[[float], float], **kwargs: Any) -> None:
+        super().__init__(uuid, clock, **kwargs)
+        self._temperature_c = temperature_c
+
+    def sample(self) -> GpuSample:
+        import dataclasses
+
+        sample = super().sample()
+        return dataclasses.replace(sample, temperature_c=self._temperature_c(sample.t_s))
+
+
+def profiled_sampler(clock: ManualClock,
+                     profiles: dict[str, Callable[[float], float]]) -> EnergySampler:
+    devices = {uuid: ProfiledGpu(uuid, clock, profile, base_w=100.0)
+               for uuid, profile in profiles.items()}
+    return EnergySampler(list(profiles), device_factory=devices.__getitem__, clock=clock)
+
+
+def held(t0_s: float, table: dict[float, float]) -> Callable[[float], float]:
+    """Temperature by a table of (seconds since t0_s, C), each held until the next."""
+    return lambda t_s: [c for since_s, c in sorted(table.items()) if t0_s + since_s <= t_s][-1]
+
+
+def sample_at(sampler: EnergySampler, clock: ManualClock, t_s: float) -> None:
+    """One sample stamped t_s, the clock put back: a sampling thread's late sample."""
+    now_s = clock.t_s
+    clock.t_s = t_s
+    sampler.sample_once()
+    clock.t_s = now_s
+
+
+def test_peak_temperature_is_the_hottest_sample_though_the_gpu_cooled_before_the_end() -> None:
+    """GPU-a: 60 C at the start, 85 C mid-window, 50 C by its end; GPU-b peaks lower, later.
+    Samples just outside the window (hotter still) are not its conditions."""
+    clock = ManualClock(t_s=1024.0)
+    sampler = profiled_sampler(clock, {
+        "GPU-a": held(1024.0, {0.0: 95.0, 1.0: 60.0, 1.5: 85.0, 2.0: 50.0, 3.5: 99.0}),
+        "GPU-b": held(1024.0, {0.0: 40.0, 1.75: 70.0, 2.25: 45.0}),
+    })
+    clock.advance(0.5)
+    sampler.sample_once()  # 95 C, before the window
+    clock.advance(0.5)
+    sampler.begin("measure")  # t0 + 1: 60 and 40 C
+    for _ in range(6):
+        clock.advance(0.25)
+        sampler.sample_once()
+    sample_at(sampler, clock, clock.t_s + 1.0)  # 99 C, after the window's end
+    result = sampler.end("measure")  # t0 + 2.5: 50 and 45 C
+    assert result.temperature_start_c == 60.0
+    assert result.temperature_max_c == 85.0
+    assert result.samples == 2 * (1 + 6 + 1)
+
+
+def test_samples_on_a_windows_edges_are_inside_it() -> None:
+    """A sample stamped exactly at the start or the end edge belongs to the window (its
+    temperature and its count); a float's width outside either edge, it does not."""
+    start_s, end_s = 1024.0, 1026.5
+
+    def temperature_c(t_s: float) -> float:
+        if t_s < start_s or t_s > end_s:
+            return 99.0
+        return 70.0 if t_s in (start_s, end_s) else 50.0
+
+    clock = ManualClock(t_s=start_s)
+    sampler = profiled_sampler(clock, {"GPU-a": temperature_c})
+    sampler.begin("measure")
+    clock.advance(1.0)
+    sampler.sample_once()
+    for t_s in (math.nextafter(start_s, 0.0), start_s, end_s, math.nextafter(end_s, 2 * end_s)):
+        sample_at(sampler, clock, t_s)
+    clock.t_s = end_s
+    result = sampler.end("measure")
+    assert (result.start_s, result.end_s) == (start_s, end_s)
+    assert result.temperature_start_c == 70.0 and result.temperature_max_c == 70.0
+    assert result.samples == 5, "begin's and end's own, the one inside, the two on the edges"
+
+
+def integrated_energy_j(offsets_s: list[float], end_s: float,
+                        sample_interval_ms: float = 100) -> float | None:
+    """Energy of a window on a 50 W GPU without a counter: begin's and end's own samples, and
+    one at each offset from the start."""
+    clock = ManualClock(t_s=1024.0)
+    sampler = make_sampler(clock, {"GPU-old": {"base_w": 50.0, "counter": False}},
+                           sample_interval_ms=sample_interval_ms)
+    sampler.begin("measure")
+    for offset_s in offsets_s:
+        clock.t_s = 1024.0 + offset_s
+        sampler.sample_once()
+    clock.t_s = 1024.0 + end_s
+    return sampler.end("measure").energy_j
+
+
+def test_integration_trusts_gaps_up_to_five_intervals_and_at_least_a_second() -> None:
+    """The edge samples alone are enough; a gap of exactly the limit is trusted, a wider one
+    is not; the limit is a second, or five sampling intervals when that is longer."""
+    assert integrated_energy_j([], 0.5) == 25.0, "begin's and end's samples, on the edges"
+    assert integrated_energy_j([0.75], 1.5) == 75.0
+    assert integrated_energy_j([1.0], 2.0) == 100.0
+    assert integrated_energy_j([1.25], 2.5) is None
+    assert integrated_energy_j([1.25], 2.5, sample_interval_ms=250) == 125.0
+    assert integrated_energy_j([1.375], 2.75, sample_interval_ms=250) is None

@@ -119,3 +119,7 @@ main.add_command(doctor)
 from lem_ray.cli.compact_cmd import compact  # noqa: E402
 
 main.add_command(compact)
+
+from lem_ray.cli.export_cmd import export  # noqa: E402
+
+main.add_command(export)

@@ -107,8 +107,8 @@ def print_summary(result: CampaignResult, console: Console) -> None:
         ("backend", "backend", None),
         ("precision", "fp_precision", None), ("batch", "batch_size", None),
         ("device", "device", None), ("ok", "cycles_ok", None),
-        ("tok/s", "throughput_tok_s", 4), ("J/out tok", "energy_j_per_output_token", 4),
-        ("adj. J/out tok", "energy_adjusted_j_per_output_token", 4),
+        ("tok/s", "throughput_tok_s", 4), ("GPU J/out tok", "energy_j_per_output_token", 4),
+        ("adj. GPU J/out tok", "energy_adjusted_j_per_output_token", 4),
         ("TTFT p50 ms", "ttft_ms_p50", 4), ("ITL p50 ms", "itl_ms_p50", 3),
         ("power W", "avg_power_w", 4),
     ]

@@ -28,7 +28,9 @@ from lem_ray.results.report import (
     DEFAULT_MAX_CYCLE_CV,
     ENERGY_METRICS,
     METRIC_TITLES,
+    PERCENTILES,
     PERFORMANCE_METRICS,
+    REQUEST_METRICS,
     STATS_NOTE,
     SUMMARY,
     Report,
@@ -94,6 +96,32 @@ def _power_samples(results_dir: str, runs: list[dict[str, Any]]) -> dict[tuple[s
         if key in wanted:
             samples.setdefault(key, []).append(row)
     return samples
+
+
+def _requests(results_dir: str) -> list[dict[str, Any]]:
+    """The requests table's energy columns only (the table is large)."""
+    dataset = open_dataset(results_dir, "requests")
+    if dataset is None:
+        return []
+    return dataset.to_table(columns=["run_id", "attempt", "output_tokens", "energy_j",
+                                     "energy_attribution"]).to_pylist()
+
+
+def _request_table(report: Report, title: str) -> Table:
+    table = Table(title=title, box=box.HORIZONTALS)
+    table.add_column("group", overflow="fold")
+    table.add_column("attribution")
+    for p in PERCENTILES:
+        table.add_column(f"J/request p{p}", justify="right")
+    for p in PERCENTILES:
+        table.add_column(f"J/out tok p{p}", justify="right")
+    for g in report.groups[:TABLE_ROWS]:
+        if g["request_energy_j_p50"] is None:
+            continue
+        table.add_row(g["label"] or g["group"], g["request_energy_attribution"] or "-",
+                      *[format_number(g[f"request_{m}_p{p}"])
+                        for m in REQUEST_METRICS for p in PERCENTILES])
+    return table
 
 
 def _steady_window_s(row: dict[str, Any]) -> tuple[float, float] | None:
@@ -210,6 +238,17 @@ def _print(report: Report, console: Console, files: dict[str, str],
         present = [m for m in metrics if m in shown]
         if present:
             console.print(_table(report, f"{title}: {groups_by}", present))
+    if any(g["request_energy_j_p50"] is not None for g in report.groups):
+        console.print(_request_table(report, f"GPU energy per request: {groups_by}"))
+    if any(g["energy_with_host_j_per_output_token_n"] for g in report.groups):
+        console.print("GPU J/out tok: the GPUs' energy only. GPU+host J/out tok: plus the node's "
+                      "CPU package and DRAM counters (RAPL), from runs that had the node to "
+                      "themselves only (host_shared_by_runs = 0)")
+    disagree = [f"{g['label']} ({g['energy_methods_disagree_runs']})" for g in report.groups
+                if g["energy_methods_disagree_runs"]]
+    if disagree:
+        console.print("energy counter and integrated power disagree beyond "
+                      f"validity.max_energy_methods_gap in: {', '.join(disagree)}")
     if not report.energy_measured:
         console.print("energy: not measured (no NVML GPU on the nodes that ran); "
                       "see energy_unavailable_reason in the experiments table")
@@ -255,12 +294,12 @@ def _print(report: Report, console: Console, files: dict[str, str],
 @click.option("--latency", type=click.Choice(["ttft", "e2e"]), default="ttft", show_default=True,
               help="HTML: the latency axis of the Pareto plots, TTFT p50 or end-to-end p50.")
 @click.option("--max-cycle-cv", type=click.FloatRange(min=0, min_open=True),
-              default=DEFAULT_MAX_CYCLE_CV, show_default=True,
               help="Mark groups whose cycle-to-cycle CV of J/output token or throughput is "
-                   "above this (the campaign's validity.max_cycle_cv).")
+                   "above this. Default: the campaign's execution.validity.max_cycle_cv, as "
+                   f"its runs recorded it (else {DEFAULT_MAX_CYCLE_CV}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
 def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Path | None,
-           power_runs: str | None, latency: str, max_cycle_cv: float, as_json: bool) -> None:
+           power_runs: str | None, latency: str, max_cycle_cv: float | None, as_json: bool) -> None:
     """Summarise RESULTS_DIR per group: mean, std, n and a 95% bootstrap CI per metric.
 
     Counts the latest attempt of each run, leaves out failed and invalid runs (and lists
@@ -286,7 +325,7 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
                  f"{results_dir}/experiments)"
                  + (f"; {len(lost)} runs that ended ok are lost, the next campaign runs them "
                     "again" if lost else ""))
-        summary = build_report(rows, keys, max_cycle_cv)
+        summary = build_report(rows, keys, max_cycle_cv, _requests(results_dir))
         chosen = _power_choice(summary, _split(power_runs)) if html_path else []
     except ConfigError as exc:
         fail(str(exc))

@@ -27,6 +27,10 @@ class TelemetryConfig(StrictModel):
     sample_interval_ms: float = Field(
         100, ge=10, le=60_000, description="instant power etc., per GPU"
     )
+    ray_metrics: bool = Field(
+        True, description="power, temperature, runs by state, energy and GPU-seconds on Ray's "
+        "metrics endpoint (ray.util.metrics), for Ray's dashboard and Prometheus"
+    )
 
 
 class BaselineConfig(StrictModel):
@@ -64,6 +68,11 @@ class ValidityConfig(StrictModel):
         "J/output token or throughput is above this (also `report --max-cycle-cv`)")
     temperature_min_c: float = 20
     temperature_max_c: float = 95
+    max_energy_methods_gap: float = Field(
+        0.02, gt=0, le=1, description="a measured window whose energy counter and integrated "
+        "instant power differ by more than this fraction of the counter's figure is flagged "
+        "energy_methods_disagree (judged on windows of at least min_window_s; H200 windows "
+        "of 14-41 s agreed within 0.7%)")
 
 
 class ExecutionConfig(StrictModel):

@@ -23,6 +23,7 @@ from lem_ray.execution.actors import BaselineCache
 from lem_ray.execution.cluster import Capacity, node_gpus
 from lem_ray.execution.handoff import RunOutcome
 from lem_ray.execution.lengths import RunLengths, decode_steps
+from lem_ray.execution.metrics import run_tags
 from lem_ray.execution.policy import Assign, Close, Open, QueuedRun, SlotView, decide
 from lem_ray.execution.rows import RunRows, failed_rows, ok_rows
 from lem_ray.execution.slots import Slot
@@ -269,6 +270,7 @@ class Dispatcher:
             task.config.model_dump_json(), self.prompts[task.ids.key.experiment_id], execution,
             self.baselines, execution.config_gap_s if self.started_any else 0.0,
             keep_engine=not execution.force_cold_start,
+            metric_tags=run_tags(task.ids) if execution.telemetry.ray_metrics else None,
         )
         self.started_any = True
         self.last_cycle, self.cycle_gate_s = task.ids.key.cycle, None

@@ -145,6 +145,18 @@ def _check_gpus(report: DoctorReport, nodes: list[dict[str, Any]]) -> None:
                        "counted in the runs'", "stop them, or leave those GPUs out of Ray")
 
 
+def _check_host_energy(report: DoctorReport, nodes: list[dict[str, Any]]) -> None:
+    """Per node: which host counters (CPU package, DRAM) a run's sampler can read there."""
+    for node in nodes:
+        host = node["host_energy"]
+        name = f"host energy on {_node_name(node)}"
+        if host["zones"]:
+            report.add(name, "ok", f"RAPL readable: {', '.join(host['zones'])}")
+        else:
+            report.add(name, "warn", f"{host['reason']}: rows will carry null cpu_energy_j and "
+                       "dram_energy_j, GPU energy only", host["fix"])
+
+
 def _check_backends(report: DoctorReport, nodes: list[dict[str, Any]]) -> None:
     backends = sorted({b for node in nodes for b in node["backends"]})
     for backend in backends:
@@ -287,6 +299,7 @@ def run_doctor(address: str | None = None, results_dir: str | Path | None = None
         report.nodes = nodes
         _check_versions(report, nodes)
         _check_gpus(report, nodes)
+        _check_host_energy(report, nodes)
         _check_backends(report, nodes)
         if plan is not None and envs is not None:
             _check_runtime_envs(report, nodes, envs,

@@ -1,6 +1,6 @@
 """What `lem-ray doctor` learns on one node, from a task scheduled on that node.
 
-NVML, the backends' libraries, podman and the results directory are facts of the node where
+NVML, the host's RAPL counters, the backends' libraries, podman and the results directory are facts of the node where
 runs will execute, not of the driver, so each is looked at from there.
 """
 
@@ -18,6 +18,7 @@ import ray
 import lem_ray
 from lem_ray.backends.registry import BACKENDS, missing_modules
 from lem_ray.results.store import resolve
+from lem_ray.telemetry.rapl import host_status
 
 
 def _gpus() -> dict[str, Any]:
@@ -84,6 +85,7 @@ def probe_node(results_dir: str | None) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "lem_ray_version": lem_ray.__version__,
         **_gpus(),
+        "host_energy": host_status(),
         "backends": _backends(),
         "podman": shutil.which("podman"),
         "results_dir_error": None if results_dir is None else _results_dir_writable(results_dir),

@@ -14,6 +14,7 @@ from lem_ray.execution.automation import Clock, notified, scheduled
 from lem_ray.execution.cluster import capacity, connect
 from lem_ray.execution.dispatch import Dispatcher, Progress, Reporter
 from lem_ray.execution.manifest_actor import close_manifest, open_manifest
+from lem_ray.execution.metrics import publishing
 from lem_ray.execution.preflight import preflight
 from lem_ray.execution.runtime_env import probe_runtime_envs
 from lem_ray.execution.shared_storage import require_shared_results_dir
@@ -138,7 +139,8 @@ def run_block(
             )
             dispatcher = Dispatcher(plan, out, manifest, prompts, capacity(), progress, reporter,
                                     runtime_envs=runtime_envs, env_refusals=refusals)
-            dispatcher.run(pending, attempts)
+            with publishing(dispatcher):
+                dispatcher.run(pending, attempts)
             unstored = dispatcher.writer.failures()
         final = ray.get(manifest.snapshot.remote())["runs"]
         if not any(final[r.run_id]["state"] in UNFINISHED for r in plan.runs):

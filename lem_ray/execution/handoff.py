@@ -58,6 +58,9 @@ class RunResult:
     engine_config: dict[str, Any] | None
     steady_window: SteadyWindow | None
     epoch_minus_perf_s: float
+    host_shared_by_runs: int | None = None
+    """Other runs of the campaign active on the node during the measured window (their work
+    is in its host energy); None where the worker had no record to ask."""
 
 
 @dataclass(frozen=True)

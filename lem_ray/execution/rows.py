@@ -12,7 +12,9 @@ from lem_ray.backends.traffic import SteadyWindow
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.handoff import GpuConditions, RunResult, SamplerReport, WorkerIdentity
+from lem_ray.execution.sampler_actor import host_key
 from lem_ray.records import RunAttempt
+from lem_ray.results.attribution import STEP, TOKEN_SHARE, attribute_by_step
 from lem_ray.results.metrics import (
     attribute_energy,
     energy_metrics,
@@ -23,12 +25,14 @@ from lem_ray.results.metrics import (
 from lem_ray.results.schema import empty_row
 from lem_ray.results.validity import (
     ValidityInputs,
+    energy_methods_gap,
     is_valid,
     other_processes,
     throttle_seconds,
     validity_flags,
 )
 from lem_ray.telemetry.energy import adjusted_energy_j, trapezoid_energy_j
+from lem_ray.telemetry.sampler import SOURCE_COUNTER
 
 
 @dataclass
@@ -115,6 +119,15 @@ def _environment(environment: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def power_series(timeseries: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """(t_s, power_w) per GPU from the sampler's rows (the host's rows carry no power_w)."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in timeseries:
+        if row.get("power_w") is not None:
+            series.setdefault(row["gpu_uuid"], []).append((row["t_s"], row["power_w"]))
+    return series
+
+
 def _steady(config: ExperimentConfig, window: SteadyWindow | None, epoch_minus_perf_s: float,
             timeseries: list[dict[str, Any]]) -> dict[str, Any]:
     """The steady-state window under traffic (vLLM constant / poisson), beside the whole run.
@@ -134,10 +147,7 @@ def _steady(config: ExperimentConfig, window: SteadyWindow | None, epoch_minus_p
         return columns
     start = window.start_s + epoch_minus_perf_s
     end = window.end_s + epoch_minus_perf_s
-    series: dict[str, list[tuple[float, float]]] = {}
-    for row in timeseries:
-        if row.get("power_w") is not None:
-            series.setdefault(row["gpu_uuid"], []).append((row["t_s"], row["power_w"]))
+    series = power_series(timeseries)
     energy = None
     if series and all(len(points) >= 2 for points in series.values()):
         energy = sum(trapezoid_energy_j([t for t, _ in points], [p for _, p in points], start, end)
@@ -205,6 +215,8 @@ def _energy_columns(
         "energy_unavailable_reason": window.unavailable_reason,
         "energy_by_gpu_json": json.dumps(window.energy_by_gpu_j) if window.energy_by_gpu_j else None,
         "energy_integrated_j": window.integrated_energy_j,
+        "energy_methods_gap": energy_methods_gap(window.energy_j, window.integrated_energy_j,
+                                                 window.source, SOURCE_COUNTER),
         "energy_window_s": energy.window_s,
         "measure_start_epoch_s": window.start_s,
         "measure_end_epoch_s": window.end_s,
@@ -242,6 +254,10 @@ def _validity_columns(
         other_process_pids=others,
         mig_enabled=any(g.get("mig_enabled") for g in telemetry.environment.values()),
         warmup_converged=result.warmup.converged,
+        energy_methods_gap=energy_methods_gap(window.energy_j, window.integrated_energy_j,
+                                              window.source, SOURCE_COUNTER),
+        max_energy_methods_gap=execution.validity.max_energy_methods_gap,
+        samples_per_gpu=window.samples / max(len(window.energy_by_gpu_j), 1),
     ))
     throttled = throttle_seconds(telemetry.timeseries, window.start_s, window.end_s,
                                  telemetry.sample_interval_s)
@@ -255,6 +271,37 @@ def _validity_columns(
         "throttle_reasons": window.throttle_reasons_seen,
         "throttle_s_json": json.dumps(throttled),
         "other_process_pids": others,
+        "max_cycle_cv": execution.validity.max_cycle_cv,
+    }
+
+
+def _host_columns(
+    result: RunResult, conditions: GpuConditions, node_id: str | None,
+    gpu_energy_j: float | None, output_tokens: int,
+) -> dict[str, Any]:
+    """The node's CPU and DRAM energy over the measured window (docs/measurement.md). GPU +
+    host per output token only where no other run shared the node during the window: the
+    host counters meter the node, so a shared window's host energy is not this run's alone."""
+    window = result.measure_window
+    host = window.host
+    energy_j = host.energy_j if host else None
+    idle = conditions.baselines.get(host_key(node_id))
+    idle_w = idle["power_w"] if idle else None
+    shared = result.host_shared_by_runs
+    with_host = None
+    if energy_j is not None and gpu_energy_j is not None and shared == 0 and output_tokens:
+        with_host = (gpu_energy_j + energy_j) / output_tokens
+    return {
+        "cpu_energy_j": host.cpu_energy_j if host else None,
+        "dram_energy_j": host.dram_energy_j if host else None,
+        "host_energy_j": energy_j,
+        "host_energy_source": host.source if host else None,
+        "host_energy_unavailable_reason": (
+            host.unavailable_reason if host else "the sampler read no host counters"),
+        "host_baseline_power_w": idle_w,
+        "host_energy_adjusted_j": adjusted_energy_j(energy_j, idle_w, window.duration_s),
+        "host_shared_by_runs": shared,
+        "energy_with_host_j_per_output_token": with_host,
     }
 
 
@@ -306,6 +353,7 @@ def ok_rows(
         **_warmup_columns(result),
         **req,
         **_energy_columns(result, energy, ratios, req["output_tokens"], baseline),
+        **_host_columns(result, conditions, identity.node_id, energy.energy_j, req["output_tokens"]),
         **_validity_columns(result, telemetry, execution, ratios["avg_power_w"],
                             env["power_limit_w"], baseline["baseline_power_w"]),
         "cooldown_wait_s": conditions.cooldown_wait_s,
@@ -314,8 +362,13 @@ def ok_rows(
         **_engine_columns(config, result, telemetry),
     }
     ids_row = ids.as_dict()
-    energies = attribute_energy(records, energy.energy_j, energy.prefill_j, energy.decode_j)
-    requests = [{**ids_row, **row}
+    window = result.measure_window
+    by_step = attribute_by_step(records, window.start_s, window.end_s, result.epoch_minus_perf_s,
+                                energy.energy_j, power_series(telemetry.timeseries))
+    energies = by_step if by_step is not None else attribute_energy(
+        records, energy.energy_j, energy.prefill_j, energy.decode_j)
+    method = (STEP if by_step is not None else TOKEN_SHARE) if energy.energy_j is not None else None
+    requests = [{**ids_row, **row, "energy_attribution": method}
                 for row in request_rows(records, result.measure_start_perf_s, energies)]
     series = [{**ids_row, **row} for row in telemetry.timeseries]
     return RunRows(experiment, requests, series)

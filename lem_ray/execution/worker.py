@@ -10,8 +10,9 @@ import platform
 import socket
 import sys
 import time
+import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
@@ -32,7 +33,7 @@ from lem_ray.execution.handoff import (
     RunResult,
     WorkerIdentity,
 )
-from lem_ray.execution.sampler_actor import SamplerActor
+from lem_ray.execution.sampler_actor import SamplerActor, host_key
 from lem_ray.execution.warmup import run_warmup
 
 
@@ -51,9 +52,11 @@ class RunRequest:
     prompts: list[str]
     execution: ExecutionConfig
     baselines: Any
-    """The campaign's BaselineCache actor."""
+    """The campaign's BaselineCache actor (also the record of which runs share a node)."""
     gap_s: float = 0.0
     keep_engine: bool = True
+    metric_tags: dict[str, str] | None = None
+    """The run's tags on Ray's metrics (execution.metrics.run_tags); None: metrics off."""
 
 
 def no_gpu_reason(identity: GpuIdentity) -> str | None:
@@ -103,7 +106,7 @@ class ExperimentWorker:
         pg = ray.util.get_current_placement_group()
         options = {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, 0)} if pg else {}
         self.sampler = SamplerActor.options(**options).remote(
-            self.identity.gpu_uuids, sample_interval_ms, no_gpu_reason(self.identity),
+            self.identity.gpu_uuids, sample_interval_ms, no_gpu_reason(self.identity), self.node_id,
         )
         self.sample_interval_ms = sample_interval_ms
 
@@ -142,15 +145,29 @@ class ExperimentWorker:
             self.pool.make_room(key, backend_class(cfg.backend).exclusive, self._least_free_mib)
         sampler = self._sampler(execution)
         phases: dict[str, float] = {}
-        conditions = _prepare_gpus(execution, request.baselines, sampler,
-                                   self.identity.gpu_uuids, phases)
-        ray.get(sampler.start.remote())
+        runs, token = request.baselines, uuid.uuid4().hex
+        others = 0
+        if runs is not None:
+            now = time.time()
+            ray.get(runs.run_started.remote(self.node_id, token, now))
+            others = ray.get(runs.active.remote(self.node_id, token, now))
         try:
-            result = self._measure(cfg, key, request.prompts, sampler, execution, phases)
-        except BaseException:
-            self.pool.release_all()
-            ray.get(sampler.finish.remote())
-            raise
+            conditions = _prepare_gpus(execution, runs, sampler, self.identity.gpu_uuids,
+                                       host_key(self.node_id), others == 0, phases)
+            ray.get(sampler.start.remote(request.metric_tags))
+            try:
+                result = self._measure(cfg, key, request.prompts, sampler, execution, phases)
+            except BaseException:
+                self.pool.release_all()
+                ray.get(sampler.finish.remote())
+                raise
+            if runs is not None:
+                window = result.measure_window
+                result = replace(result, host_shared_by_runs=ray.get(
+                    runs.sharing.remote(self.node_id, token, window.start_s, window.end_s)))
+        finally:
+            if runs is not None:
+                ray.get(runs.run_ended.remote(token, time.time()))
         if not request.keep_engine:
             self.pool.release_all()
         return RunOutcome(self.identify(), started_at, result,
@@ -262,10 +279,12 @@ class ExperimentWorker:
 
 
 def _prepare_gpus(
-    execution: ExecutionConfig, baselines: Any, sampler: Any, uuids: list[str],
-    phases: dict[str, float],
+    execution: ExecutionConfig, baselines: Any, sampler: Any, uuids: list[str], host: str,
+    host_idle: bool, phases: dict[str, float],
 ) -> GpuConditions:
-    """Cool down and take (or reuse) the idle baseline, both before anything is loaded."""
+    """Cool down and take (or reuse) the idle baselines of the GPUs and of the host (under the
+    key `host`; measured only when host_idle: no other run active on the node), both before
+    anything is loaded."""
     phases["cooldown"] = phases["baseline"] = 0.0
     if not uuids:
         return GpuConditions()
@@ -278,9 +297,9 @@ def _prepare_gpus(
     measured: dict[str, dict[str, Any]] = {}
     if execution.baseline.enabled:
         t0 = time.perf_counter()
-        known = ray.get(baselines.get.remote(uuids))
+        known = ray.get(baselines.get.remote([*uuids, host]))
         measured = ray.get(sampler.baseline.remote(
-            known, execution.baseline.duration_s, execution.baseline.ttl_s))
+            known, execution.baseline.duration_s, execution.baseline.ttl_s, host_idle))
         ray.get(baselines.put.remote(measured))
         phases["baseline"] = time.perf_counter() - t0
     return GpuConditions(waited_s, hottest_c, measured)

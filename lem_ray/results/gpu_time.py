@@ -47,9 +47,16 @@ class GpuLedger:
         for name in RUN_PHASES:
             self.runs_gpu_s[name] += phases_s.get(name, 0.0) * gpus
 
+    def seconds(self, now_s: float) -> dict[str, float]:
+        """GPU-seconds by phase up to now_s, leaving the ledger as it is: readable from another
+        thread than the one that keeps it."""
+        runs = dict(self.runs_gpu_s)
+        total = self.total_gpu_s + self.gpus * max(0.0, now_s - self.last_s)
+        return {**runs, "idle": total - sum(runs.values())}
+
     def snapshot(self, now_s: float) -> dict[str, Any]:
         self.advance(now_s)
-        seconds = {**self.runs_gpu_s, "idle": self.total_gpu_s - sum(self.runs_gpu_s.values())}
+        seconds = self.seconds(now_s)
         return {
             "session": self.session,
             "started_s": self.started_s,

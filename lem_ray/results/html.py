@@ -29,6 +29,7 @@ h1 { font-size: 22px; margin-bottom: 4px; }
 h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ddd; }
 h3 { font-size: 14px; margin: 16px 0 6px; }
 p.meta, p.note, figcaption { color: #555; font-size: 13px; }
+div.wide { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; font-size: 12px; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; vertical-align: top; }
 th { background: #f2f2f2; }
@@ -61,7 +62,8 @@ def _metric_cell(group: dict[str, Any], metric: str) -> str:
 def summary_table(report: Report, metrics: list[str]) -> str:
     head = ["group", "backend", "precision", "batch", "runs ok", "invalid", "failed", "cycle CV"]
     head += [METRIC_TITLES[m] for m in metrics]
-    lines = ["<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
+    lines = ['<div class="wide"><table>',
+             "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
     for g in report.groups:
         flagged = g["runs_invalid"] or g["runs_failed"] or g["cycle_cv_above"]
         hash_line = f"<br><span>{escape(g['group'])}</span>" if g["label"] != g["group"] else ""
@@ -74,7 +76,7 @@ def summary_table(report: Report, metrics: list[str]) -> str:
         cells += [_metric_cell(g, m) for m in metrics]
         row_tag = '<tr class="warn">' if flagged else "<tr>"
         lines.append(row_tag + "".join(cells) + "</tr>")
-    lines.append("</table>")
+    lines.append("</table></div>")
     return "\n".join(lines)
 
 
@@ -93,10 +95,10 @@ def excluded_table(report: Report) -> str:
     if not report.excluded:
         return '<p class="note">No failed or invalid runs.</p>'
     head = ("group", "run_id", "attempt", "status", "reason")
-    lines = ["<table>", "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    lines = ['<div class="wide"><table>', "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for e in report.excluded:
         lines.append("<tr>" + "".join(f"<td>{escape(str(e[k]))}</td>" for k in head) + "</tr>")
-    lines.append("</table>")
+    lines.append("</table></div>")
     return "\n".join(lines)
 
 

@@ -105,21 +105,26 @@ def _pareto_axes(ax: Any, groups: list[dict[str, Any]], x: str, y: str,
 
 
 def _annotate(ax: Any, points: list[tuple[float, float, str]]) -> None:
-    """Label each point, moving a label up or down until it clears the ones already placed
-    (close configurations otherwise print on top of each other)."""
+    """Label each point, to its right in the left half of the plot and to its left in the
+    right half (so no label runs off the axes and squeezes them), moving a label up or down
+    until it clears the ones already placed (close configurations print on top of each other)."""
     ax.autoscale_view()
-    char_px, line_px = 6.5, 12.0
+    x_low, x_high = ax.get_xlim()
+    char_px, line_px, gap_px = 6.5, 12.0, 6
     placed: list[tuple[float, float, float]] = []
     for x, y, label in sorted(points, key=lambda p: (p[0], p[1])):
         px, py = ax.transData.transform((x, y))
         width = char_px * len(label)
+        leftward = x_high != x_low and (x - x_low) / (x_high - x_low) > 0.5
+        start = px - gap_px - width if leftward else px + gap_px
         for dy in (5, -15, 18, -28, 31, -41, 44):
             top = py + dy
-            if not any(abs(top - t) < line_px and px < left + w and left < px + width
+            if not any(abs(top - t) < line_px and start < left + w and left < start + width
                        for left, t, w in placed):
                 break
-        placed.append((px, top, width))
-        ax.annotate(label, (x, y), xytext=(6, dy), textcoords="offset pixels", fontsize=8)
+        placed.append((start, top, width))
+        ax.annotate(label, (x, y), xytext=(-gap_px if leftward else gap_px, dy),
+                    textcoords="offset pixels", fontsize=8, ha="right" if leftward else "left")
 
 
 def pareto_png(groups: list[dict[str, Any]], x: str, y: str, minimise_x: bool,

@@ -13,6 +13,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import pyarrow as pa
 
 from lem_ray.errors import ConfigError
@@ -31,6 +32,7 @@ from lem_ray.results.schema import BOOL, EXPERIMENTS, STR, STRS, I64, F64
 METRICS = (
     "energy_j_per_output_token",
     "energy_adjusted_j_per_output_token",
+    "energy_with_host_j_per_output_token",
     "throughput_tok_s",
     "ttft_ms_p50",
     "ttft_ms_p99",
@@ -42,12 +44,13 @@ METRICS = (
 )
 # The energy table; the SM clock beside the power: a group whose J/token moved with its clock
 # moved with something that held the clocks back, not with the workload.
-ENERGY_METRICS = ("energy_j_per_output_token", "energy_adjusted_j_per_output_token", "avg_power_w",
-                  "sm_clock_mhz_mean")
+ENERGY_METRICS = ("energy_j_per_output_token", "energy_adjusted_j_per_output_token",
+                  "energy_with_host_j_per_output_token", "avg_power_w", "sm_clock_mhz_mean")
 PERFORMANCE_METRICS = tuple(m for m in METRICS if m not in ENERGY_METRICS)
 METRIC_TITLES = {
-    "energy_j_per_output_token": "J/out tok",
-    "energy_adjusted_j_per_output_token": "adj. J/out tok",
+    "energy_j_per_output_token": "GPU J/out tok",
+    "energy_adjusted_j_per_output_token": "adj. GPU J/out tok",
+    "energy_with_host_j_per_output_token": "GPU+host J/out tok",
     "throughput_tok_s": "tok/s",
     "ttft_ms_p50": "TTFT p50 ms",
     "ttft_ms_p99": "TTFT p99 ms",
@@ -58,6 +61,8 @@ METRIC_TITLES = {
     "sm_clock_mhz_mean": "SM MHz",
 }
 DEFAULT_GROUP_BY = ("experiment_id",)
+ROUNDING = 1e-9
+"""A std this small relative to its mean is floating-point rounding, shown as 0."""
 # What a reader needs to place a group; null in the summary when the group mixes values.
 DESCRIPTIVE = ("campaign_name", "backend", "model_name", "fp_precision", "batch_size", "device")
 STATS_NOTE = (
@@ -68,6 +73,10 @@ STATS_NOTE = (
 # Metrics whose cycle-to-cycle spread is judged against validity.max_cycle_cv.
 CYCLE_CV_METRICS = ("energy_j_per_output_token", "throughput_tok_s")
 DEFAULT_MAX_CYCLE_CV = 0.05
+
+# Per-request energy (requests table) over a group's counted runs: its spread, not a mean.
+REQUEST_METRICS = ("energy_j", "energy_j_per_output_token")
+PERCENTILES = (50, 90, 99)
 
 SUMMARY = pa.schema(
     [
@@ -86,6 +95,10 @@ SUMMARY = pa.schema(
         ("max_cycle_cv", F64),
         ("cycle_cv_above", BOOL),
         ("engines", I64),
+        ("energy_methods_disagree_runs", I64),
+        ("host_shared_runs", I64),
+        ("request_energy_attribution", STR),
+        *[(f"request_{m}_p{p}", F64) for m in REQUEST_METRICS for p in PERCENTILES],
     ]
 )
 
@@ -207,14 +220,49 @@ def engines_per_experiment(runs: list[dict[str, Any]]) -> int | None:
     return max(map(len, engines.values())) if engines else None
 
 
+def request_energy(
+    counted: list[dict[str, Any]], requests: dict[tuple[str, int], list[dict[str, Any]]],
+) -> dict[str, Any]:
+    """p50/p90/p99 of J per request and J per output token over the requests of a group's
+    counted runs, and how their energy was attributed (`step`, `token_share`, or `mixed`)."""
+    found = [r for run in counted for r in requests.get((run["run_id"], run["attempt"]), [])
+             if r.get("energy_j") is not None]
+    per_token = [r["energy_j"] / r["output_tokens"] for r in found if r.get("output_tokens")]
+    # rows written before energy_attribution were all split by token share
+    methods = {r.get("energy_attribution") or "token_share" for r in found}
+    out: dict[str, Any] = {"request_energy_attribution": (
+        None if not methods else methods.pop() if len(methods) == 1 else "mixed")}
+    for metric, values in zip(REQUEST_METRICS, ([r["energy_j"] for r in found], per_token)):
+        for p in PERCENTILES:
+            out[f"request_{metric}_p{p}"] = (
+                float(np.percentile(np.array(values, dtype=float), p)) if values else None)
+    return out
+
+
+def recorded_max_cycle_cv(rows: list[dict[str, Any]]) -> float | None:
+    """The campaign's validity.max_cycle_cv as its most recently finished run recorded it (a
+    campaign run again with another limit: the newer one); None when no row records one."""
+    recorded = [r for r in rows
+                if r.get("max_cycle_cv") is not None and r.get("finished_at") is not None]
+    return max(recorded, key=lambda r: r["finished_at"])["max_cycle_cv"] if recorded else None
+
+
 def build_report(
     rows: list[dict[str, Any]], group_by: Sequence[str] = DEFAULT_GROUP_BY,
-    max_cycle_cv: float = DEFAULT_MAX_CYCLE_CV,
+    max_cycle_cv: float | None = None,
+    requests: list[dict[str, Any]] | None = None,
 ) -> Report:
     """Summarise the runs in `rows` (experiments-table rows, any attempts) per group.
 
     Each group carries the cycle-to-cycle CV of J/output token and throughput over its
-    counted runs, and whether one of them is above max_cycle_cv (validity.max_cycle_cv)."""
+    counted runs, and whether one of them is above max_cycle_cv (None: the campaign's
+    validity.max_cycle_cv recorded in the rows, else DEFAULT_MAX_CYCLE_CV); with `requests`
+    (requests-table rows), the spread of per-request energy."""
+    if max_cycle_cv is None:
+        max_cycle_cv = recorded_max_cycle_cv(rows) or DEFAULT_MAX_CYCLE_CV
+    by_run: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for request in requests or []:
+        by_run.setdefault((request["run_id"], request["attempt"]), []).append(request)
     keys = tuple(group_by)
     runs = latest_attempts(rows)
     buckets: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -252,6 +300,10 @@ def build_report(
         row["max_cycle_cv"] = max_cycle_cv
         row["cycle_cv_above"] = any(v is not None and v > max_cycle_cv for v in spreads)
         row["engines"] = engines_per_experiment(counted)
+        row["energy_methods_disagree_runs"] = sum(
+            "energy_methods_disagree" in (r.get("validity_flags") or []) for r in bucket)
+        row["host_shared_runs"] = sum((r.get("host_shared_by_runs") or 0) > 0 for r in counted)
+        row.update(request_energy(counted, by_run))
         groups.append(row)
         members.append(counted)
         excluded.extend(left_out)
@@ -299,7 +351,10 @@ def cell_lines(group: dict[str, Any], metric: str) -> list[str]:
         return ["-"]
     if n < 2:
         return [mean, "no CI (n<2)", f"n={n}"]
-    return [f"{mean} ± {format_number(group[f'{metric}_std'], 2)}",
+    std = group[f"{metric}_std"]
+    if std is not None and abs(std) <= ROUNDING * abs(group[f"{metric}_mean"]):
+        std = 0.0  # equal values whose mean rounded: 2.8e-17 would read as a spread
+    return [f"{mean} ± {format_number(std, 2)}",
             f"[{format_number(group[f'{metric}_ci_low'])}, {format_number(group[f'{metric}_ci_high'])}]",
             f"n={n}"]
 

@@ -85,6 +85,16 @@ EXPERIMENTS = pa.schema(
         ("energy_decode_j", F64),
         ("prefill_passes", I64),
         ("prefill_window_s", F64),
+        ("energy_methods_gap", F64),
+        ("cpu_energy_j", F64),
+        ("dram_energy_j", F64),
+        ("host_energy_j", F64),
+        ("host_energy_source", STR),
+        ("host_energy_unavailable_reason", STR),
+        ("host_baseline_power_w", F64),
+        ("host_energy_adjusted_j", F64),
+        ("host_shared_by_runs", I64),
+        ("energy_with_host_j_per_output_token", F64),
         ("valid", BOOL),
         ("validity_flags", STRS),
         ("temperature_start_c", F64),
@@ -94,6 +104,7 @@ EXPERIMENTS = pa.schema(
         ("throttle_reasons", I64),
         ("throttle_s_json", STR),
         ("other_process_pids", pa.list_(I64)),
+        ("max_cycle_cv", F64),
         ("cooldown_wait_s", F64),
         ("cooldown_temp_c", F64),
         ("power_limit_w", F64),
@@ -132,6 +143,7 @@ REQUESTS = pa.schema(
         ("e2e_ms", F64),
         ("start_s", F64),
         ("energy_j", F64),
+        ("energy_attribution", STR),
     ]
 )
 
@@ -148,6 +160,10 @@ TIMESERIES = pa.schema(
         ("memory_used_mib", F64),
         ("utilization_pct", F64),
         ("throttle_reasons", I64),
+        ("cpu_power_w", F64),
+        ("dram_power_w", F64),
+        ("cpu_energy_j", F64),
+        ("dram_energy_j", F64),
     ]
 )
 

@@ -19,6 +19,9 @@ THROTTLE_REASONS = {
 }
 # The reasons that mean the GPU ran slower than it could because of power or heat.
 THROTTLING = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+# Fewer instant-power samples per GPU than this make the integral too coarse to audit the
+# counter with (10 Hz sampling: one second of series).
+MIN_GAP_SAMPLES_PER_GPU = 10
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,25 @@ class ValidityInputs:
     mig_enabled: bool
     warmup_converged: bool | None = None
     """False when a cv warmup gave up before the step latency settled; None when not judged."""
+    energy_methods_gap: float | None = None
+    max_energy_methods_gap: float = float("inf")
+    samples_per_gpu: float = 0.0
+    """Instant-power samples per GPU in the window: the integral's resolution."""
+
+
+def energy_methods_gap(energy_j: float | None, integrated_j: float | None,
+                       source: str | None, counter_source: str) -> float | None:
+    """(counter - integral) / counter: positive when the counter read more. Only where the
+    counter gave the figure (on an integrated-power source both methods are one)."""
+    if source != counter_source or energy_j is None or integrated_j is None or energy_j <= 0:
+        return None
+    return (energy_j - integrated_j) / energy_j
+
+
+def gap_judged(v: ValidityInputs) -> bool:
+    """The gap means something only over a window long enough for the power series."""
+    return (v.energy_methods_gap is not None and v.window_s >= v.min_window_s
+            and v.samples_per_gpu >= MIN_GAP_SAMPLES_PER_GPU)
 
 
 def validity_flags(v: ValidityInputs) -> list[str]:
@@ -62,6 +84,8 @@ def validity_flags(v: ValidityInputs) -> list[str]:
         flags.append("mig")
     if v.warmup_converged is False:
         flags.append("warmup_unsettled")
+    if gap_judged(v) and abs(v.energy_methods_gap or 0.0) > v.max_energy_methods_gap:
+        flags.append("energy_methods_disagree")
     return flags
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from lem_ray.telemetry.energy import counter_delta_j, trapezoid_energy_j
 from lem_ray.telemetry.nvml import DeviceFactory, DeviceReader, GpuDevice, GpuSample, TelemetryError
+from lem_ray.telemetry.rapl import HostCounters, HostEnergy, HostWindow, host_rows
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class WindowResult:
     """Over every sample of every GPU in the window: a row that ran at lower clocks than its
     siblings says so, whatever held the clocks back (power cap, heat, another tenant)."""
     sm_clock_mhz_min: float | None = None
+    host: HostWindow | None = None
+    """The node's CPU and DRAM energy over the same edges; None for a sampler without a host reader."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class _OpenWindow:
     start_s: float
     counters_mj: dict[str, int]
     temperature_start_c: float | None
+    host: HostCounters | None = None
 
 
 class EnergySampler:
@@ -78,6 +82,8 @@ class EnergySampler:
         device_factory: DeviceFactory = GpuDevice,
         baseline_ttl_s: float = 3600.0,
         clock: Callable[[], float] = time.time,
+        host: HostEnergy | None = None,
+        host_key: str = "host",
     ) -> None:
         if sample_interval_ms <= 0:
             raise ValueError(f"sample_interval_ms must be positive, got {sample_interval_ms}")
@@ -103,6 +109,15 @@ class EnergySampler:
         self._thread: threading.Thread | None = None
         self._thread_cpu_s = 0.0
         self._failed_devices: set[str] = set()
+        self.on_sample: Callable[[str, GpuSample], None] | None = None
+        """Called with (GPU UUID, sample) for each sample taken, in the thread that took it (the
+        sampling thread, or a window edge's caller): keep it cheap."""
+        self.host = host
+        """The node's RAPL counters, read at the same edges and ticks as the GPUs'."""
+        self.host_key = host_key
+        """The host's key among the baselines (they are kept per GPU UUID and per node)."""
+        self._host_samples: list[HostCounters] = []
+        self._host_times: list[float] = []
 
     @property
     def energy_source(self) -> str | None:
@@ -118,9 +133,14 @@ class EnergySampler:
         """Why energy_source is None, for the result row."""
         return self._unavailable_reason
 
+    @property
+    def _host_readable(self) -> bool:
+        return self.host is not None and bool(self.host.zones)
+
     def start(self) -> None:
-        """Start the background sampling thread (no-op when already running or unavailable)."""
-        if not self._devices or (self._thread is not None and self._thread.is_alive()):
+        """Start the background sampling thread (no-op when already running or nothing to read)."""
+        if not (self._devices or self._host_readable) or (
+                self._thread is not None and self._thread.is_alive()):
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="lem-ray-energy-sampler", daemon=True)
@@ -146,6 +166,7 @@ class EnergySampler:
         next_s = time.monotonic()
         while not self._stop.is_set():
             self.sample_once()
+            self._sample_host()
             with self._lock:
                 self._thread_cpu_s = cpu_before_s + time.thread_time() - cpu_start_s
             next_s += self.sample_interval_s
@@ -166,8 +187,22 @@ class EnergySampler:
                     logger.warning("sampling %s failed (further failures not logged): %s", device.uuid, exc)
                 continue
             self._record(device.uuid, sample)
+            if self.on_sample is not None:
+                self.on_sample(device.uuid, sample)
             taken.append(sample)
         return taken
+
+    def _sample_host(self) -> HostCounters | None:
+        """One read of the host counters into the series (None without a readable host)."""
+        host = self.host
+        if host is None or not host.zones:
+            return None
+        counters = host.read(self._clock())
+        with self._lock:
+            i = bisect.bisect_right(self._host_times, counters.t_s)
+            self._host_times.insert(i, counters.t_s)
+            self._host_samples.insert(i, counters)
+        return counters
 
     def _record(self, uuid: str, sample: GpuSample) -> None:
         with self._lock:
@@ -195,11 +230,12 @@ class EnergySampler:
             if name in self._open:
                 raise ValueError(f"window {name!r} is already open")
         start_s, counters = self._read_counters()
+        host = self._sample_host()
         temperatures = [s.temperature_c for s in self.sample_once() if s.temperature_c is not None]
         with self._lock:
             if name in self._open:
                 raise ValueError(f"window {name!r} is already open")
-            self._open[name] = _OpenWindow(start_s, counters, max(temperatures, default=None))
+            self._open[name] = _OpenWindow(start_s, counters, max(temperatures, default=None), host)
 
     def end(self, name: str) -> WindowResult:
         """Close window `name` and return its energy and conditions."""
@@ -209,6 +245,7 @@ class EnergySampler:
             raise ValueError(f"window {name!r} was not begun")
         self.sample_once()
         end_s, counters = self._read_counters()
+        host_end = self._sample_host()
         per_gpu, samples_in_window = self._window_series(window.start_s, end_s)
         integrated = self._integrate(per_gpu, window.start_s, end_s)
         source = self.energy_source
@@ -245,6 +282,7 @@ class EnergySampler:
             unavailable_reason=None if by_gpu else reason,
             sm_clock_mhz_mean=sum(clocks) / len(clocks) if clocks else None,
             sm_clock_mhz_min=min(clocks, default=None),
+            host=None if self.host is None else self.host.window(window.host, host_end),
         )
 
     def _window_series(
@@ -297,7 +335,12 @@ class EnergySampler:
                     last = s
                 if since_s is None or s.t_s >= since_s:
                     rows.append({"gpu_uuid": uuid, **asdict(s), "energy_j": energy_j})
-        return rows
+        return rows + self._host_rows(since_s)
+
+    def _host_rows(self, since_s: float | None) -> list[dict[str, Any]]:
+        with self._lock:
+            samples = list(self._host_samples)
+        return [] if self.host is None else host_rows(self.host.zones, samples, since_s)
 
     def clear_timeseries(self) -> None:
         """Forget the samples so far: a sampler kept for the next run starts its series anew."""
@@ -305,20 +348,27 @@ class EnergySampler:
             for uuid in self._times:
                 self._times[uuid] = []
                 self._samples[uuid] = []
+            self._host_samples, self._host_times = [], []
 
     def measure_idle_baseline(
-        self, duration_s: float = 20.0, interval_ms: float = 100.0, force: bool = False
+        self, duration_s: float = 20.0, interval_ms: float = 100.0, force: bool = False,
+        host: bool = True,
     ) -> dict[str, dict[str, Any]]:
-        """Mean instant power per GPU while nothing runs, cached for baseline_ttl_s.
+        """Mean instant power per GPU while nothing runs, cached for baseline_ttl_s; and the
+        host's (CPU + DRAM counters over the same seconds) under host_key.
 
-        Blocks for duration_s unless every GPU has a fresh cached value (and force is False).
-        compute_processes records how many processes held the GPU, so a busy baseline shows.
+        Blocks for duration_s unless every GPU and the host have a fresh cached value (and
+        force is False). compute_processes records how many processes held the GPU, so a busy
+        baseline shows. The host is idle only while nothing else runs on the node: host False
+        (other runs active there) measures none, and a fresh cached value is still returned.
         """
         stale = [d for d in self._devices if force or self.baseline(d.uuid) is None]
-        if stale:
+        host_stale = host and self._host_readable and (force or self.baseline(self.host_key) is None)
+        if stale or host_stale:
             count = max(2, round(duration_s * 1000.0 / interval_ms))
             processes = {d.uuid: _process_count(d) for d in stale}
             sums_w = {d.uuid: 0.0 for d in stale}
+            host_before = self.host.read(self._clock()) if host_stale and self.host else None
             started_s = time.monotonic()
             for i in range(count):
                 if i:
@@ -326,6 +376,7 @@ class EnergySampler:
                 for d in stale:
                     sums_w[d.uuid] += d.power_instant_w()
             measured_duration_s = time.monotonic() - started_s
+            host_after = self.host.read(self._clock()) if host_stale and self.host else None
             measured_at_s = self._clock()
             with self._lock:
                 for d in stale:
@@ -337,8 +388,19 @@ class EnergySampler:
                         "duration_s": measured_duration_s,
                         "compute_processes": processes[d.uuid],
                     }
-        result = {d.uuid: self.baseline(d.uuid) for d in self._devices}
-        return {uuid: value for uuid, value in result.items() if value is not None}
+            if self.host is not None and host_before is not None:
+                idle = self.host.window(host_before, host_after)
+                if idle.energy_j is not None and measured_duration_s > 0:
+                    with self._lock:
+                        self._baselines[self.host_key] = {
+                            "power_w": idle.energy_j / measured_duration_s,
+                            "measured_at_s": measured_at_s,
+                            "method": f"idle_mean_{idle.source}",
+                            "duration_s": measured_duration_s,
+                        }
+        keys = [d.uuid for d in self._devices] + ([self.host_key] if self._host_readable else [])
+        result = {key: self.baseline(key) for key in keys}
+        return {key: value for key, value in result.items() if value is not None}
 
     def wait_until_cool(
         self, target_temp_c: float, max_wait_s: float, poll_s: float = 1.0,
