@@ -3,6 +3,8 @@ execution.max_attempts, an error or a timeout is not, and the manifest hears eve
 
 from __future__ import annotations
 
+import errno
+import threading
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any
@@ -10,10 +12,12 @@ from typing import Any
 import pytest
 
 import lem_ray.execution.dispatch as dispatch
+import lem_ray.execution.writes as writes
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.dispatch import Dispatcher, Progress, RunTask
 from lem_ray.execution.rows import RunRows, failed_rows
+from lem_ray.execution.writes import RowWriter
 from lem_ray.records import RunAttempt, RunKey
 from tests.conftest import TINY_BASE
 
@@ -31,7 +35,7 @@ def outcome(kind: str, ids: RunAttempt) -> RunRows:
 
 def dispatcher(monkeypatch: pytest.MonkeyPatch, max_attempts: int) -> tuple[Dispatcher, dict]:
     seen: dict[str, list] = {"stored": [], "manifest": [], "reported": []}
-    monkeypatch.setattr(dispatch, "store_rows", lambda results_dir, rows: seen["stored"].append(
+    monkeypatch.setattr(writes, "store_rows", lambda results_dir, rows: seen["stored"].append(
         (rows.experiment["attempt"], rows.experiment["status"])))
     monkeypatch.setattr(dispatch, "ray", SimpleNamespace(get=lambda ref: ref,
                                                          kill=lambda actor, no_restart: None))
@@ -43,7 +47,7 @@ def dispatcher(monkeypatch: pytest.MonkeyPatch, max_attempts: int) -> tuple[Disp
     d.progress = Progress(total=1)
     d.manifest = SimpleNamespace(update=SimpleNamespace(
         remote=lambda key, **fields: seen["manifest"].append({"key": key, **fields})))
-    d.writer = SimpleNamespace(submit=lambda fn, *args: fn(*args))
+    d.writer = RowWriter("unused", d._conclude)
     return d, seen
 
 
@@ -57,7 +61,9 @@ def dispatch_one(monkeypatch: pytest.MonkeyPatch, outcomes: list[str], max_attem
     while task is not None:
         attempts.append(task.ids.attempt)
         d._finish(task, outcome(outcomes[len(attempts) - 1], task.ids))
+        d.writer.collect(wait=True)
         task = d.queue.pop(0) if d.queue else None
+    d.writer.close()
     assert all(m["gpu_ids"] == [] for m in seen["manifest"]), "never null"
     return {**seen, "attempts": attempts, "progress": d.progress,
             "states": [m["state"] for m in seen["manifest"]],
@@ -105,3 +111,81 @@ def test_ctrl_c_marks_running_runs_interrupted_and_stores_nothing(
     assert [(m["key"], m["state"]) for m in seen["manifest"]] == [("e1-c1", "interrupted")]
     assert d.interrupted == 1 and seen["stored"] == [] and finished == [True]
     assert d.progress.running == 0
+
+
+def full_disk(monkeypatch: pytest.MonkeyPatch, statuses: set[str], written: list | None = None) -> list:
+    """store_rows that fails, as on a full disk, for rows of these statuses."""
+    tried: list = []
+
+    def store(results_dir: str, rows: RunRows) -> None:
+        tried.append((rows.experiment["attempt"], rows.experiment["status"]))
+        if written is not None:
+            written.append(rows.experiment)
+        if rows.experiment["status"] in statuses:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writes, "store_rows", store)
+    return tried
+
+
+DISK_FULL = "could not store the run's rows: OSError: [Errno 28] No space left on device"
+
+
+def test_a_final_write_that_fails_fails_the_run_with_its_error(monkeypatch) -> None:
+    d, seen = dispatcher(monkeypatch, 3)
+    written: list = []
+    tried = full_disk(monkeypatch, {"ok"}, written)
+    task = RunTask(RunAttempt("c", RunKey("e1", 1), 1), CONFIG, CONFIG.engine_key)
+    started = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    ok = outcome("ok", task.ids)
+    d._finish(task, RunRows({**ok.experiment, "started_at": started, "energy_j": 5.0}))
+    d.writer.collect(wait=True)
+    d.writer.close()
+    assert tried == [(1, "ok"), (1, "failed")], "the failed row is written in its place"
+    failed = written[1]
+    assert (failed["started_at"], failed["node_id"], failed["energy_j"]) == (started, "n", None), \
+        "when and where it ran are kept, nothing it measured"
+    assert [(m["state"], m["error"]) for m in seen["manifest"]] == [("failed", DISK_FULL)]
+    assert (d.progress.done, d.progress.failed) == (1, 1)
+    assert d.writer.unstored == [] and d.writer.failures() == []
+
+
+def test_a_retry_whose_rows_cannot_be_stored_ends_failed(monkeypatch) -> None:
+    d, seen = dispatcher(monkeypatch, 3)
+    tried = full_disk(monkeypatch, {"failed"})
+    task = RunTask(RunAttempt("c", RunKey("e1", 1), 1), CONFIG, CONFIG.engine_key)
+    d._finish(task, outcome("died", task.ids))
+    d.writer.close()
+    assert tried == [(1, "failed"), (1, "failed")] and d.queue == [], "not retried"
+    assert [(m["state"], m["error"]) for m in seen["manifest"]] == [("failed", DISK_FULL)]
+    assert (d.progress.done, d.progress.failed, d.progress.retried) == (1, 1, 0)
+    assert d.writer.failures() == [{"group": "e1", "experiment_id": "e1", "run_id": "e1-c1",
+                                    "cycle": 1, "attempt": 1, "status": "failed",
+                                    "reason": DISK_FULL}]
+
+
+def test_an_error_after_the_write_reaches_the_loop(monkeypatch) -> None:
+    """Recording the end is the manifest's write: if it fails, the campaign stops on it. A
+    write still in progress is neither handed over early nor forgotten; close waits for it."""
+    d, seen = dispatcher(monkeypatch, 3)
+    gate = threading.Event()
+
+    def broken(key: str, **fields: Any) -> None:
+        gate.wait(timeout=10)
+        raise RuntimeError("the manifest could not be written")
+
+    d.manifest = SimpleNamespace(update=SimpleNamespace(remote=broken))
+    task = RunTask(RunAttempt("c", RunKey("e1", 1), 1), CONFIG, CONFIG.engine_key)
+    d._finish(task, outcome("ok", task.ids))
+    d.writer.collect()
+    assert len(d.writer.futures) == 1, "still running: kept for later"
+    gate.set()
+    with pytest.raises(RuntimeError, match="manifest could not be written"):
+        d.writer.collect(wait=True)
+    assert seen["stored"] == [(1, "ok")] and d.writer.futures == []
+
+    gate.clear()
+    d._finish(task, outcome("ok", task.ids))
+    threading.Timer(0.2, gate.set).start()
+    d.writer.close()
+    assert [f.done() for f in d.writer.futures] == [True]

@@ -13,7 +13,13 @@ from lem_ray.errors import ConfigError
 from lem_ray.execution.manifest_actor import ManifestActor
 from lem_ray.records import RunKey
 from lem_ray.results.journal import ManifestCorrupt, ManifestStore, _records
-from lem_ray.results.manifest import load_manifest, new_entry, reconcile
+from lem_ray.results.manifest import (
+    UNFINISHED,
+    load_manifest,
+    new_entry,
+    reconcile,
+    reconciled,
+)
 from lem_ray.results.schema import empty_row
 from lem_ray.results.store import read_table, write_rows
 
@@ -107,3 +113,62 @@ def test_manifest_of_another_shape_is_refused(tmp_path: Path, snapshot: dict, pr
     with pytest.raises(ConfigError, match=f"not a lem-ray manifest: {re.escape(problem)}"):
         load_manifest(tmp_path)
     assert load_manifest(tmp_path / "none") == {"campaign_name": None, "runs": {}}
+
+
+def test_an_ok_run_without_its_ok_row_is_lost_and_one_that_has_it_again_is_ok(
+    tmp_path: Path,
+) -> None:
+    """The dataset is the truth both ways: the manifest's ok needs the latest attempt's ok row."""
+    out = tmp_path / "r"
+    commit(out, "e1", 1, 1, "ok")
+    commit(out, "e2", 1, 1, "ok")
+    commit(out, "e2", 1, 2, "failed", "RuntimeError: boom")
+    commit(out, "e4", 1, 1, "ok")
+    commit(out, "e5", 1, 1, "ok")
+    runs = {"e1-c1": {**new_entry("e1", 1), "state": "ok", "attempt": 1},
+            "e2-c1": {**new_entry("e2", 1), "state": "ok", "attempt": 1},
+            "e3-c1": {**new_entry("e3", 1), "state": "ok", "attempt": 2},
+            "e4-c1": {**new_entry("e4", 1), "state": "lost", "attempt": 1, "error": "lost: ..."},
+            "e5-c1": {**new_entry("e5", 1), "state": "running", "attempt": 2}}
+    added, changes = reconcile(runs, read_table(out, "experiments"))
+    assert added == {}
+    assert {k: {f: v for f, v in c.items() if f != "updated_at"} for k, c in changes.items()} == {
+        "e2-c1": {"attempt": 2, "state": "lost",
+                  "error": "lost: the ok row of attempt 2 is missing or unreadable in the "
+                           "experiments table"},
+        "e3-c1": {"state": "lost",
+                  "error": "lost: the ok row of attempt 2 is missing or unreadable in the "
+                           "experiments table"},
+        "e4-c1": {"state": "ok", "error": None},
+    }, "e1 keeps its row; e5's rerun (attempt 2) is not undone by attempt 1's ok row"
+    commit(out, "e6", 1, 1, "ok")
+    shown = reconciled({"campaign_name": "m", "runs": runs}, read_table(out, "experiments"))
+    assert {k: e["state"] for k, e in shown.items()} == {
+        "e1-c1": "ok", "e2-c1": "lost", "e3-c1": "lost", "e4-c1": "ok", "e5-c1": "running",
+        "e6-c1": "ok"}, "what status shows"
+    assert runs["e2-c1"]["state"] == "ok", "reconciled changes nothing"
+
+
+def test_lost_runs_are_recorded_by_the_actor_replayed_and_owed_an_attempt(tmp_path: Path) -> None:
+    """The actor records lost runs when it starts, and again when a later driver registers
+    with an actor left alive; the journal and the snapshot both read `lost` back."""
+    out = tmp_path / "r"
+    commit(out, "e1", 1, 1, "ok")
+    commit(out, "e1", 2, 1, "ok")
+    store = ManifestStore(out)
+    store.set_campaign("m")
+    store.add_runs({key: {**new_entry("e1", c), "state": "ok", "attempt": 1}
+                    for key, c in (("e1-c1", 1), ("e1-c2", 2))})
+    store.close()
+    (out / "experiments" / "e1-c1-a1.parquet").unlink()
+    actor = ManifestActor.__ray_actor_class__(str(out), "m")
+    assert load_manifest(out)["runs"]["e1-c1"]["state"] == "lost", "from the journal"
+    assert actor.register([("e1", 1), ("e1", 2)])["e1-c2"]["state"] == "ok"
+    (out / "experiments" / "e1-c2-a1.parquet").unlink()
+    runs = actor.register([("e1", 1), ("e1", 2)])
+    assert (runs["e1-c2"]["state"], runs["e1-c2"]["attempt"]) == ("lost", 1)
+    actor.close()
+    after = load_manifest(out)["runs"]
+    assert [after[k]["state"] for k in ("e1-c1", "e1-c2")] == ["lost", "lost"], "from the snapshot"
+    assert after["e1-c1"]["error"].startswith("lost: the ok row of attempt 1")
+    assert "lost" in UNFINISHED

@@ -18,6 +18,7 @@ from lem_ray.cli.main import main
 from lem_ray.results import journal, store
 from lem_ray.results.journal import ManifestCorrupt, ManifestStore, read_state
 from lem_ray.results.manifest import load_manifest, new_entry
+from lem_ray.results.schema import empty_row
 
 
 def entries(n: int) -> dict[str, dict]:
@@ -186,8 +187,12 @@ def test_status_of_a_large_campaign_lists_the_runs_not_ok_first(tmp_path: Path) 
     live.set_campaign("big")
     live.add_runs(entries(60))
     for i in range(55):
-        live.set(f"e{i}-c1", {"state": "ok"})
+        live.set(f"e{i}-c1", {"state": "ok", "attempt": 1})
     live.set("e57-c1", {"state": "failed", "error": "boom"})
+    ids = [{"campaign_name": "big", "experiment_id": f"e{i}", "run_id": f"e{i}-c1", "cycle": 1,
+            "attempt": 1} for i in range(55)]
+    store.write_rows(tmp_path, "experiments", "compacted-ok",
+                     [{**empty_row("experiments"), **i, "status": "ok"} for i in ids])
     listed = CliRunner().invoke(main, ["status", str(tmp_path)])
     assert listed.exit_code == 0, listed.output
     assert "50 of 60 runs listed" in listed.output and "boom" in listed.output

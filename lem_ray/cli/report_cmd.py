@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from rich import box
@@ -40,6 +41,7 @@ from lem_ray.results.report import (
     format_number,
     shown_metrics,
 )
+from lem_ray.results.manifest import load_manifest, reconciled
 from lem_ray.results.store import exists, open_dataset, read_table, resolve, write_table
 
 POWER_RUNS_DEFAULT = 6
@@ -61,8 +63,23 @@ def _power_choice(report: Report, run_ids: list[str]) -> list[dict[str, Any]]:
     return [by_id[r] for r in run_ids]
 
 
+def _lost(results_dir: str, experiments: pa.Table) -> list[str]:
+    """Runs the manifest says ended ok whose ok row is no longer readable: the report cannot
+    count them, so it says how many. No manifest (copied tables) or a damaged one: none
+    known (`lem-ray status` reports a damaged manifest)."""
+    if not exists(results_dir, "manifest"):
+        return []
+    try:
+        runs = reconciled(load_manifest(results_dir), experiments)
+    except ConfigError:
+        return []
+    return sorted(key for key, entry in runs.items() if entry["state"] == "lost")
+
+
 def _power_samples(results_dir: str, runs: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict]]:
-    """Timeseries rows of the chosen runs' attempts, read with a filter (the table is large)."""
+    """Timeseries rows of the chosen runs' attempts, read with a filter (the table is large).
+    Only attempts whose experiments row is ok: samples of one that failed (its rows written,
+    its experiments row not) belong to no figure."""
     if not runs:
         return {}
     dataset = open_dataset(results_dir, "timeseries")
@@ -72,7 +89,7 @@ def _power_samples(results_dir: str, runs: list[dict[str, Any]]) -> dict[tuple[s
         columns=["run_id", "attempt", "gpu_uuid", "t_s", "power_w"],
         filter=ds.field("run_id").isin(sorted({r["run_id"] for r in runs})),
     )
-    wanted = {(r["run_id"], r["attempt"]) for r in runs}
+    wanted = {(r["run_id"], r["attempt"]) for r in runs if r["status"] == "ok"}
     samples: dict[tuple[str, int], list[dict]] = {}
     for row in table.to_pylist():
         key = (row["run_id"], row["attempt"])
@@ -212,7 +229,8 @@ TABLE_ROWS = 50
 LABEL_PART_WIDTH = 14
 
 
-def _print(report: Report, console: Console, files: dict[str, str]) -> None:
+def _print(report: Report, console: Console, files: dict[str, str],
+           lost: tuple[str, ...] | list[str] = ()) -> None:
     """Energy and performance as two tables, so that each fits a terminal's width."""
     shown = shown_metrics(report)
     groups_by = f"{len(report.groups)} groups by {', '.join(report.group_by)}"
@@ -256,6 +274,10 @@ def _print(report: Report, console: Console, files: dict[str, str]) -> None:
                                     f"{e['run_id']} attempt {e['attempt']} ({e['group']}): {e['reason']}"))
     if len(report.excluded) > TABLE_ROWS:
         console.print(f"... and {len(report.excluded) - TABLE_ROWS} more runs left out (--json lists all)")
+    if lost:
+        console.print(Text.assemble(("lost", "red"), f"     {len(lost)} runs ended ok but their rows "
+                                    "are no longer readable (not counted; `lem-ray status` lists "
+                                    "them, the next campaign runs them again)"))
     for kind, path in files.items():
         console.print(f"{kind}: {path}")
 
@@ -298,10 +320,14 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
         fs, base = resolve(results_dir)
         if isinstance(fs, pafs.LocalFileSystem):
             check_output_file(Path(base) / "summary" / "summary.parquet", "RESULTS_DIR")
-        rows = read_table(results_dir, "experiments").to_pylist()
+        experiments = read_table(results_dir, "experiments")
+        rows = experiments.to_pylist()
+        lost = _lost(results_dir, experiments)
         if not rows:
             fail(f"{results_dir}: no experiments (no readable committed Parquet file in "
-                 f"{results_dir}/experiments)")
+                 f"{results_dir}/experiments)"
+                 + (f"; {len(lost)} runs that ended ok are lost, the next campaign runs them "
+                    "again" if lost else ""))
         summary = build_report(rows, keys, max_cycle_cv, _requests(results_dir))
         chosen = _power_choice(summary, _split(power_runs)) if html_path else []
     except ConfigError as exc:
@@ -315,7 +341,8 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
         files["html"] = str(html_path)
     if as_json:
         payload = {"results_dir": results_dir, "group_by": list(summary.group_by),
-                   "groups": summary.groups, "excluded": summary.excluded, "files": files}
+                   "groups": summary.groups, "excluded": summary.excluded, "lost": lost,
+                   "files": files}
         click.echo(json.dumps(payload, indent=2, default=str))
     else:
-        _print(summary, console(), files)
+        _print(summary, console(), files, lost)

@@ -1,4 +1,5 @@
-"""`lem-ray status RESULTS_DIR`: where a campaign stands, read from its manifest on disk."""
+"""`lem-ray status RESULTS_DIR`: where a campaign stands, read from its manifest on disk and
+checked against the rows it points to."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from lem_ray.cli.common import console, fail
 from lem_ray.errors import ConfigError
 from lem_ray.results.compile_cache import campaign_savings, savings_text
 from lem_ray.results.gpu_time import gpu_seconds
-from lem_ray.results.manifest import STATES, UNFINISHED, load_manifest
-from lem_ray.results.store import exists
+from lem_ray.results.manifest import STATES, UNFINISHED, load_manifest, reconciled
+from lem_ray.results.store import exists, read_table
 
 
 # A terminal table of 50,000 runs takes minutes to lay out and nobody reads it.
@@ -39,16 +40,18 @@ def worth_showing(runs: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dic
 def status(results_dir: str, as_json: bool, show_all: bool) -> None:
     """Counts by state, the runs not ok, and what is left, for the campaign in RESULTS_DIR.
 
-    Needs no Ray: the manifest on disk is what a running driver has acknowledged.
+    Needs no Ray: the manifest on disk is what a running driver has acknowledged, and the
+    experiments table says which ok runs still have their rows (those without are lost).
     """
     try:
         if not exists(results_dir, "manifest"):
             fail(f"{results_dir}: no campaign manifest here "
                  "(not a results directory, or no run has started)")
         manifest = load_manifest(results_dir)
+        found = reconciled(manifest, read_table(results_dir, "experiments"))
     except ConfigError as exc:
         fail(str(exc))
-    runs = sorted(manifest["runs"].items(), key=lambda kv: (kv[1]["cycle"], kv[0]))
+    runs = sorted(found.items(), key=lambda kv: (kv[1]["cycle"], kv[0]))
     counts = Counter(entry["state"] for _, entry in runs)
     left = [key for key, entry in runs if entry["state"] in UNFINISHED]
     gpu_time = gpu_seconds(results_dir)
@@ -81,6 +84,9 @@ def status(results_dir: str, as_json: bool, show_all: bool) -> None:
     out.print(", ".join(f"{counts.get(s, 0)} {s}" for s in STATES))
     print_gpu_time(gpu_time, out)
     print_compile_savings(savings, out)
+    if counts.get("lost"):
+        out.print(f"{counts['lost']} runs lost: ok once, their rows are no longer readable "
+                  "(deleted or damaged files); the next campaign runs them again")
     if left:
         out.print(f"{len(left)} runs left; run the campaign command again to resume")
     elif counts.get("failed"):

@@ -1,6 +1,7 @@
 """One loop sends the runs out: it holds a slot (placement group + worker) per set of GPUs in
 use, never one per pending run; the policy says which run goes to which slot; worker deaths
-are retried; rows are stored off the loop; Ctrl-C stops all."""
+are retried; rows are stored off the loop (writes.py), a failed write failing its run;
+Ctrl-C stops all."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import threading
 import time
 import traceback
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from itertools import groupby
@@ -28,16 +28,18 @@ from lem_ray.execution.policy import Assign, Close, Open, QueuedRun, SlotView, d
 from lem_ray.execution.rows import RunRows, failed_rows, ok_rows
 from lem_ray.execution.slots import Slot
 from lem_ray.execution.worker import RunRequest
-from lem_ray.results.compile_cache import cache_location
+from lem_ray.execution.writes import RowWriter
 from lem_ray.planning.plan import CampaignPlan
 from lem_ray.records import RunAttempt, RunKey
+from lem_ray.results.compile_cache import cache_location
 from lem_ray.results.gpu_time import GpuLedger, save_ledger
-from lem_ray.results.store import write_rows
 
 CPU_NODE = "cpu"
 """On a cluster without GPUs, runs go one at a time, so none disturbs another: one slot."""
 LEDGER_SAVE_S = 5.0
-WRITERS = 4
+# Where an attempt ran, kept on the failed row of one whose rows could not be written.
+WHERE_COLUMNS = ("node_ip", "node_id", "hostname", "device", "gpu_ids", "gpu_uuids", "gpu_names",
+                 "python_executable")
 
 
 class CampaignInterrupted(Exception):
@@ -79,16 +81,6 @@ class RunTask:
     @property
     def kind(self) -> str:
         return self.env.to_json()
-
-
-def store_rows(results_dir: str, rows: RunRows) -> None:
-    """Requests and time series first, the experiments row last: a reader that finds the
-    experiments row finds the rest."""
-    exp = rows.experiment
-    stem = RunKey(exp["experiment_id"], exp["cycle"]).stem(exp["attempt"])
-    write_rows(results_dir, "requests", stem, rows.requests)
-    write_rows(results_dir, "timeseries", stem, rows.timeseries)
-    write_rows(results_dir, "experiments", stem, [exp])
 
 
 def describe_error(exc: BaseException) -> str:
@@ -142,7 +134,7 @@ class Dispatcher:
         self.ledger = GpuLedger(f"{int(time.time())}-{uuid.uuid4().hex[:6]}", time.time(),
                                 sum(self.nodes.values()) if cap.has_gpus else 0)
         self.ledger_saved_s = 0.0
-        self.writer = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="store")
+        self.writer = RowWriter(results_dir, self._conclude)
 
     def _nodes(self) -> dict[str, int]:
         return node_gpus() if self.cap.has_gpus else {CPU_NODE: 1}
@@ -170,6 +162,7 @@ class Dispatcher:
             while self.queue or any(s.run for s in self.slots.values()):
                 self._dispatch()
                 self._wait()
+            self.writer.collect(wait=True)
         except KeyboardInterrupt:
             self._interrupt()
             raise CampaignInterrupted(self.interrupted) from None
@@ -177,7 +170,7 @@ class Dispatcher:
             for slot in list(self.slots.values()):
                 slot.close()
             self.slots.clear()
-            self.writer.shutdown(wait=True)
+            self.writer.close()
             save_ledger(self.results_dir, self.ledger.snapshot(time.time()))
 
     def _steps(self, task: RunTask) -> int:
@@ -327,6 +320,7 @@ class Dispatcher:
         for ref in ready:
             if ref in busy:
                 self._complete(busy[ref])
+        self.writer.collect()
         now = time.monotonic()
         for slot in [s for s in self.slots.values() if s.deadline_s and s.deadline_s < now]:
             self._time_out(slot)
@@ -391,27 +385,40 @@ class Dispatcher:
 
     def _finish(self, task: RunTask, rows: RunRows) -> None:
         """Retry a dead worker's run at the front of the queue (stored and recorded here, so
-        the manifest sees attempts in order); hand final rows to a writer."""
+        the manifest sees attempts in order); hand final rows to a writer. A retry whose rows
+        cannot be stored ends the run failed: the next attempt's rows would not fit either."""
         exp = rows.experiment
-        identity = {"node_id": exp.get("node_id"), "gpu_ids": exp.get("gpu_ids") or []}
         if not rows.ok and rows.retryable and task.ids.attempt < self.execution.max_attempts:
-            store_rows(self.results_dir, rows)
-            self._record(task.ids.run_id, state="pending", error=exp["error"], **identity)
+            stored = self.writer.stored(rows, lambda error: self._unstored(task, rows, error))
+            if stored is not rows:
+                self._conclude(stored)
+                return
+            self._record(task.ids.run_id, state="pending", error=exp["error"], **_identity(exp))
             self.progress.change(retried=1)
             self._report(rows)
             ids = replace(task.ids, attempt=task.ids.attempt + 1)
             self.queue.insert(0, RunTask(ids, task.config, task.engine, task.env))
             return
         rows = replace(rows, retryable=False)
-        self.writer.submit(self._store, task, rows, identity)
+        self.writer.submit(rows, lambda error: self._unstored(task, rows, error))
 
-    def _store(self, task: RunTask, rows: RunRows, identity: dict[str, Any]) -> None:
-        store_rows(self.results_dir, rows)
+    def _unstored(self, task: RunTask, rows: RunRows, error: str) -> RunRows:
+        """The failed row of an attempt whose rows could not be written: where it ran is
+        kept, nothing it measured (those rows are not in the dataset)."""
+        exp = rows.experiment
+        failed = failed_rows(task.ids, task.config, error, exp.get("started_at") or _now(),
+                             None, task.kind)
+        where = {k: exp.get(k) for k in WHERE_COLUMNS if exp.get(k) is not None}
+        return replace(failed, experiment={**failed.experiment, **where})
+
+    def _conclude(self, rows: RunRows) -> None:
+        """A run's end, recorded once its rows are stored (in a writer's thread, or the loop's
+        for a retry that could not be stored)."""
+        exp = rows.experiment
         if rows.ok:
-            self._record(task.ids.run_id, state="ok", **identity)
+            self._record(exp["run_id"], state="ok", **_identity(exp))
         else:
-            self._record(task.ids.run_id, state="failed", error=rows.experiment["error"],
-                         **identity)
+            self._record(exp["run_id"], state="failed", error=exp["error"], **_identity(exp))
         self.progress.change(done=1, failed=0 if rows.ok else 1)
         self._report(rows)
 
@@ -429,3 +436,7 @@ class Dispatcher:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _identity(exp: dict[str, Any]) -> dict[str, Any]:
+    return {"node_id": exp.get("node_id"), "gpu_ids": exp.get("gpu_ids") or []}

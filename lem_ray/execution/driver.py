@@ -140,6 +140,7 @@ def run_block(
         owed = UNFINISHED + (("failed",) if retry_failed else ())
         pending = [r for r in plan.runs if runs[r.run_id]["state"] in owed]
         progress = Progress(total=len(pending))
+        unstored: list[dict[str, Any]] = []
         if pending:
             remove_stale_temp_files(out)
             attempts = {r.run_id: runs[r.run_id]["attempt"] for r in pending}
@@ -151,6 +152,7 @@ def run_block(
                                     runtime_envs=runtime_envs, env_refusals=refusals)
             with publishing(dispatcher):
                 dispatcher.run(pending, attempts)
+            unstored = dispatcher.writer.failures()
         final = ray.get(manifest.snapshot.remote())["runs"]
         if not any(final[r.run_id]["state"] in UNFINISHED for r in plan.runs):
             close_manifest(plan.name, out)
@@ -160,6 +162,8 @@ def run_block(
         if started_ray:
             ray.shutdown()
     summary, failures = summarize(out)
+    named = {f["run_id"] for f in unstored}
+    failures = [f for f in failures if f["run_id"] not in named] + unstored
     counts = {
         "planned": len(plan.runs),
         "skipped_done": len(plan.runs) - len(pending),

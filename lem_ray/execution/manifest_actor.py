@@ -29,13 +29,23 @@ class ManifestActor:
         self.results_dir = results_dir
         self.store = ManifestStore(results_dir)
         self.store.set_campaign(campaign_name)
-        added, changes = reconcile(self.store.state.runs, read_table(results_dir, "experiments"))
+        self._reconcile()
+        self.fresh = True
+        """Reconciled just now: the first register need not read the rows again."""
+
+    def _reconcile(self) -> None:
+        """Bring the manifest in line with the readable rows (manifest.reconcile)."""
+        added, changes = reconcile(self.store.state.runs, read_table(self.results_dir, "experiments"))
         self.store.add_runs(added)
         for key, fields in changes.items():
             self.store.set(key, fields)
 
     def register(self, runs: list[tuple[str, int]]) -> dict[str, dict[str, Any]]:
-        """Add the plan's runs not yet known (a changed grid adds, never removes)."""
+        """Add the plan's runs not yet known (a changed grid adds, never removes). An actor a
+        previous driver left alive reconciles again: rows may have gone since it started."""
+        if not self.fresh:
+            self._reconcile()
+        self.fresh = False
         self.store.add_runs({RunKey(e, c).run_id: new_entry(e, c) for e, c in runs})
         return self.store.view()["runs"]
 

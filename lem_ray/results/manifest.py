@@ -16,9 +16,10 @@ from lem_ray.errors import ConfigError
 from lem_ray.records import RunKey
 from lem_ray.results.journal import ManifestCorrupt, read_state
 
-STATES = ("pending", "running", "ok", "failed", "interrupted")
-# A run in one of these is owed another attempt by the next driver.
-UNFINISHED = ("pending", "running", "interrupted")
+STATES = ("pending", "running", "ok", "failed", "interrupted", "lost")
+# A run in one of these is owed another attempt by the next driver. `lost`: it ended ok, but
+# its ok experiments row is no longer readable (a file deleted, truncated, damaged).
+UNFINISHED = ("pending", "running", "interrupted", "lost")
 ENTRY_TYPES: dict[str, tuple[type, ...]] = {
     "experiment_id": (str,), "cycle": (int,), "state": (str,), "attempt": (int,),
     "updated_at": (int, float),
@@ -75,22 +76,47 @@ def new_entry(experiment_id: str, cycle: int) -> dict[str, Any]:
 def reconcile(
     runs: dict[str, dict[str, Any]], experiments: pa.Table
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """What the manifest missed, from the rows on disk: (runs to add, {run: fields to set}).
+    """What the manifest missed, from the readable rows: (runs to add, {run: fields to set}).
 
-    A run whose ok row is on disk but whose ok never reached the manifest (the driver died
-    between the two) becomes ok; an attempt the manifest missed is recorded.
+    The dataset is the truth, both ways. A run whose latest attempt's ok row is on disk but
+    whose ok never reached the manifest (the driver died between the two) becomes ok; an
+    attempt the manifest missed is recorded; a run the manifest says ok whose latest attempt
+    has no readable ok row is `lost`, and the next campaign runs it again.
     """
     added: dict[str, dict[str, Any]] = {}
     changes: dict[str, dict[str, Any]] = {}
+    latest: dict[str, dict[str, Any]] = {}
     columns = ["experiment_id", "cycle", "attempt", "status"]
     for row in experiments.select(columns).to_pylist():
         key = RunKey(row["experiment_id"], row["cycle"]).run_id
-        if key not in runs and key not in added:
+        if key not in latest or row["attempt"] > latest[key]["attempt"]:
+            latest[key] = row
+    for key, row in latest.items():
+        if key not in runs:
             added[key] = new_entry(row["experiment_id"], row["cycle"])
-        entry = {**(runs.get(key) or added[key]), **changes.get(key, {})}
-        change = changes.setdefault(key, {})
+        entry = runs.get(key) or added[key]
+        change: dict[str, Any] = {}
         if row["attempt"] > entry["attempt"]:
             change["attempt"] = row["attempt"]
-        if row["status"] == "ok" and entry["state"] != "ok":
+        if row["status"] == "ok" and row["attempt"] >= entry["attempt"] and entry["state"] != "ok":
             change.update(state="ok", error=None, updated_at=time.time())
-    return added, {k: v for k, v in changes.items() if v}
+        if change:
+            changes[key] = change
+    for key, entry in {**runs, **added}.items():
+        entry = {**entry, **changes.get(key, {})}
+        row = latest.get(key)
+        if entry["state"] == "ok" and (row is None or row["status"] != "ok"
+                                       or row["attempt"] != entry["attempt"]):
+            changes.setdefault(key, {}).update(
+                state="lost", updated_at=time.time(),
+                error=f"lost: the ok row of attempt {entry['attempt']} is missing or unreadable "
+                      "in the experiments table")
+    return added, changes
+
+
+def reconciled(manifest: dict[str, Any], experiments: pa.Table) -> dict[str, dict[str, Any]]:
+    """The manifest's runs as the dataset shows them (reconcile applied), changing nothing:
+    what `status` and `report` show without Ray, while the next driver records it."""
+    added, changes = reconcile(manifest["runs"], experiments)
+    runs = {**manifest["runs"], **added}
+    return {key: {**entry, **changes.get(key, {})} for key, entry in runs.items()}

@@ -13,6 +13,7 @@ if a file it listed was deleted meanwhile, so its readers see no duplicate and n
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import uuid
@@ -69,7 +70,7 @@ def atomic_write(
     results_dir: str | Path, folder: str, name: str, write: Callable[[str, pafs.FileSystem], None]
 ) -> str:
     """Call write(path, fs) so that `folder/name` (folder "" : the top) appears whole or not
-    at all."""
+    at all, and is on disk when this returns (the manifest may then say so)."""
     fs, base = resolve(results_dir)
     directory = f"{base}/{folder}" if folder else base
     fs.create_dir(directory, recursive=True)
@@ -80,11 +81,22 @@ def atomic_write(
     temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
         write(temp, fs)
+        _fsync(temp)
         fs.move(temp, final)
+        _fsync(directory)
     finally:
         if fs.get_file_info(temp).type != pafs.FileType.NotFound:
             fs.delete_file(temp)
     return final
+
+
+def _fsync(path: str) -> None:
+    """A file's bytes, or a directory's entries (a rename), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_table(results_dir: str | Path, folder: str, name: str, table: pa.Table) -> str:
