@@ -97,7 +97,7 @@ def dry_run(tmp_path: Path, content: dict[str, Any] | str | bytes, *extra: str) 
         ("base.decoder.do_sample", 1, "base.decoder.do_sample: Input should be a valid boolean (got 1)"),
         ("execution.cycles", 1_000_000_000, "execution.cycles: 2 experiments x 1000000000 cycles"),
         ("base.prompts.count", 1_000_000_000_000, "base.prompts.count: Input should be less than or equal to 100000"),
-        ("base.model_name", "builtin:nope", "base.model_name: unknown builtin model 'builtin:nope'; builtin models: builtin:llama-1b"),
+        ("base.model_name", "builtin:nope", "base.model_name: unknown builtin model 'builtin:nope'; builtin models: builtin:llama-1b, builtin:llama-8b, builtin:tiny-llama"),
         ("grid.shared", {"foo.bar.baz": [1]}, "grid.shared.foo.bar.baz: unknown key 'foo'"),
         ("grid.backend_overrides", {"pytorch": {"batch_size": []}}, "grid.backend_overrides.pytorch.batch_size: axis has no values"),
         ("grid.shared", {"fp_precision": []}, "grid.shared.fp_precision: axis has no values"),
