@@ -294,6 +294,18 @@ def test_hot_and_throttled_second_gpu_is_flagged(monkeypatch: pytest.MonkeyPatch
     assert cold["validity_flags"] == ["temperature_out_of_range"], "both GPUs below 65 C"
 
 
+def test_power_capped_gpu_is_valid_unless_the_campaign_opts_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU held at its power limit is measured as configured; the seconds and limit stay in the row."""
+    monkeypatch.setattr(EnergySampler, "start", lambda self: None)
+    capped = run_on_node(two_gpus(throttle_reasons=0x4), monkeypatch, execution(), baselines={})["row"]
+    assert capped["validity_flags"] == [] and capped["valid"] is True
+    assert capped["throttle_reasons"] & 0x4 and capped["power_limit_w"] == 1400.0
+    assert json.loads(capped["throttle_s_json"]) == pytest.approx({"sw_power_cap": 0.4})
+    strict = run_on_node(two_gpus(throttle_reasons=0x4), monkeypatch,
+                         execution(power_cap_invalidates=True), baselines={})["row"]
+    assert strict["validity_flags"] == ["throttled"] and strict["valid"] is False
+
+
 def test_prefill_passes_stop_at_max_repeats_or_window(monkeypatch: pytest.MonkeyPatch) -> None:
     capped = ExecutionConfig.model_validate({"validity": {"min_window_s": 0.75},
                                              "prefill": {"enabled": True, "max_repeats": 2}})

@@ -62,6 +62,10 @@ class ValidityConfig(StrictModel):
         "J/output token or throughput is above this (also `report --max-cycle-cv`)")
     temperature_min_c: float = 20
     temperature_max_c: float = 95
+    power_cap_invalidates: bool = Field(
+        False, description="flag rows `throttled` when the GPU sat at its software power cap "
+        "(NVML 0x4); by default only thermal and hardware slowdowns do: a GPU at its power "
+        "limit is measured as configured")
 
 
 class ExecutionConfig(StrictModel):

@@ -242,6 +242,7 @@ def _validity_columns(
         other_process_pids=others,
         mig_enabled=any(g.get("mig_enabled") for g in telemetry.environment.values()),
         warmup_converged=result.warmup.converged,
+        power_cap_invalidates=execution.validity.power_cap_invalidates,
     ))
     throttled = throttle_seconds(telemetry.timeseries, window.start_s, window.end_s,
                                  telemetry.sample_interval_s)

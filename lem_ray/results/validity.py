@@ -17,8 +17,11 @@ THROTTLE_REASONS = {
     0x80: "hw_power_brake_slowdown",
     0x100: "display_clock_setting",
 }
-# The reasons that mean the GPU ran slower than it could because of power or heat.
-THROTTLING = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+# The reasons that mean the GPU ran slower than configured: heat or a hardware slowdown.
+THROTTLING = 0x8 | 0x20 | 0x40 | 0x80
+# The software power cap: the GPU held at its configured power limit, normal at full load (an
+# 8 B model at high batch runs there), so it invalidates only when a campaign opts in.
+POWER_CAP = 0x4
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class ValidityInputs:
     mig_enabled: bool
     warmup_converged: bool | None = None
     """False when a cv warmup gave up before the step latency settled; None when not judged."""
+    power_cap_invalidates: bool = False
+    """validity.power_cap_invalidates: count the software power cap (0x4) as throttling."""
 
 
 def validity_flags(v: ValidityInputs) -> list[str]:
@@ -47,7 +52,7 @@ def validity_flags(v: ValidityInputs) -> list[str]:
     flags = []
     if v.window_s < v.min_window_s:
         flags.append("short_window")
-    if v.throttle_reasons & THROTTLING:
+    if v.throttle_reasons & (THROTTLING | (POWER_CAP if v.power_cap_invalidates else 0)):
         flags.append("throttled")
     temps = [t for t in (v.temperature_start_c, v.temperature_max_c) if t is not None]
     if any(t < v.temperature_min_c or t > v.temperature_limit_c for t in temps):
