@@ -22,6 +22,7 @@ import pytest
 import lem_ray.execution.sampler_actor as actors
 import lem_ray.execution.worker as worker_module
 from lem_ray.backends.base import Backend, RequestRecord
+from lem_ray.backends.traffic import EngineLoad
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.engines import EnginePool
@@ -304,6 +305,21 @@ def test_power_capped_gpu_is_valid_unless_the_campaign_opts_in(monkeypatch: pyte
     strict = run_on_node(two_gpus(throttle_reasons=0x4), monkeypatch,
                          execution(power_cap_invalidates=True), baselines={})["row"]
     assert strict["validity_flags"] == ["throttled"] and strict["valid"] is False
+
+
+def test_engine_load_reaches_the_row_and_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backend's scheduler load becomes columns; a half-full saturating engine with a KV
+    preemption is `unsaturated` and `preempted` (batch_size 1 here: mean 0.5 < 0.8)."""
+    load = EngineLoad(running_mean=0.5, running_p10=0.0, waiting_step_share=0.75,
+                      preemptions=2, steps=12, saturating=True)
+    monkeypatch.setattr(FakeEngine, "engine_load", lambda self: load)
+    row = run_on_node(two_gpus(), monkeypatch, execution(), baselines={})["row"]
+    assert (row["running_batch_mean"], row["running_batch_p10"], row["waiting_step_share"],
+            row["kv_preemptions"], row["scheduler_steps"]) == (0.5, 0.0, 0.75, 2, 12)
+    assert row["validity_flags"] == ["unsaturated", "preempted"] and row["valid"] is False
+    lenient = run_on_node(two_gpus(), monkeypatch,
+                          execution(min_batch_fraction=0.5, max_kv_preemptions=2), baselines={})["row"]
+    assert lenient["validity_flags"] == [] and lenient["valid"] is True
 
 
 def test_prefill_passes_stop_at_max_repeats_or_window(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -659,6 +659,9 @@ def test_vllm_offline_window_is_timed_by_vllms_own_stats(gpu_backend: VLLMBacken
     recs = backend.measure(["energy " * 10] * 6)
     assert backend.timing_method == "vllm_engine_stats"
     assert backend.steady_window() is None
+    # the scheduler's own per-step stats reached the backend: 6 requests on max_num_seqs 4
+    load = backend.engine_load()
+    assert load is not None and load.steps >= 8 and 1 <= load.running_mean <= 4
     assert [r.output_tokens for r in recs] == [8] * 6
     assert all(len(r.itl_ms) == 7 and all(gap >= 0 for gap in r.itl_ms) for r in recs)
     assert all(0 < r.ttft_ms <= r.e2e_ms for r in recs)

@@ -120,3 +120,59 @@ def in_flight_from_traces(starts_s: list[float], ends_s: list[float]) -> list[tu
         count += change
         in_flight.append((t, count))
     return in_flight
+
+
+@dataclass(frozen=True)
+class StepLoad:
+    """The engine scheduler's own account of one step: requests running and waiting after it,
+    and KV-cache preemptions it reported; `t_s` on the backend's clock (time.perf_counter)."""
+
+    t_s: float
+    running: int
+    waiting: int
+    preempted: int
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """How full the engine ran over a window, from its scheduler's per-step stats.
+
+    `saturating`: the run should have kept the engine full: offline (every request queued
+    from the start), or requests waited in the scheduler's queue in at least half the steps."""
+
+    running_mean: float
+    running_p10: float
+    waiting_step_share: float
+    preemptions: int
+    steps: int
+    saturating: bool
+
+
+SATURATING_WAITING_SHARE = 0.5
+
+
+def engine_load(steps: list[StepLoad], offline: bool,
+                window: SteadyWindow | None = None) -> EngineLoad | None:
+    """The load over the steps stamped inside `window` (every step without one); None when
+    no step was."""
+    inside = [s for s in steps if window is None or window.start_s <= s.t_s <= window.end_s]
+    if not inside:
+        return None
+    running = sorted(s.running for s in inside)
+    waiting_share = sum(1 for s in inside if s.waiting > 0) / len(inside)
+    return EngineLoad(
+        running_mean=sum(running) / len(running),
+        running_p10=_percentile(running, 10.0),
+        waiting_step_share=waiting_share,
+        preemptions=sum(s.preempted for s in inside),
+        steps=len(inside),
+        saturating=offline or waiting_share >= SATURATING_WAITING_SHARE,
+    )
+
+
+def _percentile(ordered: list[int], pct: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), on sorted values."""
+    rank = (len(ordered) - 1) * pct / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)

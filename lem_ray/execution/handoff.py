@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from lem_ray.backends.traffic import SteadyWindow
+from lem_ray.backends.traffic import EngineLoad, SteadyWindow
 from lem_ray.execution.gpus import GpuIdentity
 from lem_ray.execution.warmup import WarmupOutcome
 from lem_ray.records import RequestRecord
@@ -58,6 +58,8 @@ class RunResult:
     engine_config: dict[str, Any] | None
     steady_window: SteadyWindow | None
     epoch_minus_perf_s: float
+    engine_load: EngineLoad | None = None
+    """How full the engine ran (Backend.engine_load), where the backend can tell."""
 
 
 @dataclass(frozen=True)

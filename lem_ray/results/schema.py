@@ -115,6 +115,11 @@ EXPERIMENTS = pa.schema(
         ("steady_energy_j", F64),
         ("steady_avg_power_w", F64),
         ("steady_energy_j_per_output_token", F64),
+        ("running_batch_mean", F64),
+        ("running_batch_p10", F64),
+        ("waiting_step_share", F64),
+        ("kv_preemptions", I64),
+        ("scheduler_steps", I64),
         ("config_json", STR),
     ]
 )

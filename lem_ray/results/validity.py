@@ -43,6 +43,19 @@ class ValidityInputs:
     """False when a cv warmup gave up before the step latency settled; None when not judged."""
     power_cap_invalidates: bool = False
     """validity.power_cap_invalidates: count the software power cap (0x4) as throttling."""
+    running_batch_mean: float | None = None
+    """The engine's mean running batch over the window, from its scheduler; None: not read."""
+    batch_limit: int | None = None
+    """The most requests the engine may run at once (max_num_seqs)."""
+    saturating: bool = False
+    """The run should have kept the engine full (offline, or requests queued in the window)."""
+    min_batch_fraction: float = 0.8
+    traffic_run: bool = False
+    steady_window_s: float | None = None
+    """The steady window under traffic; None when the run had none."""
+    min_steady_s: float = 30.0
+    kv_preemptions: int | None = None
+    max_kv_preemptions: int = 0
 
 
 def validity_flags(v: ValidityInputs) -> list[str]:
@@ -67,6 +80,21 @@ def validity_flags(v: ValidityInputs) -> list[str]:
         flags.append("mig")
     if v.warmup_converged is False:
         flags.append("warmup_unsettled")
+    flags += steady_state_flags(v)
+    return flags
+
+
+def steady_state_flags(v: ValidityInputs) -> list[str]:
+    """Whether the window measured the engine in the state it claims: full where the run
+    should fill it, long enough under traffic, and without KV-cache preemptions."""
+    flags = []
+    if (v.saturating and v.running_batch_mean is not None and v.batch_limit
+            and v.running_batch_mean < v.min_batch_fraction * v.batch_limit):
+        flags.append("unsaturated")
+    if v.traffic_run and (v.steady_window_s is None or v.steady_window_s < v.min_steady_s):
+        flags.append("short_steady")
+    if v.kv_preemptions is not None and v.kv_preemptions > v.max_kv_preemptions:
+        flags.append("preempted")
     return flags
 
 

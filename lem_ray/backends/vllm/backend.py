@@ -9,9 +9,16 @@ import time
 from typing import Any
 
 from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
-from lem_ray.backends.traffic import SteadyWindow, arrival_offsets_s, steady_window
+from lem_ray.backends.traffic import (
+    EngineLoad,
+    SteadyWindow,
+    arrival_offsets_s,
+    engine_load,
+    steady_window,
+)
 from lem_ray.backends.vllm.arrivals import drive_arrivals
 from lem_ray.backends.vllm.config import VLLMConfig
+from lem_ray.backends.vllm.stats import SchedulerTap
 from lem_ray.backends.vllm.translate import (
     LORA_NAME,
     engine_kwargs,
@@ -67,6 +74,7 @@ class VLLMBackend(Backend[VLLMConfig]):
         self._engine_kwargs = engine_kwargs(self.config)
         self._llm = vllm.LLM(**self._engine_kwargs)
         self._tokenizer = self._llm.get_tokenizer()
+        self._tap = SchedulerTap.install(self._llm.llm_engine)
         # SamplingParams' default top_k is the installed version's "off" value (-1 or 0).
         self._sampling_kwargs = sampling_params_kwargs(
             self.config, top_k_off=vllm.SamplingParams().top_k
@@ -127,10 +135,14 @@ class VLLMBackend(Backend[VLLMConfig]):
         window is exactly what a user's call costs; each request timed from its final stats."""
         traffic = self.options.traffic
         self._steady: SteadyWindow | None = None
+        self._load: EngineLoad | None = None
+        if self._tap is not None:
+            self._tap.start()
         if self.options.token_timing == "per_request":
             records = self.generate(prompts)
             stats = all(r.ttft_ms is not None for r in records)
             self._timing = VLLM_REQUEST_STATS if records and stats else HOST_CLOCK
+            self._load_over()
             return records
         from vllm.sampling_params import RequestOutputKind
 
@@ -148,7 +160,19 @@ class VLLMBackend(Backend[VLLMConfig]):
             self._steady = steady_window(run.in_flight, run.finished_s, run.last_arrival_s,
                                          run.token_times_s, self.options.max_num_seqs,
                                          traffic.steady_after_responses)
+        self._load_over()
         return run.records([len(ids) for ids in token_ids])
+
+    def _load_over(self) -> None:
+        """The scheduler's load over the steady window under traffic (without one, none),
+        over the whole measured window offline."""
+        steps = self._tap.stop() if self._tap is not None else []
+        offline = self.options.traffic.mode == "offline"
+        if offline or self._steady is not None:
+            self._load = engine_load(steps, offline, self._steady)
+
+    def engine_load(self) -> EngineLoad | None:
+        return getattr(self, "_load", None)
 
     @property
     def timing_method(self) -> str | None:
