@@ -201,11 +201,12 @@ def worker_on_node(node: Node, monkeypatch: pytest.MonkeyPatch) -> ExperimentWor
 
 
 def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: ExecutionConfig,
-                baselines: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                baselines: dict[str, dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
     """The real worker.run and sampler actor on the node, then the real ok_rows."""
     worker = worker_on_node(node, monkeypatch)
     identity = worker.identify()
-    config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch", "gpus_per_experiment": 2})
+    config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch", "gpus_per_experiment": 2,
+                                              **fields})
     # The campaign's baseline cache, in process: `baselines` are what it already holds.
     cache = InProcess(SimpleNamespace(get=lambda uuids: dict(baselines or {}),
                                       put=lambda entries: None))
@@ -320,6 +321,21 @@ def test_engine_load_reaches_the_row_and_its_flags(monkeypatch: pytest.MonkeyPat
     lenient = run_on_node(two_gpus(), monkeypatch,
                           execution(min_batch_fraction=0.5, max_kv_preemptions=2), baselines={})["row"]
     assert lenient["validity_flags"] == [] and lenient["valid"] is True
+
+
+def test_slo_columns_of_a_run_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 requests of 8 tokens in 1.0 s on 800 J: each 250 ms, TTFT and TPOT 31.25 ms."""
+    met = run_on_node(two_gpus(), monkeypatch, execution(), baselines={},
+                      slo={"ttft_ms": 40.0, "tpot_ms": 31.25})["row"]
+    assert (met["slo_ttft_ms"], met["slo_tpot_ms"], met["slo_min_attainment"]) == (40.0, 31.25, 0.9)
+    assert met["slo_attainment"] == 1.0 and met["goodput_tok_s"] == pytest.approx(32.0)
+    assert met["energy_j_per_goodput_token"] == pytest.approx(800.0 / 32)
+    missed = run_on_node(two_gpus(), monkeypatch, execution(), baselines={},
+                         slo={"tpot_ms": 31.0})["row"]
+    assert missed["slo_attainment"] == 0.0 and missed["goodput_tok_s"] == 0.0
+    assert missed["energy_j_per_goodput_token"] is None and missed["valid"] is True
+    plain = run_on_node(two_gpus(), monkeypatch, execution(), baselines={})["row"]
+    assert plain["slo_attainment"] is None and plain["goodput_tok_s"] is None
 
 
 def test_prefill_passes_stop_at_max_repeats_or_window(monkeypatch: pytest.MonkeyPatch) -> None:

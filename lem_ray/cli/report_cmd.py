@@ -38,6 +38,7 @@ from lem_ray.results.report import (
     format_number,
     shown_metrics,
 )
+from lem_ray.results.slo import best_under_slo
 from lem_ray.results.store import exists, open_dataset, read_table, resolve, write_table
 
 POWER_RUNS_DEFAULT = 6
@@ -218,6 +219,23 @@ def _print(report: Report, console: Console, files: dict[str, str]) -> None:
         console.print(f"{kind}: {path}")
 
 
+def _print_slo(answers: list[dict[str, Any]], console: Console) -> None:
+    """Per model and backend with an SLO: the least J/output token among the groups meeting it."""
+    for a in answers:
+        where = f"{a['model_name']} on {a['backend']}"
+        best = a["best"]
+        if best is None:
+            console.print(f"SLO: {where}: none of {a['configurations']} configurations meets "
+                          "its SLO in every counted cycle")
+            continue
+        console.print(
+            f"SLO: {where}: least J/output token meeting its SLO ({a['meeting']} of "
+            f"{a['configurations']} configurations meet it): {best['label']} "
+            f"{format_number(best['energy_j_per_output_token_mean'])} J/out tok, attainment "
+            f"{best['slo_attainment_min']:.0%} or more, goodput "
+            f"{format_number(best['goodput_tok_s_mean'])} tok/s")
+
+
 @click.command()
 @click.argument("results_dir")
 @click.option("--group-by", default=",".join(DEFAULT_GROUP_BY), show_default=True,
@@ -261,6 +279,7 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
             fail(f"{results_dir}: no experiments (no readable committed Parquet file in "
                  f"{results_dir}/experiments)")
         summary = build_report(rows, keys, max_cycle_cv)
+        slo_best = best_under_slo(summary.groups, summary.members)
         chosen = _power_choice(summary, _split(power_runs)) if html_path else []
     except ConfigError as exc:
         fail(str(exc))
@@ -273,7 +292,9 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
         files["html"] = str(html_path)
     if as_json:
         payload = {"results_dir": results_dir, "group_by": list(summary.group_by),
-                   "groups": summary.groups, "excluded": summary.excluded, "files": files}
+                   "groups": summary.groups, "excluded": summary.excluded, "files": files,
+                   "slo_best": slo_best}
         click.echo(json.dumps(payload, indent=2, default=str))
     else:
         _print(summary, console(), files)
+        _print_slo(slo_best, console())

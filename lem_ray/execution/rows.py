@@ -21,6 +21,7 @@ from lem_ray.results.metrics import (
     split_prefill_decode,
 )
 from lem_ray.results.schema import empty_row
+from lem_ray.results.slo import slo_columns
 from lem_ray.results.validity import (
     ValidityInputs,
     is_valid,
@@ -334,6 +335,7 @@ def ok_rows(
         **_validity_columns(result, telemetry, execution, ratios["avg_power_w"],
                             env["power_limit_w"], baseline["baseline_power_w"], config),
         **_load_columns(result.engine_load),
+        **slo_columns(config.slo, records, result.duration_s, energy.energy_j),
         "cooldown_wait_s": conditions.cooldown_wait_s,
         "cooldown_temp_c": conditions.cooldown_temp_c,
         **env,

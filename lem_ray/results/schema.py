@@ -120,6 +120,12 @@ EXPERIMENTS = pa.schema(
         ("waiting_step_share", F64),
         ("kv_preemptions", I64),
         ("scheduler_steps", I64),
+        ("slo_ttft_ms", F64),
+        ("slo_tpot_ms", F64),
+        ("slo_min_attainment", F64),
+        ("slo_attainment", F64),
+        ("goodput_tok_s", F64),
+        ("energy_j_per_goodput_token", F64),
         ("config_json", STR),
     ]
 )
