@@ -202,8 +202,8 @@ def test_dry_run_engine_args_show_constructor_and_sampling() -> None:
             "temperature": 0.0, "top_k": 0, "top_p": 1.0,
         }},
         "prefix_cache": "off",
-        "traffic": {"mode": "offline", "rate_rps": None, "seed": 0,
-                    "steady_after_responses": 16},
+        "traffic": {"mode": "offline", "rate_rps": None, "seed": 0, "burstiness": 1.0,
+                    "trace": None, "steady_after_responses": 16},
         "warmup_and_prefill": "LLM.generate",
         "token_timing": "per_token",
         "measured_window": {

@@ -80,6 +80,11 @@ class Backend(ABC, Generic[OptionsT]):
         traffic), from the engine's own scheduler stats; None where it keeps none."""
         return None
 
+    def stream_sha256(self) -> str | None:
+        """Identifies the request stream the last measure() sent (traffic.stream_sha256), so
+        runs paired for comparison can be shown to have sent the same; None where not known."""
+        return None
+
     def output_bounds(self, max_output_tokens: int | None) -> tuple[int, int]:
         """(max, min) new tokens for one generate() call."""
         cfg = self.config

@@ -60,6 +60,8 @@ class RunResult:
     epoch_minus_perf_s: float
     engine_load: EngineLoad | None = None
     """How full the engine ran (Backend.engine_load), where the backend can tell."""
+    stream_sha256: str | None = None
+    """The request stream the measured window sent (Backend.stream_sha256)."""
 
 
 @dataclass(frozen=True)

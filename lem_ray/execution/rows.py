@@ -336,6 +336,7 @@ def ok_rows(
                             env["power_limit_w"], baseline["baseline_power_w"], config),
         **_load_columns(result.engine_load),
         **slo_columns(config.slo, records, result.duration_s, energy.energy_j),
+        "stream_sha256": result.stream_sha256,
         "cooldown_wait_s": conditions.cooldown_wait_s,
         "cooldown_temp_c": conditions.cooldown_temp_c,
         **env,

@@ -259,6 +259,7 @@ class ExperimentWorker:
             steady_window=backend.steady_window(),
             epoch_minus_perf_s=epoch_minus_perf_s,
             engine_load=backend.engine_load(),
+            stream_sha256=backend.stream_sha256(),
         )
 
 

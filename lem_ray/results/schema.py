@@ -126,6 +126,7 @@ EXPERIMENTS = pa.schema(
         ("slo_attainment", F64),
         ("goodput_tok_s", F64),
         ("energy_j_per_goodput_token", F64),
+        ("stream_sha256", STR),
         ("config_json", STR),
     ]
 )

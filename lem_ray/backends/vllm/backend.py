@@ -14,7 +14,10 @@ from lem_ray.backends.traffic import (
     SteadyWindow,
     arrival_offsets_s,
     engine_load,
+    fit_tokens,
+    read_trace,
     steady_window,
+    stream_sha256,
 )
 from lem_ray.backends.vllm.arrivals import drive_arrivals
 from lem_ray.backends.vllm.config import VLLMConfig
@@ -136,6 +139,7 @@ class VLLMBackend(Backend[VLLMConfig]):
         traffic = self.options.traffic
         self._steady: SteadyWindow | None = None
         self._load: EngineLoad | None = None
+        self._stream: str | None = None
         if self._tap is not None:
             self._tap.start()
         if self.options.token_timing == "per_request":
@@ -149,9 +153,24 @@ class VLLMBackend(Backend[VLLMConfig]):
         token_ids = truncated_token_ids(self._tokenizer, prompts, self.config.max_input_tokens)
         if self.options.enable_prefix_caching:
             self._llm.reset_prefix_cache()
-        offsets = arrival_offsets_s(traffic.mode, len(prompts), traffic.rate_rps, traffic.seed)
-        sampling = self._sampling_cls(**self._sampling_kwargs,
-                                      output_kind=RequestOutputKind.DELTA)
+        outputs: list[int | None] = [None] * len(prompts)
+        if traffic.mode == "trace":
+            trace = read_trace(traffic.trace)
+            if len(trace) != len(prompts):
+                raise ValueError(f"traffic.trace has {len(trace)} requests for "
+                                 f"{len(prompts)} measured prompts; set prompts.count to {len(trace)}")
+            offsets, outputs = trace.arrival_s, list(trace.output_tokens)
+            token_ids = [fit_tokens(ids, n) for ids, n in zip(token_ids, trace.input_tokens)]
+            sampling: Any = [self._sampling_cls(**{**self._sampling_kwargs, "max_tokens": n,
+                                                   "min_tokens": n},
+                                                output_kind=RequestOutputKind.DELTA)
+                             for n in trace.output_tokens]
+        else:
+            offsets = arrival_offsets_s(traffic.mode, len(prompts), traffic.rate_rps,
+                                        traffic.seed, traffic.burstiness)
+            sampling = self._sampling_cls(**self._sampling_kwargs,
+                                          output_kind=RequestOutputKind.DELTA)
+        self._stream = stream_sha256(offsets, token_ids, outputs)
         run = drive_arrivals(self._llm.llm_engine,
                              [{"prompt_token_ids": ids} for ids in token_ids], offsets,
                              sampling, lora_request=self._lora_request)
@@ -173,6 +192,11 @@ class VLLMBackend(Backend[VLLMConfig]):
 
     def engine_load(self) -> EngineLoad | None:
         return getattr(self, "_load", None)
+
+    def stream_sha256(self) -> str | None:
+        """The request stream the last step-driven window sent (arrivals, prompt token ids,
+        trace output lengths); None for a per_request window or before any."""
+        return getattr(self, "_stream", None)
 
     @property
     def timing_method(self) -> str | None:
