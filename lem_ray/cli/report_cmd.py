@@ -38,6 +38,7 @@ from lem_ray.results.report import (
     format_number,
     shown_metrics,
 )
+from lem_ray.results.pairs import pair_runs
 from lem_ray.results.slo import best_under_slo
 from lem_ray.results.store import exists, open_dataset, read_table, resolve, write_table
 
@@ -236,6 +237,24 @@ def _print_slo(answers: list[dict[str, Any]], console: Console) -> None:
             f"{format_number(best['goodput_tok_s_mean'])} tok/s")
 
 
+def _print_pairs(key: str, answers: list[dict[str, Any]], mismatched: int,
+                 console: Console) -> None:
+    """The paired differences in J/output token, b minus a, one line per configuration."""
+    if not answers:
+        console.print(f"pairs by {key}: no two counted runs of one cycle differ only in {key}")
+    for a in answers:
+        ci = ("no CI (1 pair)" if a["ci_low"] is None else
+              f"{CI_LEVEL:.0%} CI [{format_number(a['ci_low'])}, {format_number(a['ci_high'])}]")
+        verdict = {True: "significant", False: "not significant", None: "not judged"}[a["significant"]]
+        console.print(
+            f"pairs by {key}: {a['b']} - {a['a']} ({a['configuration']}, {a['pairs']} pairs): "
+            f"{format_number(a['difference_mean'])} J/out tok ({a['relative']:+.1%} of "
+            f"{format_number(a['a_mean'])}), {ci}, {verdict}")
+    if mismatched:
+        console.print(f"pairs by {key}: {mismatched} candidate pairs left out: their runs sent "
+                      "different request streams (stream_sha256)")
+
+
 @click.command()
 @click.argument("results_dir")
 @click.option("--group-by", default=",".join(DEFAULT_GROUP_BY), show_default=True,
@@ -255,8 +274,12 @@ def _print_slo(answers: list[dict[str, Any]], console: Console) -> None:
               help="Mark groups whose cycle-to-cycle CV of J/output token or throughput is "
                    "above this (the campaign's validity.max_cycle_cv).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+@click.option("--pair", "pair_key", help="Pair runs of one cycle that differ only in this key "
+                                         "(backend, or any --group-by key) and sent the same "
+                                         "requests; give the paired difference in J/output token.")
 def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Path | None,
-           power_runs: str | None, latency: str, max_cycle_cv: float, as_json: bool) -> None:
+           power_runs: str | None, latency: str, max_cycle_cv: float, as_json: bool,
+           pair_key: str | None) -> None:
     """Summarise RESULTS_DIR per group: mean, std, n and a 95% bootstrap CI per metric.
 
     Counts the latest attempt of each run, leaves out failed and invalid runs (and lists
@@ -280,6 +303,7 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
                  f"{results_dir}/experiments)")
         summary = build_report(rows, keys, max_cycle_cv)
         slo_best = best_under_slo(summary.groups, summary.members)
+        pairs, mismatched = pair_runs(rows, pair_key) if pair_key else ([], 0)
         chosen = _power_choice(summary, _split(power_runs)) if html_path else []
     except ConfigError as exc:
         fail(str(exc))
@@ -294,7 +318,11 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
         payload = {"results_dir": results_dir, "group_by": list(summary.group_by),
                    "groups": summary.groups, "excluded": summary.excluded, "files": files,
                    "slo_best": slo_best}
+        if pair_key:
+            payload.update(pairs=pairs, pairs_mismatched_streams=mismatched)
         click.echo(json.dumps(payload, indent=2, default=str))
     else:
         _print(summary, console(), files)
         _print_slo(slo_best, console())
+        if pair_key:
+            _print_pairs(pair_key, pairs, mismatched, console())
