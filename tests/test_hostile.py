@@ -113,6 +113,29 @@ def test_bad_values_are_refused_naming_the_key(tmp_path: Path, dotted: str, valu
 
 
 @pytest.mark.parametrize(
+    ("trace", "expected"),
+    [
+        ('{"arrival_s": 0, "input_tokens": 4, "output_tokens": 2}\n' * 3,
+         "vllm.traffic.trace: 3 requests in the trace for 2 prompts; set prompts.count to 3"),
+        ('{"arrival_s": 1, "input_tokens": 4, "output_tokens": 2}\n'
+         '{"arrival_s": 0, "input_tokens": 4, "output_tokens": 2}\n',
+         "trace.jsonl: arrival_s must be finite, >= 0 and non-decreasing"),
+        (None, "vllm.traffic.trace: cannot read"),
+    ],
+)
+def test_a_bad_trace_is_refused_before_anything_runs(tmp_path: Path, trace: str | None,
+                                                     expected: str) -> None:
+    path = tmp_path / "trace.jsonl"
+    if trace is not None:
+        path.write_text(trace)
+    campaign = {"campaign_name": "t", "base": {
+        "model_name": "builtin:tiny-llama", "backend": "vllm",
+        "prompts": {"source": "synthetic", "count": 2},
+        "vllm": {"traffic": {"mode": "trace", "trace": str(path)}}}}
+    refused(dry_run(tmp_path, campaign), expected)
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("campaign_name: a\nbase: {}\ncampaign_name: b\n", "line 3, column 1: duplicate key 'campaign_name' (first at line 1)"),
