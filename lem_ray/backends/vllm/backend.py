@@ -133,7 +133,7 @@ class VLLMBackend(Backend[VLLMConfig]):
     def measure(self, prompts: list[str]) -> list[RequestRecord]:
         """per_token: the engine is driven step by step (arrivals.py), so each token keeps
         vLLM's own time: offline sends every prompt before the first step, as LLM.generate
-        does; constant / poisson send each at its arrival time and keep the steady-state
+        does; constant / poisson / gamma / trace send each at its arrival time and keep the steady-state
         window. per_request (offline only, config.py): one plain LLM.generate call, so the
         window is exactly what a user's call costs; each request timed from its final stats."""
         traffic = self.options.traffic
