@@ -48,7 +48,8 @@ def llama_config(vocab_size: int, **shape: object) -> dict:
     }
 
 
-# Llama-3.1-8B's published config.json: its shape, rope and vocabulary size (8,030,261,248 parameters).
+# Llama-3.1-8B's published config.json: its shape, rope and vocabulary size
+# (8,030,261,248 parameters).
 LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                 num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
                 rope_theta=500000.0, rope_scaling={
@@ -76,8 +77,10 @@ def main() -> None:
         print(f"{target}: vocab {vocab_size}")
     target = ASSETS / "models" / "llama-8b"
     target.mkdir(parents=True, exist_ok=True)
-    build_tokenizer(target, words, vocab_size=LLAMA_8B_VOCAB, model_max_length=LLAMA_8B["max_position_embeddings"])
-    (target / "config.json").write_text(json.dumps(llama_config(LLAMA_8B_VOCAB, **LLAMA_8B), indent=2) + "\n")
+    build_tokenizer(target, words, vocab_size=LLAMA_8B_VOCAB,
+                    model_max_length=LLAMA_8B["max_position_embeddings"])
+    config = llama_config(LLAMA_8B_VOCAB, **LLAMA_8B)
+    (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     print(f"{target}: vocab {LLAMA_8B_VOCAB}")
 
 

@@ -3,8 +3,9 @@
 offline sends every prompt at once (what a batch job does); constant, poisson and gamma send
 them at `rate_rps` on average, as users of a server would, so the engine runs at the load that
 rate makes; gamma's `burstiness` sets how clustered they come. trace replays a recorded stream:
-each request's arrival, input and output length, so two engines see the identical requests. Under such traffic the run has a ramp (the engine filling up) and a tail (draining after
-the last arrival); the steady-state window leaves both out, as ML.ENERGY's benchmark does.
+each request's arrival, input and output length, so two engines see the identical requests.
+Under such traffic the run has a ramp (the engine filling up) and a tail (draining after the
+last arrival); the steady-state window leaves both out, as ML.ENERGY's benchmark does.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ ALL = "all configurations"
 
 def _counted(run: dict[str, Any]) -> bool:
     """As the report counts: finished, not flagged invalid, with a J/output token figure."""
-    return run["status"] == "ok" and run.get("valid") is not False and run.get(PAIR_METRIC) is not None
+    return (run["status"] == "ok" and run.get("valid") is not False
+            and run.get(PAIR_METRIC) is not None)
 
 
 def _order(value: Any) -> tuple[Any, ...]:

@@ -133,8 +133,8 @@ class VLLMBackend(Backend[VLLMConfig]):
     def measure(self, prompts: list[str]) -> list[RequestRecord]:
         """per_token: the engine is driven step by step (arrivals.py), so each token keeps
         vLLM's own time: offline sends every prompt before the first step, as LLM.generate
-        does; constant / poisson / gamma / trace send each at its arrival time and keep the steady-state
-        window. per_request (offline only, config.py): one plain LLM.generate call, so the
+        does; constant / poisson / gamma / trace send each at its arrival time and keep the
+        steady-state window. per_request (offline only, config.py): one plain LLM.generate call, so the
         window is exactly what a user's call costs; each request timed from its final stats."""
         traffic = self.options.traffic
         self._steady: SteadyWindow | None = None
@@ -157,8 +157,8 @@ class VLLMBackend(Backend[VLLMConfig]):
         if traffic.mode == "trace":
             trace = read_trace(traffic.trace)
             if len(trace) != len(prompts):
-                raise ValueError(f"traffic.trace has {len(trace)} requests for "
-                                 f"{len(prompts)} measured prompts; set prompts.count to {len(trace)}")
+                raise ValueError(f"traffic.trace has {len(trace)} requests for {len(prompts)} "
+                                 f"measured prompts; set prompts.count to {len(trace)}")
             offsets, outputs = trace.arrival_s, list(trace.output_tokens)
             token_ids = [fit_tokens(ids, n) for ids, n in zip(token_ids, trace.input_tokens)]
             sampling: Any = [self._sampling_cls(**{**self._sampling_kwargs, "max_tokens": n,
