@@ -46,9 +46,19 @@ def test_tap_reads_each_step_while_started_and_passes_every_call_through(
     assert len(manager.recorded) == 5, "vLLM's own loggers still see every step"
 
 
-def test_no_tap_without_stats() -> None:
+class SlottedManager:
+    """A manager whose methods cannot be replaced on the instance."""
+
+    __slots__ = ()
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any) -> None:
+        """Takes the stats and keeps nothing."""
+
+
+def test_no_tap_without_stats_or_where_record_cannot_be_wrapped() -> None:
     assert SchedulerTap.install(types.SimpleNamespace(logger_manager=None)) is None
     assert SchedulerTap.install(types.SimpleNamespace()) is None
+    assert SchedulerTap.install(types.SimpleNamespace(logger_manager=SlottedManager())) is None
 
 
 def test_engine_load_by_hand() -> None:

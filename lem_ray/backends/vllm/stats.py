@@ -27,19 +27,23 @@ class SchedulerTap:
 
     @classmethod
     def install(cls, engine: Any) -> SchedulerTap | None:
-        """None when the engine keeps no stats (no logger manager): nothing to read."""
+        """None when the engine keeps no stats (no logger manager) or its manager cannot be
+        wrapped: the load columns are then null, and the run goes on unchanged."""
         manager = getattr(engine, "logger_manager", None)
-        if manager is None:
+        record = getattr(manager, "record", None)
+        if record is None:
             return None
         tap = cls()
-        record = manager.record
 
         def recorded(scheduler_stats: Any, iteration_stats: Any, *args: Any, **kwargs: Any) -> Any:
             tap.observe(scheduler_stats, iteration_stats)
             return record(*args, scheduler_stats=scheduler_stats, iteration_stats=iteration_stats,
                           **kwargs)
 
-        manager.record = recorded
+        try:
+            manager.record = recorded
+        except (AttributeError, TypeError):
+            return None
         return tap
 
     def start(self) -> None:
