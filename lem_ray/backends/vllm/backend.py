@@ -134,8 +134,9 @@ class VLLMBackend(Backend[VLLMConfig]):
         """per_token: the engine is driven step by step (arrivals.py), so each token keeps
         vLLM's own time: offline sends every prompt before the first step, as LLM.generate
         does; constant / poisson / gamma / trace send each at its arrival time and keep the
-        steady-state window. per_request (offline only, config.py): one plain LLM.generate call, so the
-        window is exactly what a user's call costs; each request timed from its final stats."""
+        steady-state window. per_request (offline only, config.py): one plain LLM.generate
+        call, so the window is exactly what a user's call costs; each request timed from its
+        final stats. Both read the scheduler's load over the window (stats.SchedulerTap)."""
         traffic = self.options.traffic
         self._steady: SteadyWindow | None = None
         self._load: EngineLoad | None = None
