@@ -41,6 +41,8 @@ def test_attainment_goodput_and_energy_per_goodput_token_by_hand() -> None:
         "energy_j_per_goodput_token": pytest.approx(8000.0 / 201),
     }
     assert tpot_ms(records[0]) == pytest.approx(90.0) and tpot_ms(records[4]) is None
+    assert tpot_ms(record(100.0, 150.0, 2)) == pytest.approx(50.0), "two tokens: one gap"
+    assert slo_columns(MLPERF, records[:1], duration_s=0.0, energy_j=None)["goodput_tok_s"] is None
 
 
 def test_one_limit_judges_only_itself() -> None:
@@ -56,6 +58,8 @@ def test_unjudgeable_requests_leave_the_columns_null() -> None:
     assert columns["slo_ttft_ms"] == 2000.0
     assert slo_columns(SLOConfig(tpot_ms=50.0), [record(None, 300.0, 1)], 1.0, 10.0)[
         "slo_attainment"] == 1.0
+    assert slo_columns(SLOConfig(tpot_ms=50.0), [record(None, 300.0, 2)], 1.0, 10.0)[
+        "slo_attainment"] is None, "two tokens without a first-token time: no TPOT to judge"
     assert set(slo_columns(None, [], 1.0, None).values()) == {None}
     nothing_good = slo_columns(MLPERF, [record(3000.0, 3000.0, 1)], 2.0, 50.0)
     assert nothing_good["goodput_tok_s"] == 0.0 and nothing_good["energy_j_per_goodput_token"] is None
@@ -106,6 +110,11 @@ def test_least_energy_configuration_meeting_the_slo() -> None:
     assert vllm["best"]["slo_attainment_min"] == pytest.approx(0.90)
     assert vllm["best"]["goodput_tok_s_mean"] == pytest.approx(925.0)
     assert answers["pytorch"]["best"] is None and answers["pytorch"]["meeting"] == 0
+    # grouped by batch size, 128 pools an SLO'd cycle with one that had none: it cannot meet it
+    mixed = build_report([*ROWS, run_row("w128", 1, "vllm", 128, 0.01, None, None)],
+                         group_by=["backend", "batch_size"])
+    answers = {a["backend"]: a for a in best_under_slo(mixed.groups, mixed.members)}
+    assert answers["vllm"]["configurations"] == 3 and answers["vllm"]["best"]["label"] == "vllm · batch 32"
     no_slo = [run_row("x", 1, "vllm", 8, 0.1, None, None)]
     report = build_report(no_slo)
     assert best_under_slo(report.groups, report.members) == []

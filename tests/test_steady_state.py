@@ -177,3 +177,22 @@ def _inputs(**overrides: Any) -> ValidityInputs:
 )
 def test_steady_state_flags(overrides: dict, flags: list[str]) -> None:
     assert validity_flags(_inputs(**overrides)) == flags
+
+
+def test_inputs_judge_like_a_default_campaign_when_left_out() -> None:
+    """ValidityInputs' defaults are validity's: a caller that leaves them out judges as a
+    campaign that did not set them, and judges nothing it was not given."""
+    from lem_ray.config.campaign import ValidityConfig
+
+    defaults = ValidityConfig()
+    bare = ValidityInputs(**{k: v for k, v in _inputs().__dict__.items() if k in (
+        "energy_j", "window_s", "min_window_s", "throttle_reasons", "temperature_start_c",
+        "temperature_max_c", "temperature_min_c", "temperature_limit_c", "avg_power_w",
+        "power_limit_w", "baseline_power_w", "other_process_pids", "mig_enabled")})
+    assert (bare.min_batch_fraction, bare.min_steady_s, bare.max_kv_preemptions,
+            bare.power_cap_invalidates) == (defaults.min_batch_fraction, defaults.min_steady_s,
+                                            defaults.max_kv_preemptions,
+                                            defaults.power_cap_invalidates)
+    assert (bare.saturating, bare.traffic_run, bare.running_batch_mean, bare.kv_preemptions) == (
+        False, False, None, None)
+    assert validity_flags(bare) == []
