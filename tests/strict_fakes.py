@@ -232,8 +232,11 @@ def check_trtllm_llm_kwargs(kwargs: dict[str, Any]) -> None:
     check_names("tensorrt_llm.LLM", kwargs, TRTLLM_LLM_ARGS)
 
 
-# vLLM 0.26.0's per-step stats (vllm/v1/metrics/stats.py): the attributes each object has, so
-# reading a misspelt or absent one fails here as it would there.
+# vLLM's per-step stats (vllm/v1/metrics/stats.py): the attributes each object has, so reading
+# a misspelt or absent one fails here as it would there. Read from vLLM's V1 source of the
+# 0.2x releases (not from the 0.26.0 wheel itself, which is not on this machine); the four
+# lem-ray reads, num_running_reqs, num_waiting_reqs, kv_cache_usage and num_preempted_reqs,
+# are in every V1 release since kv_cache_usage replaced gpu_cache_usage.
 VLLM_SCHEDULER_STATS = (
     "num_running_reqs", "num_waiting_reqs", "step_counter", "current_wave", "kv_cache_usage",
     "prefix_cache_stats", "connector_prefix_cache_stats", "spec_decoding_stats",
