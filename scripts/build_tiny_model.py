@@ -16,16 +16,22 @@ ASSETS = Path(__file__).resolve().parents[1] / "lem_ray" / "assets"
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
-def build_tokenizer(target: Path, words: list[str]) -> int:
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + words)}
+def build_tokenizer(target: Path, words: list[str], vocab_size: int | None = None,
+                    model_max_length: int = 4096) -> int:
+    """vocab_size pads the word list with filler tokens `t<id>`, so every id a dummy model
+    can emit decodes; the padded file is written compact to stay small on disk."""
+    tokens = SPECIALS + words
+    if vocab_size is not None:
+        tokens += [f"t{i}" for i in range(len(tokens), vocab_size)]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##")
-    tok.save(str(target / "tokenizer.json"))
+    tok.save(str(target / "tokenizer.json"), pretty=vocab_size is None)
     (target / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-        "padding_side": "left", "model_max_length": 4096, "add_bos_token": False,
+        "padding_side": "left", "model_max_length": model_max_length, "add_bos_token": False,
     }, indent=2) + "\n")
     (target / "special_tokens_map.json").write_text(json.dumps({
         "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
@@ -33,13 +39,23 @@ def build_tokenizer(target: Path, words: list[str]) -> int:
     return len(vocab)
 
 
-def llama_config(vocab_size: int, **shape: int) -> dict:
+def llama_config(vocab_size: int, **shape: object) -> dict:
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": vocab_size, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3,
         "hidden_act": "silu", "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
         "tie_word_embeddings": False, "torch_dtype": "bfloat16", **shape,
     }
+
+
+# Llama-3.1-8B's published config.json: its shape, rope and vocabulary size
+# (8,030,261,248 parameters).
+LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+                rope_theta=500000.0, rope_scaling={
+                    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+LLAMA_8B_VOCAB = 128256
 
 
 def main() -> None:
@@ -59,6 +75,13 @@ def main() -> None:
         vocab_size = n if name == "tiny-llama" else 32000
         (target / "config.json").write_text(json.dumps(llama_config(vocab_size, **shape), indent=2) + "\n")
         print(f"{target}: vocab {vocab_size}")
+    target = ASSETS / "models" / "llama-8b"
+    target.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(target, words, vocab_size=LLAMA_8B_VOCAB,
+                    model_max_length=LLAMA_8B["max_position_embeddings"])
+    config = llama_config(LLAMA_8B_VOCAB, **LLAMA_8B)
+    (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    print(f"{target}: vocab {LLAMA_8B_VOCAB}")
 
 
 if __name__ == "__main__":

@@ -230,3 +230,53 @@ def check_trtllm_llm_kwargs(kwargs: dict[str, Any]) -> None:
     if "model" not in kwargs:
         raise TypeError("tensorrt_llm.LLM missing required argument 'model'")
     check_names("tensorrt_llm.LLM", kwargs, TRTLLM_LLM_ARGS)
+
+
+# vLLM's per-step stats (vllm/v1/metrics/stats.py): the attributes each object has, so reading
+# a misspelt or absent one fails here as it would there. Read from vLLM's V1 source of the
+# 0.2x releases (not from the 0.26.0 wheel itself, which is not on this machine); the four
+# lem-ray reads, num_running_reqs, num_waiting_reqs, kv_cache_usage and num_preempted_reqs,
+# are in every V1 release since kv_cache_usage replaced gpu_cache_usage.
+VLLM_SCHEDULER_STATS = (
+    "num_running_reqs", "num_waiting_reqs", "step_counter", "current_wave", "kv_cache_usage",
+    "prefix_cache_stats", "connector_prefix_cache_stats", "spec_decoding_stats",
+    "kv_connector_stats",
+)
+VLLM_ITERATION_STATS = (
+    "iteration_timestamp", "num_generation_tokens", "prompt_token_stats", "num_preempted_reqs",
+    "finished_requests", "max_num_generation_tokens_iter", "n_params_iter",
+    "time_to_first_tokens_iter", "inter_token_latencies_iter", "waiting_lora_adapters",
+    "running_lora_adapters", "num_corrupted_reqs",
+)
+
+
+class _Slotted:
+    """Only the named attributes exist; each defaults to None unless given."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self, **values: Any) -> None:
+        for name in self.__slots__:
+            object.__setattr__(self, name, values.pop(name, None))
+        if values:
+            raise TypeError(f"{type(self).__name__} has no field(s) {sorted(values)}")
+
+
+class VLLMSchedulerStats(_Slotted):
+    __slots__ = VLLM_SCHEDULER_STATS
+
+
+class VLLMIterationStats(_Slotted):
+    __slots__ = VLLM_ITERATION_STATS
+
+
+class VLLMStatLoggerManager:
+    """vllm.v1.metrics.loggers.StatLoggerManager as LLMEngine.step() calls it: record() with
+    keyword arguments only (scheduler_stats=, iteration_stats=, mm_cache_stats=)."""
+
+    def __init__(self) -> None:
+        self.recorded: list[tuple[Any, Any]] = []
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+               engine_idx: int = 0) -> None:
+        self.recorded.append((scheduler_stats, iteration_stats))

@@ -25,6 +25,7 @@ import pytest
 import lem_ray.execution.sampler_actor as actors
 import lem_ray.execution.worker as worker_module
 from lem_ray.backends.base import Backend, RequestRecord
+from lem_ray.backends.traffic import EngineLoad
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.engines import EnginePool
@@ -227,11 +228,12 @@ def run_on_node(node: Node, monkeypatch: pytest.MonkeyPatch, execution: Executio
                 baselines: dict[str, dict[str, Any]] | None = None,
                 runs: NodeRuns | None = None,
                 engine: type[FakeEngine] = FakeEngine,
-                compile_cache: str | None = None) -> dict[str, Any]:
+                compile_cache: str | None = None, **fields: Any) -> dict[str, Any]:
     """The real worker.run and sampler actor on the node, then the real ok_rows."""
     worker = worker_on_node(node, monkeypatch, engine)
     identity = worker.identify()
-    config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch", "gpus_per_experiment": 2})
+    config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch", "gpus_per_experiment": 2,
+                                              **fields})
     # The campaign's baseline cache, in process: `baselines` are what it already holds;
     # `runs` the other runs it knows active on the nodes.
     runs = runs or NodeRuns()
@@ -328,6 +330,48 @@ def test_hot_and_throttled_second_gpu_is_flagged(monkeypatch: pytest.MonkeyPatch
     # the row keeps the hottest GPU's temperatures, so "too cold" means the hottest one is
     cold = run_on_node(two_gpus(), monkeypatch, execution(temperature_min_c=65.0), baselines={})["row"]
     assert cold["validity_flags"] == ["temperature_out_of_range"], "both GPUs below 65 C"
+
+
+def test_power_capped_gpu_is_valid_unless_the_campaign_opts_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU held at its power limit is measured as configured; the seconds and limit stay in the row."""
+    monkeypatch.setattr(EnergySampler, "start", lambda self: None)
+    capped = run_on_node(two_gpus(throttle_reasons=0x4), monkeypatch, execution(), baselines={})["row"]
+    assert capped["validity_flags"] == [] and capped["valid"] is True
+    assert capped["throttle_reasons"] & 0x4 and capped["power_limit_w"] == 1400.0
+    assert json.loads(capped["throttle_s_json"]) == pytest.approx({"sw_power_cap": 0.4})
+    strict = run_on_node(two_gpus(throttle_reasons=0x4), monkeypatch,
+                         execution(power_cap_invalidates=True), baselines={})["row"]
+    assert strict["validity_flags"] == ["throttled"] and strict["valid"] is False
+
+
+def test_engine_load_reaches_the_row_and_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backend's scheduler load becomes columns; a half-full saturating engine with a KV
+    preemption is `unsaturated` and `preempted` (batch_size 1 here: mean 0.5 < 0.8)."""
+    load = EngineLoad(running_mean=0.5, running_p10=0.0, waiting_step_share=0.75,
+                      preemptions=2, steps=12, saturating=True)
+    monkeypatch.setattr(FakeEngine, "engine_load", lambda self: load)
+    row = run_on_node(two_gpus(), monkeypatch, execution(), baselines={})["row"]
+    assert (row["running_batch_mean"], row["running_batch_p10"], row["waiting_step_share"],
+            row["kv_preemptions"], row["scheduler_steps"]) == (0.5, 0.0, 0.75, 2, 12)
+    assert row["validity_flags"] == ["unsaturated", "preempted"] and row["valid"] is False
+    lenient = run_on_node(two_gpus(), monkeypatch,
+                          execution(min_batch_fraction=0.5, max_kv_preemptions=2), baselines={})["row"]
+    assert lenient["validity_flags"] == [] and lenient["valid"] is True
+
+
+def test_slo_columns_of_a_run_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 requests of 8 tokens in 1.0 s on 800 J: each 250 ms, TTFT and TPOT 31.25 ms."""
+    met = run_on_node(two_gpus(), monkeypatch, execution(), baselines={},
+                      slo={"ttft_ms": 40.0, "tpot_ms": 31.25})["row"]
+    assert (met["slo_ttft_ms"], met["slo_tpot_ms"], met["slo_min_attainment"]) == (40.0, 31.25, 0.9)
+    assert met["slo_attainment"] == 1.0 and met["goodput_tok_s"] == pytest.approx(32.0)
+    assert met["energy_j_per_goodput_token"] == pytest.approx(800.0 / 32)
+    missed = run_on_node(two_gpus(), monkeypatch, execution(), baselines={},
+                         slo={"tpot_ms": 31.0})["row"]
+    assert missed["slo_attainment"] == 0.0 and missed["goodput_tok_s"] == 0.0
+    assert missed["energy_j_per_goodput_token"] is None and missed["valid"] is True
+    plain = run_on_node(two_gpus(), monkeypatch, execution(), baselines={})["row"]
+    assert plain["slo_attainment"] is None and plain["goodput_tok_s"] is None
 
 
 def test_prefill_passes_stop_at_max_repeats_or_window(monkeypatch: pytest.MonkeyPatch) -> None:

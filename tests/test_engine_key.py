@@ -116,9 +116,11 @@ def test_every_experiment_field_is_classified_for_pytorch() -> None:
     """The experiment's own fields: engine fields but for those the backend applies per run."""
     from lem_ray.backends.pytorch.config import PyTorchConfig
     from lem_ray.backends.registry import BACKEND_NAMES
+    from lem_ray.config.experiment import EVALUATION_FIELDS
 
     engine = {"model_name", "load_format", "tokenizer", "backend", "fp_precision",
               "random_seed", "gpus_per_experiment"}
     assert set(ExperimentConfig.model_fields) == {
-        *engine, *PyTorchConfig.EXPERIMENT_RUNTIME_FIELDS, *BACKEND_NAMES}
+        *engine, *PyTorchConfig.EXPERIMENT_RUNTIME_FIELDS, *EVALUATION_FIELDS, *BACKEND_NAMES}
     assert key(tokenizer="builtin:tiny-llama") != key()
+    assert key(slo={"ttft_ms": 2000}) == key(), "an SLO judges results, the engine is the same"

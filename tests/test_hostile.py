@@ -97,7 +97,7 @@ def dry_run(tmp_path: Path, content: dict[str, Any] | str | bytes, *extra: str) 
         ("base.decoder.do_sample", 1, "base.decoder.do_sample: Input should be a valid boolean (got 1)"),
         ("execution.cycles", 1_000_000_000, "execution.cycles: 2 experiments x 1000000000 cycles"),
         ("base.prompts.count", 1_000_000_000_000, "base.prompts.count: Input should be less than or equal to 100000"),
-        ("base.model_name", "builtin:nope", "base.model_name: unknown builtin model 'builtin:nope'; builtin models: builtin:llama-1b"),
+        ("base.model_name", "builtin:nope", "base.model_name: unknown builtin model 'builtin:nope'; builtin models: builtin:llama-1b, builtin:llama-8b, builtin:tiny-llama"),
         ("grid.shared", {"foo.bar.baz": [1]}, "grid.shared.foo.bar.baz: unknown key 'foo'"),
         ("grid.backend_overrides", {"pytorch": {"batch_size": []}}, "grid.backend_overrides.pytorch.batch_size: axis has no values"),
         ("grid.shared", {"fp_precision": []}, "grid.shared.fp_precision: axis has no values"),
@@ -110,6 +110,29 @@ def test_bad_values_are_refused_naming_the_key(tmp_path: Path, dotted: str, valu
     started = time.monotonic()
     refused(dry_run(tmp_path, with_(VALID, dotted, value)), expected)
     assert time.monotonic() - started < 30, "refused at once, not after minutes of planning"
+
+
+@pytest.mark.parametrize(
+    ("trace", "expected"),
+    [
+        ('{"arrival_s": 0, "input_tokens": 4, "output_tokens": 2}\n' * 3,
+         "vllm.traffic.trace: 3 requests in the trace for 2 prompts; set prompts.count to 3"),
+        ('{"arrival_s": 1, "input_tokens": 4, "output_tokens": 2}\n'
+         '{"arrival_s": 0, "input_tokens": 4, "output_tokens": 2}\n',
+         "trace.jsonl: arrival_s must be finite, >= 0 and non-decreasing"),
+        (None, "vllm.traffic.trace: cannot read"),
+    ],
+)
+def test_a_bad_trace_is_refused_before_anything_runs(tmp_path: Path, trace: str | None,
+                                                     expected: str) -> None:
+    path = tmp_path / "trace.jsonl"
+    if trace is not None:
+        path.write_text(trace)
+    campaign = {"campaign_name": "t", "base": {
+        "model_name": "builtin:tiny-llama", "backend": "vllm",
+        "prompts": {"source": "synthetic", "count": 2},
+        "vllm": {"traffic": {"mode": "trace", "trace": str(path)}}}}
+    refused(dry_run(tmp_path, campaign), expected)
 
 
 @pytest.mark.parametrize(

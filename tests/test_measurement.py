@@ -218,7 +218,9 @@ def _inputs(**overrides) -> ValidityInputs:
     [
         ({}, []),
         ({"window_s": 2.0}, ["short_window"]),
-        ({"throttle_reasons": 0x4}, ["throttled"]),
+        ({"throttle_reasons": 0x4}, []),
+        ({"throttle_reasons": 0x4, "power_cap_invalidates": True}, ["throttled"]),
+        ({"throttle_reasons": 0x1 | 0x2 | 0x10 | 0x100, "power_cap_invalidates": True}, []),
         ({"throttle_reasons": 0x40 | 0x1}, ["throttled"]),
         ({"temperature_max_c": 96.0}, ["temperature_out_of_range"]),
         ({"temperature_start_c": 15.0}, ["temperature_out_of_range"]),
@@ -263,10 +265,10 @@ def test_throttle_seconds_counts_samples_inside_window() -> None:
     assert got == {"sw_power_cap": pytest.approx(0.2), "sw_thermal_slowdown": pytest.approx(0.1)}
 
 
-# nvml.h, nvmlClocksEventReason*: bit -> (name, slows the GPU for power or heat)
+# nvml.h, nvmlClocksEventReason*: bit -> (name, a thermal or hardware slowdown)
 NVML_CLOCKS_EVENT_REASONS = {
     0x1: ("gpu_idle", False), 0x2: ("applications_clocks_setting", False),
-    0x4: ("sw_power_cap", True), 0x8: ("hw_slowdown", True), 0x10: ("sync_boost", False),
+    0x4: ("sw_power_cap", False), 0x8: ("hw_slowdown", True), 0x10: ("sync_boost", False),
     0x20: ("sw_thermal_slowdown", True), 0x40: ("hw_thermal_slowdown", True),
     0x80: ("hw_power_brake_slowdown", True), 0x100: ("display_clock_setting", False),
 }
@@ -278,6 +280,8 @@ def test_each_clocks_event_bit_has_its_name_and_weight(bit: int) -> None:
     assert throttle_seconds([{"t_s": 1.0, "throttle_reasons": bit}], 0.0, 2.0, 0.5) == {name: 0.5}
     flags = validity_flags(_inputs(throttle_reasons=bit))
     assert flags == (["throttled"] if throttling else [])
+    opted_in = validity_flags(_inputs(throttle_reasons=bit, power_cap_invalidates=True))
+    assert opted_in == (["throttled"] if throttling or bit == 0x4 else [])
 
 
 def test_other_processes() -> None:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -69,6 +70,10 @@ def test_experiment_id_pinned() -> None:
     # A changed id orphans every stored result of a campaign: change this only on purpose.
     plan = plan_campaign({"campaign_name": "p", "base": {"model_name": "m", "backend": "pytorch"}})
     assert plan.experiments[0].experiment_id == "edfdccd21db2"
+    served = {"model_name": "m", "backend": "vllm",
+              "vllm": {"traffic": {"mode": "poisson", "rate_rps": 2.0}}}
+    assert plan_campaign({"campaign_name": "p", "base": served}).experiments[0].experiment_id \
+        == "007fb8218328", "traffic options added later (burstiness, trace) keep vLLM ids"
 
 
 def test_an_option_added_later_keeps_the_ids_of_experiments_that_leave_it_at_its_default() -> None:
@@ -83,11 +88,13 @@ def test_an_option_added_later_keeps_the_ids_of_experiments_that_leave_it_at_its
            .experiments[0].experiment_id
            for pytorch in (fast, {**fast, "compile_prefill": False}, {**fast, "compile_prefill": True})]
     assert ids[0] == ids[1] != ids[2]
-    config = ExperimentConfig.model_validate(base)
     for dotted, default in ID_OMITTED_AT_DEFAULT.items():
-        section, _, option = dotted.rpartition(".")
-        owner = getattr(config, section) if section else config
-        assert getattr(owner, option) == default, dotted
+        head = dotted.split(".")[0]
+        backend = head if head in ("pytorch", "vllm", "tensorrt") else "pytorch"
+        owner: Any = ExperimentConfig.model_validate({**base, "backend": backend})
+        for part in dotted.split("."):
+            owner = getattr(owner, part)
+        assert owner == default, dotted
 
 
 def test_typo_in_grid_is_an_error_not_a_rejection() -> None:

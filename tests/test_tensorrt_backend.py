@@ -661,8 +661,8 @@ def test_dry_run_engine_args_show_constructor_and_sampling() -> None:
         },
         "sampling": {"call": "tensorrt_llm.SamplingParams",
                      "kwargs": {"max_tokens": 16, "seed": 9, "top_k": 1}},
-        "traffic": {"mode": "offline", "rate_rps": None, "seed": 0,
-                    "steady_after_responses": 16},
+        "traffic": {"mode": "offline", "rate_rps": None, "seed": 0, "burstiness": 1.0,
+                    "trace": None, "steady_after_responses": 16},
     }
     check_trtllm_llm_kwargs(engine_args(config)["constructor"]["kwargs"])
     too_short = experiment({"max_seq_len": 100}, max_input_tokens=80, max_output_tokens=40)

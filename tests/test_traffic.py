@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import types
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +16,11 @@ from pydantic import ValidationError
 
 from lem_ray.backends.base import DeviceInfo
 from lem_ray.backends.traffic import (
+    RequestTrace,
     SteadyWindow,
     arrival_offsets_s,
     in_flight_from_traces,
+    read_trace,
     steady_window,
 )
 from lem_ray.backends.vllm.arrivals import drive_arrivals
@@ -59,7 +63,7 @@ def test_poisson_is_stable_per_seed() -> None:
 def test_traffic_config_rules() -> None:
     with pytest.raises(ValidationError, match="needs rate_rps"):
         vllm_config(traffic={"mode": "poisson"})
-    with pytest.raises(ValidationError, match="only applies to constant or poisson"):
+    with pytest.raises(ValidationError, match="only applies to constant, poisson or gamma"):
         vllm_config(traffic={"rate_rps": 2.0})
     with pytest.raises(ValidationError, match="rate_rps"):
         vllm_config(traffic={"mode": "constant", "rate_rps": 0})
@@ -301,3 +305,169 @@ def test_steady_columns_integrate_power_inside_the_window() -> None:
     assert columns["steady_energy_j_per_output_token"] == pytest.approx(2.0)
     offline = _steady(vllm_config(), None, 0.0, series)
     assert offline["traffic_mode"] == "offline" and offline["steady_energy_j"] is None
+
+
+# ---- gamma arrivals and trace replay -------------------------------------------------------
+
+
+@pytest.mark.parametrize("burstiness", [0.25, 1.0, 4.0])
+def test_gamma_has_the_asked_rate_and_burstiness(burstiness: float) -> None:
+    """Gaps of mean 1/rate and CV^2 = 1/burstiness: 1 is Poisson, below 1 burstier."""
+    offsets = arrival_offsets_s("gamma", 40_001, rate_rps=10.0, seed=3, burstiness=burstiness)
+    gaps = [b - a for a, b in zip(offsets, offsets[1:])]
+    assert offsets[0] == 0.0 and all(g >= 0 for g in gaps)
+    assert 40_000 / offsets[-1] == pytest.approx(10.0, rel=0.03)
+    cv = statistics.stdev(gaps) / statistics.mean(gaps)
+    assert cv ** 2 == pytest.approx(1 / burstiness, rel=0.08)
+
+
+def test_gamma_is_reproducible_from_its_seed() -> None:
+    first = arrival_offsets_s("gamma", 60, rate_rps=4.0, seed=11, burstiness=0.5)
+    assert first == arrival_offsets_s("gamma", 60, rate_rps=4.0, seed=11, burstiness=0.5)
+    assert first != arrival_offsets_s("gamma", 60, rate_rps=4.0, seed=12, burstiness=0.5)
+    assert first != arrival_offsets_s("gamma", 60, rate_rps=4.0, seed=11, burstiness=2.0)
+    assert arrival_offsets_s("gamma", 90, rate_rps=4.0, seed=11, burstiness=0.5)[:60] == first
+
+
+def test_gamma_and_trace_config_rules() -> None:
+    assert vllm_config(traffic={"mode": "gamma", "rate_rps": 2.0, "burstiness": 0.5}
+                       ).backend_options.traffic.burstiness == 0.5
+    with pytest.raises(ValidationError, match="burstiness only applies to gamma"):
+        vllm_config(traffic={"mode": "poisson", "rate_rps": 2.0, "burstiness": 0.5})
+    with pytest.raises(ValidationError, match="gamma needs rate_rps"):
+        vllm_config(traffic={"mode": "gamma"})
+    with pytest.raises(ValidationError, match="trace and traffic.trace go together"):
+        vllm_config(traffic={"mode": "trace"})
+    with pytest.raises(ValidationError, match="trace and traffic.trace go together"):
+        vllm_config(traffic={"mode": "poisson", "rate_rps": 1.0, "trace": "t.jsonl"})
+    with pytest.raises(ValidationError, match="rate_rps only applies"):
+        vllm_config(traffic={"mode": "trace", "trace": "t.jsonl", "rate_rps": 1.0})
+    with pytest.raises(ValidationError, match="implemented for vllm only"):
+        ExperimentConfig.model_validate({"model_name": "m", "backend": "tensorrt", "tensorrt": {
+            "traffic": {"mode": "trace", "trace": "t.jsonl"}}})
+
+
+TRACE = [(0.0, 3, 2), (0.1, 5, 1), (0.1, 2, 3), (0.75, 4, 2)]
+
+
+def write_trace(path: Path, rows: list[tuple[float, int, int]] = TRACE) -> Path:
+    import pyarrow as pa
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    table = pa.table({"arrival_s": [r[0] for r in rows], "input_tokens": [r[1] for r in rows],
+                      "output_tokens": [r[2] for r in rows]})
+    if path.suffix == ".parquet":
+        pyarrow.parquet.write_table(table, path)
+    elif path.suffix == ".csv":
+        pyarrow.csv.write_csv(table, path)
+    else:
+        path.write_text("".join(json.dumps(dict(zip(table.column_names, r))) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_trace_reads_exactly(tmp_path: Path, suffix: str) -> None:
+    trace = read_trace(str(write_trace(tmp_path / f"t{suffix}")))
+    assert trace == RequestTrace([0.0, 0.1, 0.1, 0.75], [3, 5, 2, 4], [2, 1, 3, 2])
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([(0.5, 3, 2), (0.1, 3, 2)], "non-decreasing"),
+        ([(-1.0, 3, 2)], "non-decreasing"),
+        ([(0.0, 0, 2)], "input_tokens must be whole numbers >= 1"),
+        ([(0.0, 3, 1.5)], "output_tokens must be whole numbers >= 1"),
+    ],
+)
+def test_trace_refuses_what_it_cannot_replay(tmp_path: Path, rows: list, message: str) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(dict(zip(("arrival_s", "input_tokens", "output_tokens"), r)))
+                            + "\n" for r in rows))
+    with pytest.raises(ValueError, match=message):
+        read_trace(str(path))
+    with pytest.raises(ValueError, match="missing \\['output_tokens'\\]"):
+        (tmp_path / "m.jsonl").write_text('{"arrival_s": 0, "input_tokens": 1}\n')
+        read_trace(str(tmp_path / "m.jsonl"))
+    with pytest.raises(ValueError, match="unsupported file type"):
+        read_trace(str(tmp_path / "t.txt"))
+
+
+class LengthEngine(SimulatedEngine):
+    """Finishes each request after its own SamplingParams' max_tokens; keeps what it was sent."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock, length=0, step_s=0.05)
+        self.sent: list[tuple[str, list[int], int, int]] = []
+        self.lengths: dict[str, int] = {}
+
+    def add_request(self, request_id: str, prompt: Any, params: Any, *,
+                    lora_request: Any = None) -> None:
+        super().add_request(request_id, prompt, params, lora_request=lora_request)
+        self.sent.append((request_id, prompt["prompt_token_ids"], params.max_tokens,
+                          params.min_tokens))
+        self.lengths[request_id] = params.max_tokens
+
+    def step(self) -> list[Any]:
+        self.clock.now += self.step_s
+        outputs = []
+        for rid in list(self.running):
+            self.running[rid] += 1
+            finished = self.running[rid] == self.lengths[rid]
+            if finished:
+                del self.running[rid]
+            outputs.append(types.SimpleNamespace(
+                request_id=rid, finished=finished, metrics=None,
+                outputs=[types.SimpleNamespace(token_ids=[7])]))
+        return outputs
+
+
+@pytest.fixture
+def length_vllm(fake_vllm: Clock, monkeypatch: pytest.MonkeyPatch) -> Clock:
+    def llm(**kwargs: Any) -> Any:
+        check_vllm_llm_kwargs(kwargs)
+        return types.SimpleNamespace(
+            llm_engine=LengthEngine(fake_vllm),
+            get_tokenizer=lambda: types.SimpleNamespace(
+                encode=lambda text: [len(w) for w in text.split()]))
+
+    monkeypatch.setattr(sys.modules["vllm"], "LLM", llm)
+    return fake_vllm
+
+
+def test_trace_replay_sends_its_arrivals_and_lengths_exactly(length_vllm: Clock,
+                                                             tmp_path: Path) -> None:
+    trace = str(write_trace(tmp_path / "t.csv"))
+    backend = VLLMBackend(vllm_config(traffic={"mode": "trace", "trace": trace}),
+                          DeviceInfo("cuda", 1))
+    backend.load()
+    engine = backend._llm.llm_engine
+    records = backend.measure(["a bb", "ccc", "dddd ee f", "g"])
+    assert [round(t - 100.0, 6) for _, t in engine.added] == [0.0, 0.1, 0.1, 0.75]
+    # prompt tokens cut or repeated to the trace's input lengths; output lengths fixed
+    assert [(ids, most, least) for _, ids, most, least in engine.sent] == [
+        ([1, 2, 1], 2, 2), ([3, 3, 3, 3, 3], 1, 1), ([4, 2], 3, 3), ([1, 1, 1, 1], 2, 2)]
+    assert [(r.input_tokens, r.output_tokens) for r in records] == [(3, 2), (5, 1), (2, 3), (4, 2)]
+    first = backend.stream_sha256()
+    # a second engine replaying the same trace sees the identical stream
+    other = VLLMBackend(vllm_config(traffic={"mode": "trace", "trace": trace}, max_num_seqs=64),
+                        DeviceInfo("cuda", 1))
+    other.load()
+    other.measure(["a bb", "ccc", "dddd ee f", "g"])
+    assert other.stream_sha256() == first
+    with pytest.raises(ValueError, match="4 requests for 3 measured prompts"):
+        backend.measure(["a", "b", "c"])
+
+
+def test_stream_hash_tells_streams_apart(length_vllm: Clock) -> None:
+    def stream(seed: int, burstiness: float = 0.5) -> str:
+        backend = VLLMBackend(vllm_config(max_num_seqs=4, traffic={
+            "mode": "gamma", "rate_rps": 20.0, "seed": seed, "burstiness": burstiness}),
+            DeviceInfo("cuda", 1))
+        backend.load()
+        backend.measure(["a b", "c", "d e f"])
+        return backend.stream_sha256()
+
+    assert stream(1) == stream(1)
+    assert len({stream(1), stream(2), stream(1, 2.0)}) == 3

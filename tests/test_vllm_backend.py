@@ -202,8 +202,8 @@ def test_dry_run_engine_args_show_constructor_and_sampling() -> None:
             "temperature": 0.0, "top_k": 0, "top_p": 1.0,
         }},
         "prefix_cache": "off",
-        "traffic": {"mode": "offline", "rate_rps": None, "seed": 0,
-                    "steady_after_responses": 16},
+        "traffic": {"mode": "offline", "rate_rps": None, "seed": 0, "burstiness": 1.0,
+                    "trace": None, "steady_after_responses": 16},
         "warmup_and_prefill": "LLM.generate",
         "token_timing": "per_token",
         "measured_window": {
@@ -661,6 +661,9 @@ def test_vllm_offline_window_is_timed_by_vllms_own_stats(gpu_backend: VLLMBacken
     recs = backend.measure(["energy " * 10] * 6)
     assert backend.timing_method == "vllm_engine_stats"
     assert backend.steady_window() is None
+    # the scheduler's own per-step stats reached the backend: 6 requests on max_num_seqs 4
+    load = backend.engine_load()
+    assert load is not None and load.steps >= 8 and 1 <= load.running_mean <= 4
     assert [r.output_tokens for r in recs] == [8] * 6
     assert all(len(r.itl_ms) == 7 and all(gap >= 0 for gap in r.itl_ms) for r in recs)
     assert all(0 < r.ttft_ms <= r.e2e_ms for r in recs)

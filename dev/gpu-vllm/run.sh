@@ -7,6 +7,7 @@
 #   dev/gpu-vllm/run.sh campaign          configs/h200-vllm-llama1b.yaml + table (~480-630 s)
 #   dev/gpu-vllm/run.sh traffic           configs/h200-vllm-traffic.yaml + table (~120-220 s)
 #   dev/gpu-vllm/run.sh tp2               configs/h200-vllm-tp2.yaml on 2 GPUs + table (~250-350 s)
+#   dev/gpu-vllm/run.sh llama8b           configs/gpu-vllm-llama8b.yaml + table (several calls; resumes)
 #   dev/gpu-vllm/run.sh overhead          overhead.py: bare LLM.generate vs lem-ray's window
 #                                         (OVERHEAD_ARGS="--seqs 64 ..." passes options)
 #   dev/gpu-vllm/run.sh tests:240 traffic:300    two parts in one call, each with its budget
@@ -15,7 +16,7 @@
 # then gets SIGINT, records what finished, stops its workers and exits (exit 124); running the
 # same part again resumes its campaign where it stopped. See README.md beside this file.
 set -uo pipefail
-(($#)) || { echo "usage: run.sh PART[:BUDGET_S]... (PART: tests, campaign, traffic, tp2, overhead)" >&2; exit 2; }
+(($#)) || { echo "usage: run.sh PART[:BUDGET_S]... (PART: tests, campaign, traffic, tp2, llama8b, overhead)" >&2; exit 2; }
 OUT=${OUT:-$PWD/gpu-vllm-out}
 mkdir -p "$OUT"
 here=$(cd "$(dirname "$0")" && pwd)
@@ -104,8 +105,9 @@ for arg in "$@"; do
     campaign) run_campaign configs/h200-vllm-llama1b.yaml h200-vllm-llama1b "${budget:-520}" ;;
     traffic) run_campaign configs/h200-vllm-traffic.yaml h200-vllm-traffic "${budget:-300}" ;;
     tp2) run_campaign configs/h200-vllm-tp2.yaml h200-vllm-tp2 "${budget:-380}" ;;
+    llama8b) run_campaign configs/gpu-vllm-llama8b.yaml gpu-vllm-llama8b "${budget:-560}" ;;
     overhead) run_overhead "${budget:-570}" ;;
-    *) echo "run.sh: unknown part $part (tests, campaign, traffic, tp2, overhead)" >&2; status=2; continue ;;
+    *) echo "run.sh: unknown part $part (tests, campaign, traffic, tp2, llama8b, overhead)" >&2; status=2; continue ;;
   esac
   rc=$?; ((rc && !status)) && status=$rc
 done

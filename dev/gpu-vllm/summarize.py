@@ -1,5 +1,6 @@
 """The vLLM campaign's table from its results: per max_num_seqs, each cycle's J/output token,
-output tok/s, TTFT p50 and ITL p50, and their cycle-to-cycle CV (sample std / mean, as
+output tok/s, TTFT p50, ITL p50, mean power and the engine's mean running batch, and their
+cycle-to-cycle CV (sample std / mean, as
 `lem-ray report` computes it). Under traffic, the steady-state window's figures too.
 
     python3 dev/gpu-vllm/summarize.py RESULTS_DIR OUT_STEM
@@ -22,6 +23,8 @@ FIGURES = (
     ("throughput_tok_s", "out tok/s", 0),
     ("ttft_ms_p50", "TTFT p50 ms", 1),
     ("itl_ms_p50", "ITL p50 ms", 2),
+    ("avg_power_w", "power W", 0),
+    ("running_batch_mean", "mean running batch", 1),
 )
 STEADY = (
     ("steady_energy_j_per_output_token", "steady J/out tok", 4),

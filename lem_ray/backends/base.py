@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from lem_ray.backends.traffic import SteadyWindow
+from lem_ray.backends.traffic import EngineLoad, SteadyWindow
 from lem_ray.config.base import BackendOptions
 from lem_ray.records import RequestRecord
 
@@ -73,6 +73,16 @@ class Backend(ABC, Generic[OptionsT]):
 
     def steady_window(self) -> SteadyWindow | None:
         """The steady-state part of the last measure() call (perf_counter clock), if any."""
+        return None
+
+    def engine_load(self) -> EngineLoad | None:
+        """How full the engine ran in the last measure() call (its steady window under
+        traffic), from the engine's own scheduler stats; None where it keeps none."""
+        return None
+
+    def stream_sha256(self) -> str | None:
+        """Identifies the request stream the last measure() sent (traffic.stream_sha256), so
+        runs paired for comparison can be shown to have sent the same; None where not known."""
         return None
 
     def output_bounds(self, max_output_tokens: int | None) -> tuple[int, int]:

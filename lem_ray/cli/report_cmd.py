@@ -42,6 +42,8 @@ from lem_ray.results.report import (
     shown_metrics,
 )
 from lem_ray.results.manifest import load_manifest, reconciled
+from lem_ray.results.pairs import pair_runs
+from lem_ray.results.slo import best_under_slo
 from lem_ray.results.store import exists, open_dataset, read_table, resolve, write_table
 
 POWER_RUNS_DEFAULT = 6
@@ -282,6 +284,41 @@ def _print(report: Report, console: Console, files: dict[str, str],
         console.print(f"{kind}: {path}")
 
 
+def _print_slo(answers: list[dict[str, Any]], console: Console) -> None:
+    """Per model and backend with an SLO: the least J/output token among the groups meeting it."""
+    for a in answers:
+        where = f"{a['model_name']} on {a['backend']}"
+        best = a["best"]
+        if best is None:
+            console.print(f"SLO: {where}: none of {a['configurations']} configurations meets "
+                          "its SLO in every counted cycle")
+            continue
+        console.print(
+            f"SLO: {where}: least J/output token meeting its SLO ({a['meeting']} of "
+            f"{a['configurations']} configurations meet it): {best['label']} "
+            f"{format_number(best['energy_j_per_output_token_mean'])} J/out tok, attainment "
+            f"{best['slo_attainment_min']:.0%} or more, goodput "
+            f"{format_number(best['goodput_tok_s_mean'])} tok/s")
+
+
+def _print_pairs(key: str, answers: list[dict[str, Any]], mismatched: int,
+                 console: Console) -> None:
+    """The paired differences in J/output token, b minus a, one line per configuration."""
+    if not answers:
+        console.print(f"pairs by {key}: no two counted runs of one cycle differ only in {key}")
+    for a in answers:
+        ci = ("no CI (1 pair)" if a["ci_low"] is None else
+              f"{CI_LEVEL:.0%} CI [{format_number(a['ci_low'])}, {format_number(a['ci_high'])}]")
+        verdict = {True: "significant", False: "not significant", None: "not judged"}[a["significant"]]
+        console.print(
+            f"pairs by {key}: {a['b']} - {a['a']} ({a['configuration']}, {a['pairs']} pairs): "
+            f"{format_number(a['difference_mean'])} J/out tok ({a['relative']:+.1%} of "
+            f"{format_number(a['a_mean'])}), {ci}, {verdict}")
+    if mismatched:
+        console.print(f"pairs by {key}: {mismatched} candidate pairs left out: their runs sent "
+                      "different request streams (stream_sha256)")
+
+
 @click.command()
 @click.argument("results_dir")
 @click.option("--group-by", default=",".join(DEFAULT_GROUP_BY), show_default=True,
@@ -301,8 +338,12 @@ def _print(report: Report, console: Console, files: dict[str, str],
                    "above this. Default: the campaign's execution.validity.max_cycle_cv, as "
                    f"its runs recorded it (else {DEFAULT_MAX_CYCLE_CV}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+@click.option("--pair", "pair_key", help="Pair runs of one cycle that differ only in this key "
+                                         "(backend, or any --group-by key) and sent the same "
+                                         "requests; give the paired difference in J/output token.")
 def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Path | None,
-           power_runs: str | None, latency: str, max_cycle_cv: float | None, as_json: bool) -> None:
+           power_runs: str | None, latency: str, max_cycle_cv: float | None, as_json: bool,
+           pair_key: str | None) -> None:
     """Summarise RESULTS_DIR per group: mean, std, n and a 95% bootstrap CI per metric.
 
     Counts the latest attempt of each run, leaves out failed and invalid runs (and lists
@@ -329,6 +370,8 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
                  + (f"; {len(lost)} runs that ended ok are lost, the next campaign runs them "
                     "again" if lost else ""))
         summary = build_report(rows, keys, max_cycle_cv, _requests(results_dir))
+        slo_best = best_under_slo(summary.groups, summary.members)
+        pairs, mismatched = pair_runs(rows, pair_key) if pair_key else ([], 0)
         chosen = _power_choice(summary, _split(power_runs)) if html_path else []
     except ConfigError as exc:
         fail(str(exc))
@@ -342,7 +385,12 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
     if as_json:
         payload = {"results_dir": results_dir, "group_by": list(summary.group_by),
                    "groups": summary.groups, "excluded": summary.excluded, "lost": lost,
-                   "files": files}
+                   "files": files, "slo_best": slo_best}
+        if pair_key:
+            payload.update(pairs=pairs, pairs_mismatched_streams=mismatched)
         click.echo(json.dumps(payload, indent=2, default=str))
     else:
         _print(summary, console(), files, lost)
+        _print_slo(slo_best, console())
+        if pair_key:
+            _print_pairs(pair_key, pairs, mismatched, console())

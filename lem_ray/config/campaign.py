@@ -74,6 +74,20 @@ class ValidityConfig(StrictModel):
         "energy_methods_disagree (judged on windows of at least min_window_s; H200 windows "
         "of 14-41 s agreed within 0.7%)")
 
+    power_cap_invalidates: bool = Field(
+        False, description="flag rows `throttled` when the GPU sat at its software power cap "
+        "(NVML 0x4); by default only thermal and hardware slowdowns do: a GPU at its power "
+        "limit is measured as configured")
+    min_batch_fraction: float = Field(
+        0.8, gt=0, le=1, description="an offline or saturating run whose engine ran a mean "
+        "batch under this share of its limit (vLLM max_num_seqs) is flagged `unsaturated`")
+    min_steady_s: float = Field(
+        30, ge=0, le=MAX_WAIT_S, description="a run under traffic whose steady-state window "
+        "is shorter (or absent) is flagged `short_steady`")
+    max_kv_preemptions: int = Field(
+        0, ge=0, description="a run whose engine preempted more requests (KV cache full) "
+        "inside its window is flagged `preempted`")
+
 
 class CompileCacheDir(StrictModel):
     """Where the compile cache lives when not beside the results."""

@@ -67,6 +67,29 @@ class WarmupConfig(StrictModel):
     )
 
 
+class SLOConfig(StrictModel):
+    """Latency a request must meet to count as served (goodput); judges results, never changes
+    what runs. E.g. MLPerf's conversational Llama-3.1-8B limits: 2,000 ms TTFT, 100 ms TPOT."""
+
+    ttft_ms: float | None = Field(None, gt=0, description="time to first token, at most")
+    tpot_ms: float | None = Field(
+        None, gt=0, description="time per output token after the first, at most: "
+        "(e2e - TTFT) / (output tokens - 1)")
+    min_attainment: float = Field(
+        0.9, gt=0, le=1, description="lem-ray report: a configuration meets the SLO when "
+        "this share of its requests meets it, in every counted cycle")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> "SLOConfig":
+        if self.ttft_ms is None and self.tpot_ms is None:
+            raise ValueError("slo: set ttft_ms, tpot_ms or both")
+        return self
+
+
+# Fields that judge a run's results and never change what runs: no engine reload for them.
+EVALUATION_FIELDS = frozenset({"slo"})
+
+
 class _ExperimentFields(StrictModel):
     """Everything but the backend sections, which ExperimentConfig adds from the registry."""
 
@@ -87,6 +110,7 @@ class _ExperimentFields(StrictModel):
     gpus_per_experiment: int = Field(1, ge=1, le=MAX_GPUS)
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    slo: SLOConfig | None = Field(None, description="latency limits for goodput (docs/metrics.md)")
 
     @field_validator("model_name", "tokenizer")
     @classmethod
@@ -134,7 +158,7 @@ class _ExperimentFields(StrictModel):
         own, experiment = self.backend_options.runtime_fields()
         data = self.model_dump(mode="json")
         others = (b for b in BACKEND_NAMES if b != self.backend)
-        skipped = {*experiment, *others}
+        skipped = {*experiment, *others, *EVALUATION_FIELDS}
         fields = {k: v for k, v in data.items() if k not in skipped}
         fields[self.backend] = {k: v for k, v in data[self.backend].items() if k not in own}
         return fields

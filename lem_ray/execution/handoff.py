@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from lem_ray.backends.traffic import SteadyWindow
+from lem_ray.backends.traffic import EngineLoad, SteadyWindow
 from lem_ray.execution.gpus import GpuIdentity
 from lem_ray.execution.warmup import WarmupOutcome
 from lem_ray.records import RequestRecord
@@ -66,6 +66,10 @@ class RunResult:
     host_shared_by_runs: int | None = None
     """Other runs of the campaign active on the node during the measured window (their work
     is in its host energy); None where the worker had no record to ask."""
+    engine_load: EngineLoad | None = None
+    """How full the engine ran (Backend.engine_load), where the backend can tell."""
+    stream_sha256: str | None = None
+    """The request stream the measured window sent (Backend.stream_sha256)."""
 
 
 @dataclass(frozen=True)

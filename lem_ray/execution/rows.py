@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import lem_ray
-from lem_ray.backends.traffic import SteadyWindow
+from lem_ray.backends.traffic import EngineLoad, SteadyWindow
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.handoff import GpuConditions, RunResult, SamplerReport, WorkerIdentity
@@ -23,6 +23,7 @@ from lem_ray.results.metrics import (
     split_prefill_decode,
 )
 from lem_ray.results.schema import empty_row
+from lem_ray.results.slo import slo_columns
 from lem_ray.results.validity import (
     ValidityInputs,
     energy_methods_gap,
@@ -239,8 +240,12 @@ def _energy_columns(
 def _validity_columns(
     result: RunResult, telemetry: SamplerReport, execution: ExecutionConfig,
     avg_power_w: float | None, power_limit_w: float | None, baseline_power_w: float | None,
+    config: ExperimentConfig,
 ) -> dict[str, Any]:
     window = result.measure_window
+    load = result.engine_load
+    traffic = getattr(config.backend_options, "traffic", None)
+    steady = result.steady_window
     others = other_processes(telemetry.compute_pids.get("measure", []), result.own_pids)
     flags = validity_flags(ValidityInputs(
         energy_j=window.energy_j,
@@ -261,6 +266,16 @@ def _validity_columns(
                                               window.source, SOURCE_COUNTER),
         max_energy_methods_gap=execution.validity.max_energy_methods_gap,
         samples_per_gpu=window.samples / max(len(window.energy_by_gpu_j), 1),
+        power_cap_invalidates=execution.validity.power_cap_invalidates,
+        running_batch_mean=load.running_mean if load else None,
+        batch_limit=config.backend_options.concurrency,
+        saturating=load.saturating if load else False,
+        min_batch_fraction=execution.validity.min_batch_fraction,
+        traffic_run=traffic is not None and traffic.mode != "offline",
+        steady_window_s=steady.duration_s if steady is not None else None,
+        min_steady_s=execution.validity.min_steady_s,
+        kv_preemptions=load.preemptions if load else None,
+        max_kv_preemptions=execution.validity.max_kv_preemptions,
     ))
     throttled = throttle_seconds(telemetry.timeseries, window.start_s, window.end_s,
                                  telemetry.sample_interval_s)
@@ -305,6 +320,17 @@ def _host_columns(
         "host_energy_adjusted_j": adjusted_energy_j(energy_j, idle_w, window.duration_s),
         "host_shared_by_runs": shared,
         "energy_with_host_j_per_output_token": with_host,
+    }
+
+
+def _load_columns(load: EngineLoad | None) -> dict[str, Any]:
+    """How full the engine ran (its scheduler's per-step stats; steady window under traffic)."""
+    return {
+        "running_batch_mean": load.running_mean if load else None,
+        "running_batch_p10": load.running_p10 if load else None,
+        "waiting_step_share": load.waiting_step_share if load else None,
+        "kv_preemptions": load.preemptions if load else None,
+        "scheduler_steps": load.steps if load else None,
     }
 
 
@@ -358,7 +384,10 @@ def ok_rows(
         **_energy_columns(result, energy, ratios, req["output_tokens"], baseline),
         **_host_columns(result, conditions, identity.node_id, energy.energy_j, req["output_tokens"]),
         **_validity_columns(result, telemetry, execution, ratios["avg_power_w"],
-                            env["power_limit_w"], baseline["baseline_power_w"]),
+                            env["power_limit_w"], baseline["baseline_power_w"], config),
+        **_load_columns(result.engine_load),
+        **slo_columns(config.slo, records, result.duration_s, energy.energy_j),
+        "stream_sha256": result.stream_sha256,
         "cooldown_wait_s": conditions.cooldown_wait_s,
         "cooldown_temp_c": conditions.cooldown_temp_c,
         **env,

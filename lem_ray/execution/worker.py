@@ -292,6 +292,8 @@ class ExperimentWorker:
             engine_config=backend.engine_config(),
             steady_window=backend.steady_window(),
             epoch_minus_perf_s=epoch_minus_perf_s,
+            engine_load=backend.engine_load(),
+            stream_sha256=backend.stream_sha256(),
         )
 
 

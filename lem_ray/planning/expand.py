@@ -46,7 +46,11 @@ class Expansion:
 # Options added after results were first stored, with their defaults: at the default they stay
 # out of the experiment id, so an experiment that does not use one keeps the id it was stored
 # under and its campaign still resumes. Every option added from now on belongs here.
-ID_OMITTED_AT_DEFAULT: dict[str, Any] = {"pytorch.compile_prefill": False}
+ID_OMITTED_AT_DEFAULT: dict[str, Any] = {
+    "pytorch.compile_prefill": False, "slo": None,
+    "vllm.traffic.burstiness": 1.0, "vllm.traffic.trace": None,
+    "tensorrt.traffic.burstiness": 1.0, "tensorrt.traffic.trace": None,
+}
 
 
 def experiment_id(config: ExperimentConfig) -> str:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from lem_ray.backends.registry import engine_args
 from lem_ray.config.base import no_control_characters
+from lem_ray.backends.traffic import read_trace
 from lem_ray.config.campaign import CampaignConfig
 from lem_ray.config.limits import MAX_RUNS
 from lem_ray.config.loading import error_from_validation, load_campaign, parse_campaign, read_yaml
@@ -101,7 +102,24 @@ class CampaignPlan:
                              f"{e.backend}): {exc.path}",
                     ) from None
             loaded[e.experiment_id] = self._texts[key]
+            self._check_trace(e, len(loaded[e.experiment_id]))
         return loaded
+
+    def _check_trace(self, e: PlannedExperiment, prompts: int) -> None:
+        """A replayed trace is read here too, so a bad file or a count that does not match
+        stops the campaign before anything runs (the worker reads the same path again)."""
+        traffic = getattr(e.config.backend_options, "traffic", None)
+        if traffic is None or traffic.trace is None:
+            return
+        where = (f"experiment {e.experiment_id} ({e.config.model_name}, {e.backend}): "
+                 f"{e.backend}.traffic.trace")
+        try:
+            requests = len(read_trace(traffic.trace))
+        except ValueError as exc:
+            raise ConfigError(str(exc).removeprefix("traffic.trace: "), path=where) from None
+        if requests != prompts:
+            raise ConfigError(f"{requests} requests in the trace for {prompts} prompts; set "
+                              f"prompts.count to {requests}", path=where)
 
     def to_json(self) -> dict[str, Any]:
         return {

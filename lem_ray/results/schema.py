@@ -129,6 +129,18 @@ EXPERIMENTS = pa.schema(
         ("steady_energy_j", F64),
         ("steady_avg_power_w", F64),
         ("steady_energy_j_per_output_token", F64),
+        ("running_batch_mean", F64),
+        ("running_batch_p10", F64),
+        ("waiting_step_share", F64),
+        ("kv_preemptions", I64),
+        ("scheduler_steps", I64),
+        ("slo_ttft_ms", F64),
+        ("slo_tpot_ms", F64),
+        ("slo_min_attainment", F64),
+        ("slo_attainment", F64),
+        ("goodput_tok_s", F64),
+        ("energy_j_per_goodput_token", F64),
+        ("stream_sha256", STR),
         ("config_json", STR),
     ]
 )

@@ -17,8 +17,11 @@ THROTTLE_REASONS = {
     0x80: "hw_power_brake_slowdown",
     0x100: "display_clock_setting",
 }
-# The reasons that mean the GPU ran slower than it could because of power or heat.
-THROTTLING = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+# The reasons that mean the GPU ran slower than configured: heat or a hardware slowdown.
+THROTTLING = 0x8 | 0x20 | 0x40 | 0x80
+# The software power cap: the GPU held at its configured power limit, normal at full load (an
+# 8 B model at high batch runs there), so it invalidates only when a campaign opts in.
+POWER_CAP = 0x4
 # Fewer instant-power samples per GPU than this make the integral too coarse to audit the
 # counter with (10 Hz sampling: one second of series).
 MIN_GAP_SAMPLES_PER_GPU = 10
@@ -46,6 +49,22 @@ class ValidityInputs:
     samples_per_gpu: float = 0.0
     """Instant-power samples per GPU in the window: the integral's resolution."""
 
+    power_cap_invalidates: bool = False
+    """validity.power_cap_invalidates: count the software power cap (0x4) as throttling."""
+    running_batch_mean: float | None = None
+    """The engine's mean running batch over the window, from its scheduler; None: not read."""
+    batch_limit: int | None = None
+    """The most requests the engine may run at once (max_num_seqs)."""
+    saturating: bool = False
+    """The run should have kept the engine full (offline, or requests queued in the window)."""
+    min_batch_fraction: float = 0.8
+    traffic_run: bool = False
+    steady_window_s: float | None = None
+    """The steady window under traffic; None when the run had none."""
+    min_steady_s: float = 30.0
+    kv_preemptions: int | None = None
+    max_kv_preemptions: int = 0
+
 
 def energy_methods_gap(energy_j: float | None, integrated_j: float | None,
                        source: str | None, counter_source: str) -> float | None:
@@ -69,7 +88,7 @@ def validity_flags(v: ValidityInputs) -> list[str]:
     flags = []
     if v.window_s < v.min_window_s:
         flags.append("short_window")
-    if v.throttle_reasons & THROTTLING:
+    if v.throttle_reasons & (THROTTLING | (POWER_CAP if v.power_cap_invalidates else 0)):
         flags.append("throttled")
     temps = [t for t in (v.temperature_start_c, v.temperature_max_c) if t is not None]
     if any(t < v.temperature_min_c or t > v.temperature_limit_c for t in temps):
@@ -86,6 +105,21 @@ def validity_flags(v: ValidityInputs) -> list[str]:
         flags.append("warmup_unsettled")
     if gap_judged(v) and abs(v.energy_methods_gap or 0.0) > v.max_energy_methods_gap:
         flags.append("energy_methods_disagree")
+    flags += steady_state_flags(v)
+    return flags
+
+
+def steady_state_flags(v: ValidityInputs) -> list[str]:
+    """Whether the window measured the engine in the state it claims: full where the run
+    should fill it, long enough under traffic, and without KV-cache preemptions."""
+    flags = []
+    if (v.saturating and v.running_batch_mean is not None and v.batch_limit
+            and v.running_batch_mean < v.min_batch_fraction * v.batch_limit):
+        flags.append("unsaturated")
+    if v.traffic_run and (v.steady_window_s is None or v.steady_window_s < v.min_steady_s):
+        flags.append("short_steady")
+    if v.kv_preemptions is not None and v.kv_preemptions > v.max_kv_preemptions:
+        flags.append("preempted")
     return flags
 
 

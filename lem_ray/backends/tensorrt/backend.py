@@ -243,14 +243,15 @@ class TensorRTBackend(Backend[TensorRTConfig]):
         return self._run(token_ids, sampling, [0.0] * len(token_ids))
 
     def measure(self, prompts: list[str]) -> list[RequestRecord]:
-        """Offline: every prompt at once, as generate(). constant / poisson: each request is
+        """Offline: every prompt at once, as generate(). constant / poisson / gamma: each request is
         submitted at its arrival time, and the steady-state window is kept."""
         traffic = self.options.traffic
         self._steady = None
         if traffic.mode == "offline":
             return self.generate(prompts)
         token_ids = [self._encode(index, prompt) for index, prompt in enumerate(prompts)]
-        offsets = arrival_offsets_s(traffic.mode, len(prompts), traffic.rate_rps, traffic.seed)
+        offsets = arrival_offsets_s(traffic.mode, len(prompts), traffic.rate_rps, traffic.seed,
+                                    traffic.burstiness)
         records = self._run(token_ids, self._sampling_params, offsets)
         traces = self._last_traces
         ends = [t.end_s for t in traces if t.end_s is not None]

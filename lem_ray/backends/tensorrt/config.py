@@ -69,6 +69,8 @@ class TensorRTConfig(ModelParallelOptions):
 
     @model_validator(mode="after")
     def _rules(self) -> "TensorRTConfig":
+        if self.traffic.mode == "trace":
+            raise invalid_combination("tensorrt.traffic: trace replay is implemented for vllm only")
         if self.engine_dir is not None and self.engine_cache_dir is not None:
             raise invalid_combination("tensorrt.engine_dir and engine_cache_dir are exclusive")
         if self.force_rebuild and self.engine_cache_dir is None:

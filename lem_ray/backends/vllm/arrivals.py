@@ -111,6 +111,7 @@ def drive_arrivals(
     sleep: Callable[[float], None] | None = None,
 ) -> ArrivalRun:
     """Send prompt i at offsets_s[i] after the start, step the engine, collect the deltas.
+    `params` is one SamplingParams for all, or a list of one per prompt (trace replay).
 
     Request ids are the prompt indices. A request's clock starts when it is sent (its TTFT
     does not include time before its arrival). An arrival that falls inside an engine step is
@@ -119,6 +120,9 @@ def drive_arrivals(
     """
     if len(prompts) != len(offsets_s):
         raise ValueError(f"{len(prompts)} prompts for {len(offsets_s)} arrival times")
+    per_request = params if isinstance(params, list) else [params] * len(prompts)
+    if len(per_request) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts for {len(per_request)} sampling params")
     clock = clock or time.perf_counter
     sleep = sleep or time.sleep
     start = clock()
@@ -130,7 +134,8 @@ def drive_arrivals(
         now = clock()
         while sent < len(prompts) and start + offsets_s[sent] <= now:
             traces[sent] = StreamTrace(start_s=clock())
-            engine.add_request(str(sent), prompts[sent], params, lora_request=lora_request)
+            engine.add_request(str(sent), prompts[sent], per_request[sent],
+                               lora_request=lora_request)
             run.last_arrival_s = traces[sent].start_s
             sent += 1
         if not engine.has_unfinished_requests():

@@ -10,9 +10,19 @@ from typing import Any
 
 from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
 from lem_ray.backends.compile_dir import CompileDir, installed_versions
-from lem_ray.backends.traffic import SteadyWindow, arrival_offsets_s, steady_window
+from lem_ray.backends.traffic import (
+    EngineLoad,
+    SteadyWindow,
+    arrival_offsets_s,
+    engine_load,
+    fit_tokens,
+    read_trace,
+    steady_window,
+    stream_sha256,
+)
 from lem_ray.backends.vllm.arrivals import drive_arrivals
 from lem_ray.backends.vllm.config import VLLMConfig
+from lem_ray.backends.vllm.stats import SchedulerTap
 from lem_ray.backends.vllm.translate import (
     LORA_NAME,
     engine_kwargs,
@@ -72,6 +82,7 @@ class VLLMBackend(Backend[VLLMConfig]):
                 **compilation, "cache_dir": self._compile_dir.path}
         self._llm = vllm.LLM(**self._engine_kwargs)
         self._tokenizer = self._llm.get_tokenizer()
+        self._tap = SchedulerTap.install(self._llm.llm_engine)
         # SamplingParams' default top_k is the installed version's "off" value (-1 or 0).
         self._sampling_kwargs = sampling_params_kwargs(
             self.config, top_k_off=vllm.SamplingParams().top_k
@@ -127,24 +138,45 @@ class VLLMBackend(Backend[VLLMConfig]):
     def measure(self, prompts: list[str]) -> list[RequestRecord]:
         """per_token: the engine is driven step by step (arrivals.py), so each token keeps
         vLLM's own time: offline sends every prompt before the first step, as LLM.generate
-        does; constant / poisson send each at its arrival time and keep the steady-state
-        window. per_request (offline only, config.py): one plain LLM.generate call, so the
-        window is exactly what a user's call costs; each request timed from its final stats."""
+        does; constant / poisson / gamma / trace send each at its arrival time and keep the
+        steady-state window. per_request (offline only, config.py): one plain LLM.generate
+        call, so the window is exactly what a user's call costs; each request timed from its
+        final stats. Both read the scheduler's load over the window (stats.SchedulerTap)."""
         traffic = self.options.traffic
         self._steady: SteadyWindow | None = None
+        self._load: EngineLoad | None = None
+        self._stream: str | None = None
+        if self._tap is not None:
+            self._tap.start()
         if self.options.token_timing == "per_request":
             records = self.generate(prompts)
             stats = all(r.ttft_ms is not None for r in records)
             self._timing = VLLM_REQUEST_STATS if records and stats else HOST_CLOCK
+            self._load_over()
             return records
         from vllm.sampling_params import RequestOutputKind
 
         token_ids = truncated_token_ids(self._tokenizer, prompts, self.config.max_input_tokens)
         if self.options.enable_prefix_caching:
             self._llm.reset_prefix_cache()
-        offsets = arrival_offsets_s(traffic.mode, len(prompts), traffic.rate_rps, traffic.seed)
-        sampling = self._sampling_cls(**self._sampling_kwargs,
-                                      output_kind=RequestOutputKind.DELTA)
+        outputs: list[int | None] = [None] * len(prompts)
+        if traffic.mode == "trace":
+            trace = read_trace(traffic.trace)
+            if len(trace) != len(prompts):
+                raise ValueError(f"traffic.trace has {len(trace)} requests for {len(prompts)} "
+                                 f"measured prompts; set prompts.count to {len(trace)}")
+            offsets, outputs = trace.arrival_s, list(trace.output_tokens)
+            token_ids = [fit_tokens(ids, n) for ids, n in zip(token_ids, trace.input_tokens)]
+            sampling: Any = [self._sampling_cls(**{**self._sampling_kwargs, "max_tokens": n,
+                                                   "min_tokens": n},
+                                                output_kind=RequestOutputKind.DELTA)
+                             for n in trace.output_tokens]
+        else:
+            offsets = arrival_offsets_s(traffic.mode, len(prompts), traffic.rate_rps,
+                                        traffic.seed, traffic.burstiness)
+            sampling = self._sampling_cls(**self._sampling_kwargs,
+                                          output_kind=RequestOutputKind.DELTA)
+        self._stream = stream_sha256(offsets, token_ids, outputs)
         run = drive_arrivals(self._llm.llm_engine,
                              [{"prompt_token_ids": ids} for ids in token_ids], offsets,
                              sampling, lora_request=self._lora_request)
@@ -153,7 +185,24 @@ class VLLMBackend(Backend[VLLMConfig]):
             self._steady = steady_window(run.in_flight, run.finished_s, run.last_arrival_s,
                                          run.token_times_s, self.options.max_num_seqs,
                                          traffic.steady_after_responses)
+        self._load_over()
         return run.records([len(ids) for ids in token_ids])
+
+    def _load_over(self) -> None:
+        """The scheduler's load over the steady window under traffic (without one, none),
+        over the whole measured window offline."""
+        steps = self._tap.stop() if self._tap is not None else []
+        offline = self.options.traffic.mode == "offline"
+        if offline or self._steady is not None:
+            self._load = engine_load(steps, offline, self._steady)
+
+    def engine_load(self) -> EngineLoad | None:
+        return getattr(self, "_load", None)
+
+    def stream_sha256(self) -> str | None:
+        """The request stream the last step-driven window sent (arrivals, prompt token ids,
+        trace output lengths); None for a per_request window or before any."""
+        return getattr(self, "_stream", None)
 
     @property
     def timing_method(self) -> str | None:
