@@ -14,7 +14,7 @@ from rich.table import Table
 from lem_ray.cli.common import console, fail
 from lem_ray.errors import ConfigError
 from lem_ray.results.gpu_time import gpu_seconds
-from lem_ray.results.manifest import STATES, UNFINISHED, load_manifest
+from lem_ray.results.manifest import STATES, UNFINISHED, ManifestDamaged, load_manifest
 from lem_ray.results.store import exists
 
 
@@ -45,6 +45,9 @@ def status(results_dir: str, as_json: bool, show_all: bool) -> None:
             fail(f"{results_dir}: no campaign manifest here "
                  "(not a results directory, or no run has started)")
         manifest = load_manifest(results_dir)
+    except ManifestDamaged as exc:
+        fail(f"{exc}; the campaign's own command (lem-ray campaign FILE) rebuilds it from the "
+             "dataset")
     except ConfigError as exc:
         fail(str(exc))
     runs = sorted(manifest["runs"].items(), key=lambda kv: (kv[1]["cycle"], kv[0]))
