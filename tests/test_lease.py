@@ -237,3 +237,18 @@ def test_without_a_lock_the_written_lease_is_read_back(
     for thread in threads:
         thread.join()
     assert sorted(outcomes) == ["refused"] * 3 + ["won"]
+
+
+def test_fresh_moves_the_results_with_their_lease_and_takes_a_new_one(tmp_path: Path) -> None:
+    from lem_ray.execution.guard import move_aside
+
+    results = tmp_path / "r"
+    lease = Lease(str(results))
+    lease.take()
+    assert move_aside(str(results), lease) is None, "a directory made for the lease is new"
+    (results / "campaign.json").write_text("{}")
+    moved = Path(move_aside(str(results), lease))
+    assert (moved / "campaign.json").exists() and not (moved / LEASE_FILE).exists()
+    assert on_disk(results)["token"] == lease.record.token
+    with pytest.raises(LeaseHeld):
+        Lease(str(results)).take()

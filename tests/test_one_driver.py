@@ -221,3 +221,23 @@ def test_a_damaged_manifest_is_rebuilt_from_the_dataset(local_ray, tmp_path: Pat
         assert all(first[r["run_id"]] == r["started_at"] for r in rows if r["run_id"] in first)
         assert Counter(e["state"] for e in load_manifest(out)["runs"].values()) == {"ok": 6}
     assert len(list((out / "manifest").glob("damaged-*"))) == 2
+
+
+@pytest.mark.slow
+def test_a_lease_taken_over_mid_campaign_stops_the_driver_in_one_line(tmp_path: Path) -> None:
+    """Another driver took the lease (this one could not renew it in time): this one stops its
+    runs as Ctrl-C would, leaves the other's lease alone, and says so in one line."""
+    path, out = campaign_file(tmp_path, "lost", LONG, [1, 2])
+    driver = subprocess.Popen(cli("campaign", str(path)), env=ray_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: running_workers(), 300, "a run in progress")
+    held_by(out)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 2, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("lem-ray: error: "), stderr[-3000:]
+    assert f"{out / LEASE_FILE} was taken over (host gpu-node-7, pid 4242" in errors[0]
+    assert "Traceback" not in stderr
+    assert json.loads((out / LEASE_FILE).read_text())["token"] == "f" * 32
+    states = Counter(e["state"] for e in load_manifest(out)["runs"].values())
+    assert states["running"] == 0 and states["interrupted"] == 1, states

@@ -243,6 +243,13 @@ class Lease:
 
     def take(self) -> None:
         """Refused (LeaseHeld, one line naming the holder) while another driver holds it."""
+        try:
+            self._take()
+        except OSError as exc:
+            raise ConfigError(f"cannot take the lease {LEASE_FILE}: {exc.strerror or exc}",
+                              file=self.results_dir) from None
+
+    def _take(self) -> None:
         self.fs.create_dir(self.base, recursive=True)
         with self._locked() as locked:
             found = self._read()
@@ -293,9 +300,6 @@ class Lease:
         old = Lease(moved_to)
         old.record = self.record
         old.release()
-        fs, base = resolve(moved_to)
-        if fs.get_file_info(f"{base}/{LOCK_FILE}").type == pafs.FileType.File:
-            fs.delete_file(f"{base}/{LOCK_FILE}")
         self.take()
 
     def keep_renewed(self, on_lost: Callable[[str], None]) -> None:
