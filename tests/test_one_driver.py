@@ -26,6 +26,7 @@ from lem_ray.execution.driver import run_campaign
 from lem_ray.results.lease import LEASE_FILE, LOCK_FILE
 from lem_ray.results.manifest import load_manifest
 from lem_ray.results.ownership import Owner, claim
+from lem_ray.results.repair import rebuilt_runs
 from lem_ray.results.store import read_table
 from tests.conftest import TINY_BASE, ray_env
 from tests.faults import running_workers, wait_for
@@ -134,6 +135,20 @@ def test_a_damaged_manifest_nobody_owns_is_refused_before_ray(tmp_path: Path) ->
     refused(invoke("campaign", str(path), "--results-dir", str(out), cwd=tmp_path),
             "it cannot be rebuilt: restore it, or --fresh to move the directory aside")
     assert time.monotonic() - started_s < 30, "refused before Ray, not by the manifest actor"
+
+
+def test_rebuilt_entries_follow_the_rows_latest_attempt() -> None:
+    def row(experiment: str, attempt: int, status: str, error: str | None = None) -> dict:
+        return {"experiment_id": experiment, "cycle": 1, "attempt": attempt, "status": status,
+                "error": error, "node_id": "n1", "gpu_ids": ["0"]}
+
+    rows = [row("e1", 2, "ok"), row("e1", 1, "failed", "worker died: x"),
+            row("e2", 1, "failed", "ValueError: bad"), row("e4", 1, "ok")]
+    entries = rebuilt_runs([("e1", 1), ("e2", 1), ("e3", 1)], rows)
+    assert {k: (e["state"], e["attempt"], e["error"]) for k, e in entries.items()} == {
+        "e1-c1": ("ok", 2, None), "e2-c1": ("failed", 1, "ValueError: bad"),
+        "e3-c1": ("pending", 0, None), "e4-c1": ("ok", 1, None)}
+    assert entries["e1-c1"]["node_id"] == "n1" and entries["e3-c1"]["node_id"] is None
 
 
 # --- on Ray -----------------------------------------------------------------------------------

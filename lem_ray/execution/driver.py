@@ -9,6 +9,7 @@ from typing import Any
 
 import ray
 
+from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.execution.automation import Clock, notified, scheduled
 from lem_ray.execution.cluster import capacity, connect
 from lem_ray.execution.dispatch import Dispatcher, Progress, Reporter
@@ -109,7 +110,8 @@ def run_block(
 
 
 def _run_on_ray(plan: CampaignPlan, out: str, address: str | None, reporter: Reporter | None,
-                retry_failed: bool, prompts: dict[str, list[str]], runtime_envs: dict[str, Any],
+                retry_failed: bool, prompts: dict[str, list[str]],
+                runtime_envs: dict[str, RuntimeEnvSpec],
                 moved: str | None, drop_live_manifest: bool) -> CampaignResult:
     """drop_live_manifest: a manifest actor left by an earlier driver holds the state of
     results moved aside or rebuilt: it goes, and a new one reads the files."""
