@@ -139,7 +139,8 @@ def test_a_damaged_lease_file_holds_until_it_is_old(tmp_path: Path) -> None:
     Lease(str(results)).take()
 
 
-def test_renewal_finds_a_takeover_and_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_renewal_finds_a_takeover_and_stops(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     results = tmp_path / "r"
     mine = Lease(str(results))
     mine.take()

@@ -108,7 +108,8 @@ def owned_results(tmp_path: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("content", [b'{"format": 2, "seq": 4, "campaign_na', b'{"hello": "world"}'])
+@pytest.mark.parametrize("content", [b'{"format": 2, "seq": 4, "campaign_na',
+                                     b'{"hello": "world"}'])
 def test_a_damaged_snapshot_is_one_line_naming_the_way_out(tmp_path: Path, content: bytes) -> None:
     out = owned_results(tmp_path)
     (out / "manifest" / "snapshot.json").write_bytes(content)

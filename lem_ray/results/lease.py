@@ -9,7 +9,7 @@ alive here (Ctrl-C or kill -9, then the same command again).
 How it is atomic: on a local or NFS path the lease is created whole with link(2), which
 fails if the name exists (the O_CREAT|O_EXCL of a file with content), and every
 check-then-write (create, takeover, renewal, release) holds an exclusive flock on
-`.lease.lock`, so of two drivers taking over one expired lease exactly one wins. pyarrow's
+`lease.lock`, so of two drivers taking over one expired lease exactly one wins. pyarrow's
 object stores (s3://, gs://) offer no conditional write, nor does a file system whose flock
 fails (NFS without a lock manager): there the lease is written, read back after SETTLE_S, and
 held only if it still carries this driver's token. Of two drivers that each read, then write,
@@ -42,7 +42,8 @@ from lem_ray.errors import ConfigError
 from lem_ray.results.store import resolve
 
 LEASE_FILE = "lease.json"
-LOCK_FILE = ".lease.lock"
+LOCK_FILE = "lease.lock"
+"""Stays after the driver: deleting a file others may hold locked would let two lock it."""
 RENEW_EVERY_S = 10.0
 EXPIRES_AFTER_S = 60.0
 """A lease not renewed for this long is taken over: its driver is gone, or cut off."""
