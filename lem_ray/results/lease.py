@@ -4,7 +4,7 @@ Two drivers on one directory both run every run and overwrite each other's rows.
 takes the lease before Ray starts and renews it while it lives; another driver is refused,
 naming the holder. A lease is taken over once it has expired (its driver stopped renewing it:
 killed, its host gone), or at once when it names this machine and a process that is no longer
-alive here (Ctrl-C or kill -9, then the same command again).
+alive here (kill -9, then the same command again).
 
 How it is atomic: on a local or NFS path the lease is created whole with link(2), which
 fails if the name exists (the O_CREAT|O_EXCL of a file with content), and every
