@@ -19,7 +19,7 @@ from lem_ray.backends.base import Backend, DeviceInfo
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.errors import ConfigError
 from lem_ray.execution.compiled import CompiledArtifacts
-from lem_ray.execution.driver import move_aside
+from lem_ray.execution.guard import move_aside
 from lem_ray.planning.plan import plan_campaign
 from lem_ray.records import RequestRecord
 from lem_ray.results.compile_cache import (
@@ -31,6 +31,7 @@ from lem_ray.results.compile_cache import (
     load_savings,
     savings_text,
 )
+from lem_ray.results.lease import Lease
 from lem_ray.results.report import build_report, cycle_cv_text
 from tests.conftest import TINY_BASE
 
@@ -254,7 +255,9 @@ def test_fresh_carries_the_compile_cache_into_the_new_directory(tmp_path: Path) 
     (results / "experiments").mkdir(parents=True)
     (results / "experiments" / "x.parquet").write_text("")
     entry = CompileCache(str(results / "compile_cache")).publish("k", b"kernels", {})
-    old = move_aside(results)
+    lease = Lease(str(results))
+    lease.take()
+    old = move_aside(str(results), lease)
     assert old is not None and (Path(old) / "experiments" / "x.parquet").exists()
     assert CompileCache(str(results / "compile_cache")).get("k") == entry
     assert not (results / "experiments").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lem_ray.errors import ConfigError
-from lem_ray.results import ownership
+from lem_ray.results import journal, ownership
 from lem_ray.results.ownership import (
     OWNER_FILE,
     Owner,
@@ -122,7 +122,8 @@ def test_an_object_store_location_is_checked_through_its_filesystem(
     import pyarrow.fs as pafs
 
     bucket = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
-    monkeypatch.setattr(ownership, "resolve", lambda text: (bucket, text.split("://")[1]))
+    for module in (ownership, journal):
+        monkeypatch.setattr(module, "resolve", lambda text: (bucket, str(text).split("://")[1]))
     (tmp_path / "taken").write_text("an object")
     with pytest.raises(ConfigError, match="the results location is a file, not a directory"):
         check_results_dir("s3://taken", "c")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -13,6 +15,9 @@ import pytest
 import yaml
 
 from lem_ray.assets import QUICKSTART_CAMPAIGN
+from lem_ray.results.lease import LEASE_FILE
+from lem_ray.results.manifest import load_manifest
+from tests.faults import wait_for
 from tests.ray_head import Head, start_head
 
 pytestmark = pytest.mark.slow
@@ -38,6 +43,14 @@ def _small_quickstart(tmp_path: Path) -> Path:
     return path
 
 
+def _job_status(head: Head, job_id: str) -> str:
+    status = subprocess.run(
+        [sys.executable, "-c", "import sys; from ray.job_submission import JobSubmissionClient; "
+         "print(JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]).value)",
+         head.dashboard_url, job_id], env=head.env, capture_output=True, text=True, timeout=120)
+    return status.stdout.strip() or status.stderr[-2000:]
+
+
 def _submit(head: Head, campaign: Path, out: Path, *resources: str) -> tuple[str, str]:
     """(submission id, job logs) of a submitted campaign, after checking it SUCCEEDED."""
     job_id = f"lemray-test-{secrets.token_hex(4)}"
@@ -45,11 +58,7 @@ def _submit(head: Head, campaign: Path, out: Path, *resources: str) -> tuple[str
                          job_id, *resources, "--", "lem-ray", "campaign", str(campaign),
                          "--results-dir", str(out))
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-    status = subprocess.run(
-        [sys.executable, "-c", "import sys; from ray.job_submission import JobSubmissionClient; "
-         "print(JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]).value)",
-         head.dashboard_url, job_id], env=head.env, capture_output=True, text=True, timeout=120)
-    assert status.stdout.strip() == "SUCCEEDED", status.stdout + status.stderr[-2000:]
+    assert _job_status(head, job_id) == "SUCCEEDED"
     logs = head.ray("job", "logs", "--address", head.dashboard_url, job_id)
     assert logs.returncode == 0
     return job_id, logs.stdout
@@ -80,3 +89,32 @@ def test_cluster_refuses_clients_without_its_token(head: Head) -> None:
     refused = Head(head.temp_dir, head.gcs_address, head.dashboard_url, wrong).ray(
         "job", "list", "--address", head.dashboard_url)
     assert refused.returncode != 0
+
+
+def test_ray_job_stop_is_ctrl_c(head: Head, tmp_path: Path) -> None:
+    """`ray job stop` sends the driver SIGTERM: the run in progress is recorded interrupted
+    (none left running) within Ray's 3 s before SIGKILL, and resubmitting finishes it."""
+    campaign, out = _small_quickstart(tmp_path), tmp_path / "results"
+    long = yaml.safe_load(campaign.read_text())
+    long["base"] = {"prompts": {"count": 400}, "max_output_tokens": 16, "min_output_tokens": 16}
+    long["grid"]["backend_overrides"] = {"pytorch": {"batch_size": [1]}}
+    campaign.write_text(yaml.safe_dump(long))
+    job_id = f"lemray-test-{secrets.token_hex(4)}"
+    submitted = head.ray("job", "submit", "--address", head.dashboard_url, "--submission-id",
+                         job_id, "--no-wait", "--", "lem-ray", "campaign", str(campaign),
+                         "--results-dir", str(out))
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    wait_for(lambda: _job_status(head, job_id) != "PENDING" and (out / "manifest").is_dir()
+             and "running" in {e["state"] for e in load_manifest(out)["runs"].values()}
+             or _job_status(head, job_id) in ("FAILED", "SUCCEEDED"), 300, "a run to start")
+    assert _job_status(head, job_id) == "RUNNING", \
+        head.ray("job", "logs", "--address", head.dashboard_url, job_id).stdout[-3000:]
+    time.sleep(3)
+    stopped = head.ray("job", "stop", "--address", head.dashboard_url, job_id)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    wait_for(lambda: _job_status(head, job_id) == "STOPPED", 120, "the job to stop")
+    states = Counter(e["state"] for e in load_manifest(out)["runs"].values())
+    assert states["running"] == 0 and states["interrupted"] >= 1, states
+    assert not (out / LEASE_FILE).exists(), "the lease was released"
+    _, logs = _submit(head, campaign, out)
+    assert {e["state"] for e in load_manifest(out)["runs"].values()} == {"ok"}, logs[-2000:]

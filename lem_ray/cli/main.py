@@ -50,8 +50,17 @@ def campaign(grid: Path | None, results_dir: str | None, address: str | None, dr
     """Run the campaign in GRID (a YAML file); a rerun resumes where the last one stopped.
 
     Without GRID, runs the built-in quickstart: a tiny random-weight model on CPU or GPU.
-    Exit codes: 0 all ok, 1 a run failed, 2 bad input, 130 interrupted (Ctrl-C).
+    Exit codes: 0 all ok, 1 a run failed, 2 bad input or another driver on the results
+    directory, 130 interrupted (Ctrl-C, or SIGTERM as `ray job stop` sends).
     """
+    from lem_ray.execution.interrupts import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():
+        _campaign(grid, results_dir, address, dry_run, as_json, retry_failed, fresh, yes)
+
+
+def _campaign(grid: Path | None, results_dir: str | None, address: str | None, dry_run: bool,
+              as_json: bool, retry_failed: bool, fresh: bool, yes: bool) -> None:
     from lem_ray.assets import QUICKSTART_CAMPAIGN
     from lem_ray.planning.plan import plan_campaign
 
@@ -82,6 +91,7 @@ def campaign(grid: Path | None, results_dir: str | None, address: str | None, dr
     from lem_ray.cli.render import LiveProgress, experiment_labels, print_summary
     from lem_ray.execution.dispatch import CampaignInterrupted
     from lem_ray.execution.driver import run_campaign
+    from lem_ray.results.lease import LeaseLost
 
     if fresh:
         _confirm_fresh(target, yes)
@@ -91,6 +101,8 @@ def campaign(grid: Path | None, results_dir: str | None, address: str | None, dr
                                   retry_failed=retry_failed, fresh=fresh)
     except ConfigError as exc:
         _fail(exc, str(grid))
+    except LeaseLost as exc:
+        fail(f"{exc}; this driver stopped, its runs in progress marked interrupted")
     except CampaignInterrupted as exc:
         err.print(f"interrupted: {exc.interrupted} runs in progress were stopped and marked "
                   "interrupted; run the same command again to resume")

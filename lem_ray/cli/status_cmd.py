@@ -16,9 +16,14 @@ from lem_ray.cli.common import console, fail
 from lem_ray.errors import ConfigError
 from lem_ray.results.compile_cache import campaign_savings, savings_text
 from lem_ray.results.gpu_time import gpu_seconds
-from lem_ray.results.manifest import STATES, UNFINISHED, load_manifest, reconciled
+from lem_ray.results.manifest import (
+    STATES,
+    UNFINISHED,
+    ManifestDamaged,
+    load_manifest,
+    reconciled,
+)
 from lem_ray.results.store import exists, read_table
-
 
 # A terminal table of 50,000 runs takes minutes to lay out and nobody reads it.
 TABLE_ROWS = 50
@@ -49,6 +54,9 @@ def status(results_dir: str, as_json: bool, show_all: bool) -> None:
                  "(not a results directory, or no run has started)")
         manifest = load_manifest(results_dir)
         found = reconciled(manifest, read_table(results_dir, "experiments"))
+    except ManifestDamaged as exc:
+        fail(f"{exc}; the campaign's own command (lem-ray campaign FILE) rebuilds it from the "
+             "dataset")
     except ConfigError as exc:
         fail(str(exc))
     runs = sorted(found.items(), key=lambda kv: (kv[1]["cycle"], kv[0]))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +131,9 @@ def connect(address: str | None) -> bool:
         "runtime_env": {"env_vars": WORKER_ENV},
         "logging_level": "WARNING",
     }
+    # ray.init sets a SIGTERM handler of its own (sys.exit): a handler the caller set (SIGTERM
+    # as Ctrl-C, execution/guard.py) is kept.
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address:
             context = ray.init(address=address, **options)
@@ -143,6 +148,9 @@ def connect(address: str | None) -> bool:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot connect to Ray at {address or 'a new local instance'}: {first}",
                           path="--address" if address else None) from None
+    finally:
+        if callable(sigterm) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)
     return True
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import ray
 
+from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.execution.automation import Clock, notified, scheduled
 from lem_ray.execution.cluster import capacity, connect
 from lem_ray.execution.dispatch import Dispatcher, Progress, Reporter
+from lem_ray.execution.guard import sole_driver
 from lem_ray.execution.manifest_actor import close_manifest, open_manifest
 from lem_ray.execution.metrics import publishing
 from lem_ray.execution.preflight import preflight
@@ -21,12 +21,12 @@ from lem_ray.execution.runtime_env import probe_runtime_envs
 from lem_ray.execution.shared_storage import require_shared_results_dir
 from lem_ray.planning.plan import CampaignPlan, plan_campaign
 from lem_ray.results.compact import CompactionBusy, compact
-from lem_ray.results.compile_cache import FOLDER as COMPILE_CACHE_FOLDER
 from lem_ray.results.compile_cache import campaign_savings
 from lem_ray.results.gpu_time import gpu_seconds
 from lem_ray.results.manifest import UNFINISHED
 from lem_ray.results.ownership import Owner, claim, grid_fingerprint
-from lem_ray.results.store import exists, remove_stale_temp_files, resolve
+from lem_ray.results.repair import rebuild_if_damaged
+from lem_ray.results.store import remove_stale_temp_files
 from lem_ray.results.summary import summarize
 
 log = logging.getLogger("lem_ray")
@@ -44,22 +44,6 @@ class CampaignResult:
     """GPU-seconds by phase over the cluster's GPUs, all sessions of the campaign."""
     compile_cache: dict[str, Any] | None = None
     """What loading from the compile cache saved (results/compile_cache.load_savings)."""
-
-
-def move_aside(results_dir: str | Path) -> str | None:
-    """`--fresh`: rename the old results to `<dir>.old-<UTC time>`; None if there were none.
-    The compile cache inside comes back into the new directory: its entries are keyed by
-    what decides the compiled code, not by the results, so starting over keeps them."""
-    if not exists(results_dir):
-        return None
-    fs, base = resolve(results_dir)
-    target = f"{base}.old-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
-    fs.move(base, target)
-    cache = f"{target}/{COMPILE_CACHE_FOLDER}"
-    if fs.get_file_info(cache).type == pafs.FileType.Directory:
-        fs.create_dir(base, recursive=True)
-        fs.move(cache, f"{base}/{COMPILE_CACHE_FOLDER}")
-    return target
 
 
 def _compact_quietly(results_dir: str) -> None:
@@ -121,17 +105,31 @@ def run_block(
     retry_failed: bool,
     fresh: bool,
 ) -> CampaignResult:
-    """The plan's runs that are not done yet, on Ray."""
+    """The plan's runs that are not done yet, on Ray, with this driver alone on `out` (the
+    lease, a damaged manifest rebuilt, --fresh's move: all before Ray starts)."""
     preflight(plan, out, address, fresh, reach=True)
     prompts = plan.load_prompts()
     runtime_envs = plan.runtime_envs()
+    with sole_driver(out, fresh) as moved:
+        rebuilt = rebuild_if_damaged(out, plan.name, [(r.experiment_id, r.cycle)
+                                                      for r in plan.runs])
+        if rebuilt:
+            log.warning("lem-ray: warning: %s", rebuilt)
+        return _run_on_ray(plan, out, address, reporter, retry_failed, prompts, runtime_envs,
+                           moved, drop_live_manifest=fresh or rebuilt is not None)
+
+
+def _run_on_ray(plan: CampaignPlan, out: str, address: str | None, reporter: Reporter | None,
+                retry_failed: bool, prompts: dict[str, list[str]],
+                runtime_envs: dict[str, RuntimeEnvSpec],
+                moved: str | None, drop_live_manifest: bool) -> CampaignResult:
+    """drop_live_manifest: a manifest actor left by an earlier driver holds the state of
+    results moved aside or rebuilt: it goes, and a new one reads the files."""
     started_ray = connect(address)
-    moved = None
     try:
         require_shared_results_dir(out)
-        if fresh:
+        if drop_live_manifest:
             close_manifest(plan.name, out, fold=False)
-            moved = move_aside(out)
         fingerprint = grid_fingerprint([e.experiment_id for e in plan.experiments],
                                        plan.campaign.execution.cycles)
         claim(out, Owner(plan.name, fingerprint))

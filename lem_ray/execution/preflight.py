@@ -16,6 +16,7 @@ from lem_ray.assets import BUILTIN_PREFIX
 from lem_ray.errors import ConfigError
 from lem_ray.planning.plan import CampaignPlan
 from lem_ray.results.compile_cache import check_location as check_compile_cache
+from lem_ray.results.manifest import ManifestDamaged
 from lem_ray.results.ownership import check_results_dir
 
 PROBE_TIMEOUT_S = 5.0
@@ -115,9 +116,15 @@ def check_hub(models: list[str], timeout_s: float = PROBE_TIMEOUT_S) -> None:
 def preflight(plan: CampaignPlan, results_dir: str, address: str | None, fresh: bool,
               reach: bool) -> None:
     """Refuse now what would fail after Ray started. `reach` (not in a dry run) also contacts
-    the cluster, and the model hub when Ray runs here (a cluster's nodes have their own)."""
+    the cluster, and the model hub when Ray runs here (a cluster's nodes have their own).
+    A damaged manifest passes where the campaign runs: its driver rebuilds it."""
     parsed, source = given_address(address)
-    check_results_dir(results_dir, plan.name, fresh)
+    try:
+        check_results_dir(results_dir, plan.name, fresh)
+    except ManifestDamaged as exc:
+        if not reach:
+            raise ConfigError(f"{exc}; `lem-ray campaign` without --dry-run rebuilds it from "
+                              "the dataset") from None
     check_compile_cache(plan.campaign.execution.compile_cache)
     if not reach:
         return

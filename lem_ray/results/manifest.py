@@ -26,21 +26,31 @@ ENTRY_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+class ManifestDamaged(ConfigError):
+    """The manifest's files are not what lem-ray wrote: `lem-ray campaign` rebuilds them from
+    the dataset (results/repair.py)."""
+
+
 def load_manifest(results_dir: str | Path) -> dict[str, Any]:
     """{'campaign_name': ..., 'runs': {run_id: entry}}, empty when nothing was saved yet.
 
-    A manifest that cannot be read, or is not what lem-ray writes, is a ConfigError naming
-    it: status and the campaign's checks before Ray say so in one line."""
+    A manifest that is not what lem-ray writes is ManifestDamaged, one that cannot be read
+    (no permission, storage down) a ConfigError, both naming it: status and the campaign's
+    checks before Ray say so in one line."""
     try:
         manifest = read_state(results_dir).as_dict()
     except ManifestCorrupt as exc:
-        raise ConfigError(str(exc)) from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ManifestDamaged(str(exc)) from None
+    except OSError as exc:
         raise ConfigError(f"cannot read the manifest ({type(exc).__name__}: "
                           f"{' '.join(str(exc).split())[:120]})", file=str(results_dir)) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ManifestDamaged(f"cannot read the manifest ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:120]})",
+                              file=str(results_dir)) from None
     problem = _shape_problem(manifest)
     if problem:
-        raise ConfigError(f"not a lem-ray manifest: {problem}", file=str(results_dir))
+        raise ManifestDamaged(f"not a lem-ray manifest: {problem}", file=str(results_dir))
     return manifest
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from lem_ray.errors import ConfigError
-from lem_ray.results.manifest import load_manifest
+from lem_ray.results.manifest import ManifestDamaged, load_manifest
 from lem_ray.results.store import atomic_write, resolve
 
 OWNER_FILE = "campaign.json"
@@ -52,7 +52,12 @@ def read_owner(results_dir: str | Path) -> Owner | None:
                 "owns the directory: restore it, or --fresh to move the directory aside",
                 file=str(results_dir),
             ) from None
-    name = load_manifest(results_dir).get("campaign_name")
+    try:
+        name = load_manifest(results_dir).get("campaign_name")
+    except ManifestDamaged as exc:
+        raise ConfigError(f"{exc}; with no {OWNER_FILE} to say which campaign owns the "
+                          "directory it cannot be rebuilt: restore it, or --fresh to move the "
+                          "directory aside") from None
     return Owner(name, "") if name else None
 
 
@@ -72,7 +77,8 @@ def _check_local(base: str, results_dir: str) -> None:
 
 
 def check_results_dir(results_dir: str | Path, campaign_name: str, fresh: bool = False) -> None:
-    """Refuse, with the reason, a results directory this campaign cannot use."""
+    """Refuse, with the reason, a results directory this campaign cannot use. A damaged
+    manifest of this campaign's directory is ManifestDamaged: the campaign can rebuild it."""
     text = str(results_dir)
     fs, base = resolve(text)
     if isinstance(fs, pafs.LocalFileSystem):
@@ -93,6 +99,7 @@ def check_results_dir(results_dir: str | Path, campaign_name: str, fresh: bool =
             "results directory, or --fresh to move the old one aside",
             file=text,
         )
+    load_manifest(text)
 
 
 def claim(results_dir: str | Path, owner: Owner) -> None:
