@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 import lem_ray
-import lem_ray.results.rows as rows
-from lem_ray.results.columns import Outcome, Request, Sample
 from lem_ray.execution.writes import store_rows
+from lem_ray.results import column_docs, rows
+from lem_ray.results.columns import Outcome, Request, Sample
 from lem_ray.results.schema import TABLES, empty_row, row
 from lem_ray.results.store import read_table
 from tests import rows_input as known
@@ -96,3 +96,15 @@ def _request() -> dict[str, Any]:
     return {"request_index": 0, "input_tokens": 1, "output_tokens": 1, "ttft_ms": None,
             "itl_ms_mean": None, "itl_ms_p50": None, "itl_ms_max": None, "e2e_ms": 1.0,
             "start_s": 0.0, "energy_j": None, "energy_attribution": None}
+
+
+def test_docs_column_tables_are_those_of_the_records(tmp_path: Path) -> None:
+    """docs/results.md says what the records say; `column_docs` puts it right when not."""
+    docs = Path(__file__).parents[1] / "docs" / "results.md"
+    text = docs.read_text(encoding="utf-8")
+    assert column_docs.rewritten(text) == text, \
+        "docs/results.md is out of date: run python -m lem_ray.results.column_docs"
+    stale = tmp_path / "results.md"
+    stale.write_text(text.replace("| `energy_j` | float | J |", "| `energy_j` | float | kJ |", 1))
+    assert column_docs.main([str(stale), "--check"]) == 1
+    assert column_docs.main([str(stale)]) == 0 and stale.read_text(encoding="utf-8") == text

@@ -9,7 +9,7 @@ import ray
 
 from lem_ray.execution.handoff import SamplerReport
 from lem_ray.execution.metrics import GpuPublisher
-from lem_ray.records import host_key as host_key  # worker.py reads it from here
+from lem_ray.records import host_key
 from lem_ray.telemetry.rapl import HostEnergy
 from lem_ray.telemetry.sampler import EnergySampler
 

@@ -1,6 +1,6 @@
 """The three tables' columns as typed records, one per group, in the order the columns are
 written. schema.py builds the Arrow schemas from them and docs/results.md's column tables are
-generated from them (`python -m lem_ray.results.docs --write`)."""
+generated from them (`python -m lem_ray.results.column_docs`)."""
 
 from __future__ import annotations
 

@@ -17,8 +17,8 @@ from lem_ray.results.attribution import STEP, TOKEN_SHARE, attribute_by_step
 from lem_ray.results.columns import (
     Conditions,
     ConfigKeys,
-    EngineWarmup,
     Energy,
+    EngineWarmup,
     Host,
     Ids,
     Load,
@@ -35,6 +35,7 @@ from lem_ray.results.columns import (
     Times,
     Validity,
 )
+from lem_ray.results.fields import names
 from lem_ray.results.metrics import (
     attribute_energy,
     energy_metrics,
@@ -42,7 +43,6 @@ from lem_ray.results.metrics import (
     request_rows,
     split_prefill_decode,
 )
-from lem_ray.results.fields import names
 from lem_ray.results.schema import row
 from lem_ray.results.slo import slo_columns
 from lem_ray.results.validity import (

@@ -8,13 +8,22 @@ from typing import Any
 import pyarrow as pa
 
 from lem_ray.results.columns import GROUPS, Ids
-from lem_ray.results.fields import BOOL as BOOL
-from lem_ray.results.fields import F64 as F64
-from lem_ray.results.fields import I64 as I64
-from lem_ray.results.fields import STR as STR
-from lem_ray.results.fields import STRS as STRS
-from lem_ray.results.fields import TS as TS
-from lem_ray.results.fields import arrow_fields, names, schema_of
+from lem_ray.results.fields import (
+    BOOL,
+    F64,
+    I64,
+    STR,
+    STRS,
+    TS,
+    arrow_fields,
+    names,
+    schema_of,
+)
+
+__all__ = [
+    "BOOL", "EXPERIMENTS", "F64", "I64", "ID_FIELDS", "RENAMED", "REQUESTS", "STR", "STRS",
+    "TABLES", "TIMESERIES", "TS", "empty_row", "reading_schema", "row", "upgrade",
+]
 
 ID_FIELDS = [(f.name, f.type) for f in arrow_fields(Ids)]
 
