@@ -68,6 +68,8 @@ if TYPE_CHECKING:  # what the actors hand the driver: results is given them, imp
 
 @dataclass
 class RunRows:
+    """One attempt's rows of the three tables, as the writer stores them."""
+
     experiment: dict[str, Any]
     requests: list[dict[str, Any]] = field(default_factory=list)
     timeseries: list[dict[str, Any]] = field(default_factory=list)
