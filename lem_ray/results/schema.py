@@ -44,9 +44,10 @@ def row(table: str, *groups: object) -> dict[str, Any]:
     null (a failed run measured nothing)."""
     given: dict[str, Any] = {}
     for group in groups:
-        if type(group) not in GROUPS[table]:
-            raise TypeError(f"{type(group).__name__} is no column group of {table}")
-        given.update((name, getattr(group, name)) for name in names(type(group)))
+        kind: type = type(group)
+        if kind not in GROUPS[table]:
+            raise TypeError(f"{kind.__name__} is no column group of {table}")
+        given.update((name, getattr(group, name)) for name in names(kind))
     return {name: given.get(name) for name in TABLES[table].names}
 
 
