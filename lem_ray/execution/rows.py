@@ -11,17 +11,14 @@ import lem_ray
 from lem_ray.backends.traffic import EngineLoad, SteadyWindow
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.execution.handoff import GpuConditions, RunResult, SamplerReport, WorkerIdentity
+from lem_ray.execution.handoff import RunResult, WorkerIdentity
 from lem_ray.execution.sampler_actor import host_key
+from lem_ray.measure.energy import adjusted_energy_j, attribute_energy, idle_power_w
+from lem_ray.measure.protocol import GpuConditions
+from lem_ray.measure.sampler import SamplerReport
 from lem_ray.records import RunAttempt
 from lem_ray.results.attribution import STEP, TOKEN_SHARE, attribute_by_step
-from lem_ray.results.metrics import (
-    attribute_energy,
-    energy_metrics,
-    request_metrics,
-    request_rows,
-    split_prefill_decode,
-)
+from lem_ray.results.metrics import request_metrics, request_rows
 from lem_ray.results.schema import empty_row
 from lem_ray.results.slo import slo_columns
 from lem_ray.results.validity import (
@@ -32,7 +29,7 @@ from lem_ray.results.validity import (
     throttle_seconds,
     validity_flags,
 )
-from lem_ray.telemetry.energy import adjusted_energy_j, trapezoid_energy_j
+from lem_ray.telemetry.energy import trapezoid_energy_j
 from lem_ray.telemetry.sampler import SOURCE_COUNTER
 
 
@@ -100,11 +97,12 @@ def _identity_columns(
 def _baseline(conditions: GpuConditions, uuids: list[str]) -> dict[str, Any]:
     """Summed idle power over the run's GPUs, the oldest age, and how it was taken."""
     baselines = conditions.baselines
-    if not uuids or any(u not in baselines for u in uuids):
+    power_w = idle_power_w(baselines, uuids)
+    if power_w is None:
         return {"baseline_power_w": None, "baseline_age_s": None, "baseline_method": None}
     entries = [baselines[u] for u in uuids]
     return {
-        "baseline_power_w": sum(e["power_w"] for e in entries),
+        "baseline_power_w": power_w,
         "baseline_age_s": max(e.get("age_s", 0.0) for e in entries),
         "baseline_method": entries[0]["method"],
     }
@@ -165,28 +163,6 @@ def _steady(config: ExperimentConfig, window: SteadyWindow | None, epoch_minus_p
     return columns
 
 
-@dataclass(frozen=True)
-class _Energy:
-    """The measured window's energy, split and adjusted: what several column groups share."""
-
-    energy_j: float | None
-    window_s: float
-    prefill_j: float | None
-    decode_j: float | None
-    adjusted_j: float | None
-
-
-def _energy(result: RunResult, baseline_power_w: float | None) -> _Energy:
-    window = result.measure_window
-    prefill = result.prefill
-    prefill_j, decode_j = split_prefill_decode(
-        window.energy_j, prefill.window.energy_j if prefill else None,
-        prefill.passes if prefill else 0,
-    )
-    adjusted_j = adjusted_energy_j(window.energy_j, baseline_power_w, window.duration_s)
-    return _Energy(window.energy_j, window.duration_s, prefill_j, decode_j, adjusted_j)
-
-
 def _warmup_columns(result: RunResult) -> dict[str, Any]:
     warmup = result.warmup
     return {
@@ -205,16 +181,13 @@ def _warmup_columns(result: RunResult) -> dict[str, Any]:
     }
 
 
-def _energy_columns(
-    result: RunResult, energy: _Energy, ratios: dict[str, Any], output_tokens: int,
-    baseline: dict[str, Any],
-) -> dict[str, Any]:
+def _energy_columns(result: RunResult, baseline: dict[str, Any]) -> dict[str, Any]:
     window = result.measure_window
-    adjusted_j = energy.adjusted_j
+    energy = result.energy
     prefill = result.prefill
     return {
         "energy_j": energy.energy_j,
-        **ratios,
+        **energy.ratios(),
         "energy_source": window.source,
         "energy_unavailable_reason": window.unavailable_reason,
         "energy_by_gpu_json": json.dumps(window.energy_by_gpu_j) if window.energy_by_gpu_j else None,
@@ -226,10 +199,8 @@ def _energy_columns(
         "measure_end_epoch_s": window.end_s,
         "energy_warmup_j": result.warmup_window.energy_j,
         **baseline,
-        "energy_adjusted_j": adjusted_j,
-        "energy_adjusted_j_per_output_token": (
-            adjusted_j / output_tokens if adjusted_j is not None and output_tokens else None
-        ),
+        "energy_adjusted_j": energy.adjusted_j,
+        "energy_adjusted_j_per_output_token": energy.adjusted_j_per_output_token,
         "energy_prefill_j": energy.prefill_j,
         "energy_decode_j": energy.decode_j,
         "prefill_passes": prefill.passes if prefill else None,
@@ -368,9 +339,7 @@ def ok_rows(
     req = request_metrics(records, result.duration_s)
     baseline = _baseline(conditions, identity.gpu_uuids)
     env = _environment(telemetry.environment)
-    energy = _energy(result, baseline["baseline_power_w"])
-    ratios = energy_metrics(energy.energy_j, energy.window_s, req["output_tokens"],
-                            req["num_requests"])
+    energy = result.energy
     experiment = {
         **ids.as_dict(),
         **config_columns(config),
@@ -381,9 +350,9 @@ def ok_rows(
         "finished_at": _now(),
         **_warmup_columns(result),
         **req,
-        **_energy_columns(result, energy, ratios, req["output_tokens"], baseline),
+        **_energy_columns(result, baseline),
         **_host_columns(result, conditions, identity.node_id, energy.energy_j, req["output_tokens"]),
-        **_validity_columns(result, telemetry, execution, ratios["avg_power_w"],
+        **_validity_columns(result, telemetry, execution, energy.avg_power_w,
                             env["power_limit_w"], baseline["baseline_power_w"], config),
         **_load_columns(result.engine_load),
         **slo_columns(config.slo, records, result.duration_s, energy.energy_j),
