@@ -12,7 +12,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import psutil
 import ray
@@ -28,12 +28,16 @@ from lem_ray.execution.gpus import GpuIdentity, resolve_gpus
 from lem_ray.execution.handoff import RunOutcome, RunResult, WorkerIdentity
 from lem_ray.execution.sampler_actor import ActorSampler, SamplerActor
 from lem_ray.measure.protocol import (
+    BaselineCache,
+    Clock,
     GpuConditions,
+    GpuSampler,
     Measurement,
     MeasurementProtocol,
     MeasureSettings,
     no_gc,
 )
+from lem_ray.measure.sampler import SamplerReport
 
 
 @dataclass
@@ -69,48 +73,54 @@ def plain_versions(found: dict[str, Any]) -> dict[str, str]:
     return {name: str(version) for name, version in found.items()}
 
 
-class ExperimentWorker:
-    """Lives in a placement group as long as the driver keeps that group; its sampler (in the
-    same group, bound to the same GPU UUIDs) lives as long as it."""
+class WorkerSampler(GpuSampler, Protocol):
+    """The protocol's sampler, plus a run's series: started after the baselines, handed over
+    when the run ends (the sampler actor through ActorSampler)."""
 
-    def __init__(self, sample_interval_ms: float | None = None) -> None:
-        ctx = ray.get_runtime_context()
-        ids = ctx.get_accelerator_ids().get("GPU", [])
-        self.identity: GpuIdentity = resolve_gpus([str(i) for i in ids])
-        self.node_id = ctx.get_node_id()
+    def start(self, metric_tags: dict[str, str] | None = None) -> None: ...
+
+    def finish(self) -> SamplerReport: ...
+
+
+class RunRecord(BaselineCache, Protocol):
+    """The campaign's record of idle baselines and of which runs are active on which node
+    (execution/node_runs.CampaignRecord, in the BaselineCache actor)."""
+
+    def run_started(self, node_id: str, token: str, t_s: float) -> None: ...
+
+    def run_ended(self, token: str, t_s: float) -> None: ...
+
+    def sharing(self, node_id: str, token: str, start_s: float, end_s: float) -> int: ...
+
+    def active(self, node_id: str, token: str, t_s: float) -> int: ...
+
+
+class WorkerRuns:
+    """A worker's runs on its GPUs, without Ray: the engine pool, the compile cache and the
+    measurement protocol, with the sampler and the campaign's record handed in."""
+
+    def __init__(
+        self, identity: WorkerIdentity, new_sampler: Callable[[float], WorkerSampler],
+        backends: Callable[[str], type[Backend[Any]]] = backend_class,
+        clock: Clock | None = None,
+    ) -> None:
+        self.identity = identity
+        self.node_id = identity.node_id or ""
+        self.new_sampler = new_sampler
+        """A sampler on this worker's GPUs at the given interval (ms)."""
+        self.backends = backends
+        self.clock = clock or Clock()
         self.pool = EnginePool()
-        names = self.identity.gpu_names
-        self.artifacts = CompiledArtifacts(None, names[0] if names else self.identity.device)
-        self.sampler: ActorSampler | None = None
+        names = identity.gpu_names
+        self.artifacts = CompiledArtifacts(None, names[0] if names else identity.device)
+        self.sampler: WorkerSampler | None = None
         self.sample_interval_ms: float | None = None
-        if sample_interval_ms is not None:
-            # Its process starts beside this one's first run instead of inside it, GPUs held.
-            self._start_sampler(sample_interval_ms)
 
-    def identify(self) -> WorkerIdentity:
-        return WorkerIdentity(
-            **asdict(self.identity),
-            node_ip=ray.util.get_node_ip_address(),
-            node_id=self.node_id,
-            hostname=socket.gethostname(),
-            python_executable=sys.executable,
-        )
-
-    def _start_sampler(self, sample_interval_ms: float) -> None:
-        if self.sampler is not None:
-            ray.kill(self.sampler.actor)
-        pg = ray.util.get_current_placement_group()
-        options = {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, 0)} if pg else {}
-        actor = SamplerActor.options(**options).remote(
-            self.identity.gpu_uuids, sample_interval_ms, no_gpu_reason(self.identity), self.node_id,
-        )
-        self.sampler = ActorSampler(actor, self.identity.gpu_uuids, self.node_id)
-        self.sample_interval_ms = sample_interval_ms
-
-    def _sampler(self, execution: ExecutionConfig) -> ActorSampler:
-        if self.sampler is None or execution.telemetry.sample_interval_ms != self.sample_interval_ms:
-            self._start_sampler(execution.telemetry.sample_interval_ms)
-        assert self.sampler is not None
+    def sampler_for(self, sample_interval_ms: float) -> WorkerSampler:
+        """The sampler at this interval: the one kept, or a new one in its place."""
+        if self.sampler is None or sample_interval_ms != self.sample_interval_ms:
+            self.sampler = self.new_sampler(sample_interval_ms)
+            self.sample_interval_ms = sample_interval_ms
         return self.sampler
 
     def _free_mib(self) -> list[float] | None:
@@ -125,7 +135,7 @@ class ExperimentWorker:
         free = self._free_mib()
         return min(free) if free else None
 
-    def run(self, request: RunRequest) -> RunOutcome:
+    def run(self, request: RunRequest, record: RunRecord | None) -> RunOutcome:
         """Cool down, baseline, load (or reuse), warm up, measure, prefill window: the
         measurement protocol (lem_ray/measure) on this worker's GPUs and engine pool.
 
@@ -141,22 +151,21 @@ class ExperimentWorker:
         key = cfg.engine_key
         self.pool.capacity = execution.max_engines_per_worker
         if key not in self.pool.engines:
-            self.pool.make_room(key, backend_class(cfg.backend).exclusive, self._least_free_mib)
-        sampler = self._sampler(execution)
+            self.pool.make_room(key, self.backends(cfg.backend).exclusive, self._least_free_mib)
+        sampler = self.sampler_for(execution.telemetry.sample_interval_ms)
         protocol = MeasurementProtocol(sampler, MeasureSettings(
             execution.cooldown, execution.baseline, cfg.warmup, execution.prefill,
-            execution.validity))
+            execution.validity), self.clock)
         if self.artifacts.location != request.compile_cache:
             self.artifacts = CompiledArtifacts(request.compile_cache, self.artifacts.gpu_name)
-        runs, token = request.baselines, uuid.uuid4().hex
+        token = uuid.uuid4().hex
         others = 0
-        if runs is not None:
-            now = time.time()
-            ray.get(runs.run_started.remote(self.node_id, token, now))
-            others = ray.get(runs.active.remote(self.node_id, token, now))
+        if record is not None:
+            now = self.clock.epoch_s()
+            record.run_started(self.node_id, token, now)
+            others = record.active(self.node_id, token, now)
         try:
-            conditions = protocol.prepare(CampaignBaselines(runs) if runs is not None else None,
-                                          host_idle=others == 0)
+            conditions = protocol.prepare(record, host_idle=others == 0)
             sampler.start(request.metric_tags)
             try:
                 result = self._measure(cfg, key, request.prompts, protocol, conditions)
@@ -164,16 +173,16 @@ class ExperimentWorker:
                 self.pool.release_all()
                 sampler.finish()
                 raise
-            if runs is not None:
+            if record is not None:
                 window = result.measure_window
-                result = replace(result, host_shared_by_runs=ray.get(
-                    runs.sharing.remote(self.node_id, token, window.start_s, window.end_s)))
+                result = replace(result, host_shared_by_runs=record.sharing(
+                    self.node_id, token, window.start_s, window.end_s))
         finally:
-            if runs is not None:
-                ray.get(runs.run_ended.remote(token, time.time()))
+            if record is not None:
+                record.run_ended(token, self.clock.epoch_s())
         if not request.keep_engine:
             self.pool.release_all()
-        return RunOutcome(self.identify(), started_at, result, sampler.finish(), conditions,
+        return RunOutcome(self.identity, started_at, result, sampler.finish(), conditions,
                           protocol.phases_s, self.pool.keys())
 
     def _measure(
@@ -182,7 +191,8 @@ class ExperimentWorker:
     ) -> RunResult:
         """Every window edge after a device sync. The GPUs' free memory before and after
         tells the pool how much this engine holds."""
-        t0 = time.perf_counter()
+        perf_s = self.clock.perf_s
+        t0 = perf_s()
         backend = self.pool.take(key)
         reused = backend is not None
         if backend is not None:
@@ -201,7 +211,7 @@ class ExperimentWorker:
             backend.prepare(prompts)
         backend.synchronize()
         use = self.artifacts.after(backend, use)
-        load_s = protocol.phases_s["loading"] = time.perf_counter() - t0
+        load_s = protocol.phases_s["loading"] = perf_s() - t0
         with no_gc(freeze=not reused or not self.pool.heap_frozen):
             self.pool.heap_frozen = True
             measured = protocol.measure(backend, prompts, conditions)
@@ -221,7 +231,7 @@ class ExperimentWorker:
         device = DeviceInfo(self.identity.device, len(self.identity.gpu_uuids))
         while True:
             free_before = self._free_mib()
-            backend = backend_class(cfg.backend)(cfg, device)
+            backend = self.backends(cfg.backend)(cfg, device)
             use = self.artifacts.before(backend, cfg)
             try:
                 backend.load()
@@ -271,18 +281,55 @@ def _run_result(
     )
 
 
-class CampaignBaselines:
-    """The campaign's BaselineCache actor as the protocol's BaselineCache."""
+class Blocking:
+    """An actor handle whose method calls wait for their result: `x.f(...)` is
+    `ray.get(actor.f.remote(...))`."""
 
     def __init__(self, actor: Any) -> None:
         self.actor = actor
 
-    def get(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = ray.get(self.actor.get.remote(keys))
-        return found
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.actor, name)
+        return lambda *args: ray.get(method.remote(*args))
 
-    def put(self, entries: dict[str, dict[str, Any]]) -> None:
-        ray.get(self.actor.put.remote(entries))
+
+class ExperimentWorker:
+    """The worker actor (actors.WorkerActor): Ray's context in, Ray's handles behind blocking
+    adapters, the runs WorkerRuns'. Lives in a placement group as long as the driver keeps
+    that group; its sampler (in the same group, bound to the same GPU UUIDs) lives as long
+    as it."""
+
+    def __init__(self, sample_interval_ms: float | None = None) -> None:
+        ctx = ray.get_runtime_context()
+        ids = ctx.get_accelerator_ids().get("GPU", [])
+        gpus = resolve_gpus([str(i) for i in ids])
+        identity = WorkerIdentity(
+            **asdict(gpus), node_ip=ray.util.get_node_ip_address(), node_id=ctx.get_node_id(),
+            hostname=socket.gethostname(), python_executable=sys.executable,
+        )
+        self.sampler_actor: Any = None
+        self.runs = WorkerRuns(identity, self._new_sampler)
+        if sample_interval_ms is not None:
+            # Its process starts beside this one's first run instead of inside it, GPUs held.
+            self.runs.sampler_for(sample_interval_ms)
+
+    def identify(self) -> WorkerIdentity:
+        return self.runs.identity
+
+    def run(self, request: RunRequest) -> RunOutcome:
+        record = Blocking(request.baselines) if request.baselines is not None else None
+        return self.runs.run(request, record)
+
+    def _new_sampler(self, sample_interval_ms: float) -> ActorSampler:
+        identity = self.runs.identity
+        if self.sampler_actor is not None:
+            ray.kill(self.sampler_actor)
+        pg = ray.util.get_current_placement_group()
+        options = {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, 0)} if pg else {}
+        self.sampler_actor = SamplerActor.options(**options).remote(
+            identity.gpu_uuids, sample_interval_ms, no_gpu_reason(identity), identity.node_id,
+        )
+        return ActorSampler(self.sampler_actor, identity.gpu_uuids, identity.node_id)
 
 
 def peak_memory_mib(backend: Backend[Any]) -> float | None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from lem_ray.telemetry.nvml import GpuSample
 from lem_ray.telemetry.sampler import EnergySampler, WindowResult
 
 
@@ -62,10 +61,8 @@ class RunSampler:
         """(seconds waited, hottest GPU's temperature at the end)."""
         return self.sampler.wait_until_cool(target_temp_c, max_wait_s)
 
-    def start(self, on_sample: Callable[[str, GpuSample], None] | None = None) -> None:
-        """Begin a run's series; on_sample sees each sample as it is taken."""
-        if on_sample is not None:
-            self.sampler.on_sample = on_sample
+    def start(self) -> None:
+        """Begin a run's series (the sampling thread; a no-op while it runs)."""
         self.sampler.start()
 
     def begin(self, name: str) -> None:
