@@ -58,7 +58,7 @@ TARGETS = (
     Target("lem_ray/results/journal.py", ("apply", "_journal_names", "_records", "read_state"),
            ("tests/test_manifest.py", "tests/test_manifest_journal.py")),
     Target("lem_ray/execution/rows.py", ("_baseline", "_environment", "ok_rows"), ENERGY_TESTS),
-    Target("lem_ray/execution/worker.py", ("ExperimentWorker.run", "ExperimentWorker._measure"),
+    Target("lem_ray/execution/worker.py", ("WorkerRuns.run", "WorkerRuns._measure"),
            ENERGY_TESTS),
     Target("lem_ray/execution/dispatch.py", ("Dispatcher._finish", "Dispatcher._interrupt",
                                               "Dispatcher._unstored", "Dispatcher._conclude"),
