@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 
 from lem_ray.backends.base import DeviceInfo, RequestRecord
-from lem_ray.config.campaign import BaselineConfig, CooldownConfig, PrefillConfig, ValidityConfig
+from lem_ray.config.campaign import (
+    BaselineConfig,
+    CooldownConfig,
+    PrefillConfig,
+    ValidityConfig,
+)
 from lem_ray.config.experiment import ExperimentConfig, WarmupConfig
 from lem_ray.execution.node_runs import CampaignRecord
 from lem_ray.measure import (
@@ -25,7 +30,15 @@ from lem_ray.measure import (
 from lem_ray.telemetry.nvml import nvml_status
 from lem_ray.telemetry.sampler import EnergySampler, WindowResult
 from tests.conftest import TINY_BASE
-from tests.energy_node import LOAD_S, PROMPTS, UUIDS, FakeEngine, Node, node_sampler, two_gpus
+from tests.energy_node import (
+    LOAD_S,
+    PROMPTS,
+    UUIDS,
+    FakeEngine,
+    Node,
+    node_sampler,
+    two_gpus,
+)
 
 
 class LoggedSampler(RunSampler):

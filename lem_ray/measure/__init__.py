@@ -2,7 +2,7 @@
 can a script or notebook on local GPUs (`Meter`). See docs/measure.md."""
 
 from lem_ray.measure.energy import EnergyFigures
-from lem_ray.measure.local import Meter, MeasureUnavailable, local_sampler
+from lem_ray.measure.local import MeasureUnavailable, Meter, local_sampler
 from lem_ray.measure.protocol import (
     Clock,
     GpuConditions,

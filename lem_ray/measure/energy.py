@@ -8,8 +8,9 @@ The readings themselves (counter deltas, instant-power integration) are telemetr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from lem_ray.records import RequestRecord
 
@@ -32,7 +33,7 @@ def idle_power_w(baselines: dict[str, dict[str, Any]], keys: Sequence[str]) -> f
     baseline would make the adjusted energy wrong."""
     if not keys or any(k not in baselines for k in keys):
         return None
-    return sum(baselines[k]["power_w"] for k in keys)
+    return float(sum(baselines[k]["power_w"] for k in keys))
 
 
 def split_prefill_decode(

@@ -5,7 +5,8 @@ process instead of in an actor), and so are the protocol and the figures."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Self
 
 from lem_ray.measure.protocol import (
     Clock,
@@ -17,7 +18,12 @@ from lem_ray.measure.protocol import (
     no_gc,
 )
 from lem_ray.measure.sampler import RunSampler, SamplerReport
-from lem_ray.telemetry.nvml import TelemetryError, device_count, nvml_status, uuids_for_indices
+from lem_ray.telemetry.nvml import (
+    TelemetryError,
+    device_count,
+    nvml_status,
+    uuids_for_indices,
+)
 from lem_ray.telemetry.rapl import HostEnergy
 from lem_ray.telemetry.sampler import EnergySampler
 
@@ -124,7 +130,7 @@ class Meter:
         """Stop sampling; the power/thermal series and the GPUs' environment since the start."""
         return self.sampler.finish()
 
-    def __enter__(self) -> Meter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

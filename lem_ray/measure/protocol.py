@@ -8,10 +8,16 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from lem_ray.config.campaign import BaselineConfig, CooldownConfig, PrefillConfig, ValidityConfig
+from lem_ray.config.campaign import (
+    BaselineConfig,
+    CooldownConfig,
+    PrefillConfig,
+    ValidityConfig,
+)
 from lem_ray.config.experiment import WarmupConfig
 from lem_ray.measure.energy import EnergyFigures, energy_figures, idle_power_w
 from lem_ray.measure.warmup import WarmupOutcome, run_warmup
@@ -125,6 +131,31 @@ def figures_of(
     )
 
 
+@dataclass(frozen=True)
+class MeasuredWork:
+    """The measured window's requests and its timing on the perf clock; epoch_minus_perf_s maps
+    that clock onto the sampler's epoch stamps (for the steady-state window)."""
+
+    records: list[RequestRecord]
+    start_s: float
+    duration_s: float
+    epoch_minus_perf_s: float
+
+
+def timed_measure(
+    backend: Backend[Any], prompts: list[str], clock: Clock | None = None
+) -> MeasuredWork:
+    """The measured window's work, timed as a campaign times it: backend.measure(), then a
+    device sync before the clock stops."""
+    clock = clock or Clock()
+    perf_s = clock.perf_s
+    start_s = perf_s()
+    records = backend.measure(prompts)
+    backend.synchronize()
+    duration_s = perf_s() - start_s
+    return MeasuredWork(records, start_s, duration_s, clock.epoch_s() - perf_s())
+
+
 class MeasurementProtocol:
     """One run's protocol on one sampler. `phases_s` collects the seconds of each phase
     (cooldown, baseline, warmup, measuring) for the GPU-time ledger."""
@@ -177,25 +208,16 @@ class MeasurementProtocol:
         warmup, warmup_window = self._window("warmup", warm)
         self.phases_s["warmup"] = warmup_window.duration_s
 
-        def measured() -> tuple[list[RequestRecord], float, float, float]:
-            start_s = perf_s()
-            records = backend.measure(prompts)
-            backend.synchronize()
-            duration_s = perf_s() - start_s
-            # The sampler stamps its samples with epoch time: keep the offset that maps
-            # perf_s onto it, for the steady-state window.
-            return records, start_s, duration_s, self.clock.epoch_s() - perf_s()
-
-        (records, start_s, duration_s, epoch_minus_perf_s), window = self._window(
-            "measure", measured)
+        work, window = self._window("measure", lambda: timed_measure(backend, prompts, self.clock))
         prefill = (self._prefill(backend, prompts)
                    if self.settings.prefill.enabled and window.energy_j is not None else None)
         self.phases_s["measuring"] = window.duration_s + (
             prefill.window.duration_s if prefill else 0.0)
+        records = work.records
         return Measurement(
-            conditions=conditions, records=records, measure_start_perf_s=start_s,
-            duration_s=duration_s, epoch_minus_perf_s=epoch_minus_perf_s, warmup=warmup,
-            warmup_window=warmup_window, measure_window=window, prefill=prefill,
+            conditions=conditions, records=records, measure_start_perf_s=work.start_s,
+            duration_s=work.duration_s, epoch_minus_perf_s=work.epoch_minus_perf_s,
+            warmup=warmup, warmup_window=warmup_window, measure_window=window, prefill=prefill,
             energy=figures_of(window, conditions, self.sampler.gpu_uuids,
                               sum(r.output_tokens for r in records), len(records), prefill),
         )
