@@ -56,7 +56,7 @@ def test_a_worker_given_the_interval_starts_its_sampler_before_any_run(two_logic
         sampler, interval = ray.get(slot.worker.__ray_call__.remote(
             lambda worker: (worker.sampler_actor, worker.runs.sample_interval_ms)), timeout=60)
         assert interval == 50.0 and sampler is not None
-        assert ray.get(sampler.start_run.remote(), timeout=60) is None  # up, and answering
+        assert ray.get(sampler.start.remote(), timeout=60) is None  # up, and answering
         ray.get(sampler.finish.remote(), timeout=60)
         execution = ExecutionConfig.model_validate({"telemetry": {"sample_interval_ms": 200}})
         interval_ms = execution.telemetry.sample_interval_ms

@@ -32,7 +32,7 @@ class SamplerActor(RunSampler):
                          no_gpu_reason)
         self.publisher: GpuPublisher | None = None
 
-    def start_run(self, metric_tags: dict[str, str] | None = None) -> None:
+    def start(self, metric_tags: dict[str, str] | None = None) -> None:
         """Begin a run's series; with metric_tags, its power and temperature go to Ray's
         metrics under those tags too."""
         if metric_tags:
@@ -40,7 +40,7 @@ class SamplerActor(RunSampler):
                 self.publisher = GpuPublisher(ray.util.get_node_ip_address())
                 self.sampler.on_sample = self.publisher
             self.publisher.begin(metric_tags)
-        self.start()
+        super().start()
 
     def finish(self) -> SamplerReport:
         found = super().finish()
@@ -78,7 +78,7 @@ class ActorSampler:
         return window
 
     def start(self, metric_tags: dict[str, str] | None = None) -> None:
-        ray.get(self.actor.start_run.remote(metric_tags))
+        ray.get(self.actor.start.remote(metric_tags))
 
     def finish(self) -> SamplerReport:
         report: SamplerReport = ray.get(self.actor.finish.remote())
