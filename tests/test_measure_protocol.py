@@ -173,7 +173,7 @@ def test_prefill_window_splits_the_measured_energy() -> None:
     off = protocol_on(node, RunSampler(node_sampler(node)), prefill=False)
     unsplit = off.measure(engine, PROMPTS, off.prepare())
     assert unsplit.prefill is None and unsplit.energy.prefill_j is None
-    assert unsplit.energy.decode_j is None
+    assert unsplit.energy.decode_j is None and off.phases_s["measuring"] == 1.0
 
 
 def test_without_gpus_nothing_is_made_up_and_no_prefill_runs() -> None:
@@ -185,6 +185,7 @@ def test_without_gpus_nothing_is_made_up_and_no_prefill_runs() -> None:
     conditions = protocol.prepare()
     measured = protocol.measure(engine, PROMPTS, conditions)
     assert conditions.baselines == {} and conditions.cooldown_wait_s is None
+    assert (protocol.phases_s["cooldown"], protocol.phases_s["baseline"]) == (0.0, 0.0)
     assert measured.measure_window.unavailable_reason == "ran on CPU"
     assert measured.prefill is None and ("generate", 4) in node.log
     energy = measured.energy
