@@ -40,9 +40,15 @@ class Target:
 
 
 ENERGY_TESTS = ("tests/test_energy_path.py",)
+PROTOCOL_TESTS = ("tests/test_measure_protocol.py", *ENERGY_TESTS)
 TARGETS = (
-    Target("lem_ray/telemetry/energy.py", None,
-           ("tests/test_telemetry.py", "tests/test_measurement.py", *ENERGY_TESTS)),
+    Target("lem_ray/telemetry/energy.py", None, ("tests/test_telemetry.py", *ENERGY_TESTS)),
+    Target("lem_ray/measure/energy.py", None,
+           ("tests/test_telemetry.py", "tests/test_measurement.py", *PROTOCOL_TESTS)),
+    Target("lem_ray/measure/protocol.py",
+           ("MeasurementProtocol.prepare", "MeasurementProtocol.measure",
+            "MeasurementProtocol._window", "MeasurementProtocol._prefill", "figures_of"),
+           PROTOCOL_TESTS),
     Target("lem_ray/results/metrics.py", None, ("tests/test_measurement.py", *ENERGY_TESTS)),
     Target("lem_ray/results/validity.py", None,
            ("tests/test_measurement.py", "tests/test_steady_state.py", *ENERGY_TESTS)),
@@ -53,7 +59,8 @@ TARGETS = (
            ("tests/test_manifest.py", "tests/test_manifest_journal.py")),
     Target("lem_ray/results/rows.py", ("_baseline", "_conditions", "ok_rows"),
            (*ENERGY_TESTS, "tests/test_rows.py")),
-    Target("lem_ray/execution/worker.py", ("ExperimentWorker.run", "_prefill"), ENERGY_TESTS),
+    Target("lem_ray/execution/worker.py", ("WorkerRuns.run", "WorkerRuns._measure"),
+           ENERGY_TESTS),
     Target("lem_ray/execution/dispatch.py", ("Dispatcher._finish", "Dispatcher._interrupt",
                                               "Dispatcher._unstored", "Dispatcher._conclude"),
            ("tests/test_dispatch.py",)),
@@ -63,7 +70,7 @@ TARGETS = (
     Target("lem_ray/results/summary.py", None,
            ("tests/test_report.py::test_summary_counts_only_the_valid_latest_cycles",
             "tests/test_renamed_columns.py")),
-    Target("lem_ray/execution/warmup.py", None, ("tests/test_measurement.py",)),
+    Target("lem_ray/measure/warmup.py", None, ("tests/test_measurement.py",)),
     Target("lem_ray/execution/engines.py", None, ("tests/test_engines.py", "tests/test_worker_heap.py")),
     Target("lem_ray/telemetry/sampler.py",
            ("EnergySampler._read_counters", "EnergySampler.begin", "EnergySampler.end",

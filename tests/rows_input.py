@@ -9,14 +9,10 @@ from typing import Any
 from lem_ray.backends.traffic import EngineLoad, SteadyWindow
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.execution.handoff import (
-    GpuConditions,
-    PrefillResult,
-    RunResult,
-    SamplerReport,
-    WorkerIdentity,
-)
-from lem_ray.execution.warmup import WarmupOutcome
+from lem_ray.execution.handoff import RunResult, WorkerIdentity
+from lem_ray.measure.protocol import GpuConditions, PrefillResult, figures_of
+from lem_ray.measure.sampler import SamplerReport
+from lem_ray.measure.warmup import WarmupOutcome
 from lem_ray.records import RequestRecord, RunAttempt, RunKey
 from lem_ray.telemetry.rapl import HostWindow
 from lem_ray.telemetry.sampler import WindowResult
@@ -64,16 +60,21 @@ def _records() -> list[RequestRecord]:
 
 
 def result() -> RunResult:
+    measure_window = _window("measure", 1700000004.0, 1700000006.0, 1200.0,
+                             HostWindow(80.0, 12.0, "rapl:package+dram", None))
+    prefill = PrefillResult(window=_window("prefill", 1700000007.0, 1700000007.5, 100.0),
+                            passes=2, duration_s=0.5)
+    records = _records()
     return RunResult(
-        records=_records(), measure_start_perf_s=1000.0, duration_s=2.0, engine_load_s=12.5,
+        records=records, measure_start_perf_s=1000.0, duration_s=2.0, engine_load_s=12.5,
         engine_reused=False, engine_id="eng-1", compile_cache="miss",
         compile_cache_hash="f" * 64, compile_cache_key="key-1", timing_method="vllm_engine_stats",
         warmup=WarmupOutcome(requests=8, steps=2, converged=True, final_cv=0.02, duration_s=3.5),
         warmup_window=_window("warmup", 1700000000.0, 1700000003.5, 900.0),
-        measure_window=_window("measure", 1700000004.0, 1700000006.0, 1200.0,
-                               HostWindow(80.0, 12.0, "rapl:package+dram", None)),
-        prefill=PrefillResult(window=_window("prefill", 1700000007.0, 1700000007.5, 100.0),
-                              passes=2, duration_s=0.5),
+        measure_window=measure_window,
+        prefill=prefill,
+        energy=figures_of(measure_window, conditions(), UUIDS,
+                          sum(r.output_tokens for r in records), len(records), prefill),
         own_pids={111, 112}, peak_memory_mib=40960.0, versions={"vllm": "0.9.0"},
         details={"attention": "flash"}, engine_config={"max_num_seqs": 4},
         steady_window=SteadyWindow(1000.5, 1001.5, "4 requests in flight (max_num_seqs)", 20),

@@ -19,10 +19,12 @@ import lem_ray
 PACKAGE = Path(lem_ray.__file__).parent
 
 # part -> top-level modules (ours as "lem_ray.<part>", or third-party) it must never import.
+# measure runs a backend it is handed: the Backend interface is a type-only import there.
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "config": ("ray", "torch", "pyarrow"),
-    "backends": ("lem_ray.execution", "lem_ray.telemetry", "lem_ray.results"),
-    "telemetry": ("lem_ray.backends",),
+    "backends": ("lem_ray.execution", "lem_ray.telemetry", "lem_ray.results", "lem_ray.measure"),
+    "telemetry": ("lem_ray.backends", "lem_ray.measure"),
+    "measure": ("ray", "torch", "lem_ray.execution", "lem_ray.backends", "lem_ray.results"),
     "results": ("lem_ray.backends", "lem_ray.execution"),
     "records": ("lem_ray",),
 }
@@ -120,6 +122,16 @@ def test_config_imports_no_ray_torch_or_arrow() -> None:
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'pyarrow'))\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_measure_imports_no_ray_or_torch() -> None:
+    """A notebook measuring its own model on local GPUs needs neither."""
+    code = (
+        "import sys, lem_ray.measure\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch'))\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

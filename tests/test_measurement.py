@@ -8,15 +8,15 @@ import math
 import pytest
 
 from lem_ray.config.experiment import WarmupConfig
-from lem_ray.execution.warmup import coefficient_of_variation, judged_latencies, run_warmup
+from lem_ray.measure.warmup import coefficient_of_variation, judged_latencies, run_warmup
 from lem_ray.records import RequestRecord
-from lem_ray.results.metrics import (
+from lem_ray.measure.energy import (
+    adjusted_energy_j,
     attribute_energy,
     energy_metrics,
-    request_metrics,
-    request_rows,
     split_prefill_decode,
 )
+from lem_ray.results.metrics import request_metrics, request_rows
 from lem_ray.results.validity import (
     ValidityInputs,
     is_valid,
@@ -24,7 +24,6 @@ from lem_ray.results.validity import (
     throttle_seconds,
     validity_flags,
 )
-from lem_ray.telemetry.energy import adjusted_energy_j
 
 
 class ScriptedEngine:
@@ -120,7 +119,7 @@ def clocked(monkeypatch: pytest.MonkeyPatch, ms_per_token: list[float],
             tokens: tuple[int, ...] = (4,)) -> ClockedEngine:
     from types import SimpleNamespace
 
-    import lem_ray.execution.warmup as warmup
+    import lem_ray.measure.warmup as warmup
 
     engine = ClockedEngine(ms_per_token, tokens)
     monkeypatch.setattr(warmup, "time", SimpleNamespace(perf_counter=engine.perf_counter))

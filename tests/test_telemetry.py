@@ -21,7 +21,8 @@ from lem_ray.telemetry.nvml import (
     TelemetryError,
     nvml_status,
 )
-from lem_ray.telemetry.energy import adjusted_energy_j, counter_delta_j, trapezoid_energy_j
+from lem_ray.measure.energy import adjusted_energy_j
+from lem_ray.telemetry.energy import counter_delta_j, trapezoid_energy_j
 from lem_ray.telemetry.sampler import SOURCE_COUNTER, SOURCE_INTEGRATED, EnergySampler
 
 

@@ -7,7 +7,7 @@ import gc
 import weakref
 
 from lem_ray.execution.engines import EnginePool
-from lem_ray.execution.worker import _no_gc
+from lem_ray.measure.protocol import no_gc
 
 
 class Node:
@@ -33,12 +33,12 @@ def test_no_collection_inside_and_frozen_heap_kept_until_an_engine_is_released()
     pool.add("k", FakeBackend())  # type: ignore[arg-type]
     engine, alive = cycle()
     try:
-        with _no_gc(freeze=True):
+        with no_gc(freeze=True):
             pool.heap_frozen = True
             assert not gc.isenabled()
         assert gc.isenabled() and gc.get_freeze_count() > 0
         del engine
-        with _no_gc(freeze=False):
+        with no_gc(freeze=False):
             pass
         assert alive() is not None, "a frozen cycle is left alone by the per-run collection"
         pool.release("k")
@@ -51,11 +51,11 @@ def test_no_collection_inside_and_frozen_heap_kept_until_an_engine_is_released()
 
 def test_garbage_made_after_the_freeze_is_collected_before_each_run() -> None:
     try:
-        with _no_gc(freeze=True):
+        with no_gc(freeze=True):
             pass
         garbage, alive = cycle()
         del garbage
-        with _no_gc(freeze=False):
+        with no_gc(freeze=False):
             assert alive() is None
     finally:
         gc.unfreeze()

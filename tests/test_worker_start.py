@@ -54,13 +54,15 @@ def test_a_worker_given_the_interval_starts_its_sampler_before_any_run(two_logic
     try:
         ray.get(slot.starting, timeout=120)
         sampler, interval = ray.get(slot.worker.__ray_call__.remote(
-            lambda worker: (worker.sampler, worker.sample_interval_ms)), timeout=60)
+            lambda worker: (worker.sampler_actor, worker.runs.sample_interval_ms)), timeout=60)
         assert interval == 50.0 and sampler is not None
         assert ray.get(sampler.start.remote(), timeout=60) is None  # up, and answering
         ray.get(sampler.finish.remote(), timeout=60)
         execution = ExecutionConfig.model_validate({"telemetry": {"sample_interval_ms": 200}})
+        interval_ms = execution.telemetry.sample_interval_ms
         replaced = ray.get(slot.worker.__ray_call__.remote(
-            lambda worker: (worker._sampler(execution), worker.sample_interval_ms)), timeout=60)
+            lambda worker: (worker.runs.sampler_for(interval_ms).actor,
+                            worker.runs.sample_interval_ms)), timeout=60)
         assert replaced[1] == 200 and replaced[0]._actor_id != sampler._actor_id
     finally:
         slot.close()

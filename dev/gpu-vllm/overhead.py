@@ -48,6 +48,7 @@ from lem_ray.backends.vllm.backend import VLLMBackend
 from lem_ray.backends.vllm.translate import records_from_outputs, truncated_token_ids
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.config.prompts import SyntheticPrompts
+from lem_ray.measure.protocol import timed_measure
 from lem_ray.planning.prompts import synthetic_prompts
 from lem_ray.records import RequestRecord
 from lem_ray.results.metrics import request_metrics
@@ -106,13 +107,11 @@ def bare(backend: VLLMBackend, token_ids: list[list[int]]) -> dict[str, Any]:
 
 def measured(backend: VLLMBackend, config: ExperimentConfig, texts: list[str],
              arm: str) -> dict[str, Any]:
-    """lem-ray's measured window, as the worker times it (measure() then synchronize())."""
+    """lem-ray's measured window's work, timed by the campaign's own code
+    (lem_ray.measure.protocol.timed_measure: measure() then synchronize())."""
     backend.configure(config)
-    start = time.perf_counter()
-    records = backend.measure(texts)
-    backend.synchronize()
-    seconds = time.perf_counter() - start
-    return figures(arm, records, seconds, backend.timing_method)
+    work = timed_measure(backend, texts)
+    return figures(arm, work.records, work.duration_s, backend.timing_method)
 
 
 def ratios(calls: list[dict[str, Any]], arms: tuple[str, ...]) -> dict[str, Any]:

@@ -3,13 +3,16 @@ is written, not a silent null column in the results."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from lem_ray.backends.traffic import EngineLoad, SteadyWindow
 from lem_ray.execution.gpus import GpuIdentity
-from lem_ray.execution.warmup import WarmupOutcome
+from lem_ray.measure.energy import EnergyFigures
+from lem_ray.measure.protocol import GpuConditions, PrefillResult
+from lem_ray.measure.sampler import SamplerReport
+from lem_ray.measure.warmup import WarmupOutcome
 from lem_ray.records import RequestRecord
 from lem_ray.telemetry.sampler import WindowResult
 
@@ -25,16 +28,10 @@ class WorkerIdentity(GpuIdentity):
 
 
 @dataclass(frozen=True)
-class PrefillResult:
-    window: WindowResult
-    passes: int
-    duration_s: float
-
-
-@dataclass(frozen=True)
 class RunResult:
-    """The worker's account of one run. `measure_start_perf_s` is in the worker's perf_counter clock;
-    `epoch_minus_perf_s` maps that clock onto the sampler's epoch time stamps."""
+    """The worker's account of one run: the protocol's Measurement (less its conditions, which
+    RunOutcome carries) and the engine's facts. `measure_start_perf_s` is in the worker's
+    perf_counter clock; `epoch_minus_perf_s` maps that clock onto the sampler's epoch stamps."""
 
     records: list[RequestRecord]
     measure_start_perf_s: float
@@ -56,6 +53,9 @@ class RunResult:
     warmup_window: WindowResult
     measure_window: WindowResult
     prefill: PrefillResult | None
+    energy: EnergyFigures
+    """The measured window's figures (lem_ray/measure/energy.py), adjusted by the idle power
+    of the run's GPUs."""
     own_pids: set[int]
     peak_memory_mib: float | None
     versions: dict[str, str]
@@ -70,26 +70,6 @@ class RunResult:
     """How full the engine ran (Backend.engine_load), where the backend can tell."""
     stream_sha256: str | None = None
     """The request stream the measured window sent (Backend.stream_sha256)."""
-
-
-@dataclass(frozen=True)
-class SamplerReport:
-    """The sampler's account of one run, taken when it stops."""
-
-    timeseries: list[dict[str, Any]]
-    environment: dict[str, dict[str, Any]]
-    sampler_cpu_s: float
-    compute_pids: dict[str, list[int]]
-    sample_interval_s: float
-
-
-@dataclass(frozen=True)
-class GpuConditions:
-    """The GPUs before the run: how long cooling took, and their idle baselines by UUID."""
-
-    cooldown_wait_s: float | None = None
-    cooldown_temp_c: float | None = None
-    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

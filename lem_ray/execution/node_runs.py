@@ -9,6 +9,7 @@ hands it back; loading and warmup load the host as much as measuring does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -57,3 +58,31 @@ class NodeRuns:
         running = [a.start_s for a in self._runs.values() if a.end_s is None]
         oldest = min(running, default=float("inf"))
         self._runs = {t: a for t, a in self._runs.items() if a.end_s is None or a.end_s > oldest}
+
+
+class CampaignRecord:
+    """Idle baselines by GPU UUID (and of each node's host), kept for the whole campaign while
+    workers come and go; with the runs active on each node, whose host energy they share.
+    Plain: the campaign's BaselineCache actor is this class."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.node_runs = NodeRuns()
+
+    def run_started(self, node_id: str, token: str, t_s: float) -> None:
+        self.node_runs.started(node_id, token, t_s)
+
+    def run_ended(self, token: str, t_s: float) -> None:
+        self.node_runs.ended(token, t_s)
+
+    def sharing(self, node_id: str, token: str, start_s: float, end_s: float) -> int:
+        return self.node_runs.sharing(node_id, token, start_s, end_s)
+
+    def active(self, node_id: str, token: str, t_s: float) -> int:
+        return self.node_runs.active(node_id, token, t_s)
+
+    def get(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
+        return {u: self.entries[u] for u in uuids if u in self.entries}
+
+    def put(self, entries: dict[str, dict[str, Any]]) -> None:
+        self.entries.update(entries)

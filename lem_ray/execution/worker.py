@@ -4,17 +4,16 @@ later runs whose engine config equals one of theirs."""
 
 from __future__ import annotations
 
-import gc
 import os
 import platform
 import socket
 import sys
 import time
 import uuid
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Protocol
 
 import psutil
 import ray
@@ -27,22 +26,19 @@ from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.compiled import CacheUse, CompiledArtifacts
 from lem_ray.execution.engines import EnginePool, out_of_memory
 from lem_ray.execution.gpus import GpuIdentity, resolve_gpus
-from lem_ray.execution.handoff import (
+from lem_ray.execution.handoff import RunOutcome, RunResult, WorkerIdentity
+from lem_ray.execution.sampler_actor import ActorSampler, SamplerActor
+from lem_ray.measure.protocol import (
+    BaselineCache,
+    Clock,
     GpuConditions,
-    PrefillResult,
-    RunOutcome,
-    RunResult,
-    WorkerIdentity,
+    GpuSampler,
+    Measurement,
+    MeasurementProtocol,
+    MeasureSettings,
+    no_gc,
 )
-from lem_ray.execution.sampler_actor import SamplerActor, host_key
-from lem_ray.execution.warmup import run_warmup
-
-
-@dataclass(frozen=True)
-class PrefillSettings:
-    enabled: bool
-    min_window_s: float
-    max_repeats: int
+from lem_ray.measure.sampler import SamplerReport
 
 
 @dataclass
@@ -78,46 +74,54 @@ def plain_versions(found: dict[str, Any]) -> dict[str, str]:
     return {name: str(version) for name, version in found.items()}
 
 
-class ExperimentWorker:
-    """Lives in a placement group as long as the driver keeps that group; its sampler (in the
-    same group, bound to the same GPU UUIDs) lives as long as it."""
+class WorkerSampler(GpuSampler, Protocol):
+    """The protocol's sampler, plus a run's series: started after the baselines, handed over
+    when the run ends (the sampler actor through ActorSampler)."""
 
-    def __init__(self, sample_interval_ms: float | None = None) -> None:
-        ctx = ray.get_runtime_context()
-        ids = ctx.get_accelerator_ids().get("GPU", [])
-        self.identity: GpuIdentity = resolve_gpus([str(i) for i in ids])
-        self.node_id = ctx.get_node_id()
+    def start(self, metric_tags: dict[str, str] | None = None) -> None: ...
+
+    def finish(self) -> SamplerReport: ...
+
+
+class RunRecord(BaselineCache, Protocol):
+    """The campaign's record of idle baselines and of which runs are active on which node
+    (execution/node_runs.CampaignRecord, in the BaselineCache actor)."""
+
+    def run_started(self, node_id: str, token: str, t_s: float) -> None: ...
+
+    def run_ended(self, token: str, t_s: float) -> None: ...
+
+    def sharing(self, node_id: str, token: str, start_s: float, end_s: float) -> int: ...
+
+    def active(self, node_id: str, token: str, t_s: float) -> int: ...
+
+
+class WorkerRuns:
+    """A worker's runs on its GPUs, without Ray: the engine pool, the compile cache and the
+    measurement protocol, with the sampler and the campaign's record handed in."""
+
+    def __init__(
+        self, identity: WorkerIdentity, new_sampler: Callable[[float], WorkerSampler],
+        backends: Callable[[str], type[Backend[Any]]] = backend_class,
+        clock: Clock | None = None,
+    ) -> None:
+        self.identity = identity
+        self.node_id = identity.node_id or ""
+        self.new_sampler = new_sampler
+        """A sampler on this worker's GPUs at the given interval (ms)."""
+        self.backends = backends
+        self.clock = clock or Clock()
         self.pool = EnginePool()
-        names = self.identity.gpu_names
-        self.artifacts = CompiledArtifacts(None, names[0] if names else self.identity.device)
-        self.sampler: Any = None
+        names = identity.gpu_names
+        self.artifacts = CompiledArtifacts(None, names[0] if names else identity.device)
+        self.sampler: WorkerSampler | None = None
         self.sample_interval_ms: float | None = None
-        if sample_interval_ms is not None:
-            # Its process starts beside this one's first run instead of inside it, GPUs held.
-            self._start_sampler(sample_interval_ms)
 
-    def identify(self) -> WorkerIdentity:
-        return WorkerIdentity(
-            **asdict(self.identity),
-            node_ip=ray.util.get_node_ip_address(),
-            node_id=self.node_id,
-            hostname=socket.gethostname(),
-            python_executable=sys.executable,
-        )
-
-    def _start_sampler(self, sample_interval_ms: float) -> None:
-        if self.sampler is not None:
-            ray.kill(self.sampler)
-        pg = ray.util.get_current_placement_group()
-        options = {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, 0)} if pg else {}
-        self.sampler = SamplerActor.options(**options).remote(
-            self.identity.gpu_uuids, sample_interval_ms, no_gpu_reason(self.identity), self.node_id,
-        )
-        self.sample_interval_ms = sample_interval_ms
-
-    def _sampler(self, execution: ExecutionConfig) -> Any:
-        if execution.telemetry.sample_interval_ms != self.sample_interval_ms:
-            self._start_sampler(execution.telemetry.sample_interval_ms)
+    def sampler_for(self, sample_interval_ms: float) -> WorkerSampler:
+        """The sampler at this interval: the one kept, or a new one in its place."""
+        if self.sampler is None or sample_interval_ms != self.sample_interval_ms:
+            self.sampler = self.new_sampler(sample_interval_ms)
+            self.sample_interval_ms = sample_interval_ms
         return self.sampler
 
     def _free_mib(self) -> list[float] | None:
@@ -132,8 +136,9 @@ class ExperimentWorker:
         free = self._free_mib()
         return min(free) if free else None
 
-    def run(self, request: RunRequest) -> RunOutcome:
-        """Cool down, baseline, load (or reuse), warm up, measure, prefill window.
+    def run(self, request: RunRequest, record: RunRecord | None) -> RunOutcome:
+        """Cool down, baseline, load (or reuse), warm up, measure, prefill window: the
+        measurement protocol (lem_ray/measure) on this worker's GPUs and engine pool.
 
         Engines that must make room for a new one are released before the GPUs are cooled
         and measured idle. On any error every engine is released too (a CUDA error may have
@@ -147,46 +152,48 @@ class ExperimentWorker:
         key = cfg.engine_key
         self.pool.capacity = execution.max_engines_per_worker
         if key not in self.pool.engines:
-            self.pool.make_room(key, backend_class(cfg.backend).exclusive, self._least_free_mib)
-        sampler = self._sampler(execution)
-        phases: dict[str, float] = {}
+            self.pool.make_room(key, self.backends(cfg.backend).exclusive, self._least_free_mib)
+        sampler = self.sampler_for(execution.telemetry.sample_interval_ms)
+        protocol = MeasurementProtocol(sampler, MeasureSettings(
+            execution.cooldown, execution.baseline, cfg.warmup, execution.prefill,
+            execution.validity), self.clock)
         if self.artifacts.location != request.compile_cache:
             self.artifacts = CompiledArtifacts(request.compile_cache, self.artifacts.gpu_name)
-        runs, token = request.baselines, uuid.uuid4().hex
+        token = uuid.uuid4().hex
         others = 0
-        if runs is not None:
-            now = time.time()
-            ray.get(runs.run_started.remote(self.node_id, token, now))
-            others = ray.get(runs.active.remote(self.node_id, token, now))
+        if record is not None:
+            now = self.clock.epoch_s()
+            record.run_started(self.node_id, token, now)
+            others = record.active(self.node_id, token, now)
         try:
-            conditions = _prepare_gpus(execution, runs, sampler, self.identity.gpu_uuids,
-                                       host_key(self.node_id), others == 0, phases)
-            ray.get(sampler.start.remote(request.metric_tags))
+            conditions = protocol.prepare(record, host_idle=others == 0)
+            sampler.start(request.metric_tags)
             try:
-                result = self._measure(cfg, key, request.prompts, sampler, execution, phases)
+                result = self._measure(cfg, key, request.prompts, protocol, conditions)
             except BaseException:
                 self.pool.release_all()
-                ray.get(sampler.finish.remote())
+                sampler.finish()
                 raise
-            if runs is not None:
+            if record is not None:
                 window = result.measure_window
-                result = replace(result, host_shared_by_runs=ray.get(
-                    runs.sharing.remote(self.node_id, token, window.start_s, window.end_s)))
+                result = replace(result, host_shared_by_runs=record.sharing(
+                    self.node_id, token, window.start_s, window.end_s))
         finally:
-            if runs is not None:
-                ray.get(runs.run_ended.remote(token, time.time()))
+            if record is not None:
+                record.run_ended(token, self.clock.epoch_s())
         if not request.keep_engine:
             self.pool.release_all()
-        return RunOutcome(self.identify(), started_at, result,
-                          ray.get(sampler.finish.remote()), conditions, phases, self.pool.keys())
+        return RunOutcome(self.identity, started_at, result, sampler.finish(), conditions,
+                          protocol.phases_s, self.pool.keys())
 
     def _measure(
-        self, cfg: ExperimentConfig, key: str, prompts: list[str], sampler: Any,
-        execution: ExecutionConfig, phases: dict[str, float],
+        self, cfg: ExperimentConfig, key: str, prompts: list[str],
+        protocol: MeasurementProtocol, conditions: GpuConditions,
     ) -> RunResult:
         """Every window edge after a device sync. The GPUs' free memory before and after
         tells the pool how much this engine holds."""
-        t0 = time.perf_counter()
+        perf_s = self.clock.perf_s
+        t0 = perf_s()
         backend = self.pool.take(key)
         reused = backend is not None
         if backend is not None:
@@ -205,16 +212,16 @@ class ExperimentWorker:
             backend.prepare(prompts)
         backend.synchronize()
         use = self.artifacts.after(backend, use)
-        phases["loading"] = time.perf_counter() - t0
-        with _no_gc(freeze=not reused or not self.pool.heap_frozen):
+        load_s = protocol.phases_s["loading"] = perf_s() - t0
+        with no_gc(freeze=not reused or not self.pool.heap_frozen):
             self.pool.heap_frozen = True
-            result = self._windows(backend, cfg, prompts, sampler, execution, phases,
-                                   phases["loading"], reused, use)
+            measured = protocol.measure(backend, prompts, conditions)
+            own_pids = _own_pids()
         free_after = self._free_mib()
         grown = (max(b - a for b, a in zip(free_before, free_after))
                  if free_before and free_after else None)
         self.pool.record(key, grown, loaded=not reused)
-        return result
+        return _run_result(backend, measured, own_pids, load_s, reused, use)
 
     def _load(
         self, cfg: ExperimentConfig, key: str
@@ -225,7 +232,7 @@ class ExperimentWorker:
         device = DeviceInfo(self.identity.device, len(self.identity.gpu_uuids))
         while True:
             free_before = self._free_mib()
-            backend = backend_class(cfg.backend)(cfg, device)
+            backend = self.backends(cfg.backend)(cfg, device)
             use = self.artifacts.before(backend, cfg)
             try:
                 backend.load()
@@ -238,129 +245,92 @@ class ExperimentWorker:
             self.pool.add(key, backend)
             return backend, free_before, use
 
-    def _windows(
-        self, backend: Backend, cfg: ExperimentConfig, prompts: list[str], sampler: Any,
-        execution: ExecutionConfig, phases: dict[str, float], load_s: float, reused: bool,
-        use: CacheUse,
-    ) -> RunResult:
-        ray.get(sampler.begin.remote("warmup"))
-        warmup = run_warmup(backend.generate, prompts, cfg.warmup, backend.warmup_batch_size)
-        backend.synchronize()
-        warmup_window = ray.get(sampler.end.remote("warmup"))
-        phases["warmup"] = warmup_window.duration_s
-        ray.get(sampler.begin.remote("measure"))
-        start_s = time.perf_counter()
-        records = backend.measure(prompts)
-        backend.synchronize()
-        duration_s = time.perf_counter() - start_s
-        # The sampler stamps its samples with time.time() on this node: keep the offset
-        # that maps this process's perf_counter onto it, for the steady-state window.
-        epoch_minus_perf_s = time.time() - time.perf_counter()
-        measure_window = ray.get(sampler.end.remote("measure"))
-        own_pids = _own_pids()
-        measured = measure_window.energy_j is not None
-        prefill = PrefillSettings(
-            execution.prefill.enabled, execution.validity.min_window_s,
-            execution.prefill.max_repeats,
+
+def _run_result(
+    backend: Backend[Any], measured: Measurement, own_pids: set[int], load_s: float,
+    reused: bool, use: CacheUse,
+) -> RunResult:
+    """The protocol's measurement with what the engine says of itself."""
+    warmup, warmup_window = measured.warmup, measured.warmup_window
+    assert warmup is not None and warmup_window is not None, "the protocol always warms up"
+    return RunResult(
+        records=measured.records,
+        measure_start_perf_s=measured.measure_start_perf_s,
+        duration_s=measured.duration_s,
+        engine_load_s=load_s,
+        engine_reused=reused,
+        engine_id=backend.engine_id,
+        compile_cache=use.status,
+        compile_cache_hash=use.sha256,
+        compile_cache_key=use.key,
+        timing_method=backend.timing_method,
+        warmup=warmup,
+        warmup_window=warmup_window,
+        measure_window=measured.measure_window,
+        prefill=measured.prefill,
+        energy=measured.energy,
+        own_pids=own_pids,
+        peak_memory_mib=peak_memory_mib(backend),
+        versions=plain_versions({**backend.versions(), "python": platform.python_version(),
+                                 "ray": ray.__version__}),
+        details=backend.details(),
+        engine_config=backend.engine_config(),
+        steady_window=backend.steady_window(),
+        epoch_minus_perf_s=measured.epoch_minus_perf_s,
+        engine_load=backend.engine_load(),
+        stream_sha256=backend.stream_sha256(),
+    )
+
+
+class Blocking:
+    """An actor handle whose method calls wait for their result: `x.f(...)` is
+    `ray.get(actor.f.remote(...))`."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.actor, name)
+        return lambda *args: ray.get(method.remote(*args))
+
+
+class ExperimentWorker:
+    """The worker actor (actors.WorkerActor): Ray's context in, Ray's handles behind blocking
+    adapters, the runs WorkerRuns'. Lives in a placement group as long as the driver keeps
+    that group; its sampler (in the same group, bound to the same GPU UUIDs) lives as long
+    as it."""
+
+    def __init__(self, sample_interval_ms: float | None = None) -> None:
+        ctx = ray.get_runtime_context()
+        ids = ctx.get_accelerator_ids().get("GPU", [])
+        gpus = resolve_gpus([str(i) for i in ids])
+        identity = WorkerIdentity(
+            **asdict(gpus), node_ip=ray.util.get_node_ip_address(), node_id=ctx.get_node_id(),
+            hostname=socket.gethostname(), python_executable=sys.executable,
         )
-        prefill_result = (
-            _prefill(backend, sampler, prompts, prefill) if prefill.enabled and measured else None
+        self.sampler_actor: Any = None
+        self.runs = WorkerRuns(identity, self._new_sampler)
+        if sample_interval_ms is not None:
+            # Its process starts beside this one's first run instead of inside it, GPUs held.
+            self.runs.sampler_for(sample_interval_ms)
+
+    def identify(self) -> WorkerIdentity:
+        return self.runs.identity
+
+    def run(self, request: RunRequest) -> RunOutcome:
+        record = Blocking(request.baselines) if request.baselines is not None else None
+        return self.runs.run(request, record)
+
+    def _new_sampler(self, sample_interval_ms: float) -> ActorSampler:
+        identity = self.runs.identity
+        if self.sampler_actor is not None:
+            ray.kill(self.sampler_actor)
+        pg = ray.util.get_current_placement_group()
+        options = {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, 0)} if pg else {}
+        self.sampler_actor = SamplerActor.options(**options).remote(
+            identity.gpu_uuids, sample_interval_ms, no_gpu_reason(identity), identity.node_id,
         )
-        phases["measuring"] = measure_window.duration_s + (
-            prefill_result.window.duration_s if prefill_result else 0.0
-        )
-        return RunResult(
-            records=records,
-            measure_start_perf_s=start_s,
-            duration_s=duration_s,
-            engine_load_s=load_s,
-            engine_reused=reused,
-            engine_id=backend.engine_id,
-            compile_cache=use.status,
-            compile_cache_hash=use.sha256,
-            compile_cache_key=use.key,
-            timing_method=backend.timing_method,
-            warmup=warmup,
-            warmup_window=warmup_window,
-            measure_window=measure_window,
-            prefill=prefill_result,
-            own_pids=own_pids,
-            peak_memory_mib=peak_memory_mib(backend),
-            versions=plain_versions({**backend.versions(), "python": platform.python_version(),
-                                     "ray": ray.__version__}),
-            details=backend.details(),
-            engine_config=backend.engine_config(),
-            steady_window=backend.steady_window(),
-            epoch_minus_perf_s=epoch_minus_perf_s,
-            engine_load=backend.engine_load(),
-            stream_sha256=backend.stream_sha256(),
-        )
-
-
-def _prepare_gpus(
-    execution: ExecutionConfig, baselines: Any, sampler: Any, uuids: list[str], host: str,
-    host_idle: bool, phases: dict[str, float],
-) -> GpuConditions:
-    """Cool down and take (or reuse) the idle baselines of the GPUs and of the host (under the
-    key `host`; measured only when host_idle: no other run active on the node), both before
-    anything is loaded."""
-    phases["cooldown"] = phases["baseline"] = 0.0
-    if not uuids:
-        return GpuConditions()
-    waited_s = hottest_c = None
-    if execution.cooldown.target_temp_c is not None:
-        t0 = time.perf_counter()
-        waited_s, hottest_c = ray.get(sampler.cool_down.remote(
-            execution.cooldown.target_temp_c, execution.cooldown.max_wait_s))
-        phases["cooldown"] = time.perf_counter() - t0
-    measured: dict[str, dict[str, Any]] = {}
-    if execution.baseline.enabled:
-        t0 = time.perf_counter()
-        known = ray.get(baselines.get.remote([*uuids, host]))
-        measured = ray.get(sampler.baseline.remote(
-            known, execution.baseline.duration_s, execution.baseline.ttl_s, host_idle))
-        ray.get(baselines.put.remote(measured))
-        phases["baseline"] = time.perf_counter() - t0
-    return GpuConditions(waited_s, hottest_c, measured)
-
-
-def _prefill(
-    backend: Backend, sampler: Any, prompts: list[str], settings: PrefillSettings
-) -> PrefillResult:
-    """The measured prompts again, one output token each, repeated until the window is long
-    enough for the energy counter (or max_repeats); energy is then divided by the passes."""
-    backend.synchronize()
-    ray.get(sampler.begin.remote("prefill"))
-    started = time.perf_counter()
-    passes = 0
-    while True:
-        backend.generate(prompts, max_output_tokens=1)
-        passes += 1
-        backend.synchronize()
-        if time.perf_counter() - started >= settings.min_window_s or passes >= settings.max_repeats:
-            break
-    window = ray.get(sampler.end.remote("prefill"))
-    return PrefillResult(window, passes, time.perf_counter() - started)
-
-
-@contextmanager
-def _no_gc(freeze: bool) -> Iterator[None]:
-    """No garbage collection inside the windows. A collection of a Ray worker's heap stalls
-    the host for milliseconds, and a decode loop bound by kernel launches turns host stalls
-    into time and energy; generate() makes few reference cycles, so memory stays flat without
-    collecting for a run. freeze (a run that loaded an engine, or nothing frozen yet): the
-    objects alive after the collection (libraries, engines) leave every later collection, so
-    the one before each run walks only what came since: a full collection of a warm worker's
-    heap takes ~150 ms of CPU, the bulk of a short run. Releasing an engine thaws them
-    (EnginePool.release)."""
-    gc.collect()
-    if freeze:
-        gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+        return ActorSampler(self.sampler_actor, identity.gpu_uuids, identity.node_id)
 
 
 def peak_memory_mib(backend: Backend[Any]) -> float | None:

@@ -1,6 +1,7 @@
-"""Figures derived from a run's request records and energy windows. One definition each.
+"""Figures derived from a run's request records. One definition each.
 
-docs/metrics.md says in words what each divides by; keep the two in step.
+docs/metrics.md says in words what each divides by; keep the two in step. The energy figures
+are lem_ray/measure/energy.py's.
 """
 
 from __future__ import annotations
@@ -58,59 +59,6 @@ def _itl_stats(records: list[RequestRecord]) -> dict[str, float | None]:
                 gaps += r.output_tokens - 1
         out["itl_ms_mean"] = total_ms / gaps
     return out
-
-
-def energy_metrics(
-    energy_j: float | None, duration_s: float, output_tokens: int, num_requests: int
-) -> dict[str, float | None]:
-    """Ratios over the measured window's energy; null when there is no energy to divide."""
-    if energy_j is None:
-        return {
-            "energy_j_per_output_token": None,
-            "energy_j_per_request": None,
-            "output_tokens_per_j": None,
-            "avg_power_w": None,
-        }
-    return {
-        "energy_j_per_output_token": energy_j / output_tokens if output_tokens else None,
-        "energy_j_per_request": energy_j / num_requests if num_requests else None,
-        "output_tokens_per_j": output_tokens / energy_j if energy_j > 0 else None,
-        "avg_power_w": energy_j / duration_s if duration_s > 0 else None,
-    }
-
-
-def attribute_energy(
-    records: list[RequestRecord],
-    energy_j: float | None,
-    prefill_j: float | None,
-    decode_j: float | None,
-) -> list[float | None]:
-    """Each request's share of the window's energy (the shares add up to energy_j).
-
-    With a prefill/decode split: prefill energy by input-token share plus decode energy by
-    output-token share. Without it: the window's energy by output-token share.
-    """
-    if energy_j is None:
-        return [None] * len(records)
-    total_in = sum(r.input_tokens for r in records)
-    total_out = sum(r.output_tokens for r in records)
-    if prefill_j is not None and decode_j is not None and total_in and total_out:
-        return [prefill_j * r.input_tokens / total_in + decode_j * r.output_tokens / total_out
-                for r in records]
-    if total_out:
-        return [energy_j * r.output_tokens / total_out for r in records]
-    return [None] * len(records)
-
-
-def split_prefill_decode(
-    energy_j: float | None, prefill_window_j: float | None, passes: int
-) -> tuple[float | None, float | None]:
-    """(prefill J, decode J) of the measured prompts: one prefill pass of the same prompts,
-    measured over `passes` repeats and divided back; decode is what the full run used beyond it."""
-    if energy_j is None or prefill_window_j is None or passes < 1:
-        return None, None
-    prefill_j = prefill_window_j / passes
-    return prefill_j, energy_j - prefill_j
 
 
 def request_rows(

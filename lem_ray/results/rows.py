@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import lem_ray
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.measure.energy import adjusted_energy_j, attribute_energy, idle_power_w
 from lem_ray.records import Baseline, GpuEnvironment, RunAttempt, host_key
 from lem_ray.results.attribution import STEP, TOKEN_SHARE, attribute_by_step
 from lem_ray.results.columns import (
@@ -36,13 +37,7 @@ from lem_ray.results.columns import (
     Validity,
 )
 from lem_ray.results.fields import names
-from lem_ray.results.metrics import (
-    attribute_energy,
-    energy_metrics,
-    request_metrics,
-    request_rows,
-    split_prefill_decode,
-)
+from lem_ray.results.metrics import request_metrics, request_rows
 from lem_ray.results.schema import row
 from lem_ray.results.slo import slo_columns
 from lem_ray.results.validity import (
@@ -53,17 +48,14 @@ from lem_ray.results.validity import (
     throttle_seconds,
     validity_flags,
 )
-from lem_ray.telemetry.energy import adjusted_energy_j, trapezoid_energy_j
+from lem_ray.telemetry.energy import trapezoid_energy_j
 from lem_ray.telemetry.sampler import SOURCE_COUNTER
 
 if TYPE_CHECKING:  # what the actors hand the driver: results is given them, imports no actor
     from lem_ray.backends.traffic import EngineLoad, SteadyWindow
-    from lem_ray.execution.handoff import (
-        GpuConditions,
-        RunResult,
-        SamplerReport,
-        WorkerIdentity,
-    )
+    from lem_ray.execution.handoff import RunResult, WorkerIdentity
+    from lem_ray.measure.protocol import GpuConditions
+    from lem_ray.measure.sampler import SamplerReport
 
 
 @dataclass
@@ -127,13 +119,14 @@ def failed_rows(
     )
 
 
-def _baseline(baselines: dict[str, Baseline], uuids: list[str]) -> dict[str, Any]:
+def _baseline(baselines: dict[str, dict[str, Any]], uuids: list[str]) -> dict[str, Any]:
     """Summed idle power over the run's GPUs, the oldest age, and how it was taken."""
-    if not uuids or any(u not in baselines for u in uuids):
+    power_w = idle_power_w(baselines, uuids)
+    if power_w is None:
         return {"baseline_power_w": None, "baseline_age_s": None, "baseline_method": None}
-    entries = [baselines[u] for u in uuids]
+    entries = [Baseline.of(baselines[u]) for u in uuids]
     return {
-        "baseline_power_w": sum(e.power_w for e in entries),
+        "baseline_power_w": power_w,
         "baseline_age_s": max(0.0 if e.age_s is None else e.age_s for e in entries),
         "baseline_method": entries[0].method,
     }
@@ -193,38 +186,13 @@ def _steady(config: ExperimentConfig, window: SteadyWindow | None, epoch_minus_p
     )
 
 
-@dataclass(frozen=True)
-class _Energy:
-    """The measured window's energy, split and adjusted: what several column groups share."""
-
-    energy_j: float | None
-    window_s: float
-    prefill_j: float | None
-    decode_j: float | None
-    adjusted_j: float | None
-
-
-def _energy(result: RunResult, baseline_power_w: float | None) -> _Energy:
+def _energy_columns(result: RunResult, baseline: dict[str, Any]) -> dict[str, Any]:
     window = result.measure_window
-    prefill = result.prefill
-    prefill_j, decode_j = split_prefill_decode(
-        window.energy_j, prefill.window.energy_j if prefill else None,
-        prefill.passes if prefill else 0,
-    )
-    adjusted_j = adjusted_energy_j(window.energy_j, baseline_power_w, window.duration_s)
-    return _Energy(window.energy_j, window.duration_s, prefill_j, decode_j, adjusted_j)
-
-
-def _energy_columns(
-    result: RunResult, energy: _Energy, ratios: dict[str, Any], output_tokens: int,
-    baseline: dict[str, Any],
-) -> dict[str, Any]:
-    window = result.measure_window
-    adjusted_j = energy.adjusted_j
+    energy = result.energy
     prefill = result.prefill
     return {
         "energy_j": energy.energy_j,
-        **ratios,
+        **energy.ratios(),
         "energy_source": window.source,
         "energy_unavailable_reason": window.unavailable_reason,
         "energy_by_gpu_json": json.dumps(window.energy_by_gpu_j) if window.energy_by_gpu_j else None,
@@ -236,10 +204,8 @@ def _energy_columns(
         "measure_end_epoch_s": window.end_s,
         "energy_warmup_j": result.warmup_window.energy_j,
         **baseline,
-        "energy_adjusted_j": adjusted_j,
-        "energy_adjusted_j_per_output_token": (
-            adjusted_j / output_tokens if adjusted_j is not None and output_tokens else None
-        ),
+        "energy_adjusted_j": energy.adjusted_j,
+        "energy_adjusted_j_per_output_token": energy.adjusted_j_per_output_token,
         "energy_prefill_j": energy.prefill_j,
         "energy_decode_j": energy.decode_j,
         "prefill_passes": prefill.passes if prefill else None,
@@ -393,11 +359,9 @@ def ok_rows(
     baselines = {key: Baseline.of(entry) for key, entry in conditions.baselines.items()}
     gpus = [GpuEnvironment.of(entry) for entry in telemetry.environment.values()]
     samples = [Sample(**sample) for sample in telemetry.timeseries]
-    baseline = _baseline(baselines, identity.gpu_uuids)
+    baseline = _baseline(conditions.baselines, identity.gpu_uuids)
     gpu_conditions = _conditions(conditions, gpus)
-    energy = _energy(result, baseline["baseline_power_w"])
-    ratios = energy_metrics(energy.energy_j, energy.window_s, req["output_tokens"],
-                            req["num_requests"])
+    energy = result.energy
     experiment = row(
         "experiments",
         _ids(ids),
@@ -407,9 +371,9 @@ def ok_rows(
         _placement(identity),
         _engine_warmup(result),
         Throughput(**req),
-        Energy(**_energy_columns(result, energy, ratios, req["output_tokens"], baseline)),
+        Energy(**_energy_columns(result, baseline)),
         _host(result, baselines, identity.node_id, energy.energy_j, req["output_tokens"]),
-        _validity(result, telemetry, gpus, execution, ratios["avg_power_w"],
+        _validity(result, telemetry, gpus, execution, energy.avg_power_w,
                   gpu_conditions.power_limit_w, baseline["baseline_power_w"], config),
         gpu_conditions,
         _software(result, telemetry),

@@ -1,4 +1,6 @@
-"""Energy arithmetic: counter deltas, trapezoid integration, baseline adjustment. Pure."""
+"""Energy readings: counter deltas and trapezoid integration of instant power. Pure.
+
+What is derived from them (baseline adjustment, splits, ratios) is lem_ray/measure/energy.py."""
 
 from __future__ import annotations
 
@@ -14,19 +16,6 @@ def counter_delta_j(start_mj: int, end_mj: int) -> float:
             f"energy counter went backwards ({start_mj} -> {end_mj} mJ): driver reload or GPU reset"
         )
     return (end_mj - start_mj) / 1000.0
-
-
-def adjusted_energy_j(
-    energy_j: float | None, baseline_power_w: float | None, duration_s: float
-) -> float | None:
-    """Energy above idle over the measured window only: raw - P_idle x duration.
-
-    Pass the baseline summed over the same GPUs as energy_j. The result is not clipped: a
-    negative value says the baseline was measured warmer than the run and should be looked at.
-    """
-    if energy_j is None or baseline_power_w is None:
-        return None
-    return energy_j - baseline_power_w * duration_s
 
 
 def trapezoid_energy_j(

@@ -103,6 +103,12 @@ def nvml_status() -> tuple[bool, str | None]:
     return True, None
 
 
+def device_count() -> int:
+    """GPUs NVML sees on this node (all of them: NVML ignores CUDA_VISIBLE_DEVICES)."""
+    count: int = _call("nvmlDeviceGetCount")
+    return count
+
+
 def uuids_for_indices(indices: Sequence[int | str]) -> list[str]:
     """NVML UUIDs for a worker's visible devices.
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from lem_ray.config.experiment import WarmupConfig
 from lem_ray.records import RequestRecord
@@ -40,6 +40,7 @@ def run_warmup(
     prompts: list[str],
     cfg: WarmupConfig,
     batch_size: int,
+    clock: Callable[[], float] | None = None,
 ) -> WarmupOutcome:
     """Send full steps of `batch_size` prompts (cycling through the prompt list).
 
@@ -48,9 +49,11 @@ def run_warmup(
     time per output token. cv mode stops once the CV of the last `window` steps (the first
     step excluded) is under the threshold; it gives up after `max_steps` steps or once
     `max_s` has passed (converged False). fixed mode runs enough full steps to send
-    `requests` requests and reports the CV it saw without judging it.
+    `requests` requests and reports the CV it saw without judging it. clock: the run's
+    perf_counter (time.perf_counter unless given).
     """
-    started = time.perf_counter()
+    now = clock or time.perf_counter
+    started = now()
     latencies: list[float] = []
     converged: bool | None = None if cfg.mode == "fixed" else False
     cursor = 0
@@ -58,9 +61,9 @@ def run_warmup(
     while len(latencies) < steps:
         step = [prompts[(cursor + i) % len(prompts)] for i in range(batch_size)]
         cursor += batch_size
-        t0 = time.perf_counter()
+        t0 = now()
         records = generate(step)
-        elapsed_ms = (time.perf_counter() - t0) * 1000
+        elapsed_ms = (now() - t0) * 1000
         latencies.append(elapsed_ms / max(1, sum(r.output_tokens for r in records)))
         if cfg.mode == "fixed":
             continue
@@ -69,12 +72,12 @@ def run_warmup(
         if cv is not None and cv < cfg.cv_threshold:
             converged = True
             break
-        if time.perf_counter() - started >= cfg.max_s:
+        if now() - started >= cfg.max_s:
             break
     return WarmupOutcome(
         requests=len(latencies) * batch_size,
         steps=len(latencies),
         converged=converged,
         final_cv=coefficient_of_variation(judged_latencies(latencies, cfg.window)),
-        duration_s=time.perf_counter() - started,
+        duration_s=now() - started,
     )
