@@ -7,9 +7,10 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -57,7 +58,7 @@ def ray_env(address: str | None = None) -> dict[str, str]:
 DEFAULT_PORTS = (6379, 8265, 10001, 52365)
 
 
-def own_cluster(**head_args: Any) -> "Cluster":
+def own_cluster(**head_args: Any) -> Cluster:
     """A ray.cluster_utils.Cluster of this session's own, its head with `head_args`."""
     from ray.cluster_utils import Cluster
 

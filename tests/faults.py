@@ -6,8 +6,8 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import psutil
 import pyarrow.dataset as ds
@@ -77,7 +77,7 @@ class DatasetWatcher(threading.Thread):
                         self.problems.append(f"hidden file visible: {bad}")
                     data = read_table(self.results_dir, table)
                     self.reads += 1
-                except Exception as exc:  # noqa: BLE001 - any read failure is the finding
+                except Exception as exc:  # any read failure is the finding
                     self.problems.append(f"{table}: {type(exc).__name__}: {exc}")
                     continue
                 if table == "experiments" and data.num_rows:

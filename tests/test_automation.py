@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import ray
@@ -139,7 +140,7 @@ def test_scheduler_waits_skips_and_resumes(tmp_path: Path) -> None:
 class Hook(BaseHTTPRequestHandler):
     received: list[dict[str, Any]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:  # http.server's name
         length = int(self.headers["Content-Length"])
         Hook.received.append({"path": self.path, "type": self.headers["Content-Type"],
                               "body": json.loads(self.rfile.read(length))})

@@ -15,10 +15,11 @@ import subprocess
 import sys
 import threading
 import tracemalloc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -149,7 +150,7 @@ def test_token_counts_of_a_hub_model_in_the_local_cache(tmp_path: Path,
 class _Garbage(BaseHTTPRequestHandler):
     """Answers a POST with what is not HTTP, or with a redirect to a file."""
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:  # http.server's name
         if self.path.startswith("/redirect"):
             self.send_response(307)
             self.send_header("Location", f"file:///tmp/{SECRET}")

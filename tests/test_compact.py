@@ -12,10 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from lem_ray.cli.main import main
-from lem_ray.results import compact as compact_module
-from lem_ray.results import store
-from lem_ray.results.compact import CompactionBusy, compact
 from lem_ray.records import RunKey
+from lem_ray.results import compact as compact_module, store
+from lem_ray.results.compact import CompactionBusy, compact
 from lem_ray.results.schema import empty_row
 from lem_ray.results.store import read_table, write_rows
 

@@ -14,8 +14,8 @@ import yaml
 from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.execution.doctor import Check, DoctorReport, _check_host_energy, _check_podman
 from lem_ray.telemetry.rapl import host_status, read_text
-from tests.powercap import FakePowercap
 from tests.conftest import TINY_BASE
+from tests.powercap import FakePowercap
 
 
 @pytest.mark.slow

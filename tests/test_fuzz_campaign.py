@@ -12,8 +12,9 @@ import copy
 import json
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from click.testing import CliRunner

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from fsspec.implementations.memory import MemoryFileSystem
 
 from lem_ray.cli.main import main
-
 from lem_ray.results import journal, store
 from lem_ray.results.journal import ManifestCorrupt, ManifestStore, read_state
 from lem_ray.results.manifest import load_manifest, new_entry

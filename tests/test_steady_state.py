@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from lem_ray.backends.base import DeviceInfo
-from lem_ray.backends.traffic import EngineLoad, StepLoad, SteadyWindow, engine_load
+from lem_ray.backends.traffic import EngineLoad, SteadyWindow, StepLoad, engine_load
 from lem_ray.backends.vllm.backend import VLLMBackend
 from lem_ray.backends.vllm.stats import SchedulerTap
 from lem_ray.results.validity import ValidityInputs, validity_flags

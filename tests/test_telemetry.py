@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from lem_ray.telemetry.energy import adjusted_energy_j, counter_delta_j, trapezoid_energy_j
 from lem_ray.telemetry.nvml import (
     DeviceReader,
     EnergyCounterUnsupportedError,
@@ -21,7 +23,6 @@ from lem_ray.telemetry.nvml import (
     TelemetryError,
     nvml_status,
 )
-from lem_ray.telemetry.energy import adjusted_energy_j, counter_delta_j, trapezoid_energy_j
 from lem_ray.telemetry.sampler import SOURCE_COUNTER, SOURCE_INTEGRATED, EnergySampler
 
 

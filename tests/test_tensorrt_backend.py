@@ -35,6 +35,7 @@ from lem_ray.backends.tensorrt.translate import (
 )
 from lem_ray.config.experiment import ExperimentConfig
 from tests.strict_fakes import (
+    TRTLLM_SAMPLING_PARAMS,
     TrtBuildConfig,
     TrtCalibConfig,
     TrtKvCacheConfig,
@@ -42,7 +43,6 @@ from tests.strict_fakes import (
     TrtSamplingParams,
     check_names,
     check_trtllm_llm_kwargs,
-    TRTLLM_SAMPLING_PARAMS,
 )
 
 MODEL = "builtin:tiny-llama"
@@ -421,10 +421,10 @@ class FakeStream:
         self.outputs = [types.SimpleNamespace(token_ids=[])]
         self._chunks = list(chunks)
 
-    def __aiter__(self) -> "FakeStream":
+    def __aiter__(self) -> FakeStream:
         return self
 
-    async def __anext__(self) -> "FakeStream":
+    async def __anext__(self) -> FakeStream:
         if not self._chunks:
             raise StopAsyncIteration
         await asyncio.sleep(0.001)
@@ -433,7 +433,7 @@ class FakeStream:
 
 
 class FakeLLM:
-    built: list["FakeLLM"] = []
+    built: list[FakeLLM] = []
 
     def __init__(self, **kwargs: Any) -> None:
         check_trtllm_llm_kwargs(kwargs)

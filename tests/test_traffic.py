@@ -130,7 +130,7 @@ class SimulatedEngine:
 
     ENGINE_CLOCK_OFFSET_S = -5000.0
 
-    def __init__(self, clock: "Clock", length: int = 3, step_s: float = 0.1,
+    def __init__(self, clock: Clock, length: int = 3, step_s: float = 0.1,
                  stats: bool = False, core_lag_s: float = 0.0) -> None:
         self.clock, self.length, self.step_s = clock, length, step_s
         self.stats, self.core_lag_s = stats, core_lag_s

@@ -46,7 +46,7 @@ class TrafficConfig(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _rules(self) -> "TrafficConfig":
+    def _rules(self) -> TrafficConfig:
         if self.mode not in RATE_MODES and self.rate_rps is not None:
             raise invalid_combination("traffic.rate_rps only applies to constant, poisson or gamma")
         if self.mode in RATE_MODES and self.rate_rps is None:

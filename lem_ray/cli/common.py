@@ -56,7 +56,7 @@ def check_output_file(path: Path, option: str) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise ConfigError(f"cannot create {path}: {probe} is a file", path=option)
-    if not os.access(probe, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
+    if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ConfigError(f"no permission to write {path}", path=option)
 
 

@@ -23,6 +23,8 @@ from rich.text import Text
 from lem_ray.cli.common import check_output_file, console, fail
 from lem_ray.errors import ConfigError
 from lem_ray.results.bootstrap import CI_LEVEL
+from lem_ray.results.manifest import load_manifest, reconciled
+from lem_ray.results.pairs import pair_runs
 from lem_ray.results.report import (
     DEFAULT_GROUP_BY,
     DEFAULT_MAX_CYCLE_CV,
@@ -41,8 +43,6 @@ from lem_ray.results.report import (
     format_number,
     shown_metrics,
 )
-from lem_ray.results.manifest import load_manifest, reconciled
-from lem_ray.results.pairs import pair_runs
 from lem_ray.results.slo import best_under_slo
 from lem_ray.results.store import exists, open_dataset, read_table, resolve, write_table
 

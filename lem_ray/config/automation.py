@@ -74,7 +74,7 @@ class NotifyConfig(StrictModel):
         return url
 
     @model_validator(mode="after")
-    def _one_source(self) -> "NotifyConfig":
+    def _one_source(self) -> NotifyConfig:
         if (self.webhook_url is None) == (self.webhook_url_env is None):
             raise ValueError("set exactly one of webhook_url and webhook_url_env")
         return self
@@ -124,7 +124,7 @@ class ScheduleConfig(StrictModel):
         return name
 
     @model_validator(mode="after")
-    def _one_form(self) -> "ScheduleConfig":
+    def _one_form(self) -> ScheduleConfig:
         if (self.every is None) == (self.at is None):
             raise ValueError("set either every (with for) or at (with optional days and for)")
         if self.every is not None and self.for_ is None:

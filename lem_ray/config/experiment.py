@@ -80,7 +80,7 @@ class SLOConfig(StrictModel):
         "this share of its requests meets it, in every counted cycle")
 
     @model_validator(mode="after")
-    def _some_limit(self) -> "SLOConfig":
+    def _some_limit(self) -> SLOConfig:
         if self.ttft_ms is None and self.tpot_ms is None:
             raise ValueError("slo: set ttft_ms, tpot_ms or both")
         return self
@@ -124,7 +124,7 @@ class _ExperimentFields(StrictModel):
         return name
 
     @model_validator(mode="after")
-    def _rules(self) -> "_ExperimentFields":
+    def _rules(self) -> _ExperimentFields:
         for other in BACKEND_NAMES:
             if other != self.backend and getattr(self, other) is not None:
                 raise invalid_combination(

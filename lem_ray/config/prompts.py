@@ -20,7 +20,7 @@ class LengthDistribution(StrictModel):
     max: int = Field(512, ge=1, le=MAX_INPUT_WORDS)
 
     @model_validator(mode="after")
-    def _bounds(self) -> "LengthDistribution":
+    def _bounds(self) -> LengthDistribution:
         if self.min > self.max:
             raise invalid_combination("prompts.input_len.min must be <= input_len.max")
         return self

@@ -9,9 +9,10 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from lem_ray.config.automation import NotifyConfig, webhook_url_problem
 from lem_ray.errors import ConfigError

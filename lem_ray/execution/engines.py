@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from lem_ray.backends.base import Backend
 

@@ -11,8 +11,8 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from lem_ray.results.journal import ManifestStore
 from lem_ray.records import RunKey
+from lem_ray.results.journal import ManifestStore
 from lem_ray.results.manifest import STATES, new_entry, reconcile
 from lem_ray.results.store import read_table, resolve
 

@@ -14,7 +14,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from lem_ray.execution.actors import WorkerActor
 from lem_ray.execution.handoff import WorkerIdentity
 
-
 # How long closing or recycling a slot waits for Ray to report its killed worker dead.
 EXIT_WAIT_S = 10.0
 
@@ -57,7 +56,7 @@ class Slot:
     @classmethod
     def open(cls, slot_id: int, gpus: int, node: str, name: str,
              runtime_env: dict[str, Any] | None = None, kind: str = "",
-             sample_interval_ms: float | None = None) -> "Slot":
+             sample_interval_ms: float | None = None) -> Slot:
         """Reserve the GPUs (Ray grants them when free; node is a soft target) and start a
         worker in them, and its sampler when the interval is given; calls to the worker wait
         for both."""

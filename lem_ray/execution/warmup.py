@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from lem_ray.config.experiment import WarmupConfig
 from lem_ray.records import RequestRecord

@@ -5,8 +5,9 @@ that fails fails its run with the error; nothing is dropped in a thread unseen."
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 from lem_ray.execution.rows import RunRows
 from lem_ray.records import RunKey

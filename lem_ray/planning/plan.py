@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from lem_ray.backends.registry import engine_args
-from lem_ray.config.base import no_control_characters
 from lem_ray.backends.traffic import read_trace
+from lem_ray.config.base import no_control_characters
 from lem_ray.config.campaign import CampaignConfig
 from lem_ray.config.limits import MAX_RUNS
 from lem_ray.config.loading import error_from_validation, load_campaign, parse_campaign, read_yaml

@@ -6,9 +6,10 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lem_ray.config.limits import MAX_PROMPTS
 from lem_ray.config.prompts import FilePrompts

@@ -10,8 +10,8 @@ later token weighs 1. Pure: plain numbers in, numbers out.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from lem_ray.records import RequestRecord
 from lem_ray.telemetry.energy import trapezoid_energy_j

@@ -7,8 +7,8 @@ fixed seed, so a report read twice gives the same interval.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 POWERCAP_ROOT = "/sys/class/powercap"
 SOURCE_RAPL = "rapl"

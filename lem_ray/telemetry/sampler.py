@@ -12,8 +12,9 @@ import bisect
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from lem_ray.telemetry.energy import counter_delta_j, trapezoid_energy_j
 from lem_ray.telemetry.nvml import DeviceFactory, DeviceReader, GpuDevice, GpuSample, TelemetryError

@@ -11,8 +11,8 @@ from lem_ray.assets import resolve_model
 from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
 from lem_ray.backends.pytorch.batching import make_batches
 from lem_ray.backends.pytorch.config import PyTorchConfig
-from lem_ray.backends.pytorch.dummy import build_dummy
 from lem_ray.backends.pytorch.decode_loop import DecodeLoop
+from lem_ray.backends.pytorch.dummy import build_dummy
 from lem_ray.backends.pytorch.streamer import StepTimer
 from lem_ray.backends.pytorch.timing import CUDA_EVENT, HOST_CLOCK, StepClock
 

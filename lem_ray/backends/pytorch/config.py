@@ -78,7 +78,7 @@ class PyTorchConfig(BackendOptions):
         return None
 
     @model_validator(mode="after")
-    def _rules(self) -> "PyTorchConfig":
+    def _rules(self) -> PyTorchConfig:
         if self.load_in_4bit and self.load_in_8bit:
             raise invalid_combination(
                 "pytorch.load_in_4bit and pytorch.load_in_8bit are exclusive"

@@ -21,14 +21,8 @@ from types import ModuleType
 from typing import Any
 
 from lem_ray.backends.base import Backend, BackendUnavailable, DeviceInfo, RequestRecord
-from lem_ray.backends.tensorrt.config import TensorRTConfig
 from lem_ray.backends.streaming import StreamTrace
-from lem_ray.backends.traffic import (
-    SteadyWindow,
-    arrival_offsets_s,
-    in_flight_from_traces,
-    steady_window,
-)
+from lem_ray.backends.tensorrt.config import TensorRTConfig
 from lem_ray.backends.tensorrt.translate import (
     build_settings,
     calibration_refusal,
@@ -40,6 +34,12 @@ from lem_ray.backends.tensorrt.translate import (
     resolved_llm_args,
     sampling_params_kwargs,
     unsupported_sampling,
+)
+from lem_ray.backends.traffic import (
+    SteadyWindow,
+    arrival_offsets_s,
+    in_flight_from_traces,
+    steady_window,
 )
 from lem_ray.config.experiment import ExperimentConfig
 

@@ -6,8 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from lem_ray.backends.traffic import TrafficConfig
 from lem_ray.backends.parallel import ModelParallelOptions
+from lem_ray.backends.traffic import TrafficConfig
 from lem_ray.config.base import invalid_combination
 from lem_ray.config.limits import MAX_PROMPTS
 
@@ -68,7 +68,7 @@ class TensorRTConfig(ModelParallelOptions):
     )
 
     @model_validator(mode="after")
-    def _rules(self) -> "TensorRTConfig":
+    def _rules(self) -> TensorRTConfig:
         if self.traffic.mode == "trace":
             raise invalid_combination("tensorrt.traffic: trace replay is implemented for vllm only")
         if self.engine_dir is not None and self.engine_cache_dir is not None:

@@ -6,8 +6,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from lem_ray.backends.traffic import TrafficConfig
 from lem_ray.backends.parallel import ModelParallelOptions
+from lem_ray.backends.traffic import TrafficConfig
 from lem_ray.config.base import StrictModel, invalid_combination
 from lem_ray.config.limits import MAX_PROMPTS
 
@@ -83,7 +83,7 @@ class VLLMConfig(ModelParallelOptions):
     )
 
     @model_validator(mode="after")
-    def _rules(self) -> "VLLMConfig":
+    def _rules(self) -> VLLMConfig:
         if self.block_size is not None and self.block_size % CUDA_BLOCK_MULTIPLE:
             raise invalid_combination(
                 f"vllm.block_size {self.block_size}: vLLM's attention backends on CUDA GPUs "
