@@ -134,8 +134,8 @@ def _in_scope(tree: ast.Module, functions: tuple[str, ...] | None) -> set[int]:
         for node in body:
             if isinstance(node, ast.ClassDef):
                 visit(node.body, f"{prefix}{node.name}.")
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                if f"{prefix}{node.name}" in functions:
+            elif (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  and f"{prefix}{node.name}" in functions):
                     scope.update(id(n) for n in ast.walk(node))
 
     visit(tree.body, "")

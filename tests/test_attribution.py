@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from lem_ray.records import RequestRecord
@@ -51,7 +53,7 @@ def test_power_ramp_weights_the_later_steps() -> None:
 def record(index: int, start_s: float, times: list[float], inputs: int) -> RequestRecord:
     return RequestRecord(index=index, input_tokens=inputs, output_tokens=len(times),
                          e2e_ms=(times[-1] - start_s) * 1000, ttft_ms=(times[0] - start_s) * 1000,
-                         itl_ms=[(b - a) * 1000 for a, b in zip(times, times[1:])], start_s=start_s)
+                         itl_ms=[(b - a) * 1000 for a, b in pairwise(times)], start_s=start_s)
 
 
 def test_records_on_the_perf_clock_moved_onto_the_samplers() -> None:

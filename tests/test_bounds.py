@@ -293,7 +293,7 @@ def big_prompt_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
             jsonl.write(json.dumps({"prompt": prompts[i % 1000], "id": i}) + "\n")
             csv.write(f'{i},"{prompts[i % 1000]}"\n')
     with pq.ParquetWriter(files[".parquet"], pa.schema({"prompt": pa.string()})) as writer:
-        for start in range(0, rows, 1000):
+        for _ in range(0, rows, 1000):
             writer.write_table(pa.table({"prompt": [os.urandom(512).hex() for _ in range(1000)]}))
     return files
 
@@ -340,7 +340,7 @@ def test_a_line_too_long_is_refused_before_it_is_read_whole(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("lem_ray.planning.prompt_files.MAX_LINE_BYTES", 1024)
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "' + "x" * 2000 + '"}\n')
-    with pytest.raises(ConfigError, match="p.jsonl: line 2 is longer than 1024 bytes"):
+    with pytest.raises(ConfigError, match=r"p\.jsonl: line 2 is longer than 1024 bytes"):
         file_prompts(FilePrompts(source="file", path="p.jsonl"), tmp_path / "p.jsonl")
 
 

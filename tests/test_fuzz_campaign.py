@@ -130,7 +130,7 @@ def _text_mutation(rng: random.Random, text: str) -> bytes:
         return (text[:cut] + "\x00" + text[cut:]).encode()
     if action == "duplicate":
         i = rng.randrange(len(lines))
-        return "\n".join(lines[: i + 1] + [lines[i]] + lines[i + 1:]).encode()
+        return "\n".join([*lines[: i + 1], lines[i], *lines[i + 1:]]).encode()
     if action == "truncate":
         return text[: rng.randrange(len(text))].encode()
     if action == "alias_bomb":

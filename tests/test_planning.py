@@ -125,7 +125,7 @@ def test_empty_grid_is_an_error() -> None:
 
 def test_overrides_for_unlisted_backend() -> None:
     bad = {**GRID, "grid": {"backends": ["pytorch"], "backend_overrides": {"vllm": {"max_num_seqs": [1]}}}}
-    with pytest.raises(ConfigError, match="not in grid.backends"):
+    with pytest.raises(ConfigError, match=r"not in grid\.backends"):
         plan_campaign(bad)
 
 

@@ -200,7 +200,7 @@ def test_a_results_location_is_a_path_or_a_uri(tmp_path: Path,
     assert isinstance(fs, pafs.LocalFileSystem) and base == f"{tmp_path}/rel/r"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert resolve("~/r")[1] == f"{tmp_path}/home/r"
-    with pytest.raises(ConfigError, match="cannot open this location: .*s3://, gs://"):
+    with pytest.raises(ConfigError, match=r"cannot open this location: .*s3://, gs://"):
         resolve("nope://bucket/r")
 
 

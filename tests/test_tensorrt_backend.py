@@ -9,7 +9,7 @@ import importlib.metadata
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import ValidationError
@@ -433,7 +433,7 @@ class FakeStream:
 
 
 class FakeLLM:
-    built: list[FakeLLM] = []
+    built: ClassVar[list[FakeLLM]] = []
 
     def __init__(self, **kwargs: Any) -> None:
         check_trtllm_llm_kwargs(kwargs)
@@ -554,7 +554,7 @@ def test_measure_under_constant_traffic_sends_each_request_at_its_time(fake_trtl
 def test_runtime_pytorch_on_0x_is_refused(fake_trtllm) -> None:
     sys.modules["tensorrt_llm"].__version__ = "0.21.0"
     backend = TensorRTBackend(experiment({"runtime": "pytorch"}), DeviceInfo("cuda", 1))
-    with pytest.raises(BackendUnavailable, match=">= 1.0"):
+    with pytest.raises(BackendUnavailable, match=r">= 1\.0"):
         backend.load()
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import types
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -691,7 +692,7 @@ def test_vllm_under_poisson_traffic_streams_every_token(gpu_backend: VLLMBackend
     recs = backend.measure(["energy " * 10] * 8)
     assert [r.output_tokens for r in recs] == [8] * 8
     assert all(len(r.itl_ms) == 7 and 0 < r.ttft_ms <= r.e2e_ms for r in recs)
-    assert all(later.start_s >= earlier.start_s for earlier, later in zip(recs, recs[1:]))
+    assert all(later.start_s >= earlier.start_s for earlier, later in pairwise(recs))
     assert backend.timing_method == "vllm_engine_stats"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
@@ -125,7 +126,7 @@ def read_trace(path: str) -> RequestTrace:
     columns = {c: table.column(c).to_pylist() for c in TRACE_COLUMNS}
     arrivals = columns["arrival_s"]
     if any(a is None or not 0 <= a < float("inf") for a in arrivals) or any(
-            b < a for a, b in zip(arrivals, arrivals[1:])):
+            b < a for a, b in pairwise(arrivals)):
         raise ValueError(f"traffic.trace: {path}: arrival_s must be finite, >= 0 and "
                          "non-decreasing")
     for name in ("input_tokens", "output_tokens"):

@@ -51,9 +51,8 @@ def _display_loc(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...
     shown: list[Any] = []
     for i, part in enumerate(loc):
         owner = _model_at(model, loc[: i + 1]) if isinstance(part, str) else None
-        if isinstance(part, int) or (owner is not None and part in owner.model_fields):
-            shown.append(part)
-        elif i == len(loc) - 1:
+        known = owner is not None and part in owner.model_fields
+        if isinstance(part, int) or known or i == len(loc) - 1:
             shown.append(part)
     return tuple(shown)
 

@@ -159,7 +159,7 @@ class JournalWriter:
         else:
             if self.segment is None:
                 # A segment of this name can only hold a torn, never acknowledged record.
-                self.segment = open(name, "wb")
+                self.segment = open(name, "wb")  # noqa: SIM115 - kept open across appends
                 self._fsync_directory()
             self.segment.write(payload)
             self.segment.flush()

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from typing import Any
 
 from lem_ray.telemetry.energy import counter_delta_j, trapezoid_energy_j
@@ -312,7 +313,7 @@ class EnergySampler:
             if len(inside) < 2:
                 return None
             edges = [start_s, *inside, end_s]
-            if max(b - a for a, b in zip(edges, edges[1:])) > max_gap_s:
+            if max(b - a for a, b in pairwise(edges)) > max_gap_s:
                 return None
             energy[uuid] = trapezoid_energy_j([t for t, _ in points], [p for _, p in points], start_s, end_s)
         return energy or None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
+from itertools import pairwise
 from typing import Any
 
 from lem_ray import __version__
@@ -109,7 +110,7 @@ def request_record(
         output_tokens=output_tokens,
         e2e_ms=((stamps[-1] if stamps else done_s) - start_s) * 1000,
         ttft_ms=(stamps[0] - start_s) * 1000 if stamps else None,
-        itl_ms=[(b - a) * 1000 for a, b in zip(stamps, stamps[1:])],
+        itl_ms=[(b - a) * 1000 for a, b in pairwise(stamps)],
         start_s=start_s,
     )
 

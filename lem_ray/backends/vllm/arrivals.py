@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Protocol
 
 from lem_ray.backends.streaming import StreamTrace, record_from_trace
@@ -69,7 +70,7 @@ def record_from_engine_times(index: int, input_tokens: int, trace: StreamTrace,
         output_tokens=output_tokens,
         e2e_ms=(times.ttft_s + ts[-1] - ts[0]) * 1e3,
         ttft_ms=times.ttft_s * 1e3,
-        itl_ms=[(later - earlier) * 1e3 for earlier, later in zip(ts, ts[1:])],
+        itl_ms=[(later - earlier) * 1e3 for earlier, later in pairwise(ts)],
         start_s=trace.start_s,
     )
 
