@@ -53,8 +53,8 @@ def ray_env(address: str | None = None) -> dict[str, str]:
 
 # Ray's default ports (GCS 6379, dashboard 8265, client server 10001, dashboard agent 52365) are
 # held by any other Ray on the machine, another test session's included: a test's own cluster
-# starts without the dashboard and lets every port be picked free. Its files go to this session's temp dir (RAY_TMPDIR), where Ray
-# also writes the address a plain ray.init() would join.
+# starts without the dashboard and lets every port be picked free. Its files go to this session's
+# temp dir (RAY_TMPDIR), where Ray also writes the address a plain ray.init() would join.
 DEFAULT_PORTS = (6379, 8265, 10001, 52365)
 
 
@@ -74,8 +74,14 @@ def isolated_ray(num_cpus: int = 2) -> Iterator[None]:
 
     from lem_ray.execution.cluster import WORKER_ENV
 
-    ray.init(address="local", _temp_dir=os.path.join(RAY_TMP, "ray"), num_cpus=num_cpus,
-             include_dashboard=False, namespace="lem-ray-test", runtime_env={"env_vars": WORKER_ENV})
+    ray.init(
+        address="local",
+        _temp_dir=os.path.join(RAY_TMP, "ray"),
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        namespace="lem-ray-test",
+        runtime_env={"env_vars": WORKER_ENV},
+    )
     try:
         yield
     finally:

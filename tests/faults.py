@@ -42,7 +42,9 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> ob
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def kill_one_worker(timeout_s: float = 120, spare: set[int] = frozenset(), settle_s: float = 1.0) -> int:
+def kill_one_worker(
+    timeout_s: float = 120, spare: set[int] = frozenset(), settle_s: float = 1.0
+) -> int:
     """SIGKILL a worker inside its run(), not one of the `spare` pids (killed before)."""
     proc = wait_for(lambda: next((p for p in running_workers() if p.pid not in spare), None),
                     timeout_s, "a running worker")
@@ -82,7 +84,9 @@ class DatasetWatcher(threading.Thread):
                     continue
                 if table == "experiments" and data.num_rows:
                     rows = data.select(["experiment_id", "cycle", "status"]).to_pylist()
-                    oks = Counter((r["experiment_id"], r["cycle"]) for r in rows if r["status"] == "ok")
+                    oks = Counter(
+                        (r["experiment_id"], r["cycle"]) for r in rows if r["status"] == "ok"
+                    )
                     twice = [k for k, n in oks.items() if n > 1]
                     if twice:
                         self.problems.append(f"two ok rows for {twice}")

@@ -86,8 +86,12 @@ def inputs(gap: float | None, window_s: float = 10.0, samples: float = 100) -> V
 
 
 def test_gap_sign_denominator_and_flag() -> None:
-    assert energy_methods_gap(1000.0, 993.3, "nvml_counter", "nvml_counter") == pytest.approx(0.0067)
-    assert energy_methods_gap(1000.0, 1030.0, "nvml_counter", "nvml_counter") == pytest.approx(-0.03)
+    assert energy_methods_gap(1000.0, 993.3, "nvml_counter", "nvml_counter") == pytest.approx(
+        0.0067
+    )
+    assert energy_methods_gap(1000.0, 1030.0, "nvml_counter", "nvml_counter") == pytest.approx(
+        -0.03
+    )
     assert energy_methods_gap(1000.0, 1000.0, "nvml_power_integrated", "nvml_counter") is None
     assert energy_methods_gap(1000.0, None, "nvml_counter", "nvml_counter") is None
     assert validity_flags(inputs(-0.0067)) == []

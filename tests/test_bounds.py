@@ -43,10 +43,22 @@ SECRET = "s3cr3t-token"
 @pytest.mark.parametrize(
     ("dotted", "value", "expected"),
     [
-        ("output.results_dir", "res\x00ults", "output.results_dir: contains the control character '\\x00' at position 3"),
-        ("base.prompts", {"source": "file", "path": "p\x00.jsonl"}, "base.prompts.path: contains the control character '\\x00'"),
+        (
+            "output.results_dir",
+            "res\x00ults",
+            "output.results_dir: contains the control character '\\x00' at position 3",
+        ),
+        (
+            "base.prompts",
+            {"source": "file", "path": "p\x00.jsonl"},
+            "base.prompts.path: contains the control character '\\x00'",
+        ),
         ("base.model_name", "org/\nmodel", "base.model_name: contains the control character '\\n'"),
-        ("runtime_env", {"pytorch": "env\x00.yaml"}, "runtime_env: pytorch: contains the control character '\\x00'"),
+        (
+            "runtime_env",
+            {"pytorch": "env\x00.yaml"},
+            "runtime_env: pytorch: contains the control character '\\x00'",
+        ),
     ],
 )
 def test_control_characters_are_refused_naming_the_key(tmp_path: Path, dotted: str, value: Any,
@@ -83,21 +95,66 @@ def test_webhook_url_is_refused_without_printing_it(tmp_path: Path, url: str,
 @pytest.mark.parametrize(
     ("dotted", "value", "expected"),
     [
-        ("notify", {"webhook_url": "http://h/x", "timeout_s": 1e300}, "notify.timeout_s: Input should be less than or equal to 300"),
-        ("notify", {"webhook_url_env": "HOOK\x00"}, "notify.webhook_url_env: String should match pattern"),
-        ("schedule", {"every": "1h", "for": "99999999999d"}, "schedule.for: a duration may be at most 366d"),
-        ("schedule", {"every": 1e12, "for": "2d"}, "schedule.every: a duration may be at most 366d"),
+        (
+            "notify",
+            {"webhook_url": "http://h/x", "timeout_s": 1e300},
+            "notify.timeout_s: Input should be less than or equal to 300",
+        ),
+        (
+            "notify",
+            {"webhook_url_env": "HOOK\x00"},
+            "notify.webhook_url_env: String should match pattern",
+        ),
+        (
+            "schedule",
+            {"every": "1h", "for": "99999999999d"},
+            "schedule.for: a duration may be at most 366d",
+        ),
+        (
+            "schedule",
+            {"every": 1e12, "for": "2d"},
+            "schedule.every: a duration may be at most 366d",
+        ),
         ("base.random_seed", 10**30, "base.random_seed: a seed must be from 0 to 4294967295"),
         ("base.random_seed", -1, "base.random_seed: a seed must be from 0 to 4294967295"),
         ("execution.seed", 2**32, "execution.seed: a seed must be from 0 to 4294967295"),
         ("base.prompts.seed", 2**64, "base.prompts.seed: a seed must be from 0 to 4294967295"),
-        ("base.max_output_tokens", 10**12, "base.max_output_tokens: Input should be less than or equal to 16777216"),
-        ("base.warmup", {"mode": "cv", "max_s": 1e12}, "base.warmup.max_s: Input should be less than or equal to 604800"),
-        ("base.warmup", {"mode": "fixed", "requests": 10**12}, "base.warmup.requests: Input should be less than or equal to 100000"),
-        ("base.gpus_per_experiment", 10**30, "base.gpus_per_experiment: Input should be less than or equal to 4096"),
-        ("grid.backend_overrides", {"pytorch": {"batch_size": [2**70]}}, "grid.backend_overrides.pytorch.batch_size: Input should be less than or equal to 100000"),
-        ("execution.baseline.ttl_s", 1e300, "execution.baseline.ttl_s: Input should be less than or equal to 604800"),
-        ("execution.runtime_env_timeout_s", 1e300, "execution.runtime_env_timeout_s: Input should be less than or equal to 604800"),
+        (
+            "base.max_output_tokens",
+            10**12,
+            "base.max_output_tokens: Input should be less than or equal to 16777216",
+        ),
+        (
+            "base.warmup",
+            {"mode": "cv", "max_s": 1e12},
+            "base.warmup.max_s: Input should be less than or equal to 604800",
+        ),
+        (
+            "base.warmup",
+            {"mode": "fixed", "requests": 10**12},
+            "base.warmup.requests: Input should be less than or equal to 100000",
+        ),
+        (
+            "base.gpus_per_experiment",
+            10**30,
+            "base.gpus_per_experiment: Input should be less than or equal to 4096",
+        ),
+        (
+            "grid.backend_overrides",
+            {"pytorch": {"batch_size": [2**70]}},
+            "grid.backend_overrides.pytorch.batch_size: "
+            "Input should be less than or equal to 100000",
+        ),
+        (
+            "execution.baseline.ttl_s",
+            1e300,
+            "execution.baseline.ttl_s: Input should be less than or equal to 604800",
+        ),
+        (
+            "execution.runtime_env_timeout_s",
+            1e300,
+            "execution.runtime_env_timeout_s: Input should be less than or equal to 604800",
+        ),
     ],
 )
 def test_values_are_bounded_when_the_campaign_is_read(tmp_path: Path, dotted: str, value: Any,
@@ -320,7 +377,11 @@ def test_a_count_of_4_reads_a_few_lines_of_a_large_file(big_prompt_files: dict[s
 @pytest.mark.parametrize(
     ("name", "head", "row"),
     [
-        ("tail.jsonl", b'{"prompt": "a"}\n{"prompt": "b"}\n\n{"prompt": "c"}\n', b'{"prompt": "pad"}\n'),
+        (
+            "tail.jsonl",
+            b'{"prompt": "a"}\n{"prompt": "b"}\n\n{"prompt": "c"}\n',
+            b'{"prompt": "pad"}\n',
+        ),
         ("tail.csv", b'prompt\na\n"b, with\na newline"\nc\n', b"pad\n"),
     ],
 )
@@ -346,7 +407,9 @@ def test_a_line_too_long_is_refused_before_it_is_read_whole(
 
 def test_csv_rows_of_the_wrong_width(tmp_path: Path) -> None:
     (tmp_path / "p.csv").write_text("id,prompt\n1,a\n2\n")
-    with pytest.raises(ConfigError, match=r"cannot read .*p.csv: line 3: expected 2 columns, got 1"):
+    with pytest.raises(
+        ConfigError, match=r"cannot read .*p.csv: line 3: expected 2 columns, got 1"
+    ):
         file_prompts(FilePrompts(source="file", path="p.csv"), tmp_path / "p.csv")
 
 

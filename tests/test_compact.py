@@ -87,7 +87,9 @@ def test_reader_lists_again_when_a_listed_file_was_deleted(tmp_path: Path, monke
     compact(tmp_path)
     listings = iter([stale])
     real = store.list_parquet
-    monkeypatch.setattr(store, "list_parquet", lambda fs, folder: next(listings, None) or real(fs, folder))
+    monkeypatch.setattr(
+        store, "list_parquet", lambda fs, folder: next(listings, None) or real(fs, folder)
+    )
     assert keys(tmp_path, "experiments") == before
 
 

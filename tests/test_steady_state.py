@@ -105,7 +105,10 @@ def stats_vllm(fake_vllm: Clock, monkeypatch: pytest.MonkeyPatch) -> Clock:  # n
     def llm(**kwargs: Any) -> Any:
         return types.SimpleNamespace(
             llm_engine=StatsEngine(fake_vllm, kwargs["max_num_seqs"], length=2, step_s=0.125),
-            get_tokenizer=lambda: types.SimpleNamespace(encode=lambda text: [1] * len(text.split())))
+            get_tokenizer=lambda: types.SimpleNamespace(
+                encode=lambda text: [1] * len(text.split())
+            ),
+        )
 
     monkeypatch.setattr(sys.modules["vllm"], "LLM", llm)
     return fake_vllm

@@ -1,4 +1,5 @@
-"""The sampler on a real GPU through NVML: counter energy, its integrated cross-check, environment."""
+"""The sampler on a real GPU through NVML: counter energy, its integrated cross-check,
+environment."""
 
 from __future__ import annotations
 

@@ -576,7 +576,9 @@ def test_versions_lists_only_installed_packages(monkeypatch) -> None:
 CALIBRATING = {"quantization": "int4_awq"}
 
 
-@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"])
+@pytest.mark.parametrize(
+    "variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"]
+)
 def test_calibration_on_an_offline_node_is_refused_up_front(variable: str) -> None:
     reason = calibration_refusal(experiment(CALIBRATING), {variable: "1"})
     assert reason is not None

@@ -62,7 +62,9 @@ class NotifyConfig(StrictModel):
         None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="name of the env var holding the URL (checked when it is sent)",
     )
-    on: list[Literal["complete", "failure"]] = Field(default_factory=lambda: ["complete", "failure"])
+    on: list[Literal["complete", "failure"]] = Field(
+        default_factory=lambda: ["complete", "failure"]
+    )
     timeout_s: float = Field(10, gt=0, le=MAX_WEBHOOK_TIMEOUT_S)
 
     @field_validator("webhook_url")

@@ -78,8 +78,10 @@ def check_actors_start(address: str) -> None:
             "token authentication, which it turned on because it found a token (RAY_AUTH_TOKEN, "
             "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and RAY_AUTH_MODE is unset: the cluster "
             "runs without it. State the cluster's mode: start the cluster with RAY_AUTH_MODE=token "
-            "and this token, or, for a cluster no one else can reach, run with RAY_AUTH_MODE=disabled",
-            path="--address") from None
+            "and this token, or, for a cluster no one else can reach, run with "
+            "RAY_AUTH_MODE=disabled",
+            path="--address",
+        ) from None
     except ray.exceptions.GetTimeoutError:
         log.warning("lem-ray: the cluster at %s did not start a check actor within %.0f s; "
                     "going on", address, PROBE_TIMEOUT_S)

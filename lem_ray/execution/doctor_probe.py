@@ -1,7 +1,7 @@
 """What `lem-ray doctor` learns on one node, from a task scheduled on that node.
 
-NVML, the host's RAPL counters, the backends' libraries, podman and the results directory are facts of the node where
-runs will execute, not of the driver, so each is looked at from there.
+NVML, the host's RAPL counters, the backends' libraries, podman and the results directory are
+facts of the node where runs will execute, not of the driver, so each is looked at from there.
 """
 
 from __future__ import annotations

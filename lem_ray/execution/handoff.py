@@ -33,8 +33,8 @@ class PrefillResult:
 
 @dataclass(frozen=True)
 class RunResult:
-    """The worker's account of one run. `measure_start_perf_s` is in the worker's perf_counter clock;
-    `epoch_minus_perf_s` maps that clock onto the sampler's epoch time stamps."""
+    """The worker's account of one run. `measure_start_perf_s` is in the worker's perf_counter
+    clock; `epoch_minus_perf_s` maps that clock onto the sampler's epoch time stamps."""
 
     records: list[RequestRecord]
     measure_start_perf_s: float

@@ -35,7 +35,9 @@ class ManifestActor:
 
     def _reconcile(self) -> None:
         """Bring the manifest in line with the readable rows (manifest.reconcile)."""
-        added, changes = reconcile(self.store.state.runs, read_table(self.results_dir, "experiments"))
+        added, changes = reconcile(
+            self.store.state.runs, read_table(self.results_dir, "experiments")
+        )
         self.store.add_runs(added)
         for key, fields in changes.items():
             self.store.set(key, fields)

@@ -45,10 +45,16 @@ class GpuPublisher:
 
     def __init__(self, node_ip: str) -> None:
         self.node_ip = node_ip
-        self.power_w = Gauge("lem_ray_gpu_power_w", "Instant power of a GPU running a lem-ray run, W",
-                             tag_keys=GPU_TAGS)
-        self.temperature_c = Gauge("lem_ray_gpu_temperature_c",
-                                   "Temperature of a GPU running a lem-ray run, C", tag_keys=GPU_TAGS)
+        self.power_w = Gauge(
+            "lem_ray_gpu_power_w",
+            "Instant power of a GPU running a lem-ray run, W",
+            tag_keys=GPU_TAGS,
+        )
+        self.temperature_c = Gauge(
+            "lem_ray_gpu_temperature_c",
+            "Temperature of a GPU running a lem-ray run, C",
+            tag_keys=GPU_TAGS,
+        )
         self.tags: dict[str, str] | None = None
         self.published_s: dict[str, float] = {}
 
@@ -61,7 +67,10 @@ class GpuPublisher:
 
     def __call__(self, gpu_uuid: str, sample: GpuSample) -> None:
         tags = self.tags
-        if tags is None or sample.t_s - self.published_s.get(gpu_uuid, float("-inf")) < GPU_PUBLISH_S:
+        if (
+            tags is None
+            or sample.t_s - self.published_s.get(gpu_uuid, float("-inf")) < GPU_PUBLISH_S
+        ):
             return
         self.published_s[gpu_uuid] = sample.t_s
         tags = {**tags, "gpu_uuid": gpu_uuid}
@@ -79,9 +88,11 @@ class CampaignGauges:
         self.campaign = {"campaign_name": campaign_name}
         self.runs = Gauge("lem_ray_runs", "This driver session's runs by state",
                           tag_keys=("campaign_name", "state"))
-        self.gpu_seconds = Gauge("lem_ray_gpu_seconds",
-                                 "GPU-seconds by phase over the cluster's GPUs, this driver session",
-                                 tag_keys=("campaign_name", "phase"))
+        self.gpu_seconds = Gauge(
+            "lem_ray_gpu_seconds",
+            "GPU-seconds by phase over the cluster's GPUs, this driver session",
+            tag_keys=("campaign_name", "phase"),
+        )
         self.run_energy_j = Gauge("lem_ray_run_energy_j",
                                   "Energy of a finished run's measured window (raw), J",
                                   tag_keys=RUN_TAGS)
@@ -90,11 +101,17 @@ class CampaignGauges:
                                 tag_keys=("campaign_name", "experiment_id"))
         self.lock = threading.Lock()
         self.recent: dict[tuple[str, str], tuple[float, float]] = {}
-        """(experiment_id, run_id) -> (energy_j, when it finished): re-set until RUN_ENERGY_KEEP_S."""
+        """(experiment_id, run_id) -> (energy_j, when it finished): re-set until
+        RUN_ENERGY_KEEP_S."""
 
     def progress(self, progress: Progress) -> None:
         with progress.lock:
-            done, failed, running, total = progress.done, progress.failed, progress.running, progress.total
+            done, failed, running, total = (
+                progress.done,
+                progress.failed,
+                progress.running,
+                progress.total,
+            )
         states = {"pending": total - done - running, "running": running, "ok": done - failed,
                   "failed": failed}
         for state, count in states.items():

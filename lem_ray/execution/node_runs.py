@@ -18,7 +18,9 @@ class _Activity:
     end_s: float | None = None
 
 
-def overlaps(start_s: float, end_s: float | None, window_start_s: float, window_end_s: float) -> bool:
+def overlaps(
+    start_s: float, end_s: float | None, window_start_s: float, window_end_s: float
+) -> bool:
     """An activity [start_s, end_s] (end None: still running) overlaps the window when it began
     before the window ended and had not ended before the window began."""
     return start_s < window_end_s and (end_s is None or end_s > window_start_s)

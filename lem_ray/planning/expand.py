@@ -204,7 +204,9 @@ def expand(campaign: CampaignConfig) -> Expansion:
     for backend in backends:
         for shared in _product(grid.shared):
             for own in _product(grid.backend_overrides.get(backend, {})):
-                candidates.append((backend, {**shared, **own}, _combo(campaign, backend, shared, own)))
+                candidates.append(
+                    (backend, {**shared, **own}, _combo(campaign, backend, shared, own))
+                )
     if not backends and not campaign.experiments and campaign.base:
         candidates.append((campaign.base.get("backend"), {}, lambda: _Layers(campaign.base)))
     for index, extra in enumerate(campaign.experiments):
@@ -238,7 +240,9 @@ def _combo(
         for key, value in shared.items():
             layers.set(key, value, f"grid.shared.{key}")
         for key, value in own.items():
-            layers.set(_override_key(backend, key), value, f"grid.backend_overrides.{backend}.{key}")
+            layers.set(
+                _override_key(backend, key), value, f"grid.backend_overrides.{backend}.{key}"
+            )
         return layers
 
     return build

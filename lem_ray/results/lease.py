@@ -260,7 +260,9 @@ class Lease:
                 try:
                     self._write(create=found is None)
                 except FileExistsError:
-                    raise self._refusal(self._read() or Found(None, time.time(), "vanished")) from None
+                    raise self._refusal(
+                        self._read() or Found(None, time.time(), "vanished")
+                    ) from None
                 self.renewed_s = time.time()
                 return
             self._write(create=False)

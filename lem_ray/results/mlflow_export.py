@@ -89,7 +89,8 @@ def figures(row: dict[str, Any]) -> dict[str, float]:
 
 
 def power_series(results_dir: str | Path, rows: list[dict[str, Any]]) -> dict[str, list[dict]]:
-    """Timeseries samples (gpu_uuid, t_s, power_w) of each attempt, by attempt key, in time order."""
+    """Timeseries samples (gpu_uuid, t_s, power_w) of each attempt, by attempt key, in time
+    order."""
     dataset = open_dataset(results_dir, "timeseries")
     if dataset is None or not rows:
         return {}

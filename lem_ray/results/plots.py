@@ -194,7 +194,9 @@ def power_png(runs: list[PowerRun], columns: int = 2) -> bytes:
         if not run.samples:
             _message(ax, "no power samples")
             continue
-        origin = run.measure_window_s[0] if run.measure_window_s else min(s["t_s"] for s in run.samples)
+        origin = (
+            run.measure_window_s[0] if run.measure_window_s else min(s["t_s"] for s in run.samples)
+        )
         by_gpu: dict[str, list[dict[str, Any]]] = {}
         for s in run.samples:
             if s["power_w"] is not None:

@@ -77,7 +77,9 @@ class HostWindow:
         return self.cpu_energy_j + (self.dram_energy_j or 0.0)
 
 
-def discover(root: str = POWERCAP_ROOT, read: Reader = read_text) -> tuple[list[RaplZone], str | None]:
+def discover(
+    root: str = POWERCAP_ROOT, read: Reader = read_text
+) -> tuple[list[RaplZone], str | None]:
     """(the package and dram zones whose energy_uj reads, why none can be used)."""
     if not os.path.isdir(root):
         return [], f"{root} does not exist: {MISSING}"
@@ -178,7 +180,9 @@ class HostEnergy:
             zones = [z for z in self.zones if z.kind == kind]
             deltas = [_delta(start, end, z.path) for z in zones]
             lost = [z.path for z, d in zip(zones, deltas) if d is None]
-            energies[kind] = sum(d for d in deltas if d is not None) / 1e6 if zones and not lost else None
+            energies[kind] = (
+                sum(d for d in deltas if d is not None) / 1e6 if zones and not lost else None
+            )
             if not zones:
                 reasons.append(f"no {kind} zone on this node (AMD packages expose none)")
             elif lost:

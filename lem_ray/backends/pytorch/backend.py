@@ -131,13 +131,18 @@ class PyTorchBackend(Backend[PyTorchConfig]):
             if self._device == "cuda" else [torch.device("cpu")]
         )
         dtype = getattr(torch, cfg.fp_precision)
-        tok = transformers.AutoTokenizer.from_pretrained(resolve_model(cfg.tokenizer or cfg.model_name))
+        tok = transformers.AutoTokenizer.from_pretrained(
+            resolve_model(cfg.tokenizer or cfg.model_name)
+        )
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         self._tokenizer = tok
         options = self.options
-        common: dict[str, Any] = {"dtype": dtype, "attn_implementation": options.attn_implementation}
+        common: dict[str, Any] = {
+            "dtype": dtype,
+            "attn_implementation": options.attn_implementation,
+        }
         if cfg.load_format == "dummy":
             self._model = build_dummy(torch, transformers, model_path, common, self._devices)
         else:

@@ -21,7 +21,8 @@ class TensorRTConfig(ModelParallelOptions):
     EXPERIMENT_RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"min_output_tokens", "prompts", "decoder", "warmup"}
     )
-    """Per-request SamplingParams; max_input/output_tokens size the built engine, so they are not."""
+    """Per-request SamplingParams; max_input/output_tokens size the built engine, so they are
+    not."""
 
     runtime: Literal["engine", "pytorch"] = Field(
         "engine",

@@ -274,9 +274,14 @@ def engine_args(config: ExperimentConfig) -> dict[str, Any]:
         "tensorrt_llm._tensorrt_engine.LLM (tensorrt_llm.LLM before 1.0)")
     return {
         "library": "tensorrt_llm",
-        "constructor": {"call": call, "kwargs": llm_kwargs(config, prebuilt_engine=opts.engine_dir)},
-        "sampling": {"call": "tensorrt_llm.SamplingParams",
-                     "kwargs": sampling_params_kwargs(config)},
+        "constructor": {
+            "call": call,
+            "kwargs": llm_kwargs(config, prebuilt_engine=opts.engine_dir),
+        },
+        "sampling": {
+            "call": "tensorrt_llm.SamplingParams",
+            "kwargs": sampling_params_kwargs(config),
+        },
         "traffic": opts.traffic.model_dump(),
     }
 
