@@ -13,6 +13,7 @@ class ConfigError(Exception):
         super().__init__(str(self))
 
     def with_file(self, file: str) -> ConfigError:
+        """The same error, naming `file` unless it names one already."""
         return ConfigError(self.message, path=self.path, file=self.file or file)
 
     def __str__(self) -> str:

@@ -26,6 +26,8 @@ RATE_MODES = ("constant", "poisson", "gamma")
 
 
 class TrafficConfig(StrictModel):
+    """How requests arrive: all at once, at a rate (constant, Poisson, gamma), or from a trace."""
+
     mode: TrafficMode = Field(
         "offline", description="offline: all prompts at once; constant / poisson / gamma: at "
         "rate_rps; trace: replay `trace` (arrivals, input and output lengths)"
@@ -163,6 +165,7 @@ class SteadyWindow:
 
     @property
     def duration_s(self) -> float:
+        """Seconds from the window's start to its end."""
         return self.end_s - self.start_s
 
 

@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from typing_extensions import override
 
 
 def fail(message: str) -> NoReturn:
@@ -20,6 +21,7 @@ def fail(message: str) -> NoReturn:
 class OneLineGroup(click.Group):
     """Click's usage errors as one line and exit 2, like every other refusal."""
 
+    @override
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:

@@ -106,6 +106,7 @@ def status(results_dir: str, as_json: bool, show_all: bool) -> None:
 
 
 def print_compile_savings(savings: dict[str, Any] | None, console: Console) -> None:
+    """The compile cache's savings line, where the cache saved anything."""
     text = savings_text(savings)
     if text:
         console.print(text)

@@ -14,6 +14,7 @@ from lem_ray.errors import ConfigError
 
 
 def format_loc(loc: tuple[Any, ...] | list[Any], prefix: str = "") -> str:
+    """A pydantic error location as the dotted key a user wrote (`grid.shared[0]`)."""
     path = prefix
     for part in loc:
         if isinstance(part, int):
@@ -92,6 +93,7 @@ def error_from_validation(
 
 
 def parse_campaign(data: Any, source: str = "<campaign>") -> CampaignConfig:
+    """Validate parsed YAML as a campaign; a ConfigError names the key and the file."""
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__
         raise ConfigError(f"a campaign file must be a YAML mapping, got {kind}", file=source)
@@ -102,5 +104,6 @@ def parse_campaign(data: Any, source: str = "<campaign>") -> CampaignConfig:
 
 
 def load_campaign(path: str | Path) -> CampaignConfig:
+    """Read a campaign file (following `_extends`) and validate it."""
     path = Path(path)
     return parse_campaign(read_extended(path, read_yaml), str(path))

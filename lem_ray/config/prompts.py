@@ -27,6 +27,8 @@ class LengthDistribution(StrictModel):
 
 
 class SyntheticPrompts(StrictModel):
+    """Prompts of random words with lengths from a distribution: reproducible by seed."""
+
     source: Literal["synthetic"]
     count: int = Field(..., ge=1, le=MAX_PROMPTS)
     input_len: LengthDistribution = Field(default_factory=LengthDistribution)
@@ -34,6 +36,8 @@ class SyntheticPrompts(StrictModel):
 
 
 class FilePrompts(StrictModel):
+    """Prompts read from a column of a JSONL, CSV or Parquet file."""
+
     source: Literal["file"]
     path: PathText = Field(..., description="JSONL, CSV or Parquet; relative to the campaign file")
     column: str = "prompt"

@@ -25,16 +25,24 @@ log = logging.getLogger("lem_ray")
 
 
 class Clock(Protocol):
-    def now(self) -> datetime: ...
+    """Wall time and sleeping, so the schedule's tests run without waiting."""
 
-    def sleep(self, seconds: float) -> None: ...
+    def now(self) -> datetime:
+        """The current time, timezone-aware."""
+
+    def sleep(self, seconds: float) -> None:
+        """Wait this many seconds."""
 
 
 class SystemClock:
+    """The real clock."""
+
     def now(self) -> datetime:
+        """The current time in UTC."""
         return datetime.now(timezone.utc)
 
     def sleep(self, seconds: float) -> None:
+        """Wait this many seconds."""
         time.sleep(seconds)
 
 

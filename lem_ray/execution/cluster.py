@@ -158,15 +158,19 @@ def connect(address: str | None) -> bool:
 
 @dataclass(frozen=True)
 class Capacity:
+    """The GPUs of the live nodes: what an experiment's gpus_per_experiment is checked against."""
+
     total_gpus: int
     max_gpus_per_node: int
 
     @property
     def has_gpus(self) -> bool:
+        """Whether any live node has a GPU."""
         return self.total_gpus > 0
 
 
 def capacity() -> Capacity:
+    """The live nodes' GPUs, read from Ray now."""
     gpus = [int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
     return Capacity(sum(gpus), max(gpus, default=0))
 

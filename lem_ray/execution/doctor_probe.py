@@ -79,6 +79,7 @@ def _results_dir_writable(results_dir: str) -> str | None:
 
 @ray.remote(num_cpus=0, max_retries=0)
 def probe_node(results_dir: str | None) -> dict[str, Any]:
+    """What the node this task lands on offers lem-ray: GPUs, libraries, results dir."""
     return {
         "hostname": socket.gethostname(),
         "ray_version": ray.__version__,

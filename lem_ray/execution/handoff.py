@@ -26,6 +26,8 @@ class WorkerIdentity(GpuIdentity):
 
 @dataclass(frozen=True)
 class PrefillResult:
+    """The prefill window: its energy, how many prefill passes ran in it, and its length."""
+
     window: WindowResult
     passes: int
     duration_s: float

@@ -52,11 +52,13 @@ class ManifestActor:
         return self.store.view()["runs"]
 
     def update(self, key: str, **fields: Any) -> dict[str, Any]:
+        """Set fields of one run (its state checked) and return the run's entry."""
         if fields.get("state", STATES[0]) not in STATES:
             raise ValueError(f"unknown run state {fields['state']!r}")
         return self.store.set(key, {**fields, "updated_at": time.time()})
 
     def snapshot(self) -> dict[str, Any]:
+        """The whole manifest, as status shows it."""
         return self.store.view()
 
     def close(self) -> None:
@@ -65,6 +67,7 @@ class ManifestActor:
 
 
 def manifest_name(campaign_name: str, results_dir: str) -> str:
+    """The actor's name: one per campaign and results directory."""
     fs, base = resolve(results_dir)
     digest = hashlib.sha256(f"{fs.type_name}:{base}".encode()).hexdigest()[:10]
     return f"manifest:{campaign_name}:{digest}"

@@ -59,13 +59,16 @@ class GpuPublisher:
         self.published_s: dict[str, float] = {}
 
     def begin(self, tags: dict[str, str]) -> None:
+        """Publish the samples from now on, under a run's tags."""
         self.tags = {**tags, "node_ip": self.node_ip}
         self.published_s = {}
 
     def end(self) -> None:
+        """Stop publishing until the next begin()."""
         self.tags = None
 
     def __call__(self, gpu_uuid: str, sample: GpuSample) -> None:
+        """Set the gauges from one sample, at most every GPU_PUBLISH_S per GPU."""
         tags = self.tags
         if (
             tags is None
@@ -105,6 +108,7 @@ class CampaignGauges:
         RUN_ENERGY_KEEP_S."""
 
     def progress(self, progress: Progress) -> None:
+        """Set the runs-by-state gauge from the driver's progress."""
         with progress.lock:
             done, failed, running, total = (
                 progress.done,
@@ -118,6 +122,7 @@ class CampaignGauges:
             self.runs.set(count, tags={**self.campaign, "state": state})
 
     def gpu_time(self, seconds: dict[str, float]) -> None:
+        """Set the GPU-seconds gauge, by phase."""
         for phase, gpu_s in seconds.items():
             self.gpu_seconds.set(gpu_s, tags={**self.campaign, "phase": phase})
 

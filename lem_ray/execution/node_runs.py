@@ -34,9 +34,11 @@ class NodeRuns:
         self._runs: dict[str, _Activity] = {}
 
     def started(self, node_id: str, token: str, t_s: float) -> None:
+        """A run began on node_id at t_s."""
         self._runs[token] = _Activity(node_id, t_s)
 
     def ended(self, token: str, t_s: float) -> None:
+        """A run ended at t_s; activity too old to matter is dropped."""
         if token in self._runs:
             self._runs[token].end_s = t_s
         self._prune()

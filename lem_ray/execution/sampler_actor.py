@@ -66,9 +66,11 @@ class SamplerActor:
         self.sampler.start()
 
     def begin(self, name: str) -> None:
+        """Open window `name` (counters read at its edge)."""
         self.sampler.begin(name)
 
     def end(self, name: str) -> Any:
+        """Close window `name`: its energy and the processes seen on the GPUs during it."""
         window = self.sampler.end(name)
         self.compute_pids[name] = sorted(
             {pid for env in self.sampler.environment().values()

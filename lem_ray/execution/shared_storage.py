@@ -26,6 +26,7 @@ def sees_marker(path: str, token: str) -> bool:
 
 
 def alive_nodes() -> list[dict[str, Any]]:
+    """Ray's live nodes."""
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
@@ -43,6 +44,7 @@ def probe_nodes(path: str, token: str, nodes: list[dict[str, Any]],
 
 
 def unshared_message(results_dir: str, blind: list[str], total: int) -> str:
+    """The refusal when the results directory is not seen by every node, with the fix."""
     return (
         f"results dir {results_dir} is on one node's local disk: {len(blind)} of {total} nodes "
         f"({', '.join(blind)}) do not see it. The driver writes results where it runs, so a "

@@ -62,6 +62,7 @@ class RowWriter:
         return failure
 
     def submit(self, rows: RunRows, failed: Failed) -> None:
+        """Write a run's rows in the background; done() then commits the run."""
         self.futures.append(self.pool.submit(lambda: self.done(self.stored(rows, failed))))
 
     def collect(self, wait: bool = False) -> None:
@@ -84,4 +85,5 @@ class RowWriter:
                 for e in (rows.experiment for rows in self.unstored)]
 
     def close(self) -> None:
+        """Wait for every write to finish."""
         self.pool.shutdown(wait=True)

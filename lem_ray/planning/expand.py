@@ -23,16 +23,21 @@ from lem_ray.errors import ConfigError
 
 @dataclass(frozen=True)
 class PlannedExperiment:
+    """One experiment of the plan with its id (the hash of its resolved config)."""
+
     experiment_id: str
     config: ExperimentConfig
 
     @property
     def backend(self) -> str:
+        """The experiment's backend."""
         return self.config.backend
 
 
 @dataclass(frozen=True)
 class Rejection:
+    """A combination the grid produced that breaks a rule, with the reason."""
+
     backend: str | None
     combination: dict[str, Any]
     reason: str
@@ -40,6 +45,8 @@ class Rejection:
 
 @dataclass
 class Expansion:
+    """What the grid expands to: distinct valid experiments and rejected combinations."""
+
     experiments: list[PlannedExperiment] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
 
@@ -175,6 +182,7 @@ def _count_combinations(campaign: CampaignConfig, backends: list[str]) -> int:
 
 
 def expand(campaign: CampaignConfig) -> Expansion:
+    """Base, then the product of shared axes, then each backend's own axes, deduplicated."""
     grid = campaign.grid
     _check_axes(grid)
     backends = list(grid.backends)

@@ -26,6 +26,8 @@ from lem_ray.records import RunKey
 
 @dataclass
 class CampaignPlan:
+    """Everything a campaign will run, before Ray starts: what --dry-run prints."""
+
     campaign: CampaignConfig
     experiments: list[PlannedExperiment]
     rejected: list[Rejection]
@@ -38,6 +40,7 @@ class CampaignPlan:
 
     @property
     def name(self) -> str:
+        """The campaign's name."""
         return self.campaign.campaign_name
 
     def __post_init__(self) -> None:
@@ -122,6 +125,7 @@ class CampaignPlan:
                               f"prompts.count to {requests}", path=where)
 
     def to_json(self) -> dict[str, Any]:
+        """The plan for `--dry-run --json`."""
         return {
             "campaign_name": self.name,
             "campaign": self.campaign.model_dump(mode="json"),

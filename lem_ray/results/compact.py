@@ -62,6 +62,8 @@ BATCH_ROWS = 65_536
 
 @dataclass
 class TableCompaction:
+    """What compacting one table did."""
+
     merged_files: int = 0
     written: list[str] = field(default_factory=list)
     rows: int = 0

@@ -65,6 +65,8 @@ class LeaseLost(Exception):
 
 @dataclass(frozen=True)
 class LeaseRecord:
+    """What the lease file says: which process holds the results directory, since when."""
+
     host: str
     pid: int
     pid_started_s: float
@@ -75,9 +77,11 @@ class LeaseRecord:
     renewed_at: str
 
     def renewed_s(self) -> float:
+        """When the holder last renewed, in epoch seconds."""
         return datetime.fromisoformat(self.renewed_at).timestamp()
 
     def holder(self) -> str:
+        """The holder as the refusal names it."""
         since = datetime.fromisoformat(self.since).strftime("%Y-%m-%d %H:%M:%S UTC")
         return f"host {self.host}, pid {self.pid}, since {since}"
 

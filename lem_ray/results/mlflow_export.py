@@ -48,6 +48,8 @@ DATABASE_HINT = (" (lem-ray[mlflow] installs MLflow's client only, mlflow-skinny
 
 @dataclass(frozen=True)
 class ExportResult:
+    """What an export logged, where, and how many attempts it skipped as already there."""
+
     experiment_name: str
     experiment_id: str
     tracking_uri: str
@@ -71,6 +73,7 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def attempt_key(row: dict[str, Any]) -> str:
+    """`<run_id>-a<attempt>`: one attempt, as tagged in MLflow."""
     return f"{row['run_id']}-a{row['attempt']}"
 
 

@@ -37,12 +37,15 @@ MISSING_FIX = ("on bare metal: modprobe intel_rapl_common; in a container: mount
 
 
 def read_text(path: str) -> str:
+    """A sysfs file's content, stripped."""
     with open(path, encoding="ascii") as f:
         return f.read().strip()
 
 
 @dataclass(frozen=True)
 class RaplZone:
+    """One RAPL energy counter of the host: a CPU package or its DRAM."""
+
     path: str
     name: str
     kind: str
@@ -144,6 +147,7 @@ class HostEnergy:
 
     @property
     def source(self) -> str | None:
+        """`rapl:<kinds>` naming what the host figure covers, or None without zones."""
         if not self.zones:
             return None
         kinds = "+".join(k for k in ("package", DRAM)
@@ -151,6 +155,7 @@ class HostEnergy:
         return f"{SOURCE_RAPL}:{kinds}"
 
     def read(self, t_s: float) -> HostCounters:
+        """Every zone's counter now, None for a zone that cannot be read."""
         totals: dict[str, int | None] = {}
         with self._lock:
             for zone in self.zones:

@@ -7,6 +7,8 @@ import time
 from itertools import pairwise
 from typing import Any
 
+from typing_extensions import override
+
 from lem_ray import __version__
 from lem_ray.assets import resolve_model
 from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
@@ -116,8 +118,11 @@ def request_record(
 
 
 class PyTorchBackend(Backend[PyTorchConfig]):
+    """transformers' generate() or lem-ray's compiled decode loop, in batches, on GPUs or CPU."""
+
     name = "pytorch"
 
+    @override
     def load(self) -> None:
         torch, transformers = _import_torch()
         cfg = self.config
@@ -199,6 +204,7 @@ class PyTorchBackend(Backend[PyTorchConfig]):
         return self._model.device if hasattr(self, "_model") else self._device
 
     @property
+    @override
     def warmup_batch_size(self) -> int:
         return self.options.batch_size
 
@@ -240,6 +246,7 @@ class PyTorchBackend(Backend[PyTorchConfig]):
             for p in prompts
         ]
 
+    @override
     def generate(
         self, prompts: list[str], max_output_tokens: int | None = None
     ) -> list[RequestRecord]:
@@ -302,16 +309,19 @@ class PyTorchBackend(Backend[PyTorchConfig]):
         return [request_record(len(ids), n, times_s, start_s, done_s)
                 for ids, n in zip(token_ids, lengths)]
 
+    @override
     def synchronize(self) -> None:
         if self._device == "cuda":
             self._torch.cuda.synchronize()
 
+    @override
     def peak_memory_mib(self) -> float | None:
         if self._device != "cuda":
             return None
         cuda = self._torch.cuda
         return sum(cuda.max_memory_allocated(i) for i in range(cuda.device_count())) / 2**20
 
+    @override
     def versions(self) -> dict[str, str]:
         torch, transformers = _import_torch()
         found = {"torch": torch.__version__, "transformers": transformers.__version__}
@@ -348,6 +358,7 @@ class PyTorchBackend(Backend[PyTorchConfig]):
         saved = torch.compiler.save_cache_artifacts()
         return saved[0] if saved else None
 
+    @override
     def details(self) -> dict[str, Any]:
         model = getattr(self, "_model", None)
         if model is None:
@@ -361,6 +372,7 @@ class PyTorchBackend(Backend[PyTorchConfig]):
             found["fx_graph_cache"] = dict(self._fx_graph_cache)
         return found
 
+    @override
     def release(self) -> None:
         for attr in ("_loop", "_model", "_assistant"):
             if hasattr(self, attr):

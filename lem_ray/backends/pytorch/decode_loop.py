@@ -142,6 +142,7 @@ class DecodeLoop:
 
     @property
     def inductor_tuning(self) -> dict[str, bool]:
+        """The inductor settings the loop compiles with (none on CPU), for the run's details."""
         return dict(INDUCTOR_TUNING) if self._cuda else {}
 
     @property

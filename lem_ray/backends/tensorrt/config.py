@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
+from typing_extensions import override
 
 from lem_ray.backends.parallel import ModelParallelOptions
 from lem_ray.backends.traffic import TrafficConfig
@@ -16,6 +17,8 @@ CALIBRATED_QUANTIZATIONS = frozenset({"fp8", "int8_sq", "int4_awq", "w4a8_awq", 
 
 
 class TensorRTConfig(ModelParallelOptions):
+    """The experiment's `tensorrt:` section: engine build settings, parallelism and traffic."""
+
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset()
     """Every field here is a build or LLM(...) argument: a change needs a new engine."""
     EXPERIMENT_RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
@@ -117,5 +120,6 @@ class TensorRTConfig(ModelParallelOptions):
         )
 
     @property
+    @override
     def concurrency(self) -> int:
         return self.max_batch_size

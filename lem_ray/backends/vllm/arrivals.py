@@ -26,13 +26,17 @@ from lem_ray.records import RequestRecord
 class Engine(Protocol):
     """The part of vllm.v1.engine.llm_engine.LLMEngine used here."""
 
-    def add_request(self, request_id: str, prompt: Any, params: Any, **kwargs: Any) -> Any: ...
+    def add_request(self, request_id: str, prompt: Any, params: Any, **kwargs: Any) -> Any:
+        """Queue one request; it runs from the next step()."""
 
-    def step(self) -> list[Any]: ...
+    def step(self) -> list[Any]:
+        """Run one scheduler step; returns the requests' outputs so far."""
 
-    def has_unfinished_requests(self) -> bool: ...
+    def has_unfinished_requests(self) -> bool:
+        """Whether any queued or running request is left."""
 
-    def get_num_unfinished_requests(self) -> int: ...
+    def get_num_unfinished_requests(self) -> int:
+        """How many queued or running requests are left."""
 
 
 @dataclass
@@ -51,6 +55,7 @@ class EngineTimes:
     token_ts: list[float] = field(default_factory=list)
 
     def observe(self, stats: Any, new_tokens: int) -> None:
+        """Take the engine's first-token latency and stamp `new_tokens` with its last-token time."""
         self.ttft_s = stats.first_token_latency
         self.token_ts.extend([stats.last_token_ts] * new_tokens)
 
@@ -88,6 +93,7 @@ class ArrivalRun:
 
     @property
     def token_times_s(self) -> list[float]:
+        """Every output token's arrival time, over all requests."""
         return [t for trace in self.traces for t in trace.token_times]
 
     @property
@@ -98,6 +104,7 @@ class ArrivalRun:
             for trace, t in zip(self.traces, self.engine_times))
 
     def records(self, input_tokens: Sequence[int]) -> list[RequestRecord]:
+        """One record per request, in submission order, its lengths from `input_tokens`."""
         return [record_from_engine_times(i, n, trace, times) for i, (n, trace, times)
                 in enumerate(zip(input_tokens, self.traces, self.engine_times))]
 

@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any
 
+from typing_extensions import override
+
 from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
 from lem_ray.backends.compile_dir import CompileDir, installed_versions
 from lem_ray.backends.traffic import (
@@ -70,9 +72,12 @@ def visible_gpu_ids(count: int, visible: str | None) -> list[str] | None:
 
 
 class VLLMBackend(Backend[VLLMConfig]):
+    """vLLM's LLM on whole local GPUs: offline batches, or requests arriving at a rate."""
+
     name = "vllm"
     exclusive = True
 
+    @override
     def load(self) -> None:
         vllm = _import_vllm()
         self._engine_kwargs = engine_kwargs(self.config)
@@ -196,6 +201,7 @@ class VLLMBackend(Backend[VLLMConfig]):
         if offline or self._steady is not None:
             self._load = engine_load(steps, offline, self._steady)
 
+    @override
     def engine_load(self) -> EngineLoad | None:
         return getattr(self, "_load", None)
 
@@ -213,6 +219,7 @@ class VLLMBackend(Backend[VLLMConfig]):
         None before a measured window."""
         return getattr(self, "_timing", None)
 
+    @override
     def steady_window(self) -> SteadyWindow | None:
         return getattr(self, "_steady", None)
 
@@ -261,15 +268,18 @@ class VLLMBackend(Backend[VLLMConfig]):
         """vLLM's compile cache directory as an earlier engine of the key left it."""
         self._compile_dir.unpack(artifact)
 
+    @override
     def compiled_artifact(self) -> bytes | None:
         return self._compile_dir.pack()
 
+    @override
     def versions(self) -> dict[str, str]:
         import torch
 
         vllm = _import_vllm()
         return {"vllm": vllm.__version__, "torch": torch.__version__}
 
+    @override
     def details(self) -> dict[str, Any]:
         engine = self._llm.llm_engine
         return {
