@@ -30,7 +30,8 @@ class OneLineGroup(click.Group):
             click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
             sys.exit(2)
         except click.ClickException as exc:
-            command = exc.ctx.command_path if getattr(exc, "ctx", None) else self.name
+            ctx = getattr(exc, "ctx", None)  # UsageError and its subclasses carry one
+            command = ctx.command_path if ctx else self.name
             hint = f" (see {command} --help)" if isinstance(exc, click.UsageError) else ""
             fail(f"{' '.join(exc.format_message().split())}{hint}")
         except click.Abort as exc:

@@ -433,7 +433,7 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
         _write_html(html_path, summary, results_dir, chosen, f"{latency}_ms_p50")
         files["html"] = str(html_path)
     if as_json:
-        payload = {"results_dir": results_dir, "group_by": list(summary.group_by),
+        payload: dict[str, Any] = {"results_dir": results_dir, "group_by": list(summary.group_by),
                    "groups": summary.groups, "excluded": summary.excluded, "lost": lost,
                    "files": files, "slo_best": slo_best}
         if pair_key:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 
@@ -111,6 +111,11 @@ class _ExperimentFields(StrictModel):
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     slo: SLOConfig | None = Field(None, description="latency limits for goodput (docs/metrics.md)")
+
+    if TYPE_CHECKING:
+        # The backend sections (`pytorch: PyTorchConfig | None`, ...) are made by create_model
+        # below from the registry's table; to a type checker they are this.
+        def __getattr__(self, name: str) -> Any: ...
 
     @field_validator("model_name", "tokenizer")
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
@@ -42,7 +42,7 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
         else:
             candidates = [
                 c for c in candidates
-                if part in getattr(c.model_fields.get("source"), "annotation", ()).__args__
+                if part in get_args(getattr(c.model_fields.get("source"), "annotation", None))
             ] if all("source" in c.model_fields for c in candidates) else []
     return candidates[0] if len(candidates) == 1 else None
 

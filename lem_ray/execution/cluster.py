@@ -9,6 +9,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -68,7 +69,7 @@ def check_actors_start(address: str) -> None:
     """A driver that joined in token mode only because it found a token (as Ray itself does)
     while the cluster runs without authentication: tasks still run, but every actor dies at
     start, so every run would fail as "the actor died unexpectedly". Say why, before any run."""
-    probe = _Probe.remote()
+    probe = _Probe.remote()  # type: ignore[attr-defined]  # Ray's type hints type it as the class
     try:
         ray.get(probe.ok.remote(), timeout=PROBE_TIMEOUT_S)
     except ray.exceptions.ActorDiedError:
@@ -128,7 +129,7 @@ def connect(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     token_assumed = bool(address) and AUTH_MODE_ENV not in os.environ and auth_token_available()
     configure_auth(local=not address)
-    options = {
+    options: dict[str, Any] = {
         "namespace": "lem-ray",
         "runtime_env": {"env_vars": WORKER_ENV},
         "logging_level": "WARNING",

@@ -69,10 +69,11 @@ def _probe_all(results_dir: str | None) -> list[dict[str, Any]]:
             n["NodeID"], soft=False)).remote(results_dir)
         for n in nodes
     ]
+    reports: list[dict[str, Any]] = ray.get(refs)
     return [
         {"node_id": n["NodeID"], "node_ip": n["NodeManagerAddress"],
-         "ray_gpus": int(n["Resources"].get("GPU", 0)), **ray.get(ref)}
-        for n, ref in zip(nodes, refs)
+         "ray_gpus": int(n["Resources"].get("GPU", 0)), **report}
+        for n, report in zip(nodes, reports)
     ]
 
 

@@ -21,7 +21,11 @@ NAMESPACE = "lem-ray"
 CONCURRENT_CALLS = 64
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=CONCURRENT_CALLS)
+# Ray's type hints omit max_concurrency from ray.remote's overloads, and type a decorated class as
+# the class itself (no .remote/.options): the ignores here and at its uses are for that.
+@ray.remote(  # type: ignore[call-overload]
+    num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=CONCURRENT_CALLS
+)
 class ManifestActor:
     """Restarted by Ray if its process dies; it then rebuilds its state from disk."""
 
@@ -76,7 +80,7 @@ def manifest_name(campaign_name: str, results_dir: str) -> str:
 def open_manifest(campaign_name: str, results_dir: str) -> Any:
     """The campaign's manifest actor: the live one if a previous driver left it, else a new one
     on this (the driver's) node, where a local results directory is."""
-    return ManifestActor.options(
+    return ManifestActor.options(  # type: ignore[attr-defined]  # Ray's type hints, see above
         name=manifest_name(campaign_name, results_dir),
         namespace=NAMESPACE,
         lifetime="detached",

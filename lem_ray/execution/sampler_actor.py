@@ -18,7 +18,8 @@ def host_key(node_id: str | None) -> str:
     return f"host:{node_id}"
 
 
-@ray.remote(num_cpus=0, max_concurrency=4)
+# Ray's type hints omit max_concurrency from ray.remote's overloads.
+@ray.remote(num_cpus=0, max_concurrency=4)  # type: ignore[call-overload]
 class SamplerActor:
     """Needs no CPU of its own: its thread sleeps between samples. One run at a time:
     start() begins a run's series, finish() hands it over and clears it for the next run."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,12 @@ def alive_nodes() -> list[dict[str, Any]]:
 
 
 def probe_nodes(path: str, token: str, nodes: list[dict[str, Any]],
-                probe: Callable[..., Any] | None = None) -> dict[str, bool]:
-    """node id -> whether a task pinned to that node reads `token` from `path`."""
-    probe = probe or sees_marker
+                probe: Any = None) -> dict[str, bool]:
+    """node id -> whether a task pinned to that node reads `token` from `path`; `probe` is a
+    Ray remote function like sees_marker (Ray's types for those are private)."""
+    task = probe or sees_marker
     refs = {
-        n["NodeID"]: probe.options(
+        n["NodeID"]: task.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
         ).remote(path, token)
         for n in nodes
@@ -56,7 +56,7 @@ def unshared_message(results_dir: str, blind: list[str], total: int) -> str:
 
 
 def require_shared_results_dir(results_dir: str,
-                               probe: Callable[..., Any] | None = None) -> None:
+                               probe: Any = None) -> None:
     """Refuse a node-local results directory on a cluster of more than one node.
 
     An object store URI is reachable from every node. A local path is checked for real: the

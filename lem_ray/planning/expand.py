@@ -67,7 +67,7 @@ def experiment_id(config: ExperimentConfig) -> str:
     data = config.model_dump(mode="json")
     for dotted, default in ID_OMITTED_AT_DEFAULT.items():
         *parents, leaf = dotted.split(".")
-        node = data
+        node: Any = data
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node and node[leaf] == default:

@@ -64,7 +64,7 @@ class CampaignPlan:
 
     def runtime_env(self, backend: str) -> RuntimeEnvSpec:
         """The backend's runtime_env: the campaign's (inline or from its file), else none."""
-        given = self.campaign.runtime_env.get(backend)  # type: ignore[call-overload]
+        given = self.campaign.runtime_env.get(backend)
         if given is None:
             return RuntimeEnvSpec()
         if isinstance(given, RuntimeEnvSpec):

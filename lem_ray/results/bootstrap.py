@@ -19,7 +19,10 @@ STATS = ("mean", "std", "n", "ci_low", "ci_high")
 
 
 def bootstrap_ci(
-    values: Sequence[float], resamples: int = RESAMPLES, level: float = CI_LEVEL, seed: int = SEED
+    values: Sequence[float] | np.ndarray,
+    resamples: int = RESAMPLES,
+    level: float = CI_LEVEL,
+    seed: int = SEED,
 ) -> tuple[float, float] | None:
     """Percentile interval of the mean; None below two values, where there is no spread to
     resample. Each call starts from `seed` and resamples the sorted values, so an interval

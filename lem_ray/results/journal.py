@@ -125,7 +125,7 @@ def read_state(results_dir: str | Path) -> ManifestState:
         except (ValueError, KeyError, TypeError):
             raise ManifestCorrupt(f"{path}: not a lem-ray manifest snapshot") from None
         break
-    pending = []
+    pending: list[dict[str, Any]] = []
     for _, path in _journal_names(fs, directory):
         pending.extend(r for r in _records(_read_bytes(fs, path), path) if r["seq"] > state.seq)
     for record in sorted(pending, key=lambda r: r["seq"]):

@@ -258,7 +258,7 @@ class Lease:
         self.fs.create_dir(self.base, recursive=True)
         with self._locked() as locked:
             found = self._read()
-            if not self._free(found):
+            if found is not None and not self._free(found):
                 raise self._refusal(found)
             if locked:
                 try:

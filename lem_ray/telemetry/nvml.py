@@ -337,4 +337,5 @@ def used_memory_mib(indices: Sequence[int | str]) -> float | None:
         used = [GpuDevice(uuid).sample().memory_used_mib for uuid in uuids_for_indices(indices)]
     except TelemetryError:
         return None
-    return None if None in used else sum(used)
+    known = [mib for mib in used if mib is not None]
+    return sum(known) if len(known) == len(used) else None

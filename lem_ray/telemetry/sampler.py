@@ -345,12 +345,13 @@ class EnergySampler:
         rows = []
         for uuid, samples in series.items():
             energy_j = 0.0
-            last: GpuSample | None = None
+            last: tuple[float, float] | None = None
             for s in samples:
                 if s.power_w is not None:
                     if last is not None:
-                        energy_j += (s.t_s - last.t_s) * (s.power_w + last.power_w) / 2
-                    last = s
+                        last_t_s, last_power_w = last
+                        energy_j += (s.t_s - last_t_s) * (s.power_w + last_power_w) / 2
+                    last = (s.t_s, s.power_w)
                 if since_s is None or s.t_s >= since_s:
                     rows.append({"gpu_uuid": uuid, **asdict(s), "energy_j": energy_j})
         return rows + self._host_rows(since_s)

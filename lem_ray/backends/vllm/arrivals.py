@@ -141,10 +141,10 @@ def drive_arrivals(
     while sent < len(prompts) or engine.has_unfinished_requests():
         now = clock()
         while sent < len(prompts) and start + offsets_s[sent] <= now:
-            traces[sent] = StreamTrace(start_s=clock())
+            sending = traces[sent] = StreamTrace(start_s=clock())
             engine.add_request(str(sent), prompts[sent], per_request[sent],
                                lora_request=lora_request)
-            run.last_arrival_s = traces[sent].start_s
+            run.last_arrival_s = sending.start_s
             sent += 1
         if not engine.has_unfinished_requests():
             if sent < len(prompts):
@@ -155,12 +155,15 @@ def drive_arrivals(
         for output in outputs:
             index = int(output.request_id)  # vLLM hands back the id given to add_request
             trace = traces[index]
+            if trace is None:
+                raise RuntimeError(f"vLLM returned request {index}, which was not sent")
             new_tokens = len(output.outputs[0].token_ids)
             trace.observe(now, len(trace.token_times) + new_tokens)
             if output.metrics is not None:
-                if engine_times[index] is None:
-                    engine_times[index] = EngineTimes()
-                engine_times[index].observe(output.metrics, new_tokens)
+                times = engine_times[index]
+                if times is None:
+                    times = engine_times[index] = EngineTimes()
+                times.observe(output.metrics, new_tokens)
             if output.finished:
                 trace.end_s = now
                 run.finished_s.append(now)

@@ -166,6 +166,7 @@ class VLLMBackend(Backend[VLLMConfig]):
             self._llm.reset_prefix_cache()
         outputs: list[int | None] = [None] * len(prompts)
         if traffic.mode == "trace":
+            assert traffic.trace is not None, "TrafficConfig refuses trace mode without a trace"
             trace = read_trace(traffic.trace)
             if len(trace) != len(prompts):
                 raise ValueError(f"traffic.trace has {len(trace)} requests for {len(prompts)} "

@@ -31,7 +31,7 @@ class SchedulerTap:
         wrapped: the load columns are then null, and the run goes on unchanged."""
         manager = getattr(engine, "logger_manager", None)
         record = getattr(manager, "record", None)
-        if record is None:
+        if manager is None or record is None:
             return None
         tap = cls()
 
