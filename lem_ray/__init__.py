@@ -11,14 +11,14 @@ if TYPE_CHECKING:
     from lem_ray.planning.plan import CampaignPlan
 
 
-def plan_campaign(source: Any) -> "CampaignPlan":
+def plan_campaign(source: Any) -> CampaignPlan:
     """Expand a campaign (path, mapping or CampaignConfig) without starting Ray."""
     from lem_ray.planning.plan import plan_campaign as _plan
 
     return _plan(source)
 
 
-def run_campaign(source: Any, **kwargs: Any) -> "CampaignResult":
+def run_campaign(source: Any, **kwargs: Any) -> CampaignResult:
     """Run a campaign on Ray; see lem_ray.execution.driver.run_campaign for the options."""
     from lem_ray.execution.driver import run_campaign as _run
 

@@ -12,7 +12,8 @@ class ConfigError(Exception):
         self.file = file
         super().__init__(str(self))
 
-    def with_file(self, file: str) -> "ConfigError":
+    def with_file(self, file: str) -> ConfigError:
+        """The same error, naming `file` unless it names one already."""
         return ConfigError(self.message, path=self.path, file=self.file or file)
 
     def __str__(self) -> str:

@@ -39,9 +39,11 @@ class RunKey:
 
     @property
     def run_id(self) -> str:
+        """`<experiment_id>-c<cycle>`: the run's name in the manifest and rows."""
         return f"{self.experiment_id}-c{self.cycle}"
 
     def stem(self, attempt: int) -> str:
+        """File stem of one attempt's result files."""
         return f"{self.run_id}-a{attempt}"
 
 
@@ -55,13 +57,16 @@ class RunAttempt:
 
     @property
     def run_id(self) -> str:
+        """The run's id."""
         return self.key.run_id
 
     @property
     def stem(self) -> str:
+        """File stem of this attempt's result files."""
         return self.key.stem(self.attempt)
 
     def as_dict(self) -> dict[str, Any]:
+        """The identity columns every row of this attempt carries."""
         return {
             "campaign_name": self.campaign_name,
             "experiment_id": self.key.experiment_id,

@@ -73,7 +73,9 @@ def main() -> None:
         target.mkdir(parents=True, exist_ok=True)
         n = build_tokenizer(target, words)
         vocab_size = n if name == "tiny-llama" else 32000
-        (target / "config.json").write_text(json.dumps(llama_config(vocab_size, **shape), indent=2) + "\n")
+        (target / "config.json").write_text(
+            json.dumps(llama_config(vocab_size, **shape), indent=2) + "\n"
+        )
         print(f"{target}: vocab {vocab_size}")
     target = ASSETS / "models" / "llama-8b"
     target.mkdir(parents=True, exist_ok=True)

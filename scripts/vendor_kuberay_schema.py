@@ -27,7 +27,9 @@ LEAF_KEYS = ("type", "enum", "format", "anyOf", "x-kubernetes-int-or-string",
              "x-kubernetes-preserve-unknown-fields")
 
 
-def prune(schema: dict[str, Any], values: list[Any], path: str, unknown: list[str]) -> dict[str, Any]:
+def prune(
+    schema: dict[str, Any], values: list[Any], path: str, unknown: list[str]
+) -> dict[str, Any]:
     """The part of `schema` that `values` (all instances at one path) touch."""
     out = {k: schema[k] for k in LEAF_KEYS if k in schema}
     if path.count(".") == 1 and path.endswith(".metadata"):

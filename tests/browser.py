@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
+CHROMIUM = next(
+    (p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None
+)
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-default-apps", "--disable-extensions", "--no-default-browser-check",
@@ -122,7 +124,9 @@ def visit(page: Path, profile: Path) -> PageVisit:
                 elif method == "Runtime.exceptionThrown":
                     found.errors.append(json.dumps(params["exceptionDetails"])[:300])
                 elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-                    found.errors.append(f"{params['entry']['source']}: {params['entry']['text']}"[:300])
+                    found.errors.append(
+                        f"{params['entry']['source']}: {params['entry']['text']}"[:300]
+                    )
             return found
         finally:
             tools.close()

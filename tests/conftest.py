@@ -7,9 +7,10 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -52,12 +53,12 @@ def ray_env(address: str | None = None) -> dict[str, str]:
 
 # Ray's default ports (GCS 6379, dashboard 8265, client server 10001, dashboard agent 52365) are
 # held by any other Ray on the machine, another test session's included: a test's own cluster
-# starts without the dashboard and lets every port be picked free. Its files go to this session's temp dir (RAY_TMPDIR), where Ray
-# also writes the address a plain ray.init() would join.
+# starts without the dashboard and lets every port be picked free. Its files go to this session's
+# temp dir (RAY_TMPDIR), where Ray also writes the address a plain ray.init() would join.
 DEFAULT_PORTS = (6379, 8265, 10001, 52365)
 
 
-def own_cluster(**head_args: Any) -> "Cluster":
+def own_cluster(**head_args: Any) -> Cluster:
     """A ray.cluster_utils.Cluster of this session's own, its head with `head_args`."""
     from ray.cluster_utils import Cluster
 
@@ -73,8 +74,14 @@ def isolated_ray(num_cpus: int = 2) -> Iterator[None]:
 
     from lem_ray.execution.cluster import WORKER_ENV
 
-    ray.init(address="local", _temp_dir=os.path.join(RAY_TMP, "ray"), num_cpus=num_cpus,
-             include_dashboard=False, namespace="lem-ray-test", runtime_env={"env_vars": WORKER_ENV})
+    ray.init(
+        address="local",
+        _temp_dir=os.path.join(RAY_TMP, "ray"),
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        namespace="lem-ray-test",
+        runtime_env={"env_vars": WORKER_ENV},
+    )
     try:
         yield
     finally:

@@ -6,8 +6,8 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import psutil
 import pyarrow.dataset as ds
@@ -42,7 +42,9 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> ob
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def kill_one_worker(timeout_s: float = 120, spare: set[int] = frozenset(), settle_s: float = 1.0) -> int:
+def kill_one_worker(
+    timeout_s: float = 120, spare: set[int] = frozenset(), settle_s: float = 1.0
+) -> int:
     """SIGKILL a worker inside its run(), not one of the `spare` pids (killed before)."""
     proc = wait_for(lambda: next((p for p in running_workers() if p.pid not in spare), None),
                     timeout_s, "a running worker")
@@ -77,12 +79,14 @@ class DatasetWatcher(threading.Thread):
                         self.problems.append(f"hidden file visible: {bad}")
                     data = read_table(self.results_dir, table)
                     self.reads += 1
-                except Exception as exc:  # noqa: BLE001 - any read failure is the finding
+                except Exception as exc:  # any read failure is the finding
                     self.problems.append(f"{table}: {type(exc).__name__}: {exc}")
                     continue
                 if table == "experiments" and data.num_rows:
                     rows = data.select(["experiment_id", "cycle", "status"]).to_pylist()
-                    oks = Counter((r["experiment_id"], r["cycle"]) for r in rows if r["status"] == "ok")
+                    oks = Counter(
+                        (r["experiment_id"], r["cycle"]) for r in rows if r["status"] == "ok"
+                    )
                     twice = [k for k, n in oks.items() if n > 1]
                     if twice:
                         self.problems.append(f"two ok rows for {twice}")

@@ -12,7 +12,9 @@ MAX_UJ = 262_143_328_850
 
 
 class FakePowercap:
-    def __init__(self, root: Path, packages: int = 1, dram: bool = True, start_uj: int = 10**9) -> None:
+    def __init__(
+        self, root: Path, packages: int = 1, dram: bool = True, start_uj: int = 10**9
+    ) -> None:
         self.root = root
         self.counters: dict[str, int] = {}
         root.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ whose command line names its temp dir, and their children.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -15,9 +16,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 
@@ -63,21 +64,15 @@ def stop_head(temp_dir: Path) -> None:
     ]
     procs = {p.pid: p for p in roots}
     for root in roots:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             procs.update({c.pid: c for c in root.children(recursive=True)})
-        except psutil.NoSuchProcess:
-            pass
     for proc in procs.values():
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(list(procs.values()), timeout=5)
     for proc in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def start_head(num_cpus: int, num_gpus: int) -> Iterator[Head]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from lem_ray.records import RequestRecord
@@ -51,7 +53,7 @@ def test_power_ramp_weights_the_later_steps() -> None:
 def record(index: int, start_s: float, times: list[float], inputs: int) -> RequestRecord:
     return RequestRecord(index=index, input_tokens=inputs, output_tokens=len(times),
                          e2e_ms=(times[-1] - start_s) * 1000, ttft_ms=(times[0] - start_s) * 1000,
-                         itl_ms=[(b - a) * 1000 for a, b in zip(times, times[1:])], start_s=start_s)
+                         itl_ms=[(b - a) * 1000 for a, b in pairwise(times)], start_s=start_s)
 
 
 def test_records_on_the_perf_clock_moved_onto_the_samplers() -> None:
@@ -84,8 +86,12 @@ def inputs(gap: float | None, window_s: float = 10.0, samples: float = 100) -> V
 
 
 def test_gap_sign_denominator_and_flag() -> None:
-    assert energy_methods_gap(1000.0, 993.3, "nvml_counter", "nvml_counter") == pytest.approx(0.0067)
-    assert energy_methods_gap(1000.0, 1030.0, "nvml_counter", "nvml_counter") == pytest.approx(-0.03)
+    assert energy_methods_gap(1000.0, 993.3, "nvml_counter", "nvml_counter") == pytest.approx(
+        0.0067
+    )
+    assert energy_methods_gap(1000.0, 1030.0, "nvml_counter", "nvml_counter") == pytest.approx(
+        -0.03
+    )
     assert energy_methods_gap(1000.0, 1000.0, "nvml_power_integrated", "nvml_counter") is None
     assert energy_methods_gap(1000.0, None, "nvml_counter", "nvml_counter") is None
     assert validity_flags(inputs(-0.0067)) == []

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar
 
 import pytest
 import ray
@@ -137,9 +138,9 @@ def test_scheduler_waits_skips_and_resumes(tmp_path: Path) -> None:
 
 
 class Hook(BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
+    received: ClassVar[list[dict[str, Any]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:  # http.server's name
         length = int(self.headers["Content-Length"])
         Hook.received.append({"path": self.path, "type": self.headers["Content-Type"],
                               "body": json.loads(self.rfile.read(length))})

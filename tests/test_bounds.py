@@ -15,10 +15,11 @@ import subprocess
 import sys
 import threading
 import tracemalloc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,10 +43,22 @@ SECRET = "s3cr3t-token"
 @pytest.mark.parametrize(
     ("dotted", "value", "expected"),
     [
-        ("output.results_dir", "res\x00ults", "output.results_dir: contains the control character '\\x00' at position 3"),
-        ("base.prompts", {"source": "file", "path": "p\x00.jsonl"}, "base.prompts.path: contains the control character '\\x00'"),
+        (
+            "output.results_dir",
+            "res\x00ults",
+            "output.results_dir: contains the control character '\\x00' at position 3",
+        ),
+        (
+            "base.prompts",
+            {"source": "file", "path": "p\x00.jsonl"},
+            "base.prompts.path: contains the control character '\\x00'",
+        ),
         ("base.model_name", "org/\nmodel", "base.model_name: contains the control character '\\n'"),
-        ("runtime_env", {"pytorch": "env\x00.yaml"}, "runtime_env: pytorch: contains the control character '\\x00'"),
+        (
+            "runtime_env",
+            {"pytorch": "env\x00.yaml"},
+            "runtime_env: pytorch: contains the control character '\\x00'",
+        ),
     ],
 )
 def test_control_characters_are_refused_naming_the_key(tmp_path: Path, dotted: str, value: Any,
@@ -82,21 +95,66 @@ def test_webhook_url_is_refused_without_printing_it(tmp_path: Path, url: str,
 @pytest.mark.parametrize(
     ("dotted", "value", "expected"),
     [
-        ("notify", {"webhook_url": "http://h/x", "timeout_s": 1e300}, "notify.timeout_s: Input should be less than or equal to 300"),
-        ("notify", {"webhook_url_env": "HOOK\x00"}, "notify.webhook_url_env: String should match pattern"),
-        ("schedule", {"every": "1h", "for": "99999999999d"}, "schedule.for: a duration may be at most 366d"),
-        ("schedule", {"every": 1e12, "for": "2d"}, "schedule.every: a duration may be at most 366d"),
+        (
+            "notify",
+            {"webhook_url": "http://h/x", "timeout_s": 1e300},
+            "notify.timeout_s: Input should be less than or equal to 300",
+        ),
+        (
+            "notify",
+            {"webhook_url_env": "HOOK\x00"},
+            "notify.webhook_url_env: String should match pattern",
+        ),
+        (
+            "schedule",
+            {"every": "1h", "for": "99999999999d"},
+            "schedule.for: a duration may be at most 366d",
+        ),
+        (
+            "schedule",
+            {"every": 1e12, "for": "2d"},
+            "schedule.every: a duration may be at most 366d",
+        ),
         ("base.random_seed", 10**30, "base.random_seed: a seed must be from 0 to 4294967295"),
         ("base.random_seed", -1, "base.random_seed: a seed must be from 0 to 4294967295"),
         ("execution.seed", 2**32, "execution.seed: a seed must be from 0 to 4294967295"),
         ("base.prompts.seed", 2**64, "base.prompts.seed: a seed must be from 0 to 4294967295"),
-        ("base.max_output_tokens", 10**12, "base.max_output_tokens: Input should be less than or equal to 16777216"),
-        ("base.warmup", {"mode": "cv", "max_s": 1e12}, "base.warmup.max_s: Input should be less than or equal to 604800"),
-        ("base.warmup", {"mode": "fixed", "requests": 10**12}, "base.warmup.requests: Input should be less than or equal to 100000"),
-        ("base.gpus_per_experiment", 10**30, "base.gpus_per_experiment: Input should be less than or equal to 4096"),
-        ("grid.backend_overrides", {"pytorch": {"batch_size": [2**70]}}, "grid.backend_overrides.pytorch.batch_size: Input should be less than or equal to 100000"),
-        ("execution.baseline.ttl_s", 1e300, "execution.baseline.ttl_s: Input should be less than or equal to 604800"),
-        ("execution.runtime_env_timeout_s", 1e300, "execution.runtime_env_timeout_s: Input should be less than or equal to 604800"),
+        (
+            "base.max_output_tokens",
+            10**12,
+            "base.max_output_tokens: Input should be less than or equal to 16777216",
+        ),
+        (
+            "base.warmup",
+            {"mode": "cv", "max_s": 1e12},
+            "base.warmup.max_s: Input should be less than or equal to 604800",
+        ),
+        (
+            "base.warmup",
+            {"mode": "fixed", "requests": 10**12},
+            "base.warmup.requests: Input should be less than or equal to 100000",
+        ),
+        (
+            "base.gpus_per_experiment",
+            10**30,
+            "base.gpus_per_experiment: Input should be less than or equal to 4096",
+        ),
+        (
+            "grid.backend_overrides",
+            {"pytorch": {"batch_size": [2**70]}},
+            "grid.backend_overrides.pytorch.batch_size: "
+            "Input should be less than or equal to 100000",
+        ),
+        (
+            "execution.baseline.ttl_s",
+            1e300,
+            "execution.baseline.ttl_s: Input should be less than or equal to 604800",
+        ),
+        (
+            "execution.runtime_env_timeout_s",
+            1e300,
+            "execution.runtime_env_timeout_s: Input should be less than or equal to 604800",
+        ),
     ],
 )
 def test_values_are_bounded_when_the_campaign_is_read(tmp_path: Path, dotted: str, value: Any,
@@ -149,7 +207,7 @@ def test_token_counts_of_a_hub_model_in_the_local_cache(tmp_path: Path,
 class _Garbage(BaseHTTPRequestHandler):
     """Answers a POST with what is not HTTP, or with a redirect to a file."""
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:  # http.server's name
         if self.path.startswith("/redirect"):
             self.send_response(307)
             self.send_header("Location", f"file:///tmp/{SECRET}")
@@ -292,7 +350,7 @@ def big_prompt_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
             jsonl.write(json.dumps({"prompt": prompts[i % 1000], "id": i}) + "\n")
             csv.write(f'{i},"{prompts[i % 1000]}"\n')
     with pq.ParquetWriter(files[".parquet"], pa.schema({"prompt": pa.string()})) as writer:
-        for start in range(0, rows, 1000):
+        for _ in range(0, rows, 1000):
             writer.write_table(pa.table({"prompt": [os.urandom(512).hex() for _ in range(1000)]}))
     return files
 
@@ -319,7 +377,11 @@ def test_a_count_of_4_reads_a_few_lines_of_a_large_file(big_prompt_files: dict[s
 @pytest.mark.parametrize(
     ("name", "head", "row"),
     [
-        ("tail.jsonl", b'{"prompt": "a"}\n{"prompt": "b"}\n\n{"prompt": "c"}\n', b'{"prompt": "pad"}\n'),
+        (
+            "tail.jsonl",
+            b'{"prompt": "a"}\n{"prompt": "b"}\n\n{"prompt": "c"}\n',
+            b'{"prompt": "pad"}\n',
+        ),
         ("tail.csv", b'prompt\na\n"b, with\na newline"\nc\n', b"pad\n"),
     ],
 )
@@ -339,13 +401,15 @@ def test_a_line_too_long_is_refused_before_it_is_read_whole(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("lem_ray.planning.prompt_files.MAX_LINE_BYTES", 1024)
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "' + "x" * 2000 + '"}\n')
-    with pytest.raises(ConfigError, match="p.jsonl: line 2 is longer than 1024 bytes"):
+    with pytest.raises(ConfigError, match=r"p\.jsonl: line 2 is longer than 1024 bytes"):
         file_prompts(FilePrompts(source="file", path="p.jsonl"), tmp_path / "p.jsonl")
 
 
 def test_csv_rows_of_the_wrong_width(tmp_path: Path) -> None:
     (tmp_path / "p.csv").write_text("id,prompt\n1,a\n2\n")
-    with pytest.raises(ConfigError, match=r"cannot read .*p.csv: line 3: expected 2 columns, got 1"):
+    with pytest.raises(
+        ConfigError, match=r"cannot read .*p.csv: line 3: expected 2 columns, got 1"
+    ):
         file_prompts(FilePrompts(source="file", path="p.csv"), tmp_path / "p.csv")
 
 

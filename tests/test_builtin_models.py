@@ -19,14 +19,24 @@ def test_llama_8b_has_llama_3_1_8b_shape_and_parameter_count() -> None:
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     assert sum(p.numel() for p in model.parameters()) == 8_030_261_248
     raw = json.loads((Path(resolve_model("builtin:llama-8b")) / "config.json").read_text())
-    assert raw["rope_scaling"] == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    assert (raw["rope_theta"], raw["max_position_embeddings"], raw["torch_dtype"]) == (500000.0, 131072, "bfloat16")
+    assert raw["rope_scaling"] == {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    assert (raw["rope_theta"], raw["max_position_embeddings"], raw["torch_dtype"]) == (
+        500000.0,
+        131072,
+        "bfloat16",
+    )
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "llama-8b"])
 def test_every_id_a_dummy_model_can_emit_decodes(name: str) -> None:
-    """Random weights sample from the whole vocabulary; an id the tokenizer lacks cannot be detokenized."""
+    """Random weights sample from the whole vocabulary; an id the tokenizer lacks cannot be
+    detokenized."""
     folder = resolve_model(f"builtin:{name}")
     vocab_size = transformers.AutoConfig.from_pretrained(folder).vocab_size
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)

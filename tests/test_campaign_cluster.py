@@ -21,7 +21,9 @@ def two_nodes():
     cluster = own_cluster(num_cpus=3, num_gpus=2)
     cluster.add_node(num_cpus=3, num_gpus=2)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="lem-ray-test", runtime_env={"env_vars": WORKER_ENV})
+    ray.init(
+        address=cluster.address, namespace="lem-ray-test", runtime_env={"env_vars": WORKER_ENV}
+    )
     yield cluster
     ray.shutdown()
     cluster.shutdown()
@@ -48,8 +50,11 @@ def test_runs_spread_over_nodes_on_exclusive_gpus(two_nodes, tmp_path: Path) -> 
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(ok) == 8 and result.counts["ok"] == 8
 
-    refused = [r for r in failed if "needs 3 GPUs on one node; the largest node of this cluster has 2"
-               in r["error"]]
+    refused = [
+        r
+        for r in failed
+        if "needs 3 GPUs on one node; the largest node of this cluster has 2" in r["error"]
+    ]
     assert len(refused) == 2, "3 GPUs on one node is more than any node has"
     # on a loaded machine a worker may die (OOM): such a run must have been retried to ok
     for r in failed:

@@ -37,8 +37,11 @@ def test_gpu_campaign_measures_energy(tmp_path: Path) -> None:
         assert 0 < e["energy_prefill_j"] < e["energy_j"] and e["prefill_passes"] >= 1
         assert e["energy_decode_j"] == pytest.approx(e["energy_j"] - e["energy_prefill_j"])
         assert e["valid"] is (e["validity_flags"] == []), "valid means exactly: no flag"
-        # nothing on this campaign's own GPU can raise these: a dedicated GPU, no MIG, energy measured
-        assert not {"no_energy", "mig", "other_process", "power_above_limit"} & set(e["validity_flags"])
+        # nothing on this campaign's own GPU can raise these: a dedicated GPU, no MIG, energy
+        # measured
+        assert not {"no_energy", "mig", "other_process", "power_above_limit"} & set(
+            e["validity_flags"]
+        )
         assert e["power_limit_w"] > 0 and e["driver_version"]
         assert json.loads(e["energy_by_gpu_json"]).keys() == {e["gpu_uuids"][0]}
     clean = [e for e in rows if e["batch_size"] == 1]

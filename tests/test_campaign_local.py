@@ -19,7 +19,9 @@ CAMPAIGN = {
     "campaign_name": "local",
     "base": TINY_BASE,
     "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 3]}}},
-    "experiments": [{"backend": "pytorch", "model_name": "/nonexistent/model", "load_format": "auto"}],
+    "experiments": [
+        {"backend": "pytorch", "model_name": "/nonexistent/model", "load_format": "auto"}
+    ],
     "execution": {"cycles": 2, "structure": "interleaved"},
 }
 
@@ -49,7 +51,9 @@ def test_campaign_tables_and_rerun(local_ray, tmp_path: Path) -> None:
         assert e["energy_j"] is None and e["energy_j_per_output_token"] is None
         assert e["energy_source"] is None and "ran on CPU" in e["energy_unavailable_reason"]
         assert e["valid"] is None and e["validity_flags"] == ["no_energy"]
-        assert e["energy_prefill_j"] is None and e["prefill_passes"] is None, "no prefill pass without energy"
+        assert e["energy_prefill_j"] is None and e["prefill_passes"] is None, (
+            "no prefill pass without energy"
+        )
         assert e["baseline_power_w"] is None and e["energy_adjusted_j"] is None
         assert json.loads(e["config_json"])["pytorch"]["batch_size"] == e["batch_size"]
         assert e["node_id"] and e["node_ip"]
@@ -68,7 +72,9 @@ def test_campaign_tables_and_rerun(local_ray, tmp_path: Path) -> None:
 
     manifest = load_manifest(out)["runs"]
     assert sorted(e["state"] for e in manifest.values()) == ["failed"] * 2 + ["ok"] * 4
-    assert all(e["error"].startswith("OSError") for e in manifest.values() if e["state"] == "failed")
+    assert all(
+        e["error"].startswith("OSError") for e in manifest.values() if e["state"] == "failed"
+    )
 
     rerun = run_campaign(CAMPAIGN, results_dir=out)
     assert rerun.counts["skipped_done"] == 6 and rerun.counts["ran"] == 0, "failed runs stay failed"
@@ -77,7 +83,9 @@ def test_campaign_tables_and_rerun(local_ray, tmp_path: Path) -> None:
                             "retried": 0}
     attempts = sorted(e["attempt"] for e in ds.dataset(out / "experiments").to_table().to_pylist()
                       if e["status"] == "failed")
-    assert attempts == [1, 1, 2, 2], "--retry-failed reruns failed runs as new attempts, ok ones not"
+    assert attempts == [1, 1, 2, 2], (
+        "--retry-failed reruns failed runs as new attempts, ok ones not"
+    )
     assert len(rerun.summary) == 2 and all(s["cycles_ok"] == 2 for s in rerun.summary)
     assert len(rerun.failures) == 2, "the latest attempt of each failed run"
     assert all(f["attempt"] == 2 and f["reason"].startswith("OSError") for f in rerun.failures)

@@ -39,7 +39,9 @@ def test_dry_run_json(tmp_path: Path, write_campaign) -> None:
     plan = json.loads(proc.stdout)
     assert len(plan["experiments"]) == 5
     assert {e["backend"] for e in plan["experiments"]} == {"pytorch", "tensorrt"}
-    assert all(len(e["experiment_id"]) == 12 and e["config"]["model_name"] for e in plan["experiments"])
+    assert all(
+        len(e["experiment_id"]) == 12 and e["config"]["model_name"] for e in plan["experiments"]
+    )
     assert plan["rejected"] == [{
         "backend": "tensorrt", "combination": {"fp_precision": "float32"},
         "reason": "fp_precision: float32 is not supported by tensorrt",
@@ -63,12 +65,26 @@ def test_default_campaign_dry_run(tmp_path: Path) -> None:
     [
         (None, "file not found"),
         ("campaign_name: x\ngrid: {backends: [pytorch\n", "YAML syntax error: line"),
-        ({**CAMPAIGN, "execution": {"cycels": 3}}, "execution.cycels: unknown key 'cycels'; allowed keys: cycles"),
-        ({**CAMPAIGN, "execution": {"cycles": "three"}}, "execution.cycles: Input should be a valid integer"),
-        ({**CAMPAIGN, "base": {**TINY_BASE, "max_output_tokens": 0}}, "base.max_output_tokens: Input should be greater"),
+        (
+            {**CAMPAIGN, "execution": {"cycels": 3}},
+            "execution.cycels: unknown key 'cycels'; allowed keys: cycles",
+        ),
+        (
+            {**CAMPAIGN, "execution": {"cycles": "three"}},
+            "execution.cycles: Input should be a valid integer",
+        ),
+        (
+            {**CAMPAIGN, "base": {**TINY_BASE, "max_output_tokens": 0}},
+            "base.max_output_tokens: Input should be greater",
+        ),
         ({"campaign_name": "empty"}, "grid: the campaign has no experiments to run"),
-        ({**CAMPAIGN, "base": {**TINY_BASE, "prompts": {"source": "file", "path": "missing.jsonl"}}},
-         "prompts.path: prompt file not found"),
+        (
+            {
+                **CAMPAIGN,
+                "base": {**TINY_BASE, "prompts": {"source": "file", "path": "missing.jsonl"}},
+            },
+            "prompts.path: prompt file not found",
+        ),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path: Path, write_campaign, content, expected: str) -> None:
@@ -110,8 +126,11 @@ def test_campaign_end_to_end_via_cli(tmp_path: Path, write_campaign) -> None:
     owner = json.loads((tmp_path / "out/e2e/campaign.json").read_text())
     assert owner["campaign_name"] == "e2e" and len(owner["grid_fingerprint"]) == 16
 
-    other = lem_ray("campaign", str(write_campaign({**campaign, "campaign_name": "beta"}, "b.yaml")),
-                    cwd=tmp_path)
+    other = lem_ray(
+        "campaign",
+        str(write_campaign({**campaign, "campaign_name": "beta"}, "b.yaml")),
+        cwd=tmp_path,
+    )
     assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
     assert "out/e2e: belongs to campaign 'e2e', not 'beta'" in other.stderr
 
@@ -198,10 +217,22 @@ def test_live_lines_name_runs_by_what_sets_them_apart(capsys: pytest.CaptureFixt
     from lem_ray.results.rows import RunRows
     from lem_ray.planning.plan import plan_campaign
 
-    plan = plan_campaign({"campaign_name": "paths", "base": {**TINY_BASE, "backend": "pytorch"}, "experiments": [
-        {"pytorch": {"batch_size": 2}},
-        {"pytorch": {"batch_size": 2, "torch_compile": "reduce-overhead",
-                     "cache_implementation": "static"}}]})
+    plan = plan_campaign(
+        {
+            "campaign_name": "paths",
+            "base": {**TINY_BASE, "backend": "pytorch"},
+            "experiments": [
+                {"pytorch": {"batch_size": 2}},
+                {
+                    "pytorch": {
+                        "batch_size": 2,
+                        "torch_compile": "reduce-overhead",
+                        "cache_implementation": "static",
+                    }
+                },
+            ],
+        }
+    )
     labels = experiment_labels(plan)
     eager, fast = (labels[e.experiment_id] for e in plan.experiments)
     assert "torch_compile=null" in eager and "torch_compile=reduce-overhead" in fast
@@ -210,4 +241,6 @@ def test_live_lines_name_runs_by_what_sets_them_apart(capsys: pytest.CaptureFixt
            "error": None, "throughput_tok_s": 5.0, "energy_j_per_output_token": None}
     with LiveProgress(console(stderr=True), total=1, labels=labels) as live:
         live(Progress(total=1, done=1), RunRows(row))
-    assert f"{row['experiment_id']} c1 a1 {fast}: 5 tok/s" in " ".join(capsys.readouterr().err.split())
+    assert f"{row['experiment_id']} c1 a1 {fast}: 5 tok/s" in " ".join(
+        capsys.readouterr().err.split()
+    )

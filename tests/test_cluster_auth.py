@@ -37,6 +37,8 @@ def test_token_found_against_a_cluster_without_auth_is_a_clear_error(
         message = " ".join(done.stderr.split())
         assert "actors die at start" in message and "RAY_AUTH_MODE=token" in message
         assert "Traceback" not in done.stderr
-        assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.parquet"))
+        assert not (tmp_path / "results").exists() or not any(
+            (tmp_path / "results").rglob("*.parquet")
+        )
     finally:
         cluster.shutdown()

@@ -33,8 +33,8 @@ def schema_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
         branches = [schema_errors(branch, value, path) for branch in schema["anyOf"]]
         return [] if any(not b for b in branches) else branches[0]
     kind = schema.get("type")
-    if kind and (not isinstance(value, TYPES[kind]) or kind in ("integer", "number")
-                 and isinstance(value, bool)):
+    if kind and (not isinstance(value, TYPES[kind]) or (kind in ("integer", "number")
+                 and isinstance(value, bool))):
         return [f"{path}: {value!r} is not {kind}"]
     if "enum" in schema and value not in schema["enum"]:
         return [f"{path}: {value!r} not one of {schema['enum']}"]

@@ -12,10 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from lem_ray.cli.main import main
-from lem_ray.results import compact as compact_module
-from lem_ray.results import store
-from lem_ray.results.compact import CompactionBusy, compact
 from lem_ray.records import RunKey
+from lem_ray.results import compact as compact_module, store
+from lem_ray.results.compact import CompactionBusy, compact
 from lem_ray.results.schema import empty_row
 from lem_ray.results.store import read_table, write_rows
 
@@ -88,7 +87,9 @@ def test_reader_lists_again_when_a_listed_file_was_deleted(tmp_path: Path, monke
     compact(tmp_path)
     listings = iter([stale])
     real = store.list_parquet
-    monkeypatch.setattr(store, "list_parquet", lambda fs, folder: next(listings, None) or real(fs, folder))
+    monkeypatch.setattr(
+        store, "list_parquet", lambda fs, folder: next(listings, None) or real(fs, folder)
+    )
     assert keys(tmp_path, "experiments") == before
 
 

@@ -81,8 +81,13 @@ def test_key_ignores_runtime_fields_and_execution_settings() -> None:
 
 def test_the_setting_reads_on_off_and_a_directory() -> None:
     def location(setting: Any) -> str | None:
-        plan = plan_campaign({"campaign_name": "k", "base": {"model_name": "m", "backend": "pytorch"},
-                              "execution": {"compile_cache": setting}})
+        plan = plan_campaign(
+            {
+                "campaign_name": "k",
+                "base": {"model_name": "m", "backend": "pytorch"},
+                "execution": {"compile_cache": setting},
+            }
+        )
         return cache_location("/r/c", plan.campaign.execution.compile_cache)
 
     assert location(True) == location("on") == "/r/c/compile_cache"

@@ -36,7 +36,9 @@ def test_other_backend_section_is_refused() -> None:
 
 def test_unknown_key_names_path_and_allowed_keys() -> None:
     msg = _error({**BASE, "pytorch": {"batchsize": 4}})
-    assert msg.startswith("base.pytorch.batchsize: unknown key 'batchsize'; allowed keys: batch_size")
+    assert msg.startswith(
+        "base.pytorch.batchsize: unknown key 'batchsize'; allowed keys: batch_size"
+    )
 
 
 def test_unknown_key_inside_tagged_union() -> None:
@@ -53,13 +55,22 @@ def test_wrong_type_and_value_name_the_field() -> None:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        ({"backend": "tensorrt", "fp_precision": "float32"}, "fp_precision: float32 is not supported"),
+        (
+            {"backend": "tensorrt", "fp_precision": "float32"},
+            "fp_precision: float32 is not supported",
+        ),
         ({"pytorch": {"load_in_4bit": True, "load_in_8bit": True}}, "are exclusive"),
         ({"min_output_tokens": 9, "max_output_tokens": 8}, "min_output_tokens (9) must be <="),
-        ({"backend": "vllm", "gpus_per_experiment": 2}, "(1 x 1) must equal gpus_per_experiment (2)"),
         (
-            {"backend": "tensorrt", "gpus_per_experiment": 4,
-             "tensorrt": {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}},
+            {"backend": "vllm", "gpus_per_experiment": 2},
+            "(1 x 1) must equal gpus_per_experiment (2)",
+        ),
+        (
+            {
+                "backend": "tensorrt",
+                "gpus_per_experiment": 4,
+                "tensorrt": {"tensor_parallel_size": 2, "pipeline_parallel_size": 2},
+            },
             None,
         ),
     ],
@@ -85,7 +96,9 @@ def test_decoder_preset_fills_unset_fields_only() -> None:
 def test_campaign_top_level_keys_are_exact() -> None:
     with pytest.raises(ConfigError) as info:
         parse_campaign({"campaign_name": "x", "gird": {}}, "c.yaml")
-    assert str(info.value).startswith("c.yaml: gird: unknown key 'gird'; allowed keys: campaign_name")
+    assert str(info.value).startswith(
+        "c.yaml: gird: unknown key 'gird'; allowed keys: campaign_name"
+    )
 
 
 def test_yaml_syntax_error_names_line(tmp_path) -> None:
@@ -128,5 +141,7 @@ def test_the_backend_table_drives_the_config() -> None:
     ("pytorch", "batch_size"), ("vllm", "max_num_seqs"), ("tensorrt", "max_batch_size"),
 ])
 def test_each_backend_states_its_concurrency(backend: str, key: str) -> None:
-    cfg = ExperimentConfig.model_validate({"model_name": "m", "backend": backend, backend: {key: 7}})
+    cfg = ExperimentConfig.model_validate(
+        {"model_name": "m", "backend": backend, backend: {key: 7}}
+    )
     assert cfg.backend_options.concurrency == 7

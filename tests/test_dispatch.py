@@ -27,7 +27,9 @@ CONFIG = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch"})
 def outcome(kind: str, ids: RunAttempt) -> RunRows:
     now = datetime.now(timezone.utc)
     if kind == "ok":
-        return RunRows({**ids.as_dict(), "status": "ok", "error": None, "node_id": "n", "gpu_ids": []})
+        return RunRows(
+            {**ids.as_dict(), "status": "ok", "error": None, "node_id": "n", "gpu_ids": []}
+        )
     if kind == "died":
         return failed_rows(ids, CONFIG, "worker died: killed", now, retryable=True)
     return failed_rows(ids, CONFIG, "RuntimeError: boom", now)
@@ -113,7 +115,9 @@ def test_ctrl_c_marks_running_runs_interrupted_and_stores_nothing(
     assert d.progress.running == 0
 
 
-def full_disk(monkeypatch: pytest.MonkeyPatch, statuses: set[str], written: list | None = None) -> list:
+def full_disk(
+    monkeypatch: pytest.MonkeyPatch, statuses: set[str], written: list | None = None
+) -> list:
     """store_rows that fails, as on a full disk, for rows of these statuses."""
     tried: list = []
 

@@ -14,8 +14,8 @@ import yaml
 from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.execution.doctor import Check, DoctorReport, _check_host_energy, _check_podman
 from lem_ray.telemetry.rapl import host_status, read_text
-from tests.powercap import FakePowercap
 from tests.conftest import TINY_BASE
+from tests.powercap import FakePowercap
 
 
 @pytest.mark.slow
@@ -87,14 +87,22 @@ def test_host_energy_per_node(tmp_path: Path) -> None:
             raise PermissionError(13, "Permission denied", path)
         return read_text(path)
 
-    nodes = [{"hostname": h, "node_ip": f"10.0.0.{i}", "node_id": f"{i}" * 12, "host_energy": status}
-             for i, (h, status) in enumerate((
-                 ("server", host_status(str(tmp_path / "server"))),
-                 ("locked", host_status(str(tmp_path / "server"), read=denied)),
-                 ("vm", host_status(str(tmp_path / "none")))), start=1)]
+    nodes = [
+        {"hostname": h, "node_ip": f"10.0.0.{i}", "node_id": f"{i}" * 12, "host_energy": status}
+        for i, (h, status) in enumerate(
+            (
+                ("server", host_status(str(tmp_path / "server"))),
+                ("locked", host_status(str(tmp_path / "server"), read=denied)),
+                ("vm", host_status(str(tmp_path / "none"))),
+            ),
+            start=1,
+        )
+    ]
     report = DoctorReport()
     _check_host_energy(report, nodes)
     server, locked, vm = report.checks
-    assert server.status == "ok" and "intel-rapl:0 (package-0), intel-rapl:0:0 (dram)" in server.detail
+    assert (
+        server.status == "ok" and "intel-rapl:0 (package-0), intel-rapl:0:0 (dram)" in server.detail
+    )
     assert locked.status == "warn" and "not readable" in locked.detail and "chmod o+r" in locked.fix
     assert vm.status == "warn" and "does not exist" in vm.detail and "/sys/class/powercap" in vm.fix

@@ -124,7 +124,7 @@ def test_the_next_engine_needs_its_footprint_and_a_tenth_more_free() -> None:
         state, pool = gpu(), EnginePool(capacity=8)
         fill(pool, state, "A", "B")
         pool.record("X", 1_000.0, loaded=True)
-        pool.make_room("X", False, lambda: free_mib)
+        pool.make_room("X", False, lambda free_mib=free_mib: free_mib)
         assert state["released"] == released, free_mib
     freed = iter([900.0, 1_099.0, 1_100.0])
     state, pool = gpu(), EnginePool(capacity=8)

@@ -69,14 +69,14 @@ def test_cycle_is_refused_naming_the_chain(tmp_path: Path) -> None:
 
 def test_missing_or_bad_base_is_one_line_error(tmp_path: Path) -> None:
     child = _write(tmp_path / "c.yaml", {**BASE, "_extends": "nope.yaml"})
-    with pytest.raises(ConfigError, match="nope.yaml: file not found"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: file not found"):
         load_campaign(child)
     _write(tmp_path / "c.yaml", {**BASE, "_extends": ["x.yaml"]})
     with pytest.raises(ConfigError, match="_extends: must be a path to a campaign file"):
         load_campaign(child)
     (tmp_path / "list.yaml").write_text("- 1\n")
     _write(tmp_path / "c.yaml", {**BASE, "_extends": "list.yaml"})
-    with pytest.raises(ConfigError, match="list.yaml must be a YAML mapping, got list"):
+    with pytest.raises(ConfigError, match=r"list\.yaml must be a YAML mapping, got list"):
         load_campaign(child)
 
 

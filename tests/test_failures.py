@@ -36,13 +36,18 @@ def one_ok_per_run(rows: list[dict]) -> Counter:
 
 def test_killed_worker_is_retried_and_ends_ok_once(local_ray, tmp_path: Path) -> None:
     out = tmp_path / "r"
-    campaign = {"campaign_name": "kill", "base": LONG,
-                "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
-                "execution": {"cycles": 1}}
+    campaign = {
+        "campaign_name": "kill",
+        "base": LONG,
+        "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
+        "execution": {"cycles": 1},
+    }
     watcher = DatasetWatcher(out)
     watcher.start()
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(r=run_campaign(campaign, results_dir=out)))
+    thread = threading.Thread(
+        target=lambda: result.update(r=run_campaign(campaign, results_dir=out))
+    )
     thread.start()
     kill_one_worker()
     thread.join(timeout=600)
@@ -60,7 +65,9 @@ def test_killed_worker_is_retried_and_ends_ok_once(local_ray, tmp_path: Path) ->
     assert watcher.reads > 0 and watcher.problems == []
 
 
-def test_backend_error_and_timeout_fail_with_reason_others_finish(local_ray, tmp_path: Path) -> None:
+def test_backend_error_and_timeout_fail_with_reason_others_finish(
+    local_ray, tmp_path: Path
+) -> None:
     out = tmp_path / "r"
     campaign = {
         "campaign_name": "errors",
@@ -74,7 +81,10 @@ def test_backend_error_and_timeout_fail_with_reason_others_finish(local_ray, tmp
     result = run_campaign(campaign, results_dir=out)
     assert result.counts["ok"] == 1 and result.counts["failed"] == 1
     failed = [r for r in experiments(out) if r["status"] == "failed"]
-    assert failed[0]["error"].startswith("OSError") and str(tmp_path / "no-model") in failed[0]["error"]
+    assert (
+        failed[0]["error"].startswith("OSError")
+        and str(tmp_path / "no-model") in failed[0]["error"]
+    )
 
     # The limit is far below the run's length on any machine: 5,000 prompts one at a time are
     # 5,000 generate() calls of 16 decoder passes each, not done in 0.5 s.
@@ -85,7 +95,9 @@ def test_backend_error_and_timeout_fail_with_reason_others_finish(local_ray, tmp
     result = run_campaign(slow, results_dir=tmp_path / "t")
     assert result.counts["failed"] == 1 and result.counts["retried"] == 0
     rows = experiments(tmp_path / "t")
-    assert [(r["status"], r["attempt"]) for r in rows] == [("failed", 1)], "timeouts are not retried"
+    assert [(r["status"], r["attempt"]) for r in rows] == [("failed", 1)], (
+        "timeouts are not retried"
+    )
     assert rows[0]["error"] == "timed out: still running after execution.run_timeout_s = 0.5 s"
     assert [e["state"] for e in load_manifest(tmp_path / "t")["runs"].values()] == ["failed"]
 
@@ -101,14 +113,21 @@ def cluster():
 def test_removed_node_runs_finish_on_the_other(cluster, tmp_path: Path) -> None:
     doomed = cluster.add_node(num_cpus=2, num_gpus=1)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="lem-ray-test", runtime_env={"env_vars": WORKER_ENV})
+    ray.init(
+        address=cluster.address, namespace="lem-ray-test", runtime_env={"env_vars": WORKER_ENV}
+    )
     head_id = ray.get_runtime_context().get_node_id()
     out = tmp_path / "r"
-    campaign = {"campaign_name": "node", "base": LONG,
-                "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
-                "execution": {"cycles": 1, "baseline": {"enabled": False}}}
+    campaign = {
+        "campaign_name": "node",
+        "base": LONG,
+        "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
+        "execution": {"cycles": 1, "baseline": {"enabled": False}},
+    }
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(r=run_campaign(campaign, results_dir=out)))
+    thread = threading.Thread(
+        target=lambda: result.update(r=run_campaign(campaign, results_dir=out))
+    )
     thread.start()
     wait_for(lambda: sum(e["state"] == "running" for e in load_manifest(out)["runs"].values()) == 2
              if (out / "manifest").exists() else False, 120, "both runs to start")
@@ -123,7 +142,9 @@ def test_removed_node_runs_finish_on_the_other(cluster, tmp_path: Path) -> None:
     # a retry may land on the doomed node before Ray has seen it go, and die there again
     lost = [r for r in rows if r["status"] == "failed"]
     assert lost and all(r["error"].startswith("worker died") for r in lost)
-    assert all(any(o["run_id"] == r["run_id"] and o["attempt"] > r["attempt"] for o in oks) for r in lost)
+    assert all(
+        any(o["run_id"] == r["run_id"] and o["attempt"] > r["attempt"] for o in oks) for r in lost
+    )
     assert result["r"].counts["retried"] == len(lost)
 
 
@@ -131,10 +152,16 @@ def test_driver_killed_then_rerun_completes_without_redoing(cluster, tmp_path: P
     cluster.add_node(num_cpus=2, num_gpus=1)
     cluster.wait_for_nodes()
     out = tmp_path / "r"
-    campaign = {"campaign_name": "driver", "base": {**LONG, "prompts": {"source": "synthetic", "count": 60}},
-                "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2, 3]}}},
-                "execution": {"cycles": 2, "baseline": {"enabled": False}},
-                "output": {"results_dir": str(out)}}
+    campaign = {
+        "campaign_name": "driver",
+        "base": {**LONG, "prompts": {"source": "synthetic", "count": 60}},
+        "grid": {
+            "backends": ["pytorch"],
+            "backend_overrides": {"pytorch": {"batch_size": [1, 2, 3]}},
+        },
+        "execution": {"cycles": 2, "baseline": {"enabled": False}},
+        "output": {"results_dir": str(out)},
+    }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(campaign))
     env = ray_env(cluster.address)
@@ -162,9 +189,13 @@ def test_driver_killed_then_rerun_completes_without_redoing(cluster, tmp_path: P
 
 def test_ctrl_c_marks_running_runs_interrupted_and_exits_130(tmp_path: Path) -> None:
     out = tmp_path / "r"
-    campaign = {"campaign_name": "sigint", "base": LONG,
-                "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
-                "execution": {"cycles": 1}, "output": {"results_dir": str(out)}}
+    campaign = {
+        "campaign_name": "sigint",
+        "base": LONG,
+        "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
+        "execution": {"cycles": 1},
+        "output": {"results_dir": str(out)},
+    }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(campaign))
     env = ray_env()
@@ -194,7 +225,9 @@ def test_worker_killed_on_every_attempt_fails_after_max_attempts(local_ray, tmp_
                 "experiments": [{"backend": "pytorch"}],
                 "execution": {"cycles": 1, "max_attempts": 2, "run_timeout_s": 120}}
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(r=run_campaign(campaign, results_dir=out)))
+    thread = threading.Thread(
+        target=lambda: result.update(r=run_campaign(campaign, results_dir=out))
+    )
     thread.start()
     first = kill_one_worker(settle_s=0.5)
     kill_one_worker(spare={first}, settle_s=0.5)

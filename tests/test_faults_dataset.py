@@ -7,8 +7,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -222,8 +223,9 @@ def test_power_samples_only_of_attempts_that_ended_ok(tmp_path: Path) -> None:
     assert list(_power_samples(str(tmp_path), runs)) == [("e1-c1", 1)]
 
 
-def test_a_file_is_on_disk_before_it_is_committed_and_after(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_is_on_disk_before_it_is_committed_and_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The rows' bytes are fsynced under the temp name, and the folder after the rename: once
     write_rows returns (and the manifest may say ok), a power cut keeps the file."""
     synced: list[str] = []

@@ -12,8 +12,9 @@ import copy
 import json
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from click.testing import CliRunner
@@ -129,7 +130,7 @@ def _text_mutation(rng: random.Random, text: str) -> bytes:
         return (text[:cut] + "\x00" + text[cut:]).encode()
     if action == "duplicate":
         i = rng.randrange(len(lines))
-        return "\n".join(lines[: i + 1] + [lines[i]] + lines[i + 1:]).encode()
+        return "\n".join([*lines[: i + 1], lines[i], *lines[i + 1:]]).encode()
     if action == "truncate":
         return text[: rng.randrange(len(text))].encode()
     if action == "alias_bomb":

@@ -194,7 +194,9 @@ def test_results_written_before_the_host_columns_read_with_them_null(tmp_path: P
         old = pa.schema([f for f in TABLES[table] if f.name not in columns])
         (tmp_path / table).mkdir()
         row = {**dict.fromkeys(old.names), **ids}
-        pq.write_table(pa.Table.from_pylist([row], schema=old), tmp_path / table / "e-c1-a1.parquet")
+        pq.write_table(
+            pa.Table.from_pylist([row], schema=old), tmp_path / table / "e-c1-a1.parquet"
+        )
         back = read_table(tmp_path, table)
         assert back.schema.equals(TABLES[table])
         assert all(back[c].to_pylist() == [None] for c in columns)

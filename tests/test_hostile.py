@@ -86,23 +86,66 @@ def dry_run(tmp_path: Path, content: dict[str, Any] | str | bytes, *extra: str) 
 @pytest.mark.parametrize(
     ("dotted", "value", "expected"),
     [
-        ("base.prompts.input_len.mean", float("inf"), "base.prompts.input_len.mean: Input should be a finite number"),
-        ("execution.validity.temperature_max_c", float("nan"), "execution.validity.temperature_max_c: Input should be a finite number"),
-        ("execution.config_gap_s", float("inf"), "execution.config_gap_s: Input should be a finite number"),
-        ("execution.telemetry.sample_interval_ms", float("nan"), "execution.telemetry.sample_interval_ms: Input should be a finite"),
-        ("base.prompts.input_len", {"distribution": "lognormal", "mean": 1e300, "std": 1e300},
-         "base.prompts.input_len.mean: Input should be less than or equal to 1048576"),
+        (
+            "base.prompts.input_len.mean",
+            float("inf"),
+            "base.prompts.input_len.mean: Input should be a finite number",
+        ),
+        (
+            "execution.validity.temperature_max_c",
+            float("nan"),
+            "execution.validity.temperature_max_c: Input should be a finite number",
+        ),
+        (
+            "execution.config_gap_s",
+            float("inf"),
+            "execution.config_gap_s: Input should be a finite number",
+        ),
+        (
+            "execution.telemetry.sample_interval_ms",
+            float("nan"),
+            "execution.telemetry.sample_interval_ms: Input should be a finite",
+        ),
+        (
+            "base.prompts.input_len",
+            {"distribution": "lognormal", "mean": 1e300, "std": 1e300},
+            "base.prompts.input_len.mean: Input should be less than or equal to 1048576",
+        ),
         ("execution.cycles", True, "execution.cycles: Input should be a valid integer (got True)"),
-        ("base.max_output_tokens", "8", "base.max_output_tokens: Input should be a valid integer (got '8')"),
-        ("base.decoder.do_sample", 1, "base.decoder.do_sample: Input should be a valid boolean (got 1)"),
+        (
+            "base.max_output_tokens",
+            "8",
+            "base.max_output_tokens: Input should be a valid integer (got '8')",
+        ),
+        (
+            "base.decoder.do_sample",
+            1,
+            "base.decoder.do_sample: Input should be a valid boolean (got 1)",
+        ),
         ("execution.cycles", 1_000_000_000, "execution.cycles: 2 experiments x 1000000000 cycles"),
-        ("base.prompts.count", 1_000_000_000_000, "base.prompts.count: Input should be less than or equal to 100000"),
-        ("base.model_name", "builtin:nope", "base.model_name: unknown builtin model 'builtin:nope'; builtin models: builtin:llama-1b, builtin:llama-8b, builtin:tiny-llama"),
+        (
+            "base.prompts.count",
+            1_000_000_000_000,
+            "base.prompts.count: Input should be less than or equal to 100000",
+        ),
+        (
+            "base.model_name",
+            "builtin:nope",
+            "base.model_name: unknown builtin model 'builtin:nope'; builtin models: "
+            "builtin:llama-1b, builtin:llama-8b, builtin:tiny-llama",
+        ),
         ("grid.shared", {"foo.bar.baz": [1]}, "grid.shared.foo.bar.baz: unknown key 'foo'"),
-        ("grid.backend_overrides", {"pytorch": {"batch_size": []}}, "grid.backend_overrides.pytorch.batch_size: axis has no values"),
+        (
+            "grid.backend_overrides",
+            {"pytorch": {"batch_size": []}},
+            "grid.backend_overrides.pytorch.batch_size: axis has no values",
+        ),
         ("grid.shared", {"fp_precision": []}, "grid.shared.fp_precision: axis has no values"),
-        ("grid.shared", {"decoder.top_k": list(range(200)), "random_seed": list(range(200))},
-         "grid: 80000 combinations; a campaign may have at most 10000"),
+        (
+            "grid.shared",
+            {"decoder.top_k": list(range(200)), "random_seed": list(range(200))},
+            "grid: 80000 combinations; a campaign may have at most 10000",
+        ),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(tmp_path: Path, dotted: str, value: Any,
@@ -138,11 +181,17 @@ def test_a_bad_trace_is_refused_before_anything_runs(tmp_path: Path, trace: str 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("campaign_name: a\nbase: {}\ncampaign_name: b\n", "line 3, column 1: duplicate key 'campaign_name' (first at line 1)"),
+        (
+            "campaign_name: a\nbase: {}\ncampaign_name: b\n",
+            "line 3, column 1: duplicate key 'campaign_name' (first at line 1)",
+        ),
         ("campaign_name: a\nexecution: {cycles: 2, cycles: 3}\n", "duplicate key 'cycles'"),
         ("a: &a [*a]\ncampaign_name: a\n", "an alias refers to a node that contains it"),
         ("x: " + "[" * 200 + "]" * 200 + "\n", "nested deeper than 64 levels"),
-        ("campaign_name: a\nexecution: {validity: {min_window_s: .nan}}\n", "Input should be a finite number"),
+        (
+            "campaign_name: a\nexecution: {validity: {min_window_s: .nan}}\n",
+            "Input should be a finite number",
+        ),
         ("campaign_name: a\nwhen: 2020-02-30\n", "YAML value error"),
     ],
 )
@@ -162,7 +211,9 @@ def test_alias_bomb_is_refused_small_and_fast(tmp_path: Path) -> None:
 
 
 def test_large_and_non_utf8_campaign_files(tmp_path: Path) -> None:
-    refused(dry_run(tmp_path, b"campaign_name: caf\xe9\n"), "not UTF-8 text (byte 0xe9 at offset 18)")
+    refused(
+        dry_run(tmp_path, b"campaign_name: caf\xe9\n"), "not UTF-8 text (byte 0xe9 at offset 18)"
+    )
     refused(dry_run(tmp_path, "campaign_name: a\n" + "#" * (1024 * 1024) + "\n"),
             "a campaign file may have at most 1048576")
 
@@ -183,7 +234,9 @@ def test_lognormal_extremes_stay_in_bounds() -> None:
 
 def test_experiment_switching_prompts_source_is_replaced(tmp_path: Path) -> None:
     """base has synthetic prompts (with input_len); an experiment reading a file replaces them."""
-    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"p {i}"}) + "\n" for i in range(5)))
+    (tmp_path / "p.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"p {i}"}) + "\n" for i in range(5))
+    )
     data = {**VALID, "grid": {}, "experiments": [
         {"backend": "pytorch", "prompts": {"source": "file", "path": "p.jsonl", "count": 3}}]}
     result = dry_run(tmp_path, data)
@@ -195,9 +248,24 @@ def test_experiment_switching_prompts_source_is_replaced(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("name", "content", "count", "expected"),
     [
-        ("latin1.csv", "prompt\ncaf\xe9\n".encode("latin-1"), None, "latin1.csv is not UTF-8 text (byte 0xe9 at offset 10)"),
-        ("short.jsonl", b'{"prompt": "a"}\n{"prompt": "b"}\n', 5, "prompts.count: short.jsonl has 2 non-empty prompts, fewer than prompts.count (5)"),
-        ("numbers.csv", b"prompt\n1\n2\n", None, "column 'prompt' of numbers.csv holds only numbers, not text"),
+        (
+            "latin1.csv",
+            "prompt\ncaf\xe9\n".encode("latin-1"),
+            None,
+            "latin1.csv is not UTF-8 text (byte 0xe9 at offset 10)",
+        ),
+        (
+            "short.jsonl",
+            b'{"prompt": "a"}\n{"prompt": "b"}\n',
+            5,
+            "prompts.count: short.jsonl has 2 non-empty prompts, fewer than prompts.count (5)",
+        ),
+        (
+            "numbers.csv",
+            b"prompt\n1\n2\n",
+            None,
+            "column 'prompt' of numbers.csv holds only numbers, not text",
+        ),
         ("broken.jsonl", b'{"prompt": "a"\n', None, "prompts.path: cannot read"),
     ],
 )
@@ -216,7 +284,10 @@ def test_prompt_files_are_checked_naming_the_experiment(tmp_path: Path, name: st
         (["nope"], "No such command 'nope'."),
         (["report"], "Missing argument 'RESULTS_DIR'."),
         (["report", "x", "--latency", "slow"], "Invalid value for '--latency'"),
-        (["campaign", "--dry-run", "--address", "127.0.0.1:notaport"], "--address: '127.0.0.1:notaport': port 'notaport' is not a number"),
+        (
+            ["campaign", "--dry-run", "--address", "127.0.0.1:notaport"],
+            "--address: '127.0.0.1:notaport': port 'notaport' is not a number",
+        ),
         (["campaign", "--dry-run", "--address", "127.0.0.1"], "--address: '127.0.0.1' has no port"),
         (["campaign", "--dry-run", "--address", "http://h:1"], "use HOST:PORT, ray://HOST:PORT"),
     ],
@@ -287,15 +358,28 @@ def results(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("name", "content", "expected"),
     [
-        ("state.json", b'{"campaign_name": "x", "ru', "state.json: not a lem-ray manifest snapshot"),
+        (
+            "state.json",
+            b'{"campaign_name": "x", "ru',
+            "state.json: not a lem-ray manifest snapshot",
+        ),
         ("state.json", b"[1, 2]", "state.json: not a lem-ray manifest snapshot"),
         ("state.json", b"\xff\xfe", "state.json: not a lem-ray manifest snapshot"),
-        ("state.json", b'{"campaign_name": "x", "runs": {"a-c1": {"state": "ok"}}}',
-         "results: not a lem-ray manifest: run 'a-c1': experiment_id is None"),
-        ("journal-1.jsonl", b'garbage\n{"seq": 2, "campaign": "x"}\n',
-         "journal-1.jsonl: line 1 is not a journal record"),
-        ("journal-1.jsonl", b'{"seq": 1, "set": {"state": "ok"}, "run": "nope-c1"}\n',
-         "results: cannot read the manifest (KeyError"),
+        (
+            "state.json",
+            b'{"campaign_name": "x", "runs": {"a-c1": {"state": "ok"}}}',
+            "results: not a lem-ray manifest: run 'a-c1': experiment_id is None",
+        ),
+        (
+            "journal-1.jsonl",
+            b'garbage\n{"seq": 2, "campaign": "x"}\n',
+            "journal-1.jsonl: line 1 is not a journal record",
+        ),
+        (
+            "journal-1.jsonl",
+            b'{"seq": 1, "set": {"state": "ok"}, "run": "nope-c1"}\n',
+            "results: cannot read the manifest (KeyError",
+        ),
     ],
 )
 def test_status_on_a_damaged_manifest(results: Path, name: str, content: bytes,

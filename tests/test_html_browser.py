@@ -27,12 +27,18 @@ def campaign_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("browser") / "results"
     with isolated_ray():
-        result = run_campaign({
-            "campaign_name": "browser",
-            "base": TINY_BASE,
-            "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
-            "execution": {"cycles": 2},
-        }, results_dir=out)
+        result = run_campaign(
+            {
+                "campaign_name": "browser",
+                "base": TINY_BASE,
+                "grid": {
+                    "backends": ["pytorch"],
+                    "backend_overrides": {"pytorch": {"batch_size": [1, 2]}},
+                },
+                "execution": {"cycles": 2},
+            },
+            results_dir=out,
+        )
     assert result.counts["ok"] == 4
     return out
 

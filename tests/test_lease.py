@@ -20,8 +20,14 @@ import psutil
 import pytest
 
 from lem_ray.results import lease as lease_module
-from lem_ray.results.lease import (EXPIRES_AFTER_S, LEASE_FILE, Lease, LeaseHeld, LeaseLost,
-                                   machine_id)
+from lem_ray.results.lease import (
+    EXPIRES_AFTER_S,
+    LEASE_FILE,
+    Lease,
+    LeaseHeld,
+    LeaseLost,
+    machine_id,
+)
 
 
 def held_by(results: Path, **fields: Any) -> dict[str, Any]:

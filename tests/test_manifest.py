@@ -37,9 +37,18 @@ def test_committed_ok_row_the_manifest_missed_marks_the_run_ok(tmp_path: Path) -
     out = tmp_path / "r"
     before = ManifestStore(out)
     before.set_campaign("m")
-    before.add_runs({"e1-c1": {**new_entry("e1", 1), "state": "running", "attempt": 2, "error": "worker died"},
-                     "e1-c2": {**new_entry("e1", 2), "state": "running", "attempt": 1},
-                     "e2-c1": {**new_entry("e2", 1), "state": "ok", "attempt": 1}})
+    before.add_runs(
+        {
+            "e1-c1": {
+                **new_entry("e1", 1),
+                "state": "running",
+                "attempt": 2,
+                "error": "worker died",
+            },
+            "e1-c2": {**new_entry("e1", 2), "state": "running", "attempt": 1},
+            "e2-c1": {**new_entry("e2", 1), "state": "ok", "attempt": 1},
+        }
+    )
     before.close()
     commit(out, "e1", 1, 1, "failed", "worker died: killed")
     commit(out, "e1", 1, 2, "ok")
@@ -49,11 +58,19 @@ def test_committed_ok_row_the_manifest_missed_marks_the_run_ok(tmp_path: Path) -
 
     ManifestActor.__ray_actor_class__(str(out), "m").close()  # what a new driver's actor does first
     after = load_manifest(out)["runs"]
-    assert (after["e1-c1"]["state"], after["e1-c1"]["attempt"], after["e1-c1"]["error"]) == ("ok", 2, None)
+    assert (after["e1-c1"]["state"], after["e1-c1"]["attempt"], after["e1-c1"]["error"]) == (
+        "ok",
+        2,
+        None,
+    )
     assert (after["e1-c2"]["state"], after["e1-c2"]["attempt"]) == ("running", 1), \
         "a failed row alone decides nothing: the run is still owed an attempt"
     assert (after["e2-c1"]["state"], after["e2-c1"]["attempt"]) == ("ok", 1)
-    assert (after["e3-c1"]["state"], after["e3-c1"]["attempt"], after["e3-c1"]["cycle"]) == ("ok", 3, 1)
+    assert (after["e3-c1"]["state"], after["e3-c1"]["attempt"], after["e3-c1"]["cycle"]) == (
+        "ok",
+        3,
+        1,
+    )
 
 
 def test_reconcile_records_missed_attempts_and_nothing_else(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from fsspec.implementations.memory import MemoryFileSystem
 
 from lem_ray.cli.main import main
-
 from lem_ray.results import journal, store
 from lem_ray.results.journal import ManifestCorrupt, ManifestStore, read_state
 from lem_ray.results.manifest import load_manifest, new_entry
@@ -147,7 +146,9 @@ def test_concurrent_commits_share_writes_and_all_are_durable(tmp_path: Path, mon
     assert state.seq == 17 and {e["state"] for e in state.runs.values()} == {"ok"}
 
 
-def test_a_failed_write_is_never_acknowledged_and_stops_the_store(tmp_path: Path, monkeypatch) -> None:
+def test_a_failed_write_is_never_acknowledged_and_stops_the_store(
+    tmp_path: Path, monkeypatch
+) -> None:
     live = ManifestStore(tmp_path)
     live.add_runs(entries(2))
 

@@ -341,8 +341,10 @@ def test_mean_gaps_only_give_the_pooled_mean_and_no_percentiles() -> None:
 def test_latency_percentiles_are_the_named_ones() -> None:
     """p50/p90/p99 of 11 known values (numpy's linear interpolation): each column is the
     percentile its name says."""
-    records = [RequestRecord(i, 1, 2, e2e_ms=10.0 * (i + 1), ttft_ms=float(i + 1), itl_ms=[float(i + 1)])
-               for i in range(11)]
+    records = [
+        RequestRecord(i, 1, 2, e2e_ms=10.0 * (i + 1), ttft_ms=float(i + 1), itl_ms=[float(i + 1)])
+        for i in range(11)
+    ]
     req = request_metrics(records, duration_s=1.0)
     for prefix, scale in (("ttft_ms", 1.0), ("itl_ms", 1.0), ("e2e_ms", 10.0)):
         assert [req[f"{prefix}_{stat}"] for stat in ("mean", "p50", "p90", "p99")] == pytest.approx(
@@ -362,10 +364,18 @@ def test_nothing_to_divide_by_gives_null_not_an_error() -> None:
     req = request_metrics(records, duration_s=0.0)
     assert req["throughput_tok_s"] is None and req["requests_per_s"] is None
     assert request_metrics(records, duration_s=2.0)["requests_per_s"] == 0.5
-    assert energy_metrics(0.0, 0.0, 4, 1) == {"energy_j_per_output_token": 0.0, "energy_j_per_request": 0.0,
-                                              "output_tokens_per_j": None, "avg_power_w": None}
-    assert energy_metrics(None, 2.0, 4, 1) == {"energy_j_per_output_token": None, "energy_j_per_request": None,
-                                               "output_tokens_per_j": None, "avg_power_w": None}
+    assert energy_metrics(0.0, 0.0, 4, 1) == {
+        "energy_j_per_output_token": 0.0,
+        "energy_j_per_request": 0.0,
+        "output_tokens_per_j": None,
+        "avg_power_w": None,
+    }
+    assert energy_metrics(None, 2.0, 4, 1) == {
+        "energy_j_per_output_token": None,
+        "energy_j_per_request": None,
+        "output_tokens_per_j": None,
+        "avg_power_w": None,
+    }
     assert energy_metrics(8.0, 2.0, 0, 0)["energy_j_per_output_token"] is None
     assert energy_metrics(0.5, 2.0, 4, 1)["output_tokens_per_j"] == 8.0, "under a joule is a figure"
 
@@ -380,8 +390,28 @@ def test_request_rows() -> None:
                RequestRecord(4, 7, 1, 15.0, 15.0, [], start_s=100.25)]
     rows = request_rows(records, window_start_s=100.0, energies_j=[6.0, None])
     assert rows == [
-        {"request_index": 3, "input_tokens": 12, "output_tokens": 5, "ttft_ms": 20.0, "itl_ms_mean": 4.0,
-         "itl_ms_p50": 2.5, "itl_ms_max": 10.0, "e2e_ms": 90.0, "start_s": 5.5, "energy_j": 6.0},
-        {"request_index": 4, "input_tokens": 7, "output_tokens": 1, "ttft_ms": 15.0, "itl_ms_mean": None,
-         "itl_ms_p50": None, "itl_ms_max": None, "e2e_ms": 15.0, "start_s": 0.25, "energy_j": None},
+        {
+            "request_index": 3,
+            "input_tokens": 12,
+            "output_tokens": 5,
+            "ttft_ms": 20.0,
+            "itl_ms_mean": 4.0,
+            "itl_ms_p50": 2.5,
+            "itl_ms_max": 10.0,
+            "e2e_ms": 90.0,
+            "start_s": 5.5,
+            "energy_j": 6.0,
+        },
+        {
+            "request_index": 4,
+            "input_tokens": 7,
+            "output_tokens": 1,
+            "ttft_ms": 15.0,
+            "itl_ms_mean": None,
+            "itl_ms_p50": None,
+            "itl_ms_max": None,
+            "e2e_ms": 15.0,
+            "start_s": 0.25,
+            "energy_j": None,
+        },
     ]

@@ -37,7 +37,9 @@ def export(results_dir: Path, uri: str) -> dict[str, Any]:
     return json.loads(result.output)
 
 
-def test_export_twice_one_run_per_counted_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_twice_one_run_per_counted_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     results = tmp_path / "results"
     write_synthetic(results)
@@ -67,7 +69,10 @@ def test_export_twice_one_run_per_counted_row(tmp_path: Path, monkeypatch: pytes
         assert run.data.tags["lem_ray.experiment_id"] == row["experiment_id"]
         config = json.loads(row["config_json"])
         params = run.data.params
-        assert params["backend"] == config["backend"] and params["fp_precision"] == config["fp_precision"]
+        assert (
+            params["backend"] == config["backend"]
+            and params["fp_precision"] == config["fp_precision"]
+        )
         assert params["decoder.temperature"] == json.dumps(config["decoder"]["temperature"])
         section = config["backend"]
         for key, value in config[section].items():
@@ -80,18 +85,24 @@ def test_export_twice_one_run_per_counted_row(tmp_path: Path, monkeypatch: pytes
                 assert metrics[name] == pytest.approx(row[name])
                 figures += 1
         assert "cycle" not in metrics and "measure_start_epoch_s" not in metrics
-        mine = [s for s in samples if s["run_id"] == row["run_id"] and s["attempt"] == row["attempt"]]
+        mine = [
+            s for s in samples if s["run_id"] == row["run_id"] and s["attempt"] == row["attempt"]
+        ]
         for gpu in sorted({s["gpu_uuid"] for s in mine}):
             history = client.get_metric_history(run.info.run_id, f"{POWER_METRIC}/{gpu}")
             expected = sorted((s for s in mine if s["gpu_uuid"] == gpu), key=lambda s: s["t_s"])
             assert [m.value for m in sorted(history, key=lambda m: m.step)] == \
                 pytest.approx([s["power_w"] for s in expected])
-            assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(len(expected)))
+            assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(
+                range(len(expected))
+            )
             histories += 1
     assert histories >= 2 and figures > len(rows), "figures and power histories were checked"
 
 
-def test_without_mlflow_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_mlflow_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "mlflow", None)
     result = CliRunner().invoke(main, ["export", "mlflow", str(tmp_path)])
     assert result.exit_code == 2

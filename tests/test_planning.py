@@ -22,7 +22,10 @@ GRID = {
     "grid": {
         "backends": ["pytorch", "vllm", "tensorrt"],
         "shared": {"fp_precision": ["float32", "bfloat16"], "max_output_tokens": [32, 64]},
-        "backend_overrides": {"pytorch": {"batch_size": [1, 4]}, "vllm": {"max_num_seqs": [16, 64]}},
+        "backend_overrides": {
+            "pytorch": {"batch_size": [1, 4]},
+            "vllm": {"max_num_seqs": [16, 64]},
+        },
     },
     "experiments": [{"backend": "pytorch", "pytorch": {"batch_size": 16}}],
     "execution": {"cycles": 3},
@@ -84,9 +87,12 @@ def test_an_option_added_later_keeps_the_ids_of_experiments_that_leave_it_at_its
 
     fast = {"cache_implementation": "static", "torch_compile": "reduce-overhead"}
     base = {"model_name": "m", "backend": "pytorch"}
-    ids = [plan_campaign({"campaign_name": "p", "base": {**base, "pytorch": pytorch}})
-           .experiments[0].experiment_id
-           for pytorch in (fast, {**fast, "compile_prefill": False}, {**fast, "compile_prefill": True})]
+    ids = [
+        plan_campaign({"campaign_name": "p", "base": {**base, "pytorch": pytorch}})
+        .experiments[0]
+        .experiment_id
+        for pytorch in (fast, {**fast, "compile_prefill": False}, {**fast, "compile_prefill": True})
+    ]
     assert ids[0] == ids[1] != ids[2]
     for dotted, default in ID_OMITTED_AT_DEFAULT.items():
         head = dotted.split(".")[0]
@@ -124,8 +130,11 @@ def test_empty_grid_is_an_error() -> None:
 
 
 def test_overrides_for_unlisted_backend() -> None:
-    bad = {**GRID, "grid": {"backends": ["pytorch"], "backend_overrides": {"vllm": {"max_num_seqs": [1]}}}}
-    with pytest.raises(ConfigError, match="not in grid.backends"):
+    bad = {
+        **GRID,
+        "grid": {"backends": ["pytorch"], "backend_overrides": {"vllm": {"max_num_seqs": [1]}}},
+    }
+    with pytest.raises(ConfigError, match=r"not in grid\.backends"):
         plan_campaign(bad)
 
 

@@ -153,7 +153,7 @@ def test_runs_behind_a_waiting_head_still_take_free_gpus_elsewhere() -> None:
     assert held is not None and held.run_id == "big"
     other = {"a": "b", "b": "a"}[held.node]
     assert decisions == [Open("small", other)], "late may not take the head's node"
-    full = slots + [SlotView(3, "a", 1, ("A",), busy=True), SlotView(4, "b", 1, ("A",), busy=True)]
+    full = [*slots, SlotView(3, "a", 1, ("A",), busy=True), SlotView(4, "b", 1, ("A",), busy=True)]
     decisions, held = decide(0.0, queue, full, {"a": 2, "b": 2})
     assert decisions == [] and held is not None and held.run_id == "big"
 
@@ -177,7 +177,7 @@ def test_a_run_waits_for_a_busy_worker_of_its_size_rather_than_close_idle_ones()
     assert decide(3.0, queue[:1], slots, {"n": 4})[0] == [Close(2), Close(3), Open("big", "n")]
     decisions, _ = decide(0.0, queue, slots, {"n": 4})
     assert decisions == [Close(2), Close(3), Open("big", "n")]
-    unknown = [QueuedRun("big", 2, "P", est_s=4.0)] + queue[1:]
+    unknown = [QueuedRun("big", 2, "P", est_s=4.0), *queue[1:]]
     assert decide(8.0, unknown, slots, {"n": 4})[0][:3] == [Close(2), Close(3), Open("big", "n")]
 
 

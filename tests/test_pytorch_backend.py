@@ -64,7 +64,9 @@ def test_greedy_and_sampled_generation_kwargs() -> None:
     greedy = generation_kwargs(make_config(), 3, 2)
     assert greedy["do_sample"] is False and greedy["temperature"] is None
     assert greedy["max_new_tokens"] == 8 and greedy["min_new_tokens"] == 8
-    sampled = generation_kwargs(make_config(decoder={"preset": "creative"}, min_output_tokens=0), 3, 2)
+    sampled = generation_kwargs(
+        make_config(decoder={"preset": "creative"}, min_output_tokens=0), 3, 2
+    )
     assert sampled["do_sample"] is True and sampled["temperature"] == 1.2
     assert "min_new_tokens" not in sampled
     static = generation_kwargs(make_config(pytorch={"cache_implementation": "static"}), 3, 2)
@@ -134,7 +136,9 @@ def test_event_offsets_share_the_host_clock_origin() -> None:
     assert record.itl_ms == pytest.approx([5.0, 6.0])
     assert record.e2e_ms == pytest.approx(31.0), "a row that ended early ends at its last token"
     untimed = request_record(7, 5, times, start_s=100.0, done_s=100.050)
-    assert untimed.ttft_ms is None and untimed.itl_ms == [] and untimed.e2e_ms == pytest.approx(50.0)
+    assert (
+        untimed.ttft_ms is None and untimed.itl_ms == [] and untimed.e2e_ms == pytest.approx(50.0)
+    )
 
 
 def test_step_clock_on_cpu_stamps_every_step_with_the_host_clock() -> None:

@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.dataset as ds
 import pytest
@@ -104,8 +104,8 @@ def test_ray_job_stop_is_ctrl_c(head: Head, tmp_path: Path) -> None:
                          job_id, "--no-wait", "--", "lem-ray", "campaign", str(campaign),
                          "--results-dir", str(out))
     assert submitted.returncode == 0, submitted.stderr[-3000:]
-    wait_for(lambda: _job_status(head, job_id) != "PENDING" and (out / "manifest").is_dir()
-             and "running" in {e["state"] for e in load_manifest(out)["runs"].values()}
+    wait_for(lambda: (_job_status(head, job_id) != "PENDING" and (out / "manifest").is_dir()
+             and "running" in {e["state"] for e in load_manifest(out)["runs"].values()})
              or _job_status(head, job_id) in ("FAILED", "SUCCEEDED"), 300, "a run to start")
     assert _job_status(head, job_id) == "RUNNING", \
         head.ray("job", "logs", "--address", head.dashboard_url, job_id).stdout[-3000:]

@@ -16,9 +16,10 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import ray
@@ -175,7 +176,9 @@ class Scraper:
         self.thread.join()
 
 
-def test_endpoint_shows_runs_and_gpu_power_with_their_tags(ray_with_metrics: int, tmp_path: Path) -> None:
+def test_endpoint_shows_runs_and_gpu_power_with_their_tags(
+    ray_with_metrics: int, tmp_path: Path
+) -> None:
     scraper = Scraper(ray_with_metrics)
     watched = campaign("watched", True, tmp_path)
     ids = RunAttempt("watched", plan_campaign(watched).runs[0], 1)
@@ -200,21 +203,36 @@ def test_endpoint_shows_runs_and_gpu_power_with_their_tags(ray_with_metrics: int
         assert {k: tags[k] for k in expected} == expected
 
     # The driver's: runs by state while the campaign runs, ending with its four runs ok.
-    states = [{t["state"]: v for t, v in named(s.series, "ray_lem_ray_runs", campaign_name="watched")}
-              for s in scraper.scrapes if s.running == "watched"]
+    states = [
+        {t["state"]: v for t, v in named(s.series, "ray_lem_ray_runs", campaign_name="watched")}
+        for s in scraper.scrapes
+        if s.running == "watched"
+    ]
     states = [found for found in states if found]
     assert states, "the run-state series appear while the campaign runs"
     assert all(set(found) == {"pending", "running", "ok", "failed"} for found in states)
-    assert states[0]["pending"] > 0 and states[-1] == {"pending": 0, "running": 0, "ok": 4, "failed": 0}
-    phases = [{t["phase"]: v for t, v in named(s.series, "ray_lem_ray_gpu_seconds", campaign_name="watched")}
-              for s in scraper.scrapes]
+    assert states[0]["pending"] > 0 and states[-1] == {
+        "pending": 0,
+        "running": 0,
+        "ok": 4,
+        "failed": 0,
+    }
+    phases = [
+        {
+            t["phase"]: v
+            for t, v in named(s.series, "ray_lem_ray_gpu_seconds", campaign_name="watched")
+        }
+        for s in scraper.scrapes
+    ]
     assert dict.fromkeys(("measuring", "warmup", "loading", "baseline", "cooldown", "idle"), 0.0) \
         in phases, "GPU-seconds by phase (none on CPU)"
 
     # With ray_metrics off, nothing of that campaign reached the endpoint, which still exported.
     during_quiet = [s.series for s in scraper.scrapes if s.running == "quiet"]
     assert any(named(series, "ray_lem_ray_gpu_power_w") for series in during_quiet)
-    assert not [t for series in during_quiet for _, t, _ in series if t.get("campaign_name") == "quiet"]
+    assert not [
+        t for series in during_quiet for _, t, _ in series if t.get("campaign_name") == "quiet"
+    ]
 
 
 def test_finished_run_energy_on_the_endpoint(ray_with_metrics: int) -> None:
@@ -227,8 +245,13 @@ def test_finished_run_energy_on_the_endpoint(ray_with_metrics: int) -> None:
     deadline = time.monotonic() + SCRAPE_LIMIT_S
     while time.monotonic() < deadline:
         series = scrape(ray_with_metrics)
-        runs = {t["run_id"]: v for t, v in named(series, "ray_lem_ray_run_energy_j", campaign_name="energy")}
-        total = named(series, "ray_lem_ray_energy_j_total", campaign_name="energy", experiment_id="e1")
+        runs = {
+            t["run_id"]: v
+            for t, v in named(series, "ray_lem_ray_run_energy_j", campaign_name="energy")
+        }
+        total = named(
+            series, "ray_lem_ray_energy_j_total", campaign_name="energy", experiment_id="e1"
+        )
         if runs and total:
             break
         time.sleep(SCRAPE_EVERY_S)

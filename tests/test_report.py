@@ -27,19 +27,56 @@ from tests.conftest import TINY_BASE, isolated_ray
 from tests.test_cli import lem_ray
 
 T0_S = 1_700_000_000.0
-# experiment -> backend, precision, batch, temperature, gpus, [(cycle, attempt, status, valid, J/tok)]
-SYNTHETIC: dict[str, tuple[str, str, int, float, int, list[tuple[int, int, str, Any, float | None]]]] = {
-    "aaaa": ("pytorch", "float16", 1, 1.0, 1,
-             [(1, 1, "ok", True, 0.50), (2, 1, "ok", True, 9.9), (2, 2, "ok", True, 0.54),
-              (3, 1, "ok", True, 0.52)]),
-    "bbbb": ("pytorch", "float16", 8, 1.0, 1,
-             [(1, 1, "ok", True, 0.20), (2, 1, "ok", False, 0.90), (3, 1, "failed", None, None)]),
-    "cccc": ("pytorch", "bfloat16", 8, 0.7, 1,
-             [(1, 1, "ok", True, 0.18), (2, 1, "ok", True, 0.19), (3, 1, "ok", None, None)]),
-    "dddd": ("vllm", "float16", 64, 0.7, 2,
-             [(1, 1, "ok", True, 0.08), (2, 1, "ok", True, 0.085), (3, 1, "ok", True, 0.09)]),
-    "eeee": ("pytorch", "float32", 2, 1.0, 1,
-             [(1, 1, "failed", None, None), (1, 2, "failed", None, None)]),
+# experiment -> backend, precision, batch, temperature, gpus,
+#               [(cycle, attempt, status, valid, J/tok)]
+SYNTHETIC: dict[
+    str, tuple[str, str, int, float, int, list[tuple[int, int, str, Any, float | None]]]
+] = {
+    "aaaa": (
+        "pytorch",
+        "float16",
+        1,
+        1.0,
+        1,
+        [
+            (1, 1, "ok", True, 0.50),
+            (2, 1, "ok", True, 9.9),
+            (2, 2, "ok", True, 0.54),
+            (3, 1, "ok", True, 0.52),
+        ],
+    ),
+    "bbbb": (
+        "pytorch",
+        "float16",
+        8,
+        1.0,
+        1,
+        [(1, 1, "ok", True, 0.20), (2, 1, "ok", False, 0.90), (3, 1, "failed", None, None)],
+    ),
+    "cccc": (
+        "pytorch",
+        "bfloat16",
+        8,
+        0.7,
+        1,
+        [(1, 1, "ok", True, 0.18), (2, 1, "ok", True, 0.19), (3, 1, "ok", None, None)],
+    ),
+    "dddd": (
+        "vllm",
+        "float16",
+        64,
+        0.7,
+        2,
+        [(1, 1, "ok", True, 0.08), (2, 1, "ok", True, 0.085), (3, 1, "ok", True, 0.09)],
+    ),
+    "eeee": (
+        "pytorch",
+        "float32",
+        2,
+        1.0,
+        1,
+        [(1, 1, "failed", None, None), (1, 2, "failed", None, None)],
+    ),
 }
 WINDOW_S = 20.0
 
@@ -69,10 +106,16 @@ def write_synthetic(results_dir: Path, recorded_max_cycle_cv: float | None = Non
     """A results directory through the real writer: experiments (with retries, an invalid run,
     failures, a run without energy) and power samples for the first cycles; ok rows record
     `recorded_max_cycle_cv` as the campaign's limit."""
-    for i, (eid, (backend, precision, batch, temperature, gpus, runs)) in enumerate(SYNTHETIC.items()):
-        config = {"backend": backend, "fp_precision": precision, "decoder": {"temperature": temperature},
-                  "pytorch": {"batch_size": batch} if backend == "pytorch" else None,
-                  "vllm": {"max_num_seqs": batch} if backend == "vllm" else None}
+    for i, (eid, (backend, precision, batch, temperature, gpus, runs)) in enumerate(
+        SYNTHETIC.items()
+    ):
+        config = {
+            "backend": backend,
+            "fp_precision": precision,
+            "decoder": {"temperature": temperature},
+            "pytorch": {"batch_size": batch} if backend == "pytorch" else None,
+            "vllm": {"max_num_seqs": batch} if backend == "vllm" else None,
+        }
         for cycle, attempt, status, valid, jpt in runs:
             ids = {"campaign_name": "synth", "experiment_id": eid, "run_id": f"{eid}-c{cycle}",
                    "cycle": cycle, "attempt": attempt}
@@ -100,9 +143,17 @@ def write_synthetic(results_dir: Path, recorded_max_cycle_cv: float | None = Non
             if status == "ok" and cycle == 1:
                 t_s = np.arange(start_s - 3, start_s + WINDOW_S + 3, 0.1)
                 busy = (t_s >= start_s) & (t_s <= start_s + WINDOW_S)
-                samples = [{**empty_row("timeseries"), **ids, "gpu_uuid": f"GPU-{eid}-{g}", "t_s": float(t),
-                            "power_w": float(80 + (220 + 30 * math.sin(t) + 10 * g) * b)}
-                           for g in range(gpus) for t, b in zip(t_s, busy)]
+                samples = [
+                    {
+                        **empty_row("timeseries"),
+                        **ids,
+                        "gpu_uuid": f"GPU-{eid}-{g}",
+                        "t_s": float(t),
+                        "power_w": float(80 + (220 + 30 * math.sin(t) + 10 * g) * b),
+                    }
+                    for g in range(gpus)
+                    for t, b in zip(t_s, busy)
+                ]
                 write_rows(results_dir, "timeseries", stem, samples)
 
 
@@ -188,29 +239,43 @@ def report_json(results_dir: Path, *args: str) -> dict[str, Any]:
 def test_statistics_per_experiment(synthetic: Path) -> None:
     result = report_json(synthetic)
     groups = {g["group"]: g for g in result["groups"]}
-    assert list(groups) == ["cccc", "aaaa", "bbbb", "eeee", "dddd"], "backend, model, precision, batch"
+    assert list(groups) == ["cccc", "aaaa", "bbbb", "eeee", "dddd"], (
+        "backend, model, precision, batch"
+    )
     for eid, group in groups.items():
         assert group["experiment_ids"] == [eid]
         for metric in METRICS:
             assert_stats(group, metric, counted_values([eid], metric))
-    assert groups["aaaa"]["energy_j_per_output_token_mean"] == pytest.approx(0.52), "attempt 2 replaced 9.9"
+    assert groups["aaaa"]["energy_j_per_output_token_mean"] == pytest.approx(0.52), (
+        "attempt 2 replaced 9.9"
+    )
     assert [groups["aaaa"][k] for k in ("runs_ok", "runs_invalid", "runs_failed")] == [3, 0, 0]
     assert [groups["bbbb"][k] for k in ("runs_ok", "runs_invalid", "runs_failed")] == [1, 1, 1]
     assert groups["bbbb"]["energy_j_per_output_token_n"] == 1
     assert groups["bbbb"]["energy_j_per_output_token_ci_low"] is None
-    assert groups["cccc"]["energy_j_per_output_token_n"] == 2, "valid=None run: no energy, still counted"
+    assert groups["cccc"]["energy_j_per_output_token_n"] == 2, (
+        "valid=None run: no energy, still counted"
+    )
     assert groups["cccc"]["throughput_tok_s_n"] == 3
-    assert [groups["eeee"][k] for k in ("runs_ok", "runs_failed", "throughput_tok_s_n")] == [0, 1, 0]
+    assert [groups["eeee"][k] for k in ("runs_ok", "runs_failed", "throughput_tok_s_n")] == [
+        0,
+        1,
+        0,
+    ]
     assert groups["dddd"]["backend"] == "vllm" and groups["dddd"]["batch_size"] == 64
     assert groups["dddd"]["energy_source"] == "nvml_counter"
     per_request = [e for cycle in (1, 2, 3) for e in request_energies(cycle)]
     for p in (50, 90, 99):
-        assert groups["dddd"][f"request_energy_j_p{p}"] == pytest.approx(np.percentile(per_request, p))
+        assert groups["dddd"][f"request_energy_j_p{p}"] == pytest.approx(
+            np.percentile(per_request, p)
+        )
         assert groups["dddd"][f"request_energy_j_per_output_token_p{p}"] == pytest.approx(
             np.percentile(per_request, p) / 10)
     assert groups["dddd"]["request_energy_attribution"] == "step"
     assert groups["aaaa"]["request_energy_j_p50"] is None, "no requests written for it"
-    assert sorted((e["run_id"], e["attempt"], e["status"], e["reason"]) for e in result["excluded"]) == [
+    assert sorted(
+        (e["run_id"], e["attempt"], e["status"], e["reason"]) for e in result["excluded"]
+    ) == [
         ("bbbb-c2", 1, "invalid", "throttled"),
         ("bbbb-c3", 1, "failed", "RuntimeError: CUDA out of memory"),
         ("eeee-c1", 2, "failed", "RuntimeError: CUDA out of memory"),
@@ -226,7 +291,10 @@ def test_group_by_config_path_and_column(synthetic: Path) -> None:
                            "decoder.temperature=1.0, fp_precision=float32"}
     pooled = groups["decoder.temperature=1.0, fp_precision=float16"]
     assert pooled["experiment_ids"] == ["aaaa", "bbbb"] and pooled["batch_size"] is None
-    assert json.loads(pooled["group_json"]) == {"decoder.temperature": 1.0, "fp_precision": "float16"}
+    assert json.loads(pooled["group_json"]) == {
+        "decoder.temperature": 1.0,
+        "fp_precision": "float16",
+    }
     for metric in METRICS:
         assert_stats(pooled, metric, counted_values(["aaaa", "bbbb"], metric))
 
@@ -234,7 +302,9 @@ def test_group_by_config_path_and_column(synthetic: Path) -> None:
     assert set(by_backend) == {"backend=pytorch", "backend=vllm"}
     assert_stats(by_backend["backend=pytorch"], "energy_j_per_output_token",
                  counted_values(["aaaa", "bbbb", "cccc", "eeee"], "energy_j_per_output_token"))
-    by_path = {g["group"] for g in report_json(synthetic, "--group-by", "pytorch.batch_size")["groups"]}
+    by_path = {
+        g["group"] for g in report_json(synthetic, "--group-by", "pytorch.batch_size")["groups"]
+    }
     assert by_path == {"pytorch.batch_size=1", "pytorch.batch_size=2", "pytorch.batch_size=8",
                        "pytorch.batch_size=null"}, "a vLLM run has no pytorch section"
 
@@ -322,13 +392,20 @@ def test_uncommitted_files_are_ignored(synthetic: Path) -> None:
         (["{missing}"], "{missing}: no such directory"),
         (["{empty}"], "{empty}: no experiments"),
         (["{results}", "--group-by", "bogus"], "--group-by: unknown key 'bogus'"),
-        (["{results}", "--group-by", "decoder"], "--group-by: 'decoder' is a section of the config"),
+        (
+            ["{results}", "--group-by", "decoder"],
+            "--group-by: 'decoder' is a section of the config",
+        ),
         (["{results}", "--group-by", ","], "--group-by: name at least one key"),
-        (["{results}", "--html", "{tmp}/r.html", "--power-runs", "zzzz-c1"],
-         "--power-runs: unknown run_id 'zzzz-c1'"),
+        (
+            ["{results}", "--html", "{tmp}/r.html", "--power-runs", "zzzz-c1"],
+            "--power-runs: unknown run_id 'zzzz-c1'",
+        ),
     ],
 )
-def test_bad_input_one_line_exit_2(synthetic: Path, tmp_path: Path, args: list[str], expected: str) -> None:
+def test_bad_input_one_line_exit_2(
+    synthetic: Path, tmp_path: Path, args: list[str], expected: str
+) -> None:
     (tmp_path / "empty").mkdir()
     names = {"missing": str(tmp_path / "missing"), "empty": str(tmp_path / "empty"),
              "results": str(synthetic), "tmp": str(tmp_path)}
@@ -353,13 +430,22 @@ def cpu_campaign(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("campaign") / "results"
     with isolated_ray():
-        result = run_campaign({
-            "campaign_name": "report",
-            "base": TINY_BASE,
-            "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
-            "execution": {"cycles": 3, "structure": "interleaved",
-                          "validity": {"max_cycle_cv": 0.5}},
-        }, results_dir=out)
+        result = run_campaign(
+            {
+                "campaign_name": "report",
+                "base": TINY_BASE,
+                "grid": {
+                    "backends": ["pytorch"],
+                    "backend_overrides": {"pytorch": {"batch_size": [1, 2]}},
+                },
+                "execution": {
+                    "cycles": 3,
+                    "structure": "interleaved",
+                    "validity": {"max_cycle_cv": 0.5},
+                },
+            },
+            results_dir=out,
+        )
     assert result.counts["ok"] == 6
     return out
 
@@ -374,9 +460,17 @@ def test_report_on_cpu_campaign(cpu_campaign: Path, tmp_path: Path) -> None:
         assert g["runs_ok"] == 3 and g["device"] == "cpu" and g["energy_source"] is None
         assert g["max_cycle_cv"] == 0.5, "the campaign's validity.max_cycle_cv"
         assert g["throughput_tok_s_n"] == 3 and g["itl_ms_p50_n"] == 3
-        assert g["throughput_tok_s_ci_low"] <= g["throughput_tok_s_mean"] <= g["throughput_tok_s_ci_high"]
+        assert (
+            g["throughput_tok_s_ci_low"]
+            <= g["throughput_tok_s_mean"]
+            <= g["throughput_tok_s_ci_high"]
+        )
         assert g["throughput_tok_s_std"] > 0
-        for metric in ("energy_j_per_output_token", "energy_adjusted_j_per_output_token", "avg_power_w"):
+        for metric in (
+            "energy_j_per_output_token",
+            "energy_adjusted_j_per_output_token",
+            "avg_power_w",
+        ):
             assert g[f"{metric}_n"] == 0 and g[f"{metric}_mean"] is None
     text = html_path.read_text()
     assert "Energy not measured" in text and text.count("data:image/png;base64,") == 5
@@ -385,15 +479,21 @@ def test_report_on_cpu_campaign(cpu_campaign: Path, tmp_path: Path) -> None:
     by_size = report_json(cpu_campaign, "--group-by", "pytorch.batch_size")["groups"]
     assert [g["group"] for g in by_size] == ["pytorch.batch_size=1", "pytorch.batch_size=2"]
     pooled = report_json(cpu_campaign, "--group-by", "fp_precision")["groups"]
-    assert [(g["group"], g["runs_ok"], g["ttft_ms_p50_n"]) for g in pooled] == [("fp_precision=float32", 6, 6)]
+    assert [(g["group"], g["runs_ok"], g["ttft_ms_p50_n"]) for g in pooled] == [
+        ("fp_precision=float32", 6, 6)
+    ]
 
 
 @pytest.mark.slow
 def test_measure_window_recorded(cpu_campaign: Path) -> None:
     exps = pq.read_table(cpu_campaign / "experiments").to_pylist()
     for e in exps:
-        assert e["measure_end_epoch_s"] - e["measure_start_epoch_s"] == pytest.approx(e["energy_window_s"])
-        assert e["started_at"].timestamp() < e["measure_start_epoch_s"] < e["finished_at"].timestamp()
+        assert e["measure_end_epoch_s"] - e["measure_start_epoch_s"] == pytest.approx(
+            e["energy_window_s"]
+        )
+        assert (
+            e["started_at"].timestamp() < e["measure_start_epoch_s"] < e["finished_at"].timestamp()
+        )
 
 
 @pytest.mark.slow
@@ -409,11 +509,18 @@ def test_join_with_duckdb_and_polars(cpu_campaign: Path) -> None:
         f"WHERE e.status = 'ok' GROUP BY ALL ORDER BY e.run_id"
     ).fetchall()
     assert len(per_run) == 6
-    assert all(n == TINY_BASE["prompts"]["count"] and tokens == out for _, out, n, tokens in per_run)
+    assert all(
+        n == TINY_BASE["prompts"]["count"] and tokens == out for _, out, n, tokens in per_run
+    )
 
-    joined = pl.read_parquet(exps).join(pl.read_parquet(reqs), on=[c.strip() for c in ids.split(",")])
+    joined = pl.read_parquet(exps).join(
+        pl.read_parquet(reqs), on=[c.strip() for c in ids.split(",")]
+    )
     assert joined.height == 6 * TINY_BASE["prompts"]["count"]
-    assert joined.group_by("run_id").len().get_column("len").to_list() == [TINY_BASE["prompts"]["count"]] * 6
+    assert (
+        joined.group_by("run_id").len().get_column("len").to_list()
+        == [TINY_BASE["prompts"]["count"]] * 6
+    )
 
 
 def test_cycle_cv_and_labels(synthetic: Path, tmp_path: Path) -> None:
@@ -462,10 +569,19 @@ def html_plot_calls(results_dir: Path, tmp_path: Path, monkeypatch: pytest.Monke
                         calls["points"].append(plots.point_labels(groups))
                         or calls["pareto"].append((x, y, min_x, min_y)) or png)
     monkeypatch.setattr(plots, "batch_size_png", lambda *args: calls["batch"].append(args) or png)
-    monkeypatch.setattr(plots, "power_png", lambda runs:
-                        calls["power"].append([(r.title.split(":")[0], len(r.samples), r.measure_window_s)
-                                               for r in runs]) or png)
-    result = CliRunner().invoke(main, ["report", str(results_dir), "--html", str(tmp_path / "r.html"), *args])
+    monkeypatch.setattr(
+        plots,
+        "power_png",
+        lambda runs: (
+            calls["power"].append(
+                [(r.title.split(":")[0], len(r.samples), r.measure_window_s) for r in runs]
+            )
+            or png
+        ),
+    )
+    result = CliRunner().invoke(
+        main, ["report", str(results_dir), "--html", str(tmp_path / "r.html"), *args]
+    )
     assert result.exit_code == 0, result.output
     return calls
 
@@ -550,11 +666,17 @@ def test_pareto_plots_minimise_energy_and_latency_maximise_throughput(
 
 def test_power_plot_shows_the_chosen_runs(synthetic: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    chosen = html_plot_calls(synthetic, tmp_path, monkeypatch, "--power-runs", "dddd-c1,bbbb-c2")["power"]
+    chosen = html_plot_calls(synthetic, tmp_path, monkeypatch, "--power-runs", "dddd-c1,bbbb-c2")[
+        "power"
+    ]
     window = (T0_S + 100 * (10 * 3 + 1) + 3, T0_S + 100 * (10 * 3 + 1) + 3 + WINDOW_S)
     # dddd-c1: 2 GPUs x 260 samples (-3 s to +23 s of its window); bbbb-c2 has no samples written
-    assert chosen == [[("dddd-c1 attempt 1", 2 * 260, window),
-                       ("bbbb-c2 attempt 1", 0, pytest.approx((T0_S + 100 * 12 + 3, T0_S + 100 * 12 + 23)))]]
+    assert chosen == [
+        [
+            ("dddd-c1 attempt 1", 2 * 260, window),
+            ("bbbb-c2 attempt 1", 0, pytest.approx((T0_S + 100 * 12 + 3, T0_S + 100 * 12 + 23))),
+        ]
+    ]
     default = html_plot_calls(synthetic, tmp_path, monkeypatch)["power"]
     assert [title for title, _, _ in default[0]] == [
         "cccc-c1 attempt 1", "aaaa-c1 attempt 1", "bbbb-c1 attempt 1", "dddd-c1 attempt 1"]
@@ -633,10 +755,18 @@ def test_cycle_cv_says_when_cycles_ran_on_engines_loaded_apart() -> None:
     assert cycle_cv_text(groups["apart"]).endswith("> 5% · 2 engines")
     assert groups["old"]["engines"] is None, "rows from before engine_id"
     assert "engines" not in cycle_cv_text(groups["old"])
-    pooled = {g["group"]: g for g in build_report(
-        [r for r in rows if r["experiment_id"] != "apart"]
-        + [{**r, "experiment_id": "two", "engine_id": "e9"} for r in rows if r["experiment_id"] == "one"],
-        group_by=("attempt",)).groups}
+    pooled = {
+        g["group"]: g
+        for g in build_report(
+            [r for r in rows if r["experiment_id"] != "apart"]
+            + [
+                {**r, "experiment_id": "two", "engine_id": "e9"}
+                for r in rows
+                if r["experiment_id"] == "one"
+            ],
+            group_by=("attempt",),
+        ).groups
+    }
     assert pooled["attempt=1"]["engines"] == 1, "two experiments pooled, each on one engine"
     assert "N engines: the cycles ran on N engines loaded apart" in report_text(rows)
     assert "N engines" not in report_text([r for r in rows if r["experiment_id"] != "apart"])
@@ -679,8 +809,13 @@ def test_host_energy_and_methods_gap_per_group() -> None:
     assert group["energy_with_host_j_per_output_token_mean"] == 1.5
     assert group["host_shared_runs"] == 1 and group["runs_invalid"] == 1
     assert group["energy_methods_disagree_runs"] == 1
-    assert group["request_energy_attribution"] == "token_share", "the invalid run's requests left out"
-    assert group["request_energy_j_p99"] == 2.0 and group["request_energy_j_per_output_token_p50"] == 0.5
+    assert group["request_energy_attribution"] == "token_share", (
+        "the invalid run's requests left out"
+    )
+    assert (
+        group["request_energy_j_p99"] == 2.0
+        and group["request_energy_j_per_output_token_p50"] == 0.5
+    )
 
 
 def cv_run(cycle: int, tok_s: float | None, j_per_tok: float | None,
@@ -720,10 +855,17 @@ def test_report_applies_the_campaigns_max_cycle_cv_unless_given() -> None:
     assert build_report(recorded).groups[0]["max_cycle_cv"] == 0.1
     assert build_report(recorded).groups[0]["cycle_cv_above"] is False
     assert build_report(recorded, max_cycle_cv=0.05).groups[0]["cycle_cv_above"] is True
-    rerun = [cv_run(1, 700.0, None, 0.01, finished_s=10.0), cv_run(2, 760.0, None, 0.2, finished_s=20.0),
-             cv_run(3, 730.0, None, 0.03, finished_s=5.0),
-             {**cv_run(3, None, None, 0.04, finished_s=30.0), "status": "failed", "attempt": 0,
-              "max_cycle_cv": None}]
+    rerun = [
+        cv_run(1, 700.0, None, 0.01, finished_s=10.0),
+        cv_run(2, 760.0, None, 0.2, finished_s=20.0),
+        cv_run(3, 730.0, None, 0.03, finished_s=5.0),
+        {
+            **cv_run(3, None, None, 0.04, finished_s=30.0),
+            "status": "failed",
+            "attempt": 0,
+            "max_cycle_cv": None,
+        },
+    ]
     assert build_report(rerun).groups[0]["max_cycle_cv"] == 0.2
 
 
@@ -751,7 +893,9 @@ def test_summary_counts_only_the_valid_latest_cycles(synthetic: Path) -> None:
         "aaaa": 3, "bbbb": 1, "cccc": 3, "dddd": 3}
     assert by_id["aaaa"]["energy_j_per_output_token"] == pytest.approx(
         np.mean(counted_values(["aaaa"], "energy_j_per_output_token")))
-    assert by_id["bbbb"]["throughput_tok_s"] == pytest.approx(_metrics(8, 1, 0.2)["throughput_tok_s"])
+    assert by_id["bbbb"]["throughput_tok_s"] == pytest.approx(
+        _metrics(8, 1, 0.2)["throughput_tok_s"]
+    )
     assert by_id["dddd"]["backend"] == "vllm" and by_id["dddd"]["batch_size"] == 64
     assert by_id["dddd"]["label"] == "vllm · batch 64 · 2 GPUs · fp16 · decoder.temperature=0.7"
     assert sorted((e["run_id"], e["attempt"], e["status"]) for e in excluded) == [

@@ -76,7 +76,9 @@ def campaign(runtime_env: dict) -> dict:
 
 def test_campaign_takes_a_file_relative_to_itself_or_inline(tmp_path: Path, write_campaign) -> None:
     (tmp_path / "envs").mkdir()
-    (tmp_path / "envs" / "pytorch.yaml").write_text("kind: py_executable\npy_executable: /p/python\n")
+    (tmp_path / "envs" / "pytorch.yaml").write_text(
+        "kind: py_executable\npy_executable: /p/python\n"
+    )
     plan = plan_campaign(write_campaign(campaign({"pytorch": "envs/pytorch.yaml"})))
     assert plan.runtime_env("pytorch").py_executable == "/p/python"
     assert plan.runtime_env("vllm").kind == "none"

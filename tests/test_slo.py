@@ -62,7 +62,9 @@ def test_unjudgeable_requests_leave_the_columns_null() -> None:
         "slo_attainment"] is None, "two tokens without a first-token time: no TPOT to judge"
     assert set(slo_columns(None, [], 1.0, None).values()) == {None}
     nothing_good = slo_columns(MLPERF, [record(3000.0, 3000.0, 1)], 2.0, 50.0)
-    assert nothing_good["goodput_tok_s"] == 0.0 and nothing_good["energy_j_per_goodput_token"] is None
+    assert (
+        nothing_good["goodput_tok_s"] == 0.0 and nothing_good["energy_j_per_goodput_token"] is None
+    )
 
 
 def test_slo_config() -> None:
@@ -114,7 +116,10 @@ def test_least_energy_configuration_meeting_the_slo() -> None:
     mixed = build_report([*ROWS, run_row("w128", 1, "vllm", 128, 0.01, None, None)],
                          group_by=["backend", "batch_size"])
     answers = {a["backend"]: a for a in best_under_slo(mixed.groups, mixed.members)}
-    assert answers["vllm"]["configurations"] == 3 and answers["vllm"]["best"]["label"] == "vllm · batch 32"
+    assert (
+        answers["vllm"]["configurations"] == 3
+        and answers["vllm"]["best"]["label"] == "vllm · batch 32"
+    )
     no_slo = [run_row("x", 1, "vllm", 8, 0.1, None, None)]
     report = build_report(no_slo)
     assert best_under_slo(report.groups, report.members) == []
@@ -123,7 +128,9 @@ def test_least_energy_configuration_meeting_the_slo() -> None:
 def test_report_cli_names_the_best_and_says_when_none_meets(tmp_path: Path) -> None:
     results = tmp_path / "results"
     for row in ROWS:
-        write_rows(results, "experiments", RunKey(row["experiment_id"], row["cycle"]).stem(1), [row])
+        write_rows(
+            results, "experiments", RunKey(row["experiment_id"], row["cycle"]).stem(1), [row]
+        )
     out = lem_ray("report", str(results), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())

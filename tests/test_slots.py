@@ -37,5 +37,5 @@ def test_closed_and_recycled_workers_are_killed_not_left_to_exit(local_ray, tmp_
         _mark_clean_up(slot, markers[-1])
         pid = ray.get(slot.worker.__ray_call__.remote(lambda _: __import__("os").getpid()))
         slot.close()
-        wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, "the closed worker to exit")
+        wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 30, "the closed worker to exit")
     assert [m.name for m in markers if m.exists()] == []

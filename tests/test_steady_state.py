@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from lem_ray.backends.base import DeviceInfo
-from lem_ray.backends.traffic import EngineLoad, StepLoad, SteadyWindow, engine_load
+from lem_ray.backends.traffic import EngineLoad, SteadyWindow, StepLoad, engine_load
 from lem_ray.backends.vllm.backend import VLLMBackend
 from lem_ray.backends.vllm.stats import SchedulerTap
 from lem_ray.results.validity import ValidityInputs, validity_flags
@@ -105,7 +105,10 @@ def stats_vllm(fake_vllm: Clock, monkeypatch: pytest.MonkeyPatch) -> Clock:  # n
     def llm(**kwargs: Any) -> Any:
         return types.SimpleNamespace(
             llm_engine=StatsEngine(fake_vllm, kwargs["max_num_seqs"], length=2, step_s=0.125),
-            get_tokenizer=lambda: types.SimpleNamespace(encode=lambda text: [1] * len(text.split())))
+            get_tokenizer=lambda: types.SimpleNamespace(
+                encode=lambda text: [1] * len(text.split())
+            ),
+        )
 
     monkeypatch.setattr(sys.modules["vllm"], "LLM", llm)
     return fake_vllm

@@ -133,7 +133,12 @@ def test_only_hidden_files_read_as_an_empty_table(tmp_path: Path) -> None:
 
 
 def test_hidden_gpu_time_sessions_are_not_counted(tmp_path: Path) -> None:
-    session = {"gpu_seconds": dict.fromkeys(PHASES, 1.0), "total_gpu_s": 4.0, "started_s": 0.0, "updated_s": 10.0}
+    session = {
+        "gpu_seconds": dict.fromkeys(PHASES, 1.0),
+        "total_gpu_s": 4.0,
+        "started_s": 0.0,
+        "updated_s": 10.0,
+    }
     folder = tmp_path / "gpu_time"
     folder.mkdir()
     for name in ("a.json", ".b.json"):
@@ -200,7 +205,7 @@ def test_a_results_location_is_a_path_or_a_uri(tmp_path: Path,
     assert isinstance(fs, pafs.LocalFileSystem) and base == f"{tmp_path}/rel/r"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert resolve("~/r")[1] == f"{tmp_path}/home/r"
-    with pytest.raises(ConfigError, match="cannot open this location: .*s3://, gs://"):
+    with pytest.raises(ConfigError, match=r"cannot open this location: .*s3://, gs://"):
         resolve("nope://bucket/r")
 
 
@@ -234,7 +239,9 @@ def test_files_that_are_not_this_table_are_reported_and_read_around(tmp_path: Pa
     pq.write_table(pa.table({"campaign_name": ["c"], "experiment_id": ["e"], "run_id": ["e-c1"],
                              "cycle": ["one"], "attempt": [1]}), folder / "retyped.parquet")
     skipped: list[tuple[str, str]] = []
-    table = read_table(out, "experiments", on_skip=lambda p, why: skipped.append((Path(p).name, why)))
+    table = read_table(
+        out, "experiments", on_skip=lambda p, why: skipped.append((Path(p).name, why))
+    )
     assert run_ids(table) == ["good-c1"]
     reasons = dict(skipped)
     assert sorted(reasons) == ["other.parquet", "retyped.parquet", "truncated.parquet"]
@@ -264,7 +271,9 @@ def test_a_file_damaged_past_its_footer_is_left_out_alone(tmp_path: Path) -> Non
 def test_a_row_with_a_missing_or_unknown_column_is_refused(tmp_path: Path) -> None:
     row = {**empty_row("requests"), **ids("x")}
     missing = {k: v for k, v in row.items() if k != "ttft_ms"}
-    with pytest.raises(ValueError, match=r"requests row 0: unknown columns \[\], missing columns \['ttft_ms'\]"):
+    with pytest.raises(
+        ValueError, match=r"requests row 0: unknown columns \[\], missing columns \['ttft_ms'\]"
+    ):
         write_rows(tmp_path, "requests", "x-c1-a1", [missing])
     with pytest.raises(ValueError, match=r"unknown columns \['ttft'\], missing columns \[\]"):
         write_rows(tmp_path, "requests", "x-c1-a1", [row, {**row, "ttft": 1.0}])

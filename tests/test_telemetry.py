@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from lem_ray.measure.energy import adjusted_energy_j
+from lem_ray.telemetry.energy import counter_delta_j, trapezoid_energy_j
 from lem_ray.telemetry.nvml import (
     DeviceReader,
     EnergyCounterUnsupportedError,
@@ -21,8 +24,6 @@ from lem_ray.telemetry.nvml import (
     TelemetryError,
     nvml_status,
 )
-from lem_ray.measure.energy import adjusted_energy_j
-from lem_ray.telemetry.energy import counter_delta_j, trapezoid_energy_j
 from lem_ray.telemetry.sampler import SOURCE_COUNTER, SOURCE_INTEGRATED, EnergySampler
 
 
@@ -94,7 +95,9 @@ class ScriptedGpu(DeviceReader):
         return []
 
 
-def make_sampler(clock: ManualClock, gpus: dict[str, dict[str, Any]], **kwargs: Any) -> EnergySampler:
+def make_sampler(
+    clock: ManualClock, gpus: dict[str, dict[str, Any]], **kwargs: Any
+) -> EnergySampler:
     devices = {uuid: ScriptedGpu(uuid, clock, **spec) for uuid, spec in gpus.items()}
     return EnergySampler(list(gpus), device_factory=devices.__getitem__, clock=clock, **kwargs)
 
@@ -154,7 +157,10 @@ def test_end_without_begin_and_double_begin_raise() -> None:
 
 def test_integrated_fallback_when_a_gpu_has_no_counter() -> None:
     clock = ManualClock()
-    gpus = {"GPU-a": {"base_w": 100.0, "slope_w_per_s": 10.0}, "GPU-old": {"base_w": 50.0, "counter": False}}
+    gpus = {
+        "GPU-a": {"base_w": 100.0, "slope_w_per_s": 10.0},
+        "GPU-old": {"base_w": 50.0, "counter": False},
+    }
     sampler = make_sampler(clock, gpus)
     assert sampler.energy_source == SOURCE_INTEGRATED
     sampler.begin("measure")
@@ -197,7 +203,9 @@ def test_counter_window_carries_integrated_cross_check() -> None:
 
 def test_window_reports_thermal_and_throttle_conditions() -> None:
     clock = ManualClock()
-    sampler = make_sampler(clock, {"GPU-a": {"base_w": 100.0, "throttle_at": {0.0: 0x20, 0.5: 0x4}}})
+    sampler = make_sampler(
+        clock, {"GPU-a": {"base_w": 100.0, "throttle_at": {0.0: 0x20, 0.5: 0x4}}}
+    )
     sampler.sample_once()
     clock.advance(0.2)
     sampler.begin("measure")
@@ -246,7 +254,9 @@ def test_counter_delta_and_baseline_adjustment() -> None:
 
 def test_idle_baseline_is_cached_until_ttl() -> None:
     clock = ManualClock()
-    devices = {uuid: ScriptedGpu(uuid, clock, base_w=w) for uuid, w in (("GPU-a", 80.0), ("GPU-b", 60.0))}
+    devices = {
+        uuid: ScriptedGpu(uuid, clock, base_w=w) for uuid, w in (("GPU-a", 80.0), ("GPU-b", 60.0))
+    }
     sampler = EnergySampler(
         list(devices), device_factory=devices.__getitem__, clock=clock, baseline_ttl_s=3600
     )
@@ -291,12 +301,16 @@ def test_timeseries_rows_with_cumulative_integrated_energy() -> None:
 
     later = sampler.timeseries(since_s=1001.0)
     assert len(later) == 4
-    assert [r["energy_j"] for r in later if r["gpu_uuid"] == "GPU-b"] == pytest.approx([300.0, 600.0])
+    assert [r["energy_j"] for r in later if r["gpu_uuid"] == "GPU-b"] == pytest.approx(
+        [300.0, 600.0]
+    )
 
 
 def test_background_thread_samples_and_reports_cpu_time() -> None:
     devices = {"GPU-a": ScriptedGpu("GPU-a", time.time, base_w=100.0)}
-    sampler = EnergySampler(list(devices), sample_interval_ms=10, device_factory=devices.__getitem__)
+    sampler = EnergySampler(
+        list(devices), sample_interval_ms=10, device_factory=devices.__getitem__
+    )
     assert sampler.sampler_cpu_s() == 0.0, "no thread yet"
     started_s = time.monotonic()
     with sampler:
@@ -319,7 +333,10 @@ def test_failing_device_sample_is_skipped() -> None:
             raise TelemetryError("GPU is lost")
 
     clock = ManualClock()
-    devices = {"GPU-a": ScriptedGpu("GPU-a", clock, base_w=100.0), "GPU-x": FlakyGpu("GPU-x", clock, 1.0)}
+    devices = {
+        "GPU-a": ScriptedGpu("GPU-a", clock, base_w=100.0),
+        "GPU-x": FlakyGpu("GPU-x", clock, 1.0),
+    }
     sampler = EnergySampler(list(devices), device_factory=devices.__getitem__, clock=clock)
     assert len(sampler.sample_once()) == 1
     assert {r["gpu_uuid"] for r in sampler.timeseries()} == {"GPU-a"}
@@ -372,7 +389,9 @@ def test_wait_until_cool_stops_at_target_or_max_wait() -> None:
     waited_s, hottest_c = sampler.wait_until_cool(60.0, max_wait_s=100.0, sleep=clock.advance)
     assert waited_s == pytest.approx(5.0) and hottest_c == pytest.approx(60.0)
     waited_s, hottest_c = sampler.wait_until_cool(30.0, max_wait_s=3.0, sleep=clock.advance)
-    assert waited_s == pytest.approx(3.0) and hottest_c == pytest.approx(54.0), "gave up, still warm"
+    assert waited_s == pytest.approx(3.0) and hottest_c == pytest.approx(54.0), (
+        "gave up, still warm"
+    )
 
 
 def test_loaded_baselines_are_reused_until_ttl() -> None:

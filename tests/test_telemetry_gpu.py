@@ -1,10 +1,11 @@
-"""The sampler on a real GPU through NVML: counter energy, its integrated cross-check, environment."""
+"""The sampler on a real GPU through NVML: counter energy, its integrated cross-check,
+environment."""
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 

@@ -9,7 +9,7 @@ import importlib.metadata
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import ValidationError
@@ -35,6 +35,7 @@ from lem_ray.backends.tensorrt.translate import (
 )
 from lem_ray.config.experiment import ExperimentConfig
 from tests.strict_fakes import (
+    TRTLLM_SAMPLING_PARAMS,
     TrtBuildConfig,
     TrtCalibConfig,
     TrtKvCacheConfig,
@@ -42,7 +43,6 @@ from tests.strict_fakes import (
     TrtSamplingParams,
     check_names,
     check_trtllm_llm_kwargs,
-    TRTLLM_SAMPLING_PARAMS,
 )
 
 MODEL = "builtin:tiny-llama"
@@ -421,10 +421,10 @@ class FakeStream:
         self.outputs = [types.SimpleNamespace(token_ids=[])]
         self._chunks = list(chunks)
 
-    def __aiter__(self) -> "FakeStream":
+    def __aiter__(self) -> FakeStream:
         return self
 
-    async def __anext__(self) -> "FakeStream":
+    async def __anext__(self) -> FakeStream:
         if not self._chunks:
             raise StopAsyncIteration
         await asyncio.sleep(0.001)
@@ -433,7 +433,7 @@ class FakeStream:
 
 
 class FakeLLM:
-    built: list["FakeLLM"] = []
+    built: ClassVar[list[FakeLLM]] = []
 
     def __init__(self, **kwargs: Any) -> None:
         check_trtllm_llm_kwargs(kwargs)
@@ -554,7 +554,7 @@ def test_measure_under_constant_traffic_sends_each_request_at_its_time(fake_trtl
 def test_runtime_pytorch_on_0x_is_refused(fake_trtllm) -> None:
     sys.modules["tensorrt_llm"].__version__ = "0.21.0"
     backend = TensorRTBackend(experiment({"runtime": "pytorch"}), DeviceInfo("cuda", 1))
-    with pytest.raises(BackendUnavailable, match=">= 1.0"):
+    with pytest.raises(BackendUnavailable, match=r">= 1\.0"):
         backend.load()
 
 
@@ -576,7 +576,9 @@ def test_versions_lists_only_installed_packages(monkeypatch) -> None:
 CALIBRATING = {"quantization": "int4_awq"}
 
 
-@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"])
+@pytest.mark.parametrize(
+    "variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"]
+)
 def test_calibration_on_an_offline_node_is_refused_up_front(variable: str) -> None:
     reason = calibration_refusal(experiment(CALIBRATING), {variable: "1"})
     assert reason is not None

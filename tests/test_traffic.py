@@ -8,6 +8,7 @@ import statistics
 import sys
 import types
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def test_offline_sends_everything_at_once_and_constant_is_evenly_spaced() -> Non
 
 def test_poisson_has_the_asked_rate_and_exponential_gaps() -> None:
     offsets = arrival_offsets_s("poisson", 20_001, rate_rps=8.0, seed=1)
-    gaps = [b - a for a, b in zip(offsets, offsets[1:])]
+    gaps = [b - a for a, b in pairwise(offsets)]
     assert offsets[0] == 0.0 and all(g >= 0 for g in gaps)
     assert 20_000 / offsets[-1] == pytest.approx(8.0, rel=0.03)
     # exponential: standard deviation equals the mean
@@ -131,7 +132,7 @@ class SimulatedEngine:
 
     ENGINE_CLOCK_OFFSET_S = -5000.0
 
-    def __init__(self, clock: "Clock", length: int = 3, step_s: float = 0.1,
+    def __init__(self, clock: Clock, length: int = 3, step_s: float = 0.1,
                  stats: bool = False, core_lag_s: float = 0.0) -> None:
         self.clock, self.length, self.step_s = clock, length, step_s
         self.stats, self.core_lag_s = stats, core_lag_s
@@ -315,7 +316,7 @@ def test_steady_columns_integrate_power_inside_the_window() -> None:
 def test_gamma_has_the_asked_rate_and_burstiness(burstiness: float) -> None:
     """Gaps of mean 1/rate and CV^2 = 1/burstiness: 1 is Poisson, below 1 burstier."""
     offsets = arrival_offsets_s("gamma", 40_001, rate_rps=10.0, seed=3, burstiness=burstiness)
-    gaps = [b - a for a, b in zip(offsets, offsets[1:])]
+    gaps = [b - a for a, b in pairwise(offsets)]
     assert offsets[0] == 0.0 and all(g >= 0 for g in gaps)
     assert 40_000 / offsets[-1] == pytest.approx(10.0, rel=0.03)
     cv = statistics.stdev(gaps) / statistics.mean(gaps)
@@ -337,9 +338,9 @@ def test_gamma_and_trace_config_rules() -> None:
         vllm_config(traffic={"mode": "poisson", "rate_rps": 2.0, "burstiness": 0.5})
     with pytest.raises(ValidationError, match="gamma needs rate_rps"):
         vllm_config(traffic={"mode": "gamma"})
-    with pytest.raises(ValidationError, match="trace and traffic.trace go together"):
+    with pytest.raises(ValidationError, match=r"trace and traffic\.trace go together"):
         vllm_config(traffic={"mode": "trace"})
-    with pytest.raises(ValidationError, match="trace and traffic.trace go together"):
+    with pytest.raises(ValidationError, match=r"trace and traffic\.trace go together"):
         vllm_config(traffic={"mode": "poisson", "rate_rps": 1.0, "trace": "t.jsonl"})
     with pytest.raises(ValidationError, match="rate_rps only applies"):
         vllm_config(traffic={"mode": "trace", "trace": "t.jsonl", "rate_rps": 1.0})

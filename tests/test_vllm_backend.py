@@ -12,6 +12,7 @@ import subprocess
 import sys
 import types
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -128,7 +129,13 @@ def test_engine_kwargs_omit_unset_options() -> None:
     kw = engine_kwargs(make_config())
     assert kw["load_format"] == "auto"
     for name in (
-        "max_num_batched_tokens", "enable_chunked_prefill", "block_size", "quantization", "speculative_config", "enable_lora", "max_lora_rank",
+        "max_num_batched_tokens",
+        "enable_chunked_prefill",
+        "block_size",
+        "quantization",
+        "speculative_config",
+        "enable_lora",
+        "max_lora_rank",
     ):
         assert name not in kw, name
 
@@ -409,7 +416,9 @@ def test_records_v0_metrics() -> None:
     assert rec.ttft_ms == pytest.approx(50.0)
     assert rec.e2e_ms == pytest.approx(310.0)
     metrics.finished_time = None
-    assert records_from_outputs([output(4, metrics)], [3], 0.0, 9.0)[0].e2e_ms == pytest.approx(300.0)
+    assert records_from_outputs([output(4, metrics)], [3], 0.0, 9.0)[0].e2e_ms == pytest.approx(
+        300.0
+    )
 
 
 def test_records_without_metrics_report_caller_latency_and_no_ttft() -> None:
@@ -618,7 +627,10 @@ def gpu_config(**overrides: Any) -> ExperimentConfig:
     the model seen running under vLLM 0.26.0 on the H200 (head size 64: FlashAttention 3);
     enforce_eager skips compilation and CUDA-graph capture, which these tests do not need."""
     data: dict[str, Any] = {
-        "model_name": "builtin:llama-1b", "load_format": "dummy", "max_input_tokens": 16, "max_output_tokens": 8,
+        "model_name": "builtin:llama-1b",
+        "load_format": "dummy",
+        "max_input_tokens": 16,
+        "max_output_tokens": 8,
         "min_output_tokens": 4,
         "vllm": {"gpu_memory_utilization": 0.3, "max_num_seqs": 4, "enforce_eager": True},
     }
@@ -691,7 +703,7 @@ def test_vllm_under_poisson_traffic_streams_every_token(gpu_backend: VLLMBackend
     recs = backend.measure(["energy " * 10] * 8)
     assert [r.output_tokens for r in recs] == [8] * 8
     assert all(len(r.itl_ms) == 7 and 0 < r.ttft_ms <= r.e2e_ms for r in recs)
-    assert all(later.start_s >= earlier.start_s for earlier, later in zip(recs, recs[1:]))
+    assert all(later.start_s >= earlier.start_s for earlier, later in pairwise(recs))
     assert backend.timing_method == "vllm_engine_stats"
 
 

@@ -273,7 +273,7 @@ def table(data: dict[str, Any]) -> str:
             lines.append(f"| {e['max_num_seqs']} | off/on | bare | | "
                          f"{e['stats_off_over_on']:.3f} | | |")
     notes = [f"max_num_seqs {e['max_num_seqs']} (stats {'on' if e['stats'] else 'off'}): "
-             f"{e['prompts'] if 'prompts' in e else '-'} prompts, engine start "
+             f"{e.get('prompts', '-')} prompts, engine start "
              f"{e['load_s']} s, stopped early: {e.get('stopped') or 'no'}"
              for e in data["engines"]]
     notes += [f"skipped: {s}" for s in data["skipped"]]

@@ -49,8 +49,11 @@ def overlaps(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     pairs = []
     for i, a in enumerate(rows):
         for b in rows[i + 1:]:
-            if a["node_id"] != b["node_id"] and a["measure_start_epoch_s"] < b["measure_end_epoch_s"] \
-                    and b["measure_start_epoch_s"] < a["measure_end_epoch_s"]:
+            if (
+                a["node_id"] != b["node_id"]
+                and a["measure_start_epoch_s"] < b["measure_end_epoch_s"]
+                and b["measure_start_epoch_s"] < a["measure_end_epoch_s"]
+            ):
                 pairs.append((a["run_id"], b["run_id"]))
     return pairs
 
@@ -65,11 +68,17 @@ def main() -> int:
 
     nodes = raylets(args.local_dir)
     smi = smi_uuids()
-    rows = [r for r in read_table(args.results_dir, "experiments").to_pylist() if r["status"] == "ok"]
+    rows = [
+        r for r in read_table(args.results_dir, "experiments").to_pylist() if r["status"] == "ok"
+    ]
     problems, table = [], []
     for r in rows:
         visible = nodes.get(r["node_id"], "?")
-        given = [smi.get(i.strip()) for i in visible.split(",")] if smi and visible not in (None, "?") else None
+        given = (
+            [smi.get(i.strip()) for i in visible.split(",")]
+            if smi and visible not in (None, "?")
+            else None
+        )
         energy = json.loads(r["energy_by_gpu_json"] or "{}")
         entry = {"run_id": r["run_id"], "node_id": r["node_id"][:12], "node_cuda_visible": visible,
                  "row_gpu_uuids": r["gpu_uuids"], "node_gpu_uuids": given,
@@ -77,11 +86,15 @@ def main() -> int:
                  "window": [r["measure_start_epoch_s"], r["measure_end_epoch_s"]]}
         table.append(entry)
         if visible == "?":
-            problems.append(f"{r['run_id']}: node {r['node_id'][:12]} is not a raylet of {args.local_dir}")
+            problems.append(
+                f"{r['run_id']}: node {r['node_id'][:12]} is not a raylet of {args.local_dir}"
+            )
         elif given is not None and sorted(r["gpu_uuids"] or []) != sorted(given):
             problems.append(f"{r['run_id']}: recorded {r['gpu_uuids']}, its node was given {given}")
         elif given is not None and sorted(energy) != sorted(given):
-            problems.append(f"{r['run_id']}: energy measured on {sorted(energy)}, its node has {given}")
+            problems.append(
+                f"{r['run_id']}: energy measured on {sorted(energy)}, its node has {given}"
+            )
     ran_on = {r["node_id"] for r in rows}
     if len(ran_on) < 2:
         problems.append(f"the ok runs used {len(ran_on)} node(s), not 2 or more")
@@ -92,8 +105,11 @@ def main() -> int:
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
     for e in table:
-        print(f"{e['run_id']}  node {e['node_id']}  CUDA_VISIBLE_DEVICES={e['node_cuda_visible']}  "
-              f"row {e['row_gpu_uuids']}  node's {e['node_gpu_uuids']}  energy_j {e['energy_by_gpu_j']}")
+        print(
+            f"{e['run_id']}  node {e['node_id']}  CUDA_VISIBLE_DEVICES={e['node_cuda_visible']}  "
+            f"row {e['row_gpu_uuids']}  node's {e['node_gpu_uuids']}  "
+            f"energy_j {e['energy_by_gpu_j']}"
+        )
     print(f"{len(rows)} ok runs on {len(ran_on)} nodes; {len(together)} pairs measured at the same "
           f"time on different nodes; GPU check: {report['gpu_check']}")
     for p in problems:

@@ -10,6 +10,7 @@ QUICKSTART_CAMPAIGN = ASSETS_DIR / "campaigns" / "quickstart.yaml"
 
 
 def builtin_models() -> list[str]:
+    """The names `builtin:<name>` accepts, for the error that lists them."""
     return sorted(p.name for p in (ASSETS_DIR / "models").iterdir() if p.is_dir())
 
 
@@ -24,4 +25,5 @@ def resolve_model(name: str) -> str:
 
 
 def word_list() -> list[str]:
+    """The vocabulary synthetic prompts are drawn from."""
     return (ASSETS_DIR / "words.txt").read_text().split()

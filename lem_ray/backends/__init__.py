@@ -1,0 +1,1 @@
+"""The engines lem-ray measures, behind one interface (base.Backend); registry names them."""

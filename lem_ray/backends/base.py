@@ -121,6 +121,7 @@ class Backend(ABC, Generic[OptionsT]):
         return None
 
     def versions(self) -> dict[str, str]:
+        """Library versions that decide the figures, stored in the run's row."""
         return {}
 
     def compiler_versions(self) -> dict[str, str] | None:

@@ -22,6 +22,7 @@ class CompileDir:
 
     @property
     def path(self) -> str:
+        """The folder, made on first use so a backend that never compiles leaves none."""
         if self._path is None:
             self._path = Path(tempfile.mkdtemp(prefix=self._prefix))
         return str(self._path)
@@ -43,6 +44,7 @@ class CompileDir:
         return out.getvalue()
 
     def remove(self) -> None:
+        """Delete the folder (if it was made); the next `path` makes a fresh one."""
         if self._path is not None:
             shutil.rmtree(self._path, ignore_errors=True)
             self._path = None

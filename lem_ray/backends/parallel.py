@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
+from typing_extensions import override
 
 from lem_ray.config.base import BackendOptions
 from lem_ray.config.limits import MAX_GPUS
@@ -19,9 +20,11 @@ class ModelParallelOptions(BackendOptions):
     pipeline_parallel_size: int = Field(1, ge=1, le=MAX_GPUS)
 
     @property
+    @override
     def parallel_gpus(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
 
+    @override
     def conflict_with(self, experiment: Any) -> str | None:
         gpus = experiment.gpus_per_experiment
         if self.parallel_gpus == gpus:

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BackendEntry:
+    """Where one backend's pieces live, as import paths, so naming one imports nothing heavy."""
+
     name: str
     options: str
     """`module:Class` of its options model, the experiment's section named after the backend."""
@@ -59,6 +61,7 @@ BACKEND_NAMES: tuple[str, ...] = tuple(e.name for e in BACKENDS)
 
 
 def entry(name: str) -> BackendEntry:
+    """The entry of backend `name`; a KeyError lists the known ones."""
     for e in BACKENDS:
         if e.name == name:
             return e
@@ -76,6 +79,7 @@ def options_class(name: str) -> type[BackendOptions]:
 
 
 def backend_class(name: str) -> type[Backend[Any]]:
+    """Import and return backend `name`'s Backend class (its library is imported on load)."""
     return _load(entry(name).backend)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from lem_ray.records import RequestRecord
 
@@ -36,7 +37,7 @@ def record_from_trace(
         e2e_ms=(trace.end_s - trace.start_s) * 1e3,
         ttft_ms=(times[0] - trace.start_s) * 1e3 if times else None,
         itl_ms=(
-            [(later - earlier) * 1e3 for earlier, later in zip(times, times[1:])]
+            [(later - earlier) * 1e3 for earlier, later in pairwise(times)]
             if len(times) == output_tokens
             else []
         ),

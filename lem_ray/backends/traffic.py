@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +26,8 @@ RATE_MODES = ("constant", "poisson", "gamma")
 
 
 class TrafficConfig(StrictModel):
+    """How requests arrive: all at once, at a rate (constant, Poisson, gamma), or from a trace."""
+
     mode: TrafficMode = Field(
         "offline", description="offline: all prompts at once; constant / poisson / gamma: at "
         "rate_rps; trace: replay `trace` (arrivals, input and output lengths)"
@@ -46,7 +49,7 @@ class TrafficConfig(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _rules(self) -> "TrafficConfig":
+    def _rules(self) -> TrafficConfig:
         if self.mode not in RATE_MODES and self.rate_rps is not None:
             raise invalid_combination("traffic.rate_rps only applies to constant, poisson or gamma")
         if self.mode in RATE_MODES and self.rate_rps is None:
@@ -125,7 +128,7 @@ def read_trace(path: str) -> RequestTrace:
     columns = {c: table.column(c).to_pylist() for c in TRACE_COLUMNS}
     arrivals = columns["arrival_s"]
     if any(a is None or not 0 <= a < float("inf") for a in arrivals) or any(
-            b < a for a, b in zip(arrivals, arrivals[1:])):
+            b < a for a, b in pairwise(arrivals)):
         raise ValueError(f"traffic.trace: {path}: arrival_s must be finite, >= 0 and "
                          "non-decreasing")
     for name in ("input_tokens", "output_tokens"):
@@ -162,6 +165,7 @@ class SteadyWindow:
 
     @property
     def duration_s(self) -> float:
+        """Seconds from the window's start to its end."""
         return self.end_s - self.start_s
 
 

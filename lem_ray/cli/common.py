@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from typing_extensions import override
 
 
 def fail(message: str) -> NoReturn:
@@ -20,6 +21,7 @@ def fail(message: str) -> NoReturn:
 class OneLineGroup(click.Group):
     """Click's usage errors as one line and exit 2, like every other refusal."""
 
+    @override
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
@@ -28,7 +30,8 @@ class OneLineGroup(click.Group):
             click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
             sys.exit(2)
         except click.ClickException as exc:
-            command = exc.ctx.command_path if getattr(exc, "ctx", None) else self.name
+            ctx = getattr(exc, "ctx", None)  # UsageError and its subclasses carry one
+            command = ctx.command_path if ctx else self.name
             hint = f" (see {command} --help)" if isinstance(exc, click.UsageError) else ""
             fail(f"{' '.join(exc.format_message().split())}{hint}")
         except click.Abort as exc:
@@ -56,7 +59,7 @@ def check_output_file(path: Path, option: str) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise ConfigError(f"cannot create {path}: {probe} is a file", path=option)
-    if not os.access(probe, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
+    if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ConfigError(f"no permission to write {path}", path=option)
 
 

@@ -118,6 +118,7 @@ def _campaign(grid: Path | None, results_dir: str | None, address: str | None, d
 
 
 from lem_ray.cli.report_cmd import report  # noqa: E402
+
 main.add_command(report)
 
 

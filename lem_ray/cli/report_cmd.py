@@ -23,6 +23,8 @@ from rich.text import Text
 from lem_ray.cli.common import check_output_file, console, fail
 from lem_ray.errors import ConfigError
 from lem_ray.results.bootstrap import CI_LEVEL
+from lem_ray.results.manifest import load_manifest, reconciled
+from lem_ray.results.pairs import pair_runs
 from lem_ray.results.report import (
     DEFAULT_GROUP_BY,
     DEFAULT_MAX_CYCLE_CV,
@@ -41,8 +43,6 @@ from lem_ray.results.report import (
     format_number,
     shown_metrics,
 )
-from lem_ray.results.manifest import load_manifest, reconciled
-from lem_ray.results.pairs import pair_runs
 from lem_ray.results.slo import best_under_slo
 from lem_ray.results.store import exists, open_dataset, read_table, resolve, write_table
 
@@ -78,7 +78,9 @@ def _lost(results_dir: str, experiments: pa.Table) -> list[str]:
     return sorted(key for key, entry in runs.items() if entry["state"] == "lost")
 
 
-def _power_samples(results_dir: str, runs: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict]]:
+def _power_samples(
+    results_dir: str, runs: list[dict[str, Any]]
+) -> dict[tuple[str, int], list[dict]]:
     """Timeseries rows of the chosen runs' attempts, read with a filter (the table is large).
     Only attempts whose experiments row is ok: samples of one that failed (its rows written,
     its experiments row not) belong to no figure."""
@@ -157,7 +159,9 @@ def _write_html(path: Path, report: Report, results_dir: str, power_runs: list[d
             title=f"{r['run_id']} attempt {r['attempt']}: {labels.get(r['run_id'], r['status'])}",
             samples=samples.get((r["run_id"], r["attempt"]), []),
             measure_window_s=(r["measure_start_epoch_s"], r["measure_end_epoch_s"])
-            if r.get("measure_start_epoch_s") is not None and r.get("measure_end_epoch_s") is not None else None,
+            if r.get("measure_start_epoch_s") is not None
+            and r.get("measure_end_epoch_s") is not None
+            else None,
             steady_window_s=_steady_window_s(r),
         )
         for r in power_runs
@@ -165,29 +169,42 @@ def _write_html(path: Path, report: Report, results_dir: str, power_runs: list[d
     latency = plots.AXIS_TITLES[latency_metric]
     bars = f"bars: {CI_LEVEL:.0%} bootstrap CI of the mean (none where n<2)"
     figures = [
-        Plot("Energy vs latency",
-             f"J per output token against {latency}, one point per group (mean); {bars}; "
-             "dashed: Pareto frontier, lower is better on both axes.",
-             plots.pareto_png(report.groups, latency_metric, "energy_j_per_output_token", True, True)),
-        Plot("Energy vs throughput",
-             f"J per output token against output tokens/s, one point per group; {bars}; "
-             "dashed: Pareto frontier (lower energy, higher throughput).",
-             plots.pareto_png(report.groups, "throughput_tok_s", "energy_j_per_output_token",
-                              False, True)),
-        Plot("Throughput vs latency",
-             f"Output tokens/s against {latency}, one point per group; {bars}; "
-             "dashed: Pareto frontier (higher throughput, lower latency).",
-             plots.pareto_png(report.groups, latency_metric, "throughput_tok_s", True, False)),
-        Plot("Batch size",
-             "J per output token and throughput against batch size over all counted runs "
-             "whatever --group-by; one line per configuration (model, backend, precision, GPUs "
-             "and every backend option, e.g. torch_compile), named by what differs between the "
-             f"lines; {bars}.",
-             plots.batch_size_png(by_batch.groups, series)),
-        Plot("Power over time",
-             "Instant power per GPU from the timeseries table; shaded: the measure window "
-             "whose energy the figures above use.",
-             plots.power_png(power)),
+        Plot(
+            "Energy vs latency",
+            f"J per output token against {latency}, one point per group (mean); {bars}; "
+            "dashed: Pareto frontier, lower is better on both axes.",
+            plots.pareto_png(
+                report.groups, latency_metric, "energy_j_per_output_token", True, True
+            ),
+        ),
+        Plot(
+            "Energy vs throughput",
+            f"J per output token against output tokens/s, one point per group; {bars}; "
+            "dashed: Pareto frontier (lower energy, higher throughput).",
+            plots.pareto_png(
+                report.groups, "throughput_tok_s", "energy_j_per_output_token", False, True
+            ),
+        ),
+        Plot(
+            "Throughput vs latency",
+            f"Output tokens/s against {latency}, one point per group; {bars}; "
+            "dashed: Pareto frontier (higher throughput, lower latency).",
+            plots.pareto_png(report.groups, latency_metric, "throughput_tok_s", True, False),
+        ),
+        Plot(
+            "Batch size",
+            "J per output token and throughput against batch size over all counted runs "
+            "whatever --group-by; one line per configuration (model, backend, precision, GPUs "
+            "and every backend option, e.g. torch_compile), named by what differs between the "
+            f"lines; {bars}.",
+            plots.batch_size_png(by_batch.groups, series),
+        ),
+        Plot(
+            "Power over time",
+            "Instant power per GPU from the timeseries table; shaded: the measure window "
+            "whose energy the figures above use.",
+            plots.power_png(power),
+        ),
     ]
     names = sorted({r["campaign_name"] for r in report.runs})
     invalid = sum(e["status"] == "invalid" for e in report.excluded)
@@ -236,7 +253,10 @@ def _print(report: Report, console: Console, files: dict[str, str],
     """Energy and performance as two tables, so that each fits a terminal's width."""
     shown = shown_metrics(report)
     groups_by = f"{len(report.groups)} groups by {', '.join(report.group_by)}"
-    for title, metrics in (("energy", ENERGY_METRICS), ("throughput and latency", PERFORMANCE_METRICS)):
+    for title, metrics in (
+        ("energy", ENERGY_METRICS),
+        ("throughput and latency", PERFORMANCE_METRICS),
+    ):
         present = [m for m in metrics if m in shown]
         if present:
             console.print(_table(report, f"{title}: {groups_by}", present))
@@ -261,25 +281,48 @@ def _print(report: Report, console: Console, files: dict[str, str],
     if report.groups:
         console.print(
             "cycle CV: cycle-to-cycle coefficient of variation of J/output token (E) and "
-            f"throughput (T) over a group's counted runs; limit {report.groups[0]['max_cycle_cv']:.0%}"
+            "throughput (T) over a group's counted runs; "
+            f"limit {report.groups[0]['max_cycle_cv']:.0%}"
             + (f"; above it: {', '.join(above)}" if above else "")
-            + ("; N engines: the cycles ran on N engines loaded apart, whose own differences "
-               "(kernels tuned per compile) the CV includes" if apart else "")
-            + ("; N artifacts: the cycles ran N different compiled kernels (compile_cache_hash), "
-               "1 artifact: one compile's, loaded from the compile cache" if compiled else ""))
+            + (
+                "; N engines: the cycles ran on N engines loaded apart, whose own differences "
+                "(kernels tuned per compile) the CV includes"
+                if apart
+                else ""
+            )
+            + (
+                "; N artifacts: the cycles ran N different compiled kernels (compile_cache_hash), "
+                "1 artifact: one compile's, loaded from the compile cache"
+                if compiled
+                else ""
+            )
+        )
     if len(report.groups) > TABLE_ROWS:
-        console.print(f"the first {TABLE_ROWS} of {len(report.groups)} groups listed; every group is "
-                      "in the summary file (and --csv, --json)")
+        console.print(
+            f"the first {TABLE_ROWS} of {len(report.groups)} groups listed; every group is "
+            "in the summary file (and --csv, --json)"
+        )
     for e in report.excluded[:TABLE_ROWS]:
         style = "yellow" if e["status"] == "invalid" else "red"
-        console.print(Text.assemble((f"{e['status']:<8}", style),
-                                    f"{e['run_id']} attempt {e['attempt']} ({e['group']}): {e['reason']}"))
+        console.print(
+            Text.assemble(
+                (f"{e['status']:<8}", style),
+                f"{e['run_id']} attempt {e['attempt']} ({e['group']}): {e['reason']}",
+            )
+        )
     if len(report.excluded) > TABLE_ROWS:
-        console.print(f"... and {len(report.excluded) - TABLE_ROWS} more runs left out (--json lists all)")
+        console.print(
+            f"... and {len(report.excluded) - TABLE_ROWS} more runs left out (--json lists all)"
+        )
     if lost:
-        console.print(Text.assemble(("lost", "red"), f"     {len(lost)} runs ended ok but their rows "
-                                    "are no longer readable (not counted; `lem-ray status` lists "
-                                    "them, the next campaign runs them again)"))
+        console.print(
+            Text.assemble(
+                ("lost", "red"),
+                f"     {len(lost)} runs ended ok but their rows "
+                "are no longer readable (not counted; `lem-ray status` lists "
+                "them, the next campaign runs them again)",
+            )
+        )
     for kind, path in files.items():
         console.print(f"{kind}: {path}")
 
@@ -309,7 +352,9 @@ def _print_pairs(key: str, answers: list[dict[str, Any]], mismatched: int,
     for a in answers:
         ci = ("no CI (1 pair)" if a["ci_low"] is None else
               f"{CI_LEVEL:.0%} CI [{format_number(a['ci_low'])}, {format_number(a['ci_high'])}]")
-        verdict = {True: "significant", False: "not significant", None: "not judged"}[a["significant"]]
+        verdict = {True: "significant", False: "not significant", None: "not judged"}[
+            a["significant"]
+        ]
         console.print(
             f"pairs by {key}: {a['b']} - {a['a']} ({a['configuration']}, {a['pairs']} pairs): "
             f"{format_number(a['difference_mean'])} J/out tok ({a['relative']:+.1%} of "
@@ -329,15 +374,20 @@ def _print_pairs(key: str, answers: list[dict[str, Any]], mismatched: int,
               help="Also write the summary as CSV to this file.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML report with plots to this file.")
-@click.option("--power-runs", help="HTML: comma-separated run_ids to plot power for "
-                                   f"(default: the first cycle of each group, at most {POWER_RUNS_DEFAULT}).")
+@click.option(
+    "--power-runs",
+    help="HTML: comma-separated run_ids to plot power for "
+    f"(default: the first cycle of each group, at most {POWER_RUNS_DEFAULT}).",
+)
 @click.option("--latency", type=click.Choice(["ttft", "e2e"]), default="ttft", show_default=True,
               help="HTML: the latency axis of the Pareto plots, TTFT p50 or end-to-end p50.")
 @click.option("--max-cycle-cv", type=click.FloatRange(min=0, min_open=True),
               help="Mark groups whose cycle-to-cycle CV of J/output token or throughput is "
                    "above this. Default: the campaign's execution.validity.max_cycle_cv, as "
                    f"its runs recorded it (else {DEFAULT_MAX_CYCLE_CV}).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout."
+)
 @click.option("--pair", "pair_key", help="Pair runs of one cycle that differ only in this key "
                                          "(backend, or any --group-by key) and sent the same "
                                          "requests; give the paired difference in J/output token.")
@@ -383,7 +433,7 @@ def report(results_dir: str, group_by: str, csv_path: Path | None, html_path: Pa
         _write_html(html_path, summary, results_dir, chosen, f"{latency}_ms_p50")
         files["html"] = str(html_path)
     if as_json:
-        payload = {"results_dir": results_dir, "group_by": list(summary.group_by),
+        payload: dict[str, Any] = {"results_dir": results_dir, "group_by": list(summary.group_by),
                    "groups": summary.groups, "excluded": summary.excluded, "lost": lost,
                    "files": files, "slo_best": slo_best}
         if pair_key:

@@ -82,13 +82,17 @@ def status(results_dir: str, as_json: bool, show_all: bool) -> None:
         table.add_column(col)
     shown = runs if show_all else worth_showing(runs)
     for key, e in shown:
-        updated = datetime.fromtimestamp(e["updated_at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        updated = datetime.fromtimestamp(e["updated_at"], timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
         table.add_row(key, str(e["cycle"]), e["state"], str(e["attempt"]),
                       str(e.get("node_id") or "-")[:12], updated,
                       str(e.get("error") or "").strip().split("\n")[0][:80])
     out.print(table)
     if len(shown) < len(runs):
-        out.print(f"{len(shown)} of {len(runs)} runs listed, those not ok first; --all lists every run")
+        out.print(
+            f"{len(shown)} of {len(runs)} runs listed, those not ok first; --all lists every run"
+        )
     out.print(", ".join(f"{counts.get(s, 0)} {s}" for s in STATES))
     print_gpu_time(gpu_time, out)
     print_compile_savings(savings, out)
@@ -102,6 +106,7 @@ def status(results_dir: str, as_json: bool, show_all: bool) -> None:
 
 
 def print_compile_savings(savings: dict[str, Any] | None, console: Console) -> None:
+    """The compile cache's savings line, where the cache saved anything."""
     text = savings_text(savings)
     if text:
         console.print(text)

@@ -1,0 +1,1 @@
+"""Campaign files to validated pydantic models; knows no Ray, torch or Parquet."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import time as clock_time
-from typing import Literal
+from typing import Literal, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from lem_ray.config.base import StrictModel
 from lem_ray.config.limits import MAX_SCHEDULE_S, MAX_WEBHOOK_TIMEOUT_S
 
+NotifyEvent = Literal["complete", "failure"]
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -62,7 +63,7 @@ class NotifyConfig(StrictModel):
         None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="name of the env var holding the URL (checked when it is sent)",
     )
-    on: list[Literal["complete", "failure"]] = Field(default_factory=lambda: ["complete", "failure"])
+    on: list[NotifyEvent] = Field(default_factory=lambda: list(get_args(NotifyEvent)))
     timeout_s: float = Field(10, gt=0, le=MAX_WEBHOOK_TIMEOUT_S)
 
     @field_validator("webhook_url")
@@ -74,7 +75,7 @@ class NotifyConfig(StrictModel):
         return url
 
     @model_validator(mode="after")
-    def _one_source(self) -> "NotifyConfig":
+    def _one_source(self) -> NotifyConfig:
         if (self.webhook_url is None) == (self.webhook_url_env is None):
             raise ValueError("set exactly one of webhook_url and webhook_url_env")
         return self
@@ -124,7 +125,7 @@ class ScheduleConfig(StrictModel):
         return name
 
     @model_validator(mode="after")
-    def _one_form(self) -> "ScheduleConfig":
+    def _one_form(self) -> ScheduleConfig:
         if (self.every is None) == (self.at is None):
             raise ValueError("set either every (with for) or at (with optional days and for)")
         if self.every is not None and self.for_ is None:

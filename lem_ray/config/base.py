@@ -11,7 +11,6 @@ from pydantic_core import PydanticCustomError
 
 from lem_ray.config.limits import MAX_SEED
 
-
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 

@@ -14,6 +14,8 @@ from lem_ray.config.runtime_env import RuntimeEnvSpec
 
 
 class GridConfig(StrictModel):
+    """The axes whose product makes the experiments: shared ones, then each backend's own."""
+
     backends: list[BackendName] = Field(default_factory=list)
     shared: dict[str, list[Any]] = Field(
         default_factory=dict, description="dotted experiment keys -> values, for all backends"
@@ -24,6 +26,8 @@ class GridConfig(StrictModel):
 
 
 class TelemetryConfig(StrictModel):
+    """How often GPUs are sampled, and whether live figures go to Ray's metrics."""
+
     sample_interval_ms: float = Field(
         100, ge=10, le=60_000, description="instant power etc., per GPU"
     )
@@ -60,6 +64,8 @@ class PrefillConfig(StrictModel):
 
 
 class ValidityConfig(StrictModel):
+    """The limits outside which a run is flagged not valid."""
+
     min_window_s: float = Field(
         5, gt=0, le=MAX_WAIT_S, description="shorter measured windows are flagged"
     )
@@ -97,6 +103,8 @@ class CompileCacheDir(StrictModel):
 
 
 class ExecutionConfig(StrictModel):
+    """How runs are repeated, ordered, spaced and measured."""
+
     cycles: int = Field(3, ge=1, description="each experiment is run this many times")
     structure: Literal["interleaved", "shuffled", "grouped"] = "interleaved"
     seed: Seed = Field(0, description="orders the runs (shuffled)")
@@ -154,10 +162,14 @@ class ExecutionConfig(StrictModel):
 
 
 class OutputConfig(StrictModel):
+    """Where the results go."""
+
     results_dir: PathText | None = Field(None, description="default: results/<campaign_name>")
 
 
 class CampaignConfig(StrictModel):
+    """A whole campaign file: the grid, how it runs, where results go, automation."""
+
     campaign_name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     base: dict[str, Any] = Field(default_factory=dict)
     grid: GridConfig = Field(default_factory=GridConfig)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 
@@ -80,7 +80,7 @@ class SLOConfig(StrictModel):
         "this share of its requests meets it, in every counted cycle")
 
     @model_validator(mode="after")
-    def _some_limit(self) -> "SLOConfig":
+    def _some_limit(self) -> SLOConfig:
         if self.ttft_ms is None and self.tpot_ms is None:
             raise ValueError("slo: set ttft_ms, tpot_ms or both")
         return self
@@ -112,6 +112,11 @@ class _ExperimentFields(StrictModel):
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     slo: SLOConfig | None = Field(None, description="latency limits for goodput (docs/metrics.md)")
 
+    if TYPE_CHECKING:
+        # The backend sections (`pytorch: PyTorchConfig | None`, ...) are made by create_model
+        # below from the registry's table; to a type checker they are this.
+        def __getattr__(self, name: str) -> Any: ...
+
     @field_validator("model_name", "tokenizer")
     @classmethod
     def _known_builtin(cls, name: str | None) -> str | None:
@@ -124,7 +129,7 @@ class _ExperimentFields(StrictModel):
         return name
 
     @model_validator(mode="after")
-    def _rules(self) -> "_ExperimentFields":
+    def _rules(self) -> _ExperimentFields:
         for other in BACKEND_NAMES:
             if other != self.backend and getattr(self, other) is not None:
                 raise invalid_combination(

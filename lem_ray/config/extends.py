@@ -8,8 +8,9 @@ key, anything else (lists included) is replaced whole by the extending file's va
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lem_ray.config.base import no_control_characters
 from lem_ray.errors import ConfigError

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
@@ -14,6 +14,7 @@ from lem_ray.errors import ConfigError
 
 
 def format_loc(loc: tuple[Any, ...] | list[Any], prefix: str = "") -> str:
+    """A pydantic error location as the dotted key a user wrote (`grid.shared[0]`)."""
     path = prefix
     for part in loc:
         if isinstance(part, int):
@@ -41,7 +42,7 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
         else:
             candidates = [
                 c for c in candidates
-                if part in getattr(c.model_fields.get("source"), "annotation", ()).__args__
+                if part in get_args(getattr(c.model_fields.get("source"), "annotation", None))
             ] if all("source" in c.model_fields for c in candidates) else []
     return candidates[0] if len(candidates) == 1 else None
 
@@ -51,9 +52,8 @@ def _display_loc(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...
     shown: list[Any] = []
     for i, part in enumerate(loc):
         owner = _model_at(model, loc[: i + 1]) if isinstance(part, str) else None
-        if isinstance(part, int) or owner is not None and part in owner.model_fields:
-            shown.append(part)
-        elif i == len(loc) - 1:
+        known = owner is not None and part in owner.model_fields
+        if isinstance(part, int) or known or i == len(loc) - 1:
             shown.append(part)
     return tuple(shown)
 
@@ -93,6 +93,7 @@ def error_from_validation(
 
 
 def parse_campaign(data: Any, source: str = "<campaign>") -> CampaignConfig:
+    """Validate parsed YAML as a campaign; a ConfigError names the key and the file."""
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__
         raise ConfigError(f"a campaign file must be a YAML mapping, got {kind}", file=source)
@@ -103,5 +104,6 @@ def parse_campaign(data: Any, source: str = "<campaign>") -> CampaignConfig:
 
 
 def load_campaign(path: str | Path) -> CampaignConfig:
+    """Read a campaign file (following `_extends`) and validate it."""
     path = Path(path)
     return parse_campaign(read_extended(path, read_yaml), str(path))

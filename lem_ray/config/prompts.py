@@ -20,13 +20,15 @@ class LengthDistribution(StrictModel):
     max: int = Field(512, ge=1, le=MAX_INPUT_WORDS)
 
     @model_validator(mode="after")
-    def _bounds(self) -> "LengthDistribution":
+    def _bounds(self) -> LengthDistribution:
         if self.min > self.max:
             raise invalid_combination("prompts.input_len.min must be <= input_len.max")
         return self
 
 
 class SyntheticPrompts(StrictModel):
+    """Prompts of random words with lengths from a distribution: reproducible by seed."""
+
     source: Literal["synthetic"]
     count: int = Field(..., ge=1, le=MAX_PROMPTS)
     input_len: LengthDistribution = Field(default_factory=LengthDistribution)
@@ -34,6 +36,8 @@ class SyntheticPrompts(StrictModel):
 
 
 class FilePrompts(StrictModel):
+    """Prompts read from a column of a JSONL, CSV or Parquet file."""
+
     source: Literal["file"]
     path: PathText = Field(..., description="JSONL, CSV or Parquet; relative to the campaign file")
     column: str = "prompt"

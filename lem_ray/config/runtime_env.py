@@ -31,7 +31,7 @@ class RuntimeEnvSpec(StrictModel):
     env_vars: dict[str, str] = Field(default_factory=dict, description="set in the worker")
 
     @model_validator(mode="after")
-    def _fields_of_kind(self) -> "RuntimeEnvSpec":
+    def _fields_of_kind(self) -> RuntimeEnvSpec:
         needed = _FIELD_OF_KIND.get(self.kind)
         if needed is not None and getattr(self, needed) is None:
             raise ValueError(f"runtime_env kind {self.kind} needs {needed}")

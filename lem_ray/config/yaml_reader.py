@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from typing_extensions import override
 
 from lem_ray.errors import ConfigError
 
@@ -27,10 +28,12 @@ class _Refusal(yaml.YAMLError):
 class StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys and counts nodes with aliases expanded."""
 
+    @override
     def construct_document(self, node: yaml.Node) -> Any:
         _check_expansion(node)
         return super().construct_document(node)
 
+    @override
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Node] = {}
         for key_node, _ in node.value:
@@ -111,8 +114,9 @@ def read_yaml(path: Path) -> Any:
 
 
 def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text; a syntax error becomes a ConfigError with line and column."""
     try:
-        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader
+        return yaml.load(text, Loader=StrictLoader)  # StrictLoader is a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

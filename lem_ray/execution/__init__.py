@@ -1,0 +1,1 @@
+"""Running a plan on Ray: the driver, workers on placement groups, samplers, pre-run checks."""

@@ -9,9 +9,10 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from lem_ray.config.automation import NotifyConfig, webhook_url_problem
 from lem_ray.errors import ConfigError
@@ -24,16 +25,24 @@ log = logging.getLogger("lem_ray")
 
 
 class Clock(Protocol):
-    def now(self) -> datetime: ...
+    """Wall time and sleeping, so the schedule's tests run without waiting."""
 
-    def sleep(self, seconds: float) -> None: ...
+    def now(self) -> datetime:
+        """The current time, timezone-aware."""
+
+    def sleep(self, seconds: float) -> None:
+        """Wait this many seconds."""
 
 
 class SystemClock:
+    """The real clock."""
+
     def now(self) -> datetime:
+        """The current time in UTC."""
         return datetime.now(timezone.utc)
 
     def sleep(self, seconds: float) -> None:
+        """Wait this many seconds."""
         time.sleep(seconds)
 
 

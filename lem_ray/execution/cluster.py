@@ -9,6 +9,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -68,7 +69,7 @@ def check_actors_start(address: str) -> None:
     """A driver that joined in token mode only because it found a token (as Ray itself does)
     while the cluster runs without authentication: tasks still run, but every actor dies at
     start, so every run would fail as "the actor died unexpectedly". Say why, before any run."""
-    probe = _Probe.remote()
+    probe = _Probe.remote()  # type: ignore[attr-defined]  # Ray's type hints type it as the class
     try:
         ray.get(probe.ok.remote(), timeout=PROBE_TIMEOUT_S)
     except ray.exceptions.ActorDiedError:
@@ -78,8 +79,10 @@ def check_actors_start(address: str) -> None:
             "token authentication, which it turned on because it found a token (RAY_AUTH_TOKEN, "
             "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and RAY_AUTH_MODE is unset: the cluster "
             "runs without it. State the cluster's mode: start the cluster with RAY_AUTH_MODE=token "
-            "and this token, or, for a cluster no one else can reach, run with RAY_AUTH_MODE=disabled",
-            path="--address") from None
+            "and this token, or, for a cluster no one else can reach, run with "
+            "RAY_AUTH_MODE=disabled",
+            path="--address",
+        ) from None
     except ray.exceptions.GetTimeoutError:
         log.warning("lem-ray: the cluster at %s did not start a check actor within %.0f s; "
                     "going on", address, PROBE_TIMEOUT_S)
@@ -126,7 +129,7 @@ def connect(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     token_assumed = bool(address) and AUTH_MODE_ENV not in os.environ and auth_token_available()
     configure_auth(local=not address)
-    options = {
+    options: dict[str, Any] = {
         "namespace": "lem-ray",
         "runtime_env": {"env_vars": WORKER_ENV},
         "logging_level": "WARNING",
@@ -156,15 +159,19 @@ def connect(address: str | None) -> bool:
 
 @dataclass(frozen=True)
 class Capacity:
+    """The GPUs of the live nodes: what an experiment's gpus_per_experiment is checked against."""
+
     total_gpus: int
     max_gpus_per_node: int
 
     @property
     def has_gpus(self) -> bool:
+        """Whether any live node has a GPU."""
         return self.total_gpus > 0
 
 
 def capacity() -> Capacity:
+    """The live nodes' GPUs, read from Ray now."""
     gpus = [int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
     return Capacity(sum(gpus), max(gpus, default=0))
 

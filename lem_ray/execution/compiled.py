@@ -65,7 +65,7 @@ class CompiledArtifacts:
             return CacheUse(MISS, None, key)
         try:
             backend.use_compiled(entry.artifact)
-        except Exception as exc:  # noqa: BLE001 - whatever the library says, it compiles anew
+        except Exception as exc:  # whatever the library says, it compiles anew
             log.warning("lem-ray: compile cache entry %s in %s not usable by %s (%s): compiling",
                         key, self.location, backend.name, exc)
             self.cache.discard(key)

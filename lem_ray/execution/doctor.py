@@ -29,6 +29,8 @@ AUTH_FIX = ("export RAY_AUTH_MODE=token on every node and client, with the clust
 
 @dataclass
 class Check:
+    """One check's verdict (ok, warn or fail), what was seen, and how to fix it."""
+
     name: str
     status: str  # ok | warn | fail
     detail: str
@@ -37,17 +39,22 @@ class Check:
 
 @dataclass
 class DoctorReport:
+    """Every check `lem-ray doctor` made, and what each node reported."""
+
     checks: list[Check] = field(default_factory=list)
     nodes: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, name: str, status: str, detail: str, fix: str | None = None) -> None:
+        """Record a check; a fix is kept only for one that is not ok."""
         self.checks.append(Check(name, status, detail, fix if status != "ok" else None))
 
     @property
     def failed(self) -> bool:
+        """Whether any check failed (the command then exits non-zero)."""
         return any(c.status == "fail" for c in self.checks)
 
     def to_json(self) -> dict[str, Any]:
+        """The report for `--json`."""
         return {"checks": [asdict(c) for c in self.checks], "nodes": self.nodes}
 
 
@@ -62,10 +69,11 @@ def _probe_all(results_dir: str | None) -> list[dict[str, Any]]:
             n["NodeID"], soft=False)).remote(results_dir)
         for n in nodes
     ]
+    reports: list[dict[str, Any]] = ray.get(refs)
     return [
         {"node_id": n["NodeID"], "node_ip": n["NodeManagerAddress"],
-         "ray_gpus": int(n["Resources"].get("GPU", 0)), **ray.get(ref)}
-        for n, ref in zip(nodes, refs)
+         "ray_gpus": int(n["Resources"].get("GPU", 0)), **report}
+        for n, report in zip(nodes, reports)
     ]
 
 

@@ -1,7 +1,7 @@
 """What `lem-ray doctor` learns on one node, from a task scheduled on that node.
 
-NVML, the host's RAPL counters, the backends' libraries, podman and the results directory are facts of the node where
-runs will execute, not of the driver, so each is looked at from there.
+NVML, the host's RAPL counters, the backends' libraries, podman and the results directory are
+facts of the node where runs will execute, not of the driver, so each is looked at from there.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def _results_dir_writable(results_dir: str) -> str | None:
 
 @ray.remote(num_cpus=0, max_retries=0)
 def probe_node(results_dir: str | None) -> dict[str, Any]:
+    """What the node this task lands on offers lem-ray: GPUs, libraries, results dir."""
     return {
         "hostname": socket.gethostname(),
         "ray_version": ray.__version__,

@@ -34,6 +34,8 @@ log = logging.getLogger("lem_ray")
 
 @dataclass
 class CampaignResult:
+    """What a campaign run returns: counts by state, the summary, failures."""
+
     campaign_name: str
     results_dir: str
     counts: dict[str, int]

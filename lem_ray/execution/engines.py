@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from lem_ray.backends.base import Backend
 
@@ -50,6 +50,7 @@ class EnginePool:
         return backend
 
     def add(self, key: str, backend: Backend) -> None:
+        """Keep a loaded engine under its engine key."""
         self.engines[key] = backend
 
     def make_room(self, key: str, exclusive: bool, free_mib: FreeMemory) -> None:
@@ -89,10 +90,12 @@ class EnginePool:
             backend.release()
 
     def release_others(self, key: str) -> None:
+        """Release every engine but `key`'s, before an exclusive engine loads."""
         for other in [k for k in self.engines if k != key]:
             self.release(other)
 
     def release_all(self) -> None:
+        """Release every engine, oldest first."""
         while self.engines:
             self._release_oldest()
 

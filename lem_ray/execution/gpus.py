@@ -12,6 +12,8 @@ can see a GPU, so torch need not be imported to ask."""
 
 @dataclass
 class GpuIdentity:
+    """The GPUs a worker holds, by Ray id, NVML UUID and name."""
+
     device: str
     gpu_ids: list[str] = field(default_factory=list)
     gpu_uuids: list[str] = field(default_factory=list)

@@ -22,6 +22,8 @@ def decode_steps(config: Any, prompts: int) -> int:
 
 
 class RunLengths:
+    """How long runs took, learned as they finish, to estimate the runs not yet done."""
+
     def __init__(self) -> None:
         self.work_s: dict[str, float] = {}
         """Experiment id -> seconds its last run took beyond loading."""
@@ -34,6 +36,7 @@ class RunLengths:
 
     def finished(self, experiment_id: str, engine: str, steps: int, run_s: float,
                  load_s: float, reused: bool) -> None:
+        """Learn from a finished run: its work time, per-step time and (fresh engine) load time."""
         work_s = max(run_s - load_s, 0.0)
         self.work_s[experiment_id] = work_s
         self.step_s[engine] = work_s / max(steps, 1)
@@ -41,6 +44,7 @@ class RunLengths:
             self.load_s[engine] = load_s
 
     def started(self, open_s: float) -> None:
+        """Note how long opening a slot took."""
         self.open_s = open_s
 
     def load(self, engine: str) -> float | None:
@@ -48,6 +52,7 @@ class RunLengths:
         return self.load_s.get(engine, max(self.load_s.values(), default=None))
 
     def work(self, experiment_id: str, engine: str, steps: int) -> float | None:
+        """Estimated seconds of work of a run, or None while nothing is known."""
         known = self.work_s.get(experiment_id)
         if known is not None:
             return known

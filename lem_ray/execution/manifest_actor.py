@@ -11,8 +11,8 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from lem_ray.results.journal import ManifestStore
 from lem_ray.records import RunKey
+from lem_ray.results.journal import ManifestStore
 from lem_ray.results.manifest import STATES, new_entry, reconcile
 from lem_ray.results.store import read_table, resolve
 
@@ -21,7 +21,11 @@ NAMESPACE = "lem-ray"
 CONCURRENT_CALLS = 64
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=CONCURRENT_CALLS)
+# Ray's type hints omit max_concurrency from ray.remote's overloads, and type a decorated class as
+# the class itself (no .remote/.options): the ignores here and at its uses are for that.
+@ray.remote(  # type: ignore[call-overload]
+    num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=CONCURRENT_CALLS
+)
 class ManifestActor:
     """Restarted by Ray if its process dies; it then rebuilds its state from disk."""
 
@@ -35,7 +39,9 @@ class ManifestActor:
 
     def _reconcile(self) -> None:
         """Bring the manifest in line with the readable rows (manifest.reconcile)."""
-        added, changes = reconcile(self.store.state.runs, read_table(self.results_dir, "experiments"))
+        added, changes = reconcile(
+            self.store.state.runs, read_table(self.results_dir, "experiments")
+        )
         self.store.add_runs(added)
         for key, fields in changes.items():
             self.store.set(key, fields)
@@ -50,11 +56,13 @@ class ManifestActor:
         return self.store.view()["runs"]
 
     def update(self, key: str, **fields: Any) -> dict[str, Any]:
+        """Set fields of one run (its state checked) and return the run's entry."""
         if fields.get("state", STATES[0]) not in STATES:
             raise ValueError(f"unknown run state {fields['state']!r}")
         return self.store.set(key, {**fields, "updated_at": time.time()})
 
     def snapshot(self) -> dict[str, Any]:
+        """The whole manifest, as status shows it."""
         return self.store.view()
 
     def close(self) -> None:
@@ -63,6 +71,7 @@ class ManifestActor:
 
 
 def manifest_name(campaign_name: str, results_dir: str) -> str:
+    """The actor's name: one per campaign and results directory."""
     fs, base = resolve(results_dir)
     digest = hashlib.sha256(f"{fs.type_name}:{base}".encode()).hexdigest()[:10]
     return f"manifest:{campaign_name}:{digest}"
@@ -71,7 +80,7 @@ def manifest_name(campaign_name: str, results_dir: str) -> str:
 def open_manifest(campaign_name: str, results_dir: str) -> Any:
     """The campaign's manifest actor: the live one if a previous driver left it, else a new one
     on this (the driver's) node, where a local results directory is."""
-    return ManifestActor.options(
+    return ManifestActor.options(  # type: ignore[attr-defined]  # Ray's type hints, see above
         name=manifest_name(campaign_name, results_dir),
         namespace=NAMESPACE,
         lifetime="detached",

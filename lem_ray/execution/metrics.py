@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ray.util.metrics import Counter, Gauge
 
@@ -44,23 +45,35 @@ class GpuPublisher:
 
     def __init__(self, node_ip: str) -> None:
         self.node_ip = node_ip
-        self.power_w = Gauge("lem_ray_gpu_power_w", "Instant power of a GPU running a lem-ray run, W",
-                             tag_keys=GPU_TAGS)
-        self.temperature_c = Gauge("lem_ray_gpu_temperature_c",
-                                   "Temperature of a GPU running a lem-ray run, C", tag_keys=GPU_TAGS)
+        self.power_w = Gauge(
+            "lem_ray_gpu_power_w",
+            "Instant power of a GPU running a lem-ray run, W",
+            tag_keys=GPU_TAGS,
+        )
+        self.temperature_c = Gauge(
+            "lem_ray_gpu_temperature_c",
+            "Temperature of a GPU running a lem-ray run, C",
+            tag_keys=GPU_TAGS,
+        )
         self.tags: dict[str, str] | None = None
         self.published_s: dict[str, float] = {}
 
     def begin(self, tags: dict[str, str]) -> None:
+        """Publish the samples from now on, under a run's tags."""
         self.tags = {**tags, "node_ip": self.node_ip}
         self.published_s = {}
 
     def end(self) -> None:
+        """Stop publishing until the next begin()."""
         self.tags = None
 
     def __call__(self, gpu_uuid: str, sample: GpuSample) -> None:
+        """Set the gauges from one sample, at most every GPU_PUBLISH_S per GPU."""
         tags = self.tags
-        if tags is None or sample.t_s - self.published_s.get(gpu_uuid, float("-inf")) < GPU_PUBLISH_S:
+        if (
+            tags is None
+            or sample.t_s - self.published_s.get(gpu_uuid, float("-inf")) < GPU_PUBLISH_S
+        ):
             return
         self.published_s[gpu_uuid] = sample.t_s
         tags = {**tags, "gpu_uuid": gpu_uuid}
@@ -78,9 +91,11 @@ class CampaignGauges:
         self.campaign = {"campaign_name": campaign_name}
         self.runs = Gauge("lem_ray_runs", "This driver session's runs by state",
                           tag_keys=("campaign_name", "state"))
-        self.gpu_seconds = Gauge("lem_ray_gpu_seconds",
-                                 "GPU-seconds by phase over the cluster's GPUs, this driver session",
-                                 tag_keys=("campaign_name", "phase"))
+        self.gpu_seconds = Gauge(
+            "lem_ray_gpu_seconds",
+            "GPU-seconds by phase over the cluster's GPUs, this driver session",
+            tag_keys=("campaign_name", "phase"),
+        )
         self.run_energy_j = Gauge("lem_ray_run_energy_j",
                                   "Energy of a finished run's measured window (raw), J",
                                   tag_keys=RUN_TAGS)
@@ -89,17 +104,25 @@ class CampaignGauges:
                                 tag_keys=("campaign_name", "experiment_id"))
         self.lock = threading.Lock()
         self.recent: dict[tuple[str, str], tuple[float, float]] = {}
-        """(experiment_id, run_id) -> (energy_j, when it finished): re-set until RUN_ENERGY_KEEP_S."""
+        """(experiment_id, run_id) -> (energy_j, when it finished): re-set until
+        RUN_ENERGY_KEEP_S."""
 
     def progress(self, progress: Progress) -> None:
+        """Set the runs-by-state gauge from the driver's progress."""
         with progress.lock:
-            done, failed, running, total = progress.done, progress.failed, progress.running, progress.total
+            done, failed, running, total = (
+                progress.done,
+                progress.failed,
+                progress.running,
+                progress.total,
+            )
         states = {"pending": total - done - running, "running": running, "ok": done - failed,
                   "failed": failed}
         for state, count in states.items():
             self.runs.set(count, tags={**self.campaign, "state": state})
 
     def gpu_time(self, seconds: dict[str, float]) -> None:
+        """Set the GPU-seconds gauge, by phase."""
         for phase, gpu_s in seconds.items():
             self.gpu_seconds.set(gpu_s, tags={**self.campaign, "phase": phase})
 

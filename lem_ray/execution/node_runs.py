@@ -19,7 +19,9 @@ class _Activity:
     end_s: float | None = None
 
 
-def overlaps(start_s: float, end_s: float | None, window_start_s: float, window_end_s: float) -> bool:
+def overlaps(
+    start_s: float, end_s: float | None, window_start_s: float, window_end_s: float
+) -> bool:
     """An activity [start_s, end_s] (end None: still running) overlaps the window when it began
     before the window ended and had not ended before the window began."""
     return start_s < window_end_s and (end_s is None or end_s > window_start_s)
@@ -33,9 +35,11 @@ class NodeRuns:
         self._runs: dict[str, _Activity] = {}
 
     def started(self, node_id: str, token: str, t_s: float) -> None:
+        """A run began on node_id at t_s."""
         self._runs[token] = _Activity(node_id, t_s)
 
     def ended(self, token: str, t_s: float) -> None:
+        """A run ended at t_s; activity too old to matter is dropped."""
         if token in self._runs:
             self._runs[token].end_s = t_s
         self._prune()

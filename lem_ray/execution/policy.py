@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class QueuedRun:
+    """A run waiting for GPUs, as the policy sees it."""
+
     run_id: str
     gpus: int
     engine: str
@@ -55,18 +57,24 @@ class SlotView:
 
 @dataclass(frozen=True)
 class Assign:
+    """Decision: run it on this idle slot's worker."""
+
     run_id: str
     slot_id: int
 
 
 @dataclass(frozen=True)
 class Open:
+    """Decision: open a new slot for the run on this node."""
+
     run_id: str
     node: str
 
 
 @dataclass(frozen=True)
 class Close:
+    """Decision: close this idle slot to free its GPUs."""
+
     slot_id: int
 
 

@@ -27,6 +27,8 @@ CLIENT_SCHEME = "ray://"
 
 @dataclass(frozen=True)
 class Address:
+    """A `--address` as given, with host and port where it names them."""
+
     text: str
     host: str | None = None
     port: int | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -25,15 +25,17 @@ def sees_marker(path: str, token: str) -> bool:
 
 
 def alive_nodes() -> list[dict[str, Any]]:
+    """Ray's live nodes."""
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
 def probe_nodes(path: str, token: str, nodes: list[dict[str, Any]],
-                probe: Callable[..., Any] | None = None) -> dict[str, bool]:
-    """node id -> whether a task pinned to that node reads `token` from `path`."""
-    probe = probe or sees_marker
+                probe: Any = None) -> dict[str, bool]:
+    """node id -> whether a task pinned to that node reads `token` from `path`; `probe` is a
+    Ray remote function like sees_marker (Ray's types for those are private)."""
+    task = probe or sees_marker
     refs = {
-        n["NodeID"]: probe.options(
+        n["NodeID"]: task.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
         ).remote(path, token)
         for n in nodes
@@ -42,6 +44,7 @@ def probe_nodes(path: str, token: str, nodes: list[dict[str, Any]],
 
 
 def unshared_message(results_dir: str, blind: list[str], total: int) -> str:
+    """The refusal when the results directory is not seen by every node, with the fix."""
     return (
         f"results dir {results_dir} is on one node's local disk: {len(blind)} of {total} nodes "
         f"({', '.join(blind)}) do not see it. The driver writes results where it runs, so a "
@@ -53,7 +56,7 @@ def unshared_message(results_dir: str, blind: list[str], total: int) -> str:
 
 
 def require_shared_results_dir(results_dir: str,
-                               probe: Callable[..., Any] | None = None) -> None:
+                               probe: Any = None) -> None:
     """Refuse a node-local results directory on a cluster of more than one node.
 
     An object store URI is reachable from every node. A local path is checked for real: the

@@ -14,13 +14,14 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from lem_ray.execution.actors import WorkerActor
 from lem_ray.execution.handoff import WorkerIdentity
 
-
 # How long closing or recycling a slot waits for Ray to report its killed worker dead.
 EXIT_WAIT_S = 10.0
 
 
 @dataclass
 class Slot:
+    """A placement group holding GPUs on one node, with the worker actor that runs there."""
+
     slot_id: int
     gpus: int
     """GPUs held (0 on a cluster without GPUs: the slot then holds one CPU)."""
@@ -52,12 +53,13 @@ class Slot:
 
     @property
     def units(self) -> int:
+        """What the slot counts for: its GPUs, or 1 for a CPU slot."""
         return self.gpus or 1
 
     @classmethod
     def open(cls, slot_id: int, gpus: int, node: str, name: str,
              runtime_env: dict[str, Any] | None = None, kind: str = "",
-             sample_interval_ms: float | None = None) -> "Slot":
+             sample_interval_ms: float | None = None) -> Slot:
         """Reserve the GPUs (Ray grants them when free; node is a soft target) and start a
         worker in them, and its sampler when the interval is given; calls to the worker wait
         for both."""
@@ -71,6 +73,7 @@ class Slot:
         return slot
 
     def start_worker(self) -> None:
+        """Start the worker actor on the slot's placement group."""
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)
         env = {"runtime_env": self.runtime_env} if self.runtime_env else {}
         self.worker = WorkerActor.options(
@@ -86,6 +89,7 @@ class Slot:
         self.start_worker()
 
     def submit(self, task: Any, request: Any, now_s: float, timeout_s: float | None) -> None:
+        """Hand the worker a run; its clock starts now unless the worker is still starting."""
         self.run, self.started_s, self.timeout_s = task, now_s, timeout_s
         self.ref = self.worker.run.remote(request)
         if self.starting is None:
@@ -98,6 +102,7 @@ class Slot:
             self.deadline_s = now_s + self.timeout_s
 
     def finish(self) -> None:
+        """Forget the run: the slot is idle again."""
         self.run = self.ref = self.deadline_s = self.timeout_s = None
 
     def close(self) -> None:

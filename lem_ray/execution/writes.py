@@ -5,8 +5,9 @@ that fails fails its run with the error; nothing is dropped in a thread unseen."
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 from lem_ray.results.rows import RunRows
 from lem_ray.records import RunKey
@@ -61,6 +62,7 @@ class RowWriter:
         return failure
 
     def submit(self, rows: RunRows, failed: Failed) -> None:
+        """Write a run's rows in the background; done() then commits the run."""
         self.futures.append(self.pool.submit(lambda: self.done(self.stored(rows, failed))))
 
     def collect(self, wait: bool = False) -> None:
@@ -83,4 +85,5 @@ class RowWriter:
                 for e in (rows.experiment for rows in self.unstored)]
 
     def close(self) -> None:
+        """Wait for every write to finish."""
         self.pool.shutdown(wait=True)

@@ -14,6 +14,8 @@ from lem_ray.records import RequestRecord
 
 @dataclass
 class WarmupOutcome:
+    """How warmup went, for the run's row."""
+
     requests: int
     steps: int
     converged: bool | None
@@ -23,6 +25,7 @@ class WarmupOutcome:
 
 
 def coefficient_of_variation(values: list[float]) -> float | None:
+    """stdev / mean of the values; None for fewer than two or a mean <= 0."""
     if len(values) < 2:
         return None
     mean = statistics.fmean(values)

@@ -7,8 +7,9 @@ import hashlib
 import itertools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -22,16 +23,21 @@ from lem_ray.errors import ConfigError
 
 @dataclass(frozen=True)
 class PlannedExperiment:
+    """One experiment of the plan with its id (the hash of its resolved config)."""
+
     experiment_id: str
     config: ExperimentConfig
 
     @property
     def backend(self) -> str:
+        """The experiment's backend."""
         return self.config.backend
 
 
 @dataclass(frozen=True)
 class Rejection:
+    """A combination the grid produced that breaks a rule, with the reason."""
+
     backend: str | None
     combination: dict[str, Any]
     reason: str
@@ -39,6 +45,8 @@ class Rejection:
 
 @dataclass
 class Expansion:
+    """What the grid expands to: distinct valid experiments and rejected combinations."""
+
     experiments: list[PlannedExperiment] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
 
@@ -59,7 +67,7 @@ def experiment_id(config: ExperimentConfig) -> str:
     data = config.model_dump(mode="json")
     for dotted, default in ID_OMITTED_AT_DEFAULT.items():
         *parents, leaf = dotted.split(".")
-        node = data
+        node: Any = data
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node and node[leaf] == default:
@@ -174,6 +182,7 @@ def _count_combinations(campaign: CampaignConfig, backends: list[str]) -> int:
 
 
 def expand(campaign: CampaignConfig) -> Expansion:
+    """Base, then the product of shared axes, then each backend's own axes, deduplicated."""
     grid = campaign.grid
     _check_axes(grid)
     backends = list(grid.backends)
@@ -203,7 +212,9 @@ def expand(campaign: CampaignConfig) -> Expansion:
     for backend in backends:
         for shared in _product(grid.shared):
             for own in _product(grid.backend_overrides.get(backend, {})):
-                candidates.append((backend, {**shared, **own}, _combo(campaign, backend, shared, own)))
+                candidates.append(
+                    (backend, {**shared, **own}, _combo(campaign, backend, shared, own))
+                )
     if not backends and not campaign.experiments and campaign.base:
         candidates.append((campaign.base.get("backend"), {}, lambda: _Layers(campaign.base)))
     for index, extra in enumerate(campaign.experiments):
@@ -237,7 +248,9 @@ def _combo(
         for key, value in shared.items():
             layers.set(key, value, f"grid.shared.{key}")
         for key, value in own.items():
-            layers.set(_override_key(backend, key), value, f"grid.backend_overrides.{backend}.{key}")
+            layers.set(
+                _override_key(backend, key), value, f"grid.backend_overrides.{backend}.{key}"
+            )
         return layers
 
     return build

@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from lem_ray.backends.registry import engine_args
-from lem_ray.config.base import no_control_characters
 from lem_ray.backends.traffic import read_trace
+from lem_ray.config.base import no_control_characters
 from lem_ray.config.campaign import CampaignConfig
 from lem_ray.config.limits import MAX_RUNS
 from lem_ray.config.loading import error_from_validation, load_campaign, parse_campaign, read_yaml
@@ -26,6 +26,8 @@ from lem_ray.records import RunKey
 
 @dataclass
 class CampaignPlan:
+    """Everything a campaign will run, before Ray starts: what --dry-run prints."""
+
     campaign: CampaignConfig
     experiments: list[PlannedExperiment]
     rejected: list[Rejection]
@@ -38,6 +40,7 @@ class CampaignPlan:
 
     @property
     def name(self) -> str:
+        """The campaign's name."""
         return self.campaign.campaign_name
 
     def __post_init__(self) -> None:
@@ -61,7 +64,7 @@ class CampaignPlan:
 
     def runtime_env(self, backend: str) -> RuntimeEnvSpec:
         """The backend's runtime_env: the campaign's (inline or from its file), else none."""
-        given = self.campaign.runtime_env.get(backend)  # type: ignore[call-overload]
+        given = self.campaign.runtime_env.get(backend)
         if given is None:
             return RuntimeEnvSpec()
         if isinstance(given, RuntimeEnvSpec):
@@ -122,6 +125,7 @@ class CampaignPlan:
                               f"prompts.count to {requests}", path=where)
 
     def to_json(self) -> dict[str, Any]:
+        """The plan for `--dry-run --json`."""
         return {
             "campaign_name": self.name,
             "campaign": self.campaign.model_dump(mode="json"),

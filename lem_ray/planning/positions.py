@@ -64,6 +64,7 @@ def max_positions(model_name: str) -> int | None:
 
 
 def check_positions(experiments: list[PlannedExperiment]) -> None:
+    """Refuse an experiment whose input + output tokens exceed its model's positions."""
     limits: dict[str, int | None] = {}
     for e in experiments:
         name = e.config.model_name

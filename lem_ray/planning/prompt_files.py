@@ -6,9 +6,10 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+from collections.abc import Generator
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lem_ray.config.limits import MAX_PROMPTS
 from lem_ray.config.prompts import FilePrompts
@@ -94,7 +95,7 @@ def _not_text(path: Path, column: str, kind: Any) -> ConfigError:
                        path="prompts.column")
 
 
-def _jsonl_values(path: Path, column: str) -> Iterator[str | None]:
+def _jsonl_values(path: Path, column: str) -> Generator[str | None, None, None]:
     """One JSON object a line; the first names the columns, a later one may lack the column."""
     with path.open("rb") as stream:
         offset, number, first = 0, 0, True
@@ -126,7 +127,7 @@ def _jsonl_values(path: Path, column: str) -> Iterator[str | None]:
             yield value
 
 
-def _csv_values(path: Path, column: str) -> Iterator[str | None]:
+def _csv_values(path: Path, column: str) -> Generator[str | None, None, None]:
     """A header row, then one prompt a row (quoted fields may hold commas and newlines).
 
     Python's csv module, not Arrow's streaming reader: that one reads 30 blocks ahead."""
@@ -153,7 +154,7 @@ def _csv_values(path: Path, column: str) -> Iterator[str | None]:
             raise _cannot_read(path, exc, rows.line_num) from None
 
 
-def _parquet_values(path: Path, column: str) -> Iterator[str | None]:
+def _parquet_values(path: Path, column: str) -> Generator[str | None, None, None]:
     """Row group by row group, the one column only (iter_batches buffers every row group)."""
     import pyarrow as pa
     import pyarrow.parquet

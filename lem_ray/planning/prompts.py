@@ -11,6 +11,7 @@ from lem_ray.planning.prompt_files import file_prompts
 
 
 def synthetic_lengths(dist: LengthDistribution, count: int, seed: int) -> list[int]:
+    """`count` prompt lengths in words from the distribution, reproducible by seed."""
     rng = random.Random(seed)
     draw = {
         "fixed": lambda: dist.mean,
@@ -31,6 +32,7 @@ def _lognormal_params(mean: float, std: float) -> tuple[float, float]:
 
 
 def synthetic_prompts(cfg: SyntheticPrompts, default_seed: int) -> list[str]:
+    """Random-word prompts of synthetic lengths, reproducible by seed."""
     seed = cfg.seed if cfg.seed is not None else default_seed
     words = word_list()
     rng = random.Random(f"{seed}:words")
@@ -41,6 +43,7 @@ def synthetic_prompts(cfg: SyntheticPrompts, default_seed: int) -> list[str]:
 
 
 def load_prompts(cfg: SyntheticPrompts | FilePrompts, base_dir: Path, seed: int) -> list[str]:
+    """The experiment's prompts, synthetic or read from a file relative to `base_dir`."""
     if isinstance(cfg, SyntheticPrompts):
         return synthetic_prompts(cfg, seed)
     path = Path(cfg.path).expanduser()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, time, timedelta
-from typing import Iterator
 from zoneinfo import ZoneInfo
 
 from lem_ray.config.automation import DAYS, ScheduleConfig

@@ -1,0 +1,1 @@
+"""The Parquet dataset and manifest: writing, reading, reports; knows no Ray scheduling."""

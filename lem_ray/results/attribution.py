@@ -10,8 +10,8 @@ later token weighs 1. Pure: plain numbers in, numbers out.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from lem_ray.records import RequestRecord
 from lem_ray.telemetry.energy import trapezoid_energy_j
@@ -76,7 +76,9 @@ def steps_from_tokens(
     return [Step(a, b, w) for a, b, w in zip(starts, bounds, weights)]
 
 
-def attribute_steps(steps: Sequence[Step], step_energies_j: Sequence[float], requests: int) -> list[float]:
+def attribute_steps(
+    steps: Sequence[Step], step_energies_j: Sequence[float], requests: int
+) -> list[float]:
     """Each request's energy: every step's energy split by the weights of the requests it served."""
     shares = [0.0] * requests
     for step, energy_j in zip(steps, step_energies_j):
@@ -93,8 +95,13 @@ def step_energies_j(
     add up to window_energy_j; None when the series cannot say (too few samples, no power)."""
     if not series or any(len(points) < 2 for points in series.values()):
         return None
-    raw = [sum(trapezoid_energy_j([t for t, _ in points], [p for _, p in points], s.start_s, s.end_s)
-               for points in series.values()) for s in steps]
+    raw = [
+        sum(
+            trapezoid_energy_j([t for t, _ in points], [p for _, p in points], s.start_s, s.end_s)
+            for points in series.values()
+        )
+        for s in steps
+    ]
     total = sum(raw)
     if total <= 0:
         return None

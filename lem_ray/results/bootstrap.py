@@ -7,8 +7,8 @@ fixed seed, so a report read twice gives the same interval.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 
@@ -19,7 +19,10 @@ STATS = ("mean", "std", "n", "ci_low", "ci_high")
 
 
 def bootstrap_ci(
-    values: Sequence[float], resamples: int = RESAMPLES, level: float = CI_LEVEL, seed: int = SEED
+    values: Sequence[float] | np.ndarray,
+    resamples: int = RESAMPLES,
+    level: float = CI_LEVEL,
+    seed: int = SEED,
 ) -> tuple[float, float] | None:
     """Percentile interval of the mean; None below two values, where there is no spread to
     resample. Each call starts from `seed` and resamples the sorted values, so an interval

@@ -27,11 +27,12 @@ from __future__ import annotations
 import fcntl
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -62,6 +63,8 @@ BATCH_ROWS = 65_536
 
 @dataclass
 class TableCompaction:
+    """What compacting one table did."""
+
     merged_files: int = 0
     written: list[str] = field(default_factory=list)
     rows: int = 0
@@ -125,7 +128,7 @@ def _write_merged(results_dir: str | Path, table: str, inputs: list[str],
     batches = (batch for raw in old_shape.to_batches(batch_size=BATCH_ROWS)
                for batch in upgrade(table, pa.Table.from_batches([raw])).to_batches())
     stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    state = {"next": next(batches, None), "rows": 0}
+    state: dict[str, Any] = {"next": next(batches, None), "rows": 0}
     while state["next"] is not None:
 
         def write(path: str, target_fs: pafs.FileSystem) -> None:

@@ -69,12 +69,15 @@ def check_location(setting: Any) -> None:
 
 @dataclass(frozen=True)
 class Entry:
+    """One cached compile artifact with its key and checksum."""
+
     key: str
     sha256: str
     artifact: bytes
 
 
 def digest(artifact: bytes) -> str:
+    """SHA-256 of an artifact, checked when it is read back."""
     return hashlib.sha256(artifact).hexdigest()
 
 

@@ -26,6 +26,8 @@ PHASES = (*RUN_PHASES, "idle")
 
 @dataclass
 class GpuLedger:
+    """GPU-seconds of one driver session by phase, for status and Ray's metrics."""
+
     session: str
     started_s: float
     gpus: int
@@ -44,6 +46,7 @@ class GpuLedger:
             self.gpus = gpus
 
     def add_run(self, phases_s: dict[str, float], gpus: int) -> None:
+        """Add a run's phases, times its GPUs."""
         for name in RUN_PHASES:
             self.runs_gpu_s[name] += phases_s.get(name, 0.0) * gpus
 
@@ -55,6 +58,7 @@ class GpuLedger:
         return {**runs, "idle": total - sum(runs.values())}
 
     def snapshot(self, now_s: float) -> dict[str, Any]:
+        """The ledger as saved to the results directory, advanced to now_s."""
         self.advance(now_s)
         seconds = self.seconds(now_s)
         return {
@@ -68,6 +72,7 @@ class GpuLedger:
 
 
 def save_ledger(results_dir: str | Path, snapshot: dict[str, Any]) -> None:
+    """Write a session's ledger into the results directory, whole or not at all."""
     payload = json.dumps(snapshot, indent=1).encode()
 
     def write(path: str, fs: Any) -> None:

@@ -51,11 +51,14 @@ class ManifestCorrupt(Exception):
 
 @dataclass
 class ManifestState:
+    """The manifest in memory: campaign name, runs by id, last applied sequence number."""
+
     campaign_name: str | None = None
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     seq: int = 0
 
     def as_dict(self) -> dict[str, Any]:
+        """The manifest as read by status and report."""
         return {"campaign_name": self.campaign_name, "runs": self.runs}
 
 
@@ -122,7 +125,7 @@ def read_state(results_dir: str | Path) -> ManifestState:
         except (ValueError, KeyError, TypeError):
             raise ManifestCorrupt(f"{path}: not a lem-ray manifest snapshot") from None
         break
-    pending = []
+    pending: list[dict[str, Any]] = []
     for _, path in _journal_names(fs, directory):
         pending.extend(r for r in _records(_read_bytes(fs, path), path) if r["seq"] > state.seq)
     for record in sorted(pending, key=lambda r: r["seq"]):
@@ -151,6 +154,7 @@ class JournalWriter:
             os.close(fd)
 
     def append(self, records: list[dict[str, Any]]) -> None:
+        """Append records: fsynced before returning on a local disk; elsewhere one file each."""
         payload = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
         name = f"{self.directory}/{JOURNAL_PREFIX}{records[0]['seq']:012d}{JOURNAL_SUFFIX}"
         if not self.local:
@@ -159,7 +163,7 @@ class JournalWriter:
         else:
             if self.segment is None:
                 # A segment of this name can only hold a torn, never acknowledged record.
-                self.segment = open(name, "wb")
+                self.segment = open(name, "wb")  # noqa: SIM115 - kept open across appends
                 self._fsync_directory()
             self.segment.write(payload)
             self.segment.flush()
@@ -192,6 +196,7 @@ class JournalWriter:
             self.fs.delete_file(legacy)
 
     def close(self) -> None:
+        """Close the open segment."""
         if self.segment is not None:
             self.segment.close()
             self.segment = None
@@ -215,6 +220,7 @@ class ManifestStore:
 
     @property
     def bytes_written(self) -> int:
+        """Bytes the manifest wrote (journal and snapshots): its write cost."""
         return self.writer.bytes_written
 
     def commit(self, record: dict[str, Any], weight: int = 1) -> None:
@@ -282,11 +288,13 @@ class ManifestStore:
         self.since_snapshot = 0
 
     def add_runs(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Add runs not yet known; known ones are left as they are."""
         new = {k: v for k, v in entries.items() if k not in self.state.runs}
         if new:
             self.commit({"add": new}, weight=len(new))
 
     def set(self, key: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Set fields of a known run; returns its entry."""
         if key not in self.state.runs:
             raise KeyError(f"unknown run {key!r}")
         self.commit({"run": key, "set": fields})
@@ -299,6 +307,7 @@ class ManifestStore:
                     "runs": {k: dict(v) for k, v in self.state.runs.items()}}
 
     def set_campaign(self, name: str) -> None:
+        """Record the campaign's name, if it changed."""
         if self.state.campaign_name != name:
             self.commit({"campaign": name})
 

@@ -65,6 +65,8 @@ class LeaseLost(Exception):
 
 @dataclass(frozen=True)
 class LeaseRecord:
+    """What the lease file says: which process holds the results directory, since when."""
+
     host: str
     pid: int
     pid_started_s: float
@@ -75,9 +77,11 @@ class LeaseRecord:
     renewed_at: str
 
     def renewed_s(self) -> float:
+        """When the holder last renewed, in epoch seconds."""
         return datetime.fromisoformat(self.renewed_at).timestamp()
 
     def holder(self) -> str:
+        """The holder as the refusal names it."""
         since = datetime.fromisoformat(self.since).strftime("%Y-%m-%d %H:%M:%S UTC")
         return f"host {self.host}, pid {self.pid}, since {since}"
 
@@ -254,13 +258,15 @@ class Lease:
         self.fs.create_dir(self.base, recursive=True)
         with self._locked() as locked:
             found = self._read()
-            if not self._free(found):
+            if found is not None and not self._free(found):
                 raise self._refusal(found)
             if locked:
                 try:
                     self._write(create=found is None)
                 except FileExistsError:
-                    raise self._refusal(self._read() or Found(None, time.time(), "vanished"))
+                    raise self._refusal(
+                        self._read() or Found(None, time.time(), "vanished")
+                    ) from None
                 self.renewed_s = time.time()
                 return
             self._write(create=False)

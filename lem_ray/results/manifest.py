@@ -71,6 +71,7 @@ def _shape_problem(manifest: dict[str, Any]) -> str | None:
 
 
 def new_entry(experiment_id: str, cycle: int) -> dict[str, Any]:
+    """A pending run's manifest entry."""
     return {
         "experiment_id": experiment_id,
         "cycle": cycle,

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -47,6 +48,8 @@ DATABASE_HINT = (" (lem-ray[mlflow] installs MLflow's client only, mlflow-skinny
 
 @dataclass(frozen=True)
 class ExportResult:
+    """What an export logged, where, and how many attempts it skipped as already there."""
+
     experiment_name: str
     experiment_id: str
     tracking_uri: str
@@ -70,6 +73,7 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def attempt_key(row: dict[str, Any]) -> str:
+    """`<run_id>-a<attempt>`: one attempt, as tagged in MLflow."""
     return f"{row['run_id']}-a{row['attempt']}"
 
 
@@ -88,7 +92,8 @@ def figures(row: dict[str, Any]) -> dict[str, float]:
 
 
 def power_series(results_dir: str | Path, rows: list[dict[str, Any]]) -> dict[str, list[dict]]:
-    """Timeseries samples (gpu_uuid, t_s, power_w) of each attempt, by attempt key, in time order."""
+    """Timeseries samples (gpu_uuid, t_s, power_w) of each attempt, by attempt key, in time
+    order."""
     dataset = open_dataset(results_dir, "timeseries")
     if dataset is None or not rows:
         return {}

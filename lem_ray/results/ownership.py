@@ -27,6 +27,8 @@ OWNER_FILE = "campaign.json"
 
 @dataclass(frozen=True)
 class Owner:
+    """The campaign a results directory belongs to, and its grid's fingerprint."""
+
     campaign_name: str
     grid_fingerprint: str
 

@@ -8,8 +8,9 @@ even without data: a panel that cannot be drawn says why (e.g. "energy not measu
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
@@ -193,7 +194,9 @@ def power_png(runs: list[PowerRun], columns: int = 2) -> bytes:
         if not run.samples:
             _message(ax, "no power samples")
             continue
-        origin = run.measure_window_s[0] if run.measure_window_s else min(s["t_s"] for s in run.samples)
+        origin = (
+            run.measure_window_s[0] if run.measure_window_s else min(s["t_s"] for s in run.samples)
+        )
         by_gpu: dict[str, list[dict[str, Any]]] = {}
         for s in run.samples:
             if s["power_w"] is not None:

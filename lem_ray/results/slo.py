@@ -57,7 +57,7 @@ def slo_columns(slo: SLOConfig | None, records: Sequence[RequestRecord], duratio
     if not records or None in verdicts:
         return columns
     good_tokens = sum(r.output_tokens for r, ok in zip(records, verdicts) if ok)
-    columns["slo_attainment"] = sum(verdicts) / len(records)
+    columns["slo_attainment"] = sum(1 for ok in verdicts if ok) / len(records)
     columns["goodput_tok_s"] = good_tokens / duration_s if duration_s > 0 else None
     if energy_j is not None and good_tokens:
         columns["energy_j_per_goodput_token"] = energy_j / good_tokens

@@ -17,8 +17,9 @@ import os
 import re
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -61,6 +62,7 @@ def resolve(results_dir: str | Path) -> tuple[pafs.FileSystem, str]:
 
 
 def exists(results_dir: str | Path, relative: str = "") -> bool:
+    """Whether the path (local, or a remote URI) exists under the results directory."""
     fs, base = resolve(results_dir)
     target = f"{base}/{relative}" if relative else base
     return fs.get_file_info(target).type != pafs.FileType.NotFound
@@ -100,6 +102,7 @@ def _fsync(path: str) -> None:
 
 
 def write_table(results_dir: str | Path, folder: str, name: str, table: pa.Table) -> str:
+    """Write a Parquet file atomically; returns its path."""
     return atomic_write(
         results_dir, folder, name, lambda path, fs: pq.write_table(table, path, filesystem=fs)
     )
@@ -108,6 +111,7 @@ def write_table(results_dir: str | Path, folder: str, name: str, table: pa.Table
 def write_rows(
     results_dir: str | Path, table: str, stem: str, rows: list[dict[str, Any]]
 ) -> str | None:
+    """Write rows as table's Parquet file, refusing unknown columns; None if no rows."""
     if not rows:
         return None
     schema = TABLES[table]
@@ -127,6 +131,7 @@ def list_parquet(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
 
 
 def attempt_keys(table: pa.Table) -> set[tuple[str, int]]:
+    """The (run_id, attempt) pairs a table holds."""
     return set(zip(table["run_id"].to_pylist(), table["attempt"].to_pylist()))
 
 

@@ -29,6 +29,8 @@ MIN_GAP_SAMPLES_PER_GPU = 10
 
 @dataclass(frozen=True)
 class ValidityInputs:
+    """The figures of a run its validity flags are decided from."""
+
     energy_j: float | None
     window_s: float
     min_window_s: float

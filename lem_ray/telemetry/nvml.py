@@ -9,9 +9,10 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any
 
 MIB = 1 << 20
 
@@ -77,15 +78,17 @@ def _call(function: str, *args: Any) -> Any:
         code = getattr(exc, "value", None)
         if code == nv.NVML_ERROR_NOT_SUPPORTED:
             raise NvmlNotSupportedError(function, code, str(exc)) from exc
-        if code in (nv.NVML_ERROR_NOT_FOUND, nv.NVML_ERROR_INVALID_ARGUMENT) and function.startswith(
-            "nvmlDeviceGetHandleBy"
-        ):
+        if code in (
+            nv.NVML_ERROR_NOT_FOUND,
+            nv.NVML_ERROR_INVALID_ARGUMENT,
+        ) and function.startswith("nvmlDeviceGetHandleBy"):
             raise GpuNotFoundError(f"no GPU {args[0]!r} on this node ({exc})") from exc
         raise NvmlCallError(function, code, str(exc)) from exc
 
 
 def _optional(function: str, *args: Any) -> Any:
-    """Like _call, but None where the GPU does not support the query (e.g. utilisation under MIG)."""
+    """Like _call, but None where the GPU does not support the query (e.g. utilisation under
+    MIG)."""
     try:
         return _call(function, *args)
     except NvmlNotSupportedError:
@@ -128,8 +131,10 @@ def uuids_for_indices(indices: Sequence[int | str]) -> list[str]:
             _call("nvmlDeviceGetHandleByUUID", text)
             uuids.append(text)
         else:
-            raise ValueError(f"cannot resolve device {entry!r}: need a GPU index or a GPU-... UUID, "
-                             "not a MIG slice (NVML has no energy counter for MIG slices)")
+            raise ValueError(
+                f"cannot resolve device {entry!r}: need a GPU index or a GPU-... UUID, "
+                "not a MIG slice (NVML has no energy counter for MIG slices)"
+            )
     return uuids
 
 
@@ -218,7 +223,8 @@ class GpuDevice(DeviceReader):
         return None, "power_usage_avg"
 
     def _resolve_throttle_function(self) -> str:
-        """nvmlDeviceGetCurrentClocksEventReasons is the new name; older drivers only have the old."""
+        """nvmlDeviceGetCurrentClocksEventReasons is the new name; older drivers only have the
+        old."""
         try:
             _call("nvmlDeviceGetCurrentClocksEventReasons", self._handle)
             return "nvmlDeviceGetCurrentClocksEventReasons"
@@ -234,7 +240,8 @@ class GpuDevice(DeviceReader):
         return _field_number(nv, value) / 1000.0
 
     def energy_mj(self) -> int:
-        """Counter of energy used since the driver loaded, mJ; ~4 ms a call, updated every ~100 ms."""
+        """Counter of energy used since the driver loaded, mJ; ~4 ms a call, updated every
+        ~100 ms."""
         if not self.supports_energy_counter:
             raise EnergyCounterUnsupportedError(f"{self.name} ({self.uuid}) has no energy counter")
         return int(_call("nvmlDeviceGetTotalEnergyConsumption", self._handle))
@@ -256,7 +263,9 @@ class GpuDevice(DeviceReader):
         return GpuSample(
             t_s=time.time(),
             power_w=self.power_instant_w(),
-            temperature_c=_optional("nvmlDeviceGetTemperature", self._handle, nv.NVML_TEMPERATURE_GPU),
+            temperature_c=_optional(
+                "nvmlDeviceGetTemperature", self._handle, nv.NVML_TEMPERATURE_GPU
+            ),
             sm_clock_mhz=_optional("nvmlDeviceGetClockInfo", self._handle, nv.NVML_CLOCK_SM),
             mem_clock_mhz=_optional("nvmlDeviceGetClockInfo", self._handle, nv.NVML_CLOCK_MEM),
             memory_used_mib=None if memory is None else memory.used / MIB,
@@ -334,4 +343,5 @@ def used_memory_mib(indices: Sequence[int | str]) -> float | None:
         used = [GpuDevice(uuid).sample().memory_used_mib for uuid in uuids_for_indices(indices)]
     except TelemetryError:
         return None
-    return None if None in used else sum(used)
+    known = [mib for mib in used if mib is not None]
+    return sum(known) if len(known) == len(used) else None

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 POWERCAP_ROOT = "/sys/class/powercap"
 SOURCE_RAPL = "rapl"
@@ -36,12 +37,15 @@ MISSING_FIX = ("on bare metal: modprobe intel_rapl_common; in a container: mount
 
 
 def read_text(path: str) -> str:
+    """A sysfs file's content, stripped."""
     with open(path, encoding="ascii") as f:
         return f.read().strip()
 
 
 @dataclass(frozen=True)
 class RaplZone:
+    """One RAPL energy counter of the host: a CPU package or its DRAM."""
+
     path: str
     name: str
     kind: str
@@ -76,7 +80,9 @@ class HostWindow:
         return self.cpu_energy_j + (self.dram_energy_j or 0.0)
 
 
-def discover(root: str = POWERCAP_ROOT, read: Reader = read_text) -> tuple[list[RaplZone], str | None]:
+def discover(
+    root: str = POWERCAP_ROOT, read: Reader = read_text
+) -> tuple[list[RaplZone], str | None]:
     """(the package and dram zones whose energy_uj reads, why none can be used)."""
     if not os.path.isdir(root):
         return [], f"{root} does not exist: {MISSING}"
@@ -141,6 +147,7 @@ class HostEnergy:
 
     @property
     def source(self) -> str | None:
+        """`rapl:<kinds>` naming what the host figure covers, or None without zones."""
         if not self.zones:
             return None
         kinds = "+".join(k for k in ("package", DRAM)
@@ -148,6 +155,7 @@ class HostEnergy:
         return f"{SOURCE_RAPL}:{kinds}"
 
     def read(self, t_s: float) -> HostCounters:
+        """Every zone's counter now, None for a zone that cannot be read."""
         totals: dict[str, int | None] = {}
         with self._lock:
             for zone in self.zones:
@@ -177,7 +185,9 @@ class HostEnergy:
             zones = [z for z in self.zones if z.kind == kind]
             deltas = [_delta(start, end, z.path) for z in zones]
             lost = [z.path for z, d in zip(zones, deltas) if d is None]
-            energies[kind] = sum(d for d in deltas if d is not None) / 1e6 if zones and not lost else None
+            energies[kind] = (
+                sum(d for d in deltas if d is not None) / 1e6 if zones and not lost else None
+            )
             if not zones:
                 reasons.append(f"no {kind} zone on this node (AMD packages expose none)")
             elif lost:

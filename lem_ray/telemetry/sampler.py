@@ -12,8 +12,10 @@ import bisect
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from itertools import pairwise
+from typing import Any
 
 from lem_ray.telemetry.energy import counter_delta_j, trapezoid_energy_j
 from lem_ray.telemetry.nvml import DeviceFactory, DeviceReader, GpuDevice, GpuSample, TelemetryError
@@ -57,7 +59,8 @@ class WindowResult:
     siblings says so, whatever held the clocks back (power cap, heat, another tenant)."""
     sm_clock_mhz_min: float | None = None
     host: HostWindow | None = None
-    """The node's CPU and DRAM energy over the same edges; None for a sampler without a host reader."""
+    """The node's CPU and DRAM energy over the same edges; None for a sampler without a host
+    reader."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,9 @@ class EnergySampler:
                 self._thread is not None and self._thread.is_alive()):
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="lem-ray-energy-sampler", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="lem-ray-energy-sampler", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -184,7 +189,9 @@ class EnergySampler:
             except TelemetryError as exc:
                 if device.uuid not in self._failed_devices:
                     self._failed_devices.add(device.uuid)
-                    logger.warning("sampling %s failed (further failures not logged): %s", device.uuid, exc)
+                    logger.warning(
+                        "sampling %s failed (further failures not logged): %s", device.uuid, exc
+                    )
                 continue
             self._record(device.uuid, sample)
             if self.on_sample is not None:
@@ -225,7 +232,8 @@ class EnergySampler:
         return (before_s + self._clock()) / 2, counters
 
     def begin(self, name: str) -> None:
-        """Open window `name`: counters first (the edge), then a sample for the start temperature."""
+        """Open window `name`: counters first (the edge), then a sample for the start
+        temperature."""
         with self._lock:
             if name in self._open:
                 raise ValueError(f"window {name!r} is already open")
@@ -252,13 +260,20 @@ class EnergySampler:
         reason = self._unavailable_reason
         by_gpu: dict[str, float] = {}
         if source == SOURCE_COUNTER:
-            by_gpu = {uuid: counter_delta_j(window.counters_mj[uuid], counters[uuid]) for uuid in counters}
+            by_gpu = {
+                uuid: counter_delta_j(window.counters_mj[uuid], counters[uuid]) for uuid in counters
+            }
             if end_s - window.start_s < COUNTER_UPDATE_PERIOD_S:
-                logger.warning("window %r lasted %.3f s, shorter than the counter's ~%.1f s update period",
-                               name, end_s - window.start_s, COUNTER_UPDATE_PERIOD_S)
+                logger.warning(
+                    "window %r lasted %.3f s, shorter than the counter's ~%.1f s update period",
+                    name,
+                    end_s - window.start_s,
+                    COUNTER_UPDATE_PERIOD_S,
+                )
         elif source == SOURCE_INTEGRATED:
             if integrated is None:
-                reason = "too few instant-power samples in the window to integrate (is the sampler started?)"
+                reason = ("too few instant-power samples in the window to integrate "
+                          "(is the sampler started?)")
             else:
                 by_gpu = integrated
         temperatures = [s.temperature_c for s in samples_in_window if s.temperature_c is not None]
@@ -288,7 +303,8 @@ class EnergySampler:
     def _window_series(
         self, start_s: float, end_s: float
     ) -> tuple[dict[str, list[GpuSample]], list[GpuSample]]:
-        """Per GPU: the samples in the window plus one neighbour each side (for edge interpolation)."""
+        """Per GPU: the samples in the window plus one neighbour each side (for edge
+        interpolation)."""
         per_gpu: dict[str, list[GpuSample]] = {}
         inside: list[GpuSample] = []
         with self._lock:
@@ -311,9 +327,11 @@ class EnergySampler:
             if len(inside) < 2:
                 return None
             edges = [start_s, *inside, end_s]
-            if max(b - a for a, b in zip(edges, edges[1:])) > max_gap_s:
+            if max(b - a for a, b in pairwise(edges)) > max_gap_s:
                 return None
-            energy[uuid] = trapezoid_energy_j([t for t, _ in points], [p for _, p in points], start_s, end_s)
+            energy[uuid] = trapezoid_energy_j(
+                [t for t, _ in points], [p for _, p in points], start_s, end_s
+            )
         return energy or None
 
     def timeseries(self, since_s: float | None = None) -> list[dict[str, Any]]:
@@ -327,12 +345,13 @@ class EnergySampler:
         rows = []
         for uuid, samples in series.items():
             energy_j = 0.0
-            last: GpuSample | None = None
+            last: tuple[float, float] | None = None
             for s in samples:
                 if s.power_w is not None:
                     if last is not None:
-                        energy_j += (s.t_s - last.t_s) * (s.power_w + last.power_w) / 2
-                    last = s
+                        last_t_s, last_power_w = last
+                        energy_j += (s.t_s - last_t_s) * (s.power_w + last_power_w) / 2
+                    last = (s.t_s, s.power_w)
                 if since_s is None or s.t_s >= since_s:
                     rows.append({"gpu_uuid": uuid, **asdict(s), "energy_j": energy_j})
         return rows + self._host_rows(since_s)
@@ -363,7 +382,9 @@ class EnergySampler:
         (other runs active there) measures none, and a fresh cached value is still returned.
         """
         stale = [d for d in self._devices if force or self.baseline(d.uuid) is None]
-        host_stale = host and self._host_readable and (force or self.baseline(self.host_key) is None)
+        host_stale = (
+            host and self._host_readable and (force or self.baseline(self.host_key) is None)
+        )
         if stale or host_stale:
             count = max(2, round(duration_s * 1000.0 / interval_ms))
             processes = {d.uuid: _process_count(d) for d in stale}
@@ -432,7 +453,8 @@ class EnergySampler:
                 self._baselines[uuid] = fields
 
     def baseline(self, uuid: str) -> dict[str, Any] | None:
-        """Cached idle baseline of one GPU with its age_s, or None if missing or older than the TTL."""
+        """Cached idle baseline of one GPU with its age_s, or None if missing or older than the
+        TTL."""
         with self._lock:
             cached = self._baselines.get(uuid)
         if cached is None:

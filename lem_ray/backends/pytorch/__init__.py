@@ -1,0 +1,1 @@
+"""Hugging Face transformers on PyTorch: eager, static-cache and compiled decoding."""

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import gc
 import time
+from itertools import pairwise
 from typing import Any
+
+from typing_extensions import override
 
 from lem_ray import __version__
 from lem_ray.assets import resolve_model
 from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
 from lem_ray.backends.pytorch.batching import make_batches
 from lem_ray.backends.pytorch.config import PyTorchConfig
-from lem_ray.backends.pytorch.dummy import build_dummy
 from lem_ray.backends.pytorch.decode_loop import DecodeLoop
+from lem_ray.backends.pytorch.dummy import build_dummy
 from lem_ray.backends.pytorch.streamer import StepTimer
 from lem_ray.backends.pytorch.timing import CUDA_EVENT, HOST_CLOCK, StepClock
 
@@ -109,14 +112,17 @@ def request_record(
         output_tokens=output_tokens,
         e2e_ms=((stamps[-1] if stamps else done_s) - start_s) * 1000,
         ttft_ms=(stamps[0] - start_s) * 1000 if stamps else None,
-        itl_ms=[(b - a) * 1000 for a, b in zip(stamps, stamps[1:])],
+        itl_ms=[(b - a) * 1000 for a, b in pairwise(stamps)],
         start_s=start_s,
     )
 
 
 class PyTorchBackend(Backend[PyTorchConfig]):
+    """transformers' generate() or lem-ray's compiled decode loop, in batches, on GPUs or CPU."""
+
     name = "pytorch"
 
+    @override
     def load(self) -> None:
         torch, transformers = _import_torch()
         cfg = self.config
@@ -130,13 +136,18 @@ class PyTorchBackend(Backend[PyTorchConfig]):
             if self._device == "cuda" else [torch.device("cpu")]
         )
         dtype = getattr(torch, cfg.fp_precision)
-        tok = transformers.AutoTokenizer.from_pretrained(resolve_model(cfg.tokenizer or cfg.model_name))
+        tok = transformers.AutoTokenizer.from_pretrained(
+            resolve_model(cfg.tokenizer or cfg.model_name)
+        )
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         self._tokenizer = tok
         options = self.options
-        common: dict[str, Any] = {"dtype": dtype, "attn_implementation": options.attn_implementation}
+        common: dict[str, Any] = {
+            "dtype": dtype,
+            "attn_implementation": options.attn_implementation,
+        }
         if cfg.load_format == "dummy":
             self._model = build_dummy(torch, transformers, model_path, common, self._devices)
         else:
@@ -193,6 +204,7 @@ class PyTorchBackend(Backend[PyTorchConfig]):
         return self._model.device if hasattr(self, "_model") else self._device
 
     @property
+    @override
     def warmup_batch_size(self) -> int:
         return self.options.batch_size
 
@@ -234,6 +246,7 @@ class PyTorchBackend(Backend[PyTorchConfig]):
             for p in prompts
         ]
 
+    @override
     def generate(
         self, prompts: list[str], max_output_tokens: int | None = None
     ) -> list[RequestRecord]:
@@ -296,16 +309,19 @@ class PyTorchBackend(Backend[PyTorchConfig]):
         return [request_record(len(ids), n, times_s, start_s, done_s)
                 for ids, n in zip(token_ids, lengths)]
 
+    @override
     def synchronize(self) -> None:
         if self._device == "cuda":
             self._torch.cuda.synchronize()
 
+    @override
     def peak_memory_mib(self) -> float | None:
         if self._device != "cuda":
             return None
         cuda = self._torch.cuda
         return sum(cuda.max_memory_allocated(i) for i in range(cuda.device_count())) / 2**20
 
+    @override
     def versions(self) -> dict[str, str]:
         torch, transformers = _import_torch()
         found = {"torch": torch.__version__, "transformers": transformers.__version__}
@@ -342,6 +358,7 @@ class PyTorchBackend(Backend[PyTorchConfig]):
         saved = torch.compiler.save_cache_artifacts()
         return saved[0] if saved else None
 
+    @override
     def details(self) -> dict[str, Any]:
         model = getattr(self, "_model", None)
         if model is None:
@@ -355,6 +372,7 @@ class PyTorchBackend(Backend[PyTorchConfig]):
             found["fx_graph_cache"] = dict(self._fx_graph_cache)
         return found
 
+    @override
     def release(self) -> None:
         for attr in ("_loop", "_model", "_assistant"):
             if hasattr(self, attr):

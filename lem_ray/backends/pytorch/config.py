@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
+from typing_extensions import override
 
 from lem_ray.config.base import BackendOptions, invalid_combination
 from lem_ray.config.limits import MAX_PROMPTS
 
 
 class PyTorchConfig(BackendOptions):
+    """The experiment's `pytorch:` section: model loading, batching and the decoding path."""
+
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"batch_size", "batching_strategy", "max_tokens_per_batch"}
     )
@@ -68,9 +71,11 @@ class PyTorchConfig(BackendOptions):
         return super().runtime_fields()
 
     @property
+    @override
     def concurrency(self) -> int:
         return self.batch_size
 
+    @override
     def conflict_with(self, experiment: Any) -> str | None:
         if self.compiled_loop and experiment.decoder.repetition_penalty != 1.0:
             return ("decoder.repetition_penalty: not supported by lem-ray's compiled decode loop "
@@ -78,7 +83,7 @@ class PyTorchConfig(BackendOptions):
         return None
 
     @model_validator(mode="after")
-    def _rules(self) -> "PyTorchConfig":
+    def _rules(self) -> PyTorchConfig:
         if self.load_in_4bit and self.load_in_8bit:
             raise invalid_combination(
                 "pytorch.load_in_4bit and pytorch.load_in_8bit are exclusive"

@@ -19,6 +19,7 @@ assisted generation (the config refuses them with this loop).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from lem_ray.backends.pytorch.fastpath import StaticCaches
@@ -113,7 +114,7 @@ class DecodeLoop:
         # A graph records one device's stream: a model split over GPUs runs compiled, ungraphed.
         self._graphs_on = self._cuda and self._in_device == self._out_device
         self._advance = self._step_body
-        self._prefill_forward = self._forward
+        self._prefill_forward: Callable[..., Any] = self._forward
         if self._cuda:
             from torch._dynamo import config as dynamo_config
             from torch._inductor import config as inductor_config
@@ -142,6 +143,7 @@ class DecodeLoop:
 
     @property
     def inductor_tuning(self) -> dict[str, bool]:
+        """The inductor settings the loop compiles with (none on CPU), for the run's details."""
         return dict(INDUCTOR_TUNING) if self._cuda else {}
 
     @property

@@ -38,4 +38,5 @@ class StaticCaches:
         return cache
 
     def clear(self) -> None:
+        """Drop every cache, so their GPU memory is freed with the engine."""
         self._caches.clear()

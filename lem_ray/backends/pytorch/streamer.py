@@ -20,6 +20,7 @@ class StepTimer:
         self._prompt_seen = False
 
     def put(self, value: Any) -> None:
+        """Stamp the arrival of each row's tokens of one step; the first call is the prompt."""
         now = time.perf_counter()
         if not self._prompt_seen:
             self._prompt_seen = True

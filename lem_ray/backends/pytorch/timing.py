@@ -45,6 +45,7 @@ class StepClock:
 
     @property
     def method(self) -> str:
+        """How the steps are timed: CUDA events on a GPU, the host clock on CPU."""
         return CUDA_EVENT if self._cuda else HOST_CLOCK
 
     def start(self) -> None:
@@ -55,6 +56,7 @@ class StepClock:
             self._start.record(self._stream)
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
+        """Note this step's time and return the scores unchanged."""
         if self._cuda:
             event = self._torch.cuda.Event(enable_timing=True)
             event.record(self._stream)

@@ -1,0 +1,1 @@
+"""TensorRT-LLM: engines built (or read from a cache) per experiment, offline or at a rate."""

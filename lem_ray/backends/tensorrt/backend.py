@@ -20,15 +20,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from typing_extensions import override
+
 from lem_ray.backends.base import Backend, BackendUnavailable, DeviceInfo, RequestRecord
-from lem_ray.backends.tensorrt.config import TensorRTConfig
 from lem_ray.backends.streaming import StreamTrace
-from lem_ray.backends.traffic import (
-    SteadyWindow,
-    arrival_offsets_s,
-    in_flight_from_traces,
-    steady_window,
-)
+from lem_ray.backends.tensorrt.config import TensorRTConfig
 from lem_ray.backends.tensorrt.translate import (
     build_settings,
     calibration_refusal,
@@ -40,6 +36,12 @@ from lem_ray.backends.tensorrt.translate import (
     resolved_llm_args,
     sampling_params_kwargs,
     unsupported_sampling,
+)
+from lem_ray.backends.traffic import (
+    SteadyWindow,
+    arrival_offsets_s,
+    in_flight_from_traces,
+    steady_window,
 )
 from lem_ray.config.experiment import ExperimentConfig
 
@@ -153,6 +155,8 @@ def _torch_or_none() -> ModuleType | None:
 
 
 class TensorRTBackend(Backend[TensorRTConfig]):
+    """TensorRT-LLM's LLM API on whole local GPUs, its engine built or read from the cache."""
+
     name = "tensorrt"
     exclusive = True
 
@@ -162,6 +166,7 @@ class TensorRTBackend(Backend[TensorRTConfig]):
         self._sampling_params: Any = None
         self._details: dict[str, Any] = {}
 
+    @override
     def load(self) -> None:
         if self.device.kind != "cuda":
             raise BackendUnavailable(f"tensorrt needs NVIDIA GPUs, got device {self.device.kind!r}")
@@ -230,6 +235,7 @@ class TensorRTBackend(Backend[TensorRTConfig]):
         self._sampling_params = self._sampling_cls(**self._sampling_kwargs)
         self._details["sampling_params"] = self._sampling_kwargs
 
+    @override
     def generate(
         self, prompts: list[str], max_output_tokens: int | None = None
     ) -> list[RequestRecord]:
@@ -262,6 +268,7 @@ class TensorRTBackend(Backend[TensorRTConfig]):
         )
         return records
 
+    @override
     def steady_window(self) -> SteadyWindow | None:
         return getattr(self, "_steady", None)
 
@@ -324,6 +331,7 @@ class TensorRTBackend(Backend[TensorRTConfig]):
         """None: see PEAK_MEMORY_NOTE, also recorded in details()."""
         return None
 
+    @override
     def versions(self) -> dict[str, str]:
         found = {}
         for dist in ("tensorrt_llm", "tensorrt", "torch"):
@@ -333,6 +341,7 @@ class TensorRTBackend(Backend[TensorRTConfig]):
                 continue
         return found
 
+    @override
     def details(self) -> dict[str, Any]:
         return dict(self._details)
 
@@ -341,6 +350,7 @@ class TensorRTBackend(Backend[TensorRTConfig]):
         args = getattr(self._llm, "args", None)
         return None if args is None else resolved_llm_args(args)
 
+    @override
     def release(self) -> None:
         if self._llm is not None:
             shutdown = getattr(self._llm, "shutdown", None)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
+from typing_extensions import override
 
-from lem_ray.backends.traffic import TrafficConfig
 from lem_ray.backends.parallel import ModelParallelOptions
+from lem_ray.backends.traffic import TrafficConfig
 from lem_ray.config.base import invalid_combination
 from lem_ray.config.limits import MAX_PROMPTS
 
@@ -16,12 +17,15 @@ CALIBRATED_QUANTIZATIONS = frozenset({"fp8", "int8_sq", "int4_awq", "w4a8_awq", 
 
 
 class TensorRTConfig(ModelParallelOptions):
+    """The experiment's `tensorrt:` section: engine build settings, parallelism and traffic."""
+
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset()
     """Every field here is a build or LLM(...) argument: a change needs a new engine."""
     EXPERIMENT_RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"min_output_tokens", "prompts", "decoder", "warmup"}
     )
-    """Per-request SamplingParams; max_input/output_tokens size the built engine, so they are not."""
+    """Per-request SamplingParams; max_input/output_tokens size the built engine, so they are
+    not."""
 
     runtime: Literal["engine", "pytorch"] = Field(
         "engine",
@@ -68,7 +72,7 @@ class TensorRTConfig(ModelParallelOptions):
     )
 
     @model_validator(mode="after")
-    def _rules(self) -> "TensorRTConfig":
+    def _rules(self) -> TensorRTConfig:
         if self.traffic.mode == "trace":
             raise invalid_combination("tensorrt.traffic: trace replay is implemented for vllm only")
         if self.engine_dir is not None and self.engine_cache_dir is not None:
@@ -116,5 +120,6 @@ class TensorRTConfig(ModelParallelOptions):
         )
 
     @property
+    @override
     def concurrency(self) -> int:
         return self.max_batch_size

@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from lem_ray.assets import resolve_model
 from lem_ray.backends.streaming import StreamTrace, record_from_trace
@@ -273,9 +274,14 @@ def engine_args(config: ExperimentConfig) -> dict[str, Any]:
         "tensorrt_llm._tensorrt_engine.LLM (tensorrt_llm.LLM before 1.0)")
     return {
         "library": "tensorrt_llm",
-        "constructor": {"call": call, "kwargs": llm_kwargs(config, prebuilt_engine=opts.engine_dir)},
-        "sampling": {"call": "tensorrt_llm.SamplingParams",
-                     "kwargs": sampling_params_kwargs(config)},
+        "constructor": {
+            "call": call,
+            "kwargs": llm_kwargs(config, prebuilt_engine=opts.engine_dir),
+        },
+        "sampling": {
+            "call": "tensorrt_llm.SamplingParams",
+            "kwargs": sampling_params_kwargs(config),
+        },
         "traffic": opts.traffic.model_dump(),
     }
 

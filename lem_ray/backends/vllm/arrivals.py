@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Protocol
 
 from lem_ray.backends.streaming import StreamTrace, record_from_trace
@@ -25,13 +26,17 @@ from lem_ray.records import RequestRecord
 class Engine(Protocol):
     """The part of vllm.v1.engine.llm_engine.LLMEngine used here."""
 
-    def add_request(self, request_id: str, prompt: Any, params: Any, **kwargs: Any) -> Any: ...
+    def add_request(self, request_id: str, prompt: Any, params: Any, **kwargs: Any) -> Any:
+        """Queue one request; it runs from the next step()."""
 
-    def step(self) -> list[Any]: ...
+    def step(self) -> list[Any]:
+        """Run one scheduler step; returns the requests' outputs so far."""
 
-    def has_unfinished_requests(self) -> bool: ...
+    def has_unfinished_requests(self) -> bool:
+        """Whether any queued or running request is left."""
 
-    def get_num_unfinished_requests(self) -> int: ...
+    def get_num_unfinished_requests(self) -> int:
+        """How many queued or running requests are left."""
 
 
 @dataclass
@@ -50,6 +55,7 @@ class EngineTimes:
     token_ts: list[float] = field(default_factory=list)
 
     def observe(self, stats: Any, new_tokens: int) -> None:
+        """Take the engine's first-token latency and stamp `new_tokens` with its last-token time."""
         self.ttft_s = stats.first_token_latency
         self.token_ts.extend([stats.last_token_ts] * new_tokens)
 
@@ -69,7 +75,7 @@ def record_from_engine_times(index: int, input_tokens: int, trace: StreamTrace,
         output_tokens=output_tokens,
         e2e_ms=(times.ttft_s + ts[-1] - ts[0]) * 1e3,
         ttft_ms=times.ttft_s * 1e3,
-        itl_ms=[(later - earlier) * 1e3 for earlier, later in zip(ts, ts[1:])],
+        itl_ms=[(later - earlier) * 1e3 for earlier, later in pairwise(ts)],
         start_s=trace.start_s,
     )
 
@@ -87,6 +93,7 @@ class ArrivalRun:
 
     @property
     def token_times_s(self) -> list[float]:
+        """Every output token's arrival time, over all requests."""
         return [t for trace in self.traces for t in trace.token_times]
 
     @property
@@ -97,6 +104,7 @@ class ArrivalRun:
             for trace, t in zip(self.traces, self.engine_times))
 
     def records(self, input_tokens: Sequence[int]) -> list[RequestRecord]:
+        """One record per request, in submission order, its lengths from `input_tokens`."""
         return [record_from_engine_times(i, n, trace, times) for i, (n, trace, times)
                 in enumerate(zip(input_tokens, self.traces, self.engine_times))]
 
@@ -133,10 +141,10 @@ def drive_arrivals(
     while sent < len(prompts) or engine.has_unfinished_requests():
         now = clock()
         while sent < len(prompts) and start + offsets_s[sent] <= now:
-            traces[sent] = StreamTrace(start_s=clock())
+            sending = traces[sent] = StreamTrace(start_s=clock())
             engine.add_request(str(sent), prompts[sent], per_request[sent],
                                lora_request=lora_request)
-            run.last_arrival_s = traces[sent].start_s
+            run.last_arrival_s = sending.start_s
             sent += 1
         if not engine.has_unfinished_requests():
             if sent < len(prompts):
@@ -147,12 +155,15 @@ def drive_arrivals(
         for output in outputs:
             index = int(output.request_id)  # vLLM hands back the id given to add_request
             trace = traces[index]
+            if trace is None:
+                raise RuntimeError(f"vLLM returned request {index}, which was not sent")
             new_tokens = len(output.outputs[0].token_ids)
             trace.observe(now, len(trace.token_times) + new_tokens)
             if output.metrics is not None:
-                if engine_times[index] is None:
-                    engine_times[index] = EngineTimes()
-                engine_times[index].observe(output.metrics, new_tokens)
+                times = engine_times[index]
+                if times is None:
+                    times = engine_times[index] = EngineTimes()
+                times.observe(output.metrics, new_tokens)
             if output.finished:
                 trace.end_s = now
                 run.finished_s.append(now)

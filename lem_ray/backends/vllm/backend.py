@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any
 
+from typing_extensions import override
+
 from lem_ray.backends.base import Backend, BackendUnavailable, RequestRecord
 from lem_ray.backends.compile_dir import CompileDir, installed_versions
 from lem_ray.backends.traffic import (
@@ -70,9 +72,12 @@ def visible_gpu_ids(count: int, visible: str | None) -> list[str] | None:
 
 
 class VLLMBackend(Backend[VLLMConfig]):
+    """vLLM's LLM on whole local GPUs: offline batches, or requests arriving at a rate."""
+
     name = "vllm"
     exclusive = True
 
+    @override
     def load(self) -> None:
         vllm = _import_vllm()
         self._engine_kwargs = engine_kwargs(self.config)
@@ -161,6 +166,7 @@ class VLLMBackend(Backend[VLLMConfig]):
             self._llm.reset_prefix_cache()
         outputs: list[int | None] = [None] * len(prompts)
         if traffic.mode == "trace":
+            assert traffic.trace is not None, "TrafficConfig refuses trace mode without a trace"
             trace = read_trace(traffic.trace)
             if len(trace) != len(prompts):
                 raise ValueError(f"traffic.trace has {len(trace)} requests for {len(prompts)} "
@@ -196,6 +202,7 @@ class VLLMBackend(Backend[VLLMConfig]):
         if offline or self._steady is not None:
             self._load = engine_load(steps, offline, self._steady)
 
+    @override
     def engine_load(self) -> EngineLoad | None:
         return getattr(self, "_load", None)
 
@@ -213,6 +220,7 @@ class VLLMBackend(Backend[VLLMConfig]):
         None before a measured window."""
         return getattr(self, "_timing", None)
 
+    @override
     def steady_window(self) -> SteadyWindow | None:
         return getattr(self, "_steady", None)
 
@@ -261,15 +269,18 @@ class VLLMBackend(Backend[VLLMConfig]):
         """vLLM's compile cache directory as an earlier engine of the key left it."""
         self._compile_dir.unpack(artifact)
 
+    @override
     def compiled_artifact(self) -> bytes | None:
         return self._compile_dir.pack()
 
+    @override
     def versions(self) -> dict[str, str]:
         import torch
 
         vllm = _import_vllm()
         return {"vllm": vllm.__version__, "torch": torch.__version__}
 
+    @override
     def details(self) -> dict[str, Any]:
         engine = self._llm.llm_engine
         return {

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
+from typing_extensions import override
 
-from lem_ray.backends.traffic import TrafficConfig
 from lem_ray.backends.parallel import ModelParallelOptions
+from lem_ray.backends.traffic import TrafficConfig
 from lem_ray.config.base import StrictModel, invalid_combination
 from lem_ray.config.limits import MAX_PROMPTS
 
@@ -19,6 +20,8 @@ CUDA_BLOCK_MULTIPLE = 16
 
 
 class SpeculativeConfig(StrictModel):
+    """vLLM's speculative decoding: a draft model or n-gram lookup proposing tokens."""
+
     method: str | None = Field(None, description="e.g. ngram, eagle, eagle3, medusa, mtp")
     model: str | None = Field(None, description="draft model id or path")
     num_speculative_tokens: int = Field(..., ge=1)
@@ -27,12 +30,16 @@ class SpeculativeConfig(StrictModel):
 
 
 class LoRAConfig(StrictModel):
+    """One LoRA adapter, applied to every request of the run."""
+
     path: str = Field(..., description="local path of the adapter applied to every request")
     # The ranks vLLM accepts in every version from 0.8 (it also takes 1 from 0.12).
     max_lora_rank: Literal[8, 16, 32, 64, 128, 256, 320, 512] = 16
 
 
 class VLLMConfig(ModelParallelOptions):
+    """The experiment's `vllm:` section: vllm.LLM's arguments, traffic and token timing."""
+
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"traffic", "token_timing"})
     """How requests arrive and how they are timed; every other field is an argument of
     vllm.LLM(...)."""
@@ -83,7 +90,7 @@ class VLLMConfig(ModelParallelOptions):
     )
 
     @model_validator(mode="after")
-    def _rules(self) -> "VLLMConfig":
+    def _rules(self) -> VLLMConfig:
         if self.block_size is not None and self.block_size % CUDA_BLOCK_MULTIPLE:
             raise invalid_combination(
                 f"vllm.block_size {self.block_size}: vLLM's attention backends on CUDA GPUs "
@@ -104,5 +111,6 @@ class VLLMConfig(ModelParallelOptions):
         return self
 
     @property
+    @override
     def concurrency(self) -> int:
         return self.max_num_seqs

@@ -31,7 +31,7 @@ class SchedulerTap:
         wrapped: the load columns are then null, and the run goes on unchanged."""
         manager = getattr(engine, "logger_manager", None)
         record = getattr(manager, "record", None)
-        if record is None:
+        if manager is None or record is None:
             return None
         tap = cls()
 
@@ -47,13 +47,16 @@ class SchedulerTap:
         return tap
 
     def start(self) -> None:
+        """Begin recording the scheduler's load at each step."""
         self._steps = []
 
     def stop(self) -> list[StepLoad]:
+        """Stop recording; the steps seen since start()."""
         steps, self._steps = self._steps or [], None
         return steps
 
     def observe(self, scheduler_stats: Any, iteration_stats: Any) -> None:
+        """Record one step's running, waiting and preempted requests, while started."""
         if self._steps is None or scheduler_stats is None:
             return
         preempted = iteration_stats.num_preempted_reqs if iteration_stats is not None else 0
