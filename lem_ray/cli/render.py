@@ -14,7 +14,6 @@ from lem_ray.execution.driver import CampaignResult
 from lem_ray.execution.dispatch import Progress as RunProgress
 from lem_ray.execution.rows import RunRows
 from lem_ray.planning.plan import CampaignPlan
-from lem_ray.results.labels import group_labels
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -25,23 +24,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def experiment_labels(plan: CampaignPlan) -> dict[str, str]:
-    """Each experiment named by what differs between the campaign's experiments, as the
-    report names its groups: eager and fast-path runs of one batch size read apart."""
-    runs = [[{"config_json": e.config.model_dump_json(), "backend": e.config.backend,
-              "batch_size": e.config.backend_options.concurrency,
-              "gpus_per_experiment": e.config.gpus_per_experiment}] for e in plan.experiments]
-    return dict(zip((e.experiment_id for e in plan.experiments), group_labels(runs)))
-
-
-def print_plan(plan: CampaignPlan, console: Console) -> None:
+def print_plan(plan: CampaignPlan, labels: dict[str, str], console: Console) -> None:
+    """One row per experiment, named by its label (experiment_labels) above its id, as the
+    live lines and the end-of-campaign table name it."""
     table = Table(title=f"campaign {plan.name}: {len(plan.experiments)} experiments x "
-                        f"{plan.campaign.execution.cycles} cycles = {len(plan.runs)} runs")
-    for col in ("experiment_id", "backend", "model", "precision", "batch", "max out", "gpus"):
+                        f"{plan.campaign.execution.cycles} cycles = {len(plan.runs)} runs",
+                  show_lines=True)
+    table.add_column("experiment", overflow="fold")
+    for col in ("backend", "model", "precision", "batch", "max out", "gpus"):
         table.add_column(col)
     for e in plan.experiments:
         c = e.config
-        table.add_row(e.experiment_id, c.backend, c.model_name, c.fp_precision,
+        table.add_row(f"{labels[e.experiment_id]}\n{e.experiment_id}", c.backend, c.model_name,
+                      c.fp_precision,
                       _fmt(c.backend_options.concurrency),
                       str(c.max_output_tokens), str(c.gpus_per_experiment))
     console.print(table)
@@ -52,10 +47,10 @@ def print_plan(plan: CampaignPlan, console: Console) -> None:
 class LiveProgress:
     """A bar of runs done, with ok / failed / running counts, and one line per finished run."""
 
-    def __init__(self, console: Console, total: int, labels: dict[str, str] | None = None) -> None:
+    def __init__(self, console: Console, total: int, labels: dict[str, str]) -> None:
         self.console = console
-        # Experiment id -> what sets it apart (experiment_labels), shown in each run's line.
-        self.labels = labels or {}
+        # Experiment id -> its label (results.labels.experiment_labels), in each run's line.
+        self.labels = labels
         self.bar = Progress(
             TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -81,14 +76,12 @@ class LiveProgress:
         )
         if rows is not None:
             e = rows.experiment
+            head = (f"{e['experiment_id']} c{e['cycle']} a{e['attempt']} "
+                    f"{self.labels[e['experiment_id']]}")
             if rows.retryable:
                 self.bar.console.print(Text.assemble(
-                    ("retry", "yellow"), f"  {e['experiment_id']} c{e['cycle']} a{e['attempt']}: "
-                                         f"{(e['error'] or '').splitlines()[0]}"))
+                    ("retry", "yellow"), f"  {head}: {(e['error'] or '').splitlines()[0]}"))
                 return
-            what = self.labels.get(e["experiment_id"]) or \
-                f"{e['backend']} {e['fp_precision']} batch {e['batch_size']}"
-            head = f"{e['experiment_id']} c{e['cycle']} a{e['attempt']} {what}"
             if rows.ok:
                 energy = e["energy_j_per_output_token"]
                 tail = (f"{_fmt(e['throughput_tok_s'])} tok/s, "

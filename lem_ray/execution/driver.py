@@ -90,7 +90,7 @@ def run_campaign(
         keys = blocks[0].counts if blocks else ("planned", "skipped_done", "ran", "failed",
                                                  "ok", "retried")
         counts = {k: sum(b.counts[k] for b in blocks) for k in keys}
-        summary, failures = summarize(out) if blocks else ([], [])
+        summary, failures = summarize(out, plan.labels()) if blocks else ([], [])
         moved = blocks[0].moved_aside if blocks else None
         return CampaignResult(plan.name, out, counts, summary, failures, moved)
 
@@ -159,7 +159,7 @@ def _run_on_ray(plan: CampaignPlan, out: str, address: str | None, reporter: Rep
     finally:
         if started_ray:
             ray.shutdown()
-    summary, failures = summarize(out)
+    summary, failures = summarize(out, plan.labels())
     named = {f["run_id"] for f in unstored}
     failures = [f for f in failures if f["run_id"] not in named] + unstored
     counts = {

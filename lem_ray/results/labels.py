@@ -1,10 +1,15 @@
-"""How the report names its groups, and the batch-size plot its lines: by what differs between
-them, in the words a reader uses (`batch 16 · 2 GPUs · bf16 · torch_compile=reduce-overhead`)."""
+"""How an experiment is named wherever it is shown (the `--dry-run` table, the live run lines,
+the end-of-campaign table, the report and its HTML), and the batch-size plot its lines: by what
+differs between them, in the words a reader uses
+(`batch 16 · 2 GPUs · bf16 · torch_compile=reduce-overhead`)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+if TYPE_CHECKING:
+    from lem_ray.config.experiment import ExperimentConfig
 
 PRECISION_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 # Each backend's section of config_json; its keys read without the section's name in a label.
@@ -90,6 +95,23 @@ def group_labels(buckets: list[list[dict[str, Any]]]) -> list[str]:
     """Name each group by what differs between the groups (e.g. `batch 16 · 2 GPUs · bf16`),
     from the settings its runs share; a key that varies inside a group is left out."""
     return _by_difference([_shared(bucket) for bucket in buckets])
+
+
+def label_row(config: ExperimentConfig) -> dict[str, Any]:
+    """The columns of an experiments-table row that its label is read from, before any run:
+    a planned experiment is named as its rows will be."""
+    return {"config_json": config.model_dump_json(),
+            "batch_size": config.backend_options.concurrency,
+            "gpus_per_experiment": config.gpus_per_experiment}
+
+
+def experiment_labels(experiments: Iterable[tuple[str, ExperimentConfig]]) -> dict[str, str]:
+    """(experiment id, config) pairs -> each experiment's label among them: the name the dry
+    run, the live lines and the end-of-campaign table give it, and `lem-ray report` (grouping
+    by experiment) gives it from the rows of the same experiments."""
+    pairs = list(experiments)
+    labels = group_labels([[label_row(config)] for _, config in pairs])
+    return {experiment_id: label for (experiment_id, _), label in zip(pairs, labels)}
 
 
 def engine_keys(runs: list[dict[str, Any]]) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from lem_ray.results.report import build_report
 from lem_ray.results.store import read_table
@@ -18,16 +18,22 @@ SUMMARY_METRICS = (
 )
 
 
-def summarize(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def summarize(
+    results_dir: str | Path, labels: Mapping[str, str] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(per-experiment means over its counted runs, runs left out with their reason).
 
     Counted as in `lem-ray report`: the latest attempt of each run, ok and not invalid.
+    `labels` (experiment_labels of the campaign's plan) name its experiments as its live lines
+    did, even where the directory also holds other campaigns' experiments, which would change
+    what sets one apart; an experiment not among them keeps the report's label.
     """
+    labels = labels or {}
     report = build_report(read_table(results_dir, "experiments").to_pylist())
     summary = [
         {
             "experiment_id": group["group"],
-            "label": group["label"],
+            "label": labels.get(group["group"], group["label"]),
             **{c: group[c] for c in ("backend", "model_name", "fp_precision", "batch_size",
                                      "device", "energy_source")},
             "cycles_ok": group["runs_ok"],
