@@ -25,6 +25,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "telemetry": ("lem_ray.backends",),
     "results": ("lem_ray.backends", "lem_ray.execution"),
     "records": ("lem_ray",),
+    "backend_table": ("lem_ray",),
 }
 
 

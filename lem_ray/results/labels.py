@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from lem_ray.backend_table import BACKEND_NAMES, BATCH_KEYS
+
 if TYPE_CHECKING:
     from lem_ray.config.experiment import ExperimentConfig
 
 PRECISION_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
-# Each backend's section of config_json; its keys read without the section's name in a label.
-BACKEND_SECTIONS = ("pytorch", "vllm", "tensorrt")
-# The batch size as each backend's section names it.
-BACKEND_BATCH_KEYS = frozenset({"pytorch.batch_size", "vllm.max_num_seqs", "tensorrt.max_batch_size"})
 # The engine and runtime settings outside the backend's section: a line of the batch-size plot
 # is one value of each of these and of every option of the backend's section.
 ENGINE_COLUMNS = ("model_name", "backend", "load_format", "fp_precision", "gpus_per_experiment")
@@ -57,7 +55,7 @@ def _config(run: dict[str, Any]) -> dict[str, Any]:
 def _part(key: str, value: Any) -> str:
     """One key's value as a reader says it: `batch 16`, `2 GPUs`, `bf16`, else key=value
     (a backend option without its section: `torch_compile=reduce-overhead`)."""
-    if key == "batch_size" or key in BACKEND_BATCH_KEYS:
+    if key == "batch_size" or key in BATCH_KEYS:
         return f"batch {value_text(value)}"
     if key == "gpus_per_experiment":
         return f"{value} GPU" + ("" if value == 1 else "s")
@@ -66,7 +64,7 @@ def _part(key: str, value: Any) -> str:
     if key in ("backend", "model_name"):
         return value_text(value)
     section, _, option = key.partition(".")
-    return f"{option if section in BACKEND_SECTIONS and option else key}={value_text(value)}"
+    return f"{option if section in BACKEND_NAMES and option else key}={value_text(value)}"
 
 
 def _shared(bucket: list[dict[str, Any]]) -> dict[str, Any]:
@@ -84,7 +82,7 @@ def _by_difference(shared: list[dict[str, Any]]) -> list[str]:
     keys = sorted({k for common in shared for k in common})
     varying = [k for k in keys if len({value_text(c.get(k)) for c in shared}) > 1]
     if "batch_size" in varying:
-        varying = [k for k in varying if k not in BACKEND_BATCH_KEYS]
+        varying = [k for k in varying if k not in BATCH_KEYS]
     ordered = [k for k in LABEL_ORDER if k in varying] + [k for k in varying if k not in LABEL_ORDER]
     labels = [" · ".join(_part(k, c[k]) for k in ordered if k in c) for c in shared]
     return labels if len(shared) > 1 and all(labels) else [
@@ -121,7 +119,7 @@ def engine_keys(runs: list[dict[str, Any]]) -> list[str]:
     for run in runs:
         section = run.get("backend")
         for key, value in _config(run).items():
-            if section and key.startswith(f"{section}.") and key not in BACKEND_BATCH_KEYS:
+            if section and key.startswith(f"{section}.") and key not in BATCH_KEYS:
                 seen.setdefault(key, set()).add(value_text(value))
     return sorted(k for k, values in seen.items() if len(values) > 1)
 
@@ -130,6 +128,6 @@ def series_labels(buckets: list[list[dict[str, Any]]], keys: Sequence[str]) -> l
     """Name each group's line on the batch-size plot by the settings among `keys` that differ
     between lines (never the batch size: it is the x axis); with one line, by model, backend,
     GPUs and precision."""
-    wanted = set(keys) - BACKEND_BATCH_KEYS - {"batch_size"}
+    wanted = set(keys) - BATCH_KEYS - {"batch_size"}
     return _by_difference([{k: v for k, v in _shared(bucket).items() if k in wanted}
                            for bucket in buckets])
