@@ -157,7 +157,7 @@ def test_bracketed_text_is_printed_as_written(capsys: pytest.CaptureFixture[str]
         live(Progress(total=2, done=1, running=1), RunRows(row, retryable=True))
         live(Progress(total=2, done=2, failed=1), RunRows(row))
     failure = {"status": "failed", "experiment_id": "e[1]", "cycle": 1, "attempt": 1,
-               "reason": error}
+               "label": "[bold]x · batch 4", "reason": error}
     print_summary(CampaignResult("c[x]", "out/[red]r", {"ok": 0, "failed": 1, "skipped_done": 0,
                                                         "planned": 1}, failures=[failure]),
                   console())
@@ -165,6 +165,7 @@ def test_bracketed_text_is_printed_as_written(capsys: pytest.CaptureFixture[str]
     assert err.count("lem-ray[vllm]") == 2, "the retry line and the failed line"
     assert "ok     e[1] c1 a1 [bold]x · batch 4" in err
     assert "failed e[1] c1 a1 [bold]x · batch 4" in err
+    assert "failed e[1] c1 a1 [bold]x · batch 4: BackendUnavailable" in out, "as its live line"
     assert "lem-ray[vllm]" in out and "c[x]:" in out and "Results: out/[red]r" in out
 
 

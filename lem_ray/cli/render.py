@@ -119,7 +119,8 @@ def print_summary(result: CampaignResult, console: Console) -> None:
                       "see energy_unavailable_reason in the experiments table")
     for f in result.failures:
         console.print(Text.assemble((f["status"], "red"), f" {f['experiment_id']} c{f['cycle']} "
-                                                          f"a{f['attempt']}: {f['reason']}"))
+                                                          f"a{f['attempt']} {f['label']}: "
+                                                          f"{f['reason']}"))
     print_gpu_time(result.gpu_time, console)
     print_compile_savings(result.compile_cache, console)
     c = result.counts

@@ -159,9 +159,11 @@ def _run_on_ray(plan: CampaignPlan, out: str, address: str | None, reporter: Rep
     finally:
         if started_ray:
             ray.shutdown()
-    summary, failures = summarize(out, plan.labels())
+    labels = plan.labels()
+    summary, failures = summarize(out, labels)
     named = {f["run_id"] for f in unstored}
-    failures = [f for f in failures if f["run_id"] not in named] + unstored
+    failures = [f for f in failures if f["run_id"] not in named] + [
+        {**f, "label": labels[f["experiment_id"]]} for f in unstored]
     counts = {
         "planned": len(plan.runs),
         "skipped_done": len(plan.runs) - len(pending),
