@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class BackendEntry:
+    """One backend's row: what config, results, registry and doctor need to know of it."""
+
     name: str
     options: str
     """`module:Class` of its options model, the experiment's section named after the backend."""

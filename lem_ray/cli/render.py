@@ -10,8 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from lem_ray.cli.status_cmd import print_compile_savings, print_gpu_time
-from lem_ray.execution.driver import CampaignResult
 from lem_ray.execution.dispatch import Progress as RunProgress
+from lem_ray.execution.driver import CampaignResult
 from lem_ray.execution.rows import RunRows
 from lem_ray.planning.plan import CampaignPlan
 
@@ -48,8 +48,8 @@ class LiveProgress:
     """A bar of runs done, with ok / failed / running counts, and one line per finished run."""
 
     def __init__(self, console: Console, total: int, labels: dict[str, str]) -> None:
+        """`labels`: experiment id -> its label (CampaignPlan.labels), the name in each line."""
         self.console = console
-        # Experiment id -> its label (results.labels.experiment_labels), in each run's line.
         self.labels = labels
         self.bar = Progress(
             TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(),
@@ -58,10 +58,12 @@ class LiveProgress:
         )
         self.task = self.bar.add_task("", total=total)
 
-    def __enter__(self) -> "LiveProgress":
+    def __enter__(self) -> LiveProgress:
+        """The bar starts at the first run reported (__call__), not here."""
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        """Stops the bar, leaving the finished runs' lines on the terminal."""
         if self.bar.live.is_started:  # a bar never started would still print an empty line
             self.bar.stop()
 
@@ -93,6 +95,8 @@ class LiveProgress:
 
 
 def print_summary(result: CampaignResult, console: Console) -> None:
+    """Means per experiment, named by label above id, then the failed runs, GPU time and what
+    the compile cache saved."""
     table = Table(title=f"{result.campaign_name}: means over ok, valid cycles "
                         f"({result.results_dir}; `lem-ray report` adds CIs and plots)",
                   show_lines=True)

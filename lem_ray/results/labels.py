@@ -6,7 +6,8 @@ differs between them, in the words a reader uses
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from lem_ray.backend_table import BACKEND_NAMES, BATCH_KEYS
 
@@ -22,10 +23,12 @@ LABEL_ORDER = ("model_name", "backend", "batch_size", "gpus_per_experiment", "fp
 
 
 def hashable(value: Any) -> Any:
+    """A list from config_json as a tuple, so that it can key a group."""
     return tuple(value) if isinstance(value, list) else value
 
 
 def value_text(value: Any) -> str:
+    """A value as a label shows it: null for None, a tuple's items joined by commas."""
     if value is None:
         return "null"
     if isinstance(value, tuple):
@@ -109,7 +112,7 @@ def experiment_labels(experiments: Iterable[tuple[str, ExperimentConfig]]) -> di
     by experiment) gives it from the rows of the same experiments."""
     pairs = list(experiments)
     labels = group_labels([[label_row(config)] for _, config in pairs])
-    return {experiment_id: label for (experiment_id, _), label in zip(pairs, labels)}
+    return {experiment_id: label for (experiment_id, _), label in zip(pairs, labels, strict=True)}
 
 
 def engine_keys(runs: list[dict[str, Any]]) -> list[str]:
