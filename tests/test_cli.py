@@ -45,6 +45,10 @@ def test_dry_run_json(tmp_path: Path, write_campaign) -> None:
         "reason": "fp_precision: float32 is not supported by tensorrt",
     }]
     assert len(plan["runs"]) == 10 and plan["counts"]["runs"] == 10
+    assert [e["label"] for e in plan["experiments"]] == [
+        "pytorch · batch 1 · fp32", "pytorch · batch 2 · fp32", "pytorch · batch 1 · bf16",
+        "pytorch · batch 2 · bf16", "tensorrt · batch 8 · bf16"], \
+        "a backend's options, absent from the other backend's experiments, set nothing apart"
     args = {e["backend"]: e["engine_args"] for e in plan["experiments"]}
     assert args["tensorrt"]["constructor"]["kwargs"]["build_config"]["max_batch_size"] == 8
     assert args["tensorrt"]["sampling"]["kwargs"]["top_k"] == 1

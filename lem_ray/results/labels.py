@@ -66,8 +66,7 @@ def _part(key: str, value: Any) -> str:
         return PRECISION_SHORT.get(value, value_text(value))
     if key in ("backend", "model_name"):
         return value_text(value)
-    section, _, option = key.partition(".")
-    return f"{option if section in BACKEND_NAMES and option else key}={value_text(value)}"
+    return f"{key.partition('.')[2] if _in_backend_section(key) else key}={value_text(value)}"
 
 
 def _shared(bucket: list[dict[str, Any]]) -> dict[str, Any]:
@@ -81,9 +80,22 @@ def _shared(bucket: list[dict[str, Any]]) -> dict[str, Any]:
     return common
 
 
+def _in_backend_section(key: str) -> bool:
+    section, dot, _ = key.partition(".")
+    return bool(dot) and section in BACKEND_NAMES
+
+
+def _varies(key: str, shared: list[dict[str, Any]]) -> bool:
+    """A backend's option varies when it differs between the groups of that backend: in a
+    campaign of several backends, every pytorch option is absent from the vLLM groups, and
+    the backend already names that difference."""
+    having = [c for c in shared if key in c] if _in_backend_section(key) else shared
+    return len({value_text(c.get(key)) for c in having}) > 1
+
+
 def _by_difference(shared: list[dict[str, Any]]) -> list[str]:
     keys = sorted({k for common in shared for k in common})
-    varying = [k for k in keys if len({value_text(c.get(k)) for c in shared}) > 1]
+    varying = [k for k in keys if _varies(k, shared)]
     if "batch_size" in varying:
         varying = [k for k in varying if k not in BATCH_KEYS]
     ordered = [k for k in LABEL_ORDER if k in varying] + [k for k in varying if k not in LABEL_ORDER]
