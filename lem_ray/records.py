@@ -69,3 +69,51 @@ class RunAttempt:
             "attempt": self.attempt,
             "run_id": self.run_id,
         }
+
+
+def host_key(node_id: str | None) -> str:
+    """The host's key among the campaign's baselines, which are otherwise GPU UUIDs."""
+    return f"host:{node_id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Baseline:
+    """An idle baseline as the sampler measured it, of a GPU (by UUID) or of a node's host
+    (by host_key). `age_s` is added where it is handed out; a cached entry has none."""
+
+    power_w: float
+    method: str
+    measured_at_s: float | None = None
+    duration_s: float | None = None
+    samples: int | None = None
+    compute_processes: int | None = None
+    age_s: float | None = None
+
+    @classmethod
+    def of(cls, entry: dict[str, Any]) -> Baseline:
+        """Typed from the sampler's dict: a key it does not know is an error, not a null."""
+        return cls(**entry)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GpuEnvironment:
+    """NVML's facts about one GPU, stored with every result so a figure can be judged later
+    (telemetry/nvml.py DeviceReader.environment); what a reader could not read is None."""
+
+    uuid: str | None = None
+    name: str | None = None
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None
+    power_limit_w: float | None = None
+    architecture: str | None = None
+    architecture_code: int | None = None
+    mig_enabled: bool | None = None
+    compute_process_count: int | None = None
+    compute_process_pids: list[int] | None = None
+    energy_counter_supported: bool | None = None
+    power_method: str | None = None
+
+    @classmethod
+    def of(cls, entry: dict[str, Any]) -> GpuEnvironment:
+        """Typed from the sampler's dict: a key it does not know is an error, not a null."""
+        return cls(**entry)

@@ -148,7 +148,7 @@ def test_bracketed_text_is_printed_as_written(capsys: pytest.CaptureFixture[str]
     from lem_ray.cli.render import LiveProgress, print_summary
     from lem_ray.execution.dispatch import Progress
     from lem_ray.execution.driver import CampaignResult
-    from lem_ray.execution.rows import RunRows
+    from lem_ray.results.rows import RunRows
 
     error = ("BackendUnavailable: the vllm backend needs vLLM; install it with: "
              "pip install 'lem-ray[vllm]'")
@@ -200,7 +200,7 @@ def test_live_lines_name_runs_by_what_sets_them_apart(capsys: pytest.CaptureFixt
     from lem_ray.cli.common import console
     from lem_ray.cli.render import LiveProgress
     from lem_ray.execution.dispatch import Progress
-    from lem_ray.execution.rows import RunRows
+    from lem_ray.results.rows import RunRows
     from lem_ray.planning.plan import plan_campaign
 
     plan = plan_campaign({"campaign_name": "paths", "base": {**TINY_BASE, "backend": "pytorch"}, "experiments": [

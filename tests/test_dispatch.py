@@ -16,7 +16,7 @@ import lem_ray.execution.writes as writes
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.dispatch import Dispatcher, Progress, RunTask
-from lem_ray.execution.rows import RunRows, failed_rows
+from lem_ray.results.rows import RunRows, failed_rows
 from lem_ray.execution.writes import RowWriter
 from lem_ray.records import RunAttempt, RunKey
 from tests.conftest import TINY_BASE

@@ -31,10 +31,11 @@ from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.engines import EnginePool
 from lem_ray.execution.gpus import GpuIdentity
 from lem_ray.execution.handoff import GpuConditions, WorkerIdentity
-from lem_ray.execution.rows import _baseline, _environment, ok_rows
+from lem_ray.results.rows import _baseline, _conditions, ok_rows
 from lem_ray.execution.compiled import CompiledArtifacts
 from lem_ray.execution.worker import ExperimentWorker, RunRequest
-from lem_ray.records import RunAttempt, RunKey
+from lem_ray.records import Baseline, GpuEnvironment, RunAttempt, RunKey
+from lem_ray.results.columns import Conditions
 from lem_ray.telemetry.nvml import DeviceReader, GpuSample
 from lem_ray.telemetry.sampler import EnergySampler
 from lem_ray.execution.node_runs import NodeRuns
@@ -391,20 +392,22 @@ def test_prefill_passes_stop_at_max_repeats_or_window(monkeypatch: pytest.Monkey
 
 def test_baseline_of_one_gpu_missing_gives_no_adjustment() -> None:
     """Half a baseline would make the adjusted energy wrong: none at all, then."""
-    one = {UUIDS[0]: {"power_w": 55.0, "age_s": 1.0, "method": "idle_mean_power_instant"}}
-    assert _baseline(GpuConditions(baselines=one), UUIDS) == {
+    one = {UUIDS[0]: Baseline(power_w=55.0, age_s=1.0, method="idle_mean_power_instant")}
+    assert _baseline(one, UUIDS) == {
         "baseline_power_w": None, "baseline_age_s": None, "baseline_method": None}
-    assert _baseline(GpuConditions(baselines=one), UUIDS[:1])["baseline_power_w"] == 55.0
-    assert _baseline(GpuConditions(baselines=one), [])["baseline_power_w"] is None
+    assert _baseline(one, UUIDS[:1])["baseline_power_w"] == 55.0
+    assert _baseline(one, [])["baseline_power_w"] is None
 
 
 def test_environment_columns_of_one_gpu_or_none() -> None:
-    one = {UUIDS[0]: {"power_limit_w": 700.0, "driver_version": "570.86", "cuda_driver_version": "12.8"}}
-    assert _environment(one) == {"power_limit_w": 700.0, "driver_version": "570.86",
-                                 "cuda_driver_version": "12.8"}
-    assert _environment({}) == {"power_limit_w": None, "driver_version": None, "cuda_driver_version": None}
-    unknown = {**one, UUIDS[1]: {"power_limit_w": None}}
-    assert _environment(unknown)["power_limit_w"] is None, "half a limit is no limit"
+    one = [GpuEnvironment(power_limit_w=700.0, driver_version="570.86", cuda_driver_version="12.8")]
+    assert _conditions(GpuConditions(), one) == Conditions(
+        cooldown_wait_s=None, cooldown_temp_c=None, power_limit_w=700.0,
+        driver_version="570.86", cuda_driver_version="12.8")
+    none = _conditions(GpuConditions(), [])
+    assert (none.power_limit_w, none.driver_version, none.cuda_driver_version) == (None,) * 3
+    unknown = [*one, GpuEnvironment(power_limit_w=None)]
+    assert _conditions(GpuConditions(), unknown).power_limit_w is None, "half a limit is no limit"
 
 
 def test_cached_baseline_of_one_gpu_and_measured_other(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,7 +26,8 @@ from lem_ray.backends.traffic import (
 from lem_ray.backends.vllm.arrivals import drive_arrivals
 from lem_ray.backends.vllm.backend import VLLMBackend
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.execution.rows import _steady
+from lem_ray.results.columns import Sample
+from lem_ray.results.rows import _steady
 from tests.strict_fakes import VLLMSamplingParams, check_vllm_llm_kwargs
 
 
@@ -294,17 +295,17 @@ def test_offline_traffic_sends_everything_before_the_first_step_and_has_no_windo
 def test_steady_columns_integrate_power_inside_the_window() -> None:
     cfg = vllm_config(traffic={"mode": "poisson", "rate_rps": 5.0})
     window = SteadyWindow(start_s=10.0, end_s=14.0, opened_by="16 responses", output_tokens=800)
-    series = [{"gpu_uuid": gpu, "t_s": 1000.0 + t, "power_w": 200.0}
+    series = [Sample(gpu_uuid=gpu, t_s=1000.0 + t, power_w=200.0)
               for gpu in ("GPU-a", "GPU-b") for t in range(0, 21)]
     columns = _steady(cfg, window, 992.0, series)
-    assert columns["traffic_mode"] == "poisson"
-    assert columns["steady_start_epoch_s"] == 1002.0 and columns["steady_duration_s"] == 4.0
-    assert columns["steady_energy_j"] == pytest.approx(2 * 200.0 * 4.0)
-    assert columns["steady_avg_power_w"] == pytest.approx(400.0)
-    assert columns["steady_throughput_tok_s"] == 200.0
-    assert columns["steady_energy_j_per_output_token"] == pytest.approx(2.0)
+    assert columns.traffic_mode == "poisson"
+    assert columns.steady_start_epoch_s == 1002.0 and columns.steady_duration_s == 4.0
+    assert columns.steady_energy_j == pytest.approx(2 * 200.0 * 4.0)
+    assert columns.steady_avg_power_w == pytest.approx(400.0)
+    assert columns.steady_throughput_tok_s == 200.0
+    assert columns.steady_energy_j_per_output_token == pytest.approx(2.0)
     offline = _steady(vllm_config(), None, 0.0, series)
-    assert offline["traffic_mode"] == "offline" and offline["steady_energy_j"] is None
+    assert offline.traffic_mode == "offline" and offline.steady_energy_j is None
 
 
 # ---- gamma arrivals and trace replay -------------------------------------------------------

@@ -12,8 +12,8 @@ from rich.text import Text
 from lem_ray.cli.status_cmd import print_compile_savings, print_gpu_time
 from lem_ray.execution.dispatch import Progress as RunProgress
 from lem_ray.execution.driver import CampaignResult
-from lem_ray.execution.rows import RunRows
 from lem_ray.planning.plan import CampaignPlan
+from lem_ray.results.rows import RunRows
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

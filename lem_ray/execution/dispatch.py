@@ -25,7 +25,7 @@ from lem_ray.execution.handoff import RunOutcome
 from lem_ray.execution.lengths import RunLengths, decode_steps
 from lem_ray.execution.metrics import run_tags
 from lem_ray.execution.policy import Assign, Close, Open, QueuedRun, SlotView, decide
-from lem_ray.execution.rows import RunRows, failed_rows, ok_rows
+from lem_ray.results.rows import RunRows, failed_rows, ok_rows
 from lem_ray.execution.slots import Slot
 from lem_ray.execution.worker import RunRequest
 from lem_ray.execution.writes import RowWriter

@@ -20,7 +20,7 @@ from lem_ray.telemetry.nvml import GpuSample
 
 if TYPE_CHECKING:
     from lem_ray.execution.dispatch import Dispatcher, Progress
-    from lem_ray.execution.rows import RunRows
+    from lem_ray.results.rows import RunRows
 
 GPU_PUBLISH_S = 1.0
 """At most one value per GPU per second, whatever the sample interval: a gauge is scraped

@@ -9,13 +9,9 @@ import ray
 
 from lem_ray.execution.handoff import SamplerReport
 from lem_ray.execution.metrics import GpuPublisher
+from lem_ray.records import host_key
 from lem_ray.telemetry.rapl import HostEnergy
 from lem_ray.telemetry.sampler import EnergySampler
-
-
-def host_key(node_id: str | None) -> str:
-    """The host's key among the campaign's baselines, which are otherwise GPU UUIDs."""
-    return f"host:{node_id}"
 
 
 @ray.remote(num_cpus=0, max_concurrency=4)

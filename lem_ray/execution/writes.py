@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-from lem_ray.execution.rows import RunRows
+from lem_ray.results.rows import RunRows
 from lem_ray.records import RunKey
 from lem_ray.results.store import write_rows
 

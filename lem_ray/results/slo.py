@@ -14,9 +14,10 @@ from typing import Any
 
 from lem_ray.config.experiment import SLOConfig
 from lem_ray.records import RequestRecord
+from lem_ray.results.columns import Slo
+from lem_ray.results.fields import names
 
-SLO_COLUMNS = ("slo_ttft_ms", "slo_tpot_ms", "slo_min_attainment", "slo_attainment",
-               "goodput_tok_s", "energy_j_per_goodput_token")
+SLO_COLUMNS = names(Slo)
 
 
 def tpot_ms(record: RequestRecord) -> float | None:
