@@ -248,7 +248,9 @@ def main() -> None:
                              "none: only the 2-GPU load (with --no-cv)")
     parser.add_argument("--no-cv", action="store_true", help="skip the CV table")
     parser.add_argument("--smoke", action="store_true",
-                        help="CPU check of the whole script: the tiny model, a few tokens")
+                        help="CPU check of the whole script: the tiny model, a few tokens; no "
+                             "energy, 2-GPU load or actor probe there (they need GPUs), and "
+                             "the CPU's ratios say nothing of the GPU's")
     parser.add_argument("--bare-eager-child", type=int, metavar="REPS",
                         help="internal: print the bare eager batch-1 loop's tok/s as JSON")
     args = parser.parse_args()

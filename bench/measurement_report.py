@@ -1,20 +1,39 @@
 """Print the measurement-quality figures of a campaign's results as Markdown tables.
 
     python bench/measurement_report.py RESULTS_DIR
+    python bench/measurement_report.py --smoke
 
 Per run: counter energy vs integrated instant power over the same window, J per output token
 (raw and idle-adjusted), prefill/decode split, idle baseline, the sampler's CPU cost, validity.
 Per experiment: cycle-to-cycle coefficient of variation of J per output token.
+
+--smoke runs a tiny campaign first (the tiny shipped model at batch 1 and 2, 2 cycles, on a
+local Ray) into a temporary directory and reports on it, for CI: on a machine without NVML
+every energy column reads "-", so it proves the tables, not the energy figures.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from lem_ray.results.store import read_table
+
+SMOKE_CAMPAIGN: dict[str, Any] = {
+    "campaign_name": "measurement-smoke",
+    "base": {
+        "model_name": "builtin:tiny-llama", "load_format": "dummy", "backend": "pytorch",
+        "fp_precision": "float32", "max_output_tokens": 8, "min_output_tokens": 8,
+        "prompts": {"source": "synthetic", "count": 4, "input_len": {"mean": 16, "std": 0}},
+        "warmup": {"mode": "fixed", "requests": 1},
+    },
+    "grid": {"backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
+    "execution": {"cycles": 2},
+}
 
 
 def _pct(a: float | None, b: float | None) -> str:
@@ -69,5 +88,31 @@ def main(results_dir: Path) -> None:
               f"| {json.dumps({k: round(v, 1) for k, v in throttle.items()}) if throttle else '-'} |")
 
 
+def smoke() -> None:
+    import ray
+
+    from lem_ray.execution.cluster import WORKER_ENV
+    from lem_ray.execution.driver import run_campaign
+
+    ray.init(address="local", include_dashboard=False, namespace="lem-ray-bench",
+             logging_level="ERROR", runtime_env={"env_vars": WORKER_ENV})
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            run_campaign(SMOKE_CAMPAIGN, results_dir=out)
+            main(Path(out))
+    finally:
+        ray.shutdown()
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results_dir", nargs="?", type=Path)
+    parser.add_argument("--smoke", action="store_true",
+                        help="report on a tiny CPU campaign run first: a CI check of the script")
+    args = parser.parse_args()
+    if args.smoke == (args.results_dir is not None):
+        parser.error("give RESULTS_DIR or --smoke")
+    if args.smoke:
+        smoke()
+    else:
+        main(args.results_dir)

@@ -1,6 +1,6 @@
 """What lem-ray costs around a run, three ways, on a local Ray with the tiny model on CPU.
 
-    python bench/overhead.py [--runs N] [--json]
+    python bench/overhead.py [--runs N] [--json] [--smoke]
 
 The same campaign (one engine config, N short runs) is run
 - `reuse`: as lem-ray runs it by default, one worker keeping its engine;
@@ -8,7 +8,8 @@ The same campaign (one engine config, N short runs) is run
 - `sequential`: each run in a fresh Python process that loads, warms up and measures, the way
   a one-process-per-experiment tool does (no Ray, no results written).
 Per way: runs, wall_s, overhead_s_per_run (wall time minus the measured windows and minus
-engine loading, per run), engine_loads, distinct_engines.
+engine loading, per run), engine_loads, distinct_engines. --smoke is --runs 2: every way in
+seconds, for CI (2 runs are too few for the per-run overhead to mean much).
 """
 
 from __future__ import annotations
@@ -97,7 +98,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--smoke", action="store_true", help="--runs 2: a CI check of the script")
     args = parser.parse_args()
+    if args.smoke:
+        args.runs = 2
     ray.init(address="local", include_dashboard=False, namespace="lem-ray-bench",
              logging_level="ERROR", runtime_env={"env_vars": WORKER_ENV})
     try:

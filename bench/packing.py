@@ -1,6 +1,6 @@
 """How well runs of mixed GPU counts and lengths pack onto the cluster's GPUs.
 
-    python bench/packing.py [--gpus 4] [--cycles 3] [--prompts 16] [--json]
+    python bench/packing.py [--gpus 4] [--cycles 3] [--prompts 16] [--json] [--smoke]
 
 A local Ray with G logical GPUs runs a grid of real tiny-model runs: GPU counts 1 and 2,
 lengths varied through max_output_tokens, several cycles (later cycles know earlier ones'
@@ -15,6 +15,9 @@ start to the last finish: `new_worker` before a run that loaded its engine (ever
 this grid holds one engine, so a load means a new worker: the actor's start), `waiting`
 before a run on a warm engine (the GPU kept for a run, or the dispatcher's turn), `tail` after
 the GPU's last run. `loading_gpu_s` is the part of the runs spent loading.
+
+--smoke is 2 GPUs, 1 cycle, 2 prompts a run: the grid's 6 runs in seconds, for CI (runs that
+short are mostly worker starts, so its ratio says little about packing).
 """
 
 from __future__ import annotations
@@ -68,7 +71,11 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=16, help="prompts per run")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--smoke", action="store_true",
+                        help="--gpus 2 --cycles 1 --prompts 2: a CI check of the script")
     args = parser.parse_args()
+    if args.smoke:
+        args.gpus, args.cycles, args.prompts = 2, 1, 2
     # One intra-op thread per worker: the logical GPUs share the machine's few cores.
     env = {**WORKER_ENV, "OMP_NUM_THREADS": "1"}
     ray.init(address="local", num_cpus=args.gpus + 2, num_gpus=args.gpus, include_dashboard=False,

@@ -1,6 +1,7 @@
 """The packing policy alone, on bench/packing.py's grid, against a simulated clock.
 
     python bench/packing_sim.py [--start-s 0.5,1,1.5,2,2.5,3] [--load-s 1,2,3,4] [--json]
+                                [--smoke]
 
 No Ray and no model: the dispatcher's decisions (lem_ray.execution.policy.decide, with run
 lengths from lem_ray.execution.lengths) on 18 runs (GPU counts 1 and 2, max_output_tokens 32,
@@ -15,7 +16,8 @@ engine it does not hold in load_s. Two ways, over every (start_s, load_s) pair:
   that queued runs want (the dispatcher now).
 ratio = makespan / max(sum of GPU-seconds / 4, longest run), run time from its worker's start
 of it to its end, as bench/packing.py measures. It shows what the policy does with the costs
-of this machine or another; it does not replace the measured figure.
+of this machine or another; it does not replace the measured figure. --smoke simulates one
+(start_s, load_s) pair, 1 s and 2 s: the same code, for CI.
 """
 
 from __future__ import annotations
@@ -132,7 +134,11 @@ def main() -> None:
     parser.add_argument("--load-s", default="1,2,3,4",
                         help="seconds a worker takes to load an engine, comma-separated")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one pair (start 1 s, load 2 s) instead of the lists: a CI check")
     args = parser.parse_args()
+    if args.smoke:
+        args.start_s, args.load_s = "1", "2"
     costs = [(float(s), float(load)) for s in args.start_s.split(",")
              for load in args.load_s.split(",")]
     result = {}

@@ -1,6 +1,6 @@
 """Where a fast-path decode step's time goes on a GPU, against the floors the hardware sets.
 
-    python bench/profile_decode.py [--out profile.json] [--batch 1]
+    python bench/profile_decode.py [--out profile.json] [--batch 1] [--variants ...] [--smoke]
 
 builtin:llama-1b, dummy weights, bf16, 128-token prompts, 128 output tokens. Prints and writes:
   - copy_gbps: a device-to-device copy of the model's weight bytes (the bandwidth ceiling);
@@ -11,6 +11,11 @@ builtin:llama-1b, dummy weights, bf16, 128-token prompts, 128 output tokens. Pri
     events; a kernel trace of 20 replays (torch.profiler): kernels a step, the sum of their
     durations against the step (the rest is gaps between kernels), the costliest kernels; and
     generate_tok_s and ttft_ms, the median of 5 generate() calls, prefill included.
+
+--smoke runs the same per variant on the CPU with the tiny shipped model and 8-token prompts
+and answers, in seconds, for CI: it proves the variants' configs, the loop's states and
+generate(). There the step is neither compiled nor captured, so step_ms times the eager step
+(perf_counter, not CUDA events) and there is no kernel trace and no floors: they need a GPU.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TOKENS = 128
+MODEL = "builtin:llama-1b"
+PRECISION = "bfloat16"
+DEVICE = "cuda"
 # name -> (torch_compile mode, attention, fused projections); the step is compiled with
 # lem-ray's Inductor settings (decode_loop.INDUCTOR_TUNING) unless STEP_TUNING says otherwise.
 VARIANTS = {"default": ("default", "sdpa", False), "eager-attn": ("default", "eager", False),
@@ -58,13 +66,13 @@ def backend_for(batch: int, compile_mode: str, attn: str, compile_prefill: bool)
     from lem_ray.config.experiment import ExperimentConfig
 
     cfg = ExperimentConfig.model_validate({
-        "model_name": "builtin:llama-1b", "load_format": "dummy", "backend": "pytorch",
-        "fp_precision": "bfloat16", "max_input_tokens": TOKENS, "max_output_tokens": TOKENS,
+        "model_name": MODEL, "load_format": "dummy", "backend": "pytorch",
+        "fp_precision": PRECISION, "max_input_tokens": TOKENS, "max_output_tokens": TOKENS,
         "min_output_tokens": TOKENS,
         "pytorch": {"batch_size": batch, "cache_implementation": "static",
                     "torch_compile": compile_mode, "attn_implementation": attn,
                     "compile_prefill": compile_prefill}})
-    backend = PyTorchBackend(cfg, DeviceInfo("cuda", 1))
+    backend = PyTorchBackend(cfg, DeviceInfo(DEVICE, 1 if DEVICE == "cuda" else 0))
     backend.load()
     return backend
 
@@ -100,6 +108,24 @@ def replay_ms(torch: Any, graph: Any, steps: int = 110) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / steps
+
+
+def eager_step_ms(torch: Any, loop: Any, state: Any) -> float:
+    """The uncaptured step (the CPU's, under --smoke), timed by the host: one warm step, then
+    as many as the answer's buffers hold."""
+    steps = TOKENS - 2
+    with torch.inference_mode():
+        loop._advance(state)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loop._advance(state)
+    return (time.perf_counter() - t0) * 1000 / steps
+
+
+def smoke_settings() -> None:
+    """The tiny shipped model on the CPU, a few tokens: every variant's path in seconds."""
+    global TOKENS, MODEL, PRECISION, DEVICE
+    TOKENS, MODEL, PRECISION, DEVICE = 8, "builtin:tiny-llama", "float32", "cpu"
 
 
 def kernel_trace(torch: Any, graph: Any, step_ms: float, replays: int = 20) -> dict[str, Any]:
@@ -199,6 +225,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="profile.json")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true",
+                        help="the tiny model on the CPU: a CI check of the script (no CUDA "
+                             "graph, kernel trace or floors there)")
     parser.add_argument("--variants", default="default,default-again,eager-attn,nocombo,pdl",
                         help="comma-separated: default (lem-ray's step: sdpa, tuned), eager-attn, "
                              "max-autotune (torch_compile max-autotune: Inductor also benchmarks "
@@ -212,13 +241,15 @@ def main() -> None:
     unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
+    if args.smoke:
+        smoke_settings()
     import torch
 
     from lem_ray.backends.pytorch import decode_loop
 
     tuning = dict(decode_loop.INDUCTOR_TUNING)
-    out: dict[str, Any] = {"batch": args.batch, "gpu": torch.cuda.get_device_name(0),
-                           "torch": torch.__version__}
+    gpu = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu"
+    out: dict[str, Any] = {"batch": args.batch, "gpu": gpu, "torch": torch.__version__}
     prompts = prompts_of(args.batch)
     for name in args.variants.split(","):
         mode, attn, fused = VARIANTS[name]
@@ -235,13 +266,18 @@ def main() -> None:
             backend.synchronize()
             state = next(iter(loop._states.values()))
             rewind(state)
+            step = (replay_ms(torch, state.graph) if state.graph is not None
+                    else eager_step_ms(torch, loop, state))
             entry: dict[str, Any] = {"load_s": round(time.perf_counter() - t0, 1),
-                                     "step_ms": round(replay_ms(torch, state.graph), 3)}
+                                     "step_ms": round(step, 3)}
             rewind(state)
-            try:
-                entry["trace"] = kernel_trace(torch, state.graph, entry["step_ms"])
-            except Exception as exc:
-                entry["trace"] = {"error": repr(exc)[:300]}
+            if state.graph is None:
+                entry["trace"] = "not measured: no CUDA graph on the CPU"
+            else:
+                try:
+                    entry["trace"] = kernel_trace(torch, state.graph, entry["step_ms"])
+                except Exception as exc:
+                    entry["trace"] = {"error": repr(exc)[:300]}
             runs = []
             for _ in range(5):
                 t1 = time.perf_counter()
@@ -251,7 +287,9 @@ def main() -> None:
             seconds, ttft_ms = sorted(runs)[len(runs) // 2]
             entry["generate_tok_s"] = round(args.batch * TOKENS / seconds, 1)
             entry["ttft_ms"] = round(ttft_ms, 2)
-            if name == "default":
+            if name == "default" and DEVICE != "cuda":
+                out["floors"] = "not measured: needs a GPU"
+            elif name == "default":
                 if "floors" not in out:
                     out["floors"] = floors(torch, backend._model, args.batch)
                     log("floors", json.dumps(out["floors"]))

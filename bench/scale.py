@@ -4,6 +4,7 @@ the results writer, `compact`, `status` and `report`, and real runs through the 
 
     python bench/scale.py --json                       # N = 1000, 10000, 50000
     python bench/scale.py --sizes 1000,5000 --dispatch-runs 40
+    python bench/scale.py --smoke --json               # N = 12, 6 runs on 1 node x 2 GPUs
 
 Per N (the dataset grows from one size to the next, so the largest is written once):
 - manifest: N runs registered, then 2 state changes a run (running, then ok; every tenth run
@@ -19,7 +20,8 @@ output token, no baseline, no prefill pass; the experiments differ in batch size
 option, so each worker loads the engine once) through run_campaign on --dispatch-nodes x
 --dispatch-gpus-per-node logical GPUs: runs/s from the first finished run to the last (Ray's
 start and the first worker's start-up left out, the other workers' start-ups in), and the
-driver's CPU time per run over the same span.
+driver's CPU time per run over the same span. --smoke runs every part at a size that takes
+seconds, for CI; its figures say nothing about scale.
 """
 
 from __future__ import annotations
@@ -218,7 +220,12 @@ def main() -> None:
     parser.add_argument("--dispatch-gpus-per-node", type=int, default=8)
     parser.add_argument("--workdir", type=Path, help="default: a temp dir, removed at the end")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--smoke", action="store_true",
+                        help="--sizes 12 and 6 dispatched runs on 1 node x 2 GPUs: a CI check")
     args = parser.parse_args()
+    if args.smoke:
+        args.sizes, args.dispatch_runs = "12", 6
+        args.dispatch_nodes, args.dispatch_gpus_per_node = 1, 2
     sizes = sorted(int(s) for s in args.sizes.split(",") if s)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lem-ray-scale-"))
     data = work / "data"

@@ -1,11 +1,12 @@
 """How long a new worker takes to come up: what a run waits for while its GPUs are held.
 
-    python bench/worker_start.py [--gpus 4] [--repeats 3] [--json]
+    python bench/worker_start.py [--gpus 4] [--repeats 3] [--json] [--smoke]
 
 On a local Ray with G logical GPUs (as bench/packing.py starts it), from the slot's opening
 (placement group and actor requested, as the dispatcher does) to the worker's first call
 answered, for 1 worker of 1 GPU, 1 of 2 GPUs, 2 of 2 GPUs and G of 1 GPU at once (a switch of
 all GPUs between sizes); the median of the repeats, each on a cluster otherwise at rest.
+--smoke is --gpus 2 --repeats 1: every case once, for CI.
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--smoke", action="store_true",
+                        help="--gpus 2 --repeats 1: a CI check of the script")
     args = parser.parse_args()
+    if args.smoke:
+        args.gpus, args.repeats = 2, 1
     env = {**WORKER_ENV, "OMP_NUM_THREADS": "1"}
     ray.init(address="local", num_cpus=args.gpus + 2, num_gpus=args.gpus, include_dashboard=False,
              namespace="lem-ray-bench", logging_level="ERROR", runtime_env={"env_vars": env})

@@ -47,6 +47,10 @@ def test_dry_run_json(tmp_path: Path, write_campaign) -> None:
         "reason": "fp_precision: float32 is not supported by tensorrt",
     }]
     assert len(plan["runs"]) == 10 and plan["counts"]["runs"] == 10
+    assert [e["label"] for e in plan["experiments"]] == [
+        "pytorch · batch 1 · fp32", "pytorch · batch 2 · fp32", "pytorch · batch 1 · bf16",
+        "pytorch · batch 2 · bf16", "tensorrt · batch 8 · bf16"], \
+        "a backend's options, absent from the other backend's experiments, set nothing apart"
     args = {e["backend"]: e["engine_args"] for e in plan["experiments"]}
     assert args["tensorrt"]["constructor"]["kwargs"]["build_config"]["max_batch_size"] == 8
     assert args["tensorrt"]["sampling"]["kwargs"]["top_k"] == 1
@@ -169,21 +173,22 @@ def test_bracketed_text_is_printed_as_written(capsys: pytest.CaptureFixture[str]
              "pip install 'lem-ray[vllm]'")
     row = {"experiment_id": "e[1]", "cycle": 1, "attempt": 1, "backend": "vllm",
            "fp_precision": "[bold]x", "batch_size": 4, "status": "failed", "error": error}
-    with LiveProgress(console(stderr=True), total=2) as live:
+    with LiveProgress(console(stderr=True), total=2, labels={"e[1]": "[bold]x · batch 4"}) as live:
         live(Progress(total=2, done=0, running=1), RunRows({**row, "status": "ok", "error": None,
                                                             "throughput_tok_s": 1.0,
                                                             "energy_j_per_output_token": None}))
         live(Progress(total=2, done=1, running=1), RunRows(row, retryable=True))
         live(Progress(total=2, done=2, failed=1), RunRows(row))
     failure = {"status": "failed", "experiment_id": "e[1]", "cycle": 1, "attempt": 1,
-               "reason": error}
+               "label": "[bold]x · batch 4", "reason": error}
     print_summary(CampaignResult("c[x]", "out/[red]r", {"ok": 0, "failed": 1, "skipped_done": 0,
                                                         "planned": 1}, failures=[failure]),
                   console())
     out, err = capsys.readouterr()
     assert err.count("lem-ray[vllm]") == 2, "the retry line and the failed line"
-    assert "ok     e[1] c1 a1 vllm [bold]x batch 4" in err
-    assert "failed e[1] c1 a1 vllm [bold]x batch 4" in err
+    assert "ok     e[1] c1 a1 [bold]x · batch 4" in err
+    assert "failed e[1] c1 a1 [bold]x · batch 4" in err
+    assert "failed e[1] c1 a1 [bold]x · batch 4: BackendUnavailable" in out, "as its live line"
     assert "lem-ray[vllm]" in out and "c[x]:" in out and "Results: out/[red]r" in out
 
 
@@ -212,28 +217,16 @@ def test_ctrl_c_before_any_run_exits_130() -> None:
 def test_live_lines_name_runs_by_what_sets_them_apart(capsys: pytest.CaptureFixture[str]) -> None:
     """Eager and fast-path runs of one batch size: their lines read apart, not by id only."""
     from lem_ray.cli.common import console
-    from lem_ray.cli.render import LiveProgress, experiment_labels
+    from lem_ray.cli.render import LiveProgress
     from lem_ray.execution.dispatch import Progress
     from lem_ray.results.rows import RunRows
     from lem_ray.planning.plan import plan_campaign
 
-    plan = plan_campaign(
-        {
-            "campaign_name": "paths",
-            "base": {**TINY_BASE, "backend": "pytorch"},
-            "experiments": [
-                {"pytorch": {"batch_size": 2}},
-                {
-                    "pytorch": {
-                        "batch_size": 2,
-                        "torch_compile": "reduce-overhead",
-                        "cache_implementation": "static",
-                    }
-                },
-            ],
-        }
-    )
-    labels = experiment_labels(plan)
+    plan = plan_campaign({"campaign_name": "paths", "base": {**TINY_BASE, "backend": "pytorch"}, "experiments": [
+        {"pytorch": {"batch_size": 2}},
+        {"pytorch": {"batch_size": 2, "torch_compile": "reduce-overhead",
+                     "cache_implementation": "static"}}]})
+    labels = plan.labels()
     eager, fast = (labels[e.experiment_id] for e in plan.experiments)
     assert "torch_compile=null" in eager and "torch_compile=reduce-overhead" in fast
     row = {"experiment_id": plan.experiments[1].experiment_id, "cycle": 1, "attempt": 1,
@@ -241,6 +234,65 @@ def test_live_lines_name_runs_by_what_sets_them_apart(capsys: pytest.CaptureFixt
            "error": None, "throughput_tok_s": 5.0, "energy_j_per_output_token": None}
     with LiveProgress(console(stderr=True), total=1, labels=labels) as live:
         live(Progress(total=1, done=1), RunRows(row))
-    assert f"{row['experiment_id']} c1 a1 {fast}: 5 tok/s" in " ".join(
-        capsys.readouterr().err.split()
-    )
+    assert f"{row['experiment_id']} c1 a1 {fast}: 5 tok/s" in " ".join(capsys.readouterr().err.split())
+
+
+# Batch 1 three ways: eager decode, eager over a static cache, and the compiled fast path.
+THREE_WAYS = {
+    "campaign_name": "threeways",
+    "base": {**TINY_BASE, "backend": "pytorch"},
+    "experiments": [
+        {"pytorch": {"batch_size": 1}},
+        {"pytorch": {"batch_size": 1, "cache_implementation": "static"}},
+        {"pytorch": {"batch_size": 1, "cache_implementation": "static",
+                     "torch_compile": "reduce-overhead"}},
+    ],
+    "execution": {"cycles": 1},
+    "output": {"results_dir": "out"},
+}
+THREE_LABELS = ("cache_implementation=dynamic · torch_compile=null",
+                "cache_implementation=static · torch_compile=null",
+                "cache_implementation=static · torch_compile=reduce-overhead")
+
+
+def first_cells(table: str) -> list[str]:
+    """The text of each row's first cell in a rich table, its folded lines joined by spaces."""
+    cells: list[str] = []
+    for line in table.splitlines():
+        if line.startswith(("┡", "├")):
+            cells.append("")
+        elif line.startswith("│") and cells:
+            cells[-1] = f"{cells[-1]} {line.split('│')[1].strip()}".strip()
+    return cells
+
+
+def test_dry_run_names_each_experiment_by_what_sets_it_apart(tmp_path: Path,
+                                                             write_campaign) -> None:
+    """Eager, static-cache and compiled batch-1 experiments: three rows that read apart, each
+    label above its id, and the same labels in the JSON plan."""
+    path = write_campaign(THREE_WAYS)
+    table = lem_ray("campaign", str(path), "--dry-run", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    plan = json.loads(lem_ray("campaign", str(path), "--dry-run", "--json", cwd=tmp_path).stdout)
+    assert [e["label"] for e in plan["experiments"]] == list(THREE_LABELS)
+    assert first_cells(table.stdout) == [f"{e['label']} {e['experiment_id']}"
+                                         for e in plan["experiments"]]
+
+
+@pytest.mark.slow
+def test_live_lines_end_table_and_report_use_one_label(tmp_path: Path, write_campaign) -> None:
+    """The campaign's live lines, its end-of-campaign table, the report (whose text table
+    prints its groups' `label`) and its HTML name each experiment with the dry run's label."""
+    path = write_campaign(THREE_WAYS)
+    proc = lem_ray("campaign", str(path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = json.loads(lem_ray("campaign", str(path), "--dry-run", "--json", cwd=tmp_path).stdout)
+    named = {f"{e['label']} {e['experiment_id']}" for e in plan["experiments"]}
+    for e in plan["experiments"]:
+        assert f"{e['experiment_id']} c1 a1 {e['label']}: " in proc.stderr, "its live line"
+    assert set(first_cells(proc.stdout)) == named, "the end-of-campaign table"
+    report = lem_ray("report", "out", "--json", cwd=tmp_path)
+    assert {g["group"]: g["label"] for g in json.loads(report.stdout)["groups"]} == {
+        e["experiment_id"]: e["label"] for e in plan["experiments"]}
+    assert lem_ray("report", "out", "--html", "r.html", cwd=tmp_path).returncode == 0
+    assert all(label in (tmp_path / "r.html").read_text() for label in THREE_LABELS)

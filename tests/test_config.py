@@ -8,7 +8,8 @@ from typing import get_args
 import pytest
 from pydantic import ValidationError
 
-from lem_ray.backends.registry import BACKEND_NAMES, missing_modules, options_class
+from lem_ray.backend_table import BACKEND_NAMES, BACKENDS
+from lem_ray.backends.registry import missing_modules, options_class
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.config.loading import error_from_validation, load_campaign, parse_campaign
 from lem_ray.errors import ConfigError
@@ -135,6 +136,13 @@ def test_the_backend_table_drives_the_config() -> None:
         assert ExperimentConfig.model_fields[name].annotation == options_class(name) | None
     assert missing_modules("pytorch") == []
     assert missing_modules("tensorrt") == ([] if _importable("tensorrt_llm") else ["tensorrt_llm"])
+
+
+def test_the_backend_tables_batch_option_is_what_concurrency_reads() -> None:
+    """Labels read a backend's batch size by the table's option name; a backend whose options
+    model reads another field would be labelled by the wrong key."""
+    for e in BACKENDS:
+        assert options_class(e.name)(**{e.batch_option: 7}).concurrency == 7, e.name
 
 
 @pytest.mark.parametrize(("backend", "key"), [

@@ -27,6 +27,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "measure": ("ray", "torch", "lem_ray.execution", "lem_ray.backends", "lem_ray.results"),
     "results": ("lem_ray.backends", "lem_ray.execution"),
     "records": ("lem_ray",),
+    "backend_table": ("lem_ray",),
 }
 
 

@@ -79,16 +79,17 @@ def _campaign(grid: Path | None, results_dir: str | None, address: str | None, d
         _fail(exc, str(grid))
     except OSError as exc:  # a path in the campaign the system refuses (too long, no access)
         fail(f"{grid}: {exc.strerror or exc}: {str(exc.filename)[:200]}")
+    labels = plan.labels()
     if dry_run:
         if as_json:
             click.echo(json.dumps(plan.to_json(), indent=2))
         else:
             from lem_ray.cli.render import print_plan
 
-            print_plan(plan, out)
+            print_plan(plan, labels, out)
         return
 
-    from lem_ray.cli.render import LiveProgress, experiment_labels, print_summary
+    from lem_ray.cli.render import LiveProgress, print_summary
     from lem_ray.execution.dispatch import CampaignInterrupted
     from lem_ray.execution.driver import run_campaign
     from lem_ray.results.lease import LeaseLost
@@ -96,7 +97,7 @@ def _campaign(grid: Path | None, results_dir: str | None, address: str | None, d
     if fresh:
         _confirm_fresh(target, yes)
     try:
-        with LiveProgress(err, total=len(plan.runs), labels=experiment_labels(plan)) as live:
+        with LiveProgress(err, total=len(plan.runs), labels=labels) as live:
             result = run_campaign(plan, results_dir=target, address=address, reporter=live,
                                   retry_failed=retry_failed, fresh=fresh)
     except ConfigError as exc:

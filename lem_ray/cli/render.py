@@ -10,11 +10,10 @@ from rich.table import Table
 from rich.text import Text
 
 from lem_ray.cli.status_cmd import print_compile_savings, print_gpu_time
-from lem_ray.execution.driver import CampaignResult
 from lem_ray.execution.dispatch import Progress as RunProgress
-from lem_ray.results.rows import RunRows
+from lem_ray.execution.driver import CampaignResult
 from lem_ray.planning.plan import CampaignPlan
-from lem_ray.results.labels import group_labels
+from lem_ray.results.rows import RunRows
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -25,23 +24,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def experiment_labels(plan: CampaignPlan) -> dict[str, str]:
-    """Each experiment named by what differs between the campaign's experiments, as the
-    report names its groups: eager and fast-path runs of one batch size read apart."""
-    runs = [[{"config_json": e.config.model_dump_json(), "backend": e.config.backend,
-              "batch_size": e.config.backend_options.concurrency,
-              "gpus_per_experiment": e.config.gpus_per_experiment}] for e in plan.experiments]
-    return dict(zip((e.experiment_id for e in plan.experiments), group_labels(runs)))
-
-
-def print_plan(plan: CampaignPlan, console: Console) -> None:
+def print_plan(plan: CampaignPlan, labels: dict[str, str], console: Console) -> None:
+    """One row per experiment, named by its label (experiment_labels) above its id, as the
+    live lines and the end-of-campaign table name it."""
     table = Table(title=f"campaign {plan.name}: {len(plan.experiments)} experiments x "
-                        f"{plan.campaign.execution.cycles} cycles = {len(plan.runs)} runs")
-    for col in ("experiment_id", "backend", "model", "precision", "batch", "max out", "gpus"):
+                        f"{plan.campaign.execution.cycles} cycles = {len(plan.runs)} runs",
+                  show_lines=True)
+    table.add_column("experiment", overflow="fold")
+    for col in ("backend", "model", "precision", "batch", "max out", "gpus"):
         table.add_column(col)
     for e in plan.experiments:
         c = e.config
-        table.add_row(e.experiment_id, c.backend, c.model_name, c.fp_precision,
+        table.add_row(f"{labels[e.experiment_id]}\n{e.experiment_id}", c.backend, c.model_name,
+                      c.fp_precision,
                       _fmt(c.backend_options.concurrency),
                       str(c.max_output_tokens), str(c.gpus_per_experiment))
     console.print(table)
@@ -52,10 +47,10 @@ def print_plan(plan: CampaignPlan, console: Console) -> None:
 class LiveProgress:
     """A bar of runs done, with ok / failed / running counts, and one line per finished run."""
 
-    def __init__(self, console: Console, total: int, labels: dict[str, str] | None = None) -> None:
+    def __init__(self, console: Console, total: int, labels: dict[str, str]) -> None:
+        """`labels`: experiment id -> its label (CampaignPlan.labels), the name in each line."""
         self.console = console
-        # Experiment id -> what sets it apart (experiment_labels), shown in each run's line.
-        self.labels = labels or {}
+        self.labels = labels
         self.bar = Progress(
             TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -63,10 +58,12 @@ class LiveProgress:
         )
         self.task = self.bar.add_task("", total=total)
 
-    def __enter__(self) -> "LiveProgress":
+    def __enter__(self) -> LiveProgress:
+        """The bar starts at the first run reported (__call__), not here."""
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        """Stops the bar, leaving the finished runs' lines on the terminal."""
         if self.bar.live.is_started:  # a bar never started would still print an empty line
             self.bar.stop()
 
@@ -81,14 +78,12 @@ class LiveProgress:
         )
         if rows is not None:
             e = rows.experiment
+            head = (f"{e['experiment_id']} c{e['cycle']} a{e['attempt']} "
+                    f"{self.labels[e['experiment_id']]}")
             if rows.retryable:
                 self.bar.console.print(Text.assemble(
-                    ("retry", "yellow"), f"  {e['experiment_id']} c{e['cycle']} a{e['attempt']}: "
-                                         f"{(e['error'] or '').splitlines()[0]}"))
+                    ("retry", "yellow"), f"  {head}: {(e['error'] or '').splitlines()[0]}"))
                 return
-            what = self.labels.get(e["experiment_id"]) or \
-                f"{e['backend']} {e['fp_precision']} batch {e['batch_size']}"
-            head = f"{e['experiment_id']} c{e['cycle']} a{e['attempt']} {what}"
             if rows.ok:
                 energy = e["energy_j_per_output_token"]
                 tail = (f"{_fmt(e['throughput_tok_s'])} tok/s, "
@@ -100,6 +95,8 @@ class LiveProgress:
 
 
 def print_summary(result: CampaignResult, console: Console) -> None:
+    """Means per experiment, named by label above id, then the failed runs, GPU time and what
+    the compile cache saved."""
     table = Table(title=f"{result.campaign_name}: means over ok, valid cycles "
                         f"({result.results_dir}; `lem-ray report` adds CIs and plots)",
                   show_lines=True)
@@ -126,7 +123,8 @@ def print_summary(result: CampaignResult, console: Console) -> None:
                       "see energy_unavailable_reason in the experiments table")
     for f in result.failures:
         console.print(Text.assemble((f["status"], "red"), f" {f['experiment_id']} c{f['cycle']} "
-                                                          f"a{f['attempt']}: {f['reason']}"))
+                                                          f"a{f['attempt']} {f['label']}: "
+                                                          f"{f['reason']}"))
     print_gpu_time(result.gpu_time, console)
     print_compile_savings(result.compile_cache, console)
     c = result.counts

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, create_model, field_validator, model_validator
 
 from lem_ray.assets import BUILTIN_PREFIX, builtin_models
-from lem_ray.backends.registry import BACKEND_NAMES, options_class
+from lem_ray.backend_table import BACKEND_NAMES
+from lem_ray.backends.registry import options_class
 from lem_ray.config.base import BackendOptions, PathText, Seed, StrictModel, invalid_combination
 from lem_ray.config.limits import MAX_GPUS, MAX_PROMPTS, MAX_TOKENS, MAX_WAIT_S
 from lem_ray.config.prompts import PromptsConfig, SyntheticPrompts
 
 BackendName = Literal[BACKEND_NAMES]  # type: ignore[valid-type]
-"""The backends of backends/registry.py, checked like any other literal."""
+"""The backends of lem_ray/backend_table.py, checked like any other literal."""
 
 DECODER_PRESETS: dict[str, dict[str, Any]] = {
     "deterministic": {"do_sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0},

@@ -16,7 +16,8 @@ from typing import Any
 import ray
 
 import lem_ray
-from lem_ray.backends.registry import BACKENDS, missing_modules
+from lem_ray.backend_table import BACKENDS
+from lem_ray.backends.registry import missing_modules
 from lem_ray.results.store import resolve
 from lem_ray.telemetry.rapl import host_status
 

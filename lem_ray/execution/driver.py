@@ -92,7 +92,7 @@ def run_campaign(
         keys = blocks[0].counts if blocks else ("planned", "skipped_done", "ran", "failed",
                                                  "ok", "retried")
         counts = {k: sum(b.counts[k] for b in blocks) for k in keys}
-        summary, failures = summarize(out) if blocks else ([], [])
+        summary, failures = summarize(out, plan.labels()) if blocks else ([], [])
         moved = blocks[0].moved_aside if blocks else None
         return CampaignResult(plan.name, out, counts, summary, failures, moved)
 
@@ -161,9 +161,11 @@ def _run_on_ray(plan: CampaignPlan, out: str, address: str | None, reporter: Rep
     finally:
         if started_ray:
             ray.shutdown()
-    summary, failures = summarize(out)
+    labels = plan.labels()
+    summary, failures = summarize(out, labels)
     named = {f["run_id"] for f in unstored}
-    failures = [f for f in failures if f["run_id"] not in named] + unstored
+    failures = [f for f in failures if f["run_id"] not in named] + [
+        {**f, "label": labels[f["experiment_id"]]} for f in unstored]
     counts = {
         "planned": len(plan.runs),
         "skipped_done": len(plan.runs) - len(pending),

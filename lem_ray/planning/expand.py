@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lem_ray.backends.registry import BACKEND_NAMES, options_class
+from lem_ray.backend_table import BACKEND_NAMES
+from lem_ray.backends.registry import options_class
 from lem_ray.config.campaign import CampaignConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.config.limits import MAX_EXPERIMENTS

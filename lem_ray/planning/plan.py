@@ -22,6 +22,7 @@ from lem_ray.planning.order import order_runs
 from lem_ray.planning.positions import check_positions
 from lem_ray.planning.prompts import load_prompts
 from lem_ray.records import RunKey
+from lem_ray.results.labels import experiment_labels
 
 
 @dataclass
@@ -49,6 +50,11 @@ class CampaignPlan:
     def experiment(self, experiment_id: str) -> PlannedExperiment:
         """By id, in constant time: the dispatcher asks for every run of a 50,000-run plan."""
         return self._by_id[experiment_id]
+
+    def labels(self) -> dict[str, str]:
+        """Experiment id -> what sets it apart among the plan's experiments: its one name in
+        the dry run, the live run lines and the end-of-campaign table."""
+        return experiment_labels((e.experiment_id, e.config) for e in self.experiments)
 
     def results_dir(self, override: str | Path | None = None) -> Path | str:
         """Relative to the working directory, like any command-line output path; a URI
@@ -126,12 +132,14 @@ class CampaignPlan:
 
     def to_json(self) -> dict[str, Any]:
         """The plan for `--dry-run --json`."""
+        labels = self.labels()
         return {
             "campaign_name": self.name,
             "campaign": self.campaign.model_dump(mode="json"),
             "experiments": [
                 {
                     "experiment_id": e.experiment_id,
+                    "label": labels[e.experiment_id],
                     "backend": e.backend,
                     "config": e.config.model_dump(mode="json"),
                     "engine_args": engine_args(e.config),

@@ -1,16 +1,20 @@
-"""How the report names its groups, and the batch-size plot its lines: by what differs between
-them, in the words a reader uses (`batch 16 · 2 GPUs · bf16 · torch_compile=reduce-overhead`)."""
+"""How an experiment is named wherever it is shown (the `--dry-run` table, the live run lines,
+the end-of-campaign table, the report and its HTML), and the batch-size plot its lines: by what
+differs between them, in the words a reader uses
+(`batch 16 · 2 GPUs · bf16 · torch_compile=reduce-overhead`)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lem_ray.backend_table import BACKEND_NAMES, BATCH_KEYS
+
+if TYPE_CHECKING:
+    from lem_ray.config.experiment import ExperimentConfig
 
 PRECISION_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
-# Each backend's section of config_json; its keys read without the section's name in a label.
-BACKEND_SECTIONS = ("pytorch", "vllm", "tensorrt")
-# The batch size as each backend's section names it.
-BACKEND_BATCH_KEYS = frozenset({"pytorch.batch_size", "vllm.max_num_seqs", "tensorrt.max_batch_size"})
 # The engine and runtime settings outside the backend's section: a line of the batch-size plot
 # is one value of each of these and of every option of the backend's section.
 ENGINE_COLUMNS = ("model_name", "backend", "load_format", "fp_precision", "gpus_per_experiment")
@@ -19,10 +23,12 @@ LABEL_ORDER = ("model_name", "backend", "batch_size", "gpus_per_experiment", "fp
 
 
 def hashable(value: Any) -> Any:
+    """A list from config_json as a tuple, so that it can key a group."""
     return tuple(value) if isinstance(value, list) else value
 
 
 def value_text(value: Any) -> str:
+    """A value as a label shows it: null for None, a tuple's items joined by commas."""
     if value is None:
         return "null"
     if isinstance(value, tuple):
@@ -52,7 +58,7 @@ def _config(run: dict[str, Any]) -> dict[str, Any]:
 def _part(key: str, value: Any) -> str:
     """One key's value as a reader says it: `batch 16`, `2 GPUs`, `bf16`, else key=value
     (a backend option without its section: `torch_compile=reduce-overhead`)."""
-    if key == "batch_size" or key in BACKEND_BATCH_KEYS:
+    if key == "batch_size" or key in BATCH_KEYS:
         return f"batch {value_text(value)}"
     if key == "gpus_per_experiment":
         return f"{value} GPU" + ("" if value == 1 else "s")
@@ -60,8 +66,7 @@ def _part(key: str, value: Any) -> str:
         return PRECISION_SHORT.get(value, value_text(value))
     if key in ("backend", "model_name"):
         return value_text(value)
-    section, _, option = key.partition(".")
-    return f"{option if section in BACKEND_SECTIONS and option else key}={value_text(value)}"
+    return f"{key.partition('.')[2] if _in_backend_section(key) else key}={value_text(value)}"
 
 
 def _shared(bucket: list[dict[str, Any]]) -> dict[str, Any]:
@@ -75,11 +80,24 @@ def _shared(bucket: list[dict[str, Any]]) -> dict[str, Any]:
     return common
 
 
+def _in_backend_section(key: str) -> bool:
+    section, dot, _ = key.partition(".")
+    return bool(dot) and section in BACKEND_NAMES
+
+
+def _varies(key: str, shared: list[dict[str, Any]]) -> bool:
+    """A backend's option varies when it differs between the groups of that backend: in a
+    campaign of several backends, every pytorch option is absent from the vLLM groups, and
+    the backend already names that difference."""
+    having = [c for c in shared if key in c] if _in_backend_section(key) else shared
+    return len({value_text(c.get(key)) for c in having}) > 1
+
+
 def _by_difference(shared: list[dict[str, Any]]) -> list[str]:
     keys = sorted({k for common in shared for k in common})
-    varying = [k for k in keys if len({value_text(c.get(k)) for c in shared}) > 1]
+    varying = [k for k in keys if _varies(k, shared)]
     if "batch_size" in varying:
-        varying = [k for k in varying if k not in BACKEND_BATCH_KEYS]
+        varying = [k for k in varying if k not in BATCH_KEYS]
     ordered = [k for k in LABEL_ORDER if k in varying] + [k for k in varying if k not in LABEL_ORDER]
     labels = [" · ".join(_part(k, c[k]) for k in ordered if k in c) for c in shared]
     return labels if len(shared) > 1 and all(labels) else [
@@ -92,6 +110,23 @@ def group_labels(buckets: list[list[dict[str, Any]]]) -> list[str]:
     return _by_difference([_shared(bucket) for bucket in buckets])
 
 
+def label_row(config: ExperimentConfig) -> dict[str, Any]:
+    """The columns of an experiments-table row that its label is read from, before any run:
+    a planned experiment is named as its rows will be."""
+    return {"config_json": config.model_dump_json(),
+            "batch_size": config.backend_options.concurrency,
+            "gpus_per_experiment": config.gpus_per_experiment}
+
+
+def experiment_labels(experiments: Iterable[tuple[str, ExperimentConfig]]) -> dict[str, str]:
+    """(experiment id, config) pairs -> each experiment's label among them: the name the dry
+    run, the live lines and the end-of-campaign table give it, and `lem-ray report` (grouping
+    by experiment) gives it from the rows of the same experiments."""
+    pairs = list(experiments)
+    labels = group_labels([[label_row(config)] for _, config in pairs])
+    return {experiment_id: label for (experiment_id, _), label in zip(pairs, labels, strict=True)}
+
+
 def engine_keys(runs: list[dict[str, Any]]) -> list[str]:
     """The options of the runs' backend sections that differ between runs (the fast path's
     pytorch.torch_compile and cache_implementation, vllm.enforce_eager, ...), batch sizes apart."""
@@ -99,7 +134,7 @@ def engine_keys(runs: list[dict[str, Any]]) -> list[str]:
     for run in runs:
         section = run.get("backend")
         for key, value in _config(run).items():
-            if section and key.startswith(f"{section}.") and key not in BACKEND_BATCH_KEYS:
+            if section and key.startswith(f"{section}.") and key not in BATCH_KEYS:
                 seen.setdefault(key, set()).add(value_text(value))
     return sorted(k for k, values in seen.items() if len(values) > 1)
 
@@ -108,6 +143,6 @@ def series_labels(buckets: list[list[dict[str, Any]]], keys: Sequence[str]) -> l
     """Name each group's line on the batch-size plot by the settings among `keys` that differ
     between lines (never the batch size: it is the x axis); with one line, by model, backend,
     GPUs and precision."""
-    wanted = set(keys) - BACKEND_BATCH_KEYS - {"batch_size"}
+    wanted = set(keys) - BATCH_KEYS - {"batch_size"}
     return _by_difference([{k: v for k, v in _shared(bucket).items() if k in wanted}
                            for bucket in buckets])
