@@ -106,8 +106,6 @@ def bare_eager(batch: int, reps: int, timer: bool) -> list[float]:
 
 def bare_fast(batch: int, reps: int) -> dict[str, Any]:
     """lem-ray's PyTorch backend with the compiled loop, called directly (no Ray, no worker)."""
-    import torch
-
     from lem_ray.backends.base import DeviceInfo
     from lem_ray.backends.pytorch.backend import PyTorchBackend
     from lem_ray.config.experiment import ExperimentConfig
@@ -140,8 +138,6 @@ def actor_variants(reps: int) -> dict[str, list[float]]:
     class Probe:
         def run(self, setting: str) -> list[float]:
             import sys as _sys
-
-            import torch
 
             if setting == "child_process":
                 import subprocess

@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,9 +41,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lem_ray.records import RunKey
 from lem_ray.results.compact import compact
 from lem_ray.results.journal import ManifestStore
-from lem_ray.records import RunKey
 from lem_ray.results.manifest import load_manifest, new_entry
 from lem_ray.results.schema import TABLES
 from lem_ray.results.store import write_rows

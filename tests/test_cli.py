@@ -219,8 +219,8 @@ def test_live_lines_name_runs_by_what_sets_them_apart(capsys: pytest.CaptureFixt
     from lem_ray.cli.common import console
     from lem_ray.cli.render import LiveProgress
     from lem_ray.execution.dispatch import Progress
-    from lem_ray.results.rows import RunRows
     from lem_ray.planning.plan import plan_campaign
+    from lem_ray.results.rows import RunRows
 
     plan = plan_campaign({"campaign_name": "paths", "base": {**TINY_BASE, "backend": "pytorch"}, "experiments": [
         {"pytorch": {"batch_size": 2}},

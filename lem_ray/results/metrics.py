@@ -6,7 +6,8 @@ are lem_ray/measure/energy.py's.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 

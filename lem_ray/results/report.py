@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +28,7 @@ from lem_ray.results.labels import (
     series_labels,
     value_text,
 )
-from lem_ray.results.schema import BOOL, EXPERIMENTS, STR, STRS, I64, F64
+from lem_ray.results.schema import BOOL, EXPERIMENTS, F64, I64, STR, STRS
 
 METRICS = (
     "energy_j_per_output_token",

@@ -5,7 +5,7 @@ What is derived from them (baseline adjustment, splits, ratios) is lem_ray/measu
 from __future__ import annotations
 
 import bisect
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def counter_delta_j(start_mj: int, end_mj: int) -> float:
