@@ -87,6 +87,7 @@ class Meter:
 
     @property
     def gpu_uuids(self) -> list[str]:
+        """Which GPUs the figures cover (NVML UUIDs), for a notebook to record beside them."""
         return self.sampler.gpu_uuids
 
     def prepare(self) -> GpuConditions:
