@@ -44,6 +44,8 @@ figure { margin: 12px 0; }
 
 @dataclass(frozen=True)
 class Plot:
+    """One figure of the report, embedded in the page as a PNG, so the file stands alone."""
+
     heading: str
     caption: str
     png: bytes
@@ -60,6 +62,7 @@ def _metric_cell(group: dict[str, Any], metric: str) -> str:
 
 
 def summary_table(report: Report, metrics: list[str]) -> str:
+    """One row per group; a group with failed, invalid or too-variable runs is flagged."""
     head = ["group", "backend", "precision", "batch", "runs ok", "invalid", "failed", "cycle CV"]
     head += [METRIC_TITLES[m] for m in metrics]
     lines = ['<div class="wide"><table>',
@@ -92,6 +95,7 @@ def summary_tables(report: Report) -> str:
 
 
 def excluded_table(report: Report) -> str:
+    """The runs left out of the figures and why, so none is dropped unseen."""
     if not report.excluded:
         return '<p class="note">No failed or invalid runs.</p>'
     head = ("group", "run_id", "attempt", "status", "reason")

@@ -118,9 +118,11 @@ class Report:
 
     @property
     def energy_measured(self) -> bool:
+        """Whether any group has an energy figure: without one, the report says why."""
         return any(g["energy_j_per_output_token_n"] for g in self.groups)
 
     def table(self) -> pa.Table:
+        """The groups as the summary table written beside the report."""
         return pa.Table.from_pylist(self.groups, schema=SUMMARY)
 
 
@@ -172,6 +174,8 @@ def group_values(runs: list[dict[str, Any]], keys: Sequence[str]) -> list[tuple[
 
 
 def group_label(keys: Sequence[str], values: Sequence[Any]) -> str:
+    """A group's name in the report: the value alone under the default grouping, else
+    key=value pairs."""
     if tuple(keys) == DEFAULT_GROUP_BY:
         return value_text(values[0])
     return ", ".join(f"{k}={value_text(v)}" for k, v in zip(keys, values))

@@ -70,6 +70,7 @@ class RunRows:
 
     @property
     def ok(self) -> bool:
+        """Whether the run succeeded: only then are its figures counted."""
         return self.experiment["status"] == "ok"
 
 
@@ -354,6 +355,7 @@ def ok_rows(
     started_at: datetime,
     runtime_env_json: str | None,
 ) -> RunRows:
+    """A finished run's rows: everything measured, with the conditions it was measured in."""
     records = result.records
     req = request_metrics(records, result.duration_s)
     baselines = {key: Baseline.of(entry) for key, entry in conditions.baselines.items()}
