@@ -159,7 +159,8 @@ def group_values(runs: list[dict[str, Any]], keys: Sequence[str]) -> list[tuple[
         if not any(ok for ok, _ in found):
             raise ConfigError(
                 f"unknown key {key!r}: neither a column of the experiments table nor a key of "
-                "config_json (e.g. batch_size, fp_precision, pytorch.batch_size, decoder.temperature)",
+                "config_json (e.g. batch_size, fp_precision, pytorch.batch_size, "
+                "decoder.temperature)",
                 path="--group-by",
             )
         section = next((v for _, v in found if isinstance(v, dict)), None)
@@ -362,8 +363,9 @@ def cell_lines(group: dict[str, Any], metric: str) -> list[str]:
     std = group[f"{metric}_std"]
     if std is not None and abs(std) <= ROUNDING * abs(group[f"{metric}_mean"]):
         std = 0.0  # equal values whose mean rounded: 2.8e-17 would read as a spread
+    ci_low, ci_high = group[f"{metric}_ci_low"], group[f"{metric}_ci_high"]
     return [f"{mean} ± {format_number(std, 2)}",
-            f"[{format_number(group[f'{metric}_ci_low'])}, {format_number(group[f'{metric}_ci_high'])}]",
+            f"[{format_number(ci_low)}, {format_number(ci_high)}]",
             f"n={n}"]
 
 

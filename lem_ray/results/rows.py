@@ -196,7 +196,8 @@ def _energy_columns(result: RunResult, baseline: dict[str, Any]) -> dict[str, An
         **energy.ratios(),
         "energy_source": window.source,
         "energy_unavailable_reason": window.unavailable_reason,
-        "energy_by_gpu_json": json.dumps(window.energy_by_gpu_j) if window.energy_by_gpu_j else None,
+        "energy_by_gpu_json": (
+            json.dumps(window.energy_by_gpu_j) if window.energy_by_gpu_j else None),
         "energy_integrated_j": window.integrated_energy_j,
         "energy_methods_gap": energy_methods_gap(window.energy_j, window.integrated_energy_j,
                                                  window.source, SOURCE_COUNTER),
