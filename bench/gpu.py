@@ -33,7 +33,8 @@ from typing import Any
 
 TOKENS = 128
 BASE: dict[str, Any] = {
-    "model_name": "builtin:llama-1b", "load_format": "dummy", "backend": "pytorch", "fp_precision": "bfloat16",
+    "model_name": "builtin:llama-1b", "load_format": "dummy", "backend": "pytorch",
+    "fp_precision": "bfloat16",
     "max_input_tokens": TOKENS, "max_output_tokens": TOKENS, "min_output_tokens": TOKENS,
 }
 FAST = {"cache_implementation": "static", "torch_compile": "reduce-overhead"}
@@ -106,8 +107,6 @@ def bare_eager(batch: int, reps: int, timer: bool) -> list[float]:
 
 def bare_fast(batch: int, reps: int) -> dict[str, Any]:
     """lem-ray's PyTorch backend with the compiled loop, called directly (no Ray, no worker)."""
-    import torch
-
     from lem_ray.backends.base import DeviceInfo
     from lem_ray.backends.pytorch.backend import PyTorchBackend
     from lem_ray.config.experiment import ExperimentConfig
@@ -140,8 +139,6 @@ def actor_variants(reps: int) -> dict[str, list[float]]:
     class Probe:
         def run(self, setting: str) -> list[float]:
             import sys as _sys
-
-            import torch
 
             if setting == "child_process":
                 import subprocess
@@ -241,7 +238,8 @@ def main() -> None:
                         help="target measured window of each run of the CV table")
     parser.add_argument("--cycles", type=int, default=3, help="cycles of the CV table")
     parser.add_argument("--keep-results", metavar="DIR",
-                        help="keep each campaign's results under DIR/<campaign> (for lem-ray status/report)")
+                        help="keep each campaign's results under DIR/<campaign> "
+                             "(for lem-ray status/report)")
     parser.add_argument("--path", choices=("both", "fast", "eager", "none"), default="both",
                         help="which decode path the lem-ray runs and the bare loops cover (the "
                              "actor probe is eager): a 600 s call fits one path with --no-cv; "
@@ -286,7 +284,8 @@ def main() -> None:
          "prompts": _prompts(count_for(FAST_TOK_S[16], 16, 6))},
     ]
     if args.path != "both":
-        compare = [c for c in compare if bool(c["pytorch"].get("torch_compile")) == (args.path == "fast")
+        compare = [c for c in compare
+                   if bool(c["pytorch"].get("torch_compile")) == (args.path == "fast")
                    and args.path != "none"]
     RESULTS["lem_ray_compare"] = campaign("bench-compare", compare, 1) if compare else []
     save()
@@ -381,7 +380,8 @@ def ratios(rows: list[dict[str, Any]], bare: dict[str, Any]) -> dict[str, Any]:
 
 
 def cycle_table(window_s: float, cycles: int) -> dict[int, Any]:
-    runs = [{"pytorch": {"batch_size": b, **FAST}, "prompts": _prompts(count_for(FAST_TOK_S[b], b, window_s))}
+    runs = [{"pytorch": {"batch_size": b, **FAST},
+             "prompts": _prompts(count_for(FAST_TOK_S[b], b, window_s))}
             for b in CV_BATCHES]
     rows = campaign("bench-cv", runs, cycles)
     table = {}
@@ -423,7 +423,8 @@ def print_summary() -> None:
             fast = "fast" if r["pytorch"].get("torch_compile") else "eager"
             name = f"{fast}_b{r['batch_size']}"
             ratio = RESULTS.get("ratio_to_bare", {}).get(name)
-            print(f"| {name} | {_n(r['throughput_tok_s'])} | {_n(ratio, 3)} | {_n(r['engine_load_s'], 1)} | "
+            print(f"| {name} | {_n(r['throughput_tok_s'])} | {_n(ratio, 3)} "
+                  f"| {_n(r['engine_load_s'], 1)} | "
                   f"{r['warmup_steps']} | {_n(r['warmup_s'], 1)} | {r['warmup_converged']} | "
                   f"{_n(r['warmup_final_cv'], 3)} | {r['timing_method']} | {r['valid']} |")
     table = RESULTS.get("cv")
@@ -432,7 +433,8 @@ def print_summary() -> None:
               "|---|---|---|---|---|---|---|")
         for batch, t in table.items():
             print(f"| {batch} | {t['cycles']} | {', '.join(_n(w, 1) for w in t['window_s'])} | "
-                  f"{', '.join(_n(x) for x in t['tok_s'])} | {', '.join(_n(x, 4) for x in t['j_per_tok'])} | "
+                  f"{', '.join(_n(x) for x in t['tok_s'])} | "
+                  f"{', '.join(_n(x, 4) for x in t['j_per_tok'])} | "
                   f"{_pct(t['cv_tok_s'])} | {_pct(t['cv_j_per_tok'])} |")
     print(f"\nload on 2 GPUs: {RESULTS.get('load_2gpu_s')}")
     if isinstance(RESULTS.get("actor"), dict):

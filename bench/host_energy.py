@@ -42,8 +42,9 @@ VLLM_SEQS = 32
 BATCHES = (1, 32)
 BASELINE_S = 10.0
 STARTED = time.perf_counter()
-ROW_KEYS = ("backend", "batch_size", "status", "error", "num_requests", "output_tokens", "energy_window_s",
-            "energy_j", "energy_unavailable_reason", "energy_integrated_j", "energy_methods_gap",
+ROW_KEYS = ("backend", "batch_size", "status", "error", "num_requests", "output_tokens",
+            "energy_window_s", "energy_j", "energy_unavailable_reason", "energy_integrated_j",
+            "energy_methods_gap",
             "cpu_energy_j", "dram_energy_j", "host_energy_j", "host_energy_source",
             "host_energy_unavailable_reason", "host_baseline_power_w", "host_energy_adjusted_j",
             "host_shared_by_runs", "baseline_power_w", "energy_adjusted_j",
@@ -99,7 +100,8 @@ def run(window_s: float, results_dir: str, vllm: bool) -> dict[str, Any]:
     from lem_ray.execution.driver import run_campaign
     from lem_ray.results.store import read_table
 
-    experiments = [{"pytorch": {"batch_size": b}, "prompts": prompts_for(b, window_s, EAGER_TOK_S[b])}
+    experiments = [{"pytorch": {"batch_size": b},
+                    "prompts": prompts_for(b, window_s, EAGER_TOK_S[b])}
                    for b in BATCHES]
     if vllm:
         experiments.append({"backend": "vllm", "vllm": {"max_num_seqs": VLLM_SEQS},
@@ -169,10 +171,12 @@ def print_summary(results: dict[str, Any]) -> None:
     for r in results["runs"]:
         share = r["host_share_of_total"]
         check = r["per_request"]
-        print(f"{r['backend']} batch {r['batch_size']}: GPU {r['energy_j']} J, host {r['host_energy_j']} J "
+        print(f"{r['backend']} batch {r['batch_size']}: GPU {r['energy_j']} J, "
+              f"host {r['host_energy_j']} J "
               f"(cpu {r['cpu_energy_j']}, dram {r['dram_energy_j']}), host share "
               f"{'-' if share is None else f'{share:.1%}'}"
-              + (f" [{r['host_energy_unavailable_reason']}]" if r["host_energy_unavailable_reason"] else "")
+              + (f" [{r['host_energy_unavailable_reason']}]"
+                 if r["host_energy_unavailable_reason"] else "")
               + f"; gap {r['energy_methods_gap']}; requests ({', '.join(check['attribution'])}) "
               f"sum {check['sum_request_energy_j']} J vs window {check['window_energy_j']} J")
 

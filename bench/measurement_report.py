@@ -50,7 +50,8 @@ def main(results_dir: Path) -> None:
     gpu = rows[0]["gpu_names"][0] if rows and rows[0]["gpu_names"] else "?"
     print(f"GPU: {gpu}; driver {rows[0]['driver_version'] if rows else '?'}\n")
     print("| batch | GPUs | cycle | window s | counter J | integrated J | integ. vs counter "
-          "| tok/s | J/out tok | adj. J/out tok | prefill J | decode J | idle W | sampler CPU | flags |")
+          "| tok/s | J/out tok | adj. J/out tok | prefill J | decode J | idle W | sampler CPU "
+          "| flags |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         cpu = r["sampler_cpu_s"] or 0.0
@@ -58,8 +59,10 @@ def main(results_dir: Path) -> None:
         print(f"| {r['batch_size']} | {r['gpus_per_experiment']} | {r['cycle']} "
               f"| {_f(r['energy_window_s'], '.2f')} | {_f(r['energy_j'], '.1f')} "
               f"| {_f(r['energy_integrated_j'], '.1f')} "
-              f"| {_pct(r['energy_integrated_j'], r['energy_j'])} | {_f(r['throughput_tok_s'], '.0f')} "
-              f"| {_f(r['energy_j_per_output_token'])} | {_f(r['energy_adjusted_j_per_output_token'])} "
+              f"| {_pct(r['energy_integrated_j'], r['energy_j'])} "
+              f"| {_f(r['throughput_tok_s'], '.0f')} "
+              f"| {_f(r['energy_j_per_output_token'])} "
+              f"| {_f(r['energy_adjusted_j_per_output_token'])} "
               f"| {_f(r['energy_prefill_j'], '.1f')} | {_f(r['energy_decode_j'], '.1f')} "
               f"| {_f(r['baseline_power_w'], '.1f')} "
               f"| {_f(cpu, '.2f')} s ({100 * cpu / wall:.2f}% of {wall:.0f} s) "
@@ -85,7 +88,8 @@ def main(results_dir: Path) -> None:
               f"| {'-' if cv is None else f'{100 * cv:.2f}%'} "
               f"| {_f(statistics.fmean(adj) if adj else None)} "
               f"| {_f(statistics.fmean(r['throughput_tok_s'] for r in runs), '.0f')} "
-              f"| {json.dumps({k: round(v, 1) for k, v in throttle.items()}) if throttle else '-'} |")
+              f"| {json.dumps({k: round(v, 1) for k, v in throttle.items()}) if throttle else '-'} "
+              "|")
 
 
 def smoke() -> None:

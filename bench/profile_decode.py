@@ -197,7 +197,8 @@ def fuse_projections(torch: Any, model: Any) -> None:
     class Fused(nn.Module):
         def __init__(self, linears: list[Any]) -> None:
             super().__init__()
-            self.weight = nn.Parameter(torch.cat([m.weight.data for m in linears]), requires_grad=False)
+            self.weight = nn.Parameter(torch.cat([m.weight.data for m in linears]),
+                                       requires_grad=False)
             self.sizes = [m.out_features for m in linears]
 
     class Part(nn.Module):
@@ -208,7 +209,8 @@ def fuse_projections(torch: Any, model: Any) -> None:
 
         def forward(self, x: Any) -> Any:
             if self.index == 0:
-                self.fused.parts = functional.linear(x, self.fused.weight).split(self.fused.sizes, dim=-1)
+                self.fused.parts = functional.linear(x, self.fused.weight).split(
+                    self.fused.sizes, dim=-1)
             return self.fused.parts[self.index]
 
     for layer in model.model.layers:
@@ -289,10 +291,9 @@ def main() -> None:
             entry["ttft_ms"] = round(ttft_ms, 2)
             if name == "default" and DEVICE != "cuda":
                 out["floors"] = "not measured: needs a GPU"
-            elif name == "default":
-                if "floors" not in out:
-                    out["floors"] = floors(torch, backend._model, args.batch)
-                    log("floors", json.dumps(out["floors"]))
+            elif name == "default" and "floors" not in out:
+                out["floors"] = floors(torch, backend._model, args.batch)
+                log("floors", json.dumps(out["floors"]))
             backend.release()
             del backend, loop, state
         except Exception as exc:

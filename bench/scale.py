@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,9 +41,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lem_ray.records import RunKey
 from lem_ray.results.compact import compact
 from lem_ray.results.journal import ManifestStore
-from lem_ray.records import RunKey
 from lem_ray.results.manifest import load_manifest, new_entry
 from lem_ray.results.schema import TABLES
 from lem_ray.results.store import write_rows
@@ -125,7 +124,8 @@ def bench_manifest(out: Path, n: int) -> dict[str, float]:
     for i, key in enumerate(k.run_id for k in keys):
         changes = [{"state": "running", "attempt": 1}]
         if i % 10 == 0:
-            changes += [{"state": "pending", "error": "worker died"}, {"state": "running", "attempt": 2}]
+            changes += [{"state": "pending", "error": "worker died"},
+                        {"state": "running", "attempt": 2}]
         changes.append({"state": "ok", "node_id": "node", "gpu_ids": ["0"]})
         for fields in changes:
             began = time.perf_counter()
@@ -186,7 +186,8 @@ def bench_dispatch(runs: int, nodes: int, gpus_per_node: int, work: Path) -> dic
         "base": {"model_name": "builtin:tiny-llama", "load_format": "dummy",
                  "fp_precision": "float32", "max_input_tokens": 8, "max_output_tokens": 1,
                  "min_output_tokens": 1, "warmup": {"mode": "fixed", "requests": 0},
-                 "prompts": {"source": "synthetic", "count": 1, "input_len": {"mean": 4, "std": 0}}},
+                 "prompts": {"source": "synthetic", "count": 1,
+                             "input_len": {"mean": 4, "std": 0}}},
         "grid": {"backends": ["pytorch"],
                  "shared": {"pytorch.batch_size": list(range(1, experiments + 1))}},
         "execution": {"cycles": CYCLES, "baseline": {"enabled": False},

@@ -88,13 +88,15 @@ class NvmlShapedGpu(DeviceReader):
 
     def sample(self) -> GpuSample:
         return GpuSample(t_s=self.node.t_s, power_w=self.power_instant_w(),
-                         temperature_c=self.gpu.temperature_c, sm_clock_mhz=1980, mem_clock_mhz=3201,
-                         memory_used_mib=2048.0, utilization_pct=100.0 if self.node.busy else 0.0,
+                         temperature_c=self.gpu.temperature_c, sm_clock_mhz=1980,
+                         mem_clock_mhz=3201, memory_used_mib=2048.0,
+                         utilization_pct=100.0 if self.node.busy else 0.0,
                          throttle_reasons=self.gpu.throttle_reasons)
 
     def environment(self) -> dict[str, Any]:
-        return {"uuid": self.uuid, "name": self.name, "power_limit_w": 700.0, "driver_version": "570.86",
-                "cuda_driver_version": "12.8", "mig_enabled": self.gpu.mig_enabled,
+        return {"uuid": self.uuid, "name": self.name, "power_limit_w": 700.0,
+                "driver_version": "570.86", "cuda_driver_version": "12.8",
+                "mig_enabled": self.gpu.mig_enabled,
                 "compute_process_pids": []}
 
     def compute_process_pids(self) -> list[int]:
@@ -131,16 +133,19 @@ class FakeEngine(Backend):
         if self.node.prepare_room is not None and self.node.live > self.node.prepare_room:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    def generate(self, prompts: list[str], max_output_tokens: int | None = None) -> list[RequestRecord]:
+    def generate(
+        self, prompts: list[str], max_output_tokens: int | None = None
+    ) -> list[RequestRecord]:
         most, _ = self.output_bounds(max_output_tokens)
         per_prompt_s = PREFILL_PROMPT_S if most == 1 else PROMPT_S
         records = []
         for i, prompt in enumerate(prompts):
             start_s = self.node.t_s
             self.node.work(per_prompt_s)
-            records.append(RequestRecord(index=i, input_tokens=len(prompt.split()), output_tokens=most,
-                                         e2e_ms=per_prompt_s * 1000, ttft_ms=per_prompt_s * 1000 / most,
-                                         itl_ms=[per_prompt_s * 1000 / most] * (most - 1), start_s=start_s))
+            records.append(RequestRecord(
+                index=i, input_tokens=len(prompt.split()), output_tokens=most,
+                e2e_ms=per_prompt_s * 1000, ttft_ms=per_prompt_s * 1000 / most,
+                itl_ms=[per_prompt_s * 1000 / most] * (most - 1), start_s=start_s))
         self.node.log.append(("generate", len(prompts)))
         return records
 
@@ -155,11 +160,13 @@ class FakeEngine(Backend):
         self._loaded = False
 
 
-PROMPTS = ["one two three", "four five six seven", "eight nine", "ten eleven twelve thirteen fourteen"]
+PROMPTS = ["one two three", "four five six seven", "eight nine",
+           "ten eleven twelve thirteen fourteen"]
 
 
 def two_gpus(**second: Any) -> Node:
-    return Node({UUIDS[0]: Gpu(idle_w=60.0, busy_w=300.0, counter_mj=8_123_456_789_000.0, temperature_c=45.0),
+    return Node({UUIDS[0]: Gpu(idle_w=60.0, busy_w=300.0, counter_mj=8_123_456_789_000.0,
+                               temperature_c=45.0),
                  UUIDS[1]: Gpu(idle_w=90.0, busy_w=500.0, counter_mj=77_000_000_000_000.0,
                                temperature_c=60.0, **second)})
 

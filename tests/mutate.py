@@ -25,9 +25,9 @@ import sys
 import tempfile
 import time
 import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,12 +66,14 @@ TARGETS = (
            ("tests/test_dispatch.py",)),
     Target("lem_ray/execution/writes.py", None, ("tests/test_dispatch.py",)),
     Target("lem_ray/results/ownership.py", None,
-           ("tests/test_ownership.py", "tests/test_hostile.py::test_another_campaigns_results_dir_is_refused")),
+           ("tests/test_ownership.py",
+            "tests/test_hostile.py::test_another_campaigns_results_dir_is_refused")),
     Target("lem_ray/results/summary.py", None,
            ("tests/test_report.py::test_summary_counts_only_the_valid_latest_cycles",
             "tests/test_renamed_columns.py")),
     Target("lem_ray/measure/warmup.py", None, ("tests/test_measurement.py",)),
-    Target("lem_ray/execution/engines.py", None, ("tests/test_engines.py", "tests/test_worker_heap.py")),
+    Target("lem_ray/execution/engines.py", None,
+           ("tests/test_engines.py", "tests/test_worker_heap.py")),
     Target("lem_ray/telemetry/sampler.py",
            ("EnergySampler._read_counters", "EnergySampler.begin", "EnergySampler.end",
             "EnergySampler._window_series", "EnergySampler._integrate"),
@@ -142,9 +144,9 @@ def _in_scope(tree: ast.Module, functions: tuple[str, ...] | None) -> set[int]:
         for node in body:
             if isinstance(node, ast.ClassDef):
                 visit(node.body, f"{prefix}{node.name}.")
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                if f"{prefix}{node.name}" in functions:
-                    scope.update(id(n) for n in ast.walk(node))
+            elif (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  and f"{prefix}{node.name}" in functions):
+                scope.update(id(n) for n in ast.walk(node))
 
     visit(tree.body, "")
     return scope
@@ -154,10 +156,12 @@ def _mutations(node: ast.AST) -> Iterator[tuple[str, str, Callable[[ast.AST], No
     """(kind, description, apply) for each breakage of this one node."""
     if isinstance(node, ast.BinOp) and type(node.op) in SWAP_BINOP:
         new = SWAP_BINOP[type(node.op)]
-        yield "binop", f"{type(node.op).__name__} -> {new.__name__}", lambda n: setattr(n, "op", new())
+        yield ("binop", f"{type(node.op).__name__} -> {new.__name__}",
+               lambda n: setattr(n, "op", new()))
     if isinstance(node, ast.AugAssign) and type(node.op) in SWAP_BINOP:
         new = SWAP_BINOP[type(node.op)]
-        yield "augassign", f"{type(node.op).__name__}= -> {new.__name__}=", lambda n: setattr(n, "op", new())
+        yield ("augassign", f"{type(node.op).__name__}= -> {new.__name__}=",
+               lambda n: setattr(n, "op", new()))
     if isinstance(node, ast.Compare):
         for i, op in enumerate(node.ops):
             if type(op) in SWAP_CMP:
@@ -168,24 +172,30 @@ def _mutations(node: ast.AST) -> Iterator[tuple[str, str, Callable[[ast.AST], No
                 yield "compare", f"{type(op).__name__} -> {new.__name__}", swap
     if isinstance(node, ast.BoolOp):
         new = ast.Or if isinstance(node.op, ast.And) else ast.And
-        yield "boolop", f"{type(node.op).__name__} -> {new.__name__}", lambda n: setattr(n, "op", new())
+        yield ("boolop", f"{type(node.op).__name__} -> {new.__name__}",
+               lambda n: setattr(n, "op", new()))
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)):
         yield "unary", f"drop {type(node.op).__name__}", lambda n: setattr(n, "op", ast.UAdd())
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float) and not isinstance(node.value, bool):
-        yield "number", f"{node.value!r} -> {node.value + 1!r}", lambda n: setattr(n, "value", n.value + 1)
+    if (isinstance(node, ast.Constant) and type(node.value) in (int, float)
+            and not isinstance(node.value, bool)):
+        yield ("number", f"{node.value!r} -> {node.value + 1!r}",
+               lambda n: setattr(n, "value", n.value + 1))
     if isinstance(node, ast.Constant) and isinstance(node.value, bool):
-        yield "bool", f"{node.value} -> {not node.value}", lambda n: setattr(n, "value", not n.value)
+        yield ("bool", f"{node.value} -> {not node.value}",
+               lambda n: setattr(n, "value", not n.value))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in SWAP_NAME:
         new_name = SWAP_NAME[node.func.id]
         yield "call", f"{node.func.id}() -> {new_name}()", lambda n: setattr(n.func, "id", new_name)
     if isinstance(node, ast.If):
-        yield "if", "condition negated", lambda n: setattr(n, "test", ast.UnaryOp(ast.Not(), n.test))
+        yield ("if", "condition negated",
+               lambda n: setattr(n, "test", ast.UnaryOp(ast.Not(), n.test)))
     if isinstance(node, ast.Return) and node.value is not None and not (
             isinstance(node.value, ast.Constant) and node.value.value is None):
         yield "return", "returns None", lambda n: setattr(n, "value", ast.Constant(None))
     if isinstance(node, (ast.Break, ast.Continue)):
         other = ast.Continue if isinstance(node, ast.Break) else ast.Break
-        yield "loop", f"{type(node).__name__} -> {other.__name__}", lambda n: setattr(n, "__class__", other)
+        yield ("loop", f"{type(node).__name__} -> {other.__name__}",
+               lambda n: setattr(n, "__class__", other))
 
 
 def _walk(tree: ast.AST) -> list[ast.AST]:
@@ -223,7 +233,7 @@ def _swap_in(module_name: str, source: str) -> None:
     in place (so `from module import f` elsewhere sees the mutant too), other globals rebound."""
     module = importlib.import_module(module_name)
     fresh: dict = {"__name__": module_name, "__file__": module.__file__}
-    exec(compile(source, module.__file__, "exec"), fresh)  # noqa: S102 - the mutant under test
+    exec(compile(source, module.__file__, "exec"), fresh)
 
     def patch(old: object, new: object) -> bool:
         if isinstance(old, types.FunctionType) and isinstance(new, types.FunctionType):
@@ -264,8 +274,9 @@ def run_tests(target: Target, source: str | None, timeout_s: float) -> tuple[str
                 os.dup2(log.fileno(), 2)
                 if source is not None:
                     _swap_in(_module_name(target.path), source)
-                code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow and not gpu",
-                                    "-k", WALL_CLOCK_TESTS, "-o", "addopts=", "--rootdir", str(ROOT),
+                code = pytest.main(["-x", "-q", "-p", "no:cacheprovider",
+                                    "-m", "not slow and not gpu", "-k", WALL_CLOCK_TESTS,
+                                    "-o", "addopts=", "--rootdir", str(ROOT),
                                     *(str(ROOT / t) for t in target.tests)])
             finally:
                 sys.stdout.flush()
@@ -321,7 +332,8 @@ def main() -> int:
         started = time.monotonic()
         baseline, output = run_tests(target, None, 600)
         if baseline != "passed":
-            print(f"{target.path}: its tests fail without any mutant ({baseline}); fix that first:\n{output}")
+            print(f"{target.path}: its tests fail without any mutant ({baseline}); "
+                  f"fix that first:\n{output}")
             return 1
         timeout_s = max(20.0, 5 * (time.monotonic() - started))
         for m in (m for m in every if m.target == target):
@@ -331,7 +343,8 @@ def main() -> int:
                        if line.startswith(("FAILED ", "ERROR "))), result)
             outcomes.append({"path": m.target.path, "line": m.line, "kind": m.kind,
                              "mutation": m.description, "outcome": outcome, "by": by})
-            print(f"{outcome:8} {m.target.path}:{m.line} {m.kind}: {m.description}  [{by}]", flush=True)
+            print(f"{outcome:8} {m.target.path}:{m.line} {m.kind}: {m.description}  [{by}]",
+                  flush=True)
         after, output = run_tests(target, None, 600)
         if after != "passed":
             print(f"{target.path}: its tests fail after the run without any mutant ({after}): "
@@ -343,7 +356,8 @@ def main() -> int:
     for target in targets:
         mine = [o for o in outcomes if o["path"] == target.path]
         survived = sum(o["outcome"] == "survived" for o in mine)
-        print(f"{target.path}: {len(mine)} mutants, {len(mine) - survived} killed, {survived} survived")
+        print(f"{target.path}: {len(mine)} mutants, {len(mine) - survived} killed, "
+              f"{survived} survived")
     survived = sum(o["outcome"] == "survived" for o in outcomes)
     print(f"total: {len(outcomes)} mutants, {len(outcomes) - survived} killed, {survived} survived")
     return 0

@@ -73,7 +73,8 @@ def test_host_energy_smoke(tmp_path: Path) -> None:
     found = json.loads(out.read_text())
     host = found["host_counters"]
     assert bool(host["zones"]) != bool(host["reason"]), "readable zones, or why none"
-    assert [(r["backend"], r["batch_size"]) for r in found["runs"]] == [("pytorch", 1), ("pytorch", 32)]
+    assert [(r["backend"], r["batch_size"]) for r in found["runs"]] == [
+        ("pytorch", 1), ("pytorch", 32)]
     for run in found["runs"]:
         assert run["status"] == "ok" and run["host_shared_by_runs"] == 0, "one run at a time"
         if run["host_energy_j"] is None:

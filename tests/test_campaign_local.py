@@ -89,5 +89,6 @@ def test_campaign_tables_and_rerun(local_ray, tmp_path: Path) -> None:
     assert len(rerun.summary) == 2 and all(s["cycles_ok"] == 2 for s in rerun.summary)
     assert len(rerun.failures) == 2, "the latest attempt of each failed run"
     assert all(f["attempt"] == 2 and f["reason"].startswith("OSError") for f in rerun.failures)
-    assert {f["label"] for f in rerun.failures} == {"/nonexistent/model · batch 1 · load_format=auto"}, \
-        "a failed run is named as its live line named it"
+    assert {f["label"] for f in rerun.failures} == {
+        "/nonexistent/model · batch 1 · load_format=auto"}, (
+        "a failed run is named as its live line named it")

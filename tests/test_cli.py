@@ -219,13 +219,15 @@ def test_live_lines_name_runs_by_what_sets_them_apart(capsys: pytest.CaptureFixt
     from lem_ray.cli.common import console
     from lem_ray.cli.render import LiveProgress
     from lem_ray.execution.dispatch import Progress
-    from lem_ray.results.rows import RunRows
     from lem_ray.planning.plan import plan_campaign
+    from lem_ray.results.rows import RunRows
 
-    plan = plan_campaign({"campaign_name": "paths", "base": {**TINY_BASE, "backend": "pytorch"}, "experiments": [
+    experiments = [
         {"pytorch": {"batch_size": 2}},
         {"pytorch": {"batch_size": 2, "torch_compile": "reduce-overhead",
-                     "cache_implementation": "static"}}]})
+                     "cache_implementation": "static"}}]
+    plan = plan_campaign({"campaign_name": "paths", "base": {**TINY_BASE, "backend": "pytorch"},
+                          "experiments": experiments})
     labels = plan.labels()
     eager, fast = (labels[e.experiment_id] for e in plan.experiments)
     assert "torch_compile=null" in eager and "torch_compile=reduce-overhead" in fast
@@ -234,7 +236,8 @@ def test_live_lines_name_runs_by_what_sets_them_apart(capsys: pytest.CaptureFixt
            "error": None, "throughput_tok_s": 5.0, "energy_j_per_output_token": None}
     with LiveProgress(console(stderr=True), total=1, labels=labels) as live:
         live(Progress(total=1, done=1), RunRows(row))
-    assert f"{row['experiment_id']} c1 a1 {fast}: 5 tok/s" in " ".join(capsys.readouterr().err.split())
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{row['experiment_id']} c1 a1 {fast}: 5 tok/s" in err
 
 
 # Batch 1 three ways: eager decode, eager over a static cache, and the compiled fast path.

@@ -16,9 +16,9 @@ import lem_ray.execution.writes as writes
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.execution.dispatch import Dispatcher, Progress, RunTask
-from lem_ray.results.rows import RunRows, failed_rows
 from lem_ray.execution.writes import RowWriter
 from lem_ray.records import RunAttempt, RunKey
+from lem_ray.results.rows import RunRows, failed_rows
 from tests.conftest import TINY_BASE
 
 CONFIG = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch"})

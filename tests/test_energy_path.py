@@ -90,8 +90,8 @@ def run_on_node(node: Node, execution: ExecutionConfig,
                 **fields: Any) -> dict[str, Any]:
     """The real worker's run and sampler on the node, then the real ok_rows."""
     worker = worker_on_node(node, engine, edges_only)
-    config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch", "gpus_per_experiment": 2,
-                                              **fields})
+    config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch",
+                                              "gpus_per_experiment": 2, **fields})
     # The campaign's record: `baselines` what it already holds; the runs it knows active.
     record = record or CampaignRecord()
     record.put(baselines or {})
@@ -119,7 +119,8 @@ def test_two_gpu_run_figures_by_hand() -> None:
     assert row["energy_warmup_j"] == pytest.approx(0.5 * 800.0)
     assert row["energy_window_s"] == 1.0 and row["energy_source"] == "nvml_counter"
     assert row["energy_j"] == pytest.approx(800.0)
-    assert json.loads(row["energy_by_gpu_json"]) == pytest.approx({UUIDS[0]: 300.0, UUIDS[1]: 500.0})
+    assert json.loads(row["energy_by_gpu_json"]) == pytest.approx(
+        {UUIDS[0]: 300.0, UUIDS[1]: 500.0})
     # the idle baseline is the sum over both GPUs, and so is the power limit
     assert row["baseline_power_w"] == pytest.approx(60.0 + 90.0)
     assert row["energy_adjusted_j"] == pytest.approx(800.0 - 150.0 * 1.0)
@@ -167,25 +168,29 @@ def test_hot_and_throttled_second_gpu_is_flagged() -> None:
     assert row["validity_flags"] == ["throttled"] and row["valid"] is False
     # GPU 2's samples on the window's edges, 0.1 s apiece: the clock stands still between
     # windows, so the warmup's end and the prefill's begin samples fall on the edges too
-    assert json.loads(row["throttle_s_json"]) == pytest.approx({"gpu_idle": 0.4, "hw_slowdown": 0.4})
+    assert json.loads(row["throttle_s_json"]) == pytest.approx(
+        {"gpu_idle": 0.4, "hw_slowdown": 0.4})
     hot = run_on_node(two_gpus(heats_c_per_s=8.0), execution(temperature_max_c=70.0),
                       baselines={}, edges_only=True)["row"]
     assert hot["validity_flags"] == ["temperature_out_of_range"]
     mig = run_on_node(two_gpus(mig_enabled=True), execution(), baselines={}, edges_only=True)["row"]
     assert mig["validity_flags"] == ["mig"], "one GPU of the two in MIG mode is enough"
     # the row keeps the hottest GPU's temperatures, so "too cold" means the hottest one is
-    cold = run_on_node(two_gpus(), execution(temperature_min_c=65.0), baselines={}, edges_only=True)["row"]
+    cold = run_on_node(two_gpus(), execution(temperature_min_c=65.0), baselines={},
+                       edges_only=True)["row"]
     assert cold["validity_flags"] == ["temperature_out_of_range"], "both GPUs below 65 C"
 
 
 def test_power_capped_gpu_is_valid_unless_the_campaign_opts_in() -> None:
-    """A GPU held at its power limit is measured as configured; the seconds and limit stay in the row."""
-    capped = run_on_node(two_gpus(throttle_reasons=0x4), execution(), baselines={}, edges_only=True)["row"]
+    """A GPU held at its power limit is measured as configured; the seconds and limit stay in the
+    row."""
+    capped = run_on_node(two_gpus(throttle_reasons=0x4), execution(), baselines={},
+                         edges_only=True)["row"]
     assert capped["validity_flags"] == [] and capped["valid"] is True
     assert capped["throttle_reasons"] & 0x4 and capped["power_limit_w"] == 1400.0
     assert json.loads(capped["throttle_s_json"]) == pytest.approx({"sw_power_cap": 0.4})
-    strict = run_on_node(two_gpus(throttle_reasons=0x4),
-                         execution(power_cap_invalidates=True), baselines={}, edges_only=True)["row"]
+    strict = run_on_node(two_gpus(throttle_reasons=0x4), execution(power_cap_invalidates=True),
+                         baselines={}, edges_only=True)["row"]
     assert strict["validity_flags"] == ["throttled"] and strict["valid"] is False
 
 
@@ -199,8 +204,8 @@ def test_engine_load_reaches_the_row_and_its_flags(monkeypatch: pytest.MonkeyPat
     assert (row["running_batch_mean"], row["running_batch_p10"], row["waiting_step_share"],
             row["kv_preemptions"], row["scheduler_steps"]) == (0.5, 0.0, 0.75, 2, 12)
     assert row["validity_flags"] == ["unsaturated", "preempted"] and row["valid"] is False
-    lenient = run_on_node(two_gpus(),
-                          execution(min_batch_fraction=0.5, max_kv_preemptions=2), baselines={})["row"]
+    lenient = run_on_node(two_gpus(), execution(min_batch_fraction=0.5, max_kv_preemptions=2),
+                          baselines={})["row"]
     assert lenient["validity_flags"] == [] and lenient["valid"] is True
 
 
@@ -229,7 +234,8 @@ def test_prefill_passes_stop_at_max_repeats_or_window() -> None:
     exact = ExecutionConfig.model_validate({"validity": {"min_window_s": 0.25},
                                             "prefill": {"enabled": True, "max_repeats": 10}})
     assert run_on_node(two_gpus(), exact)["row"]["prefill_passes"] == 1
-    off = ExecutionConfig.model_validate({"validity": {"min_window_s": 0.75}, "prefill": {"enabled": False}})
+    off = ExecutionConfig.model_validate({"validity": {"min_window_s": 0.75},
+                                          "prefill": {"enabled": False}})
     row = run_on_node(two_gpus(), off)["row"]
     assert row["prefill_passes"] is None and row["energy_prefill_j"] is None
 
@@ -256,7 +262,8 @@ def test_environment_columns_of_one_gpu_or_none() -> None:
 
 def test_cached_baseline_of_one_gpu_and_measured_other() -> None:
     """The cached baseline of GPU 1 alone (GPU 2's is then measured): both are used."""
-    cached = {UUIDS[0]: {"power_w": 55.0, "measured_at_s": 1000.0 - 30.0, "method": "idle_mean_power_instant"}}
+    cached = {UUIDS[0]: {"power_w": 55.0, "measured_at_s": 1000.0 - 30.0,
+                         "method": "idle_mean_power_instant"}}
     row = run_on_node(two_gpus(), execution(), baselines=cached)["row"]
     assert row["baseline_power_w"] == pytest.approx(55.0 + 90.0)
     assert row["baseline_age_s"] == pytest.approx(30.0), "the oldest of the two"
@@ -270,7 +277,8 @@ def warm_runner(node: Node, max_engines: int = 4) -> Any:
 
     def run(precision: str, keep: bool = True) -> tuple[float, bool, list[str]]:
         config = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch",
-                                                  "gpus_per_experiment": 2, "fp_precision": precision})
+                                                  "gpus_per_experiment": 2,
+                                                  "fp_precision": precision})
         request = RunRequest(config.model_dump_json(), PROMPTS, plan, None, keep_engine=keep)
         outcome = worker.run(request, None)
         held = [b.config.fp_precision for b in worker.pool.engines.values()]
@@ -397,7 +405,8 @@ def test_instant_power_off_the_counter_is_flagged(monkeypatch: pytest.MonkeyPatc
     assert row["energy_integrated_j"] == pytest.approx(880.0)
     assert row["energy_methods_gap"] == pytest.approx(-0.1)
     assert row["validity_flags"] == ["energy_methods_disagree"] and row["valid"] is False
-    loose = run_on_node(lying(), execution(max_energy_methods_gap=0.11), baselines={}, edges_only=True)["row"]
+    loose = run_on_node(lying(), execution(max_energy_methods_gap=0.11), baselines={},
+                        edges_only=True)["row"]
     assert loose["validity_flags"] == []
     short = run_on_node(lying(), execution(min_window_s=2.0), baselines={}, edges_only=True)["row"]
     assert short["validity_flags"] == ["short_window"], "too short a window: the gap is not judged"

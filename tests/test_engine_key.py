@@ -114,8 +114,8 @@ def test_the_quantisations_are_three_engines() -> None:
 
 def test_every_experiment_field_is_classified_for_pytorch() -> None:
     """The experiment's own fields: engine fields but for those the backend applies per run."""
-    from lem_ray.backends.pytorch.config import PyTorchConfig
     from lem_ray.backend_table import BACKEND_NAMES
+    from lem_ray.backends.pytorch.config import PyTorchConfig
     from lem_ray.config.experiment import EVALUATION_FIELDS
 
     engine = {"model_name", "load_format", "tokenizer", "backend", "fp_precision",

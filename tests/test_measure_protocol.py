@@ -132,7 +132,8 @@ def test_baselines_come_from_the_cache_while_fresh_and_go_back_to_it() -> None:
     """GPU 1's cached value is used; GPU 2's is measured and stored for the next run."""
     node = two_gpus()
     cache = CampaignRecord()
-    cache.put({UUIDS[0]: {"power_w": 55.0, "measured_at_s": 970.0, "method": "idle_mean_power_instant"}})
+    cache.put({UUIDS[0]: {"power_w": 55.0, "measured_at_s": 970.0,
+                          "method": "idle_mean_power_instant"}})
     sampler = LoggedSampler(node)
     conditions = protocol_on(node, sampler).prepare(cache)
     assert node.log == [("baseline", [UUIDS[0]])]

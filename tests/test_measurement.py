@@ -8,14 +8,14 @@ import math
 import pytest
 
 from lem_ray.config.experiment import WarmupConfig
-from lem_ray.measure.warmup import coefficient_of_variation, judged_latencies, run_warmup
-from lem_ray.records import RequestRecord
 from lem_ray.measure.energy import (
     adjusted_energy_j,
     attribute_energy,
     energy_metrics,
     split_prefill_decode,
 )
+from lem_ray.measure.warmup import coefficient_of_variation, judged_latencies, run_warmup
+from lem_ray.records import RequestRecord
 from lem_ray.results.metrics import request_metrics, request_rows
 from lem_ray.results.validity import (
     ValidityInputs,

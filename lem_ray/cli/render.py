@@ -41,7 +41,8 @@ def print_plan(plan: CampaignPlan, labels: dict[str, str], console: Console) -> 
                       str(c.max_output_tokens), str(c.gpus_per_experiment))
     console.print(table)
     for r in plan.rejected:
-        console.print(Text.assemble(("rejected", "yellow"), f" {r.backend} {r.combination}: {r.reason}"))
+        console.print(
+            Text.assemble(("rejected", "yellow"), f" {r.backend} {r.combination}: {r.reason}"))
 
 
 class LiveProgress:

@@ -110,6 +110,8 @@ class EnergyFigures:
 
     @property
     def adjusted_j_per_output_token(self) -> float | None:
+        """Energy above the idle baseline per output token; None without a baseline or
+        tokens."""
         if self.adjusted_j is None or not self.output_tokens:
             return None
         return self.adjusted_j / self.output_tokens

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
+
+from typing_extensions import Self
 
 from lem_ray.measure.protocol import (
     Clock,
@@ -85,6 +87,7 @@ class Meter:
 
     @property
     def gpu_uuids(self) -> list[str]:
+        """Which GPUs the figures cover (NVML UUIDs), for a notebook to record beside them."""
         return self.sampler.gpu_uuids
 
     def prepare(self) -> GpuConditions:

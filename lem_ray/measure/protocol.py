@@ -35,30 +35,48 @@ class GpuSampler(Protocol):
     worker's ActorSampler over Ray)."""
 
     @property
-    def gpu_uuids(self) -> list[str]: ...
+    def gpu_uuids(self) -> list[str]:
+        """The run's GPUs: the keys their idle baselines are cached under."""
+        ...
 
     @property
-    def host_key(self) -> str: ...
+    def host_key(self) -> str:
+        """The key the host's idle baseline is cached under, beside the GPUs'."""
+        ...
 
-    def cool_down(self, target_temp_c: float, max_wait_s: float) -> tuple[float, float | None]: ...
+    def cool_down(self, target_temp_c: float, max_wait_s: float) -> tuple[float, float | None]:
+        """Wait for the GPUs to cool so runs start alike: (seconds waited, hottest GPU's
+        temperature at the end)."""
+        ...
 
     def baseline(
         self, known: dict[str, dict[str, Any]], duration_s: float, ttl_s: float,
         host_idle: bool = True,
-    ) -> dict[str, dict[str, Any]]: ...
+    ) -> dict[str, dict[str, Any]]:
+        """Idle power per GPU and of the host, to subtract from the windows: the known values
+        still fresh, the rest measured now."""
+        ...
 
-    def begin(self, name: str) -> None: ...
+    def begin(self, name: str) -> None:
+        """Open window `name`: its energy counts from here."""
+        ...
 
-    def end(self, name: str) -> WindowResult: ...
+    def end(self, name: str) -> WindowResult:
+        """Close window `name`: its energy and the GPUs' conditions over it."""
+        ...
 
 
 class BaselineCache(Protocol):
     """Idle baselines kept between runs (the campaign's actor; a dict in a notebook), so each
     GPU pays the idle measurement once per TTL, not once per run."""
 
-    def get(self, keys: list[str]) -> dict[str, dict[str, Any]]: ...
+    def get(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The kept baselines of these keys; a key never put is left out."""
+        ...
 
-    def put(self, entries: dict[str, dict[str, Any]]) -> None: ...
+    def put(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Keep newly measured baselines for the runs after this one."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,9 @@ class GpuConditions:
 
 @dataclass(frozen=True)
 class PrefillResult:
+    """The prefill-only window: the prompts' passes, repeated until the energy counter can
+    measure it, so prefill energy per pass is its energy over `passes`."""
+
     window: WindowResult
     passes: int
     duration_s: float

@@ -34,10 +34,12 @@ class RunSampler:
 
     @property
     def gpu_uuids(self) -> list[str]:
+        """The sampled GPUs: the keys their idle baselines are cached under."""
         return self.sampler.gpu_uuids
 
     @property
     def host_key(self) -> str:
+        """The key the host's idle baseline is cached under, beside the GPUs'."""
         return self.sampler.host_key
 
     def baseline(
@@ -66,6 +68,7 @@ class RunSampler:
         self.sampler.start()
 
     def begin(self, name: str) -> None:
+        """Open window `name`: its energy counts from here."""
         self.sampler.begin(name)
 
     def end(self, name: str) -> WindowResult:

@@ -42,11 +42,13 @@ def _arrow_type(hint: Any) -> pa.DataType:
 
 
 def arrow_fields(record: type) -> list[pa.Field]:
+    """The record's columns as Arrow fields, typed from its annotations."""
     hints = typing.get_type_hints(record)
     return [pa.field(f.name, _arrow_type(hints[f.name])) for f in dataclasses.fields(record)]
 
 
 def schema_of(records: tuple[type, ...]) -> pa.Schema:
+    """A table's schema: its records' columns, one record after another."""
     return pa.schema([f for record in records for f in arrow_fields(record)])
 
 

@@ -44,6 +44,8 @@ figure { margin: 12px 0; }
 
 @dataclass(frozen=True)
 class Plot:
+    """One figure of the report, embedded in the page as a PNG, so the file stands alone."""
+
     heading: str
     caption: str
     png: bytes
@@ -60,6 +62,7 @@ def _metric_cell(group: dict[str, Any], metric: str) -> str:
 
 
 def summary_table(report: Report, metrics: list[str]) -> str:
+    """One row per group; a group with failed, invalid or too-variable runs is flagged."""
     head = ["group", "backend", "precision", "batch", "runs ok", "invalid", "failed", "cycle CV"]
     head += [METRIC_TITLES[m] for m in metrics]
     lines = ['<div class="wide"><table>',
@@ -68,9 +71,11 @@ def summary_table(report: Report, metrics: list[str]) -> str:
         flagged = g["runs_invalid"] or g["runs_failed"] or g["cycle_cv_above"]
         hash_line = f"<br><span>{escape(g['group'])}</span>" if g["label"] != g["group"] else ""
         cells = [f"<td>{escape(g['label'])}{hash_line}</td>"]
-        cells += [f"<td>{escape(format_number(g[c]) if c == 'batch_size' else str(g[c] or '-'))}</td>"
-                  for c in ("backend", "fp_precision", "batch_size")]
-        cells += [f'<td class="num">{g[c]}</td>' for c in ("runs_ok", "runs_invalid", "runs_failed")]
+        cells += [
+            f"<td>{escape(format_number(g[c]) if c == 'batch_size' else str(g[c] or '-'))}</td>"
+            for c in ("backend", "fp_precision", "batch_size")]
+        cells += [f'<td class="num">{g[c]}</td>'
+                  for c in ("runs_ok", "runs_invalid", "runs_failed")]
         cv_class = "num cv-above" if g["cycle_cv_above"] else "num"
         cells.append(f'<td class="{cv_class}">{escape(cycle_cv_text(g))}</td>')
         cells += [_metric_cell(g, m) for m in metrics]
@@ -84,7 +89,8 @@ def summary_tables(report: Report) -> str:
     """Energy, then throughput and latency: two tables, so each fits a screen's width."""
     shown = shown_metrics(report)
     parts = []
-    for title, metrics in (("Energy", ENERGY_METRICS), ("Throughput and latency", PERFORMANCE_METRICS)):
+    for title, metrics in (("Energy", ENERGY_METRICS),
+                           ("Throughput and latency", PERFORMANCE_METRICS)):
         present = [m for m in metrics if m in shown]
         if present:
             parts.append(f"<h3>{title}</h3>\n{summary_table(report, present)}")
@@ -92,6 +98,7 @@ def summary_tables(report: Report) -> str:
 
 
 def excluded_table(report: Report) -> str:
+    """The runs left out of the figures and why, so none is dropped unseen."""
     if not report.excluded:
         return '<p class="note">No failed or invalid runs.</p>'
     head = ("group", "run_id", "attempt", "status", "reason")
@@ -128,8 +135,8 @@ def render_html(report: Report, title: str, meta: list[str], plots: list[Plot]) 
 listed below and not in the statistics. Cycle CV: cycle-to-cycle coefficient of variation of
 J/output token (E) and throughput (T); groups above the limit are shaded and marked; "N engines":
 the cycles ran on N engines loaded apart, whose own differences (kernels tuned per compile) the
-CV includes; "N artifacts": they ran N different compiled kernels (compile_cache_hash), "1 artifact":
-one compile's kernels, loaded from the compile cache.</p>
+CV includes; "N artifacts": they ran N different compiled kernels (compile_cache_hash),
+"1 artifact": one compile's kernels, loaded from the compile cache.</p>
 {energy_note}
 {summary_tables(report)}
 <h2>Failed and invalid runs</h2>

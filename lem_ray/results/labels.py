@@ -98,7 +98,8 @@ def _by_difference(shared: list[dict[str, Any]]) -> list[str]:
     varying = [k for k in keys if _varies(k, shared)]
     if "batch_size" in varying:
         varying = [k for k in varying if k not in BATCH_KEYS]
-    ordered = [k for k in LABEL_ORDER if k in varying] + [k for k in varying if k not in LABEL_ORDER]
+    ordered = ([k for k in LABEL_ORDER if k in varying]
+               + [k for k in varying if k not in LABEL_ORDER])
     labels = [" · ".join(_part(k, c[k]) for k in ordered if k in c) for c in shared]
     return labels if len(shared) > 1 and all(labels) else [
         " · ".join(_part(k, c[k]) for k in LABEL_ORDER if k in c) for c in shared]

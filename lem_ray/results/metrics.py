@@ -6,7 +6,8 @@ are lem_ray/measure/energy.py's.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,7 @@ def _itl_stats(records: list[RequestRecord]) -> dict[str, float | None]:
 
 
 def request_rows(
-    records: list[RequestRecord], window_start_s: float, energies_j: list[float | None]
+    records: list[RequestRecord], window_start_s: float, energies_j: Sequence[float | None]
 ) -> list[dict[str, Any]]:
     """One row per request; start_s is relative to the measured window's start."""
     rows = []

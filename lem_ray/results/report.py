@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +28,7 @@ from lem_ray.results.labels import (
     series_labels,
     value_text,
 )
-from lem_ray.results.schema import BOOL, EXPERIMENTS, STR, STRS, I64, F64
+from lem_ray.results.schema import BOOL, EXPERIMENTS, F64, I64, STR, STRS
 
 METRICS = (
     "energy_j_per_output_token",
@@ -117,9 +118,11 @@ class Report:
 
     @property
     def energy_measured(self) -> bool:
+        """Whether any group has an energy figure: without one, the report says why."""
         return any(g["energy_j_per_output_token_n"] for g in self.groups)
 
     def table(self) -> pa.Table:
+        """The groups as the summary table written beside the report."""
         return pa.Table.from_pylist(self.groups, schema=SUMMARY)
 
 
@@ -156,7 +159,8 @@ def group_values(runs: list[dict[str, Any]], keys: Sequence[str]) -> list[tuple[
         if not any(ok for ok, _ in found):
             raise ConfigError(
                 f"unknown key {key!r}: neither a column of the experiments table nor a key of "
-                "config_json (e.g. batch_size, fp_precision, pytorch.batch_size, decoder.temperature)",
+                "config_json (e.g. batch_size, fp_precision, pytorch.batch_size, "
+                "decoder.temperature)",
                 path="--group-by",
             )
         section = next((v for _, v in found if isinstance(v, dict)), None)
@@ -171,6 +175,8 @@ def group_values(runs: list[dict[str, Any]], keys: Sequence[str]) -> list[tuple[
 
 
 def group_label(keys: Sequence[str], values: Sequence[Any]) -> str:
+    """A group's name in the report: the value alone under the default grouping, else
+    key=value pairs."""
     if tuple(keys) == DEFAULT_GROUP_BY:
         return value_text(values[0])
     return ", ".join(f"{k}={value_text(v)}" for k, v in zip(keys, values))
@@ -357,8 +363,9 @@ def cell_lines(group: dict[str, Any], metric: str) -> list[str]:
     std = group[f"{metric}_std"]
     if std is not None and abs(std) <= ROUNDING * abs(group[f"{metric}_mean"]):
         std = 0.0  # equal values whose mean rounded: 2.8e-17 would read as a spread
+    ci_low, ci_high = group[f"{metric}_ci_low"], group[f"{metric}_ci_high"]
     return [f"{mean} ± {format_number(std, 2)}",
-            f"[{format_number(group[f'{metric}_ci_low'])}, {format_number(group[f'{metric}_ci_high'])}]",
+            f"[{format_number(ci_low)}, {format_number(ci_high)}]",
             f"n={n}"]
 
 

@@ -70,6 +70,7 @@ class RunRows:
 
     @property
     def ok(self) -> bool:
+        """Whether the run succeeded: only then are its figures counted."""
         return self.experiment["status"] == "ok"
 
 
@@ -195,7 +196,8 @@ def _energy_columns(result: RunResult, baseline: dict[str, Any]) -> dict[str, An
         **energy.ratios(),
         "energy_source": window.source,
         "energy_unavailable_reason": window.unavailable_reason,
-        "energy_by_gpu_json": json.dumps(window.energy_by_gpu_j) if window.energy_by_gpu_j else None,
+        "energy_by_gpu_json": (
+            json.dumps(window.energy_by_gpu_j) if window.energy_by_gpu_j else None),
         "energy_integrated_j": window.integrated_energy_j,
         "energy_methods_gap": energy_methods_gap(window.energy_j, window.integrated_energy_j,
                                                  window.source, SOURCE_COUNTER),
@@ -354,6 +356,7 @@ def ok_rows(
     started_at: datetime,
     runtime_env_json: str | None,
 ) -> RunRows:
+    """A finished run's rows: everything measured, with the conditions it was measured in."""
     records = result.records
     req = request_metrics(records, result.duration_s)
     baselines = {key: Baseline.of(entry) for key, entry in conditions.baselines.items()}

@@ -5,7 +5,8 @@ What is derived from them (baseline adjustment, splits, ratios) is lem_ray/measu
 from __future__ import annotations
 
 import bisect
-from typing import Sequence
+from collections.abc import Sequence
+from itertools import pairwise
 
 
 def counter_delta_j(start_mj: int, end_mj: int) -> float:
@@ -46,4 +47,4 @@ def trapezoid_energy_j(
     points = [(start_s, power_at(start_s))]
     points += [(t, p) for t, p in zip(times_s, powers_w) if start_s < t < end_s]
     points.append((end_s, power_at(end_s)))
-    return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(points, points[1:]))
+    return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in pairwise(points))
