@@ -59,3 +59,31 @@ def test_old_column_names_read_as_the_new_ones(tmp_path: Path) -> None:
     check()
     compact(out)
     check()
+
+
+def test_a_projected_read_equals_the_full_read_of_those_columns(tmp_path: Path) -> None:
+    """`columns` reads a few columns (status reads 8 of 130): old names still fill the new
+    ones, and an attempt both compacted and still in its own file is read once."""
+    out = tmp_path / "r"
+    _write_old(out, "experiments", RunKey("e1", 1).stem(1),
+               [{**_ids(1), "status": "ok", "measure_start_s": 100.0}])
+    for cycle in (2, 3):
+        write_rows(out, "experiments", RunKey("e1", cycle).stem(1),
+                   [{**empty_row("experiments"), **_ids(cycle), "status": "ok",
+                     "measure_start_epoch_s": 100.0 * cycle}])
+    columns = ["cycle", "measure_start_epoch_s", "status"]
+
+    def both() -> tuple[list[dict], list[dict]]:
+        full = read_table(out, "experiments").select(columns).to_pylist()
+        return full, read_table(out, "experiments", columns=columns).to_pylist()
+
+    full, projected = both()
+    assert sorted(projected, key=lambda r: r["cycle"]) == sorted(full, key=lambda r: r["cycle"])
+    assert {r["measure_start_epoch_s"] for r in projected} == {100.0, 200.0, 300.0}
+    compact(out)
+    write_rows(out, "experiments", RunKey("e1", 3).stem(1),
+               [{**empty_row("experiments"), **_ids(3), "status": "ok",
+                 "measure_start_epoch_s": 300.0}])
+    full, projected = both()
+    assert len(projected) == 3 and sorted(map(str, projected)) == sorted(map(str, full))
+    assert read_table(tmp_path / "none", "experiments", columns=columns).column_names == columns

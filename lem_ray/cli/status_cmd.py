@@ -14,9 +14,10 @@ from rich.table import Table
 
 from lem_ray.cli.common import console, fail
 from lem_ray.errors import ConfigError
-from lem_ray.results.compile_cache import campaign_savings, savings_text
+from lem_ray.results.compile_cache import SAVINGS_COLUMNS, load_savings, savings_text
 from lem_ray.results.gpu_time import gpu_seconds
 from lem_ray.results.manifest import (
+    RECONCILE_COLUMNS,
     STATES,
     UNFINISHED,
     ManifestDamaged,
@@ -53,7 +54,9 @@ def status(results_dir: str, as_json: bool, show_all: bool) -> None:
             fail(f"{results_dir}: no campaign manifest here "
                  "(not a results directory, or no run has started)")
         manifest = load_manifest(results_dir)
-        found = reconciled(manifest, read_table(results_dir, "experiments"))
+        experiments = read_table(results_dir, "experiments",
+                                 columns=[*RECONCILE_COLUMNS, *SAVINGS_COLUMNS])
+        found = reconciled(manifest, experiments)
     except ManifestDamaged as exc:
         fail(f"{exc}; the campaign's own command (lem-ray campaign FILE) rebuilds it from the "
              "dataset")
@@ -63,7 +66,7 @@ def status(results_dir: str, as_json: bool, show_all: bool) -> None:
     counts = Counter(entry["state"] for _, entry in runs)
     left = [key for key, entry in runs if entry["state"] in UNFINISHED]
     gpu_time = gpu_seconds(results_dir)
-    savings = campaign_savings(results_dir)
+    savings = load_savings(experiments.select(SAVINGS_COLUMNS).to_pylist())
     if as_json:
         click.echo(json.dumps({
             "campaign_name": manifest.get("campaign_name"),

@@ -229,10 +229,15 @@ def savings_text(savings: dict[str, Any] | None) -> str | None:
     return text
 
 
+SAVINGS_COLUMNS = ["compile_cache", "engine_reused", "engine_load_s", "compile_cache_key"]
+"""The experiments columns load_savings reads."""
+
+
 def campaign_savings(results_dir: str) -> dict[str, Any] | None:
     """load_savings over a results directory's experiments rows (None before any row)."""
     from lem_ray.results.store import exists, read_table
 
     if not exists(results_dir, "experiments"):
         return None
-    return load_savings(read_table(results_dir, "experiments").to_pylist())
+    return load_savings(
+        read_table(results_dir, "experiments", columns=SAVINGS_COLUMNS).to_pylist())

@@ -84,6 +84,10 @@ def new_entry(experiment_id: str, cycle: int) -> dict[str, Any]:
     }
 
 
+RECONCILE_COLUMNS = ["experiment_id", "cycle", "attempt", "status"]
+"""The experiments columns reconcile reads: a reader may read only these."""
+
+
 def reconcile(
     runs: dict[str, dict[str, Any]], experiments: pa.Table
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -97,8 +101,7 @@ def reconcile(
     added: dict[str, dict[str, Any]] = {}
     changes: dict[str, dict[str, Any]] = {}
     latest: dict[str, dict[str, Any]] = {}
-    columns = ["experiment_id", "cycle", "attempt", "status"]
-    for row in experiments.select(columns).to_pylist():
+    for row in experiments.select(RECONCILE_COLUMNS).to_pylist():
         key = RunKey(row["experiment_id"], row["cycle"]).run_id
         if key not in latest or row["attempt"] > latest[key]["attempt"]:
             latest[key] = row

@@ -75,10 +75,12 @@ def reading_schema(table: str) -> pa.Schema:
 
 def upgrade(table: str, data: pa.Table) -> pa.Table:
     """A table read with reading_schema, in the current shape: each new column takes its old
-    column's value where only the old name was written."""
+    column's value where only the old name was written. A projected read keeps its columns."""
     import pyarrow.compute as pc
 
+    present = set(data.column_names)
     for old, new in RENAMED[table].items():
-        merged = pc.coalesce(data[new], data[old])
-        data = data.set_column(data.schema.get_field_index(new), new, merged)
-    return data.select(TABLES[table].names)
+        if old in present and new in present:
+            merged = pc.coalesce(data[new], data[old])
+            data = data.set_column(data.schema.get_field_index(new), new, merged)
+    return data.select([name for name in TABLES[table].names if name in present])

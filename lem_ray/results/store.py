@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lem_ray.errors import ConfigError
-from lem_ray.results.schema import ID_FIELDS, TABLES, reading_schema, upgrade
+from lem_ray.results.schema import ID_FIELDS, RENAMED, TABLES, reading_schema, upgrade
 
 RESULT_TABLES = ("experiments", "requests", "timeseries")
 COMPACTED_PREFIX = "compacted-"
@@ -186,10 +186,11 @@ def readable_files(fs: pafs.FileSystem, folder: str, schema: pa.Schema,
 
 
 def _read_files(fs: pafs.FileSystem, paths: list[str], schema: pa.Schema,
-                on_skip: Callable[[str, str], None]) -> pa.Table:
+                on_skip: Callable[[str, str], None], columns: list[str] | None) -> pa.Table:
     """All at once; if a file is damaged past its footer, file by file without it."""
     try:
-        return ds.dataset(paths, filesystem=fs, format="parquet", schema=schema).to_table()
+        return ds.dataset(paths, filesystem=fs, format="parquet", schema=schema).to_table(
+            columns=columns)
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError):
@@ -198,29 +199,40 @@ def _read_files(fs: pafs.FileSystem, paths: list[str], schema: pa.Schema,
     for path in paths:
         try:
             parts.append(ds.dataset([path], filesystem=fs, format="parquet", schema=schema)
-                         .to_table())
+                         .to_table(columns=columns))
         except FileNotFoundError:
             raise
         except (pa.ArrowException, OSError) as exc:
             on_skip(path, f"unreadable ({_first_line(exc)})")
-    return pa.concat_tables(parts) if parts else schema.empty_table()
+    empty = schema.empty_table()
+    return pa.concat_tables(parts) if parts else empty.select(columns or empty.column_names)
+
+
+def _projection(table: str, columns: list[str] | None) -> list[str] | None:
+    """What to read for `columns`: them, their old names, and what tells attempts apart."""
+    if columns is None:
+        return None
+    old = [o for o, n in RENAMED[table].items() if n in columns]
+    return list(dict.fromkeys([*columns, *old, "run_id", "attempt"]))
 
 
 def _read_once(fs: pafs.FileSystem, folder: str, table: str,
-               on_skip: Callable[[str, str], None]) -> pa.Table:
+               on_skip: Callable[[str, str], None], columns: list[str] | None) -> pa.Table:
     schema = reading_schema(table)
+    read = _projection(table, columns)
     files = readable_files(fs, folder, schema, on_skip)
     merged = [i.path for i in files if i.base_name.startswith(COMPACTED_PREFIX)]
     parts, covered = [], set()
     if merged:
-        parts.append(_read_files(fs, merged, schema, on_skip))
+        parts.append(_read_files(fs, merged, schema, on_skip, read))
         covered = attempt_keys(parts[0])
     singles = [i.path for i in files if not i.base_name.startswith(COMPACTED_PREFIX)
                and attempt_of(i.base_name) not in covered]
     for start in range(0, len(singles), FILES_PER_READ):
         group = singles[start:start + FILES_PER_READ]
-        parts.append(_read_files(fs, group, schema, on_skip).combine_chunks())
-    return upgrade(table, pa.concat_tables(parts)) if parts else TABLES[table].empty_table()
+        parts.append(_read_files(fs, group, schema, on_skip, read).combine_chunks())
+    found = upgrade(table, pa.concat_tables(parts)) if parts else TABLES[table].empty_table()
+    return found if columns is None else found.select(columns)
 
 
 def check_columns(table: str, rows: list[dict[str, Any]], names: list[str]) -> None:
@@ -236,15 +248,17 @@ def check_columns(table: str, rows: list[dict[str, Any]], names: list[str]) -> N
 
 
 def read_table(results_dir: str | Path, table: str,
-               on_skip: Callable[[str, str], None] = warn_skipped) -> pa.Table:
+               on_skip: Callable[[str, str], None] = warn_skipped,
+               columns: list[str] | None = None) -> pa.Table:
     """Committed files only, each attempt once: a file still being written is hidden and
     skipped, an attempt both compacted and not yet deleted is taken from one file, and a file
-    that cannot be read as this table is reported through on_skip and skipped."""
+    that cannot be read as this table is reported through on_skip and skipped. `columns`
+    reads only those (in that order): `status` needs four of the experiments' 130."""
     fs, base = resolve(results_dir)
     tries = 0
     while True:
         try:
-            return _read_once(fs, f"{base}/{table}", table, on_skip)
+            return _read_once(fs, f"{base}/{table}", table, on_skip, columns)
         except FileNotFoundError:
             tries += 1
             if tries == READ_RETRIES:
