@@ -65,11 +65,16 @@ def full_row(table: str, values: dict[str, Any]) -> dict[str, Any]:
     return {**dict.fromkeys(TABLES[table].names), **values}
 
 
+def attempts_of(i: int) -> int:
+    """Every tenth run took a second attempt (its worker died), in the manifest as in the rows."""
+    return 2 if i % 10 == 0 else 1
+
+
 def synthetic_run(i: int) -> tuple[str, dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     key = key_of(i)
     batch_size = 1 + (i // CYCLES) % 8
     ids = {"campaign_name": "scale", "experiment_id": key.experiment_id, "run_id": key.run_id,
-           "cycle": key.cycle, "attempt": 1}
+           "cycle": key.cycle, "attempt": attempts_of(i)}
     config = {"model_name": "builtin:tiny-llama", "backend": "pytorch",
               "pytorch": {"batch_size": batch_size}, "seed": i // CYCLES}
     jitter = 1 + 0.01 * ((i * 7919) % 11 - 5)
@@ -91,7 +96,7 @@ def synthetic_run(i: int) -> tuple[str, dict[str, Any], list[dict[str, Any]], li
                 for r in range(REQUESTS_PER_RUN)]
     samples = [full_row("timeseries", {**ids, "gpu_uuid": "GPU-synthetic", "power_w": 400.0})
                for _ in range(SAMPLES_PER_RUN)]
-    return key.stem(1), experiment, requests, samples
+    return key.stem(attempts_of(i)), experiment, requests, samples
 
 
 def write_runs(args: tuple[str, int, int]) -> list[float]:
@@ -123,7 +128,7 @@ def bench_manifest(out: Path, n: int) -> dict[str, float]:
     times = []
     for i, key in enumerate(k.run_id for k in keys):
         changes = [{"state": "running", "attempt": 1}]
-        if i % 10 == 0:
+        if attempts_of(i) == 2:
             changes += [{"state": "pending", "error": "worker died"},
                         {"state": "running", "attempt": 2}]
         changes.append({"state": "ok", "node_id": "node", "gpu_ids": ["0"]})
