@@ -14,7 +14,7 @@ import pytest
 from lem_ray.records import RunKey
 from lem_ray.results import store
 from lem_ray.results.compact import compact, finished_attempts
-from lem_ray.results.gpu_time import PHASES, gpu_seconds
+from lem_ray.results.gpu_time import PHASES, gpu_seconds, save_ledger
 from lem_ray.results.schema import empty_row
 from lem_ray.results.store import (
     atomic_write,
@@ -145,6 +145,20 @@ def test_hidden_gpu_time_sessions_are_not_counted(tmp_path: Path) -> None:
         (folder / name).write_text(json.dumps(session))
     counted = gpu_seconds(tmp_path)
     assert counted is not None and counted["sessions"] == 1 and counted["total_gpu_s"] == 4.0
+
+
+def test_a_ledger_that_cannot_be_written_is_a_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gpu_time` a file (or a full disk): the campaign goes on, with one line saying so; the
+    dispatcher saves the ledger in a `finally`, where an error would hide the real one."""
+    (tmp_path / "gpu_time").write_text("not a folder")
+    snapshot = {"session": "s1", "gpu_seconds": dict.fromkeys(PHASES, 0.0)}
+    assert save_ledger(tmp_path, snapshot) is False
+    err = capsys.readouterr().err
+    assert "warning: GPU time not saved to" in err and len(err.strip().splitlines()) == 1
+    good = tmp_path / "good"
+    assert save_ledger(good, snapshot) is True
+    assert json.loads((good / "gpu_time" / "s1.json").read_text())["session"] == "s1"
 
 
 def test_stale_temp_files_go_and_nothing_else(tmp_path: Path) -> None:

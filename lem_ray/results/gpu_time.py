@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from lem_ray.results.store import atomic_write, resolve, warn_skipped
@@ -71,15 +73,25 @@ class GpuLedger:
         }
 
 
-def save_ledger(results_dir: str | Path, snapshot: dict[str, Any]) -> None:
-    """Write a session's ledger into the results directory, whole or not at all."""
+def save_ledger(results_dir: str | Path, snapshot: dict[str, Any]) -> bool:
+    """Write a session's ledger into the results directory, whole or not at all; False, with
+    a warning, when it cannot be written (disk full, `gpu_time` not a folder). The ledger is
+    bookkeeping beside the runs: failing to save it must not stop a campaign nor hide the
+    error that is stopping one (the dispatcher saves it in a `finally`)."""
     payload = json.dumps(snapshot, indent=1).encode()
 
     def write(path: str, fs: Any) -> None:
         with fs.open_output_stream(path) as stream:
             stream.write(payload)
 
-    atomic_write(results_dir, FOLDER, f"{snapshot['session']}.json", write)
+    try:
+        atomic_write(results_dir, FOLDER, f"{snapshot['session']}.json", write)
+    except (OSError, pa.ArrowException) as exc:
+        text = str(exc).strip().splitlines()
+        print(f"lem-ray: warning: GPU time not saved to {results_dir}/{FOLDER}: "
+              f"{text[0] if text else type(exc).__name__}", file=sys.stderr)
+        return False
+    return True
 
 
 def _session_problem(session: Any) -> str | None:
