@@ -1,7 +1,8 @@
 """A CPU stand-in for the part of vLLM 0.26.0's offline API that lem-ray and
-dev/gpu-vllm/overhead.py use, to rehearse them on a machine without a GPU:
+dev/gpu-vllm/overhead.py use, to rehearse them on a machine without a GPU; rehearse.sh copies
+it into a temp dir as the package `vllm` (it is one only there):
 
-    PYTHONPATH=dev/gpu-vllm/standin python3 dev/gpu-vllm/overhead.py --window-s 1 ...
+    dev/gpu-vllm/rehearse.sh python3 dev/gpu-vllm/overhead.py --window-s 1 ...
 
 Not vLLM: no model runs. An engine step sleeps `STEP_S + STEP_PER_SEQ_S x running` (a GPU
 step's shape, LEM_STANDIN_STEP_S / LEM_STANDIN_STEP_PER_SEQ_S) and gives every running request
