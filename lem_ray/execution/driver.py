@@ -12,7 +12,8 @@ import ray
 from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.execution.automation import Clock, notified, scheduled
 from lem_ray.execution.cluster import capacity, connect
-from lem_ray.execution.dispatch import Dispatcher, Progress, Reporter
+from lem_ray.execution.completion import Progress, Reporter
+from lem_ray.execution.dispatch import Dispatcher
 from lem_ray.execution.guard import sole_driver
 from lem_ray.execution.manifest_actor import close_manifest, open_manifest
 from lem_ray.execution.metrics import publishing
@@ -152,7 +153,7 @@ def _run_on_ray(plan: CampaignPlan, out: str, address: str | None, reporter: Rep
                                     runtime_envs=runtime_envs, env_refusals=refusals)
             with publishing(dispatcher):
                 dispatcher.run(pending, attempts)
-            unstored = dispatcher.writer.failures()
+            unstored = dispatcher.completion.writer.failures()
         final = ray.get(manifest.snapshot.remote())["runs"]
         if not any(final[r.run_id]["state"] in UNFINISHED for r in plan.runs):
             close_manifest(plan.name, out)

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from lem_ray.results.rows import RunRows
 from lem_ray.records import RunKey
+from lem_ray.results.rows import RunRows
 from lem_ray.results.store import write_rows
 
 WRITERS = 4
