@@ -114,8 +114,7 @@ def run_block(
     prompts = plan.load_prompts()
     runtime_envs = plan.runtime_envs()
     with sole_driver(out, fresh) as moved:
-        rebuilt = rebuild_if_damaged(out, plan.name, [(r.experiment_id, r.cycle)
-                                                      for r in plan.runs])
+        rebuilt = rebuild_if_damaged(out, plan.name, plan.runs)
         if rebuilt:
             log.warning("lem-ray: warning: %s", rebuilt)
         return _run_on_ray(plan, out, address, reporter, retry_failed, prompts, runtime_envs,
@@ -137,7 +136,7 @@ def _run_on_ray(plan: CampaignPlan, out: str, address: str | None, reporter: Rep
                                        plan.campaign.execution.cycles)
         claim(out, Owner(plan.name, fingerprint))
         manifest = open_manifest(plan.name, out)
-        runs = ray.get(manifest.register.remote([(r.experiment_id, r.cycle) for r in plan.runs]))
+        runs = ray.get(manifest.register.remote(plan.runs))
         owed = UNFINISHED + (("failed",) if retry_failed else ())
         pending = [r for r in plan.runs if runs[r.run_id]["state"] in owed]
         progress = Progress(total=len(pending))

@@ -26,7 +26,7 @@ def store_rows(results_dir: str, rows: RunRows) -> None:
     """Requests and time series first, the experiments row last: a reader that finds the
     experiments row finds the rest."""
     exp = rows.experiment
-    stem = RunKey(exp["experiment_id"], exp["cycle"]).stem(exp["attempt"])
+    stem = RunKey.of_row(exp).stem(exp["attempt"])
     write_rows(results_dir, "requests", stem, rows.requests)
     write_rows(results_dir, "timeseries", stem, rows.timeseries)
     write_rows(results_dir, "experiments", stem, [exp])

@@ -99,7 +99,7 @@ def reconcile(
     latest: dict[str, dict[str, Any]] = {}
     columns = ["experiment_id", "cycle", "attempt", "status"]
     for row in experiments.select(columns).to_pylist():
-        key = RunKey(row["experiment_id"], row["cycle"]).run_id
+        key = RunKey.of_row(row).run_id
         if key not in latest or row["attempt"] > latest[key]["attempt"]:
             latest[key] = row
     for key, row in latest.items():
