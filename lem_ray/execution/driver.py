@@ -10,7 +10,7 @@ from typing import Any
 import ray
 
 from lem_ray.config.runtime_env import RuntimeEnvSpec
-from lem_ray.execution.automation import Clock, notified, scheduled
+from lem_ray.execution.automation import Clock, automated
 from lem_ray.execution.cluster import capacity, connect
 from lem_ray.execution.completion import Progress, Reporter
 from lem_ray.execution.dispatch import Dispatcher
@@ -81,23 +81,35 @@ def run_campaign(
     with `notify`, the webhook hears how it ended.
     """
     plan = plan_campaign(source)
-    out = str(plan.results_dir(results_dir))
-    if plan.campaign.schedule is None:
-        return notified(plan, lambda: run_block(plan, out, address, reporter, retry_failed, fresh))
+    driver = Driver(str(plan.results_dir(results_dir)), address, reporter, retry_failed, fresh)
+    return automated(plan, driver, clock)
 
-    def one(block: CampaignPlan, index: int) -> CampaignResult:
-        return run_block(block, out, address, reporter, retry_failed, fresh and index == 0)
 
-    def all_blocks() -> CampaignResult:
-        blocks = scheduled(plan, out, one, clock)
+@dataclass
+class Driver:
+    """A campaign's runs on Ray, a block of cycles at a time; automation.py wraps it."""
+
+    results_dir: str
+    address: str | None
+    reporter: Reporter | None
+    retry_failed: bool
+    fresh: bool
+    """Earlier results moved aside first: before the first block only."""
+
+    def run(self, plan: CampaignPlan, block: int) -> CampaignResult:
+        """Run what is not yet done of the plan, the campaign's block number `block`."""
+        return run_block(plan, self.results_dir, self.address, self.reporter, self.retry_failed,
+                         self.fresh and block == 0)
+
+    def total(self, plan: CampaignPlan, blocks: list[CampaignResult]) -> CampaignResult:
+        """The counts summed over the blocks, and the summary of the whole dataset."""
+        out = self.results_dir
         keys = blocks[0].counts if blocks else ("planned", "skipped_done", "ran", "failed",
                                                  "ok", "retried")
         counts = {k: sum(b.counts[k] for b in blocks) for k in keys}
         summary, failures = summarize(out, plan.labels()) if blocks else ([], [])
         moved = blocks[0].moved_aside if blocks else None
         return CampaignResult(plan.name, out, counts, summary, failures, moved)
-
-    return notified(plan, all_blocks)
 
 
 def run_block(
