@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# The inverses of RunKey.run_id and RunKey.stem. Numbers as those write them, no leading zero,
+# so a parsed name formats back to itself.
 _COUNT = r"0|[1-9][0-9]*"
 _RUN_ID = re.compile(rf"(?P<experiment_id>.+)-c(?P<cycle>{_COUNT})")
 _STEM = re.compile(rf"{_RUN_ID.pattern}-a(?P<attempt>{_COUNT})")
-# The inverses of RunKey.run_id and RunKey.stem. Numbers as those write them, no leading zero,
-# so a parsed name formats back to itself.
 
 
 @dataclass
