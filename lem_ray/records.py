@@ -5,8 +5,16 @@ A leaf: it imports nothing of lem_ray, so any part may use it without pulling in
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+# The inverses of RunKey.run_id and RunKey.stem. Numbers as those write them, no leading zero,
+# so a parsed name formats back to itself.
+_COUNT = r"0|[1-9][0-9]*"
+_RUN_ID = re.compile(rf"(?P<experiment_id>.+)-c(?P<cycle>{_COUNT})")
+_STEM = re.compile(rf"{_RUN_ID.pattern}-a(?P<attempt>{_COUNT})")
 
 
 @dataclass
@@ -32,7 +40,8 @@ class RequestRecord:
 @dataclass(frozen=True, order=True)
 class RunKey:
     """One planned run: an experiment in one cycle. `run_id` keys the manifest; each attempt's
-    files are named by `stem(attempt)`. The only place these formats are written."""
+    files are named by `stem(attempt)`. The only place these formats are written and read
+    back (`parse`, `parse_stem`)."""
 
     experiment_id: str
     cycle: int
@@ -43,8 +52,29 @@ class RunKey:
         return f"{self.experiment_id}-c{self.cycle}"
 
     def stem(self, attempt: int) -> str:
-        """File stem of one attempt's result files."""
+        """File stem of one attempt's result files: `<run_id>-a<attempt>`."""
         return f"{self.run_id}-a{attempt}"
+
+    @classmethod
+    def parse(cls, run_id: str) -> RunKey:
+        """The run a run_id names; ValueError for text run_id never writes."""
+        found = _RUN_ID.fullmatch(run_id)
+        if found is None:
+            raise ValueError(f"not a run id (<experiment_id>-c<cycle>): {run_id!r}")
+        return cls(found["experiment_id"], int(found["cycle"]))
+
+    @classmethod
+    def parse_stem(cls, stem: str) -> tuple[RunKey, int]:
+        """The run and attempt of an attempt's file stem; ValueError for any other name."""
+        found = _STEM.fullmatch(stem)
+        if found is None:
+            raise ValueError(f"not an attempt's stem (<run_id>-a<attempt>): {stem!r}")
+        return cls(found["experiment_id"], int(found["cycle"])), int(found["attempt"])
+
+    @classmethod
+    def of_row(cls, row: Mapping[str, Any]) -> RunKey:
+        """The run a row (or manifest entry) belongs to, from its identity columns."""
+        return cls(row["experiment_id"], row["cycle"])
 
 
 @dataclass(frozen=True)
@@ -64,6 +94,11 @@ class RunAttempt:
     def stem(self) -> str:
         """File stem of this attempt's result files."""
         return self.key.stem(self.attempt)
+
+    @classmethod
+    def of_row(cls, row: Mapping[str, Any]) -> RunAttempt:
+        """The attempt a row belongs to, from its identity columns (as_dict's inverse)."""
+        return cls(row["campaign_name"], RunKey.of_row(row), row["attempt"])
 
     def as_dict(self) -> dict[str, Any]:
         """The identity columns every row of this attempt carries."""

@@ -1,4 +1,5 @@
-"""Around the campaign: repetitions on a timetable, and a webhook when it is over."""
+"""Around the driver: its blocks of cycles repeated on a timetable, and a webhook when the
+campaign is over. The driver runs one block; automation wraps it and calls nothing else."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from lem_ray.config.automation import NotifyConfig, webhook_url_problem
 from lem_ray.errors import ConfigError
@@ -22,6 +23,19 @@ from lem_ray.planning.schedule import block_plan, blocks_done, timetable
 from lem_ray.results.manifest import load_manifest
 
 log = logging.getLogger("lem_ray")
+Result = TypeVar("Result")
+
+
+class BlockDriver(Protocol[Result]):
+    """The driver as automation wraps it: a block of cycles' runs at a time."""
+
+    results_dir: str
+
+    def run(self, plan: CampaignPlan, block: int) -> Result:
+        """Run what is not yet done of the plan (block: which block of cycles it is)."""
+
+    def total(self, plan: CampaignPlan, blocks: list[Result]) -> Result:
+        """The campaign's result over the blocks run."""
 
 
 class Clock(Protocol):
@@ -133,8 +147,21 @@ def notified(plan: CampaignPlan, run: Callable[[], Any]) -> Any:
     return result
 
 
-def scheduled(plan: CampaignPlan, results_dir: str, run_block: Callable[[CampaignPlan, int], Any],
-              clock: Clock | None = None) -> list[Any]:
+def automated(plan: CampaignPlan, driver: BlockDriver[Result],
+              clock: Clock | None = None) -> Result:
+    """The whole campaign: one block, or the schedule's blocks on its timetable; the webhook
+    (with `notify`) told how it ended."""
+    def run() -> Result:
+        if plan.campaign.schedule is None:
+            return driver.run(plan, 0)
+        return driver.total(plan, scheduled(plan, driver, clock))
+
+    result: Result = notified(plan, run)
+    return result
+
+
+def scheduled(plan: CampaignPlan, driver: BlockDriver[Result],
+              clock: Clock | None = None) -> list[Result]:
     """Run the campaign's blocks of cycles at the timetable's times; results of each block.
 
     A block that runs past the next slot delays it; a slot already followed by another past
@@ -144,10 +171,10 @@ def scheduled(plan: CampaignPlan, results_dir: str, run_block: Callable[[Campaig
     schedule = plan.campaign.schedule
     assert schedule is not None
     clock = clock or SystemClock()
-    states = {k: v["state"] for k, v in load_manifest(results_dir)["runs"].items()}
+    states = {k: v["state"] for k, v in load_manifest(driver.results_dir)["runs"].items()}
     block = blocks_done(plan, states)
     slots = timetable(schedule, clock.now())
-    results: list[Any] = []
+    results: list[Result] = []
     slot = next(slots, None)
     while slot is not None:
         following = next(slots, None)
@@ -163,7 +190,7 @@ def scheduled(plan: CampaignPlan, results_dir: str, run_block: Callable[[Campaig
                         (block + 1) * plan.campaign.execution.cycles,
                         slot.isoformat(timespec="minutes"))
             clock.sleep((slot - now).total_seconds())
-        results.append(run_block(block_plan(plan, block), block))
+        results.append(driver.run(block_plan(plan, block), block))
         block += 1
         slot = following
     return results

@@ -10,9 +10,10 @@ from typing import Any
 import ray
 
 from lem_ray.config.runtime_env import RuntimeEnvSpec
-from lem_ray.execution.automation import Clock, notified, scheduled
+from lem_ray.execution.automation import Clock, automated
 from lem_ray.execution.cluster import capacity, connect
-from lem_ray.execution.dispatch import Dispatcher, Progress, Reporter
+from lem_ray.execution.completion import Progress, Reporter
+from lem_ray.execution.dispatch import Dispatcher
 from lem_ray.execution.guard import sole_driver
 from lem_ray.execution.manifest_actor import close_manifest, open_manifest
 from lem_ray.execution.metrics import publishing
@@ -80,23 +81,35 @@ def run_campaign(
     with `notify`, the webhook hears how it ended.
     """
     plan = plan_campaign(source)
-    out = str(plan.results_dir(results_dir))
-    if plan.campaign.schedule is None:
-        return notified(plan, lambda: run_block(plan, out, address, reporter, retry_failed, fresh))
+    driver = Driver(str(plan.results_dir(results_dir)), address, reporter, retry_failed, fresh)
+    return automated(plan, driver, clock)
 
-    def one(block: CampaignPlan, index: int) -> CampaignResult:
-        return run_block(block, out, address, reporter, retry_failed, fresh and index == 0)
 
-    def all_blocks() -> CampaignResult:
-        blocks = scheduled(plan, out, one, clock)
+@dataclass
+class Driver:
+    """A campaign's runs on Ray, a block of cycles at a time; automation.py wraps it."""
+
+    results_dir: str
+    address: str | None
+    reporter: Reporter | None
+    retry_failed: bool
+    fresh: bool
+    """Earlier results moved aside first: before the first block only."""
+
+    def run(self, plan: CampaignPlan, block: int) -> CampaignResult:
+        """Run what is not yet done of the plan, the campaign's block number `block`."""
+        return run_block(plan, self.results_dir, self.address, self.reporter, self.retry_failed,
+                         self.fresh and block == 0)
+
+    def total(self, plan: CampaignPlan, blocks: list[CampaignResult]) -> CampaignResult:
+        """The counts summed over the blocks, and the summary of the whole dataset."""
+        out = self.results_dir
         keys = blocks[0].counts if blocks else ("planned", "skipped_done", "ran", "failed",
                                                  "ok", "retried")
         counts = {k: sum(b.counts[k] for b in blocks) for k in keys}
         summary, failures = summarize(out, plan.labels()) if blocks else ([], [])
         moved = blocks[0].moved_aside if blocks else None
         return CampaignResult(plan.name, out, counts, summary, failures, moved)
-
-    return notified(plan, all_blocks)
 
 
 def run_block(
@@ -113,8 +126,7 @@ def run_block(
     prompts = plan.load_prompts()
     runtime_envs = plan.runtime_envs()
     with sole_driver(out, fresh) as moved:
-        rebuilt = rebuild_if_damaged(out, plan.name, [(r.experiment_id, r.cycle)
-                                                      for r in plan.runs])
+        rebuilt = rebuild_if_damaged(out, plan.name, plan.runs)
         if rebuilt:
             log.warning("lem-ray: warning: %s", rebuilt)
         return _run_on_ray(plan, out, address, reporter, retry_failed, prompts, runtime_envs,
@@ -136,7 +148,7 @@ def _run_on_ray(plan: CampaignPlan, out: str, address: str | None, reporter: Rep
                                        plan.campaign.execution.cycles)
         claim(out, Owner(plan.name, fingerprint))
         manifest = open_manifest(plan.name, out)
-        runs = ray.get(manifest.register.remote([(r.experiment_id, r.cycle) for r in plan.runs]))
+        runs = ray.get(manifest.register.remote(plan.runs))
         owed = UNFINISHED + (("failed",) if retry_failed else ())
         pending = [r for r in plan.runs if runs[r.run_id]["state"] in owed]
         progress = Progress(total=len(pending))
@@ -152,7 +164,7 @@ def _run_on_ray(plan: CampaignPlan, out: str, address: str | None, reporter: Rep
                                     runtime_envs=runtime_envs, env_refusals=refusals)
             with publishing(dispatcher):
                 dispatcher.run(pending, attempts)
-            unstored = dispatcher.writer.failures()
+            unstored = dispatcher.completion.writer.failures()
         final = ray.get(manifest.snapshot.remote())["runs"]
         if not any(final[r.run_id]["state"] in UNFINISHED for r in plan.runs):
             close_manifest(plan.name, out)

@@ -46,13 +46,13 @@ class ManifestActor:
         for key, fields in changes.items():
             self.store.set(key, fields)
 
-    def register(self, runs: list[tuple[str, int]]) -> dict[str, dict[str, Any]]:
+    def register(self, runs: list[RunKey]) -> dict[str, dict[str, Any]]:
         """Add the plan's runs not yet known (a changed grid adds, never removes). An actor a
         previous driver left alive reconciles again: rows may have gone since it started."""
         if not self.fresh:
             self._reconcile()
         self.fresh = False
-        self.store.add_runs({RunKey(e, c).run_id: new_entry(e, c) for e, c in runs})
+        self.store.add_runs({r.run_id: new_entry(r.experiment_id, r.cycle) for r in runs})
         return self.store.view()["runs"]
 
     def update(self, key: str, **fields: Any) -> dict[str, Any]:

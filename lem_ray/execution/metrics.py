@@ -20,7 +20,8 @@ from lem_ray.records import RunAttempt
 from lem_ray.telemetry.nvml import GpuSample
 
 if TYPE_CHECKING:
-    from lem_ray.execution.dispatch import Dispatcher, Progress
+    from lem_ray.execution.completion import Progress
+    from lem_ray.execution.dispatch import Dispatcher
     from lem_ray.results.rows import RunRows
 
 GPU_PUBLISH_S = 1.0
@@ -156,7 +157,7 @@ def publishing(dispatcher: Dispatcher) -> Iterator[None]:
         yield
         return
     gauges = CampaignGauges(dispatcher.plan.name)
-    reporter = dispatcher.reporter
+    reporter = dispatcher.completion.reporter
 
     def report(progress: Progress, rows: RunRows | None) -> None:
         if rows is not None:
@@ -176,7 +177,7 @@ def publishing(dispatcher: Dispatcher) -> Iterator[None]:
         while not stop.wait(DRIVER_PUBLISH_S):
             publish()
 
-    dispatcher.reporter = report
+    dispatcher.completion.reporter = report
     publish()
     thread = threading.Thread(target=loop, name="lem-ray-metrics", daemon=True)
     thread.start()
@@ -186,4 +187,4 @@ def publishing(dispatcher: Dispatcher) -> Iterator[None]:
         stop.set()
         thread.join()
         publish()
-        dispatcher.reporter = reporter
+        dispatcher.completion.reporter = reporter

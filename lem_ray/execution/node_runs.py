@@ -74,19 +74,25 @@ class CampaignRecord:
         self.node_runs = NodeRuns()
 
     def run_started(self, node_id: str, token: str, t_s: float) -> None:
+        """A run began on a node (NodeRuns.started)."""
         self.node_runs.started(node_id, token, t_s)
 
     def run_ended(self, token: str, t_s: float) -> None:
+        """A run ended (NodeRuns.ended)."""
         self.node_runs.ended(token, t_s)
 
     def sharing(self, node_id: str, token: str, start_s: float, end_s: float) -> int:
+        """Runs that shared the node with this one's window (NodeRuns.sharing)."""
         return self.node_runs.sharing(node_id, token, start_s, end_s)
 
     def active(self, node_id: str, token: str, t_s: float) -> int:
+        """Other runs active on the node at t_s (NodeRuns.active)."""
         return self.node_runs.active(node_id, token, t_s)
 
     def get(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
+        """The known baselines of these GPUs."""
         return {u: self.entries[u] for u in uuids if u in self.entries}
 
     def put(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Keep newly measured baselines."""
         self.entries.update(entries)

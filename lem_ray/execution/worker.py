@@ -27,7 +27,7 @@ from lem_ray.execution.compiled import CacheUse, CompiledArtifacts
 from lem_ray.execution.engines import EnginePool, out_of_memory
 from lem_ray.execution.gpus import GpuIdentity, resolve_gpus
 from lem_ray.execution.handoff import RunOutcome, RunResult, WorkerIdentity
-from lem_ray.execution.sampler_actor import ActorSampler, SamplerActor
+from lem_ray.execution.sampler_actor import SAMPLER_CONCURRENCY, ActorSampler, SamplerActor
 from lem_ray.measure.protocol import (
     BaselineCache,
     Clock,
@@ -78,22 +78,28 @@ class WorkerSampler(GpuSampler, Protocol):
     """The protocol's sampler, plus a run's series: started after the baselines, handed over
     when the run ends (the sampler actor through ActorSampler)."""
 
-    def start(self, metric_tags: dict[str, str] | None = None) -> None: ...
+    def start(self, metric_tags: dict[str, str] | None = None) -> None:
+        """Begin the run's series, after the baselines."""
 
-    def finish(self) -> SamplerReport: ...
+    def finish(self) -> SamplerReport:
+        """The run's series, as the run ends."""
 
 
 class RunRecord(BaselineCache, Protocol):
     """The campaign's record of idle baselines and of which runs are active on which node
     (execution/node_runs.CampaignRecord, in the BaselineCache actor)."""
 
-    def run_started(self, node_id: str, token: str, t_s: float) -> None: ...
+    def run_started(self, node_id: str, token: str, t_s: float) -> None:
+        """A run began on a node."""
 
-    def run_ended(self, token: str, t_s: float) -> None: ...
+    def run_ended(self, token: str, t_s: float) -> None:
+        """A run ended."""
 
-    def sharing(self, node_id: str, token: str, start_s: float, end_s: float) -> int: ...
+    def sharing(self, node_id: str, token: str, start_s: float, end_s: float) -> int:
+        """Runs that shared the node with this window."""
 
-    def active(self, node_id: str, token: str, t_s: float) -> int: ...
+    def active(self, node_id: str, token: str, t_s: float) -> int:
+        """Other runs active on the node at t_s."""
 
 
 class WorkerRuns:
@@ -315,9 +321,11 @@ class ExperimentWorker:
             self.runs.sampler_for(sample_interval_ms)
 
     def identify(self) -> WorkerIdentity:
+        """Where the worker is and which GPUs it holds (its first answer: it is up)."""
         return self.runs.identity
 
     def run(self, request: RunRequest) -> RunOutcome:
+        """Run one experiment's run on this worker's GPUs."""
         record = Blocking(request.baselines) if request.baselines is not None else None
         return self.runs.run(request, record)
 
@@ -327,7 +335,8 @@ class ExperimentWorker:
             ray.kill(self.sampler_actor)
         pg = ray.util.get_current_placement_group()
         options = {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, 0)} if pg else {}
-        self.sampler_actor = SamplerActor.options(**options).remote(
+        self.sampler_actor = SamplerActor.options(
+            max_concurrency=SAMPLER_CONCURRENCY, **options).remote(
             identity.gpu_uuids, sample_interval_ms, no_gpu_reason(identity), identity.node_id,
         )
         return ActorSampler(self.sampler_actor, identity.gpu_uuids, identity.node_id)

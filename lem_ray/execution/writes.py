@@ -9,8 +9,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from lem_ray.records import RunAttempt
 from lem_ray.results.rows import RunRows
-from lem_ray.records import RunKey
 from lem_ray.results.store import write_rows
 
 WRITERS = 4
@@ -26,7 +26,7 @@ def store_rows(results_dir: str, rows: RunRows) -> None:
     """Requests and time series first, the experiments row last: a reader that finds the
     experiments row finds the rest."""
     exp = rows.experiment
-    stem = RunKey(exp["experiment_id"], exp["cycle"]).stem(exp["attempt"])
+    stem = RunAttempt.of_row(exp).stem
     write_rows(results_dir, "requests", stem, rows.requests)
     write_rows(results_dir, "timeseries", stem, rows.timeseries)
     write_rows(results_dir, "experiments", stem, [exp])

@@ -102,7 +102,7 @@ def reconcile(
     changes: dict[str, dict[str, Any]] = {}
     latest: dict[str, dict[str, Any]] = {}
     for row in experiments.select(RECONCILE_COLUMNS).to_pylist():
-        key = RunKey(row["experiment_id"], row["cycle"]).run_id
+        key = RunKey.of_row(row).run_id
         if key not in latest or row["attempt"] > latest[key]["attempt"]:
             latest[key] = row
     for key, row in latest.items():

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from lem_ray.errors import ConfigError
+from lem_ray.records import RunKey
 from lem_ray.results.report import build_report
 from lem_ray.results.schema import EXPERIMENTS
 from lem_ray.results.store import open_dataset, read_table
@@ -74,7 +75,7 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def attempt_key(row: dict[str, Any]) -> str:
     """`<run_id>-a<attempt>`: one attempt, as tagged in MLflow."""
-    return f"{row['run_id']}-a{row['attempt']}"
+    return RunKey.parse(row["run_id"]).stem(row["attempt"])
 
 
 def _ms(value: Any) -> int | None:

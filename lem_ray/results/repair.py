@@ -23,13 +23,13 @@ from lem_ray.results.store import read_table, resolve
 DAMAGED_PREFIX = "damaged-"
 
 
-def rebuilt_runs(runs: list[tuple[str, int]], rows: list[dict[str, Any]]
+def rebuilt_runs(runs: list[RunKey], rows: list[dict[str, Any]]
                  ) -> dict[str, dict[str, Any]]:
     """Entries for the plan's runs and every run with a row: ok if an attempt ended ok, else
     failed (with the last attempt's error) if one ended failed, else pending."""
-    entries = {RunKey(e, c).run_id: new_entry(e, c) for e, c in runs}
+    entries = {r.run_id: new_entry(r.experiment_id, r.cycle) for r in runs}
     for row in sorted(rows, key=lambda r: r["attempt"]):
-        key = RunKey(row["experiment_id"], row["cycle"]).run_id
+        key = RunKey.of_row(row).run_id
         entry = entries.setdefault(key, new_entry(row["experiment_id"], row["cycle"]))
         entry["attempt"] = max(entry["attempt"], row["attempt"])
         if entry["state"] == "ok":
@@ -59,7 +59,7 @@ def _move_damaged(results_dir: str) -> str:
 
 
 def rebuild_if_damaged(results_dir: str, campaign_name: str,
-                       runs: list[tuple[str, int]]) -> str | None:
+                       runs: list[RunKey]) -> str | None:
     """Rebuild a damaged manifest from the dataset (only the directory's own driver may);
     returns the warning that says what was rebuilt, None when the manifest was readable."""
     try:

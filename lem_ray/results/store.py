@@ -14,7 +14,6 @@ if a file it listed was deleted meanwhile, so its readers see no duplicate and n
 from __future__ import annotations
 
 import os
-import re
 import sys
 import uuid
 from collections.abc import Callable
@@ -27,11 +26,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lem_ray.errors import ConfigError
+from lem_ray.records import RunKey
 from lem_ray.results.schema import ID_FIELDS, RENAMED, TABLES, reading_schema, upgrade
 
 RESULT_TABLES = ("experiments", "requests", "timeseries")
 COMPACTED_PREFIX = "compacted-"
-_STEM = re.compile(r"^(?P<run_id>.+-c\d+)-a(?P<attempt>\d+)\.parquet$")
 # A reader that lists files while `compact` deletes some lists again; each retry sees a newer
 # state, and compact deletes only what a compacted file already holds.
 READ_RETRIES = 5
@@ -44,8 +43,14 @@ FILES_PER_READ = 1000
 def attempt_of(file_name: str) -> tuple[str, int] | None:
     """(run_id, attempt) of a per-attempt file's name (RunKey.stem + .parquet); None for any
     other file."""
-    found = _STEM.match(file_name)
-    return (found["run_id"], int(found["attempt"])) if found else None
+    stem, suffix = os.path.splitext(file_name)
+    if suffix != ".parquet":
+        return None
+    try:
+        key, attempt = RunKey.parse_stem(stem)
+    except ValueError:
+        return None
+    return key.run_id, attempt
 
 
 def resolve(results_dir: str | Path) -> tuple[pafs.FileSystem, str]:
@@ -186,7 +191,7 @@ def readable_files(fs: pafs.FileSystem, folder: str, schema: pa.Schema,
 
 
 def _read_files(fs: pafs.FileSystem, paths: list[str], schema: pa.Schema,
-                on_skip: Callable[[str, str], None], columns: list[str] | None) -> pa.Table:
+                on_skip: Callable[[str, str], None], columns: list[str] | None = None) -> pa.Table:
     """All at once; if a file is damaged past its footer, file by file without it."""
     try:
         return ds.dataset(paths, filesystem=fs, format="parquet", schema=schema).to_table(

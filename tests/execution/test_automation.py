@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
@@ -93,6 +94,11 @@ def test_blocks_number_cycles_on(tmp_path: Path) -> None:
     assert len(block_plan(plan, 2).runs) == len(plan.runs)
 
 
+def driver(tmp_path: Path, run_block: Callable[[Any, int], int]) -> SimpleNamespace:
+    """A driver whose blocks run_block plays, over a results directory in tmp_path."""
+    return SimpleNamespace(results_dir=str(tmp_path / "r"), run=run_block)
+
+
 def test_scheduler_waits_skips_and_resumes(tmp_path: Path) -> None:
     plan = plan_campaign({**CAMPAIGN, "schedule": {"every": "6h", "for": "24h"}})
     start = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -105,7 +111,7 @@ def test_scheduler_waits_skips_and_resumes(tmp_path: Path) -> None:
             clock.t += timedelta(hours=13)  # runs past the 06:00 and 12:00 slots
         return index
 
-    assert scheduled(plan, str(tmp_path / "r"), run_block, clock) == [0, 1, 2]
+    assert scheduled(plan, driver(tmp_path, run_block), clock) == [0, 1, 2]
     hours = [(when - start) / timedelta(hours=1) for _, when, _ in ran]
     assert hours == [0, 13, 18], "slot 6h skipped, slot 12h late, slot 18h on time"
     assert [cycles for _, _, cycles in ran] == [{1, 2}, {3, 4}, {5, 6}]
@@ -119,7 +125,7 @@ def test_scheduler_waits_skips_and_resumes(tmp_path: Path) -> None:
         store.set(r.run_id, {"state": "ok"})
     store.close()
     ran.clear()
-    scheduled(plan, str(tmp_path / "r"), run_block, WallClock(start))
+    scheduled(plan, driver(tmp_path, run_block), WallClock(start))
     assert [cycles for _, _, cycles in ran][:2] == [{5, 6}, {7, 8}]
 
 

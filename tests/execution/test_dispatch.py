@@ -11,12 +11,15 @@ from typing import Any
 
 import pytest
 
-import lem_ray.execution.dispatch as dispatch
+import lem_ray.execution.completion as completion
+import lem_ray.execution.slot_pool as slot_pool
 import lem_ray.execution.writes as writes
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.execution.dispatch import Dispatcher, Progress, RunTask
-from lem_ray.execution.writes import RowWriter
+from lem_ray.execution.completion import Completion, Progress
+from lem_ray.execution.dispatch import Dispatcher
+from lem_ray.execution.run_queue import RunQueue, RunTask
+from lem_ray.execution.slot_pool import SlotPool
 from lem_ray.records import RunAttempt, RunKey
 from lem_ray.results.rows import RunRows, failed_rows
 from tests.conftest import TINY_BASE
@@ -36,20 +39,25 @@ def outcome(kind: str, ids: RunAttempt) -> RunRows:
 
 
 def dispatcher(monkeypatch: pytest.MonkeyPatch, max_attempts: int) -> tuple[Dispatcher, dict]:
+    """The loop's queue, slot pool (no slots, no cluster) and completion path, without Ray."""
     seen: dict[str, list] = {"stored": [], "manifest": [], "reported": []}
     monkeypatch.setattr(writes, "store_rows", lambda results_dir, rows: seen["stored"].append(
         (rows.experiment["attempt"], rows.experiment["status"])))
-    monkeypatch.setattr(dispatch, "ray", SimpleNamespace(get=lambda ref: ref,
-                                                         kill=lambda actor, no_restart: None))
+    fake_ray = SimpleNamespace(get=lambda ref: ref, kill=lambda actor, no_restart: None)
+    monkeypatch.setattr(completion, "ray", fake_ray)
+    monkeypatch.setattr(slot_pool, "ray", fake_ray)
+    execution = ExecutionConfig(max_attempts=max_attempts)
     d = Dispatcher.__new__(Dispatcher)
-    d.execution = ExecutionConfig(max_attempts=max_attempts)
-    d.results_dir, d.interrupted, d.queue, d.slots = "unused", 0, [], {}
-    d.reporter = lambda progress, rows: seen["reported"].append(
-        None if rows is None else (rows.experiment["attempt"], rows.retryable))
-    d.progress = Progress(total=1)
-    d.manifest = SimpleNamespace(update=SimpleNamespace(
+    d.execution = execution
+    d.queue = RunQueue(execution, {}, has_gpus=False)
+    d.pool = SlotPool("c", has_gpus=False, sample_interval_ms=None)
+    manifest = SimpleNamespace(update=SimpleNamespace(
         remote=lambda key, **fields: seen["manifest"].append({"key": key, **fields})))
-    d.writer = RowWriter("unused", d._conclude)
+    d.completion = Completion(
+        "unused", manifest, execution, Progress(total=1),
+        lambda progress, rows: seen["reported"].append(
+            None if rows is None else (rows.experiment["attempt"], rows.retryable)),
+        d.queue.retry)
     return d, seen
 
 
@@ -62,10 +70,10 @@ def dispatch_one(monkeypatch: pytest.MonkeyPatch, outcomes: list[str], max_attem
     attempts = []
     while task is not None:
         attempts.append(task.ids.attempt)
-        d._finish(task, outcome(outcomes[len(attempts) - 1], task.ids))
-        d.writer.collect(wait=True)
-        task = d.queue.pop(0) if d.queue else None
-    d.writer.close()
+        d.completion.finish(task, outcome(outcomes[len(attempts) - 1], task.ids))
+        d.completion.writer.collect(wait=True)
+        task = d.queue.tasks.pop(0) if d.queue else None
+    d.completion.writer.close()
     assert all(m["gpu_ids"] == [] for m in seen["manifest"]), "never null"
     return {**seen, "attempts": attempts, "progress": d.progress,
             "states": [m["state"] for m in seen["manifest"]],
@@ -106,12 +114,12 @@ def test_ctrl_c_marks_running_runs_interrupted_and_stores_nothing(
     d, seen = dispatcher(monkeypatch, 3)
     task = RunTask(RunAttempt("c", RunKey("e1", 1), 1), CONFIG, CONFIG.engine_key)
     finished: list[bool] = []
-    d.slots = {1: SimpleNamespace(run=task, worker="w", finish=lambda: finished.append(True)),
-               2: SimpleNamespace(run=None, worker="idle", finish=lambda: None)}
+    d.pool.slots = {1: SimpleNamespace(run=task, worker="w", finish=lambda: finished.append(True)),
+                    2: SimpleNamespace(run=None, worker="idle", finish=lambda: None)}
     d.progress.change(running=1)
-    d._interrupt()
+    assert d._interrupt() == 1
     assert [(m["key"], m["state"]) for m in seen["manifest"]] == [("e1-c1", "interrupted")]
-    assert d.interrupted == 1 and seen["stored"] == [] and finished == [True]
+    assert seen["stored"] == [] and finished == [True]
     assert d.progress.running == 0
 
 
@@ -142,30 +150,30 @@ def test_a_final_write_that_fails_fails_the_run_with_its_error(monkeypatch) -> N
     task = RunTask(RunAttempt("c", RunKey("e1", 1), 1), CONFIG, CONFIG.engine_key)
     started = datetime(2026, 1, 2, tzinfo=timezone.utc)
     ok = outcome("ok", task.ids)
-    d._finish(task, RunRows({**ok.experiment, "started_at": started, "energy_j": 5.0}))
-    d.writer.collect(wait=True)
-    d.writer.close()
+    d.completion.finish(task, RunRows({**ok.experiment, "started_at": started, "energy_j": 5.0}))
+    d.completion.writer.collect(wait=True)
+    d.completion.writer.close()
     assert tried == [(1, "ok"), (1, "failed")], "the failed row is written in its place"
     failed = written[1]
     assert (failed["started_at"], failed["node_id"], failed["energy_j"]) == (started, "n", None), \
         "when and where it ran are kept, nothing it measured"
     assert [(m["state"], m["error"]) for m in seen["manifest"]] == [("failed", DISK_FULL)]
     assert (d.progress.done, d.progress.failed) == (1, 1)
-    assert d.writer.unstored == [] and d.writer.failures() == []
+    assert d.completion.writer.unstored == [] and d.completion.writer.failures() == []
 
 
 def test_a_retry_whose_rows_cannot_be_stored_ends_failed(monkeypatch) -> None:
     d, seen = dispatcher(monkeypatch, 3)
     tried = full_disk(monkeypatch, {"failed"})
     task = RunTask(RunAttempt("c", RunKey("e1", 1), 1), CONFIG, CONFIG.engine_key)
-    d._finish(task, outcome("died", task.ids))
-    d.writer.close()
-    assert tried == [(1, "failed"), (1, "failed")] and d.queue == [], "not retried"
+    d.completion.finish(task, outcome("died", task.ids))
+    d.completion.writer.close()
+    assert tried == [(1, "failed"), (1, "failed")] and d.queue.tasks == [], "not retried"
     assert [(m["state"], m["error"]) for m in seen["manifest"]] == [("failed", DISK_FULL)]
     assert (d.progress.done, d.progress.failed, d.progress.retried) == (1, 1, 0)
-    assert d.writer.failures() == [{"group": "e1", "experiment_id": "e1", "run_id": "e1-c1",
-                                    "cycle": 1, "attempt": 1, "status": "failed",
-                                    "reason": DISK_FULL}]
+    assert d.completion.writer.failures() == [{
+        "group": "e1", "experiment_id": "e1", "run_id": "e1-c1", "cycle": 1, "attempt": 1,
+        "status": "failed", "reason": DISK_FULL}]
 
 
 def test_an_error_after_the_write_reaches_the_loop(monkeypatch) -> None:
@@ -178,18 +186,18 @@ def test_an_error_after_the_write_reaches_the_loop(monkeypatch) -> None:
         gate.wait(timeout=10)
         raise RuntimeError("the manifest could not be written")
 
-    d.manifest = SimpleNamespace(update=SimpleNamespace(remote=broken))
+    d.completion.manifest = SimpleNamespace(update=SimpleNamespace(remote=broken))
     task = RunTask(RunAttempt("c", RunKey("e1", 1), 1), CONFIG, CONFIG.engine_key)
-    d._finish(task, outcome("ok", task.ids))
-    d.writer.collect()
-    assert len(d.writer.futures) == 1, "still running: kept for later"
+    d.completion.finish(task, outcome("ok", task.ids))
+    d.completion.writer.collect()
+    assert len(d.completion.writer.futures) == 1, "still running: kept for later"
     gate.set()
     with pytest.raises(RuntimeError, match="manifest could not be written"):
-        d.writer.collect(wait=True)
-    assert seen["stored"] == [(1, "ok")] and d.writer.futures == []
+        d.completion.writer.collect(wait=True)
+    assert seen["stored"] == [(1, "ok")] and d.completion.writer.futures == []
 
     gate.clear()
-    d._finish(task, outcome("ok", task.ids))
+    d.completion.finish(task, outcome("ok", task.ids))
     threading.Timer(0.2, gate.set).start()
-    d.writer.close()
-    assert [f.done() for f in d.writer.futures] == [True]
+    d.completion.writer.close()
+    assert [f.done() for f in d.completion.writer.futures] == [True]

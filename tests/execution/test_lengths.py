@@ -7,8 +7,8 @@ import pytest
 
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.execution.dispatch import Dispatcher, RunTask
 from lem_ray.execution.lengths import RunLengths, decode_steps
+from lem_ray.execution.run_queue import RunQueue, RunTask
 from lem_ray.records import RunAttempt, RunKey
 from tests.conftest import TINY_BASE
 
@@ -56,12 +56,9 @@ def test_interleaved_cycles_go_longest_first_within_each_cycle() -> None:
     """Planned GPU-time = decode steps x GPUs; cycles keep their order."""
     shapes = {"short": config(max_output_tokens=8), "long": config(max_output_tokens=32),
               "wide": config(max_output_tokens=16, gpus_per_experiment=2)}
-    d = Dispatcher.__new__(Dispatcher)
-    d.steps, d.prompts = {}, {name: ["p"] * 4 for name in shapes}
-    d.cap = type("Cap", (), {"has_gpus": True})()
-    d.execution = ExecutionConfig()
+    runs = RunQueue(ExecutionConfig(), {name: ["p"] * 4 for name in shapes}, has_gpus=True)
     queue = [RunTask(RunAttempt("c", RunKey(name, cycle), 1), cfg, cfg.engine_key)
              for cycle in (1, 2) for name, cfg in shapes.items()]
-    ordered = [(t.ids.key.cycle, t.ids.key.experiment_id) for t in d._longest_first(queue)]
+    ordered = [(t.ids.key.cycle, t.ids.key.experiment_id) for t in runs.longest_first(queue)]
     assert ordered == [(1, "wide"), (1, "long"), (1, "short"), (2, "wide"), (2, "long"),
                        (2, "short")], "wide and long tie at 128: the larger first"

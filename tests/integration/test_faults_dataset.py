@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-import lem_ray.execution.dispatch as dispatch
+import lem_ray.execution.completion as completion
 import lem_ray.execution.driver as driver
 from lem_ray.cli.main import main
 from lem_ray.cli.report_cmd import _power_samples
@@ -120,14 +120,14 @@ def test_a_misspelt_column_fails_the_run_with_that_error(
 ) -> None:
     """A bug of ours in a row (a key the schema lacks) is refused by the real writer: the run
     fails with that error instead of staying `running` with nothing said."""
-    real = dispatch.ok_rows
+    real = completion.ok_rows
 
     def misspelt(*args: Any, **kwargs: Any) -> Any:
         made = real(*args, **kwargs)
         made.experiment["energy_jj"] = made.experiment["energy_j"]
         return made
 
-    monkeypatch.setattr(dispatch, "ok_rows", misspelt)
+    monkeypatch.setattr(completion, "ok_rows", misspelt)
     out = tmp_path / "r"
     data = campaign("misspelt", [1])
     result = run_campaign(data, results_dir=out)

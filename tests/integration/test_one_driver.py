@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from lem_ray.execution.driver import run_campaign
+from lem_ray.records import RunKey
 from lem_ray.results.lease import LEASE_FILE, LOCK_FILE
 from lem_ray.results.manifest import load_manifest
 from lem_ray.results.ownership import Owner, claim
@@ -145,7 +146,7 @@ def test_rebuilt_entries_follow_the_rows_latest_attempt() -> None:
 
     rows = [row("e1", 2, "ok"), row("e1", 1, "failed", "worker died: x"),
             row("e2", 1, "failed", "ValueError: bad"), row("e4", 1, "ok")]
-    entries = rebuilt_runs([("e1", 1), ("e2", 1), ("e3", 1)], rows)
+    entries = rebuilt_runs([RunKey("e1", 1), RunKey("e2", 1), RunKey("e3", 1)], rows)
     assert {k: (e["state"], e["attempt"], e["error"]) for k, e in entries.items()} == {
         "e1-c1": ("ok", 2, None), "e2-c1": ("failed", 1, "ValueError: bad"),
         "e3-c1": ("pending", 0, None), "e4-c1": ("ok", 1, None)}

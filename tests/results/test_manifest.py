@@ -180,9 +180,9 @@ def test_lost_runs_are_recorded_by_the_actor_replayed_and_owed_an_attempt(tmp_pa
     (out / "experiments" / "e1-c1-a1.parquet").unlink()
     actor = ManifestActor.__ray_actor_class__(str(out), "m")
     assert load_manifest(out)["runs"]["e1-c1"]["state"] == "lost", "from the journal"
-    assert actor.register([("e1", 1), ("e1", 2)])["e1-c2"]["state"] == "ok"
+    assert actor.register([RunKey("e1", 1), RunKey("e1", 2)])["e1-c2"]["state"] == "ok"
     (out / "experiments" / "e1-c2-a1.parquet").unlink()
-    runs = actor.register([("e1", 1), ("e1", 2)])
+    runs = actor.register([RunKey("e1", 1), RunKey("e1", 2)])
     assert (runs["e1-c2"]["state"], runs["e1-c2"]["attempt"]) == ("lost", 1)
     actor.close()
     after = load_manifest(out)["runs"]

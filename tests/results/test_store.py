@@ -189,6 +189,7 @@ def test_stale_temp_files_go_and_nothing_else(tmp_path: Path) -> None:
     ("compacted-20260101-0.parquet", None),
     ("x-c1-a1.parquet.tmp", None),
     ("x-c1.parquet", None),
+    ("x-c01-a1.parquet", None),
 ])
 def test_attempt_of_reads_the_writers_names_only(name: str, key: tuple | None) -> None:
     assert attempt_of(name) == key
