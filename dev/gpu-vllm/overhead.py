@@ -4,9 +4,10 @@ On the H200, from the project root, after `source .gpu/setup.sh && source /tmp/v
 
     python3 dev/gpu-vllm/overhead.py [--seqs 256,64] [--budget-s 540]   (or run.sh overhead)
 
-Rehearsed on a CPU against the stand-in beside this file (no model runs there; the plumbing):
+Rehearsed on a CPU against tests/fakes/vllm_standin, installed as `vllm` in a temp dir by
+rehearse.sh (no model runs there; the plumbing):
 
-    PYTHONPATH=dev/gpu-vllm/standin python3 dev/gpu-vllm/overhead.py --window-s 1 --budget-s 60
+    dev/gpu-vllm/rehearse.sh python3 dev/gpu-vllm/overhead.py --window-s 1 --budget-s 60
 
 For each max_num_seqs, one engine (lem-ray's VLLMBackend with the campaign's engine arguments,
 so vLLM's stats are on), one set of prompts (128 tokens in, exactly 128 out), and three arms,

@@ -3,7 +3,7 @@
 #   source .gpu/setup.sh && source /tmp/vparts/install.sh
 # runs parts of the vLLM live run, one after the other, and leaves their output in $OUT (at
 # most 8 files: what does not fit goes into rest.tgz). Keep a call's parts under 600 s:
-#   dev/gpu-vllm/run.sh tests             pytest -m gpu on tests/test_vllm*.py   (~120-200 s)
+#   dev/gpu-vllm/run.sh tests             pytest -m gpu on tests/backends/test_vllm*.py   (~120-200 s)
 #   dev/gpu-vllm/run.sh campaign          configs/h200-vllm-llama1b.yaml + table (~480-630 s)
 #   dev/gpu-vllm/run.sh traffic           configs/h200-vllm-traffic.yaml + table (~120-220 s)
 #   dev/gpu-vllm/run.sh tp2               configs/h200-vllm-tp2.yaml on 2 GPUs + table (~250-350 s)
@@ -37,8 +37,8 @@ stop_leftovers() {
 
 run_tests() {  # BUDGET_S
   local rc
-  echo "[$(stamp)] pytest -m gpu tests/test_vllm*.py (budget ${1}s)"
-  timeout -s INT -k 30 "$1" python3 -m pytest -m gpu tests/test_vllm*.py -q -rs \
+  echo "[$(stamp)] pytest -m gpu tests/backends/test_vllm*.py (budget ${1}s)"
+  timeout -s INT -k 30 "$1" python3 -m pytest -m gpu tests/backends/test_vllm*.py -q -rs \
     -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
   rc=${PIPESTATUS[0]}
   stop_leftovers
