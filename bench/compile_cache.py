@@ -6,7 +6,7 @@
 builtin:llama-1b with dummy weights, bf16, 128-token prompts and answers, the fast path
 (static cache, torch_compile reduce-overhead) at --batch. Each process is a fresh Python with
 its own empty Inductor and Triton caches (as on a new node), and goes through the worker's
-own code (execution/compiled.py) around the engine's load and prepare: first one that finds
+own code (execution/worker/compiled.py) around the engine's load and prepare: first one that finds
 the campaign cache empty, compiles and publishes (the cold process), then --processes that
 load the published entry. Per process: engine load seconds (load and prepare, cache lookup
 and publish included), the process's wall seconds, tok/s over a fixed measurement (2 warm
@@ -60,7 +60,7 @@ def child(cache_dir: str, batch: int, device: str) -> dict[str, Any]:
     from lem_ray.backends.pytorch.timing import StepClock
     from lem_ray.config.experiment import ExperimentConfig
     from lem_ray.config.prompts import SyntheticPrompts
-    from lem_ray.execution.compiled import CompiledArtifacts
+    from lem_ray.execution.worker.compiled import CompiledArtifacts
     from lem_ray.planning.prompts import synthetic_prompts
 
     spec = SyntheticPrompts.model_validate({

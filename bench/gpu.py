@@ -193,7 +193,7 @@ KEEP_DIR: str | None = None
 def campaign(name: str, experiments: list[dict[str, Any]], cycles: int) -> list[dict[str, Any]]:
     """Runs through lem-ray's driver on the Ray instance already connected; prints each run as
     it ends. No idle baseline and no prefill window: neither changes J/output token or tok/s."""
-    from lem_ray.execution.driver import run_campaign
+    from lem_ray.execution.driver.campaign import run_campaign
     from lem_ray.results.store import read_table
 
     spec = {
@@ -270,7 +270,7 @@ def main() -> None:
     def left() -> float:
         return args.budget_s - (time.perf_counter() - STARTED)
 
-    from lem_ray.execution.cluster import connect
+    from lem_ray.execution.driver.cluster import connect
 
     # Campaigns first: the driver holds no CUDA context yet, so no run sees it on its GPU.
     connect(None)

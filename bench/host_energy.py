@@ -97,7 +97,7 @@ def request_check(row: dict[str, Any], requests: list[dict[str, Any]]) -> dict[s
 
 
 def run(window_s: float, results_dir: str, vllm: bool) -> dict[str, Any]:
-    from lem_ray.execution.driver import run_campaign
+    from lem_ray.execution.driver.campaign import run_campaign
     from lem_ray.results.store import read_table
 
     experiments = [{"pytorch": {"batch_size": b},
@@ -141,7 +141,7 @@ def main() -> int:
     if args.window_s is None:
         args.window_s = 1.0 if args.smoke else 10.0
 
-    from lem_ray.execution.cluster import connect
+    from lem_ray.execution.driver.cluster import connect
     from lem_ray.telemetry.rapl import host_status
 
     results: dict[str, Any] = {"settings": {"model": BASE["model_name"], "tokens_in_out": TOKENS,

@@ -95,8 +95,8 @@ def main(results_dir: Path) -> None:
 def smoke() -> None:
     import ray
 
-    from lem_ray.execution.cluster import WORKER_ENV
-    from lem_ray.execution.driver import run_campaign
+    from lem_ray.execution.driver.campaign import run_campaign
+    from lem_ray.execution.driver.cluster import WORKER_ENV
 
     ray.init(address="local", include_dashboard=False, namespace="lem-ray-bench",
              logging_level="ERROR", runtime_env={"env_vars": WORKER_ENV})

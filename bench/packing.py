@@ -29,8 +29,8 @@ from typing import Any
 
 import ray
 
-from lem_ray.execution.cluster import WORKER_ENV
-from lem_ray.execution.driver import run_campaign
+from lem_ray.execution.driver.campaign import run_campaign
+from lem_ray.execution.driver.cluster import WORKER_ENV
 from lem_ray.results.store import read_table
 
 

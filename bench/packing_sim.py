@@ -3,8 +3,8 @@
     python bench/packing_sim.py [--start-s 0.5,1,1.5,2,2.5,3] [--load-s 1,2,3,4] [--json]
                                 [--smoke]
 
-No Ray and no model: the dispatcher's decisions (lem_ray.execution.policy.decide, with run
-lengths from lem_ray.execution.lengths) on 18 runs (GPU counts 1 and 2, max_output_tokens 32,
+No Ray and no model: the dispatcher's decisions (lem_ray.execution.driver.policy.decide, with run
+lengths from lem_ray.execution.driver.lengths) on 18 runs (GPU counts 1 and 2, max_output_tokens 32,
 96 and 192 of 16 prompts, 3 interleaved cycles) on 4 GPUs, where a run's work takes
 FIXED_S + STEP_S per decode step, a new worker takes start_s to come up and a worker loads an
 engine it does not hold in load_s. Two ways, over every (start_s, load_s) pair:
@@ -27,8 +27,8 @@ import json
 from dataclasses import dataclass, field
 from statistics import mean
 
-from lem_ray.execution.lengths import RunLengths
-from lem_ray.execution.policy import Close, Open, QueuedRun, SlotView, decide
+from lem_ray.execution.driver.lengths import RunLengths
+from lem_ray.execution.driver.policy import Close, Open, QueuedRun, SlotView, decide
 
 GPUS = 4
 PROMPTS = 16

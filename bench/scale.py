@@ -172,8 +172,8 @@ def bench_dispatch(runs: int, nodes: int, gpus_per_node: int, work: Path) -> dic
     import ray
     from ray.cluster_utils import Cluster
 
-    from lem_ray.execution.cluster import WORKER_ENV
-    from lem_ray.execution.driver import run_campaign
+    from lem_ray.execution.driver.campaign import run_campaign
+    from lem_ray.execution.driver.cluster import WORKER_ENV
 
     cluster = Cluster(initialize_head=True,
                       head_node_args={"num_cpus": gpus_per_node, "num_gpus": gpus_per_node})

@@ -18,8 +18,8 @@ from statistics import median
 
 import ray
 
-from lem_ray.execution.cluster import WORKER_ENV
-from lem_ray.execution.slots import Slot
+from lem_ray.execution.driver.cluster import WORKER_ENV
+from lem_ray.execution.driver.slots import Slot
 
 
 def start_s(node: str, workers: int, gpus: int) -> float:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from lem_ray.execution.driver import CampaignResult
+    from lem_ray.execution.driver.campaign import CampaignResult
     from lem_ray.planning.plan import CampaignPlan
 
 
@@ -19,8 +19,8 @@ def plan_campaign(source: Any) -> CampaignPlan:
 
 
 def run_campaign(source: Any, **kwargs: Any) -> CampaignResult:
-    """Run a campaign on Ray; see lem_ray.execution.driver.run_campaign for the options."""
-    from lem_ray.execution.driver import run_campaign as _run
+    """Run a campaign on Ray; see lem_ray.execution.driver.campaign.run_campaign for the options."""
+    from lem_ray.execution.driver.campaign import run_campaign as _run
 
     return _run(source, **kwargs)
 

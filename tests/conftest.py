@@ -72,7 +72,7 @@ def isolated_ray(num_cpus: int = 2) -> Iterator[None]:
     """A new local Ray instance for the duration, in this session's temp dir."""
     import ray
 
-    from lem_ray.execution.cluster import WORKER_ENV
+    from lem_ray.execution.driver.cluster import WORKER_ENV
 
     ray.init(
         address="local",

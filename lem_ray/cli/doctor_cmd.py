@@ -31,7 +31,7 @@ def doctor(grid: Path | None, address: str | None, results_dir: str | None,
     imported inside their runtime_envs on the GPU nodes.
     Exit codes: 0 nothing failed (warnings allowed), 1 a check failed, 2 bad input.
     """
-    from lem_ray.execution.doctor import run_doctor
+    from lem_ray.execution.checks.doctor import run_doctor
     from lem_ray.planning.plan import plan_campaign
 
     try:

@@ -53,7 +53,7 @@ def campaign(grid: Path | None, results_dir: str | None, address: str | None, dr
     Exit codes: 0 all ok, 1 a run failed, 2 bad input or another driver on the results
     directory, 130 interrupted (Ctrl-C, or SIGTERM as `ray job stop` sends).
     """
-    from lem_ray.execution.interrupts import sigterm_as_interrupt
+    from lem_ray.execution.driver.interrupts import sigterm_as_interrupt
 
     with sigterm_as_interrupt():
         _campaign(grid, results_dir, address, dry_run, as_json, retry_failed, fresh, yes)
@@ -67,7 +67,7 @@ def _campaign(grid: Path | None, results_dir: str | None, address: str | None, d
     grid = grid or QUICKSTART_CAMPAIGN
     out = console(stderr=False)
     err = console(stderr=True)
-    from lem_ray.execution.preflight import preflight
+    from lem_ray.execution.checks.preflight import preflight
 
     try:
         plan = plan_campaign(grid)
@@ -90,8 +90,8 @@ def _campaign(grid: Path | None, results_dir: str | None, address: str | None, d
         return
 
     from lem_ray.cli.render import LiveProgress, print_summary
-    from lem_ray.execution.dispatch import CampaignInterrupted
-    from lem_ray.execution.driver import run_campaign
+    from lem_ray.execution.driver.campaign import run_campaign
+    from lem_ray.execution.driver.dispatch import CampaignInterrupted
     from lem_ray.results.lease import LeaseLost
 
     if fresh:

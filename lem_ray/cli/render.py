@@ -10,8 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from lem_ray.cli.status_cmd import print_compile_savings, print_gpu_time
-from lem_ray.execution.completion import Progress as RunProgress
-from lem_ray.execution.driver import CampaignResult
+from lem_ray.execution.driver.campaign import CampaignResult
+from lem_ray.execution.driver.completion import Progress as RunProgress
 from lem_ray.planning.plan import CampaignPlan
 from lem_ray.results.rows import RunRows
 

@@ -20,8 +20,8 @@ from lem_ray.records import RunAttempt
 from lem_ray.telemetry.nvml import GpuSample
 
 if TYPE_CHECKING:
-    from lem_ray.execution.completion import Progress
-    from lem_ray.execution.dispatch import Dispatcher
+    from lem_ray.execution.driver.completion import Progress
+    from lem_ray.execution.driver.dispatch import Dispatcher
     from lem_ray.results.rows import RunRows
 
 GPU_PUBLISH_S = 1.0

@@ -53,7 +53,7 @@ from lem_ray.telemetry.sampler import SOURCE_COUNTER
 
 if TYPE_CHECKING:  # what the actors hand the driver: results is given them, imports no actor
     from lem_ray.backends.traffic import EngineLoad, SteadyWindow
-    from lem_ray.execution.handoff import RunResult, WorkerIdentity
+    from lem_ray.execution.worker.handoff import RunResult, WorkerIdentity
     from lem_ray.measure.protocol import GpuConditions
     from lem_ray.measure.sampler import SamplerReport
 

@@ -31,7 +31,7 @@ from lem_ray.backends.vllm.translate import (
     truncated_token_ids,
 )
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.execution.worker import peak_memory_mib
+from lem_ray.execution.worker.runs import peak_memory_mib
 from lem_ray.telemetry import nvml
 from tests.fakes.llm_apis import VLLMSamplingParams, check_vllm_llm_kwargs
 

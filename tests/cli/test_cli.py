@@ -165,8 +165,8 @@ def test_bracketed_text_is_printed_as_written(capsys: pytest.CaptureFixture[str]
     `lem-ray[vllm]` as a markup tag and drop it."""
     from lem_ray.cli.common import console
     from lem_ray.cli.render import LiveProgress, print_summary
-    from lem_ray.execution.completion import Progress
-    from lem_ray.execution.driver import CampaignResult
+    from lem_ray.execution.driver.campaign import CampaignResult
+    from lem_ray.execution.driver.completion import Progress
     from lem_ray.results.rows import RunRows
 
     error = ("BackendUnavailable: the vllm backend needs vLLM; install it with: "
@@ -218,7 +218,7 @@ def test_live_lines_name_runs_by_what_sets_them_apart(capsys: pytest.CaptureFixt
     """Eager and fast-path runs of one batch size: their lines read apart, not by id only."""
     from lem_ray.cli.common import console
     from lem_ray.cli.render import LiveProgress
-    from lem_ray.execution.completion import Progress
+    from lem_ray.execution.driver.completion import Progress
     from lem_ray.planning.plan import plan_campaign
     from lem_ray.results.rows import RunRows
 

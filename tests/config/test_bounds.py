@@ -30,7 +30,7 @@ from lem_ray.assets import ASSETS_DIR
 from lem_ray.config.automation import NotifyConfig
 from lem_ray.config.prompts import FilePrompts
 from lem_ray.errors import ConfigError
-from lem_ray.execution.automation import notified, send_notification
+from lem_ray.execution.driver.automation import notified, send_notification
 from lem_ray.planning.plan import plan_campaign
 from lem_ray.planning.prompts import file_prompts
 from lem_ray.results.gpu_time import PHASES, gpu_seconds

@@ -19,9 +19,9 @@ import ray
 from lem_ray.config.automation import NotifyConfig, ScheduleConfig, parse_duration_s
 from lem_ray.config.loading import parse_campaign
 from lem_ray.errors import ConfigError
-from lem_ray.execution.automation import scheduled, send_notification
-from lem_ray.execution.cluster import WORKER_ENV
-from lem_ray.execution.driver import run_campaign
+from lem_ray.execution.driver.automation import scheduled, send_notification
+from lem_ray.execution.driver.campaign import run_campaign
+from lem_ray.execution.driver.cluster import WORKER_ENV
 from lem_ray.planning.plan import plan_campaign
 from lem_ray.planning.schedule import block_plan, timetable
 from lem_ray.results.journal import ManifestStore

@@ -18,8 +18,8 @@ import pytest
 from lem_ray.backends.base import Backend, DeviceInfo
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.errors import ConfigError
-from lem_ray.execution.compiled import CompiledArtifacts
-from lem_ray.execution.guard import move_aside
+from lem_ray.execution.driver.guard import move_aside
+from lem_ray.execution.worker.compiled import CompiledArtifacts
 from lem_ray.planning.plan import plan_campaign
 from lem_ray.records import RequestRecord
 from lem_ray.results.compile_cache import (
@@ -99,7 +99,7 @@ def test_the_setting_reads_on_off_and_a_directory() -> None:
 
 
 def test_a_cache_location_that_cannot_be_opened_is_refused_before_ray(tmp_path: Path) -> None:
-    from lem_ray.execution.preflight import preflight
+    from lem_ray.execution.checks.preflight import preflight
 
     plan = plan_campaign({"campaign_name": "k", "base": {"model_name": "m", "backend": "pytorch"},
                           "execution": {"compile_cache": {"dir": "nosuch://bucket/cache"}}})

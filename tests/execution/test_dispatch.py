@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-import lem_ray.execution.completion as completion
-import lem_ray.execution.slot_pool as slot_pool
-import lem_ray.execution.writes as writes
+import lem_ray.execution.driver.completion as completion
+import lem_ray.execution.driver.slot_pool as slot_pool
+import lem_ray.execution.driver.writes as writes
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.execution.completion import Completion, Progress
-from lem_ray.execution.dispatch import Dispatcher
-from lem_ray.execution.run_queue import RunQueue, RunTask
-from lem_ray.execution.slot_pool import SlotPool
+from lem_ray.execution.driver.completion import Completion, Progress
+from lem_ray.execution.driver.dispatch import Dispatcher
+from lem_ray.execution.driver.run_queue import RunQueue, RunTask
+from lem_ray.execution.driver.slot_pool import SlotPool
 from lem_ray.records import RunAttempt, RunKey
 from lem_ray.results.rows import RunRows, failed_rows
 from tests.conftest import TINY_BASE

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lem_ray.config.runtime_env import RuntimeEnvSpec
-from lem_ray.execution.doctor import Check, DoctorReport, _check_host_energy, _check_podman
+from lem_ray.execution.checks.doctor import Check, DoctorReport, _check_host_energy, _check_podman
 from lem_ray.telemetry.rapl import host_status, read_text
 from tests.conftest import TINY_BASE
 from tests.fakes.powercap import FakePowercap

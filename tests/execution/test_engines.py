@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lem_ray.execution.engines import HEADROOM, EnginePool, out_of_memory
+from lem_ray.execution.worker.engines import HEADROOM, EnginePool, out_of_memory
 
 
 class Engine:

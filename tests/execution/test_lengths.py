@@ -7,8 +7,8 @@ import pytest
 
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.execution.lengths import RunLengths, decode_steps
-from lem_ray.execution.run_queue import RunQueue, RunTask
+from lem_ray.execution.driver.lengths import RunLengths, decode_steps
+from lem_ray.execution.driver.run_queue import RunQueue, RunTask
 from lem_ray.records import RunAttempt, RunKey
 from tests.conftest import TINY_BASE
 

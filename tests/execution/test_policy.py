@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lem_ray.execution.policy import Assign, Close, Open, QueuedRun, SlotView, decide
+from lem_ray.execution.driver.policy import Assign, Close, Open, QueuedRun, SlotView, decide
 
 
 def test_prefers_the_idle_worker_holding_the_engine() -> None:

@@ -25,10 +25,10 @@ import pytest
 import ray
 import ray.cloudpickle
 
-from lem_ray.execution.cluster import WORKER_ENV
-from lem_ray.execution.driver import run_campaign
+from lem_ray.execution.driver.campaign import run_campaign
+from lem_ray.execution.driver.cluster import WORKER_ENV
 from lem_ray.execution.metrics import CampaignGauges, run_tags
-from lem_ray.execution.sampler_actor import SamplerActor
+from lem_ray.execution.worker.sampler_actor import SamplerActor
 from lem_ray.planning.plan import plan_campaign
 from lem_ray.records import RunAttempt
 from lem_ray.telemetry.nvml import DeviceReader, GpuSample

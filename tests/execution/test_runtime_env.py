@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.errors import ConfigError
-from lem_ray.execution.cluster import WORKER_ENV
-from lem_ray.execution.driver import run_campaign
-from lem_ray.execution.runtime_env import mismatch
+from lem_ray.execution.checks.runtime_env import mismatch
+from lem_ray.execution.driver.campaign import run_campaign
+from lem_ray.execution.driver.cluster import WORKER_ENV
 from lem_ray.planning.plan import plan_campaign
 from tests.conftest import TINY_BASE
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ray
 
-from lem_ray.execution.slots import Slot
+from lem_ray.execution.driver.slots import Slot
 from tests.faults import wait_for
 
 

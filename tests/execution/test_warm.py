@@ -14,8 +14,8 @@ import pytest
 import ray
 
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.execution.cluster import WORKER_ENV
-from lem_ray.execution.driver import run_campaign
+from lem_ray.execution.driver.campaign import run_campaign
+from lem_ray.execution.driver.cluster import WORKER_ENV
 from lem_ray.results.manifest import load_manifest
 from tests.conftest import TINY_BASE
 from tests.faults import running_workers, wait_for

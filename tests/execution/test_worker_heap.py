@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from lem_ray.execution.engines import EnginePool
+from lem_ray.execution.worker.engines import EnginePool
 from lem_ray.measure.protocol import no_gc
 
 

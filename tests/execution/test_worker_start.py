@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 import ray
 
-from lem_ray.execution.cluster import WORKER_ENV
-from lem_ray.execution.gpus import DRIVER_NODES
-from lem_ray.execution.slots import Slot
+from lem_ray.execution.driver.cluster import WORKER_ENV
+from lem_ray.execution.driver.slots import Slot
+from lem_ray.execution.worker.gpus import DRIVER_NODES
 from tests.conftest import RAY_TMP
 
 HEAVY = ("torch", "transformers", "vllm", "tensorrt_llm")

@@ -9,7 +9,7 @@ from typing import Any
 from lem_ray.backends.traffic import EngineLoad, SteadyWindow
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.execution.handoff import RunResult, WorkerIdentity
+from lem_ray.execution.worker.handoff import RunResult, WorkerIdentity
 from lem_ray.measure.protocol import GpuConditions, PrefillResult, figures_of
 from lem_ray.measure.sampler import SamplerReport
 from lem_ray.measure.warmup import WarmupOutcome

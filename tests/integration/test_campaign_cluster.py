@@ -9,8 +9,8 @@ import pyarrow.dataset as ds
 import pytest
 import ray
 
-from lem_ray.execution.cluster import WORKER_ENV
-from lem_ray.execution.driver import run_campaign
+from lem_ray.execution.driver.campaign import run_campaign
+from lem_ray.execution.driver.cluster import WORKER_ENV
 from tests.conftest import TINY_BASE, own_cluster
 
 pytestmark = pytest.mark.slow

@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-import lem_ray.execution.completion as completion
-import lem_ray.execution.driver as driver
+import lem_ray.execution.driver.campaign as driver
+import lem_ray.execution.driver.completion as completion
 from lem_ray.cli.main import main
 from lem_ray.cli.report_cmd import _power_samples
-from lem_ray.execution.driver import run_campaign
+from lem_ray.execution.driver.campaign import run_campaign
 from lem_ray.planning.plan import plan_campaign
 from lem_ray.records import RunKey
 from lem_ray.results.manifest import load_manifest

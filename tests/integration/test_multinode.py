@@ -11,10 +11,10 @@ import pytest
 import ray
 
 from lem_ray.errors import ConfigError
-from lem_ray.execution.cluster import WORKER_ENV
-from lem_ray.execution.doctor import run_doctor
-from lem_ray.execution.driver import run_campaign
-from lem_ray.execution.shared_storage import require_shared_results_dir
+from lem_ray.execution.checks.doctor import run_doctor
+from lem_ray.execution.checks.shared_storage import require_shared_results_dir
+from lem_ray.execution.driver.campaign import run_campaign
+from lem_ray.execution.driver.cluster import WORKER_ENV
 from tests.conftest import DEFAULT_PORTS, TINY_BASE, own_cluster
 
 pytestmark = pytest.mark.slow

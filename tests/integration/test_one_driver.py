@@ -22,7 +22,7 @@ import psutil
 import pytest
 import yaml
 
-from lem_ray.execution.driver import run_campaign
+from lem_ray.execution.driver.campaign import run_campaign
 from lem_ray.records import RunKey
 from lem_ray.results.lease import LEASE_FILE, LOCK_FILE
 from lem_ray.results.manifest import load_manifest

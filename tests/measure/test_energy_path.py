@@ -20,9 +20,9 @@ import pytest
 from lem_ray.backends.traffic import EngineLoad
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.execution.handoff import WorkerIdentity
-from lem_ray.execution.node_runs import CampaignRecord
-from lem_ray.execution.worker import RunRequest, WorkerRuns
+from lem_ray.execution.worker.handoff import WorkerIdentity
+from lem_ray.execution.worker.node_runs import CampaignRecord
+from lem_ray.execution.worker.runs import RunRequest, WorkerRuns
 from lem_ray.measure.protocol import Clock, GpuConditions
 from lem_ray.measure.sampler import RunSampler
 from lem_ray.records import GpuEnvironment, RunAttempt, RunKey, host_key

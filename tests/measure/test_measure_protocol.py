@@ -18,7 +18,7 @@ from lem_ray.config.campaign import (
     ValidityConfig,
 )
 from lem_ray.config.experiment import ExperimentConfig, WarmupConfig
-from lem_ray.execution.node_runs import CampaignRecord
+from lem_ray.execution.worker.node_runs import CampaignRecord
 from lem_ray.measure import (
     Clock,
     MeasurementProtocol,

@@ -310,7 +310,7 @@ def test_a_campaign_whose_runs_succeed_never_fails_on_its_closing_compaction(
         local_ray, tmp_path: Path, caplog, capsys) -> None:
     """Damaged files met at the end of a campaign are moved aside; an I/O error of the
     compaction is a warning, the campaign's result stands and nothing is deleted."""
-    from lem_ray.execution.driver import run_campaign
+    from lem_ray.execution.driver.campaign import run_campaign
     from tests.conftest import TINY_BASE
 
     out = tmp_path / "results"

@@ -23,7 +23,7 @@ pytest.importorskip("websocket", reason="websocket-client (the test extra) is no
 @pytest.fixture(scope="module")
 def campaign_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Batch 1 and 2 of the tiny model, 2 cycles, on a local Ray on CPU."""
-    from lem_ray.execution.driver import run_campaign
+    from lem_ray.execution.driver.campaign import run_campaign
 
     out = tmp_path_factory.mktemp("browser") / "results"
     with isolated_ray():

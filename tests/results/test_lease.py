@@ -247,7 +247,7 @@ def test_without_a_lock_the_written_lease_is_read_back(
 
 
 def test_fresh_moves_the_results_with_their_lease_and_takes_a_new_one(tmp_path: Path) -> None:
-    from lem_ray.execution.guard import move_aside
+    from lem_ray.execution.driver.guard import move_aside
 
     results = tmp_path / "r"
     lease = Lease(str(results))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lem_ray.errors import ConfigError
-from lem_ray.execution.manifest_actor import ManifestActor
+from lem_ray.execution.driver.manifest_actor import ManifestActor
 from lem_ray.records import RunKey
 from lem_ray.results.journal import ManifestCorrupt, ManifestStore, _records
 from lem_ray.results.manifest import (

@@ -426,7 +426,7 @@ def test_pareto_mask() -> None:
 @pytest.fixture(scope="module")
 def cpu_campaign(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 experiments (batch 1 and 2) x 3 cycles of the tiny model on a local Ray, on CPU."""
-    from lem_ray.execution.driver import run_campaign
+    from lem_ray.execution.driver.campaign import run_campaign
 
     out = tmp_path_factory.mktemp("campaign") / "results"
     with isolated_ray():
@@ -590,7 +590,7 @@ def html_plot_calls(results_dir: Path, tmp_path: Path, monkeypatch: pytest.Monke
 def fast_path_campaign(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eager decode over a static cache and the fast path (torch_compile over it: lem-ray's
     compiled loop, run eagerly on the CPU) at batch 1 and 2, 2 cycles each, on CPU."""
-    from lem_ray.execution.driver import run_campaign
+    from lem_ray.execution.driver.campaign import run_campaign
 
     out = tmp_path_factory.mktemp("fastpath") / "results"
     with isolated_ray():
@@ -642,7 +642,7 @@ def test_fast_path_and_eager_are_told_apart(fast_path_campaign: Path, tmp_path: 
 
     from lem_ray.cli.common import console
     from lem_ray.cli.render import print_summary
-    from lem_ray.execution.driver import CampaignResult
+    from lem_ray.execution.driver.campaign import CampaignResult
     from lem_ray.results.summary import summarize
 
     summary, _ = summarize(fast_path_campaign)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import lem_ray
-from lem_ray.execution.writes import store_rows
+from lem_ray.execution.driver.writes import store_rows
 from lem_ray.results import column_docs, rows
 from lem_ray.results.columns import Outcome, Request, Sample
 from lem_ray.results.schema import TABLES, empty_row, row

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lem_ray.execution.node_runs import NodeRuns, overlaps
+from lem_ray.execution.worker.node_runs import NodeRuns, overlaps
 from lem_ray.results.schema import TABLES
 from lem_ray.results.store import read_table
 from lem_ray.telemetry.rapl import HostEnergy, discover, host_status, read_text, wrapped_delta_uj

@@ -135,7 +135,7 @@ def connect(address: str | None) -> bool:
         "logging_level": "WARNING",
     }
     # ray.init sets a SIGTERM handler of its own (sys.exit): a handler the caller set (SIGTERM
-    # as Ctrl-C, execution/guard.py) is kept.
+    # as Ctrl-C, execution/driver/guard.py) is kept.
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ray
 
-from lem_ray.execution.node_runs import CampaignRecord
-from lem_ray.execution.worker import ExperimentWorker
+from lem_ray.execution.worker.node_runs import CampaignRecord
+from lem_ray.execution.worker.runs import ExperimentWorker
 
 WorkerActor = ray.remote(max_restarts=0, max_task_retries=0)(ExperimentWorker)
 

@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 
 import pyarrow.fs as pafs
 
-from lem_ray.execution.dispatch import CampaignInterrupted
-from lem_ray.execution.interrupts import interrupt_main, sigterm_as_interrupt
+from lem_ray.execution.driver.dispatch import CampaignInterrupted
+from lem_ray.execution.driver.interrupts import interrupt_main, sigterm_as_interrupt
 from lem_ray.results.compile_cache import FOLDER as COMPILE_CACHE_FOLDER
 from lem_ray.results.lease import Lease, LeaseLost, only_lease_there
 from lem_ray.results.store import exists, resolve

@@ -12,16 +12,16 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from lem_ray.config.runtime_env import RuntimeEnvSpec
-from lem_ray.execution.actors import BaselineCache
-from lem_ray.execution.cluster import Capacity
-from lem_ray.execution.completion import Completion, Progress, Reporter, describe_error
-from lem_ray.execution.handoff import RunOutcome
+from lem_ray.execution.driver.cluster import Capacity
+from lem_ray.execution.driver.completion import Completion, Progress, Reporter, describe_error
+from lem_ray.execution.driver.policy import Assign, Close, Open, QueuedRun, decide
+from lem_ray.execution.driver.run_queue import RunQueue, RunTask
+from lem_ray.execution.driver.slot_pool import SlotPool
+from lem_ray.execution.driver.slots import Slot
 from lem_ray.execution.metrics import run_tags
-from lem_ray.execution.policy import Assign, Close, Open, QueuedRun, decide
-from lem_ray.execution.run_queue import RunQueue, RunTask
-from lem_ray.execution.slot_pool import SlotPool
-from lem_ray.execution.slots import Slot
-from lem_ray.execution.worker import RunRequest
+from lem_ray.execution.worker.actors import BaselineCache
+from lem_ray.execution.worker.handoff import RunOutcome
+from lem_ray.execution.worker.runs import RunRequest
 from lem_ray.planning.plan import CampaignPlan
 from lem_ray.records import RunAttempt, RunKey
 from lem_ray.results.compile_cache import cache_location

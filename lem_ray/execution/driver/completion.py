@@ -15,9 +15,9 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from lem_ray.config.campaign import ExecutionConfig
-from lem_ray.execution.handoff import RunOutcome, WorkerIdentity
-from lem_ray.execution.run_queue import RunTask
-from lem_ray.execution.writes import RowWriter
+from lem_ray.execution.driver.run_queue import RunTask
+from lem_ray.execution.driver.writes import RowWriter
+from lem_ray.execution.worker.handoff import RunOutcome, WorkerIdentity
 from lem_ray.results.rows import RunRows, failed_rows, ok_rows
 
 # Where an attempt ran, kept on the failed row of one whose rows could not be written.

@@ -11,8 +11,8 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from lem_ray.execution.actors import WorkerActor
-from lem_ray.execution.handoff import WorkerIdentity
+from lem_ray.execution.worker.actors import WorkerActor
+from lem_ray.execution.worker.handoff import WorkerIdentity
 
 # How long closing or recycling a slot waits for Ray to report its killed worker dead.
 EXIT_WAIT_S = 10.0

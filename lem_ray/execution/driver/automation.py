@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from lem_ray.config.automation import NotifyConfig, webhook_url_problem
 from lem_ray.errors import ConfigError
-from lem_ray.execution.dispatch import CampaignInterrupted
+from lem_ray.execution.driver.dispatch import CampaignInterrupted
 from lem_ray.planning.plan import CampaignPlan
 from lem_ray.planning.schedule import block_plan, blocks_done, timetable
 from lem_ray.results.manifest import load_manifest

@@ -10,11 +10,11 @@ from typing import Any
 import ray
 
 from lem_ray.config.campaign import BaselineConfig
-from lem_ray.execution.cluster import node_gpus
-from lem_ray.execution.handoff import RunOutcome
-from lem_ray.execution.policy import SlotView
-from lem_ray.execution.run_queue import RunTask
-from lem_ray.execution.slots import Slot
+from lem_ray.execution.driver.cluster import node_gpus
+from lem_ray.execution.driver.policy import SlotView
+from lem_ray.execution.driver.run_queue import RunTask
+from lem_ray.execution.driver.slots import Slot
+from lem_ray.execution.worker.handoff import RunOutcome
 
 CPU_NODE = "cpu"
 """On a cluster without GPUs, runs go one at a time, so none disturbs another: one slot."""

@@ -10,16 +10,16 @@ from typing import Any
 import ray
 
 from lem_ray.config.runtime_env import RuntimeEnvSpec
-from lem_ray.execution.automation import Clock, automated
-from lem_ray.execution.cluster import capacity, connect
-from lem_ray.execution.completion import Progress, Reporter
-from lem_ray.execution.dispatch import Dispatcher
-from lem_ray.execution.guard import sole_driver
-from lem_ray.execution.manifest_actor import close_manifest, open_manifest
+from lem_ray.execution.checks.preflight import preflight
+from lem_ray.execution.checks.runtime_env import probe_runtime_envs
+from lem_ray.execution.checks.shared_storage import require_shared_results_dir
+from lem_ray.execution.driver.automation import Clock, automated
+from lem_ray.execution.driver.cluster import capacity, connect
+from lem_ray.execution.driver.completion import Progress, Reporter
+from lem_ray.execution.driver.dispatch import Dispatcher
+from lem_ray.execution.driver.guard import sole_driver
+from lem_ray.execution.driver.manifest_actor import close_manifest, open_manifest
 from lem_ray.execution.metrics import publishing
-from lem_ray.execution.preflight import preflight
-from lem_ray.execution.runtime_env import probe_runtime_envs
-from lem_ray.execution.shared_storage import require_shared_results_dir
 from lem_ray.planning.plan import CampaignPlan, plan_campaign
 from lem_ray.results.compact import CompactionBusy, compact
 from lem_ray.results.compile_cache import campaign_savings

@@ -12,7 +12,7 @@ from itertools import groupby
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.config.runtime_env import RuntimeEnvSpec
-from lem_ray.execution.lengths import RunLengths, decode_steps
+from lem_ray.execution.driver.lengths import RunLengths, decode_steps
 from lem_ray.records import RunAttempt
 
 

@@ -18,9 +18,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 import lem_ray
 from lem_ray.config.runtime_env import RuntimeEnvSpec
 from lem_ray.errors import ConfigError
-from lem_ray.execution.cluster import AUTH_MODE_ENV, auth_token_available, connect
-from lem_ray.execution.doctor_probe import probe_backend, probe_node
-from lem_ray.execution.shared_storage import alive_nodes, require_shared_results_dir
+from lem_ray.execution.checks.doctor_probe import probe_backend, probe_node
+from lem_ray.execution.checks.shared_storage import alive_nodes, require_shared_results_dir
+from lem_ray.execution.driver.cluster import AUTH_MODE_ENV, auth_token_available, connect
 from lem_ray.planning.plan import CampaignPlan
 
 AUTH_FIX = ("export RAY_AUTH_MODE=token on every node and client, with the cluster's token in "

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from lem_ray.backends.traffic import EngineLoad, SteadyWindow
-from lem_ray.execution.gpus import GpuIdentity
+from lem_ray.execution.worker.gpus import GpuIdentity
 from lem_ray.measure.energy import EnergyFigures
 from lem_ray.measure.protocol import GpuConditions, PrefillResult
 from lem_ray.measure.sampler import SamplerReport

@@ -23,11 +23,11 @@ from lem_ray.backends.base import Backend, DeviceInfo
 from lem_ray.backends.registry import backend_class
 from lem_ray.config.campaign import ExecutionConfig
 from lem_ray.config.experiment import ExperimentConfig
-from lem_ray.execution.compiled import CacheUse, CompiledArtifacts
-from lem_ray.execution.engines import EnginePool, out_of_memory
-from lem_ray.execution.gpus import GpuIdentity, resolve_gpus
-from lem_ray.execution.handoff import RunOutcome, RunResult, WorkerIdentity
-from lem_ray.execution.sampler_actor import SAMPLER_CONCURRENCY, ActorSampler, SamplerActor
+from lem_ray.execution.worker.compiled import CacheUse, CompiledArtifacts
+from lem_ray.execution.worker.engines import EnginePool, out_of_memory
+from lem_ray.execution.worker.gpus import GpuIdentity, resolve_gpus
+from lem_ray.execution.worker.handoff import RunOutcome, RunResult, WorkerIdentity
+from lem_ray.execution.worker.sampler_actor import SAMPLER_CONCURRENCY, ActorSampler, SamplerActor
 from lem_ray.measure.protocol import (
     BaselineCache,
     Clock,
@@ -87,7 +87,7 @@ class WorkerSampler(GpuSampler, Protocol):
 
 class RunRecord(BaselineCache, Protocol):
     """The campaign's record of idle baselines and of which runs are active on which node
-    (execution/node_runs.CampaignRecord, in the BaselineCache actor)."""
+    (execution/worker/node_runs.CampaignRecord, in the BaselineCache actor)."""
 
     def run_started(self, node_id: str, token: str, t_s: float) -> None:
         """A run began on a node."""

@@ -1,0 +1,1 @@
+"""Checks before a campaign runs: preflight, doctor, the runtime env, shared storage."""

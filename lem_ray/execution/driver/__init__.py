@@ -1,0 +1,1 @@
+"""The driver process: the campaign loop, dispatch onto slots, completion and writes."""

@@ -1,0 +1,1 @@
+"""Code that runs on the GPUs' nodes: workers, engines, the sampler actor."""
