@@ -57,6 +57,27 @@ start() {
       exit 1
     fi
   fi
+  # Ray gives a node 30 s to register with the head; on an overloaded machine that can pass.
+  # Such a start is stopped in full and tried once more; any other failure ends it.
+  local try rc
+  for try in 1 2; do
+    set +e
+    (set -e; launch "$workers" "$gpus" "$cpus" "$real")
+    rc=$?
+    set -e
+    [[ $rc == 0 ]] && return 0
+    if [[ $try == 1 ]] && grep -qs "timed out during startup" "$DIR"/start-*.log; then
+      echo "local.sh: a node did not register with the head within Ray's 30 s" \
+           "(an overloaded machine?); stopping it all and starting once more" >&2
+      stop >/dev/null
+    else
+      exit 1
+    fi
+  done
+}
+
+launch() {  # the nodes, head first, and the env file
+  local workers=$1 gpus=$2 cpus=$3 real=$4
   mkdir -p "$DIR/ray"
   chmod 700 "$DIR"
   "$PYTHON" -c 'import secrets; print(secrets.token_hex(32))' > "$DIR/auth_token"
@@ -79,7 +100,7 @@ start() {
     # shellcheck disable=SC2046
     "${visible[@]}" ray start "${role[@]}" --temp-dir="$DIR/ray" --node-ip-address=127.0.0.1 \
       $(node_ports) --num-cpus="$cpus" --num-gpus="$gpus" --disable-usage-stats \
-      > "$DIR/start-$node.log" 2>&1 || { cat "$DIR/start-$node.log" >&2; exit 1; }
+      > "$DIR/start-$node.log" 2>&1 || { cat "$DIR/start-$node.log" >&2; return 1; }
     echo "node $node started ($gpus $( [[ $real == 1 ]] && echo real || echo logical ) GPUs)"
   done
   cat > "$DIR/env" <<EOF

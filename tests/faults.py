@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pyarrow.dataset as ds
@@ -30,6 +31,37 @@ def running_workers() -> list[psutil.Process]:
         if alive and cmdline.startswith("ray::ExperimentWorker.run"):
             found.append(proc)
     return found
+
+
+class CampaignThread(threading.Thread):
+    """run_campaign in the background, so a test can hurt it meanwhile; finish() says what
+    went wrong in full (an exception, a hang with the manifest's states) rather than leaving
+    the test to fail later on an empty dataset."""
+
+    def __init__(self, campaign: dict, results_dir: Path) -> None:
+        super().__init__(daemon=True)
+        self.campaign, self.results_dir = campaign, results_dir
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from lem_ray.execution.driver.campaign import run_campaign
+
+        try:
+            self.result = run_campaign(self.campaign, results_dir=self.results_dir)
+        except BaseException as exc:  # reported by finish()
+            self.error = exc
+
+    def finish(self, timeout_s: float = 600) -> Any:
+        self.join(timeout=timeout_s)
+        if self.is_alive():
+            from lem_ray.results.manifest import load_manifest
+
+            states = Counter(e["state"] for e in load_manifest(self.results_dir)["runs"].values())
+            raise AssertionError(f"campaign still running after {timeout_s} s: {dict(states)}")
+        if self.error is not None:
+            raise AssertionError(f"campaign raised {self.error!r}") from self.error
+        return self.result
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> object:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +33,9 @@ from lem_ray.results.schema import ID_FIELDS, RENAMED, TABLES, reading_schema, u
 RESULT_TABLES = ("experiments", "requests", "timeseries")
 COMPACTED_PREFIX = "compacted-"
 # A reader that lists files while `compact` deletes some lists again; each retry sees a newer
-# state, and compact deletes only what a compacted file already holds.
-READ_RETRIES = 5
+# state, and compact deletes only what a compacted file already holds. It backs off, so a
+# deletion still under way (60 files on a loaded host) is over before the next listing.
+READ_RETRY_S = 30.0
 ID_NAMES = tuple(name for name, _ in ID_FIELDS)
 # Small files are read this many at a time and their rows made contiguous: a table of 50,000
 # one-row chunks costs per chunk and per column, and took 15 GB to read before compaction.
@@ -260,14 +262,15 @@ def read_table(results_dir: str | Path, table: str,
     that cannot be read as this table is reported through on_skip and skipped. `columns`
     reads only those (in that order): `status` needs four of the experiments' 130."""
     fs, base = resolve(results_dir)
-    tries = 0
+    deadline, pause_s = time.monotonic() + READ_RETRY_S, 0.01
     while True:
         try:
             return _read_once(fs, f"{base}/{table}", table, on_skip, columns)
         except FileNotFoundError:
-            tries += 1
-            if tries == READ_RETRIES:
+            if time.monotonic() > deadline:
                 raise
+            time.sleep(pause_s)
+            pause_s = min(1.0, pause_s * 2)
 
 
 def open_dataset(results_dir: str | Path, table: str,

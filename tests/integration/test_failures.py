@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from lem_ray.execution.driver.campaign import run_campaign
 from lem_ray.execution.driver.cluster import WORKER_ENV
 from lem_ray.results.manifest import load_manifest
 from tests.conftest import TINY_BASE, own_cluster, ray_env
-from tests.faults import DatasetWatcher, kill_one_worker, running_workers, wait_for
+from tests.faults import CampaignThread, DatasetWatcher, kill_one_worker, running_workers, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -44,15 +43,12 @@ def test_killed_worker_is_retried_and_ends_ok_once(local_ray, tmp_path: Path) ->
     }
     watcher = DatasetWatcher(out)
     watcher.start()
-    result: dict = {}
-    thread = threading.Thread(
-        target=lambda: result.update(r=run_campaign(campaign, results_dir=out))
-    )
+    thread = CampaignThread(campaign, out)
     thread.start()
     kill_one_worker()
-    thread.join(timeout=600)
+    result = thread.finish()
     watcher.finish()
-    assert result["r"].counts["retried"] == 1 and result["r"].counts["ok"] == 2
+    assert result.counts["retried"] == 1 and result.counts["ok"] == 2
     rows = experiments(out)
     assert set(one_ok_per_run(rows).values()) == {1} and len(one_ok_per_run(rows)) == 2
     died = [r for r in rows if r["status"] == "failed"]
@@ -124,20 +120,18 @@ def test_removed_node_runs_finish_on_the_other(cluster, tmp_path: Path) -> None:
         "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
         "execution": {"cycles": 1, "baseline": {"enabled": False}},
     }
-    result: dict = {}
-    thread = threading.Thread(
-        target=lambda: result.update(r=run_campaign(campaign, results_dir=out))
-    )
+    thread = CampaignThread(campaign, out)
     thread.start()
     wait_for(lambda: sum(e["state"] == "running" for e in load_manifest(out)["runs"].values()) == 2
              if (out / "manifest").exists() else False, 120, "both runs to start")
     wait_for(lambda: len(running_workers()) == 2, 120,
              "both workers inside run()")
     cluster.remove_node(doomed)
-    thread.join(timeout=600)
+    result = thread.finish()
     rows = experiments(out)
     oks = [r for r in rows if r["status"] == "ok"]
-    assert len(oks) == 2 and set(one_ok_per_run(rows).values()) == {1}
+    assert len(oks) == 2 and set(one_ok_per_run(rows).values()) == {1}, [
+        (r["run_id"], r["attempt"], r["status"], r["error"]) for r in rows]
     assert {r["node_id"] for r in oks} == {head_id}, "both finished on the surviving node"
     # a retry may land on the doomed node before Ray has seen it go, and die there again
     lost = [r for r in rows if r["status"] == "failed"]
@@ -145,7 +139,7 @@ def test_removed_node_runs_finish_on_the_other(cluster, tmp_path: Path) -> None:
     assert all(
         any(o["run_id"] == r["run_id"] and o["attempt"] > r["attempt"] for o in oks) for r in lost
     )
-    assert result["r"].counts["retried"] == len(lost)
+    assert result.counts["retried"] == len(lost)
 
 
 def test_driver_killed_then_rerun_completes_without_redoing(cluster, tmp_path: Path) -> None:
@@ -224,18 +218,15 @@ def test_worker_killed_on_every_attempt_fails_after_max_attempts(local_ray, tmp_
                 "base": {**LONG, "prompts": {"source": "synthetic", "count": 5000}},
                 "experiments": [{"backend": "pytorch"}],
                 "execution": {"cycles": 1, "max_attempts": 2, "run_timeout_s": 120}}
-    result: dict = {}
-    thread = threading.Thread(
-        target=lambda: result.update(r=run_campaign(campaign, results_dir=out))
-    )
+    thread = CampaignThread(campaign, out)
     thread.start()
     first = kill_one_worker(settle_s=0.5)
     kill_one_worker(spare={first}, settle_s=0.5)
-    thread.join(timeout=600)
+    result = thread.finish()
     rows = sorted(experiments(out), key=lambda r: r["attempt"])
     assert [(r["status"], r["attempt"]) for r in rows] == [("failed", 1), ("failed", 2)]
     assert all(r["error"].startswith("worker died") for r in rows)
-    assert result["r"].counts["retried"] == 1 and result["r"].counts["failed"] == 1
+    assert result.counts["retried"] == 1 and result.counts["failed"] == 1
     (entry,) = load_manifest(out)["runs"].values()
     assert (entry["state"], entry["attempt"]) == ("failed", 2)
     assert entry["error"].startswith("worker died")

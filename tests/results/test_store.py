@@ -298,12 +298,14 @@ def test_a_row_with_a_missing_or_unknown_column_is_refused(tmp_path: Path) -> No
 
 def test_a_reader_lists_again_while_files_vanish_then_gives_up(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A file deleted by a compaction between listing and reading: list again, up to
-    READ_RETRIES times, then the error."""
+    """A file deleted by a compaction between listing and reading: list again, backing off,
+    for READ_RETRY_S, then the error."""
     out = tmp_path / "results"
     write_attempt(out, "a")
     real = store._read_once
     calls = []
+    pauses: list[float] = []
+    monkeypatch.setattr(store.time, "sleep", pauses.append)
 
     def vanishing(fails: int):
         def read(*args, **kwargs):
@@ -313,11 +315,12 @@ def test_a_reader_lists_again_while_files_vanish_then_gives_up(
             return real(*args, **kwargs)
         return read
 
-    monkeypatch.setattr(store, "_read_once", vanishing(store.READ_RETRIES - 1))
+    monkeypatch.setattr(store, "_read_once", vanishing(8))
     assert run_ids(read_table(out, "experiments")) == ["a-c1"]
-    assert len(calls) == store.READ_RETRIES
+    assert len(calls) == 9 and pauses == [0.01 * 2 ** i for i in range(7)] + [1.0]
     calls.clear()
-    monkeypatch.setattr(store, "_read_once", vanishing(10 * store.READ_RETRIES))
+    monkeypatch.setattr(store, "_read_once", vanishing(10**6))
+    monkeypatch.setattr(store, "READ_RETRY_S", 0.0)
     with pytest.raises(FileNotFoundError):
         read_table(out, "experiments")
-    assert len(calls) == store.READ_RETRIES
+    assert len(calls) == 1
