@@ -71,8 +71,9 @@ def main() -> None:
     }.items():
         target = ASSETS / "models" / name
         target.mkdir(parents=True, exist_ok=True)
-        n = build_tokenizer(target, words)
-        vocab_size = n if name == "tiny-llama" else 32000
+        # llama-1b's tokenizer pads to its 32000 ids, so every id its dummy weights emit decodes
+        n = build_tokenizer(target, words, vocab_size=None if name == "tiny-llama" else 32000)
+        vocab_size = n
         (target / "config.json").write_text(
             json.dumps(llama_config(vocab_size, **shape), indent=2) + "\n"
         )

@@ -33,7 +33,7 @@ def test_llama_8b_has_llama_3_1_8b_shape_and_parameter_count() -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "llama-8b"])
+@pytest.mark.parametrize("name", ["tiny-llama", "llama-1b", "llama-8b"])
 def test_every_id_a_dummy_model_can_emit_decodes(name: str) -> None:
     """Random weights sample from the whole vocabulary; an id the tokenizer lacks cannot be
     detokenized."""
