@@ -16,7 +16,7 @@ from lem_ray.results.validity import ValidityInputs, validity_flags
 from tests.backends.test_traffic import vllm_config
 from tests.fakes.clock import ManualClock
 from tests.fakes.llm_apis import VLLMIterationStats, VLLMSchedulerStats, VLLMStatLoggerManager
-from tests.fakes.vllm_engine import SimulatedEngine, fake_vllm  # noqa: F401
+from tests.fakes.vllm_engine import SimulatedEngine
 
 
 def record_step(manager: Any, running: int, waiting: int, preempted: int = 0) -> None:
@@ -98,22 +98,22 @@ class StatsEngine(SimulatedEngine):
 
 
 @pytest.fixture
-def stats_vllm(fake_vllm: ManualClock, monkeypatch: pytest.MonkeyPatch) -> ManualClock:  # noqa: F811
+def stats_vllm(simulated_vllm: ManualClock, monkeypatch: pytest.MonkeyPatch) -> ManualClock:
     import sys
 
     monkeypatch.setattr("lem_ray.backends.vllm.stats.time",
-                        types.SimpleNamespace(perf_counter=fake_vllm))
+                        types.SimpleNamespace(perf_counter=simulated_vllm))
 
     def llm(**kwargs: Any) -> Any:
         return types.SimpleNamespace(
-            llm_engine=StatsEngine(fake_vllm, kwargs["max_num_seqs"], length=2, step_s=0.125),
+            llm_engine=StatsEngine(simulated_vllm, kwargs["max_num_seqs"], length=2, step_s=0.125),
             get_tokenizer=lambda: types.SimpleNamespace(
                 encode=lambda text: [1] * len(text.split())
             ),
         )
 
     monkeypatch.setattr(sys.modules["vllm"], "LLM", llm)
-    return fake_vllm
+    return simulated_vllm
 
 
 def test_offline_load_covers_the_whole_window(stats_vllm: ManualClock) -> None:

@@ -30,7 +30,7 @@ from lem_ray.results.columns import Sample
 from lem_ray.results.rows import _steady
 from tests.fakes.clock import ManualClock
 from tests.fakes.llm_apis import check_vllm_llm_kwargs
-from tests.fakes.vllm_engine import SimulatedEngine, fake_vllm  # noqa: F401
+from tests.fakes.vllm_engine import SimulatedEngine
 
 
 def vllm_config(**vllm: Any) -> ExperimentConfig:
@@ -158,7 +158,7 @@ def test_prompts_and_arrivals_must_pair() -> None:
 
 
 def test_backend_measures_under_constant_traffic_with_a_steady_window(
-        fake_vllm: ManualClock) -> None:  # noqa: F811
+        simulated_vllm: ManualClock) -> None:
     cfg = vllm_config(max_num_seqs=8, traffic={"mode": "constant", "rate_rps": 8.0,
                                                "steady_after_responses": 2})
     backend = VLLMBackend(cfg, DeviceInfo("cuda", 1))
@@ -174,7 +174,7 @@ def test_backend_measures_under_constant_traffic_with_a_steady_window(
 
 
 def test_offline_traffic_sends_everything_before_the_first_step_and_has_no_window(
-    fake_vllm: ManualClock,  # noqa: F811
+    simulated_vllm: ManualClock,
 ) -> None:
     backend = VLLMBackend(vllm_config(max_num_seqs=2), DeviceInfo("cuda", 1))
     assert backend.timing_method is None
@@ -328,16 +328,16 @@ class LengthEngine(SimulatedEngine):
 
 @pytest.fixture
 def length_vllm(
-        fake_vllm: ManualClock, monkeypatch: pytest.MonkeyPatch) -> ManualClock:  # noqa: F811
+        simulated_vllm: ManualClock, monkeypatch: pytest.MonkeyPatch) -> ManualClock:
     def llm(**kwargs: Any) -> Any:
         check_vllm_llm_kwargs(kwargs)
         return types.SimpleNamespace(
-            llm_engine=LengthEngine(fake_vllm),
+            llm_engine=LengthEngine(simulated_vllm),
             get_tokenizer=lambda: types.SimpleNamespace(
                 encode=lambda text: [len(w) for w in text.split()]))
 
     monkeypatch.setattr(sys.modules["vllm"], "LLM", llm)
-    return fake_vllm
+    return simulated_vllm
 
 
 def test_trace_replay_sends_its_arrivals_and_lengths_exactly(length_vllm: ManualClock,

@@ -1,6 +1,7 @@
 """vLLM's offline engine loop, simulated on a manual clock: an engine shaped like vllm.v1's
-LLMEngine (one token a step per running request, vLLM 0.26.0's per-request stats), and a
-fixture installing a `vllm` module whose LLM runs it, so the vLLM backend's arrival loop runs
+LLMEngine (one token a step per running request, vLLM 0.26.0's per-request stats), and
+`install_simulated_vllm`, a `vllm` module whose LLM runs it (tests/backends/conftest.py's
+`simulated_vllm` fixture), so the vLLM backend's arrival loop runs
 without vLLM or a GPU."""
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ class SimulatedEngine:
         return outputs
 
 
-@pytest.fixture
-def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+def install_simulated_vllm(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    """A `vllm` module whose LLM runs a SimulatedEngine; the clock that drives it."""
     clock = ManualClock(t_s=100.0)
 
     class LLM:
