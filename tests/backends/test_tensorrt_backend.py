@@ -791,3 +791,28 @@ def test_dummy_engine_builds_caches_and_streams(tmp_path: Path) -> None:
         assert again.details()["engine_source"] == "cache"
     finally:
         again.release()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_a_second_engine_of_the_key_loads_the_engine_from_the_compile_cache(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("tensorrt_llm")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    config = experiment({"max_batch_size": 4}, model_name="builtin:llama-1b",
+                        load_format="dummy", max_input_tokens=64, max_output_tokens=16)
+    cache, gpu = str(tmp_path / "compile_cache"), torch.cuda.get_device_name(0)
+    first, use = _engine_cycle(CompiledArtifacts(cache, gpu), config)
+    first.release()
+    assert use.status == "miss" and use.sha256 is not None
+    second, hit = _engine_cycle(CompiledArtifacts(cache, gpu), config)
+    try:
+        assert (hit.status, hit.sha256) == ("hit", use.sha256)
+        assert second.details()["engine_source"] == "compile_cache"
+        records = second.generate(["the quick brown fox", "jumps over"])
+    finally:
+        second.release()
+    assert all(1 <= r.output_tokens <= 16 for r in records)
