@@ -150,9 +150,15 @@ class _FileCompiling(Backend[Any]):
         return str(path)
 
 
-def _cycle(worker: CompiledArtifacts) -> tuple[_FileCompiling, str | None, str | None]:
+class _DiskFull(_FileCompiling):
+    def compiled_file(self, directory: str) -> str | None:
+        raise OSError(28, "No space left on device")
+
+
+def _cycle(worker: CompiledArtifacts, kind: type[_FileCompiling] = _FileCompiling
+           ) -> tuple[_FileCompiling, str | None, str | None]:
     cfg = ExperimentConfig.model_validate({**TINY_BASE, "backend": "pytorch"})
-    backend = _FileCompiling(cfg, DeviceInfo("cuda", 1))
+    backend = kind(cfg, DeviceInfo("cuda", 1))
     use = worker.before(backend, cfg)
     backend.load()
     use = worker.after(backend, use)
@@ -169,6 +175,12 @@ def test_the_worker_hands_file_artifacts_over_through_temp_files(
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr("tempfile.tempdir", None)
+    with caplog.at_level(logging.WARNING):
+        _, status, none = _cycle(CompiledArtifacts(str(tmp_path / "cache"), "NVIDIA H200"),
+                                 _DiskFull)
+    assert (status, none) == ("miss", None), "a local disk that is full never fails the run"
+    assert "not written locally" in caplog.text
+    caplog.clear()
     first, status, sha256 = _cycle(CompiledArtifacts(str(tmp_path / "cache"), "NVIDIA H200"))
     assert (status, sha256, first.built) == (
         "miss", hashlib.sha256(b"engine of batch 1").hexdigest(), True)
