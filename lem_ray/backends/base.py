@@ -36,6 +36,11 @@ class Backend(ABC, Generic[OptionsT]):
     exclusive: ClassVar[bool] = False
     """The engine reserves most of the GPUs' memory when it loads (a KV-cache pool sized
     from free memory): a worker never keeps it beside another engine."""
+    artifact_is_file: ClassVar[bool] = False
+    """Its compiled artifact is too large to hold in memory (a built TensorRT engine): the
+    worker hands it over and takes it as a local file, streamed to and from the compile
+    cache (use_compiled_file, compiled_file), instead of as bytes (use_compiled,
+    compiled_artifact)."""
 
     def __init__(self, config: ExperimentConfig, device: DeviceInfo) -> None:
         if config.backend != self.name:
@@ -136,6 +141,16 @@ class Backend(ABC, Generic[OptionsT]):
 
     def compiled_artifact(self) -> bytes | None:
         """After prepare(): what this engine compiled, for later engines of its compile key;
+        None where there is nothing to keep."""
+        return None
+
+    def use_compiled_file(self, path: str) -> None:
+        """As use_compiled, for an artifact_is_file backend: the artifact as a local file,
+        deleted by the worker once this returns (keep what is needed elsewhere)."""
+
+    def compiled_file(self, directory: str) -> str | None:
+        """As compiled_artifact, for an artifact_is_file backend: the artifact written as a
+        file into `directory` (local, the worker's, deleted once published); its path, or
         None where there is nothing to keep."""
         return None
 

@@ -98,10 +98,12 @@ class EngineWarmup:
         "it loaded what an earlier engine of the same compile key compiled, `miss` it compiled "
         "(and published) its own, `off` the campaign set `execution.compile_cache: off`; null "
         "when the engine compiles nothing the cache holds (eager PyTorch, the fast path on the "
-        "CPU, `torch_compile` over a dynamic cache, vLLM with `enforce_eager`, TensorRT-LLM) "
-        "and on rows written before the column")
+        "CPU, `torch_compile` over a dynamic cache, vLLM with `enforce_eager`, TensorRT-LLM's "
+        "PyTorch runtime or an engine from `tensorrt.engine_dir` / `engine_cache_dir`) and on "
+        "rows written before the column")
     compile_cache_hash: str | None = column(
-        "SHA-256 of the compiled artifact the run's engine ran: the one it loaded, or the one "
+        "SHA-256 of the compiled artifact the run's engine ran (for TensorRT-LLM the built "
+        "engine's tar): the one it loaded, or the one "
         "it compiled (even when another worker's entry won the race to publish). Equal hashes: "
         "the same kernels")
     compile_cache_key: str | None = column(

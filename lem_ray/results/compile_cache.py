@@ -1,12 +1,22 @@
-"""The campaign's compile cache: compiled kernels and graphs, published once per key, loaded by
-every later engine of that key on any node and in any rerun.
+"""The campaign's compile cache: compiled kernels and graphs (or a whole built engine),
+published once per key, loaded by every later engine of that key on any node and in any rerun.
 
 An entry is two objects under `<cache dir>/<key>/`: the artifact, `artifact-<sha256>.bin`,
-written whole (locally under a hidden temp name, then renamed), and `manifest.json`, written
-last, naming the artifact and its SHA-256. A reader trusts nothing the manifest does not vouch
-for: a manifest that is unreadable, names another key, or whose artifact is missing or hashes
-differently is a damaged entry, ignored with a warning (the engine compiles and publishes
-anew, replacing it). So a reader never loads half an entry nor wrong kernels.
+written whole, and `manifest.json`, written last, naming the artifact, its SHA-256 and size.
+An artifact is copied a chunk at a time (CHUNK_BYTES), hashed as it goes, in both directions:
+a file (a TensorRT engine is most of a model's size) is never held in memory whole; only the
+bytes API (`get`, `publish`, for small artifacts) holds one. Locally the artifact is written
+under a hidden temp name while it is hashed, then renamed; an object store has no rename, so
+a local file is hashed first and then uploaded under its final name (an object appears whole
+when its upload completes).
+
+A reader trusts nothing the manifest does not vouch for: a manifest that is unreadable, names
+another key, or whose artifact is missing or hashes differently is a damaged entry, ignored
+with a warning (the engine compiles and publishes anew, replacing it). A fetch into a file
+writes a temp name beside it and renames it only once the hash matched. So a reader never
+loads half an entry nor wrong kernels. A reader that finds an artifact not matching its
+manifest withdraws that manifest, since publishers, which check a standing entry's manifest
+and artifact size but do not read a large artifact back, would otherwise keep it.
 
 Two publishers of one key: locally the first manifest stands (created exclusively, by a hard
 link) and the loser deletes its artifact; its engine still runs the kernels it compiled, and
@@ -17,13 +27,14 @@ the last manifest stands; every manifest names its own artifact, so either is co
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow.fs as pafs
 
@@ -35,6 +46,8 @@ FOLDER = "compile_cache"
 """The default location, inside the results directory (so --fresh carries it over)."""
 MANIFEST = "manifest.json"
 KEY_LENGTH = 24
+CHUNK_BYTES = 8 << 20
+"""The most of an artifact in memory at once while it is copied and hashed."""
 
 HIT, MISS, OFF = "hit", "miss", "off"
 """A run's `compile_cache`: its engine loaded the key's entry, compiled and published it, or
@@ -76,9 +89,46 @@ class Entry:
     artifact: bytes
 
 
+@dataclass(frozen=True)
+class Published:
+    """What a publish did: the SHA-256 of the artifact given, and that of the entry standing
+    afterwards (another publisher's, when it won the race)."""
+
+    sha256: str
+    standing: str
+
+
+@dataclass(frozen=True)
+class _Manifest:
+    sha256: str
+    artifact: str
+    size_bytes: int
+
+
 def digest(artifact: bytes) -> str:
     """SHA-256 of an artifact, checked when it is read back."""
     return hashlib.sha256(artifact).hexdigest()
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 of an artifact file, read a chunk at a time."""
+    with open(path, "rb") as source:
+        return _copy(source, None)[0]
+
+
+def _copy(source: BinaryIO, sink: BinaryIO | None) -> tuple[str, int]:
+    """Source into sink (None: only read), a chunk at a time: its SHA-256 and size."""
+    hasher, size = hashlib.sha256(), 0
+    while chunk := source.read(CHUNK_BYTES):
+        hasher.update(chunk)
+        size += len(chunk)
+        if sink is not None:
+            sink.write(chunk)
+    return hasher.hexdigest(), size
+
+
+def _artifact_name(sha256: str) -> str:
+    return f"artifact-{sha256}.bin"
 
 
 class CompileCache:
@@ -93,81 +143,145 @@ class CompileCache:
         return f"{self.base}/{key}"
 
     def get(self, key: str) -> Entry | None:
-        """The key's entry, whole and verified; None when there is none or it is damaged."""
-        directory = self._dir(key)
+        """The key's entry in memory, whole and verified; None when there is none or it is
+        damaged. For small artifacts: a large one is `fetch`ed into a file."""
+        sink = io.BytesIO()
+        sha256 = self._read(key, sink)
+        return None if sha256 is None else Entry(key, sha256, sink.getvalue())
+
+    def fetch(self, key: str, path: str) -> str | None:
+        """The key's artifact into the local file `path`, streamed and verified; its SHA-256,
+        or None (no file written) when there is no entry or it is damaged."""
+        temp = f"{path}.{uuid.uuid4().hex}.tmp"
         try:
-            with self.fs.open_input_stream(f"{directory}/{MANIFEST}") as stream:
+            with open(temp, "wb") as sink:
+                sha256 = self._read(key, sink)
+            if sha256 is not None:
+                os.replace(temp, path)
+            return sha256
+        finally:
+            Path(temp).unlink(missing_ok=True)
+
+    def _read(self, key: str, sink: BinaryIO) -> str | None:
+        """The key's artifact copied into sink while it is hashed; its SHA-256, or None when
+        there is no entry or it is damaged (what the sink got is then not to be used)."""
+        manifest, damage = self._manifest(key)
+        if manifest is None:
+            if damage is not None:
+                self._damaged(key, damage)
+            return None
+        try:
+            with self.fs.open_input_stream(f"{self._dir(key)}/{manifest.artifact}") as stream:
+                found = _copy(stream, sink)
+        except OSError as exc:
+            self._damaged(key, f"artifact {manifest.artifact} unreadable: {exc}")
+            return None
+        if found != (manifest.sha256, manifest.size_bytes):
+            self._damaged(key, "artifact does not match its manifest's SHA-256 and size")
+            self.discard(key, manifest.sha256)
+            return None
+        return manifest.sha256
+
+    def _manifest(self, key: str) -> tuple[_Manifest | None, str | None]:
+        """(the key's manifest, None) when it is sound; (None, why) when it is damaged;
+        (None, None) when there is none."""
+        try:
+            with self.fs.open_input_stream(f"{self._dir(key)}/{MANIFEST}") as stream:
                 raw = stream.read()
         except OSError:
-            return None
+            return None, None
         try:
-            manifest = json.loads(raw)
-            sha256, name = str(manifest["sha256"]), str(manifest["artifact"])
-            owner = manifest["key"]
+            content = json.loads(raw)
+            found = _Manifest(str(content["sha256"]), str(content["artifact"]),
+                              int(content["size_bytes"]))
+            owner = content["key"]
         except (ValueError, KeyError, TypeError):
-            self._damaged(key, "unreadable manifest")
-            return None
+            return None, "unreadable manifest"
         if owner != key:
-            self._damaged(key, f"manifest of another key ({owner!r})")
+            return None, f"manifest of another key ({owner!r})"
+        if found.artifact != _artifact_name(found.sha256):
+            return None, f"manifest names an artifact not of its hash ({found.artifact!r})"
+        return found, None
+
+    def _standing(self, key: str) -> str | None:
+        """The SHA-256 of the key's entry when its manifest is sound and names an artifact
+        there of its size; not read back (readers verify, and withdraw what fails)."""
+        manifest, _ = self._manifest(key)
+        if manifest is None:
             return None
-        if name != f"artifact-{sha256}.bin":
-            self._damaged(key, f"manifest names an artifact not of its hash ({name!r})")
+        info = self.fs.get_file_info(f"{self._dir(key)}/{manifest.artifact}")
+        if info.type != pafs.FileType.File or info.size != manifest.size_bytes:
             return None
-        try:
-            with self.fs.open_input_stream(f"{directory}/{name}") as stream:
-                artifact = stream.read()
-        except OSError:
-            self._damaged(key, f"artifact {name} missing")
-            return None
-        if digest(artifact) != sha256:
-            self._damaged(key, "artifact does not match its manifest's SHA-256")
-            return None
-        return Entry(key, sha256, artifact)
+        return manifest.sha256
 
     def _damaged(self, key: str, why: str) -> None:
         log.warning("lem-ray: compile cache entry %s in %s ignored (%s): compiling anew",
                     key, self.location, why)
 
-    def discard(self, key: str) -> None:
-        """Withdraw an entry that verified but that its library could not use (foreign
-        content under a sound manifest), so the next engine's artifact replaces it."""
+    def discard(self, key: str, sha256: str | None = None) -> None:
+        """Withdraw an entry (its manifest) so the next engine's artifact replaces it: one
+        that did not verify, or that verified but its library could not use (foreign content
+        under a sound manifest). With sha256, only while the manifest still names that
+        artifact: another publisher may have replaced the entry since it was read."""
+        if sha256 is not None:
+            manifest, _ = self._manifest(key)
+            if manifest is not None and manifest.sha256 != sha256:
+                return
         try:
             self.fs.delete_file(f"{self._dir(key)}/{MANIFEST}")
         except OSError:
             return
 
-    def publish(self, key: str, artifact: bytes, about: dict[str, Any]) -> Entry:
-        """Publish this artifact under key unless a sound entry is already there; the entry
-        that stands afterwards. `about` (versions, GPU, who compiled) goes in the manifest."""
-        sha256 = digest(artifact)
+    def publish(self, key: str, artifact: bytes, about: dict[str, Any]) -> Published:
+        """Publish an artifact held in memory (see publish_file)."""
+        return self._publish(key, io.BytesIO(artifact), about)
+
+    def publish_file(self, key: str, path: str, about: dict[str, Any]) -> Published:
+        """Publish the local file `path` under key, streamed, unless a sound entry is already
+        there. `about` (versions, GPU, who compiled) goes in the manifest."""
+        with open(path, "rb") as source:
+            return self._publish(key, source, about)
+
+    def _publish(self, key: str, source: BinaryIO, about: dict[str, Any]) -> Published:
         directory = self._dir(key)
-        name = f"artifact-{sha256}.bin"
         self.fs.create_dir(directory, recursive=True)
-        manifest = json.dumps({"key": key, "sha256": sha256, "artifact": name,
-                               "size_bytes": len(artifact), **about}, sort_keys=True).encode()
         if not self._local:
-            existing = self.get(key)
-            if existing is not None:
-                return existing
-            with self.fs.open_output_stream(f"{directory}/{name}") as stream:
-                stream.write(artifact)
-            with self.fs.open_output_stream(f"{directory}/{MANIFEST}") as stream:
-                stream.write(manifest)
-            return Entry(key, sha256, artifact)
-        self._write_local(f"{directory}/{name}", artifact)
-        temp = self._temp(directory, MANIFEST, manifest)
+            sha256, size = _copy(source, None)
+            standing = self._standing(key)
+            if standing is None:
+                source.seek(0)
+                with self.fs.open_output_stream(f"{directory}/{_artifact_name(sha256)}") as out:
+                    _copy(source, out)
+                with self.fs.open_output_stream(f"{directory}/{MANIFEST}") as out:
+                    out.write(_manifest_bytes(key, sha256, size, about))
+            return Published(sha256, standing or sha256)
+        sha256, size = self._write_artifact(directory, source)
+        temp = self._temp(directory, MANIFEST, _manifest_bytes(key, sha256, size, about))
         try:
             os.link(temp, f"{directory}/{MANIFEST}")
         except FileExistsError:
-            existing = self.get(key)
-            if existing is not None:
-                if existing.sha256 != sha256:
-                    Path(directory, name).unlink(missing_ok=True)
-                return existing
+            standing = self._standing(key)
+            if standing is not None:
+                if standing != sha256:
+                    Path(directory, _artifact_name(sha256)).unlink(missing_ok=True)
+                return Published(sha256, standing)
             os.replace(temp, f"{directory}/{MANIFEST}")
         finally:
             Path(temp).unlink(missing_ok=True)
-        return Entry(key, sha256, artifact)
+        return Published(sha256, sha256)
+
+    def _write_artifact(self, directory: str, source: BinaryIO) -> tuple[str, int]:
+        """Copied under a temp name while hashed, synced, then renamed to its hash's name."""
+        temp = f"{directory}/.artifact.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(temp, "wb") as out:
+                sha256, size = _copy(source, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, f"{directory}/{_artifact_name(sha256)}")
+        finally:
+            Path(temp).unlink(missing_ok=True)
+        return sha256, size
 
     def _temp(self, directory: str, name: str, data: bytes) -> str:
         temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
@@ -177,13 +291,10 @@ class CompileCache:
             os.fsync(out.fileno())
         return temp
 
-    def _write_local(self, path: str, data: bytes) -> None:
-        directory, name = path.rsplit("/", 1)
-        temp = self._temp(directory, name, data)
-        try:
-            os.replace(temp, path)
-        finally:
-            Path(temp).unlink(missing_ok=True)
+
+def _manifest_bytes(key: str, sha256: str, size: int, about: dict[str, Any]) -> bytes:
+    return json.dumps({"key": key, "sha256": sha256, "artifact": _artifact_name(sha256),
+                       "size_bytes": size, **about}, sort_keys=True).encode()
 
 
 def load_savings(rows: list[dict[str, Any]]) -> dict[str, Any] | None:

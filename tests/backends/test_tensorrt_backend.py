@@ -7,6 +7,7 @@ import asyncio
 import enum
 import importlib.metadata
 import sys
+import tarfile
 import types
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +35,7 @@ from lem_ray.backends.tensorrt.translate import (
     unsupported_sampling,
 )
 from lem_ray.config.experiment import ExperimentConfig
+from lem_ray.execution.worker.compiled import CacheUse, CompiledArtifacts
 from tests.fakes.llm_apis import (
     TRTLLM_SAMPLING_PARAMS,
     TrtBuildConfig,
@@ -263,7 +265,7 @@ def test_runtime_only_options_share_an_engine() -> None:
 
 
 def write_engine(folder: Path, world_size: int) -> None:
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text("{}")
     for rank in range(world_size):
         (folder / f"rank{rank}.engine").write_bytes(b"engine")
@@ -449,6 +451,7 @@ class FakeLLM:
         FakeLLM.built.append(self)
 
     def save(self, path: str) -> None:
+        """As LLM.save: the engine folder copied into path (copytree, dirs_exist_ok=True)."""
         write_engine(Path(path), 1)
 
     def generate_async(self, ids: list[int], sampling_params: Any, streaming: bool) -> FakeStream:
@@ -519,6 +522,82 @@ def test_load_builds_once_then_reuses_the_cached_engine(fake_trtllm, tmp_path: P
     assert reused["model"] == str(tmp_path / cache_key)
     assert "build_config" not in reused and "quant_config" not in reused
     assert second.details()["engine_source"] == "cache"
+
+
+def _engine_cycle(worker: CompiledArtifacts, config: ExperimentConfig
+                  ) -> tuple[TensorRTBackend, CacheUse]:
+    """What the worker does around a new engine: the compile cache before load, after prepare."""
+    backend = TensorRTBackend(config, DeviceInfo("cuda", 1))
+    use = worker.before(backend, config)
+    backend.load()
+    backend.prepare([])
+    return backend, worker.after(backend, use)
+
+
+def test_the_campaign_compile_cache_builds_an_engine_once_then_loads_it(
+    fake_trtllm, tmp_path: Path
+) -> None:
+    """Neither engine_dir nor engine_cache_dir: the built engine, saved and tarred, is the
+    compile cache's artifact; an engine of the same key in another worker unpacks it and loads
+    it without building."""
+    config = experiment({"quantization": "fp8"}, load_format="dummy")
+    cache = str(tmp_path / "compile_cache")
+    first, use = _engine_cycle(CompiledArtifacts(cache, "NVIDIA H200"), config)
+    assert use.status == "miss" and use.sha256 is not None
+    assert "build_config" in FakeLLM.built[0].kwargs
+    assert first.details()["engine_source"] == "build"
+    entry = tmp_path / "compile_cache" / str(use.key) / f"artifact-{use.sha256}.bin"
+    with tarfile.open(entry) as archive:
+        assert sorted(archive.getnames()) == ["config.json", "rank0.engine"]
+    first.release()
+
+    second, hit = _engine_cycle(CompiledArtifacts(cache, "NVIDIA H200"), config)
+    assert (hit.status, hit.sha256, hit.key) == ("hit", use.sha256, use.key)
+    loaded = FakeLLM.built[1].kwargs
+    assert "build_config" not in loaded and "quant_config" not in loaded, "not built again"
+    assert engine_ready(loaded["model"], 1) and not loaded["model"].startswith(cache)
+    assert Path(loaded["model"], "rank0.engine").read_bytes() == b"engine"
+    assert second.details()["engine_source"] == "compile_cache"
+    second.release()
+    assert not Path(loaded["model"]).exists(), "the unpacked engine goes with the engine"
+
+    other = CompiledArtifacts(cache, "NVIDIA H200")
+    for changed in (experiment({"quantization": "fp8", "max_batch_size": 16}),
+                    experiment({"quantization": "fp8", "max_seq_len": 1024}),
+                    experiment({"quantization": "int4_awq"}),
+                    experiment({"quantization": "fp8"}, max_input_tokens=256)):
+        engine = TensorRTBackend(changed, DeviceInfo("cuda", 1))
+        assert other.before(engine, changed).status == "miss", "another build is another key"
+    engine = TensorRTBackend(config, DeviceInfo("cuda", 1))
+    assert CompiledArtifacts(cache, "NVIDIA H100 80GB HBM3").before(engine, config).status == (
+        "miss"), "an engine runs only on the GPU model it was built for"
+
+
+def test_an_engine_folder_of_the_users_own_keeps_the_compile_cache_out(tmp_path: Path) -> None:
+    def versions(**tensorrt: Any) -> dict[str, str] | None:
+        return TensorRTBackend(experiment(tensorrt), DeviceInfo("cuda", 1)).compiler_versions()
+
+    assert versions() is not None
+    assert versions(engine_cache_dir=str(tmp_path)) is None
+    assert versions(engine_dir=str(tmp_path)) is None
+    assert versions(runtime="pytorch") is None, "the PyTorch runtime builds no engine"
+
+
+def test_an_archive_without_every_rank_is_refused_and_the_engine_built(
+    fake_trtllm, tmp_path: Path
+) -> None:
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with tarfile.open(tmp_path / "engine.tar", "w") as archive:
+        archive.add(folder / "config.json", arcname="config.json")
+    backend = TensorRTBackend(experiment({"tensor_parallel_size": 2}, gpus_per_experiment=2),
+                              DeviceInfo("cuda", 2))
+    with pytest.raises(ValueError, match="no engine for 2 GPU"):
+        backend.use_compiled_file(str(tmp_path / "engine.tar"))
+    backend.load()
+    assert "build_config" in FakeLLM.built[0].kwargs
+    assert backend.details()["engine_source"] == "build"
 
 
 def test_generate_streams_every_prompt_and_times_its_tokens(fake_trtllm) -> None:
@@ -712,3 +791,28 @@ def test_dummy_engine_builds_caches_and_streams(tmp_path: Path) -> None:
         assert again.details()["engine_source"] == "cache"
     finally:
         again.release()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_a_second_engine_of_the_key_loads_the_engine_from_the_compile_cache(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("tensorrt_llm")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    config = experiment({"max_batch_size": 4}, model_name="builtin:llama-1b",
+                        load_format="dummy", max_input_tokens=64, max_output_tokens=16)
+    cache, gpu = str(tmp_path / "compile_cache"), torch.cuda.get_device_name(0)
+    first, use = _engine_cycle(CompiledArtifacts(cache, gpu), config)
+    first.release()
+    assert use.status == "miss" and use.sha256 is not None
+    second, hit = _engine_cycle(CompiledArtifacts(cache, gpu), config)
+    try:
+        assert (hit.status, hit.sha256) == ("hit", use.sha256)
+        assert second.details()["engine_source"] == "compile_cache"
+        records = second.generate(["the quick brown fox", "jumps over"])
+    finally:
+        second.release()
+    assert all(1 <= r.output_tokens <= 16 for r in records)

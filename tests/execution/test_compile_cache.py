@@ -109,7 +109,7 @@ def test_a_cache_location_that_cannot_be_opened_is_refused_before_ray(tmp_path: 
 
 def _publish_after(start: Any, location: str, key: str, i: int) -> str:
     start.wait()
-    return CompileCache(location).publish(key, f"artifact {i}".encode() * 1000, {}).sha256
+    return CompileCache(location).publish(key, f"artifact {i}".encode() * 1000, {}).standing
 
 
 def test_racing_publishers_leave_one_complete_entry(tmp_path: Path) -> None:
@@ -144,14 +144,17 @@ def test_a_damaged_or_foreign_entry_is_ignored_with_a_warning_and_rebuilt(
     with caplog.at_level(logging.WARNING):
         assert cache.get("k") is None
     assert "SHA-256" in caplog.text
+    assert not (tmp_path / "k" / MANIFEST).exists(), "withdrawn, so a publisher replaces it"
     rebuilt = cache.publish("k", b"rebuilt" * 100, {})
-    assert cache.get("k") == rebuilt and rebuilt.artifact == b"rebuilt" * 100
+    entry = cache.get("k")
+    assert entry is not None and (entry.sha256, entry.artifact) == (rebuilt.sha256,
+                                                                     b"rebuilt" * 100)
 
     manifest = tmp_path / "k" / MANIFEST
     foreign = json.loads(manifest.read_text())
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / MANIFEST).write_text(json.dumps(foreign))
-    (tmp_path / "other" / foreign["artifact"]).write_bytes(rebuilt.artifact)
+    (tmp_path / "other" / foreign["artifact"]).write_bytes(entry.artifact)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert cache.get("other") is None
@@ -264,7 +267,8 @@ def test_fresh_carries_the_compile_cache_into_the_new_directory(tmp_path: Path) 
     lease.take()
     old = move_aside(str(results), lease)
     assert old is not None and (Path(old) / "experiments" / "x.parquet").exists()
-    assert CompileCache(str(results / "compile_cache")).get("k") == entry
+    moved = CompileCache(str(results / "compile_cache")).get("k")
+    assert moved is not None and moved.sha256 == entry.sha256
     assert not (results / "experiments").exists()
 
 

@@ -23,13 +23,16 @@ from typing import Any
 from typing_extensions import override
 
 from lem_ray.backends.base import Backend, BackendUnavailable, DeviceInfo, RequestRecord
+from lem_ray.backends.compile_dir import CompileDir, installed_versions
 from lem_ray.backends.streaming import StreamTrace
 from lem_ray.backends.tensorrt.config import TensorRTConfig
 from lem_ray.backends.tensorrt.translate import (
+    EnginePlan,
     build_settings,
     calibration_refusal,
     engine_cache_key,
     engine_plan,
+    engine_ready,
     llm_kwargs,
     major_version,
     records_from_outputs,
@@ -54,6 +57,11 @@ PEAK_MEMORY_NOTE = (
     "TensorRT and its C++ pools, often in worker processes, so torch's counters in this process "
     "miss it; use the GPU telemetry (NVML) instead"
 )
+COMPILER_DISTRIBUTIONS = ("tensorrt_llm", "tensorrt", "torch", "nvidia-cuda-runtime-cu12",
+                          "nvidia-cuda-runtime")
+"""What builds an engine, by installed distribution: TensorRT-LLM (its plugins), TensorRT (an
+engine runs only under the TensorRT that built it), torch, and the CUDA runtime where pip
+installed it (the -cu12 name up to CUDA 12, the plain name from CUDA 13)."""
 TIMING_NOTE = (
     "client-side time.perf_counter at each streamed chunk's arrival; tokens delivered in one "
     "chunk share its arrival time"
@@ -159,12 +167,18 @@ class TensorRTBackend(Backend[TensorRTConfig]):
 
     name = "tensorrt"
     exclusive = True
+    artifact_is_file = True
 
     def __init__(self, config: ExperimentConfig, device: DeviceInfo) -> None:
         super().__init__(config, device)
         self._llm: Any = None
         self._sampling_params: Any = None
         self._details: dict[str, Any] = {}
+        self._plan: EnginePlan | None = None
+        self._engine = CompileDir("lem-ray-trt-engine-")
+        """The engine's local folder: unpacked from the compile cache, or saved there by a
+        build to be packed for it."""
+        self._compiled: str | None = None
 
     @override
     def load(self) -> None:
@@ -196,7 +210,7 @@ class TensorRTBackend(Backend[TensorRTConfig]):
             key = engine_cache_key(
                 self.config, trtllm_version=trtllm.__version__, device_name=_device_name()
             )
-        plan = engine_plan(self.config, key)
+        plan = self._plan = engine_plan(self.config, key, self._compiled)
         kwargs = llm_kwargs(self.config, prebuilt_engine=plan.load)
         sampling = {k: v for k, v in sampling_params_kwargs(self.config).items()
                     if k not in not_applied}
@@ -331,6 +345,42 @@ class TensorRTBackend(Backend[TensorRTConfig]):
         """None: see PEAK_MEMORY_NOTE, also recorded in details()."""
         return None
 
+    def compiler_versions(self) -> dict[str, str] | None:
+        """The engine runtime builds a TensorRT engine in load(): the whole engine is the
+        artifact, built once per compile key. None where the user chose where engines live
+        (engine_dir, engine_cache_dir: their choice wins), and for the PyTorch runtime, which
+        builds no engine."""
+        opts = self.options
+        if opts.runtime != "engine" or opts.engine_dir is not None or (
+            opts.engine_cache_dir is not None
+        ):
+            return None
+        return installed_versions(*COMPILER_DISTRIBUTIONS)
+
+    def use_compiled_file(self, path: str) -> None:
+        """The engine folder an earlier engine of the key saved (a tar), unpacked locally:
+        load() reads the engine from there instead of building one."""
+        try:
+            self._engine.unpack_file(path)
+            if not engine_ready(self._engine.path, self.options.parallel_gpus):
+                raise ValueError(
+                    f"no engine for {self.options.parallel_gpus} GPU(s) in the archive")
+        except BaseException:
+            self._engine.remove()
+            raise
+        self._compiled = self._engine.path
+
+    def compiled_file(self, directory: str) -> str | None:
+        """The engine load() built, saved by the LLM API (llm.save) and packed as a tar into
+        directory; None when it loaded one instead."""
+        if self._llm is None or self._plan is None or self._plan.source != "build":
+            return None
+        try:
+            self._llm.save(self._engine.path)
+            return self._engine.pack_file(os.path.join(directory, "engine.tar"))
+        finally:
+            self._engine.remove()
+
     @override
     def versions(self) -> dict[str, str]:
         found = {}
@@ -358,6 +408,8 @@ class TensorRTBackend(Backend[TensorRTConfig]):
                 shutdown()
             self._llm = None
         self._sampling_params = None
+        self._engine.remove()
+        self._compiled = None
         gc.collect()
         torch = _torch_or_none()
         if torch is not None and torch.cuda.is_available():

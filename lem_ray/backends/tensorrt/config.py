@@ -34,12 +34,19 @@ class TensorRTConfig(ModelParallelOptions):
         "PyTorch backend (the default LLM since 1.0, the only one once engines were removed)",
     )
     engine_dir: str | None = Field(
-        None, description="a prebuilt engine to load; when unset the engine is built"
+        None,
+        description="a prebuilt engine to load (your choice wins: the campaign's compile cache "
+        "is not used); unset, the engine comes from the compile cache or is built",
     )
     engine_cache_dir: str | None = Field(
-        None, description="where built engines are kept, one per model and build settings"
+        None,
+        description="your own folder for built engines, one per model and build settings, in "
+        "place of the campaign's compile cache (execution.compile_cache), which keeps them "
+        "when this and engine_dir are unset",
     )
-    force_rebuild: bool = Field(False, description="build even when the cache holds the engine")
+    force_rebuild: bool = Field(
+        False, description="build even when engine_cache_dir holds the engine"
+    )
     max_batch_size: int = Field(8, ge=1, le=MAX_PROMPTS)
     max_input_len: int | None = Field(None, ge=1, description="defaults to max_input_tokens")
     max_seq_len: int | None = Field(

@@ -120,19 +120,24 @@ def engine_ready(path: str | Path, world_size: int) -> bool:
 class EnginePlan:
     """Where this run's model comes from, and where a freshly built engine is kept."""
 
-    source: str  # engine_dir | cache | build | checkpoint (PyTorch runtime: no engine)
+    source: str  # engine_dir | cache | compile_cache | build | checkpoint (PyTorch: no engine)
     load: str | None = None
     save_to: str | None = None
 
 
-def engine_plan(config: ExperimentConfig, cache_key: str | None) -> EnginePlan:
-    """Build once per cache key, reuse after, unless force_rebuild; engine_dir always wins."""
+def engine_plan(
+    config: ExperimentConfig, cache_key: str | None, compiled: str | None = None
+) -> EnginePlan:
+    """Build once per cache key, reuse after, unless force_rebuild; engine_dir always wins.
+    Without either folder, `compiled` is an engine the campaign's compile cache gave."""
     opts = _options(config)
     if opts.runtime == "pytorch":
         return EnginePlan(source="checkpoint")
     if opts.engine_dir is not None:
         return EnginePlan(source="engine_dir", load=opts.engine_dir)
     if opts.engine_cache_dir is None:
+        if compiled is not None:
+            return EnginePlan(source="compile_cache", load=compiled)
         return EnginePlan(source="build")
     if cache_key is None:
         raise ValueError("an engine cache needs a cache key")
@@ -266,8 +271,9 @@ def unsupported_sampling(
 def engine_args(config: ExperimentConfig) -> dict[str, Any]:
     """What the backend hands TensorRT-LLM, computed without it (for `campaign --dry-run`).
 
-    An engine cache that already holds the engine replaces `model` and drops the build
-    settings (see llm_kwargs); which happens is known only on the node.
+    An engine cache or the campaign's compile cache that already holds the engine replaces
+    `model` and drops the build settings (see llm_kwargs); which happens is known only on the
+    node.
     """
     opts = _options(config)
     call = "tensorrt_llm.LLM" if opts.runtime == "pytorch" else (
