@@ -238,6 +238,13 @@ def test_cache_key_changes_with_build_settings(change: dict[str, Any]) -> None:
     assert key(experiment()) != key(experiment(change.get("tensorrt"), **change.get("fields", {})))
 
 
+def test_cache_key_changes_with_the_calibration_dataset() -> None:
+    def calibrated(dataset: str) -> ExperimentConfig:
+        return experiment({"quantization": "fp8", "calib_dataset": dataset})
+
+    assert key(calibrated("/data/a")) != key(calibrated("/data/b"))
+
+
 def test_cache_key_changes_with_version_and_gpu() -> None:
     config = experiment()
     assert key(config) != key(config, version="1.0.0")

@@ -92,6 +92,9 @@ def build_settings(config: ExperimentConfig) -> dict[str, Any]:
         "max_num_tokens": opts.max_num_tokens,
         "quantization": opts.quantization,
         "kv_cache_dtype": opts.kv_cache_dtype,
+        # calibration bakes its dataset's scales in; absent when unset, so keys made before
+        # it was counted still find their engines
+        **({"calib_dataset": opts.calib_dataset} if opts.calib_dataset is not None else {}),
     }
 
 
