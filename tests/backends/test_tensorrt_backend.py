@@ -490,7 +490,7 @@ def fake_trtllm(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt_llm", package)
     monkeypatch.setitem(sys.modules, "tensorrt_llm.llmapi", llmapi)
     monkeypatch.setitem(sys.modules, "tensorrt_llm._tensorrt_engine", engine)
-    monkeypatch.setattr(trt_backend, "_device_name", lambda: "FakeGPU sm90")
+    monkeypatch.setattr(trt_backend, "device_name", lambda: "FakeGPU sm90")
 
 
 def test_load_builds_once_then_reuses_the_cached_engine(fake_trtllm, tmp_path: Path) -> None:
@@ -714,7 +714,7 @@ def test_pytorch_runtime_flags_a_seed_its_sampler_ignores() -> None:
 
 
 def test_load_leaves_out_and_records_an_ignored_seed(fake_trtllm, monkeypatch) -> None:
-    monkeypatch.setattr(trt_backend, "_sampler_features", lambda: (True, False))
+    monkeypatch.setattr(trt_backend, "sampler_features", lambda: (True, False))
     config = experiment({"runtime": "pytorch"}, decoder={"preset": "standard"})
     backend = TensorRTBackend(config, DeviceInfo("cuda", 1))
     backend.load()

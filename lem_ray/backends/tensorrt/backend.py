@@ -3,7 +3,7 @@
 All prompts are submitted at once with generate_async(streaming=True); TensorRT-LLM's
 in-flight batching runs up to max_batch_size of them together, and each streamed chunk is
 timestamped as it reaches this process, which gives measured TTFT and inter-token gaps.
-Which LLM class runs depends on the installed version (see `_llm_class`).
+Which LLM class runs depends on the installed version (see `llm_class`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,8 @@ import asyncio
 import gc
 import importlib.metadata
 import importlib.util
-import json
 import os
-import shutil
 import time
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from typing_extensions import override
@@ -26,6 +22,15 @@ from lem_ray.backends.base import Backend, BackendUnavailable, DeviceInfo, Reque
 from lem_ray.backends.compile_dir import CompileDir, installed_versions
 from lem_ray.backends.streaming import StreamTrace
 from lem_ray.backends.tensorrt.config import TensorRTConfig
+from lem_ray.backends.tensorrt.library import (
+    device_name,
+    import_trtllm,
+    llm_class,
+    materialise,
+    sampler_features,
+    save_engine,
+    torch_or_none,
+)
 from lem_ray.backends.tensorrt.translate import (
     EnginePlan,
     build_settings,
@@ -34,7 +39,6 @@ from lem_ray.backends.tensorrt.translate import (
     engine_plan,
     engine_ready,
     llm_kwargs,
-    major_version,
     records_from_outputs,
     resolved_llm_args,
     sampling_params_kwargs,
@@ -48,10 +52,6 @@ from lem_ray.backends.traffic import (
 )
 from lem_ray.config.experiment import ExperimentConfig
 
-INSTALL_HINT = (
-    "install it on a CUDA machine with "
-    "`pip install 'lem-ray[tensorrt]' --extra-index-url https://pypi.nvidia.com`"
-)
 PEAK_MEMORY_NOTE = (
     "not reported: TensorRT-LLM allocates engine, activation and KV-cache memory through "
     "TensorRT and its C++ pools, often in worker processes, so torch's counters in this process "
@@ -66,100 +66,6 @@ TIMING_NOTE = (
     "client-side time.perf_counter at each streamed chunk's arrival; tokens delivered in one "
     "chunk share its arrival time"
 )
-
-
-def _import_trtllm() -> ModuleType:
-    try:
-        import tensorrt_llm
-    except (ImportError, OSError) as exc:
-        raise BackendUnavailable(
-            f"tensorrt_llm cannot be imported ({exc}); {INSTALL_HINT}"
-        ) from exc
-    return tensorrt_llm
-
-
-def _llm_class(runtime: str, trtllm: ModuleType) -> type:
-    """The LLM class for the runtime, across the API's versions.
-
-    0.x: tensorrt_llm.LLM builds TensorRT engines by default (its PyTorch flow was
-    experimental, so runtime 'pytorch' asks for 1.0+). 1.x: tensorrt_llm.LLM is the PyTorch
-    backend and engines moved to tensorrt_llm._tensorrt_engine.LLM. After the TensorRT
-    backend's removal only the PyTorch backend is left.
-    """
-    version = trtllm.__version__
-    if runtime == "pytorch":
-        if major_version(version) < 1:
-            raise BackendUnavailable(
-                f"tensorrt.runtime pytorch needs tensorrt_llm >= 1.0, found {version}"
-            )
-        return trtllm.LLM
-    try:
-        from tensorrt_llm._tensorrt_engine import LLM as EngineLLM
-    except ImportError:
-        if major_version(version) < 1:
-            return trtllm.LLM
-        raise BackendUnavailable(
-            f"tensorrt_llm {version} has no TensorRT engine backend; set tensorrt.runtime: "
-            "pytorch, or install a release that still builds engines (1.x or older)"
-        ) from None
-    return EngineLLM
-
-
-def _materialise(kwargs: dict[str, Any], llmapi: ModuleType) -> dict[str, Any]:
-    """Turn llm_kwargs' plain dicts into tensorrt_llm.llmapi's config classes."""
-    real = dict(kwargs)
-    real["kv_cache_config"] = llmapi.KvCacheConfig(**kwargs["kv_cache_config"])
-    if "build_config" in kwargs:
-        real["build_config"] = llmapi.BuildConfig(**kwargs["build_config"])
-    if "calib_config" in kwargs:
-        real["calib_config"] = llmapi.CalibConfig(**kwargs["calib_config"])
-    if "quant_config" in kwargs:
-        real["quant_config"] = llmapi.QuantConfig(
-            **{name: llmapi.QuantAlgo[algo] for name, algo in kwargs["quant_config"].items()}
-        )
-    return real
-
-
-def _device_name() -> str:
-    """GPU model and compute capability: a TensorRT engine only runs on the GPU it was built for."""
-    import torch
-
-    major, minor = torch.cuda.get_device_capability(0)
-    return f"{torch.cuda.get_device_name(0)} sm{major}{minor}"
-
-
-def _save_engine(llm: Any, path: str, provenance: dict[str, Any]) -> None:
-    """llm.save into a sibling temp folder, then rename: a half-written engine is never reused."""
-    target = Path(path)
-    staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    llm.save(str(staging))
-    (staging / "lem_ray_build.json").write_text(json.dumps(provenance, indent=2, sort_keys=True))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
-
-
-def _sampler_features() -> tuple[bool, bool]:
-    """(penalties, per-request seed) in the installed PyTorch runtime's TorchSampler: each
-    came with its own module (see translate.unsupported_sampling)."""
-    base = "tensorrt_llm._torch.pyexecutor.sampler"
-
-    def has(module: str) -> bool:
-        try:
-            return importlib.util.find_spec(f"{base}.{module}") is not None
-        except ModuleNotFoundError:
-            return False
-
-    return has("penalties"), has("seed_manager")
-
-
-def _torch_or_none() -> ModuleType | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
 
 
 class TensorRTBackend(Backend[TensorRTConfig]):
@@ -192,30 +98,30 @@ class TensorRTBackend(Backend[TensorRTConfig]):
         refusal = calibration_refusal(self.config, os.environ)
         if refusal is not None:
             raise BackendUnavailable(refusal)
-        trtllm = _import_trtllm()
+        trtllm = import_trtllm()
         from tensorrt_llm import SamplingParams, llmapi
 
         not_applied: dict[str, str] = {}
         if self.options.runtime == "pytorch":
-            penalties, seed = _sampler_features()
+            penalties, seed = sampler_features()
             refusal, not_applied = unsupported_sampling(
                 self.config, penalties=penalties, per_request_seed=seed
             )
             if refusal is not None:
                 raise BackendUnavailable(refusal)
 
-        llm_cls = _llm_class(self.options.runtime, trtllm)
+        llm_cls = llm_class(self.options.runtime, trtllm)
         key = None
         if self.options.runtime == "engine" and self.options.engine_cache_dir is not None:
             key = engine_cache_key(
-                self.config, trtllm_version=trtllm.__version__, device_name=_device_name()
+                self.config, trtllm_version=trtllm.__version__, device_name=device_name()
             )
         plan = self._plan = engine_plan(self.config, key, self._compiled)
         kwargs = llm_kwargs(self.config, prebuilt_engine=plan.load)
         sampling = {k: v for k, v in sampling_params_kwargs(self.config).items()
                     if k not in not_applied}
         started = time.perf_counter()
-        self._llm = llm_cls(**_materialise(kwargs, llmapi))
+        self._llm = llm_cls(**materialise(kwargs, llmapi))
         load_s = time.perf_counter() - started
         if plan.save_to is not None:
             provenance = {
@@ -223,7 +129,7 @@ class TensorRTBackend(Backend[TensorRTConfig]):
                 "tensorrt_llm": trtllm.__version__,
                 "cache_key": key,
             }
-            _save_engine(self._llm, plan.save_to, provenance)
+            save_engine(self._llm, plan.save_to, provenance)
         self._sampling_cls = SamplingParams
         self._sampling_kwargs = sampling
         self._sampling_params = SamplingParams(**sampling)
@@ -337,7 +243,7 @@ class TensorRTBackend(Backend[TensorRTConfig]):
     def synchronize(self) -> None:
         """Waits on this process's GPU work; generate() itself returns only after every
         request's final response, so the engine's work for them is already done."""
-        torch = _torch_or_none()
+        torch = torch_or_none()
         if torch is not None and torch.cuda.is_available():
             torch.cuda.synchronize()
 
@@ -411,6 +317,6 @@ class TensorRTBackend(Backend[TensorRTConfig]):
         self._engine.remove()
         self._compiled = None
         gc.collect()
-        torch = _torch_or_none()
+        torch = torch_or_none()
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
