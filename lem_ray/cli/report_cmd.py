@@ -104,11 +104,8 @@ def _power_samples(
 
 def _requests(results_dir: str) -> list[dict[str, Any]]:
     """The requests table's energy columns only (the table is large)."""
-    dataset = open_dataset(results_dir, "requests")
-    if dataset is None:
-        return []
-    return dataset.to_table(columns=["run_id", "attempt", "output_tokens", "energy_j",
-                                     "energy_attribution"]).to_pylist()
+    return read_table(results_dir, "requests", columns=[
+        "run_id", "attempt", "output_tokens", "energy_j", "energy_attribution"]).to_pylist()
 
 
 def _request_table(report: Report, title: str) -> Table:
