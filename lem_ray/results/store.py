@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -164,14 +163,14 @@ def _castable(found: pa.DataType, expected: pa.DataType) -> bool:
 
 class _Shapes:
     """Verdicts on the file schemas met in one listing. Files of one writer share a schema, so
-    each distinct schema is judged once, and a file costs one comparison (not one per column)."""
+    each distinct schema is judged once, and a file costs one comparison (not one per column).
+    Reading threads share it; two that meet a new schema at once both judge it, harmlessly."""
 
     def __init__(self, schema: pa.Schema, names: list[str] | None = None) -> None:
         self.schema = schema
         self.names = schema.names if names is None else names
         self.target = pa.schema([schema.field(name) for name in self.names])
         self.seen: list[tuple[pa.Schema, str | None, list[str]]] = []
-        self.lock = threading.Lock()
 
     def judge(self, found: pa.Schema) -> tuple[str | None, list[str]]:
         """(why a file of this schema is not one of ours or None, which of names it holds)."""
@@ -181,8 +180,7 @@ class _Shapes:
         holds = set(found.names)
         verdict = (found, _schema_problem(found, self.schema),
                    [name for name in self.names if name in holds])
-        with self.lock:
-            self.seen.append(verdict)
+        self.seen.append(verdict)
         return verdict[1], verdict[2]
 
 
