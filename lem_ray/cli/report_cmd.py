@@ -17,11 +17,10 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from rich import box
 from rich.console import Console
-from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from lem_ray.cli.common import check_output_file, console, fail
+from lem_ray.cli.common import check_output_file, console, fail, label_width
 from lem_ray.errors import ConfigError
 from lem_ray.results.bootstrap import CI_LEVEL
 from lem_ray.results.labels import wrap_label
@@ -113,23 +112,22 @@ def _requests(results_dir: str) -> list[dict[str, Any]]:
 def _request_table(report: Report, title: str, console: Console) -> Table:
     shown = [g for g in report.groups[:TABLE_ROWS] if g["request_energy_j_p50"] is not None]
 
-    def build(width: int | None) -> Table:
+    def build(width: int) -> Table:
         table = Table(title=title, box=box.HORIZONTALS)
-        if width:
-            table.add_column("group", min_width=width, overflow="fold")
+        table.add_column("group", min_width=width, overflow="fold")
         table.add_column("attribution")
         for p in PERCENTILES:
             table.add_column(f"J/request p{p}", justify="right")
         for p in PERCENTILES:
             table.add_column(f"J/out tok p{p}", justify="right")
         for g in shown:
-            label = [Text("\n".join(wrap_label(g["label"] or g["group"], width)))] if width else []
-            table.add_row(*label, g["request_energy_attribution"] or "-",
+            table.add_row(Text("\n".join(wrap_label(g["label"] or g["group"], width))),
+                          g["request_energy_attribution"] or "-",
                           *[format_number(g[f"request_{m}_p{p}"])
                             for m in REQUEST_METRICS for p in PERCENTILES])
         return table
 
-    return build(_label_width(build(None), shown, console))
+    return build(label_width(build, [g["label"] or g["group"] for g in shown], console))
 
 
 def _steady_window_s(row: dict[str, Any]) -> tuple[float, float] | None:
@@ -226,17 +224,16 @@ def _write_html(path: Path, report: Report, results_dir: str, power_runs: list[d
 def _table(report: Report, title: str, metrics: list[str], console: Console) -> Table:
     shown = report.groups[:TABLE_ROWS]
 
-    def build(width: int | None) -> Table:
+    def build(width: int) -> Table:
         table = Table(title=title, box=box.HORIZONTALS, show_lines=True)
-        if width:
-            table.add_column("group", min_width=width, overflow="fold")
+        table.add_column("group", min_width=width, overflow="fold")
         for name in ("backend", "precision", "batch", "runs", "cycle CV"):
             table.add_column(name)
         for m in metrics:
             table.add_column(METRIC_TITLES[m], justify="right")
         for g in shown:
             table.add_row(
-                *([_group_cell(g, width)] if width else []),
+                _group_cell(g, width),
                 Text(g["backend"] or "-"), Text(g["fp_precision"] or "-"),
                 format_number(g["batch_size"]),
                 f"{g['runs_ok']}/{g['runs_invalid']}/{g['runs_failed']}",
@@ -245,7 +242,7 @@ def _table(report: Report, title: str, metrics: list[str], console: Console) -> 
             )
         return table
 
-    return build(_label_width(build(None), shown, console))
+    return build(label_width(build, [g[k] for g in shown for k in ("label", "group")], console))
 
 
 def _group_cell(group: dict[str, Any], width: int) -> Text:
@@ -254,20 +251,8 @@ def _group_cell(group: dict[str, Any], width: int) -> Text:
     return Text("\n".join([*lines, *wrap_label(group["group"], width, ", ")]))
 
 
-def _label_width(rest: Table, groups: list[dict[str, Any]], console: Console) -> int:
-    """The group column's width: what the console leaves beside the other columns at their
-    natural width, up to the longest label, and never under LABEL_WIDTH (wrap_label breaks a
-    label between its parts to fit)."""
-    room = console.width - Measurement.get(console, console.options, rest).maximum - 2
-    longest = max((len(g[key] or "") for g in groups for key in ("label", "group")), default=0)
-    return max(LABEL_WIDTH, min(room, longest))
-
-
 # Laying out a terminal table of 16,000 groups took 100 s of a 50,000-run report.
 TABLE_ROWS = 50
-# The group column is at least this wide, where a 160-column log has no more room beside the
-# throughput and latency metrics (wider, the last one is cut off).
-LABEL_WIDTH = 14
 
 
 def _print(report: Report, console: Console, files: dict[str, str],

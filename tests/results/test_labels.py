@@ -47,3 +47,26 @@ def test_report_tables_break_labels_longer_than_the_column_between_fields(
     broken = [c for c in cells
               if not (c.endswith(BREAKS) or c in ids or re.fullmatch(r"(.*=)?\d\.\d", c))]
     assert not broken, broken
+
+
+def test_end_of_campaign_table_breaks_a_long_label_between_fields() -> None:
+    """The campaign's closing table, on an 80-column terminal: a label of 58 characters in a
+    column of 14 breaks at its parts and fields; the id stays whole under it."""
+    import io
+
+    from rich.console import Console
+
+    from lem_ray.cli.render import print_summary
+    from lem_ray.execution.driver.campaign import CampaignResult
+
+    columns = ("backend", "fp_precision", "batch_size", "device", "cycles_ok", "throughput_tok_s",
+               "energy_j_per_output_token", "energy_adjusted_j_per_output_token", "ttft_ms_p50",
+               "itl_ms_p50", "avg_power_w", "energy_source")
+    row = {**dict.fromkeys(columns), "label": LABEL, "experiment_id": "0123456789ab"}
+    out = io.StringIO()
+    print_summary(CampaignResult("c", "out", {"ok": 1, "failed": 0, "skipped_done": 0,
+                                              "planned": 1}, summary=[row]),
+                  Console(file=out, width=80, markup=False))
+    cells = [line.split("│")[1].strip() for line in out.getvalue().splitlines()
+             if line.startswith("│") and line.split("│")[1].strip()]
+    assert cells == [*wrap_label(LABEL, 14), "0123456789ab"], out.getvalue()
