@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 from typing_extensions import override
 
 
@@ -71,3 +74,17 @@ def console(stderr: bool = False) -> Console:
     rich.text.Text styles instead."""
     stream = sys.stderr if stderr else sys.stdout
     return Console(stderr=stderr, width=None if stream.isatty() else 160, markup=False)
+
+
+# A label column is at least this wide: in a 160-column log, what the report's throughput and
+# latency table leaves beside its metrics (wider, the last one is cut off).
+LABEL_WIDTH = 14
+
+
+def label_width(build: Callable[[int], Table], labels: list[str], console: Console) -> int:
+    """The width of a table's label column: what the console leaves beside the other columns
+    at their natural width, up to the longest label, at least LABEL_WIDTH. `build(width)` lays
+    the table out with its labels on lines of at most `width` (labels.wrap_label), so a label
+    breaks between its parts, never mid-word as a table's own wrapping does."""
+    others = Measurement.get(console, console.options, build(LABEL_WIDTH)).maximum - LABEL_WIDTH
+    return max(LABEL_WIDTH, min(console.width - others, max(map(len, labels), default=0)))

@@ -9,10 +9,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from lem_ray.cli.common import label_width
 from lem_ray.cli.status_cmd import print_compile_savings, print_gpu_time
 from lem_ray.execution.driver.campaign import CampaignResult
 from lem_ray.execution.driver.completion import Progress as RunProgress
 from lem_ray.planning.plan import CampaignPlan
+from lem_ray.results.labels import wrap_label
 from lem_ray.results.rows import RunRows
 
 
@@ -24,22 +26,31 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _named(label: str, experiment_id: str, width: int) -> str:
+    """An experiment's label over its id, broken between the label's parts (wrap_label)."""
+    return "\n".join([*wrap_label(label, width), experiment_id])
+
+
 def print_plan(plan: CampaignPlan, labels: dict[str, str], console: Console) -> None:
     """One row per experiment, named by its label (experiment_labels) above its id, as the
     live lines and the end-of-campaign table name it."""
-    table = Table(title=f"campaign {plan.name}: {len(plan.experiments)} experiments x "
-                        f"{plan.campaign.execution.cycles} cycles = {len(plan.runs)} runs",
-                  show_lines=True)
-    table.add_column("experiment", overflow="fold")
-    for col in ("backend", "model", "precision", "batch", "max out", "gpus"):
-        table.add_column(col)
-    for e in plan.experiments:
-        c = e.config
-        table.add_row(f"{labels[e.experiment_id]}\n{e.experiment_id}", c.backend, c.model_name,
-                      c.fp_precision,
-                      _fmt(c.backend_options.concurrency),
-                      str(c.max_output_tokens), str(c.gpus_per_experiment))
-    console.print(table)
+
+    def build(width: int) -> Table:
+        table = Table(title=f"campaign {plan.name}: {len(plan.experiments)} experiments x "
+                            f"{plan.campaign.execution.cycles} cycles = {len(plan.runs)} runs",
+                      show_lines=True)
+        table.add_column("experiment", min_width=width, overflow="fold")
+        for col in ("backend", "model", "precision", "batch", "max out", "gpus"):
+            table.add_column(col)
+        for e in plan.experiments:
+            c = e.config
+            table.add_row(_named(labels[e.experiment_id], e.experiment_id, width), c.backend,
+                          c.model_name, c.fp_precision, _fmt(c.backend_options.concurrency),
+                          str(c.max_output_tokens), str(c.gpus_per_experiment))
+        return table
+
+    console.print(build(label_width(build, [labels[e.experiment_id] for e in plan.experiments],
+                                    console)))
     for r in plan.rejected:
         console.print(
             Text.assemble(("rejected", "yellow"), f" {r.backend} {r.combination}: {r.reason}"))
@@ -98,9 +109,8 @@ class LiveProgress:
 def print_summary(result: CampaignResult, console: Console) -> None:
     """Means per experiment, named by label above id, then the failed runs, GPU time and what
     the compile cache saved."""
-    table = Table(title=f"{result.campaign_name}: means over ok, valid cycles "
-                        f"({result.results_dir}; `lem-ray report` adds CIs and plots)",
-                  show_lines=True)
+    title = (f"{result.campaign_name}: means over ok, valid cycles "
+             f"({result.results_dir}; `lem-ray report` adds CIs and plots)")
     columns = [
         ("backend", "backend", None),
         ("precision", "fp_precision", None), ("batch", "batch_size", None),
@@ -110,15 +120,20 @@ def print_summary(result: CampaignResult, console: Console) -> None:
         ("TTFT p50 ms", "ttft_ms_p50", 4), ("ITL p50 ms", "itl_ms_p50", 3),
         ("power W", "avg_power_w", 4),
     ]
-    # Named by what differs between the experiments (as `lem-ray report` names its groups),
-    # the id under it: eager decode and the fast path at one batch size read apart.
-    table.add_column("experiment", overflow="fold")
-    for title, _, _ in columns:
-        table.add_column(title, justify="right" if _ else "left")
-    for row in result.summary:
-        table.add_row(f"{row['label']}\n{row['experiment_id']}",
-                      *[_fmt(row[key], digits or 3) for _, key, digits in columns])
-    console.print(table)
+
+    def build(width: int) -> Table:
+        table = Table(title=title, show_lines=True)
+        # Named by what differs between the experiments (as `lem-ray report` names its
+        # groups), the id under it: eager decode and the fast path at one batch size read apart.
+        table.add_column("experiment", min_width=width, overflow="fold")
+        for name, _, digits in columns:
+            table.add_column(name, justify="right" if digits else "left")
+        for row in result.summary:
+            table.add_row(_named(row["label"], row["experiment_id"], width),
+                          *[_fmt(row[key], digits or 3) for _, key, digits in columns])
+        return table
+
+    console.print(build(label_width(build, [r["label"] for r in result.summary], console)))
     if result.summary and all(r["energy_source"] is None for r in result.summary):
         console.print("energy: not measured (no NVML GPU on the nodes that ran); "
                       "see energy_unavailable_reason in the experiments table")

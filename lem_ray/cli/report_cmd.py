@@ -20,9 +20,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from lem_ray.cli.common import check_output_file, console, fail
+from lem_ray.cli.common import check_output_file, console, fail, label_width
 from lem_ray.errors import ConfigError
 from lem_ray.results.bootstrap import CI_LEVEL
+from lem_ray.results.labels import wrap_label
 from lem_ray.results.manifest import load_manifest, reconciled
 from lem_ray.results.pairs import pair_runs
 from lem_ray.results.report import (
@@ -104,28 +105,29 @@ def _power_samples(
 
 def _requests(results_dir: str) -> list[dict[str, Any]]:
     """The requests table's energy columns only (the table is large)."""
-    dataset = open_dataset(results_dir, "requests")
-    if dataset is None:
-        return []
-    return dataset.to_table(columns=["run_id", "attempt", "output_tokens", "energy_j",
-                                     "energy_attribution"]).to_pylist()
+    return read_table(results_dir, "requests", columns=[
+        "run_id", "attempt", "output_tokens", "energy_j", "energy_attribution"]).to_pylist()
 
 
-def _request_table(report: Report, title: str) -> Table:
-    table = Table(title=title, box=box.HORIZONTALS)
-    table.add_column("group", overflow="fold")
-    table.add_column("attribution")
-    for p in PERCENTILES:
-        table.add_column(f"J/request p{p}", justify="right")
-    for p in PERCENTILES:
-        table.add_column(f"J/out tok p{p}", justify="right")
-    for g in report.groups[:TABLE_ROWS]:
-        if g["request_energy_j_p50"] is None:
-            continue
-        table.add_row(g["label"] or g["group"], g["request_energy_attribution"] or "-",
-                      *[format_number(g[f"request_{m}_p{p}"])
-                        for m in REQUEST_METRICS for p in PERCENTILES])
-    return table
+def _request_table(report: Report, title: str, console: Console) -> Table:
+    shown = [g for g in report.groups[:TABLE_ROWS] if g["request_energy_j_p50"] is not None]
+
+    def build(width: int) -> Table:
+        table = Table(title=title, box=box.HORIZONTALS)
+        table.add_column("group", min_width=width, overflow="fold")
+        table.add_column("attribution")
+        for p in PERCENTILES:
+            table.add_column(f"J/request p{p}", justify="right")
+        for p in PERCENTILES:
+            table.add_column(f"J/out tok p{p}", justify="right")
+        for g in shown:
+            table.add_row(Text("\n".join(wrap_label(g["label"] or g["group"], width))),
+                          g["request_energy_attribution"] or "-",
+                          *[format_number(g[f"request_{m}_p{p}"])
+                            for m in REQUEST_METRICS for p in PERCENTILES])
+        return table
+
+    return build(label_width(build, [g["label"] or g["group"] for g in shown], console))
 
 
 def _steady_window_s(row: dict[str, Any]) -> tuple[float, float] | None:
@@ -219,33 +221,38 @@ def _write_html(path: Path, report: Report, results_dir: str, power_runs: list[d
                     encoding="utf-8")
 
 
-def _table(report: Report, title: str, metrics: list[str]) -> Table:
-    table = Table(title=title, box=box.HORIZONTALS, show_lines=True)
+def _table(report: Report, title: str, metrics: list[str], console: Console) -> Table:
     shown = report.groups[:TABLE_ROWS]
-    # A label wraps between its parts; a part cut short ("pytorch.cac…") would hide what differs.
-    widest = max((len(part) for g in shown for part in (g["label"] or "").split(" · ")), default=0)
-    table.add_column("group", min_width=min(widest, LABEL_PART_WIDTH), overflow="fold")
-    for name in ("backend", "precision", "batch", "runs", "cycle CV"):
-        table.add_column(name)
-    for m in metrics:
-        table.add_column(METRIC_TITLES[m], justify="right")
-    for g in shown:
-        table.add_row(
-            Text(f"{g['label']}\n{g['group']}" if g["label"] != g["group"] else g["group"]),
-            Text(g["backend"] or "-"), Text(g["fp_precision"] or "-"),
-            format_number(g["batch_size"]),
-            f"{g['runs_ok']}/{g['runs_invalid']}/{g['runs_failed']}",
-            Text(cycle_cv_text(g), style="bold red" if g["cycle_cv_above"] else ""),
-            *[Text("\n".join(cell_lines(g, m))) for m in metrics],
-        )
-    return table
+
+    def build(width: int) -> Table:
+        table = Table(title=title, box=box.HORIZONTALS, show_lines=True)
+        table.add_column("group", min_width=width, overflow="fold")
+        for name in ("backend", "precision", "batch", "runs", "cycle CV"):
+            table.add_column(name)
+        for m in metrics:
+            table.add_column(METRIC_TITLES[m], justify="right")
+        for g in shown:
+            table.add_row(
+                _group_cell(g, width),
+                Text(g["backend"] or "-"), Text(g["fp_precision"] or "-"),
+                format_number(g["batch_size"]),
+                f"{g['runs_ok']}/{g['runs_invalid']}/{g['runs_failed']}",
+                Text(cycle_cv_text(g), style="bold red" if g["cycle_cv_above"] else ""),
+                *[Text("\n".join(cell_lines(g, m))) for m in metrics],
+            )
+        return table
+
+    return build(label_width(build, [g[k] for g in shown for k in ("label", "group")], console))
+
+
+def _group_cell(group: dict[str, Any], width: int) -> Text:
+    """The group's label over its name (an experiment id, or key=value pairs)."""
+    lines = wrap_label(group["label"], width) if group["label"] != group["group"] else []
+    return Text("\n".join([*lines, *wrap_label(group["group"], width, ", ")]))
 
 
 # Laying out a terminal table of 16,000 groups took 100 s of a 50,000-run report.
 TABLE_ROWS = 50
-# The group column is at least as wide as the widest part of a label, up to this (wider, the
-# last metric column of a 160-column log is cut off); a longer part folds onto the next line.
-LABEL_PART_WIDTH = 14
 
 
 def _print(report: Report, console: Console, files: dict[str, str],
@@ -259,9 +266,9 @@ def _print(report: Report, console: Console, files: dict[str, str],
     ):
         present = [m for m in metrics if m in shown]
         if present:
-            console.print(_table(report, f"{title}: {groups_by}", present))
+            console.print(_table(report, f"{title}: {groups_by}", present, console))
     if any(g["request_energy_j_p50"] is not None for g in report.groups):
-        console.print(_request_table(report, f"GPU energy per request: {groups_by}"))
+        console.print(_request_table(report, f"GPU energy per request: {groups_by}", console))
     if any(g["energy_with_host_j_per_output_token_n"] for g in report.groups):
         console.print("GPU J/out tok: the GPUs' energy only. GPU+host J/out tok: plus the node's "
                       "CPU package and DRAM counters (RAPL), from runs that had the node to "

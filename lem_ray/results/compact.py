@@ -45,6 +45,7 @@ from lem_ray.results.store import (
     RESULT_TABLES,
     _first_line,
     _read_files,
+    _Shapes,
     atomic_write,
     attempt_keys,
     attempt_of,
@@ -176,7 +177,7 @@ def _compact_listing(results_dir: str | Path, table: str, finished: set[tuple[st
         # A file whose footer reads but whose rows do not; the reader's own test finds it.
         damaged: list[tuple[str, str]] = []
         for path in inputs:
-            _read_files(fs, [path], schema, lambda bad, why: damaged.append((bad, why)))
+            _read_files(fs, [path], _Shapes(schema), lambda bad, why: damaged.append((bad, why)))
         if not damaged:
             raise
         for path, why in damaged:

@@ -6,6 +6,7 @@ differs between them, in the words a reader uses
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,10 @@ PRECISION_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 ENGINE_COLUMNS = ("model_name", "backend", "load_format", "fp_precision", "gpus_per_experiment")
 # Read first in a label, in this order; any other differing config key follows.
 LABEL_ORDER = ("model_name", "backend", "batch_size", "gpus_per_experiment", "fp_precision")
+PART_SEPARATOR = " · "
+# Where a part longer than a line may break: after a space, `=`, `/`, `-`, `,`, `:`, or a `.`
+# not inside a number (`decoder.` `temperature=` `0.7`); never inside `batch_size`.
+_BREAK = re.compile(r"(?<=[ =/,:-])|(?<=\.)(?!\d)")
 
 
 def hashable(value: Any) -> Any:
@@ -100,9 +105,9 @@ def _by_difference(shared: list[dict[str, Any]]) -> list[str]:
         varying = [k for k in varying if k not in BATCH_KEYS]
     ordered = ([k for k in LABEL_ORDER if k in varying]
                + [k for k in varying if k not in LABEL_ORDER])
-    labels = [" · ".join(_part(k, c[k]) for k in ordered if k in c) for c in shared]
+    labels = [PART_SEPARATOR.join(_part(k, c[k]) for k in ordered if k in c) for c in shared]
     return labels if len(shared) > 1 and all(labels) else [
-        " · ".join(_part(k, c[k]) for k in LABEL_ORDER if k in c) for c in shared]
+        PART_SEPARATOR.join(_part(k, c[k]) for k in LABEL_ORDER if k in c) for c in shared]
 
 
 def group_labels(buckets: list[list[dict[str, Any]]]) -> list[str]:
@@ -147,3 +152,29 @@ def series_labels(buckets: list[list[dict[str, Any]]], keys: Sequence[str]) -> l
     wanted = set(keys) - BATCH_KEYS - {"batch_size"}
     return _by_difference([{k: v for k, v in _shared(bucket).items() if k in wanted}
                            for bucket in buckets])
+
+
+def wrap_label(text: str, width: int, separator: str = PART_SEPARATOR) -> list[str]:
+    """A label's lines, at most `width` long, broken between its parts (`batch 8 ·`); a part
+    longer than a line breaks where _BREAK allows, so a word is cut only where it alone is
+    longer than a line. A terminal table's own wrapping breaks at any space (`batch` / `8`)
+    and folds words (`decoder.temper` / `ature=0.7`)."""
+    parts = text.split(separator)
+    mark = separator.rstrip()
+    lines: list[str] = []
+    line = ""
+    for index, part in enumerate(parts):
+        token = part + mark if index < len(parts) - 1 else part
+        if line and len(line) + 1 + len(token) <= width:
+            line += " " + token
+            continue
+        if line:
+            lines.append(line)
+            line = ""
+        for piece in (p for whole in _BREAK.split(token) if whole
+                      for p in (whole[i:i + width] for i in range(0, len(whole), width))):
+            if line and len(line) + len(piece.rstrip()) > width:
+                lines.append(line.rstrip())
+                line = ""
+            line += piece
+    return [*lines, line.rstrip()] if line else lines

@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ ID_NAMES = tuple(name for name, _ in ID_FIELDS)
 # Small files are read this many at a time and their rows made contiguous: a table of 50,000
 # one-row chunks costs per chunk and per column, and took 15 GB to read before compaction.
 FILES_PER_READ = 1000
+# Files opened at once: pyarrow parses a footer and reads without the GIL, and on an object
+# store each open waits for a round trip, so more threads than cores still pay.
+READ_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
 
 def attempt_of(file_name: str) -> tuple[str, int] | None:
@@ -157,7 +161,41 @@ def _castable(found: pa.DataType, expected: pa.DataType) -> bool:
         pa.types.is_integer(found) and pa.types.is_integer(expected))
 
 
-def _file_problem(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> str | None:
+class _Shapes:
+    """Verdicts on the file schemas met in one listing. Files of one writer share a schema, so
+    each distinct schema is judged once, and a file costs one comparison (not one per column).
+    Reading threads share it; two that meet a new schema at once both judge it, harmlessly."""
+
+    def __init__(self, schema: pa.Schema, names: list[str] | None = None) -> None:
+        self.schema = schema
+        self.names = schema.names if names is None else names
+        self.target = pa.schema([schema.field(name) for name in self.names])
+        self.seen: list[tuple[pa.Schema, str | None, list[str]]] = []
+
+    def judge(self, found: pa.Schema) -> tuple[str | None, list[str]]:
+        """(why a file of this schema is not one of ours or None, which of names it holds)."""
+        for schema, problem, present in self.seen:
+            if found.equals(schema):
+                return problem, present
+        holds = set(found.names)
+        verdict = (found, _schema_problem(found, self.schema),
+                   [name for name in self.names if name in holds])
+        self.seen.append(verdict)
+        return verdict[1], verdict[2]
+
+
+def _schema_problem(found: pa.Schema, schema: pa.Schema) -> str | None:
+    expected = {field.name: field.type for field in schema}
+    missing = [name for name in ID_NAMES if name in expected and name not in found.names]
+    if missing:
+        return f"not a lem-ray results file (no column {missing[0]!r})"
+    for column in found:
+        if column.name in expected and not _castable(column.type, expected[column.name]):
+            return f"column {column.name!r} is {column.type}, expected {expected[column.name]}"
+    return None
+
+
+def _file_problem(fs: pafs.FileSystem, path: str, shapes: _Shapes) -> str | None:
     """Why a Parquet file is not one of ours (truncated, another file, other columns), or None.
     A file deleted meanwhile (by compact) raises FileNotFoundError: the reader lists again."""
     try:
@@ -167,14 +205,7 @@ def _file_problem(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> str | No
         raise
     except (pa.ArrowException, OSError) as exc:
         return f"not a readable Parquet file ({_first_line(exc)})"
-    missing = [name for name in ID_NAMES if name in schema.names and name not in found.names]
-    if missing:
-        return f"not a lem-ray results file (no column {missing[0]!r})"
-    for column in found:
-        expected = schema.field(column.name).type if column.name in schema.names else None
-        if expected is not None and not _castable(column.type, expected):
-            return f"column {column.name!r} is {column.type}, expected {expected}"
-    return None
+    return shapes.judge(found)[0]
 
 
 def readable_files(fs: pafs.FileSystem, folder: str, schema: pa.Schema,
@@ -182,9 +213,9 @@ def readable_files(fs: pafs.FileSystem, folder: str, schema: pa.Schema,
     """Committed Parquet files that can be read as this table; the others are reported through
     on_skip and left where they are (a reader never changes a directory a campaign may be
     writing)."""
-    good = []
+    good, shapes = [], _Shapes(schema)
     for info in list_parquet(fs, folder):
-        problem = _file_problem(fs, info.path, schema)
+        problem = _file_problem(fs, info.path, shapes)
         if problem:
             on_skip(info.path, problem)
         else:
@@ -192,27 +223,51 @@ def readable_files(fs: pafs.FileSystem, folder: str, schema: pa.Schema,
     return good
 
 
-def _read_files(fs: pafs.FileSystem, paths: list[str], schema: pa.Schema,
-                on_skip: Callable[[str, str], None], columns: list[str] | None = None) -> pa.Table:
-    """All at once; if a file is damaged past its footer, file by file without it."""
-    try:
-        return ds.dataset(paths, filesystem=fs, format="parquet", schema=schema).to_table(
-            columns=columns)
-    except FileNotFoundError:
-        raise
-    except (pa.ArrowException, OSError):
-        pass
-    parts = []
-    for path in paths:
+def _read_file(fs: pafs.FileSystem, path: str, shapes: _Shapes,
+               big: bool) -> pa.Table | str:
+    """The file's columns among shapes.names, its footer read once for the check and the read;
+    or why it cannot be read as this table. FileNotFoundError: deleted meanwhile. A big file
+    (compacted) is read column by column in parallel; a small one faster on this thread."""
+    with fs.open_input_file(path) as f:
         try:
-            parts.append(ds.dataset([path], filesystem=fs, format="parquet", schema=schema)
-                         .to_table(columns=columns))
-        except FileNotFoundError:
-            raise
+            parquet = pq.ParquetFile(f)
+            problem, present = shapes.judge(parquet.schema_arrow)
         except (pa.ArrowException, OSError) as exc:
-            on_skip(path, f"unreadable ({_first_line(exc)})")
-    empty = schema.empty_table()
-    return pa.concat_tables(parts) if parts else empty.select(columns or empty.column_names)
+            return f"not a readable Parquet file ({_first_line(exc)})"
+        if problem:
+            return problem
+        try:
+            return parquet.read(columns=present, use_threads=big)
+        except (pa.ArrowException, OSError) as exc:
+            return f"unreadable ({_first_line(exc)})"
+
+
+def _conform(data: pa.Table, target: pa.Schema) -> pa.Table:
+    """Rows of one file shape in the table's shape: absent columns null, narrower types cast."""
+    if data.schema.equals(target):
+        return data
+    have = set(data.column_names)
+    return pa.table([data[f.name].cast(f.type) if f.name in have else pa.nulls(len(data), f.type)
+                     for f in target], schema=target)
+
+
+def _read_files(fs: pafs.FileSystem, paths: list[str], shapes: _Shapes,
+                on_skip: Callable[[str, str], None], big: bool = False) -> pa.Table:
+    """The readable files of paths as one table; the others go to on_skip."""
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        read = list(pool.map(lambda path: _read_file(fs, path, shapes, big), paths))
+    by_shape: list[list[pa.Table]] = []
+    for path, data in zip(paths, read):
+        if isinstance(data, str):
+            on_skip(path, data)
+            continue
+        same = next((g for g in by_shape if g[0].schema.equals(data.schema)), None)
+        if same is None:
+            by_shape.append([data])
+        else:
+            same.append(data)
+    parts = [_conform(pa.concat_tables(group), shapes.target) for group in by_shape]
+    return pa.concat_tables(parts) if parts else shapes.target.empty_table()
 
 
 def _projection(table: str, columns: list[str] | None) -> list[str] | None:
@@ -225,19 +280,18 @@ def _projection(table: str, columns: list[str] | None) -> list[str] | None:
 
 def _read_once(fs: pafs.FileSystem, folder: str, table: str,
                on_skip: Callable[[str, str], None], columns: list[str] | None) -> pa.Table:
-    schema = reading_schema(table)
-    read = _projection(table, columns)
-    files = readable_files(fs, folder, schema, on_skip)
+    shapes = _Shapes(reading_schema(table), _projection(table, columns))
+    files = list_parquet(fs, folder)
     merged = [i.path for i in files if i.base_name.startswith(COMPACTED_PREFIX)]
     parts, covered = [], set()
     if merged:
-        parts.append(_read_files(fs, merged, schema, on_skip, read))
+        parts.append(_read_files(fs, merged, shapes, on_skip, big=True))
         covered = attempt_keys(parts[0])
     singles = [i.path for i in files if not i.base_name.startswith(COMPACTED_PREFIX)
                and attempt_of(i.base_name) not in covered]
     for start in range(0, len(singles), FILES_PER_READ):
         group = singles[start:start + FILES_PER_READ]
-        parts.append(_read_files(fs, group, schema, on_skip, read).combine_chunks())
+        parts.append(_read_files(fs, group, shapes, on_skip).combine_chunks())
     found = upgrade(table, pa.concat_tables(parts)) if parts else TABLES[table].empty_table()
     return found if columns is None else found.select(columns)
 

@@ -324,3 +324,43 @@ def test_a_reader_lists_again_while_files_vanish_then_gives_up(
     with pytest.raises(FileNotFoundError):
         read_table(out, "experiments")
     assert len(calls) == 1
+
+
+def test_each_file_is_opened_once_and_damaged_ones_among_many_are_skipped_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The footer that is checked is the one read from: one open a file, over several groups
+    of FILES_PER_READ, with foreign, truncated and damaged files among the good ones."""
+    import fsspec
+    import pyarrow.fs as pafs
+
+    out = tmp_path / "results"
+    for i in range(9):
+        write_attempt(out, f"e{i}")
+    folder = out / "requests"
+    whole = next(folder.iterdir()).read_bytes()
+    (folder / "e3-c9-a1.parquet").write_bytes(whole[:100])
+    pq.write_table(pa.table({"x": [1]}), folder / "e5-c9-a1.parquet")
+    rows = [{**empty_row("requests"), **ids("bad"), "request_index": i, "ttft_ms": i * 1.5}
+            for i in range(2000)]
+    damaged = Path(write_rows(out, "requests", RunKey("bad", 1).stem(1), rows))
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 3:len(data) // 3 + 2000] = bytes(2000)
+    damaged.write_bytes(bytes(data))
+    opened: list[str] = []
+
+    class Counting(pafs.FSSpecHandler):
+        def open_input_file(self, path: str):  # type: ignore[no-untyped-def]
+            opened.append(Path(path).name)
+            return super().open_input_file(path)
+
+    counting = pafs.PyFileSystem(Counting(fsspec.filesystem("file")))
+    monkeypatch.setattr(store, "resolve", lambda text: (counting, str(Path(text).absolute())))
+    monkeypatch.setattr(store, "FILES_PER_READ", 4)
+    skipped: list[tuple[str, str]] = []
+    table = read_table(out, "requests", on_skip=lambda p, why: skipped.append((Path(p).name, why)))
+    assert run_ids(table) == [f"e{i}-c1" for i in range(9)]
+    assert sorted(opened) == sorted(p.name for p in folder.iterdir()), "each file opened once"
+    reasons = dict(skipped)
+    assert len(skipped) == 3 and reasons["bad-c1-a1.parquet"].startswith("unreadable (")
+    assert reasons["e3-c9-a1.parquet"].startswith("not a readable Parquet file (")
+    assert reasons["e5-c9-a1.parquet"] == "not a lem-ray results file (no column 'campaign_name')"

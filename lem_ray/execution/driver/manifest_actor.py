@@ -13,7 +13,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lem_ray.records import RunKey
 from lem_ray.results.journal import ManifestStore
-from lem_ray.results.manifest import STATES, new_entry, reconcile
+from lem_ray.results.manifest import RECONCILE_COLUMNS, STATES, new_entry, reconcile
 from lem_ray.results.store import read_table, resolve
 
 NAMESPACE = "lem-ray"
@@ -40,7 +40,8 @@ class ManifestActor:
     def _reconcile(self) -> None:
         """Bring the manifest in line with the readable rows (manifest.reconcile)."""
         added, changes = reconcile(
-            self.store.state.runs, read_table(self.results_dir, "experiments")
+            self.store.state.runs,
+            read_table(self.results_dir, "experiments", columns=RECONCILE_COLUMNS),
         )
         self.store.add_runs(added)
         for key, fields in changes.items():
