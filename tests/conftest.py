@@ -136,3 +136,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def synthetic_results(tmp_path: Path) -> Path:
+    """tests/fakes/synthetic_results.py's directory, with a pre-journal manifest."""
+    from tests.fakes.synthetic_results import synthetic_with_legacy_manifest
+
+    return synthetic_with_legacy_manifest(tmp_path / "results")

@@ -13,9 +13,13 @@ from lem_ray.backends.traffic import EngineLoad, SteadyWindow, StepLoad, engine_
 from lem_ray.backends.vllm.backend import VLLMBackend
 from lem_ray.backends.vllm.stats import SchedulerTap
 from lem_ray.results.validity import ValidityInputs, validity_flags
-from tests.backends.test_traffic import vllm_config
 from tests.fakes.clock import ManualClock
-from tests.fakes.llm_apis import VLLMIterationStats, VLLMSchedulerStats, VLLMStatLoggerManager
+from tests.fakes.llm_apis import (
+    VLLMIterationStats,
+    VLLMSchedulerStats,
+    VLLMStatLoggerManager,
+    vllm_config,
+)
 from tests.fakes.vllm_engine import SimulatedEngine
 
 

@@ -29,14 +29,8 @@ from lem_ray.config.experiment import ExperimentConfig
 from lem_ray.results.columns import Sample
 from lem_ray.results.rows import _steady
 from tests.fakes.clock import ManualClock
-from tests.fakes.llm_apis import check_vllm_llm_kwargs
+from tests.fakes.llm_apis import check_vllm_llm_kwargs, vllm_config
 from tests.fakes.vllm_engine import SimulatedEngine
-
-
-def vllm_config(**vllm: Any) -> ExperimentConfig:
-    return ExperimentConfig.model_validate(
-        {"model_name": "builtin:tiny-llama", "backend": "vllm", "vllm": vllm})
-
 
 # ---- arrival processes ---------------------------------------------------------------------
 

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_BASE, ray_env
-
-
-def lem_ray(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lem_ray.cli", *args], cwd=cwd, env=ray_env(),
-        capture_output=True, text=True, timeout=600,
-    )
-
+from tests.cli.support import lem_ray
+from tests.conftest import TINY_BASE
 
 CAMPAIGN = {
     "campaign_name": "cli",

@@ -16,71 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from lem_ray.cli.main import main
 from lem_ray.config.limits import MAX_INPUT_WORDS
 from lem_ray.config.prompts import LengthDistribution
 from lem_ray.planning.prompts import synthetic_lengths
 from lem_ray.results.ownership import Owner, claim
-from tests.conftest import TINY_BASE
-from tests.results.test_report import write_synthetic
-
-VALID: dict[str, Any] = {
-    "campaign_name": "hostile",
-    "base": TINY_BASE,
-    "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
-    "execution": {"cycles": 2},
-}
-
-
-def write_legacy_manifest(results_dir: Path, campaign_name: str) -> Path:
-    """A manifest as lem-ray wrote it before the journal: one state.json."""
-    path = results_dir / "manifest" / "state.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"campaign_name": campaign_name, "runs": {}}))
-    return path
-
-
-def invoke(*args: str, cwd: Path) -> Result:
-    old = Path.cwd()
-    os.chdir(cwd)
-    try:
-        return CliRunner().invoke(main, list(args), env={"RAY_ADDRESS": ""}, prog_name="lem-ray")
-    finally:
-        os.chdir(old)
-
-
-def refused(result: Result, expected: str) -> str:
-    """Exit 2, one line on stderr containing `expected`, no traceback."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lem-ray: error: "), result.stderr
-    assert expected in lines[0], lines[0]
-    assert "Traceback" not in result.output and result.stdout == ""
-    return lines[0]
-
-
-def with_(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    out = json.loads(json.dumps(data))
-    *parents, leaf = dotted.split(".")
-    node = out
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-    return out
-
-
-def dry_run(tmp_path: Path, content: dict[str, Any] | str | bytes, *extra: str) -> Result:
-    path = tmp_path / "campaign.yaml"
-    if isinstance(content, dict):
-        content = yaml.safe_dump(content, sort_keys=False)
-    path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    before = sorted(os.listdir(tmp_path))
-    result = invoke("campaign", str(path), "--dry-run", "--json", *extra, cwd=tmp_path)
-    if result.exit_code:
-        assert sorted(os.listdir(tmp_path)) == before, "nothing created"
-    return result
+from tests.cli.support import VALID, dry_run, invoke, refused, with_
+from tests.fakes.synthetic_results import write_legacy_manifest
 
 
 @pytest.mark.parametrize(
@@ -347,14 +291,6 @@ def test_another_campaigns_results_dir_is_refused(tmp_path: Path, legacy: bool) 
 # --- damaged results: status and report -------------------------------------------------------
 
 
-@pytest.fixture
-def results(tmp_path: Path) -> Path:
-    out = tmp_path / "results"
-    write_synthetic(out)
-    write_legacy_manifest(out, "synth")
-    return out
-
-
 @pytest.mark.parametrize(
     ("name", "content", "expected"),
     [
@@ -382,16 +318,16 @@ def results(tmp_path: Path) -> Path:
         ),
     ],
 )
-def test_status_on_a_damaged_manifest(results: Path, name: str, content: bytes,
+def test_status_on_a_damaged_manifest(synthetic_results: Path, name: str, content: bytes,
                                       expected: str) -> None:
-    (results / "manifest" / name).write_bytes(content)
-    refused(invoke("status", str(results), cwd=results.parent), expected)
-    refused(invoke("campaign", "--dry-run", "--results-dir", str(results), cwd=results.parent),
-            expected)
+    (synthetic_results / "manifest" / name).write_bytes(content)
+    refused(invoke("status", str(synthetic_results), cwd=synthetic_results.parent), expected)
+    refused(invoke("campaign", "--dry-run", "--results-dir", str(synthetic_results),
+                   cwd=synthetic_results.parent), expected)
 
 
-def test_report_reads_around_damaged_files(results: Path) -> None:
-    experiments = results / "experiments"
+def test_report_reads_around_damaged_files(synthetic_results: Path) -> None:
+    experiments = synthetic_results / "experiments"
     good = sorted(experiments.iterdir())
     truncated = experiments / "truncated.parquet"
     truncated.write_bytes(good[0].read_bytes()[:200])
@@ -402,7 +338,7 @@ def test_report_reads_around_damaged_files(results: Path) -> None:
     retyped = experiments / "retyped.parquet"
     pq.write_table(pa.table({"campaign_name": ["s"], "experiment_id": ["e"], "run_id": ["e-c1"],
                              "cycle": ["one"], "attempt": [1]}), retyped)
-    result = invoke("report", str(results), "--json", cwd=results.parent)
+    result = invoke("report", str(synthetic_results), "--json", cwd=synthetic_results.parent)
     assert result.exit_code == 0, result.output
     warnings = result.stderr.splitlines()
     assert len(warnings) == 4 and all(w.startswith("lem-ray: warning: skipped ") for w in warnings)
@@ -414,12 +350,12 @@ def test_report_reads_around_damaged_files(results: Path) -> None:
     assert truncated.exists() and other.exists(), "a reader leaves files where they are"
 
 
-def test_report_checks_output_paths_before_writing(results: Path, tmp_path: Path) -> None:
+def test_report_checks_output_paths_before_writing(synthetic_results: Path, tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("")
     for option, target in (("--csv", "afile/x.csv"), ("--html", "afile/x.html"),
                            ("--csv", str(tmp_path))):
-        refused(invoke("report", str(results), option, target, cwd=tmp_path), option)
-        assert not (results / "summary").exists(), "nothing written before the check"
+        refused(invoke("report", str(synthetic_results), option, target, cwd=tmp_path), option)
+        assert not (synthetic_results / "summary").exists(), "nothing written before the check"
 
 
 def test_unknown_uri_scheme(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from lem_ray.execution.driver.automation import notified, send_notification
 from lem_ray.planning.plan import plan_campaign
 from lem_ray.planning.prompts import file_prompts
 from lem_ray.results.gpu_time import PHASES, gpu_seconds
-from tests.cli.test_hostile import VALID, dry_run, invoke, refused, results, with_  # noqa: F401
+from tests.cli.support import VALID, dry_run, invoke, refused, with_
 from tests.conftest import TINY_BASE, ray_env
 
 SECRET = "s3cr3t-token"
@@ -274,8 +274,8 @@ def _session(total_gpu_s: float) -> dict[str, Any]:
                                                         for p in PHASES}}
 
 
-def test_status_reads_around_damaged_gpu_time_files(results: Path) -> None:  # noqa: F811
-    folder = results / "gpu_time"
+def test_status_reads_around_damaged_gpu_time_files(synthetic_results: Path) -> None:
+    folder = synthetic_results / "gpu_time"
     folder.mkdir()
     (folder / "good.json").write_text(json.dumps(_session(60.0)))
     damaged = {
@@ -287,7 +287,7 @@ def test_status_reads_around_damaged_gpu_time_files(results: Path) -> None:  # n
     }
     for name, text in damaged.items():
         (folder / name).write_text(text)
-    result = invoke("status", str(results), "--json", cwd=results.parent)
+    result = invoke("status", str(synthetic_results), "--json", cwd=synthetic_results.parent)
     assert result.exit_code == 0, result.output
     warnings = result.stderr.splitlines()
     assert len(warnings) == len(damaged)

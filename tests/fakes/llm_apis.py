@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lem_ray.config.experiment import ExperimentConfig
+
 VLLM_LLM_PARAMS = frozenset({
     "model", "runner", "convert", "tokenizer", "tokenizer_mode", "skip_tokenizer_init",
     "trust_remote_code", "allowed_local_media_path", "allowed_media_domains",
@@ -280,3 +282,9 @@ class VLLMStatLoggerManager:
     def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
                engine_idx: int = 0) -> None:
         self.recorded.append((scheduler_stats, iteration_stats))
+
+
+def vllm_config(**vllm: Any) -> ExperimentConfig:
+    """A vLLM experiment of the tiny model with these `vllm:` options."""
+    return ExperimentConfig.model_validate(
+        {"model_name": "builtin:tiny-llama", "backend": "vllm", "vllm": vllm})

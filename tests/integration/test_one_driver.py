@@ -29,10 +29,10 @@ from lem_ray.results.manifest import load_manifest
 from lem_ray.results.ownership import Owner, claim
 from lem_ray.results.repair import rebuilt_runs
 from lem_ray.results.store import read_table
-from tests.cli.test_hostile import invoke, refused
+from tests.cli.support import invoke, refused
 from tests.conftest import TINY_BASE, ray_env
+from tests.fakes.leases import held_by
 from tests.faults import running_workers, wait_for
-from tests.results.test_lease import held_by
 
 LONG = {**TINY_BASE, "max_output_tokens": 16, "min_output_tokens": 16,
         "prompts": {"source": "synthetic", "count": 300, "input_len": {"mean": 16, "std": 4}}}

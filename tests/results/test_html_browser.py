@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from lem_ray.cli.main import main
 from tests.browser import CHROMIUM, visit
 from tests.conftest import TINY_BASE, isolated_ray
-from tests.results.test_report import write_synthetic
+from tests.fakes.synthetic_results import write_synthetic
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")

@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 
 from lem_ray.results.labels import wrap_label
-from tests.cli.test_cli import lem_ray
-from tests.results.test_report import synthetic  # noqa: F401 (the fixture)
+from tests.cli.support import lem_ray
 
 LABEL = "pytorch · batch 8 · 1 GPU · bf16 · decoder.temperature=0.7"
 # What a line may end with, short of a label's end: a part's separator, or a field boundary.
@@ -29,7 +28,7 @@ def test_a_label_breaks_between_parts_then_at_field_boundaries() -> None:
 
 
 def test_report_tables_break_labels_longer_than_the_column_between_fields(
-        synthetic: Path) -> None:  # noqa: F811
+        synthetic: Path) -> None:
     """The synthetic groups' labels end in `decoder.temperature=...`, longer than the group
     column of the throughput table in a 160-column log: each line of a group cell ends at a
     part or field boundary, or where the label or the group's id ends."""

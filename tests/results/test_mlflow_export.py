@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from lem_ray.cli.main import main
 from lem_ray.results.mlflow_export import ATTEMPT_TAG, POWER_METRIC
-from tests.results.test_report import write_synthetic
+from tests.fakes.synthetic_results import write_synthetic
 
 mlflow = pytest.importorskip("mlflow")
 

@@ -19,7 +19,7 @@ from lem_ray.results.ownership import (
     grid_fingerprint,
     read_owner,
 )
-from tests.cli.test_hostile import write_legacy_manifest
+from tests.fakes.synthetic_results import write_legacy_manifest
 
 
 def test_the_fingerprint_tells_grids_apart_not_orders() -> None:

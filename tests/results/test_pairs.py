@@ -15,7 +15,7 @@ from lem_ray.results.bootstrap import bootstrap_ci
 from lem_ray.results.pairs import ALL, pair_runs
 from lem_ray.results.schema import empty_row
 from lem_ray.results.store import write_rows
-from tests.cli.test_cli import lem_ray
+from tests.cli.support import lem_ray
 
 # tensorrt minus vllm, per cycle: at batch 8 always above (a known +0.0115 J), at 64 around 0
 DIFF_8 = [0.010, 0.012, 0.011, 0.013]

@@ -15,7 +15,7 @@ from lem_ray.results.report import build_report
 from lem_ray.results.schema import empty_row
 from lem_ray.results.slo import best_under_slo, meets, slo_columns, tpot_ms
 from lem_ray.results.store import write_rows
-from tests.cli.test_cli import lem_ray
+from tests.cli.support import lem_ray
 
 MLPERF = SLOConfig(ttft_ms=2000.0, tpot_ms=100.0)
 
