@@ -29,6 +29,15 @@ def experiments(out: Path) -> list[dict]:
     return ds.dataset(out / "experiments").to_table().to_pylist()
 
 
+def campaign_actor_nodes() -> dict[str, str]:
+    """Node of each live campaign actor (Ray's GCS view: the test cluster runs no dashboard,
+    which ray.util.state needs)."""
+    from ray._private import state
+
+    return {a["ActorClassName"]: a["Address"]["NodeID"] for a in state.actors().values()
+            if a["State"] == "ALIVE" and a["ActorClassName"] in ("CampaignRecord", "ManifestActor")}
+
+
 def one_ok_per_run(rows: list[dict]) -> Counter:
     return Counter((r["experiment_id"], r["cycle"]) for r in rows if r["status"] == "ok")
 
@@ -126,6 +135,9 @@ def test_removed_node_runs_finish_on_the_other(cluster, tmp_path: Path) -> None:
              if (out / "manifest").exists() else False, 120, "both runs to start")
     wait_for(lambda: len(running_workers()) == 2, 120,
              "both workers inside run()")
+    # The campaign's own actors live on the driver's node: one on the doomed node (as the
+    # baseline cache was, half the time, before it was pinned) fails every run with it.
+    assert campaign_actor_nodes() == {"CampaignRecord": head_id, "ManifestActor": head_id}
     cluster.remove_node(doomed)
     result = thread.finish()
     rows = experiments(out)

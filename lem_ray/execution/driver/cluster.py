@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lem_ray.errors import ConfigError
 
@@ -57,6 +58,13 @@ def configure_auth(local: bool) -> None:
 # How long the auth check waits for its actor; a cluster too busy to answer in time is left
 # to the runs, whose failures say the same in more words.
 PROBE_TIMEOUT_S = 60.0
+
+
+def on_driver_node() -> NodeAffinitySchedulingStrategy:
+    """For the campaign's own actors (manifest, baselines and node record): on the driver's
+    node, which lives as long as the campaign; elsewhere, losing that node would fail every
+    run, those on the surviving nodes too."""
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
 @ray.remote(num_cpus=0)

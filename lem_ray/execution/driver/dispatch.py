@@ -12,7 +12,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from lem_ray.config.runtime_env import RuntimeEnvSpec
-from lem_ray.execution.driver.cluster import Capacity
+from lem_ray.execution.driver.cluster import Capacity, on_driver_node
 from lem_ray.execution.driver.completion import Completion, Progress, Reporter, describe_error
 from lem_ray.execution.driver.policy import Assign, Close, Open, QueuedRun, decide
 from lem_ray.execution.driver.run_queue import RunQueue, RunTask
@@ -61,7 +61,7 @@ class Dispatcher:
         self.runtime_envs = runtime_envs or {}
         self.env_refusals = env_refusals or {}
         """Backends whose runtime environment failed its probe: their runs fail with this."""
-        self.baselines = BaselineCache.remote()
+        self.baselines = BaselineCache.options(scheduling_strategy=on_driver_node()).remote()
         self.queue = RunQueue(self.execution, prompts, cap.has_gpus)
         self.pool = SlotPool(plan.name, cap.has_gpus,
                              self.execution.telemetry.sample_interval_ms)

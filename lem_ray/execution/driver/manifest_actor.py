@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from lem_ray.execution.driver.cluster import on_driver_node
 from lem_ray.records import RunKey
 from lem_ray.results.journal import ManifestStore
 from lem_ray.results.manifest import RECONCILE_COLUMNS, STATES, new_entry, reconcile
@@ -86,9 +86,7 @@ def open_manifest(campaign_name: str, results_dir: str) -> Any:
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=False
-        ),
+        scheduling_strategy=on_driver_node(),
     ).remote(absolute(results_dir), campaign_name)
 
 
