@@ -237,7 +237,8 @@ def _table(report: Report, title: str, metrics: list[str], console: Console) -> 
                 Text(g["backend"] or "-"), Text(g["fp_precision"] or "-"),
                 format_number(g["batch_size"]),
                 f"{g['runs_ok']}/{g['runs_invalid']}/{g['runs_failed']}",
-                Text(cycle_cv_text(g), style="bold red" if g["cycle_cv_above"] else ""),
+                Text(cycle_cv_text(g).replace(" · ", "\n"),
+                     style="bold red" if g["cycle_cv_above"] else ""),
                 *[Text("\n".join(cell_lines(g, m))) for m in metrics],
             )
         return table

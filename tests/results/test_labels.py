@@ -69,3 +69,20 @@ def test_end_of_campaign_table_breaks_a_long_label_between_fields() -> None:
     cells = [line.split("│")[1].strip() for line in out.getvalue().splitlines()
              if line.startswith("│") and line.split("│")[1].strip()]
     assert cells == [*wrap_label(LABEL, 14), "0123456789ab"], out.getvalue()
+
+
+def test_report_cycle_cv_cells_keep_each_figure_on_one_line(synthetic: Path) -> None:
+    """`E 3.8% · T 1.3%` is laid out a figure a line, so no table wraps it inside a figure."""
+    proc = lem_ray("report", str(synthetic), cwd=synthetic.parent)
+    assert proc.returncode == 0, proc.stderr
+    cells = []
+    for table in proc.stdout.split(" groups by experiment_id")[1:3]:
+        lines = table.splitlines()
+        header = next(line for line in lines if line.startswith("  group "))
+        start = header.index("cycle CV")
+        # a cell runs to the first gap of two spaces (its parts are one space apart)
+        last = max(i for i, line in enumerate(lines) if line.strip().startswith("─"))
+        cells += [found.group() for line in lines[lines.index(header) + 2:last]
+                  if line.startswith("  ") and (found := re.match(r"\S+( \S+)*", line[start:]))]
+    figure = r"[ET] (-|\d+\.\d%( > \d+%)?)|\d+ engines|\d+ artifacts?"
+    assert len(cells) >= 20 and all(re.fullmatch(figure, c) for c in cells), cells
